@@ -1,0 +1,117 @@
+"""Matrix Beaver triples for the Gram matrix, made by the dealer (crypto provider).
+
+A triple is a random mask A (n x d) = A0 + A1 and C = A A^T (kind "gram", n x n) or
+c = rowwise <a_i, a_i> (kind "diag", n), shared as C0 + C1. Seed-compressed: S0 gets only the
+seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no data.
+Rows of A are labelled by a worker's position in the round's expected worker list, so the
+triple for a subset of workers (after dropouts) is the sub-matrix of the same triple.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import prg
+from .errors import TripleReuseError
+
+TRIPLE_KINDS = ("gram", "diag")
+DEFAULT_CHUNK_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class TripleSpec:
+    """What is asked of the dealer: public sizes only."""
+
+    triple_id: str
+    n: int
+    d: int
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRIPLE_KINDS:
+            raise ValueError(f"triple kind must be one of {TRIPLE_KINDS}, got {self.kind!r}")
+        if self.n < 1 or self.d < 1:
+            raise ValueError(f"triple sizes must be positive, got n={self.n}, d={self.d}")
+
+
+@dataclass(frozen=True)
+class TripleSeeds:
+    """The dealer's randomness for one triple."""
+
+    a0: bytes
+    a1: bytes
+    c0: bytes
+
+    @classmethod
+    def fresh(cls) -> "TripleSeeds":
+        return cls(prg.fresh_seed(), prg.fresh_seed(), prg.fresh_seed())
+
+
+@dataclass(frozen=True)
+class TripleShare0:
+    spec: TripleSpec
+    seed_a0: bytes
+    seed_c0: bytes
+
+
+@dataclass(frozen=True)
+class TripleShare1:
+    spec: TripleSpec
+    seed_a1: bytes
+    c1: np.ndarray
+
+
+def mask_label(spec: TripleSpec, party: int) -> str:
+    return prg.label("triple", spec.triple_id, f"A{party}")
+
+
+def c0_label(spec: TripleSpec) -> str:
+    return prg.label("triple", spec.triple_id, "C0")
+
+
+def chunk_columns(n: int, d: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """Column ranges so that one n x chunk uint64 block is about chunk_bytes."""
+    width = max(1, chunk_bytes // (8 * max(n, 1)))
+    return [(c, min(c + width, d)) for c in range(0, d, width)]
+
+
+def mask_columns(seed: bytes, spec: TripleSpec, party: int, start: int, stop: int,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+    """Columns [start, stop) of A_party, for all rows or the given row positions."""
+    rows = np.arange(spec.n) if rows is None else rows
+    purpose = mask_label(spec, party)
+    return np.stack([prg.ring_stream(seed, prg.label(purpose, "row", int(i)), stop - start, start) for i in rows]) \
+        if len(rows) else np.empty((0, stop - start), dtype=np.uint64)
+
+
+def c0_share(seed_c0: bytes, spec: TripleSpec) -> np.ndarray:
+    size = spec.n * spec.n if spec.kind == "gram" else spec.n
+    c0 = prg.ring_stream(seed_c0, c0_label(spec), size)
+    return c0.reshape(spec.n, spec.n) if spec.kind == "gram" else c0
+
+
+def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, TripleShare1]:
+    """C = A A^T (or its diagonal) computed column chunk by column chunk; returns both servers' parts."""
+    c = np.zeros((spec.n, spec.n) if spec.kind == "gram" else spec.n, dtype=np.uint64)
+    for start, stop in chunk_columns(spec.n, spec.d):
+        a = mask_columns(seeds.a0, spec, 0, start, stop) + mask_columns(seeds.a1, spec, 1, start, stop)
+        c += np.matmul(a, a.T) if spec.kind == "gram" else np.einsum("ij,ij->i", a, a)
+    c1 = c - c0_share(seeds.c0, spec)
+    return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
+
+
+class TripleLedger:
+    """Remembers triple ids already issued or consumed, and refuses them a second time."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def claim(self, triple_id: str) -> None:
+        if triple_id in self._seen:
+            raise TripleReuseError(f"triple {triple_id!r} was already used; a triple is never reused")
+        self._seen.add(triple_id)
+
+    def __contains__(self, triple_id: str) -> bool:
+        return triple_id in self._seen

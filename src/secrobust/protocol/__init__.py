@@ -1,0 +1,1 @@
+"""Per-party protocol steps as functions of (state, incoming messages, randomness); no I/O here."""

@@ -1,0 +1,140 @@
+"""Protocol messages and their byte encoding.
+
+Wire format: b"SRB1" | u32 little-endian header length | UTF-8 JSON header | array payloads.
+The header carries the protocol version, kind, round id, sender, recipient and phase, small scalar
+fields, and (name, dtype, shape) for each array; arrays follow as raw little-endian bytes in that
+order. Decoding checks every size, so truncated or padded input is a MalformedMessage.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import MalformedMessage
+
+VERSION = 1
+MAGIC = b"SRB1"
+_ALLOWED_DTYPES = {"<u8": np.dtype("<u8"), "<f8": np.dtype("<f8"), "<i8": np.dtype("<i8"), "|u1": np.dtype("|u1")}
+_MAX_HEADER = 1 << 20
+
+# Kinds, in protocol order.
+TRIPLE_REQUEST = "triple-request"
+TRIPLE_S0 = "triple-s0"
+TRIPLE_S1 = "triple-s1"
+SHARE_SEED = "share-seed"
+SHARE_MASKED = "share-masked"
+PARTICIPANTS = "participants"
+MASKED_OPEN = "masked-open"
+VIEW_SHARE = "view-share"
+WEIGHTS = "weights"
+AGGREGATE_SHARE = "aggregate-share"
+KINDS = (TRIPLE_REQUEST, TRIPLE_S0, TRIPLE_S1, SHARE_SEED, SHARE_MASKED, PARTICIPANTS,
+         MASKED_OPEN, VIEW_SHARE, WEIGHTS, AGGREGATE_SHARE)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One protocol message. ``fields`` hold JSON scalars or bytes; ``arrays`` hold NumPy arrays."""
+
+    kind: str
+    round_id: int
+    sender: str
+    recipient: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    version: int = VERSION
+
+    def to_bytes(self) -> bytes:
+        specs = []
+        payloads = []
+        for name, arr in self.arrays.items():
+            a = np.ascontiguousarray(arr)
+            dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in ("|", "<") else a.dtype
+            key = dt.str
+            if key not in _ALLOWED_DTYPES:
+                raise TypeError(f"array {name!r} has dtype {a.dtype}, not one of {sorted(_ALLOWED_DTYPES)}")
+            specs.append([name, key, list(a.shape)])
+            payloads.append(a.astype(dt, copy=False).tobytes())
+        header = {
+            "v": self.version, "kind": self.kind, "round": self.round_id, "sender": self.sender,
+            "recipient": self.recipient, "fields": {k: _encode_field(v) for k, v in self.fields.items()},
+            "arrays": specs,
+        }
+        hb = json.dumps(header, separators=(",", ":")).encode()
+        return b"".join([MAGIC, struct.pack("<I", len(hb)), hb, *payloads])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Message":
+        view = memoryview(data)
+        if len(view) < 8 or bytes(view[:4]) != MAGIC:
+            raise MalformedMessage("not a secrobust message (bad magic)")
+        (hlen,) = struct.unpack("<I", view[4:8])
+        if hlen > _MAX_HEADER or 8 + hlen > len(view):
+            raise MalformedMessage(f"header length {hlen} does not fit a message of {len(view)} bytes")
+        try:
+            header = json.loads(bytes(view[8 : 8 + hlen]))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MalformedMessage(f"header is not valid JSON: {exc}") from None
+        h = _check_header(header)
+        arrays: dict[str, np.ndarray] = {}
+        pos = 8 + hlen
+        for name, dtype, shape in h["arrays"]:
+            dt = _ALLOWED_DTYPES[dtype]
+            nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if pos + nbytes > len(view):
+                raise MalformedMessage(f"array {name!r} needs {nbytes} bytes, {len(view) - pos} left")
+            arrays[name] = np.frombuffer(view[pos : pos + nbytes], dtype=dt).reshape(shape)
+            pos += nbytes
+        if pos != len(view):
+            raise MalformedMessage(f"{len(view) - pos} trailing bytes after the last array")
+        return cls(kind=h["kind"], round_id=h["round"], sender=h["sender"], recipient=h["recipient"],
+                   fields={k: _decode_field(v) for k, v in h["fields"].items()}, arrays=arrays, version=h["v"])
+
+
+def _encode_field(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"hex": bytes(value).hex()}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_encode_field(v) for v in value]
+    return value
+
+
+def _decode_field(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"hex"} or not isinstance(value["hex"], str):
+            raise MalformedMessage("a field object must be {'hex': ...}")
+        try:
+            return bytes.fromhex(value["hex"])
+        except ValueError:
+            raise MalformedMessage("a bytes field is not valid hex") from None
+    if isinstance(value, list):
+        return [_decode_field(v) for v in value]
+    return value
+
+
+def _check_header(h: Any) -> dict:
+    if not isinstance(h, dict):
+        raise MalformedMessage("header is not an object")
+    want = {"v": int, "kind": str, "round": int, "sender": str, "recipient": str, "fields": dict, "arrays": list}
+    for key, typ in want.items():
+        if not isinstance(h.get(key), typ) or (typ is int and isinstance(h.get(key), bool)):
+            raise MalformedMessage(f"header field {key!r} missing or not {typ.__name__}")
+    if h["v"] != VERSION:
+        raise MalformedMessage(f"protocol version {h['v']} is not supported (this is version {VERSION})")
+    if h["kind"] not in KINDS:
+        raise MalformedMessage(f"unknown message kind {h['kind']!r}")
+    if h["round"] < 0:
+        raise MalformedMessage("round id must be non-negative")
+    for spec in h["arrays"]:
+        ok = (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in _ALLOWED_DTYPES
+              and isinstance(spec[2], list) and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in spec[2]))
+        if not ok:
+            raise MalformedMessage(f"bad array spec {spec!r}")
+    return h

@@ -1,0 +1,58 @@
+"""The offline phase: S1 asks the dealer for a triple; the dealer answers both servers.
+
+The request carries only public sizes (n, d, kind) and a fresh triple id; the dealer never sees data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1, TripleSpec, make_triple
+from ..errors import MalformedMessage, UnexpectedMessage
+from .messages import TRIPLE_REQUEST, TRIPLE_S0, TRIPLE_S1, Message
+
+
+def request_triple(round_id: int, spec: TripleSpec) -> Message:
+    return Message(TRIPLE_REQUEST, round_id, "S1", "dealer",
+                   fields={"triple_id": spec.triple_id, "n": spec.n, "d": spec.d, "kind": spec.kind})
+
+
+def spec_from_fields(fields: dict) -> TripleSpec:
+    try:
+        return TripleSpec(str(fields["triple_id"]), int(fields["n"]), int(fields["d"]), str(fields["kind"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"bad triple description: {exc}") from None
+
+
+def answer_request(msg: Message, seeds: TripleSeeds, ledger: TripleLedger) -> tuple[Message, Message]:
+    """Dealer step: make a fresh triple for the request; a repeated triple id is refused."""
+    if msg.kind != TRIPLE_REQUEST:
+        raise UnexpectedMessage(f"the dealer takes only {TRIPLE_REQUEST}, got {msg.kind}")
+    spec = spec_from_fields(dict(msg.fields))
+    ledger.claim(spec.triple_id)
+    part0, part1 = make_triple(spec, seeds)
+    meta = {"triple_id": spec.triple_id, "n": spec.n, "d": spec.d, "kind": spec.kind}
+    to_s0 = Message(TRIPLE_S0, msg.round_id, "dealer", "S0", fields={**meta, "seed_a0": part0.seed_a0, "seed_c0": part0.seed_c0})
+    to_s1 = Message(TRIPLE_S1, msg.round_id, "dealer", "S1", fields={**meta, "seed_a1": part1.seed_a1}, arrays={"c1": part1.c1})
+    return to_s0, to_s1
+
+
+def triple_from_message(msg: Message) -> TripleShare0 | TripleShare1:
+    """Rebuild a server's part of a triple from the dealer's message, checking its sizes."""
+    spec = spec_from_fields(dict(msg.fields))
+    if msg.kind == TRIPLE_S0:
+        return TripleShare0(spec, _seed(msg, "seed_a0"), _seed(msg, "seed_c0"))
+    if msg.kind == TRIPLE_S1:
+        c1 = msg.arrays.get("c1")
+        want = (spec.n, spec.n) if spec.kind == "gram" else (spec.n,)
+        if c1 is None or c1.dtype != np.uint64 or c1.shape != want:
+            raise MalformedMessage(f"triple C1 must be uint64 of shape {want}")
+        return TripleShare1(spec, _seed(msg, "seed_a1"), np.asarray(c1, dtype=np.uint64))
+    raise UnexpectedMessage(f"expected a triple, got {msg.kind}")
+
+
+def _seed(msg: Message, name: str) -> bytes:
+    seed = msg.fields.get(name)
+    if not isinstance(seed, bytes) or len(seed) not in (16, 32):
+        raise MalformedMessage(f"triple field {name} must be a 16- or 32-byte seed")
+    return seed

@@ -1,0 +1,361 @@
+"""The two servers' steps of one round (DESIGN section 4), as functions of explicit state.
+
+Both servers hold additive shares of the encoded updates X (S0 as seeds, S1 as masked vectors) and of
+a Beaver triple (A, C = A A^T). With Y = X - v (v the public center, 0 unless cclip):
+  2. each server opens E_s = Y_s - A_s to the other, so both learn E = Y - A (uniform);
+  3. H_0 = E (E + 2 A_0)^T + C_0 and H_1 = 2 E A_1^T + C_1; H_0 + H_1 symmetrised is Y Y^T;
+  4. S0 sends its share of D_ij = H_ii + H_jj - H_ij - H_ji (and/or of H_ii) to S1, who opens it;
+  5. S1 runs the rule on what it opened and sends the public weights w to S0;
+  6. each server sends its share of sum_i w_i x_i to the other; only that aggregate is revealed.
+The "diag" triple variant replaces every matrix product by a row-wise inner product when the rule
+needs only norms. Nothing here samples randomness or does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+from .. import dealer, prg, ring, sharing
+from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
+from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
+from ..rules.plain import view_from_gram
+from ..rules.view import DISTANCES, NORMS, Choice, View
+from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_MASKED, SHARE_SEED, VIEW_SHARE,
+                       WEIGHTS, Message)
+from .offline import triple_from_message
+from .worker import share_label, worker_name
+
+SERVER_NAMES = ("S0", "S1")
+
+
+@dataclass(frozen=True, eq=False)
+class RoundPlan:
+    """Public parameters both servers fix before a round starts."""
+
+    round_id: int
+    worker_ids: tuple[int, ...]
+    d: int
+    frac_bits: int
+    reveal: tuple[str, ...]
+    center: np.ndarray | None = None
+    triple_id: str | None = None
+    chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES
+
+    @property
+    def triple_kind(self) -> str | None:
+        if DISTANCES in self.reveal:
+            return "gram"
+        return "diag" if self.reveal else None
+
+    def triple_spec(self) -> TripleSpec | None:
+        kind = self.triple_kind
+        if kind is None:
+            return None
+        if self.triple_id is None:
+            raise ValueError("a round that opens distances or norms needs a triple id")
+        return TripleSpec(self.triple_id, len(self.worker_ids), self.d, kind)
+
+
+@dataclass(frozen=True, eq=False)
+class ServerState:
+    party: int
+    plan: RoundPlan
+    inputs: Mapping[int, object] = field(default_factory=dict)
+    participants: tuple[int, ...] | None = None
+    triple: TripleShare0 | TripleShare1 | None = None
+    h: np.ndarray | None = None
+    done_until: int = 0
+    pending: tuple[int, int, np.ndarray, np.ndarray] | None = None
+    view: View | None = None
+    choice: Choice | None = None
+
+    @property
+    def name(self) -> str:
+        return SERVER_NAMES[self.party]
+
+    @property
+    def peer(self) -> str:
+        return SERVER_NAMES[1 - self.party]
+
+    def positions(self) -> np.ndarray:
+        """Row positions of the participants in the plan's worker list (= rows of the triple)."""
+        order = {w: i for i, w in enumerate(self.plan.worker_ids)}
+        return np.array([order[w] for w in self._participants()], dtype=np.int64)
+
+    def _participants(self) -> tuple[int, ...]:
+        if self.participants is None:
+            raise UnexpectedMessage(f"{self.name}: the participant set is not agreed yet")
+        return self.participants
+
+
+def new_round(party: int, plan: RoundPlan) -> ServerState:
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party!r}")
+    if len(set(plan.worker_ids)) != len(plan.worker_ids):
+        raise ValueError("the plan lists a worker id twice")
+    return ServerState(party, plan)
+
+
+def _expect(state: ServerState, msg: Message, kind: str, sender: str) -> None:
+    if msg.round_id != state.plan.round_id:
+        raise UnexpectedMessage(f"{state.name}: message for round {msg.round_id}, this is round {state.plan.round_id}")
+    if msg.kind != kind:
+        raise UnexpectedMessage(f"{state.name}: expected {kind}, got {msg.kind}")
+    if msg.sender != sender:
+        raise UnexpectedMessage(f"{state.name}: {kind} must come from {sender}, came from {msg.sender}")
+    if msg.recipient != state.name:
+        raise UnexpectedMessage(f"{state.name}: message addressed to {msg.recipient}")
+
+
+# Step 1: shares from the workers.
+
+def receive_share(state: ServerState, msg: Message) -> ServerState:
+    """Record one worker's share (S0: its seed; S1: its masked vector), checking who sent what."""
+    worker = msg.fields.get("worker")
+    if isinstance(worker, bool) or not isinstance(worker, int):
+        raise MalformedMessage(f"{state.name}: share without an integer worker id")
+    _expect(state, msg, SHARE_SEED if state.party == 0 else SHARE_MASKED, worker_name(worker))
+    if worker not in state.plan.worker_ids:
+        raise UnknownWorker(f"{state.name}: worker {worker} is not expected in round {state.plan.round_id}")
+    if worker in state.inputs:
+        raise DuplicateWorker(f"{state.name}: worker {worker} already sent its share for round {state.plan.round_id}")
+    if state.participants is not None:
+        raise UnexpectedMessage(f"{state.name}: share from worker {worker} arrived after the participants were fixed")
+    if state.party == 0:
+        seed = msg.fields.get("seed")
+        if not isinstance(seed, bytes) or len(seed) not in (16, 32):
+            raise MalformedMessage(f"S0: worker {worker} sent a seed that is not 16 or 32 bytes")
+        if msg.fields.get("d") != state.plan.d:
+            raise MalformedMessage(f"S0: worker {worker} declares dimension {msg.fields.get('d')}, expected {state.plan.d}")
+        value: object = seed
+    else:
+        x1 = msg.arrays.get("x1")
+        if x1 is None or x1.dtype != np.uint64 or x1.shape != (state.plan.d,):
+            got = "nothing" if x1 is None else f"{x1.dtype} {x1.shape}"
+            raise MalformedMessage(f"S1: worker {worker} sent {got}, expected uint64 ({state.plan.d},)")
+        value = x1
+    return replace(state, inputs={**state.inputs, worker: value})
+
+
+def participants_message(state: ServerState) -> Message:
+    """Tell the peer which workers' shares arrived here."""
+    ids = sorted(state.inputs)
+    return Message(PARTICIPANTS, state.plan.round_id, state.name, state.peer, fields={"workers": ids})
+
+
+def agree_participants(state: ServerState, peer_msg: Message, min_n: int, requirement: str = "") -> ServerState:
+    """Participants = workers whose shares reached both servers, in plan order; abort if too few."""
+    _expect(state, peer_msg, PARTICIPANTS, state.peer)
+    theirs = peer_msg.fields.get("workers")
+    if not isinstance(theirs, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in theirs):
+        raise MalformedMessage(f"{state.name}: participant list is not a list of worker ids")
+    both = set(theirs) & set(state.inputs)
+    agreed = tuple(w for w in state.plan.worker_ids if w in both)
+    if len(agreed) < min_n:
+        raise RoundAborted(f"round {state.plan.round_id}: only {len(agreed)} workers reached both servers; "
+                           f"the rule needs {requirement or f'at least {min_n}'}")
+    return replace(state, participants=agreed)
+
+
+# Step 0 (delivered): the triple.
+
+def receive_triple(state: ServerState, msg: Message, ledger: TripleLedger) -> ServerState:
+    """Accept the dealer's triple for this round's plan; a triple id seen before is refused."""
+    _expect(state, msg, msg.kind, "dealer")
+    triple = triple_from_message(msg)
+    want = state.plan.triple_spec()
+    if want is None or triple.spec != want:
+        raise UnexpectedMessage(f"{state.name}: triple {triple.spec} does not match the round's plan {want}")
+    if (state.party == 0) != isinstance(triple, TripleShare0):
+        raise UnexpectedMessage(f"{state.name}: got the other server's part of the triple")
+    ledger.claim(triple.spec.triple_id)
+    return replace(state, triple=triple)
+
+
+# Steps 2-3: open E chunk by chunk and accumulate the Gram share.
+
+def column_chunks(state: ServerState) -> list[tuple[int, int]]:
+    return dealer.chunk_columns(len(state._participants()), state.plan.d, state.plan.chunk_bytes)
+
+
+def input_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
+    """This server's share of X[:, start:stop] for the participants."""
+    workers = state._participants()
+    if state.party == 0:
+        rows = [sharing.expand_share(state.inputs[w], share_label(state.plan.round_id, w), start, stop) for w in workers]
+    else:
+        rows = [np.asarray(state.inputs[w])[start:stop] for w in workers]
+    return np.stack(rows) if rows else np.empty((0, stop - start), dtype=np.uint64)
+
+
+def _mask_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
+    t = state.triple
+    if t is None:
+        raise UnexpectedMessage(f"{state.name}: no triple for round {state.plan.round_id}")
+    seed = t.seed_a0 if isinstance(t, TripleShare0) else t.seed_a1
+    return dealer.mask_columns(seed, t.spec, state.party, start, stop, state.positions())
+
+
+def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState, Message]:
+    """E_s[:, start:stop] = Y_s - A_s, to be sent to the peer."""
+    if state.pending is not None or start != state.done_until or not start < stop <= state.plan.d:
+        raise UnexpectedMessage(f"{state.name}: columns [{start}, {stop}) are out of order")
+    y = input_columns(state, start, stop)
+    if state.party == 0 and state.plan.center is not None:
+        y = y - state.plan.center[start:stop]
+    a = _mask_columns(state, start, stop)
+    e_own = y - a
+    msg = Message(MASKED_OPEN, state.plan.round_id, state.name, state.peer,
+                  fields={"start": start, "stop": stop}, arrays={"e": e_own})
+    return replace(state, pending=(start, stop, e_own, a)), msg
+
+
+def accumulate(state: ServerState, peer_msg: Message) -> ServerState:
+    """Add this chunk's contribution to the share of H (or of its diagonal)."""
+    _expect(state, peer_msg, MASKED_OPEN, state.peer)
+    if state.pending is None:
+        raise UnexpectedMessage(f"{state.name}: masked opening arrived before this server opened its own")
+    start, stop, e_own, a = state.pending
+    if (peer_msg.fields.get("start"), peer_msg.fields.get("stop")) != (start, stop):
+        raise UnexpectedMessage(f"{state.name}: peer opened columns {peer_msg.fields.get('start')}..{peer_msg.fields.get('stop')}, expected {start}..{stop}")
+    e_peer = peer_msg.arrays.get("e")
+    if e_peer is None or e_peer.dtype != np.uint64 or e_peer.shape != e_own.shape:
+        raise MalformedMessage(f"{state.name}: masked opening must be uint64 of shape {e_own.shape}")
+    e = e_own + e_peer
+    other = e + a + a if state.party == 0 else a + a
+    gram = state.plan.triple_kind == "gram"
+    part = np.matmul(e, other.T) if gram else np.einsum("ij,ij->i", e, other)
+    h = part if state.h is None else state.h + part
+    return replace(state, h=h, done_until=stop, pending=None)
+
+
+def _c_share(state: ServerState) -> np.ndarray:
+    t = state.triple
+    pos = state.positions()
+    if isinstance(t, TripleShare0):
+        c = dealer.c0_share(t.seed_c0, t.spec)
+    else:
+        c = t.c1
+    return c[np.ix_(pos, pos)] if c.ndim == 2 else c[pos]
+
+
+def gram_share(state: ServerState) -> np.ndarray:
+    """This server's share of H once every column is in."""
+    if state.done_until != state.plan.d or state.h is None:
+        raise UnexpectedMessage(f"{state.name}: the masked openings are not complete ({state.done_until}/{state.plan.d})")
+    return state.h + _c_share(state)
+
+
+# Step 4: S0 sends its share of the view; S1 opens it.
+
+def _view_shares(state: ServerState) -> dict[str, np.ndarray]:
+    h = gram_share(state)
+    diag = np.diagonal(h).copy() if h.ndim == 2 else h
+    out = {}
+    if DISTANCES in state.plan.reveal:
+        out[DISTANCES] = diag[:, None] + diag[None, :] - h - h.T
+    if NORMS in state.plan.reveal:
+        out[NORMS] = diag
+    return out
+
+
+def view_share_message(state: ServerState) -> Message:
+    if state.party != 0:
+        raise UnexpectedMessage("only S0 sends its view share; S1 opens it")
+    return Message(VIEW_SHARE, state.plan.round_id, "S0", "S1", arrays=_view_shares(state))
+
+
+def open_view(state: ServerState, msg: Message) -> ServerState:
+    """S1 adds S0's shares to its own: it learns the distances (and/or norms) and nothing else."""
+    if state.party != 1:
+        raise UnexpectedMessage("only S1 opens the view")
+    _expect(state, msg, VIEW_SHARE, "S0")
+    own = _view_shares(state)
+    if set(msg.arrays) != set(own):
+        raise MalformedMessage(f"S1: view share holds {sorted(msg.arrays)}, expected {sorted(own)}")
+    opened = {}
+    for key, mine in own.items():
+        theirs = msg.arrays[key]
+        if theirs.dtype != np.uint64 or theirs.shape != mine.shape:
+            raise MalformedMessage(f"S1: view share {key} must be uint64 of shape {mine.shape}")
+        opened[key] = ring.decode(mine + theirs, 2 * state.plan.frac_bits)
+    return replace(state, view=View(**opened))
+
+
+def empty_view(state: ServerState) -> ServerState:
+    """Rules that open nothing (the mean) skip steps 2-4."""
+    if state.plan.reveal:
+        raise UnexpectedMessage(f"{state.name}: this round opens {state.plan.reveal}")
+    return replace(state, view=View())
+
+
+# Step 5: the public weights.
+
+def weights_message(state: ServerState, choice: Choice) -> tuple[ServerState, Message]:
+    if state.party != 1:
+        raise UnexpectedMessage("only S1, the rule server, chooses the weights")
+    w = np.asarray(choice.weights, dtype=np.float64)
+    if w.shape != (len(state._participants()),) or not np.isfinite(w).all() or not np.isfinite(choice.center_weight):
+        raise ValueError(f"S1: the rule returned weights of shape {w.shape}, expected ({len(state._participants())},) finite")
+    msg = Message(WEIGHTS, state.plan.round_id, "S1", "S0", fields={"center_weight": float(choice.center_weight)},
+                  arrays={"weights": w})
+    return replace(state, choice=Choice(w, float(choice.center_weight))), msg
+
+
+def receive_weights(state: ServerState, msg: Message) -> ServerState:
+    _expect(state, msg, WEIGHTS, "S1")
+    w = msg.arrays.get("weights")
+    cw = msg.fields.get("center_weight")
+    n = len(state._participants())
+    if w is None or w.dtype != np.float64 or w.shape != (n,) or not np.isfinite(w).all():
+        raise MalformedMessage(f"S0: weights must be {n} finite float64 values")
+    if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not np.isfinite(cw):
+        raise MalformedMessage("S0: center weight must be a finite number")
+    return replace(state, choice=Choice(np.array(w), float(cw)))
+
+
+# Step 6: the aggregate.
+
+def aggregate_share(state: ServerState, noise: np.ndarray | None = None) -> np.ndarray:
+    """Share of sum_i w_i x_i at scale 2^(F+W) (plus this server's noise, already at that scale)."""
+    if state.choice is None:
+        raise UnexpectedMessage(f"{state.name}: no weights yet")
+    w = ring.encode_weights(state.choice.weights)
+    out = np.empty(state.plan.d, dtype=np.uint64)
+    for start, stop in column_chunks(state):
+        out[start:stop] = np.matmul(w, input_columns(state, start, stop))
+    if noise is not None:
+        out += noise
+    return out
+
+
+def aggregate_message(state: ServerState, share: np.ndarray) -> Message:
+    return Message(AGGREGATE_SHARE, state.plan.round_id, state.name, state.peer, arrays={"share": share})
+
+
+def reveal_aggregate(state: ServerState, own_share: np.ndarray, peer_msg: Message) -> np.ndarray:
+    """sum_i w_i x_i + w_v v, decoded from the two shares."""
+    _expect(state, peer_msg, AGGREGATE_SHARE, state.peer)
+    theirs = peer_msg.arrays.get("share")
+    if theirs is None or theirs.dtype != np.uint64 or theirs.shape != own_share.shape:
+        raise MalformedMessage(f"{state.name}: aggregate share must be uint64 of shape {own_share.shape}")
+    return finish_aggregate(own_share + theirs, state.plan.frac_bits, state.plan.center, state.choice)
+
+
+def finish_aggregate(total: np.ndarray, frac_bits: int, center: np.ndarray | None, choice: Choice) -> np.ndarray:
+    """Decode sum_i w_i x_i from scale 2^(F+W) and add the public center's part w_v v."""
+    out = ring.decode(total, frac_bits + ring.WEIGHT_FRAC_BITS)
+    if center is not None and choice.center_weight:
+        out = out + choice.center_weight * ring.decode(center, frac_bits)
+    return out
+
+
+def noise_share(seed: bytes, purpose: str, d: int, std: float, frac_bits: int) -> np.ndarray:
+    """N(0, std^2) per coordinate from a keystream, encoded at the aggregate's scale 2^(F+W)."""
+    if not (np.isfinite(std) and std >= 0):
+        raise ValueError(f"noise std must be finite and >= 0, got {std}")
+    z = prg.gaussian(seed, purpose, d) * std
+    return np.rint(z * 2.0 ** (frac_bits + ring.WEIGHT_FRAC_BITS)).astype(np.int64).view(np.uint64)

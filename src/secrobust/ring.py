@@ -1,0 +1,101 @@
+"""The ring Z_2^64 and its fixed-point encoding.
+
+A real v is encoded as round(v * 2^F) mod 2^64 and held as ``numpy.uint64``; uint64 wrap-around
+*is* the ring arithmetic. A product of two encodings carries scale 2^(2F) (or 2^(F+W) for a
+weight encoded with W fractional bits) and is decoded with that scale, never truncated.
+
+Range: an honest update u is accepted only if round(u * 2^F) has L2 norm at most 2^30. Then every
+squared distance ||x_i - x_j||^2 <= (2 * 2^30)^2 = 2^62 and every squared norm stays below 2^63,
+so the Gram and distance values the protocol computes never wrap, whatever the dimension d.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RING_DTYPE = np.uint64
+DEFAULT_FRAC_BITS = 20
+WEIGHT_FRAC_BITS = 32
+SCALED_NORM_BOUND = 2.0**30
+_INT64_SAFE = 2.0**62
+
+
+def max_norm(frac_bits: int = DEFAULT_FRAC_BITS, d: int = 1) -> float:
+    """Largest L2 norm an honest update of dimension d may have at F = frac_bits.
+
+    Rounding moves each scaled coordinate by at most 1/2, so the scaled norm grows by at most
+    sqrt(d)/2; the bound leaves room for that.
+    """
+    check_frac_bits(frac_bits)
+    return (SCALED_NORM_BOUND - math.sqrt(d) / 2.0) / 2.0**frac_bits
+
+
+def check_frac_bits(frac_bits: int) -> None:
+    if not isinstance(frac_bits, (int, np.integer)) or not 0 <= frac_bits <= 28:
+        raise ValueError(f"frac_bits must be an integer in [0, 28], got {frac_bits!r}")
+
+
+def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """Honest encoder: finite values with row L2 norm within max_norm(F, d) -> uint64 ring elements.
+
+    Works on a vector (d,) or a matrix (n, d) whose rows are updates. Raises ValueError naming the
+    offending row on NaN/inf or an out-of-range norm; it never wraps silently.
+    """
+    check_frac_bits(frac_bits)
+    x = np.asarray(values, dtype=np.float64)
+    rows = x.reshape(1, -1) if x.ndim == 1 else x
+    if rows.ndim != 2:
+        raise ValueError(f"expected a vector or an (n, d) matrix, got shape {x.shape}")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"update {bad} contains NaN or inf; the honest encoder refuses it")
+    scaled = np.rint(rows * 2.0**frac_bits)
+    norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+    over = norms > SCALED_NORM_BOUND
+    if over.any():
+        bad = int(np.flatnonzero(over)[0])
+        raise ValueError(
+            f"update {bad} has L2 norm {norms[bad] / 2.0**frac_bits:.6g}, above the encoder's range "
+            f"{max_norm(frac_bits, rows.shape[1]):.6g} at frac_bits={frac_bits} "
+            "(squared distances would wrap in Z_2^64); scale the update down or lower frac_bits"
+        )
+    return scaled.astype(np.int64).view(RING_DTYPE).reshape(x.shape)
+
+
+def encode_unchecked(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """What a Byzantine worker can send: any ring element. Values are saturated to int64, NaN -> 0.
+
+    Used to simulate attackers that bypass the honest encoder; the result may make squared
+    distances wrap mod 2^64 (the open ring-overflow weakness, see README).
+    """
+    check_frac_bits(frac_bits)
+    x = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=_INT64_SAFE, neginf=-_INT64_SAFE)
+    scaled = np.clip(np.rint(x * 2.0**frac_bits), -_INT64_SAFE, _INT64_SAFE)
+    return scaled.astype(np.int64).view(RING_DTYPE)
+
+
+def to_signed(ring: np.ndarray) -> np.ndarray:
+    """Two's-complement reading of ring elements: the representative in [-2^63, 2^63)."""
+    return np.asarray(ring, dtype=RING_DTYPE).view(np.int64)
+
+
+def decode(ring: np.ndarray, scale_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """int64 representative / 2^scale_bits (use 2F for Gram/distance values, F+W for aggregates)."""
+    return to_signed(ring).astype(np.float64) / 2.0**scale_bits
+
+
+def encode_weights(weights: np.ndarray, frac_bits: int = WEIGHT_FRAC_BITS) -> np.ndarray:
+    """Public weights encoded with W fractional bits: round(w * 2^W) mod 2^64."""
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise ValueError("weights must be finite")
+    return np.rint(w * 2.0**frac_bits).astype(np.int64).view(RING_DTYPE)
+
+
+def ring_matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b.T in Z_2^64 (exact: NumPy's integer matmul wraps)."""
+    return np.matmul(a, b.T)
+

@@ -1,0 +1,127 @@
+"""Three PyTorch classifiers and the adapter between a model's parameters and a flat vector.
+
+The aggregation engine works on rows of an (n, d) float matrix. ``FlatAdapter`` fixes an order
+of the model's parameters (``model.parameters()``) and maps them, or their gradients, to one
+float64 vector of length d = sum of the parameters' sizes, and back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+MODELS = ("logreg", "mlp", "cnn")
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression: logits = W vec(x) + b."""
+
+    def __init__(self, in_features: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """One hidden layer: logits = W2 relu(W1 vec(x) + b1) + b2."""
+
+    def __init__(self, in_features: int, hidden: int, n_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv layers (8 and 16 channels), each followed by ReLU and 2x2 max-pooling, then a
+    linear layer. Input (N, C, H, W) with H and W divisible by 4 (8x8 digits, 28x28 MNIST)."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, channels: int = 8) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"SmallCNN needs H and W divisible by 4, got {h}x{w}")
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * channels * (h // 4) * (w // 4), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], n_classes: int, *, hidden: int = 32, seed: int = 0
+) -> nn.Module:
+    """Build ``name`` ("logreg", "mlp" or "cnn") with weights initialised from ``seed``.
+
+    The initialisation draws from a forked torch RNG, so it neither depends on nor disturbs the
+    global torch RNG state.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    in_features = math.prod(input_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "logreg":
+            return LogReg(in_features, n_classes)
+        if name == "mlp":
+            return MLP(in_features, hidden, n_classes)
+        return SmallCNN(input_shape, n_classes)
+
+
+class FlatAdapter:
+    """View a model's parameters as one flat float64 vector theta in R^d.
+
+    ``get`` returns theta, ``set`` writes a vector back into the parameters, ``grad`` returns the
+    flattened gradients (zeros for parameters without one), and ``unflatten`` splits a vector into
+    tensors shaped like the parameters. The order is that of ``model.parameters()``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.dim = int(sum(self.sizes))
+
+    def get(self) -> np.ndarray:
+        return torch.nn.utils.parameters_to_vector(self.params).detach().double().numpy()
+
+    def set(self, vector: np.ndarray | torch.Tensor) -> None:
+        vec = torch.as_tensor(np.asarray(vector), dtype=self.params[0].dtype)
+        self._check(vec)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(vec, self.params)
+
+    def grad(self) -> np.ndarray:
+        parts = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params
+        ]
+        return torch.cat(parts).detach().double().numpy()
+
+    def unflatten(self, vector: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        vec = torch.as_tensor(np.asarray(vector), dtype=self.params[0].dtype)
+        self._check(vec)
+        return [
+            chunk.reshape(shape) for chunk, shape in zip(vec.split(self.sizes), self.shapes)
+        ]
+
+    def _check(self, vec: torch.Tensor) -> None:
+        if vec.shape != (self.dim,):
+            raise ValueError(f"expected a vector of length {self.dim}, got shape {tuple(vec.shape)}")

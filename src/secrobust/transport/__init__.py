@@ -1,0 +1,1 @@
+"""Moving protocol messages between parties, and counting what moves."""

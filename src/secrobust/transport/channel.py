@@ -1,0 +1,83 @@
+"""The Channel interface and the in-memory channel used by the in-process runner.
+
+Every message crosses as bytes (``Message.to_bytes``) and is decoded on receipt, so the in-process
+run exercises the same codec and the same byte counts as a networked one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import UnexpectedMessage
+from ..protocol.messages import Message
+
+
+@dataclass
+class Stats:
+    """Bytes sent and received per party (S0, S1, dealer, worker:i) and wall seconds per phase."""
+
+    bytes_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    messages_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def record(self, sender: str, recipient: str, nbytes: int) -> None:
+        self.bytes_sent[sender] += nbytes
+        self.bytes_received[recipient] += nbytes
+        self.messages_sent[sender] += 1
+
+    def by_role(self) -> dict[str, dict[str, int]]:
+        """Bytes per role, all workers summed under "workers"."""
+        out: dict[str, dict[str, int]] = {}
+        for party in sorted(set(self.bytes_sent) | set(self.bytes_received)):
+            role = "workers" if party.startswith("worker:") else party
+            entry = out.setdefault(role, {"sent": 0, "received": 0})
+            entry["sent"] += self.bytes_sent.get(party, 0)
+            entry["received"] += self.bytes_received.get(party, 0)
+        return out
+
+    def as_dict(self) -> dict:
+        return {"bytes_by_role": self.by_role(), "bytes_sent": dict(self.bytes_sent),
+                "bytes_received": dict(self.bytes_received), "messages_sent": dict(self.messages_sent),
+                "seconds": dict(self.seconds)}
+
+
+class Channel(Protocol):
+    stats: Stats
+
+    def send(self, msg: Message) -> None: ...
+
+    def receive(self, recipient: str, kind: str) -> Message: ...
+
+
+class InMemoryChannel:
+    """FIFO mailboxes per recipient; messages are serialised on send and parsed on receive."""
+
+    def __init__(self, stats: Stats | None = None) -> None:
+        self.stats = stats if stats is not None else Stats()
+        self._boxes: dict[str, deque[tuple[str, bytes]]] = defaultdict(deque)
+
+    def send(self, msg: Message) -> None:
+        data = msg.to_bytes()
+        self.stats.record(msg.sender, msg.recipient, len(data))
+        self._boxes[msg.recipient].append((msg.kind, data))
+
+    def receive(self, recipient: str, kind: str) -> Message:
+        """The oldest message of ``kind`` waiting for ``recipient``."""
+        box = self._boxes[recipient]
+        for i, (k, data) in enumerate(box):
+            if k == kind:
+                del box[i]
+                return Message.from_bytes(data)
+        raise UnexpectedMessage(f"{recipient} has no {kind} message waiting")
+
+    def receive_all(self, recipient: str, kind: str) -> list[Message]:
+        out = []
+        while any(k == kind for k, _ in self._boxes[recipient]):
+            out.append(self.receive(recipient, kind))
+        return out
+
+    def pending(self, recipient: str) -> int:
+        return len(self._boxes[recipient])
