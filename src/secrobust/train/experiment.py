@@ -1,0 +1,215 @@
+"""A grid of runs with resume: results as JSON lines, a summary, plots and a printed table.
+
+Layout of an output directory::
+
+    results.jsonl   one JSON object per finished run (appended as each run ends)
+    summary.json    final accuracy per (rule, attack, f, secure), mean and std over seeds
+    config.json     the resolved configuration
+    accuracy_<attack>_f<f>.png, table_f<f>.png
+
+A run whose ``run_id`` (hash of its full spec) is already in results.jsonl is skipped, so an
+interrupted grid resumes where it stopped and a changed setting reruns only what it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from secrobust.train.config import ExperimentConfig, RunSpec
+from secrobust.train.data import Dataset, load_dataset
+from secrobust.train.runner import engine_aggregate, run
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+
+
+def validate(specs: Iterable[RunSpec]) -> None:
+    """Ask the engine, on a tiny input, whether every (rule, f, options) of the grid is allowed.
+
+    Catches an unknown rule, a misspelled option or an f too large for n before any training;
+    the engine's ValueError is re-raised with the run it came from.
+    """
+    seen: set[str] = set()
+    for spec in specs:
+        key = json.dumps([spec.rule, spec.f, spec.train.workers, spec.rule_options], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        options = dict(spec.rule_options)
+        if spec.rule == "cclip":
+            options["center"] = np.zeros(2)
+        try:
+            engine_aggregate(np.zeros((spec.train.workers, 2)), spec.rule, spec.f, secure=False, **options)
+        except ValueError as err:
+            raise ValueError(f"rule {spec.rule!r} with f={spec.f}, n={spec.train.workers}: {err}") from err
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of results.jsonl by run_id; a truncated last line (interrupted write) is ignored."""
+    records: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[record["run_id"]] = record
+    return records
+
+
+def run_grid(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    console: Console | None = None,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Run every spec of ``config`` not already in ``out_dir/results.jsonl``; write the summary,
+    the plots and print the table. Returns the summary."""
+    from secrobust.train.plots import plot_all
+
+    console = console or Console()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = config.runs()
+    validate(specs)
+    results_path = out / RESULTS
+    if not resume and results_path.exists():
+        results_path.unlink()
+    done = read_results(results_path)
+    todo = [s for s in specs if s.run_id not in done]
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    if len(todo) < len(specs):
+        console.print(f"resuming: {len(specs) - len(todo)} of {len(specs)} runs already in {results_path}")
+
+    started = time.perf_counter()
+    datasets: dict[tuple[Any, ...], Dataset] = {}
+    columns = (
+        TextColumn("{task.description:<44}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=not progress, transient=False) as bars:
+        runs_task = bars.add_task("runs", total=len(specs), completed=len(specs) - len(todo))
+        rounds_task = bars.add_task("rounds", total=config.train.rounds)
+        for spec in todo:
+            key = (spec.data.dataset, spec.data_seed, spec.data.test_fraction, spec.data.fallback)
+            if key not in datasets:
+                datasets[key] = load_dataset(
+                    spec.data.dataset,
+                    seed=spec.data_seed,
+                    test_fraction=spec.data.test_fraction,
+                    fallback=None if spec.data.fallback == "none" else spec.data.fallback,
+                )
+            label = f"{spec.rule} / {spec.attack} / {'secure' if spec.secure else 'plain'} / seed {spec.seed}"
+            bars.reset(rounds_task, total=spec.train.rounds, description=label)
+            result = run(
+                spec,
+                dataset=datasets[key],
+                on_round=lambda t: bars.update(rounds_task, completed=t),
+            )
+            record = result.record()
+            with results_path.open("a") as fh:
+                fh.write(json.dumps(record, allow_nan=False) + "\n")
+            done[record["run_id"]] = record
+            bars.advance(runs_task)
+
+    records = [done[s.run_id] for s in specs]
+    summary = summarize(config, records)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    for table in accuracy_tables(summary):
+        console.print(table)
+    if plots:
+        paths = plot_all(records, summary, out)
+        console.print(f"wrote {out / RESULTS}, {out / SUMMARY} and {len(paths)} plots in {out}")
+    return summary
+
+
+def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final accuracy per (rule, attack, f, secure): mean and sample std over seeds, and friends."""
+    groups: dict[tuple[str, str, int, bool], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["rule"], r["attack"], r["f"], r["secure"])].append(r)
+    rows = []
+    for (rule, attack, f, secure), rs in groups.items():
+        acc = np.array([r["final_accuracy"] for r in rs])
+        eps = [r["epsilon"] for r in rs if r["epsilon"] is not None]
+        rows.append(
+            {
+                "rule": rule,
+                "attack": attack,
+                "f": f,
+                "secure": secure,
+                "final_accuracy": float(acc.mean()),
+                "final_accuracy_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
+                "runs": int(acc.size),
+                "byzantine_weight": float(np.mean([r["byzantine_weight"] for r in rs])),
+                "diverged": int(sum(r["diverged"] for r in rs)),
+                "epsilon": max(eps) if eps else None,
+                "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
+            }
+        )
+    datasets = sorted({r["dataset"] for r in records})
+    return {
+        "name": config.name,
+        "dataset": datasets[0] if len(datasets) == 1 else datasets,
+        "model": config.model.name,
+        "workers": config.train.workers,
+        "rounds": config.train.rounds,
+        "delta": config.dp.delta if config.dp.enabled else None,
+        "rules": list(config.grid.rules),
+        "attacks": list(config.grid.attacks),
+        "runs": len(records),
+        "run_seconds": round(float(sum(r["seconds"] for r in records)), 1),
+        "final_accuracy": rows,
+    }
+
+
+def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
+    """One rich table per f: rows rule x {secure, plain}, columns attacks, cells final accuracy %."""
+    rows = summary["final_accuracy"]
+    tables = []
+    for f in sorted({r["f"] for r in rows}):
+        cell = {(r["rule"], r["secure"], r["attack"]): r for r in rows if r["f"] == f}
+        title = (
+            f"final test accuracy (%), {summary['dataset']}, {summary['workers']} workers, "
+            f"{f} Byzantine, {summary['rounds']} rounds"
+        )
+        table = Table(title=title)
+        table.add_column("rule")
+        table.add_column("mode")
+        for attack in summary["attacks"]:
+            table.add_column(attack, justify="right")
+        for rule in summary["rules"]:
+            for secure in (True, False):
+                if not any(key[:2] == (rule, secure) for key in cell):
+                    continue
+                values = [_fmt(cell.get((rule, secure, a))) for a in summary["attacks"]]
+                table.add_row(rule, "secure" if secure else "plain", *values)
+        tables.append(table)
+    return tables
+
+
+def _fmt(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    text = f"{100 * row['final_accuracy']:.1f}"
+    if row["runs"] > 1 and not math.isclose(row["final_accuracy_std"], 0.0):
+        text += f" ± {100 * row['final_accuracy_std']:.1f}"
+    return text

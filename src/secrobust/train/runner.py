@@ -1,0 +1,312 @@
+r"""One training run: n workers, f of them Byzantine, aggregated by the engine every round.
+
+Round t, with global parameters :math:`\theta_t \in \mathbb R^d`:
+
+1. Every worker i starts from :math:`\theta_t` and takes K local SGD steps on mini-batches of its
+   own data (K = 1: one stochastic gradient); its update is the average gradient along the way,
+   :math:`u_i = (\theta_t - \theta_{t,K}^i)/(K\eta_{local})`. With worker momentum beta it sends
+   :math:`m_i \leftarrow \beta m_i + (1-\beta) u_i` instead; with DP the sent vector is clipped to
+   norm C. An honest worker also scales its vector into the encoder's range
+   (norm < 2^(30-F)), which an honest encoder would otherwise reject.
+2. The f Byzantine workers (a random subset fixed for the run) compute the same thing on their
+   own data (labels flipped for the label-flip attack), then replace it by
+   ``attack(honest_rows, own_rows, rng)``; their rows are marked ``unchecked`` for the engine.
+3. ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext) applies the
+   rule, with per-server DP noise std :math:`\sigma = z\Delta` if DP is on.
+4. :math:`\theta_{t+1} = \theta_t - \eta\, a_t` with a_t the revealed aggregate.
+
+Test accuracy is measured at round 0, every ``eval_every`` rounds and after the last round. If
+the parameters become non-finite the run stops, is marked diverged, and its last accuracy is
+carried to the remaining evaluation points.
+
+Randomness: the data seed drives the train/test split and partition; the training seed drives
+the model's initialisation, the Byzantine subset, the mini-batches, the attacks and the
+engine's per-round seed. Secure and plaintext runs with equal seeds therefore see identical
+inputs in round 0, and identical inputs in every round as long as the revealed aggregates agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from secrobust.train.attacks import flips_labels, make_attack
+from secrobust.train.config import RunSpec
+from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
+from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
+from secrobust.train.models import FlatAdapter, build_model
+
+ENCODER_MARGIN = 0.99
+
+
+@dataclass
+class RunResult:
+    """What one run produced. ``weights[t]`` are the public weights the rule chose in round t."""
+
+    spec: RunSpec
+    dataset: str
+    dim: int
+    byzantine: list[int]
+    history: list[dict[str, Any]]
+    weights: np.ndarray
+    epsilon: float | None
+    seconds: float
+    aggregate_seconds: float
+    diverged: bool
+    rescaled_rows: int = 0
+    clipped_rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.history[-1]["accuracy"])
+
+    @property
+    def byzantine_weight(self) -> float:
+        """Mean over rounds of the total weight the rule gave to Byzantine rows."""
+        if not self.byzantine or len(self.weights) == 0:
+            return 0.0
+        return float(self.weights[:, self.byzantine].sum(axis=1).mean())
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-lines record of this run."""
+        s = self.spec
+        return {
+            "run_id": s.run_id,
+            "rule": s.rule,
+            "attack": s.attack,
+            "f": s.f,
+            "secure": s.secure,
+            "seed": s.seed,
+            "data_seed": s.data_seed,
+            "dataset": self.dataset,
+            "model": s.model.name,
+            "workers": s.train.workers,
+            "rounds": s.train.rounds,
+            "dim": self.dim,
+            "byzantine": self.byzantine,
+            "final_accuracy": self.final_accuracy,
+            "byzantine_weight": self.byzantine_weight,
+            "epsilon": self.epsilon,
+            "delta": s.dp.delta if self.epsilon is not None else None,
+            "dp_formal": is_formal(s.rule) if self.epsilon is not None else None,
+            "diverged": self.diverged,
+            "rescaled_rows": self.rescaled_rows,
+            "clipped_rows": self.clipped_rows,
+            "seconds": round(self.seconds, 3),
+            "aggregate_seconds": round(self.aggregate_seconds, 3),
+            "history": self.history,
+            "spec": s.to_dict(),
+        }
+
+
+def engine_aggregate(
+    updates: np.ndarray, rule: str, f: int, *, secure: bool, **kwargs: Any
+) -> Any:
+    """Call ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext)."""
+    import secrobust
+
+    fn = secrobust.aggregate if secure else secrobust.plain_aggregate
+    return fn(updates, rule=rule, f=f, **kwargs)
+
+
+def round_seed(seed: int, t: int) -> int:
+    """The engine's seed for round t of a run with training seed ``seed`` (63-bit, deterministic)."""
+    state = np.random.SeedSequence([seed, t, 0x5EC]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y)."""
+    model.eval()
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(y), 4096):
+            logits = model(x[start : start + 4096])
+            target = y[start : start + 4096]
+            loss += float(F.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == target).sum())
+    model.train()
+    return correct / len(y), loss / len(y)
+
+
+def run(
+    spec: RunSpec,
+    *,
+    dataset: Dataset | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train once as ``spec`` says and return the history, the chosen weights and the privacy spent."""
+    started = time.perf_counter()
+    tc, n, f = spec.train, spec.train.workers, spec.f
+    if not 0 <= f < n:
+        raise ValueError(f"need 0 <= f < workers, got f={f}, workers={n}")
+    if dataset is None:
+        dataset = load_dataset(
+            spec.data.dataset,
+            seed=spec.data_seed,
+            test_fraction=spec.data.test_fraction,
+            fallback=None if spec.data.fallback == "none" else spec.data.fallback,
+        )
+
+    data_rng = np.random.default_rng(spec.data_seed)
+    parts = partition(dataset.y_train, n, spec.data.partition, data_rng, alpha=spec.data.alpha)
+    init_seq, byz_seq, batch_seq, attack_seq = np.random.SeedSequence(spec.seed).spawn(4)
+    byzantine = sorted(int(i) for i in np.random.default_rng(byz_seq).choice(n, size=f, replace=False))
+    is_byz = np.zeros(n, dtype=bool)
+    is_byz[byzantine] = True
+    honest = np.flatnonzero(~is_byz)
+    batch_rng = np.random.default_rng(batch_seq)
+    attack_rng = np.random.default_rng(attack_seq)
+    attack = make_attack(spec.attack, **spec.attack_options)
+
+    x_train = torch.from_numpy(dataset.x_train)
+    y_honest = torch.from_numpy(dataset.y_train)
+    y_flipped = torch.from_numpy(flip_labels(dataset.y_train, dataset.n_classes))
+    x_test = torch.from_numpy(dataset.x_test)
+    y_test = torch.from_numpy(dataset.y_test)
+
+    model = build_model(
+        spec.model.name,
+        dataset.input_shape,
+        dataset.n_classes,
+        hidden=spec.model.hidden,
+        seed=int(init_seq.generate_state(1)[0]),
+    )
+    adapter = FlatAdapter(model)
+    d = adapter.dim
+    theta = adapter.get()
+    momentum = np.zeros((n, d))
+    encoder_bound = ENCODER_MARGIN * 2.0 ** (30 - tc.frac_bits)
+
+    dp = spec.dp
+    sigma = server_noise_std(spec.rule, n, dp.clip, dp.noise_multiplier) if dp.enabled else 0.0
+    accountant = PrivacyAccountant(dp.noise_multiplier) if sigma > 0 else None
+
+    weights = np.zeros((tc.rounds, n))
+    history: list[dict[str, Any]] = []
+    center = np.zeros(d)
+    aggregate_seconds, rescaled, clipped, diverged = 0.0, 0, 0, False
+    byz_since_eval: list[float] = []
+
+    def log_eval(t: int) -> None:
+        acc, loss = evaluate(model, x_test, y_test)
+        entry: dict[str, Any] = {
+            "round": t,
+            "accuracy": acc,
+            "loss": loss if np.isfinite(loss) else None,
+            "byzantine_weight": float(np.mean(byz_since_eval)) if byz_since_eval else None,
+        }
+        if accountant is not None:
+            entry["epsilon"] = accountant.epsilon(dp.delta)
+        history.append(entry)
+        byz_since_eval.clear()
+
+    log_eval(0)
+    for t in range(tc.rounds):
+        sent = np.empty((n, d))
+        for i in range(n):
+            labels = y_flipped if (is_byz[i] and flips_labels(spec.attack)) else y_honest
+            u = _local_update(model, adapter, theta, x_train, labels, parts[i], tc, batch_rng)
+            momentum[i] = tc.momentum * momentum[i] + (1.0 - tc.momentum) * u
+            sent[i] = momentum[i]
+        if dp.enabled:
+            sent, was_clipped = clip_rows(sent, dp.clip)
+            clipped += int(was_clipped[honest].sum())
+        norms = np.linalg.norm(sent, axis=1)
+        too_long = (norms > encoder_bound) & ~is_byz
+        if too_long.any():
+            sent[too_long] *= (encoder_bound / norms[too_long])[:, None]
+            rescaled += int(too_long.sum())
+        if f:
+            sent[byzantine] = attack(sent[honest], sent[byzantine], attack_rng)
+
+        options = dict(spec.rule_options)
+        if spec.rule == "cclip":
+            options["center"] = center
+        tick = time.perf_counter()
+        result = engine_aggregate(
+            sent,
+            spec.rule,
+            f,
+            secure=spec.secure,
+            frac_bits=tc.frac_bits,
+            seed=round_seed(spec.seed, t),
+            dp_noise_std=sigma,
+            unchecked=tuple(byzantine),
+            **options,
+        )
+        aggregate_seconds += time.perf_counter() - tick
+        agg = np.asarray(result.aggregate, dtype=np.float64)
+        weights[t] = np.asarray(result.weights, dtype=np.float64)
+        byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
+        if accountant is not None:
+            accountant.step()
+        center = agg
+        theta = theta - tc.lr * agg
+        adapter.set(theta)
+        if not np.all(np.isfinite(theta)):
+            diverged = True
+            weights = weights[: t + 1]
+            log_eval(t + 1)
+            last = history[-1]
+            for r in _eval_rounds(tc.rounds, tc.eval_every):
+                if r > t + 1:
+                    history.append({**last, "round": r})
+            break
+        if on_round is not None:
+            on_round(t + 1)
+        if (t + 1) % tc.eval_every == 0 or t + 1 == tc.rounds:
+            log_eval(t + 1)
+
+    return RunResult(
+        spec=spec,
+        dataset=dataset.name,
+        dim=d,
+        byzantine=byzantine,
+        history=history,
+        weights=weights,
+        epsilon=accountant.epsilon(dp.delta) if accountant is not None else None,
+        seconds=time.perf_counter() - started,
+        aggregate_seconds=aggregate_seconds,
+        diverged=diverged,
+        rescaled_rows=rescaled,
+        clipped_rows=clipped,
+    )
+
+
+def _eval_rounds(rounds: int, every: int) -> list[int]:
+    return sorted({0, rounds, *range(every, rounds + 1, every)})
+
+
+def _local_update(
+    model: torch.nn.Module,
+    adapter: FlatAdapter,
+    theta: np.ndarray,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: np.ndarray,
+    tc: Any,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Average stochastic gradient over K local SGD steps from theta, on the worker's examples."""
+    adapter.set(theta)
+    total = np.zeros(adapter.dim)
+    size = min(tc.batch_size, len(indices))
+    for _ in range(tc.local_steps):
+        batch = torch.from_numpy(rng.choice(indices, size=size, replace=False))
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[batch]), y[batch]).backward()
+        grad = adapter.grad()
+        total += grad
+        if tc.local_steps > 1:
+            with torch.no_grad():
+                for p, g in zip(adapter.params, adapter.unflatten(grad)):
+                    p.sub_(tc.local_lr * g)
+    return total / tc.local_steps

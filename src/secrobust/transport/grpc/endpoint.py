@@ -1,0 +1,258 @@
+"""The listening side of a party: a gRPC server with mutual TLS that feeds a PartyHandler.
+
+Every call is checked in this order, and refused with a stable code (see ``errors.CODES``) while
+the server keeps serving:
+
+1. the caller's certificate is from the deployment CA (TLS handshake) and its CN is a party the
+   handler admits (``unknown-party``);
+2. the request parses as protobuf (``malformed-protobuf``) and the stream opens with an envelope
+   (``malformed-stream``);
+3. the envelope: version, sender = certificate CN, recipient = this party, a known phase, sizes
+   (``version``, ``sender-mismatch``, ``wrong-recipient``, ``out-of-phase``, ``too-large``);
+4. the message id was never accepted before (``replay``);
+5. the handler's round-state check of the envelope (``wrong-round``, ``out-of-phase``, ``duplicate``),
+   before any payload is buffered;
+6. chunk order, sizes and the SHA-256 digest (``malformed-stream``, ``digest``); the Message decodes
+   (``malformed-message``) and its header equals the envelope (``envelope-mismatch``);
+7. the handler's acceptance of the decoded message (``wrong-size`` and any protocol error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from concurrent import futures
+from typing import Any, Iterator, Protocol
+
+import grpc
+import numpy as np
+
+from ...certs import Identity
+from ...protocol.messages import VERSION, Message
+from . import secrobust_pb2 as pb
+from . import wire
+from .accounting import Accounting
+from .errors import CODES, ERROR_KEY, Rejected, rejection_for
+from .logs import LOGGER_NAME, Timer, event
+from .tls import server_credentials, server_options, peer_common_name
+
+SERVICE = "secrobust.v1.Party"
+REPLAY_CACHE = 1 << 20
+
+
+class PartyHandler(Protocol):
+    """What a party plugs into its Endpoint. Methods may raise Rejected or any ProtocolError."""
+
+    party: str
+
+    def admitted(self, caller: str) -> bool:
+        """May the holder of a certificate with this CN call this party at all?"""
+
+    def max_message_bytes(self, env: pb.Envelope) -> int:
+        """Largest message this party takes for the envelope's round and phase."""
+
+    def precheck(self, env: pb.Envelope) -> None:
+        """Round and phase checks on an envelope, before its payload is read."""
+
+    def accept(self, msg: Message, env: pb.Envelope) -> None:
+        """Take a decoded message whose envelope passed every check."""
+
+    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> "Message | wire.Outgoing":
+        """The message of ``phase`` addressed to ``caller`` in ``round_id``, waiting up to ``wait_s``."""
+
+    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        """Round control and reports."""
+
+
+class _ReplayCache:
+    """Message ids accepted so far (bounded, oldest forgotten first) and ids being received now."""
+
+    def __init__(self, capacity: int = REPLAY_CACHE) -> None:
+        self._lock = threading.Lock()
+        self._done: OrderedDict[bytes, None] = OrderedDict()
+        self._active: set[bytes] = set()
+        self._capacity = capacity
+
+    def begin(self, message_id: bytes) -> None:
+        with self._lock:
+            if message_id in self._done or message_id in self._active:
+                raise Rejected("replay", f"message id {message_id.hex()} was already received")
+            self._active.add(message_id)
+
+    def end(self, message_id: bytes, accepted: bool) -> None:
+        with self._lock:
+            self._active.discard(message_id)
+            if accepted:
+                self._done[message_id] = None
+                while len(self._done) > self._capacity:
+                    self._done.popitem(last=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, default=_json_default, separators=(",", ":")).encode()
+
+
+class Endpoint:
+    """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port."""
+
+    def __init__(self, identity: Identity, address: str, handler: PartyHandler, *, max_workers: int = 16,
+                 accounting: Accounting | None = None) -> None:
+        if identity.party != handler.party:
+            raise ValueError(f"identity {identity.party!r} does not match handler {handler.party!r}")
+        self.identity = identity
+        self.address = address
+        self.handler = handler
+        self.accounting = accounting or Accounting()
+        self.log = logging.getLogger(LOGGER_NAME)
+        self._replays = _ReplayCache()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                              thread_name_prefix=f"{identity.party}-rpc"),
+                                   options=server_options())
+        handlers = {
+            "Send": grpc.stream_unary_rpc_method_handler(self._send, request_deserializer=wire.parse_chunk,
+                                                         response_serializer=pb.Ack.SerializeToString),
+            "Fetch": grpc.unary_stream_rpc_method_handler(self._fetch, request_deserializer=_parse(pb.FetchRequest),
+                                                          response_serializer=pb.Chunk.SerializeToString),
+            "Control": grpc.unary_unary_rpc_method_handler(self._control,
+                                                           request_deserializer=_parse(pb.ControlRequest),
+                                                           response_serializer=pb.ControlReply.SerializeToString),
+        }
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port: int | None = None
+
+    def start(self) -> int:
+        port = self._server.add_secure_port(self.address, server_credentials(self.identity))
+        if port == 0:
+            raise OSError(f"{self.identity.party}: cannot bind {self.address}")
+        self._server.start()
+        self.port = port
+        event(self.log, "listening", address=self.address, port=port)
+        return port
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        cn = peer_common_name(context)
+        if cn is None:
+            raise Rejected("unauthenticated", "the call carries no verified client certificate")
+        if not self.handler.admitted(cn):
+            raise Rejected("unknown-party", f"{cn!r} is not a party of this deployment")
+        return cn
+
+    def _refuse(self, context: grpc.ServicerContext, exc: BaseException, **fields: Any) -> None:
+        rej = rejection_for(exc)
+        level = logging.ERROR if rej.code == "internal" else logging.WARNING
+        event(self.log, "refused", level=level, code=rej.code, reason=rej.reason, **fields)
+        if rej.code == "internal":
+            self.log.exception("internal error while serving a call")
+        context.set_trailing_metadata(((ERROR_KEY, rej.code),))
+        context.abort(CODES[rej.code], str(rej))
+
+    def _send(self, requests: Iterator[pb.Chunk | None], context: grpc.ServicerContext) -> pb.Ack:
+        timer = Timer()
+        info: dict[str, Any] = {}
+        message_id: bytes | None = None
+        accepted = False
+        try:
+            caller = self._caller(context)
+            info["sender"] = caller
+
+            def precheck(env: pb.Envelope) -> None:
+                nonlocal message_id
+                info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes, seq=env.seq)
+                limit = self.handler.max_message_bytes(env)
+                if env.total_bytes > limit:
+                    raise Rejected("too-large", f"{env.phase} of {env.total_bytes} bytes exceeds the limit of "
+                                   f"{limit} bytes")
+                self._replays.begin(env.message_id)
+                message_id = env.message_id
+                self.handler.precheck(env)
+
+            msg, env, wire_bytes = wire.read_stream(requests, caller=caller, me=self.handler.party,
+                                                    max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
+            self.handler.accept(msg, env)
+            accepted = True
+            self.accounting.add(env.round_id, "received", caller, env.total_bytes, wire_bytes)
+            event(self.log, "received", seconds=round(timer.seconds, 6), **info)
+            return pb.Ack(message_id=env.message_id, bytes_received=env.total_bytes)
+        except Exception as exc:  # every failure becomes a coded refusal; the server keeps serving
+            self._refuse(context, exc, **info)
+            raise
+        finally:
+            if message_id is not None:
+                self._replays.end(message_id, accepted)
+
+    def _fetch(self, request: pb.FetchRequest | None, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        timer = Timer()
+        try:
+            if request is None:
+                raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
+            caller = self._caller(context)
+            if request.version != VERSION:
+                raise Rejected("version", f"protocol version {request.version} is not supported")
+            if request.requester != caller:
+                raise Rejected("sender-mismatch", f"requester {request.requester!r} but certificate {caller!r}")
+            wait_s = min(max(request.timeout_s, 0.0), 600.0)
+            found = self.handler.fetch(caller, request.round_id, request.phase, wait_s)
+            out = found if isinstance(found, wire.Outgoing) else wire.encode(found)
+        except Exception as exc:
+            self._refuse(context, exc, requester=getattr(request, "requester", None),
+                         round=getattr(request, "round_id", None), phase=getattr(request, "phase", None))
+            raise
+        wire_bytes = 0
+        for chunk in wire.chunks(out):
+            wire_bytes += chunk.ByteSize()
+            yield chunk
+        self.accounting.add(out.envelope.round_id, "sent", caller, out.envelope.total_bytes, wire_bytes)
+        event(self.log, "served", requester=caller, round=out.envelope.round_id, phase=out.envelope.phase,
+              bytes=out.envelope.total_bytes, seconds=round(timer.seconds, 6))
+
+    def _control(self, request: pb.ControlRequest | None, context: grpc.ServicerContext) -> pb.ControlReply:
+        try:
+            if request is None:
+                raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
+            caller = self._caller(context)
+            if request.version != VERSION:
+                raise Rejected("version", f"protocol version {request.version} is not supported")
+            if request.sender != caller:
+                raise Rejected("sender-mismatch", f"sender {request.sender!r} but certificate {caller!r}")
+            try:
+                args = json.loads(request.json.decode()) if request.json else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise Rejected("bad-request", f"control arguments are not JSON: {exc}") from None
+            if not isinstance(args, dict):
+                raise Rejected("bad-request", "control arguments must be a JSON object")
+            result = self.handler.control(caller, request.command, request.round_id, args)
+            return pb.ControlReply(json=dumps(result))
+        except Exception as exc:
+            self._refuse(context, exc, sender=getattr(request, "sender", None), command=getattr(request, "command", None),
+                         round=getattr(request, "round_id", None))
+            raise
+
+
+_ABSOLUTE_LIMIT = 1 << 40
+
+
+def _parse(cls: Any) -> Any:
+    def parse(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except Exception:
+            return None
+    return parse

@@ -1,0 +1,195 @@
+"""Bad input gets a specific error, and a rejected message leaves the party's state untouched."""
+
+import numpy as np
+import pytest
+
+import secrobust
+from secrobust import MalformedMessage, RoundAborted, TripleReuseError, UnexpectedMessage
+from secrobust.errors import DuplicateWorker, UnknownWorker
+from secrobust.nodes import DealerNode, ServerNode
+from secrobust.protocol import messages as M
+from secrobust.protocol.offline import request_triple
+from secrobust.protocol.server import RoundPlan
+from secrobust.protocol.worker import share_update
+from secrobust.dealer import TripleSeeds
+from secrobust import ring
+
+GOOD = np.random.default_rng(0).normal(size=(7, 5))
+
+
+@pytest.mark.parametrize("updates,match", [
+    (np.zeros((2, 3, 4)), r"\(n, d\) matrix"),
+    (np.zeros((0, 4)), r"n, d >= 1"),
+    (np.zeros((4, 0)), r"n, d >= 1"),
+    ([np.zeros(3), np.zeros(4)], r"worker 1 sent dimension 4, worker 0 sent 3"),
+    ([np.zeros((2, 2))], r"one flat vector"),
+    ([], r"no updates"),
+    ("not updates", r"real numbers|flat vector"),
+    (np.array([[1 + 1j, 0]]), r"real numbers"),
+])
+def test_bad_shapes(updates, match):
+    with pytest.raises(ValueError, match=match):
+        secrobust.aggregate(updates, "mean", 0)
+
+
+@pytest.mark.parametrize("value,what", [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")])
+def test_non_finite_values_name_the_worker(value, what):
+    x = GOOD.copy()
+    x[4, 2] = value
+    with pytest.raises(ValueError, match=rf"update 4 contains NaN or inf"):
+        secrobust.aggregate(x, "krum", 1)
+    with pytest.raises(ValueError, match=rf"update 4 contains NaN or inf"):
+        secrobust.rules.krum(x, 1)
+
+
+def test_out_of_range_norm_names_the_worker_and_the_bound():
+    x = GOOD.copy()
+    x[2] *= 1e6
+    with pytest.raises(ValueError, match=r"update 2 has L2 norm .* above the encoder's range"):
+        secrobust.aggregate(x, "mean")
+    limit = secrobust.max_norm(20, 5)
+    ok = GOOD.copy()
+    ok[0] = ok[0] / np.linalg.norm(ok[0]) * limit * 0.999999
+    secrobust.aggregate(ok, "mean")
+
+
+def test_ring_overflow_weakness_is_open():
+    """A Byzantine worker is not bound by the encoder. On a coordinate where the honest updates agree,
+    adding delta = 2^(32-F) adds delta^2 * 2^(2F) = 2^64 = 0 to its squared distances mod 2^64, so S1
+    sees it at the honest centre although it is 4096 away; Multi-Krum keeps it and the aggregate is
+    corrupted. This pins the open weakness (DESIGN section 2) until an input range check closes it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(9, 5)) * 0.1
+    x[:, 0] = 0.0
+    x[0] = x[1:].mean(axis=0)
+    x[0, 0] = 2.0 ** (32 - ring.DEFAULT_FRAC_BITS)
+    res = secrobust.aggregate(x, "multi-krum", 2, unchecked=[0])
+    true_distances = ((x[0] - x[1:]) ** 2).sum(axis=1)
+    assert true_distances.min() > 1e7
+    assert res.distances[0, 1:].max() < 1.0
+    assert res.weights[0] > 0
+    assert abs(res.aggregate[0]) > 100
+
+
+@pytest.mark.parametrize("rule,n,f,match", [
+    ("krum", 6, 2, r"krum' needs n >= 2f \+ 3; got n=6, f=2 \(n must be at least 7\)"),
+    ("multi-krum", 4, 1, r"needs n >= 2f \+ 3"),
+    ("geomed", 4, 2, r"needs n >= 2f \+ 1"),
+    ("mda", 2, 1, r"needs n >= 2f \+ 1"),
+    ("norm-clip", 3, 2, r"needs n >= 2f \+ 1"),
+    ("cclip", 3, 2, r"needs n >= 2f \+ 1"),
+    ("mean", 2, 2, r"needs n >= f \+ 1"),
+])
+def test_n_too_small_for_f(rule, n, f, match):
+    with pytest.raises(ValueError, match=match):
+        secrobust.aggregate(GOOD[:n], rule, f)
+    with pytest.raises(ValueError, match=match):
+        secrobust.rules.weights(GOOD[:n], rule, f)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rule": "median"}, r"unknown rule 'median'; choose one of mean, .*krum"),
+    ({"rule": "krum", "f": -1}, r"f must be a non-negative integer"),
+    ({"rule": "krum", "f": 1.5}, r"f must be a non-negative integer"),
+    ({"rule": "krum", "f": 1, "m": 3}, r"unknown option\(s\) \['m'\]; allowed: none"),
+    ({"rule": "multi-krum", "f": 1, "mm": 3}, r"unknown option\(s\) \['mm'\]; allowed: m"),
+    ({"rule": "multi-krum", "f": 1, "m": 0}, r"1 <= m <= n"),
+    ({"rule": "geomed", "f": 1, "iterations": 0}, r"positive integer"),
+    ({"rule": "norm-clip", "f": 1, "tau": -1.0}, r"tau must be a positive"),
+    ({"rule": "cclip", "f": 1, "center": np.zeros(4)}, r"center has dimension 4, the updates have 5"),
+    ({"rule": "mean", "frac_bits": 40}, r"frac_bits must be an integer in \[0, 28\]"),
+    ({"rule": "mean", "drop": {9: "S0"}}, r"drop maps a worker"),
+    ({"rule": "mean", "drop": {1: "S2"}}, r"drop maps a worker"),
+    ({"rule": "mean", "dp_noise_std": -1.0}, r"dp_noise_std must be finite"),
+    ({"rule": "mean", "unchecked": [7]}, r"outside 0..6"),
+])
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        secrobust.aggregate(GOOD, **kwargs)
+
+
+def test_mda_refuses_an_exponential_search():
+    x = np.random.default_rng(1).normal(size=(41, 2))
+    with pytest.raises(ValueError, match=r"C\(41, 20\) = .* subsets"):
+        secrobust.aggregate(x, "mda", 20)
+
+
+def test_too_many_dropouts_abort_the_round():
+    with pytest.raises(RoundAborted, match=r"only 6 workers reached both servers; the rule needs n >= 2f \+ 3"):
+        secrobust.aggregate(GOOD, "krum", 2, drop={0: "S1"})
+
+
+def test_dropouts_are_tolerated():
+    x = np.random.default_rng(2).normal(size=(9, 6))
+    res = secrobust.aggregate(x, "multi-krum", 1, drop={2: "S0", 5: "S1", 7: "both"})
+    assert res.participants == (0, 1, 3, 4, 6, 8)
+    kept = list(res.participants)
+    expect = secrobust.plain_aggregate(x[kept], "multi-krum", 1)
+    assert np.array_equal(res.weights[kept], expect.weights)
+    assert np.all(res.weights[[2, 5, 7]] == 0)
+    assert np.array_equal(res.aggregate, expect.aggregate)
+    assert np.isnan(res.distances[2]).all()
+
+
+def _started(party: int, n: int = 7, d: int = 5, round_id: int = 0) -> ServerNode:
+    node = ServerNode(party)
+    node.start_round(RoundPlan(round_id, tuple(range(n)), d, 20, ("distances",), None, "t0"))
+    return node
+
+
+def _shares(round_id: int = 0, worker: int = 0, d: int = 5):
+    return share_update(round_id, worker, ring.encode(np.ones(d)), bytes(16))
+
+
+def test_protocol_messages_are_checked_and_a_rejection_keeps_the_state():
+    s0, s1 = _started(0), _started(1)
+    to_s0, to_s1 = _shares()
+    s0.receive_share(to_s0)
+    before = s0.state
+    with pytest.raises(DuplicateWorker, match="worker 0 already sent"):
+        s0.receive_share(to_s0)
+    assert s0.state is before
+    with pytest.raises(UnknownWorker, match="worker 9 is not expected"):
+        s0.receive_share(_shares(worker=9)[0])
+    with pytest.raises(UnexpectedMessage, match="round 3, this is round 0"):
+        s0.receive_share(_shares(round_id=3, worker=1)[0])
+    with pytest.raises(UnexpectedMessage, match="expected share-seed, got share-masked"):
+        s0.receive_share(_shares(worker=1)[1])
+    with pytest.raises(MalformedMessage, match=r"expected uint64 \(5,\)"):
+        s1.receive_share(_shares(worker=1, d=4)[1])
+    forged = M.Message(M.SHARE_MASKED, 0, "worker:3", "S1", fields={"worker": 2}, arrays={"x1": np.zeros(5, np.uint64)})
+    with pytest.raises(UnexpectedMessage, match="must come from worker:2, came from worker:3"):
+        s1.receive_share(forged)
+    s1.receive_share(to_s1)
+    assert set(s0.state.inputs) == {0} and set(s1.state.inputs) == {0}
+
+
+def test_a_triple_is_never_reused():
+    dealer = DealerNode()
+    s0 = _started(0)
+    request = request_triple(0, s0.current.plan.triple_spec())
+    m0, _ = dealer.handle(request, TripleSeeds.fresh())
+    with pytest.raises(TripleReuseError, match="already used"):
+        dealer.handle(request, TripleSeeds.fresh())
+    s0.receive_triple(m0)
+    s0.start_round(s0.current.plan)
+    with pytest.raises(TripleReuseError, match="already used"):
+        s0.receive_triple(m0)
+
+
+def test_a_cluster_uses_a_fresh_triple_every_round():
+    cluster = secrobust.Cluster(seed=5)
+    ids = []
+    for _ in range(3):
+        cluster.run_round(GOOD, "krum", 1)
+        ids.append(cluster.s0.current.triple.spec.triple_id)
+    assert len(set(ids)) == 3
+    assert all(t in cluster.s1.ledger and t in cluster.dealer.ledger for t in ids)
+
+
+def test_truncated_message_bytes_are_refused():
+    data = _shares()[1].to_bytes()
+    with pytest.raises(MalformedMessage, match="needs 40 bytes"):
+        M.Message.from_bytes(data[:-3])
+    with pytest.raises(MalformedMessage, match="trailing bytes"):
+        M.Message.from_bytes(data + b"\0")

@@ -1,0 +1,162 @@
+"""The secure protocol against the plaintext oracle, rule by rule, on many inputs with outliers."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import secrobust
+from secrobust import ring
+from secrobust.rules.selection import krum_scores
+
+from datagen import updates_with_outliers
+
+RULE_CASES = [
+    ("mean", {}),
+    ("krum", {}),
+    ("multi-krum", {}),
+    ("multi-krum", {"m": 3}),
+    ("geomed", {}),
+    ("geomed", {"iterations": 5, "tol": 0.0}),
+    ("mda", {}),
+    ("norm-clip", {}),
+    ("norm-clip", {"tau": 2.0}),
+    ("cclip", {}),
+    ("cclip", {"tau": 1.0, "iterations": 3}),
+]
+
+
+def fixed_point_bound(x: np.ndarray, weights: np.ndarray, center_weight: float, frac_bits: int) -> float:
+    """|secure - sum_i w_i x_i - w_v v| per coordinate, from rounding x (2^-F-1), w (2^-W-1) and v.
+
+    err <= 2^-(F+1) (sum|w| + |w_v|) + n 2^-(W+1) (max|x| + 2^-(F+1)) + 2^-52 max|aggregate|.
+    """
+    n = x.shape[0]
+    w_bits = ring.WEIGHT_FRAC_BITS
+    bound = 2.0 ** -(frac_bits + 1) * (np.abs(weights).sum() + abs(center_weight))
+    bound += n * 2.0 ** -(w_bits + 1) * (np.abs(x).max() + 2.0 ** -(frac_bits + 1))
+    return bound + 2.0**-52 * (np.abs(x).max() + 1)
+
+
+@pytest.mark.parametrize("rule,options", RULE_CASES, ids=[f"{r}{o}" for r, o in RULE_CASES])
+@pytest.mark.parametrize("seed", range(6))
+def test_secure_equals_plaintext(rule, options, seed):
+    rng = np.random.default_rng(1000 + seed)
+    n = int(rng.integers(7, 14))
+    d = int(rng.integers(1, 300))
+    f = int(rng.integers(0, (n - 3) // 2 + 1))
+    x = updates_with_outliers(seed, n, d, f)
+    if rule == "cclip":
+        options = {**options, "center": x[f:].mean(axis=0) + 0.1}
+    frac_bits = int(rng.choice([12, 16, 20]))
+
+    secure = secrobust.aggregate(x, rule, f, frac_bits=frac_bits, seed=seed, **options)
+    plain = secrobust.plain_aggregate(x, rule, f, frac_bits=frac_bits, **options)
+
+    assert np.array_equal(secure.weights, plain.weights)
+    assert secure.center_weight == plain.center_weight
+    assert np.array_equal(secure.aggregate, plain.aggregate)
+    center = options.get("center", np.zeros(d))
+    reference = secure.weights @ x + secure.center_weight * center
+    bound = fixed_point_bound(x, secure.weights, secure.center_weight, frac_bits)
+    assert np.abs(secure.aggregate - reference).max() <= bound + 2.0 ** -(frac_bits + 1) * abs(secure.center_weight)
+
+
+@given(st.integers(0, 10_000), st.sampled_from(["krum", "multi-krum", "geomed", "mda"]))
+@settings(max_examples=25, deadline=None)
+def test_secure_distances_are_the_exact_squared_distances_of_the_encodings(seed, rule):
+    x = updates_with_outliers(seed, 9, 17, 2)
+    res = secrobust.aggregate(x, rule, 2, seed=seed)
+    enc = ring.encode(x).view(np.int64).astype(object)
+    exact = np.array([[sum((a - b) ** 2 for a, b in zip(enc[i], enc[j])) for j in range(9)] for i in range(9)],
+                     dtype=np.float64) / 2.0 ** (2 * ring.DEFAULT_FRAC_BITS)
+    assert np.array_equal(res.distances, exact)
+    assert np.array_equal(res.weights, secrobust.rules.weights(x, rule, 2))
+
+
+def test_distances_close_to_float_distances():
+    x = updates_with_outliers(3, 10, 500, 2)
+    res = secrobust.aggregate(x, "krum", 2)
+    true = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    # each coordinate moves by <= 2^-(F+1): | ||a||^2 - ||b||^2 | <= 2||a|| eps sqrt(d) + d eps^2
+    eps = 2.0 ** -(ring.DEFAULT_FRAC_BITS)
+    assert np.all(np.abs(res.distances - true) <= 2 * np.sqrt(true) * eps * np.sqrt(500) + 500 * eps**2 + 1e-9)
+
+
+def krum_by_hand(distances: np.ndarray, k: int) -> int:
+    n = distances.shape[0]
+    scores = [sorted(distances[i, j] for j in range(n) if j != i)[:k] for i in range(n)]
+    return int(np.argmin([sum(s) for s in scores]))
+
+
+def test_krum_uses_the_n_minus_f_minus_2_closest_neighbours():
+    n, f = 9, 2
+    for seed in range(500):
+        x = np.random.default_rng(seed).normal(size=(n, 3)) * np.random.default_rng(seed + 1).uniform(0.1, 3, size=(n, 1))
+        d = secrobust.plain_aggregate(x, "krum", f).distances
+        picks = {k: krum_by_hand(d, k) for k in (n - f - 2, n - f - 1, n - f)}
+        if len(set(picks.values())) == 3:
+            break
+    else:
+        pytest.fail("no discriminating example found")
+    secure = secrobust.aggregate(x, "krum", f, seed=seed)
+    assert int(np.argmax(secure.weights)) == picks[n - f - 2]
+    assert np.array_equal(krum_scores(d, f), np.array([sum(sorted(np.delete(d[i], i))[: n - f - 2]) for i in range(n)]))
+
+
+def test_krum_ties_go_to_the_lower_index():
+    x = np.array([[0.0], [0.0], [0.0], [0.0], [0.0], [1.0], [1.0]])
+    res = secrobust.aggregate(x, "krum", 1)
+    assert res.weights.tolist() == [1, 0, 0, 0, 0, 0, 0]
+
+
+def test_multi_krum_defaults_to_n_minus_f():
+    x = updates_with_outliers(5, 11, 20, 3)
+    res = secrobust.aggregate(x, "multi-krum", 3)
+    assert np.count_nonzero(res.weights) == 8
+    assert np.allclose(res.weights[res.weights > 0], 1 / 8)
+    assert np.all(res.weights[:3] == 0)
+
+
+def test_robust_rules_exclude_far_outliers():
+    x = updates_with_outliers(11, 12, 50, 0)
+    x[:3] += 50.0
+    for rule in ("krum", "multi-krum", "mda"):
+        res = secrobust.aggregate(x, rule, 3)
+        assert np.all(res.weights[:3] == 0), rule
+    geo = secrobust.aggregate(x, "geomed", 3)
+    assert geo.weights[:3].sum() < 0.05
+    mean = secrobust.aggregate(x, "mean", 3)
+    assert np.linalg.norm(mean.aggregate - x[3:].mean(0)) > 10 * np.linalg.norm(geo.aggregate - x[3:].mean(0))
+
+
+def test_geomed_matches_weiszfeld_on_float_points():
+    x = updates_with_outliers(2, 9, 4, 2)
+    res = secrobust.aggregate(x, "geomed", 2, iterations=500, tol=1e-12)
+    z = res.aggregate
+    grad = sum((z - xi) / np.linalg.norm(z - xi) for xi in x)
+    assert np.linalg.norm(grad) < 1e-3
+
+
+def test_norm_clip_and_cclip_clip_to_tau():
+    x = updates_with_outliers(4, 8, 30, 0)
+    x[0] *= 100
+    res = secrobust.aggregate(x, "norm-clip", 0, tau=1.0)
+    clipped = np.array([xi * min(1.0, 1.0 / np.linalg.norm(xi)) for xi in x]).mean(0)
+    assert np.abs(res.aggregate - clipped).max() < 1e-5
+    v = x[1:].mean(0)
+    res = secrobust.aggregate(x, "cclip", 0, tau=0.5, center=v)
+    expect = v + np.array([(xi - v) * min(1.0, 0.5 / np.linalg.norm(xi - v)) for xi in x]).mean(0)
+    assert np.abs(res.aggregate - expect).max() < 1e-5
+    assert res.distances is None and set(res.revealed) == {"norms"}
+
+
+def test_accepts_torch_tensors_and_lists():
+    torch = pytest.importorskip("torch")
+    x = updates_with_outliers(8, 7, 12, 1)
+    a = secrobust.aggregate(torch.tensor(x), "krum", 1, seed=0)
+    b = secrobust.aggregate([row for row in x], "krum", 1, seed=0)
+    c = secrobust.aggregate(x.astype(np.float32), "krum", 1, seed=0)
+    assert np.array_equal(a.aggregate, b.aggregate)
+    assert np.array_equal(a.weights, c.weights)
+    assert np.array_equal(secrobust.rules.krum(torch.tensor(x), 1), a.weights)

@@ -1,0 +1,81 @@
+"""Byte accounting against the protocol's formulas, and the per-phase timings."""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+import secrobust
+from secrobust.api import Cluster
+
+HEADER = 400  # generous upper bound on one message's framing + JSON header
+
+
+@pytest.mark.parametrize("n,d,chunk_bytes", [(6, 1000, 1 << 25), (10, 3000, 8 * 10 * 512)])
+def test_bytes_match_the_formulas(n, d, chunk_bytes):
+    x = np.random.default_rng(0).normal(size=(n, d))
+    log = []
+    res = Cluster(0, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, chunk_bytes=chunk_bytes)
+    by = defaultdict(list)
+    for sender, recipient, kind, data in log:
+        by[(sender.split(":")[0], recipient, kind)].append(len(data))
+    chunks = -(-d // (chunk_bytes // (8 * n)))
+
+    masked = by[("worker", "S1", "share-masked")]
+    assert len(masked) == n and all(8 * d < b < 8 * d + HEADER for b in masked)
+    seeds = by[("worker", "S0", "share-seed")]
+    assert len(seeds) == n and all(b < HEADER for b in seeds)
+    for direction in (("S0", "S1"), ("S1", "S0")):
+        opened = by[(*direction, "masked-open")]
+        assert len(opened) == chunks
+        assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
+        agg = by[(*direction, "aggregate-share")]
+        assert len(agg) == 1 and 8 * d < agg[0] < 8 * d + HEADER
+    assert 8 * n * n < by[("dealer", "S1", "triple-s1")][0] < 8 * n * n + HEADER
+    assert by[("dealer", "S0", "triple-s0")][0] < HEADER
+    assert 8 * n * n < by[("S0", "S1", "view-share")][0] < 8 * n * n + HEADER
+    assert by[("S1", "S0", "weights")][0] < 8 * n + HEADER
+
+    sent = defaultdict(int)
+    for sender, _, _, data in log:
+        sent[sender] += len(data)
+    assert dict(res.stats.bytes_sent) == dict(sent)
+    roles = res.stats.by_role()
+    assert roles["workers"]["sent"] == sum(masked) + sum(seeds)
+    assert roles["S1"]["received"] == sum(masked) + sum(by[("S0", "S1", "masked-open")]) + \
+        by[("dealer", "S1", "triple-s1")][0] + by[("S0", "S1", "view-share")][0] + \
+        by[("S0", "S1", "participants")][0] + by[("S0", "S1", "aggregate-share")][0]
+
+
+def test_norm_rules_use_the_cheaper_diagonal_triple():
+    x = np.random.default_rng(1).normal(size=(20, 50))
+    krum = secrobust.aggregate(x, "krum", 2).stats.by_role()
+    clip = secrobust.aggregate(x, "norm-clip", 2).stats.by_role()
+    assert krum["dealer"]["sent"] - clip["dealer"]["sent"] >= 8 * (20 * 20 - 20)
+
+
+def test_mean_opens_nothing_and_needs_no_dealer():
+    res = secrobust.aggregate(np.ones((5, 100)), "mean")
+    assert "dealer" not in res.stats.by_role()
+    assert res.distances is None and res.revealed == {}
+    assert np.allclose(res.aggregate, 1.0)
+
+
+def test_phases_are_timed():
+    res = secrobust.aggregate(np.random.default_rng(2).normal(size=(7, 100)), "geomed", 1)
+    assert {"encode", "offline", "share", "agree", "open", "distances", "rule", "aggregate"} <= set(res.stats.seconds)
+    assert all(v >= 0 for v in res.stats.seconds.values())
+
+
+def test_dp_noise_has_the_stated_variance_and_matches_the_plaintext_twin():
+    x = np.random.default_rng(3).normal(size=(7, 20000)) * 0.01
+    sigma = 0.05
+    clean = secrobust.aggregate(x, "mean", seed=4)
+    noisy = secrobust.aggregate(x, "mean", seed=4, dp_noise_std=sigma)
+    noise = noisy.aggregate - clean.aggregate
+    assert abs(noise.mean()) < 5 * np.sqrt(2) * sigma / np.sqrt(noise.size)
+    assert abs(noise.std() / (np.sqrt(2) * sigma) - 1) < 0.03
+    twin = secrobust.plain_aggregate(x, "mean", seed=4, dp_noise_std=sigma)
+    assert np.array_equal(twin.aggregate, noisy.aggregate)
+    other = secrobust.aggregate(x, "mean", seed=5, dp_noise_std=sigma)
+    assert not np.array_equal(other.aggregate, noisy.aggregate)

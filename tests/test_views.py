@@ -1,0 +1,119 @@
+"""What each party sees: S0's and S1's views are independent of the inputs; the dealer sees no data."""
+
+import numpy as np
+from scipy import stats
+
+import secrobust
+from secrobust import ring
+from secrobust.api import Cluster
+from secrobust.protocol.messages import Message
+
+from datagen import updates_with_outliers
+
+N, D = 8, 4096
+
+
+def run_and_record(x: np.ndarray, seed: int, rule: str = "krum") -> list[tuple[str, str, str, bytes]]:
+    log: list[tuple[str, str, str, bytes]] = []
+    Cluster(seed, tap=lambda *m: log.append(m)).run_round(x, rule, 1)
+    return log
+
+
+def view_of(log, party: str) -> dict[str, list[Message]]:
+    out: dict[str, list[Message]] = {}
+    for _, recipient, kind, data in log:
+        if recipient == party:
+            out.setdefault(kind, []).append(Message.from_bytes(data))
+    return out
+
+
+def words(msgs: list[Message], array: str) -> np.ndarray:
+    return np.concatenate([m.arrays[array].ravel() for m in msgs])
+
+
+def byte_histograms(w: np.ndarray) -> np.ndarray:
+    """256-bin histogram of each of the 8 byte positions of the words: shape (8, 256)."""
+    b = w.view(np.uint8).reshape(-1, 8)
+    return np.stack([np.bincount(b[:, k], minlength=256) for k in range(8)])
+
+
+def uniform_pvalue(w: np.ndarray) -> float:
+    return min(stats.chisquare(h).pvalue for h in byte_histograms(w))
+
+
+def same_distribution_pvalue(w1: np.ndarray, w2: np.ndarray) -> float:
+    h1, h2 = byte_histograms(w1), byte_histograms(w2)
+    pvalues = []
+    for k in range(8):
+        table = np.stack([h1[k], h2[k]])
+        table = table[:, table.sum(axis=0) > 0]
+        pvalues.append(stats.chi2_contingency(table)[1] if table.shape[1] > 1 else 1.0)
+    return min(pvalues)
+
+
+INPUTS = {
+    "small": np.full((N, D), 1e-3),
+    "structured": updates_with_outliers(0, N, D, 1) * 0.01,
+}
+
+
+def test_s0_view_is_uniform_and_input_independent():
+    logs = {name: run_and_record(x, seed=7) for name, x in INPUTS.items()}
+    views = {name: view_of(log, "S0") for name, log in logs.items()}
+    e1 = {name: words(v["masked-open"], "e") for name, v in views.items()}
+    assert uniform_pvalue(e1["small"]) > 1e-4
+    assert uniform_pvalue(e1["structured"]) > 1e-4
+    assert same_distribution_pvalue(e1["small"], e1["structured"]) > 1e-4
+    # Everything else S0 receives before the weights is identical byte for byte: seeds and the triple.
+    for kind in ("share-seed", "triple-s0", "participants"):
+        assert [m.to_bytes() for m in views["small"][kind]] == [m.to_bytes() for m in views["structured"][kind]]
+    assert set(views["small"]) == {"share-seed", "triple-s0", "participants", "masked-open", "weights", "aggregate-share"}
+
+
+def test_s1_view_before_opening_is_uniform_and_input_independent():
+    views = {name: view_of(run_and_record(x, seed=9), "S1") for name, x in INPUTS.items()}
+    for array, kind in (("x1", "share-masked"), ("e", "masked-open"), ("c1", "triple-s1")):
+        a, b = words(views["small"][kind], array), words(views["structured"][kind], array)
+        if kind != "triple-s1":
+            assert uniform_pvalue(a) > 1e-4 and uniform_pvalue(b) > 1e-4, kind
+            assert same_distribution_pvalue(a, b) > 1e-4, kind
+        else:
+            assert np.array_equal(a, b)
+
+
+def test_the_uniformity_check_can_fail():
+    """Negative control: an unmasked share (the encoded inputs themselves) is rejected by the same test."""
+    leaked = ring.encode(INPUTS["structured"]).ravel()
+    assert uniform_pvalue(leaked) < 1e-12
+    assert same_distribution_pvalue(ring.encode(INPUTS["small"]).ravel(), leaked) < 1e-12
+
+
+def test_dealer_receives_only_public_sizes():
+    logs = {name: run_and_record(x, seed=3) for name, x in INPUTS.items()}
+    for log in logs.values():
+        received = [m for m in log if m[1] == "dealer"]
+        assert [m[2] for m in received] == ["triple-request"]
+        msg = Message.from_bytes(received[0][3])
+        assert msg.sender == "S1" and not msg.arrays
+        assert set(msg.fields) == {"triple_id", "n", "d", "kind"}
+    assert [m[3] for m in logs["small"] if m[1] == "dealer"] == [m[3] for m in logs["structured"] if m[1] == "dealer"]
+    assert not [m for m in logs["small"] if m[0].startswith("worker") and m[1] == "dealer"]
+
+
+def test_s0_never_learns_distances_and_s1_opens_only_what_the_rule_needs():
+    x = INPUTS["structured"][:, :64]
+    krum = view_of(run_and_record(x, seed=1), "S0")
+    assert "view-share" not in krum
+    for rule, expected in (("mean", set()), ("norm-clip", {"norms"}), ("krum", {"distances"})):
+        s1 = view_of(run_and_record(x, seed=1, rule=rule), "S1")
+        opened = set(s1["view-share"][0].arrays) if "view-share" in s1 else set()
+        assert opened == expected, rule
+        assert set(secrobust.aggregate(x, rule, 1).revealed) == expected
+
+
+def test_fresh_runs_use_fresh_randomness():
+    x = INPUTS["small"][:, :32]
+    a, b = run_and_record(x, seed=None), run_and_record(x, seed=None)
+    seeds_a = [Message.from_bytes(m[3]).fields["seed"] for m in a if m[2] == "share-seed"]
+    seeds_b = [Message.from_bytes(m[3]).fields["seed"] for m in b if m[2] == "share-seed"]
+    assert len(set(seeds_a) | set(seeds_b)) == 2 * N
