@@ -160,3 +160,14 @@ def test_accepts_torch_tensors_and_lists():
     assert np.array_equal(a.aggregate, b.aggregate)
     assert np.array_equal(a.weights, c.weights)
     assert np.array_equal(secrobust.rules.krum(torch.tensor(x), 1), a.weights)
+
+
+def test_cclip_centers_on_the_previous_aggregate_across_rounds():
+    x = updates_with_outliers(6, 9, 40, 2)
+    cluster = secrobust.Cluster(seed=1)
+    first = cluster.run_round(x, "cclip", 2, tau=0.5)
+    second = cluster.run_round(x, "cclip", 2, tau=0.5)
+    assert np.array_equal(first.aggregate, secrobust.plain_aggregate(x, "cclip", 2, tau=0.5).aggregate)
+    expect = secrobust.plain_aggregate(x, "cclip", 2, tau=0.5, center=first.aggregate)
+    assert np.array_equal(second.weights, expect.weights)
+    assert np.abs(second.aggregate - expect.aggregate).max() < 1e-5

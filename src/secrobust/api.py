@@ -47,7 +47,10 @@ class AggregateResult:
 
 
 class Cluster:
-    """Two servers and a dealer kept across rounds, so triple reuse is refused over a whole training run."""
+    """Two servers and a dealer kept across rounds, so triple reuse is refused over a whole training run.
+
+    cclip's center defaults to the previous round's aggregate (zero in the first round).
+    """
 
     def __init__(self, seed: bytes | int | None = None, tap: Tap | None = None) -> None:
         self.seeds = SeedSource(seed)
@@ -55,6 +58,7 @@ class Cluster:
         self.s0, self.s1 = ServerNode(0), ServerNode(1)
         self.dealer = DealerNode()
         self.next_round = 0
+        self.last_aggregate: np.ndarray | None = None
 
     def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                   dp_noise_std: float = 0.0, unchecked: Any = (), drop: Mapping[int, str] | None = None,
@@ -66,6 +70,8 @@ class Cluster:
         x = as_matrix(updates)
         n, d = x.shape
         center_value, rule_options = split_options(rule, options)
+        if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
+            center_value = self.last_aggregate
         spec.validate(n, f, rule_options)
         drop = _check_drop(drop, n)
         _check_noise(dp_noise_std)
@@ -139,6 +145,7 @@ class Cluster:
         if not np.array_equal(out0, out1):
             raise AssertionError("the two servers reconstructed different aggregates")
 
+        self.last_aggregate = out0
         choice = s1.current.choice
         view = s1.current.view
         return _result(out0, choice, view, participants, n, stats, rule, f)
