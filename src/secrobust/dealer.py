@@ -32,6 +32,10 @@ class TripleSpec:
     def __post_init__(self) -> None:
         if self.kind not in TRIPLE_KINDS:
             raise ValueError(f"triple kind must be one of {TRIPLE_KINDS}, got {self.kind!r}")
+        for name in ("n", "d"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"triple size {name} must be an integer, got {value!r}")
         if self.n < 1 or self.d < 1:
             raise ValueError(f"triple sizes must be positive, got n={self.n}, d={self.d}")
 

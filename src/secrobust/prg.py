@@ -1,7 +1,7 @@
 """Seeds and their expansion into keystreams, with domain separation.
 
 A seed is 16 or 32 bytes from ``secrets``. For each use, a 128-bit AES key is derived as
-HMAC-SHA256(seed, "secrobust/v1|" + label)[:16], and the keystream is AES-128-CTR under that key
+HMAC-SHA256(seed, "secrobust/v1|" + len(seed) + label)[:16], and the keystream is AES-128-CTR under that key
 from counter block 0. Labels name the round, the party and the purpose, so no two uses share a
 keystream. CTR mode gives random access: word k of a stream is computed without the words before.
 """
@@ -41,12 +41,14 @@ def label(*parts: object) -> str:
 
 def derive_key(seed: bytes, purpose: str) -> bytes:
     """The AES-128 key for one (seed, label) pair."""
-    return hmac.new(check_seed(seed), _DOMAIN + purpose.encode(), hashlib.sha256).digest()[:16]
+    seed = check_seed(seed)
+    return hmac.new(seed, _DOMAIN + bytes([len(seed)]) + purpose.encode(), hashlib.sha256).digest()[:16]
 
 
 def derive_seed(master: bytes, purpose: str) -> bytes:
     """A child seed for a labelled purpose (used to make whole runs reproducible from one seed)."""
-    return hmac.new(check_seed(master), _DOMAIN + b"seed|" + purpose.encode(), hashlib.sha256).digest()[:SEED_BYTES]
+    master = check_seed(master)
+    return hmac.new(master, _DOMAIN + bytes([len(master)]) + b"seed|" + purpose.encode(), hashlib.sha256).digest()[:SEED_BYTES]
 
 
 def keystream(seed: bytes, purpose: str, nbytes: int, offset: int = 0) -> bytes:

@@ -33,7 +33,7 @@ def max_norm(frac_bits: int = DEFAULT_FRAC_BITS, d: int = 1) -> float:
 
 
 def check_frac_bits(frac_bits: int) -> None:
-    if not isinstance(frac_bits, (int, np.integer)) or not 0 <= frac_bits <= 28:
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)) or not 0 <= frac_bits <= 28:
         raise ValueError(f"frac_bits must be an integer in [0, 28], got {frac_bits!r}")
 
 
@@ -92,6 +92,8 @@ def encode_weights(weights: np.ndarray, frac_bits: int = WEIGHT_FRAC_BITS) -> np
     w = np.asarray(weights, dtype=np.float64)
     if not np.isfinite(w).all():
         raise ValueError("weights must be finite")
+    if np.abs(w).max(initial=0.0) >= 2.0 ** (62 - frac_bits):
+        raise ValueError(f"weights must be below 2^{62 - frac_bits} in magnitude at {frac_bits} fractional bits")
     return np.rint(w * 2.0**frac_bits).astype(np.int64).view(RING_DTYPE)
 
 

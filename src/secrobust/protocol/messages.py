@@ -9,6 +9,7 @@ order. Decoding checks every size, so truncated or padded input is a MalformedMe
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -53,7 +54,8 @@ class Message:
         specs = []
         payloads = []
         for name, arr in self.arrays.items():
-            a = np.ascontiguousarray(arr)
+            a = np.asarray(arr)
+            a = a if a.flags.c_contiguous else a.copy(order="C")
             dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in ("|", "<") else a.dtype
             key = dt.str
             if key not in _ALLOWED_DTYPES:
@@ -78,14 +80,14 @@ class Message:
             raise MalformedMessage(f"header length {hlen} does not fit a message of {len(view)} bytes")
         try:
             header = json.loads(bytes(view[8 : 8 + hlen]))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MalformedMessage(f"header is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise MalformedMessage(f"header is not valid JSON: {str(exc)[:200]}") from None
         h = _check_header(header)
         arrays: dict[str, np.ndarray] = {}
         pos = 8 + hlen
         for name, dtype, shape in h["arrays"]:
             dt = _ALLOWED_DTYPES[dtype]
-            nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            nbytes = dt.itemsize * math.prod(shape)
             if pos + nbytes > len(view):
                 raise MalformedMessage(f"array {name!r} needs {nbytes} bytes, {len(view) - pos} left")
             arrays[name] = np.frombuffer(view[pos : pos + nbytes], dtype=dt).reshape(shape)
@@ -97,6 +99,8 @@ class Message:
 
 
 def _encode_field(value: Any) -> Any:
+    if isinstance(value, dict):
+        raise TypeError("message fields hold scalars, strings, bytes or lists, not dicts")
     if isinstance(value, (bytes, bytearray)):
         return {"hex": bytes(value).hex()}
     if isinstance(value, (np.integer, np.floating)):
@@ -108,8 +112,8 @@ def _encode_field(value: Any) -> Any:
 
 def _decode_field(value: Any) -> Any:
     if isinstance(value, dict):
-        if set(value) != {"hex"} or not isinstance(value["hex"], str):
-            raise MalformedMessage("a field object must be {'hex': ...}")
+        if set(value) != {"hex"} or not isinstance(value["hex"], str) or value["hex"] != value["hex"].lower():
+            raise MalformedMessage("a field object must be {'hex': lower-case hex digits}")
         try:
             return bytes.fromhex(value["hex"])
         except ValueError:
@@ -133,7 +137,8 @@ def _check_header(h: Any) -> dict:
     if h["round"] < 0:
         raise MalformedMessage("round id must be non-negative")
     for spec in h["arrays"]:
-        ok = (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in _ALLOWED_DTYPES
+        ok = (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
+              and isinstance(spec[1], str) and spec[1] in _ALLOWED_DTYPES
               and isinstance(spec[2], list) and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in spec[2]))
         if not ok:
             raise MalformedMessage(f"bad array spec {spec!r}")

@@ -1,0 +1,238 @@
+"""Matrix Beaver triples (dealer.py) and the Gram/distance identities of DESIGN section 4, steps 2-4."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from secrobust import dealer, ring
+from secrobust.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1, TripleSpec
+from secrobust.errors import TripleReuseError
+from secrobust.protocol import server
+from secrobust.protocol.messages import Message
+from secrobust.protocol.offline import answer_request, request_triple
+from secrobust.protocol.worker import share_update
+from secrobust.rules.view import DISTANCES, NORMS
+
+M64 = 2**64
+seed16 = st.binary(min_size=16, max_size=16)
+words = st.one_of(st.sampled_from([0, 1, 2, 2**62, 2**63 - 1, 2**63, 2**64 - 1]), st.integers(0, M64 - 1))
+kinds = st.sampled_from(dealer.TRIPLE_KINDS)
+
+
+def exact_gram(x: np.ndarray) -> list[list[int]]:
+    """X X^T over the integers, reduced mod 2^64 (independent of NumPy's wrapping matmul)."""
+    rows = [[int(v) for v in r] for r in x]
+    return [[sum(a * b for a, b in zip(ri, rj)) % M64 for rj in rows] for ri in rows]
+
+
+def full_mask(spec: TripleSpec, seeds: TripleSeeds, rows=None) -> np.ndarray:
+    return (dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d, rows)
+            + dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d, rows))
+
+
+@st.composite
+def triples(draw, max_n=5, max_d=7):
+    spec = TripleSpec(draw(st.text(max_size=8)), draw(st.integers(1, max_n)), draw(st.integers(1, max_d)), draw(kinds))
+    return spec, TripleSeeds(draw(seed16), draw(seed16), draw(seed16))
+
+
+# --- the dealer's triple ------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(t=triples())
+def test_triple_shares_add_up_to_a_a_transpose(t):
+    # Prepare
+    spec, seeds = t
+    # Execute
+    part0, part1 = dealer.make_triple(spec, seeds)
+    a = full_mask(spec, seeds)
+    c = dealer.c0_share(part0.seed_c0, spec) + part1.c1
+    # Assert: S0 holds only seeds; C0 + C1 = A A^T (or its diagonal) mod 2^64
+    assert isinstance(part0, TripleShare0) and isinstance(part1, TripleShare1)
+    assert (part0.seed_a0, part0.seed_c0, part1.seed_a1) == (seeds.a0, seeds.c0, seeds.a1)
+    g = exact_gram(a)
+    if spec.kind == "gram":
+        assert part1.c1.shape == (spec.n, spec.n)
+        assert c.tolist() == g
+    else:
+        assert part1.c1.shape == (spec.n,)
+        assert c.tolist() == [g[i][i] for i in range(spec.n)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(t=triples(max_n=4, max_d=9), width=st.integers(1, 4))
+def test_the_triple_does_not_depend_on_the_column_chunking(t, width):
+    spec, seeds = t
+    whole = dealer.make_triple(spec, seeds)[1].c1
+    real = dealer.chunk_columns
+    try:
+        dealer.chunk_columns = lambda n, d, chunk_bytes=0: [(c, min(c + width, d)) for c in range(0, d, width)]
+        chunked = dealer.make_triple(spec, seeds)[1].c1
+    finally:
+        dealer.chunk_columns = real
+    np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("n,d,chunk,want", [
+    (2, 10, 32, [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]),
+    (4, 3, 8, [(0, 1), (1, 2), (2, 3)]),
+    (1, 3, 1 << 20, [(0, 3)]),
+    (3, 0, 64, []),
+])
+def test_chunk_columns_cover_the_columns_in_order(n, d, chunk, want):
+    assert dealer.chunk_columns(n, d, chunk) == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=triples(max_n=6, max_d=8), data=st.data())
+def test_mask_columns_windows_and_row_subsets_are_views_of_the_same_mask(t, data):
+    # Prepare
+    spec, seeds = t
+    start = data.draw(st.integers(0, spec.d - 1))
+    stop = data.draw(st.integers(start + 1, spec.d))
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, spec.n - 1)))), dtype=np.int64)
+    full = dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d)
+    # Execute
+    win = dealer.mask_columns(seeds.a1, spec, 1, start, stop, rows)
+    # Assert
+    assert win.shape == (rows.size, stop - start) and win.dtype == np.uint64
+    np.testing.assert_array_equal(win, full[rows, start:stop])
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=triples(max_n=6), data=st.data())
+def test_a_sub_triple_for_a_subset_of_rows_is_consistent(t, data):
+    # Prepare: the workers at row positions P are the ones that reached both servers
+    spec, seeds = t
+    pos = np.array(sorted(data.draw(st.sets(st.integers(0, spec.n - 1), min_size=1))), dtype=np.int64)
+    part0, part1 = dealer.make_triple(spec, seeds)
+    # Execute
+    a_sub = full_mask(spec, seeds, pos)
+    c0, c1 = dealer.c0_share(part0.seed_c0, spec), part1.c1
+    c_sub = c0[np.ix_(pos, pos)] + c1[np.ix_(pos, pos)] if spec.kind == "gram" else c0[pos] + c1[pos]
+    # Assert
+    g = exact_gram(a_sub)
+    want = g if spec.kind == "gram" else [g[i][i] for i in range(pos.size)]
+    assert c_sub.tolist() == want
+
+
+# --- the Gram-share identity (DESIGN step 3, as in protocol/server.py) --------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5), d=st.integers(1, 6), seeds=st.tuples(seed16, seed16, seed16), data=st.data())
+def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(n, d, seeds, data):
+    # Prepare: any X in Z_2^64 (wrap-around values included) and a gram triple
+    x = data.draw(hnp.arrays(np.uint64, (n, d), elements=words))
+    spec = TripleSpec("t", n, d, "gram")
+    ts = TripleSeeds(*seeds)
+    part0, part1 = dealer.make_triple(spec, ts)
+    a0 = dealer.mask_columns(ts.a0, spec, 0, 0, d)
+    a1 = dealer.mask_columns(ts.a1, spec, 1, 0, d)
+    c0, c1 = dealer.c0_share(part0.seed_c0, spec), part1.c1
+    # Execute: E = X - A opened; H_0 = E (E + 2 A_0)^T + C_0, H_1 = 2 E A_1^T + C_1
+    e = x - (a0 + a1)
+    h0 = np.matmul(e, (e + a0 + a0).T) + c0
+    h1 = np.matmul(e, (a1 + a1).T) + c1
+    h = h0 + h1
+    dist = np.diagonal(h)[:, None] + np.diagonal(h)[None, :] - h - h.T
+    # Assert
+    g = exact_gram(x)
+    assert (h + h.T).tolist() == [[2 * v % M64 for v in row] for row in g]
+    assert np.diagonal(h).tolist() == [g[i][i] for i in range(n)]
+    xi = [[int(v) for v in r] for r in x]
+    want = [[sum((p - q) ** 2 for p, q in zip(xi[i], xi[j])) % M64 for j in range(n)] for i in range(n)]
+    assert dist.tolist() == want
+
+
+def _run_gram_phase(x, worker_ids, present, reveal, chunk_bytes, seeds, frac_bits=0):
+    """Drive both servers' functions from protocol/server.py through steps 0-4, in process."""
+    plan = server.RoundPlan(5, tuple(worker_ids), x.shape[1], frac_bits, reveal, triple_id="tid", chunk_bytes=chunk_bytes)
+    s0, s1 = server.new_round(0, plan), server.new_round(1, plan)
+    for k, w in enumerate(worker_ids):
+        if w in present:
+            m0, m1 = share_update(5, w, x[k], seeds[k % len(seeds)])
+            s0, s1 = server.receive_share(s0, m0), server.receive_share(s1, m1)
+    p0, p1 = server.participants_message(s0), server.participants_message(s1)
+    s0, s1 = server.agree_participants(s0, p1, 1), server.agree_participants(s1, p0, 1)
+    to0, to1 = answer_request(request_triple(5, plan.triple_spec()), TripleSeeds(*seeds[:3]), TripleLedger())
+    to0, to1 = Message.from_bytes(to0.to_bytes()), Message.from_bytes(to1.to_bytes())
+    s0, s1 = server.receive_triple(s0, to0, TripleLedger()), server.receive_triple(s1, to1, TripleLedger())
+    for start, stop in server.column_chunks(s0):
+        s0, e0 = server.open_masked(s0, start, stop)
+        s1, e1 = server.open_masked(s1, start, stop)
+        s0, s1 = server.accumulate(s0, e1), server.accumulate(s1, e0)
+    return s0, s1
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 5), d=st.integers(1, 6), chunk_bytes=st.integers(8, 120),
+       seeds=st.lists(seed16, min_size=3, max_size=3), data=st.data())
+def test_the_servers_gram_shares_and_opened_distances_are_exact(n, d, chunk_bytes, seeds, data):
+    # Prepare: a plan of n workers, of which a non-empty subset (rows P) send their shares
+    x = data.draw(hnp.arrays(np.uint64, (n, d), elements=words))
+    ids = list(range(10, 10 + n))
+    present = data.draw(st.sets(st.sampled_from(ids), min_size=1))
+    pos = [k for k, w in enumerate(ids) if w in present]
+    # Execute
+    s0, s1 = _run_gram_phase(x, ids, present, (DISTANCES,), chunk_bytes, seeds, frac_bits=3)
+    h = server.gram_share(s0) + server.gram_share(s1)
+    s1 = server.open_view(s1, server.view_share_message(s0))
+    # Assert: the sub-triple of the present rows makes H + H^T = 2 X_P X_P^T, D exact
+    g = exact_gram(x[pos])
+    assert (h + h.T).tolist() == [[2 * v % M64 for v in row] for row in g]
+    dist = [[(g[i][i] + g[j][j] - 2 * g[i][j]) % M64 for j in range(len(pos))] for i in range(len(pos))]
+    want = ring.decode(np.array(dist, dtype=np.uint64), 6)
+    np.testing.assert_array_equal(s1.view.distances, want)
+    assert s1.view.norms is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 5), d=st.integers(1, 6), chunk_bytes=st.integers(8, 120),
+       seeds=st.lists(seed16, min_size=3, max_size=3), data=st.data())
+def test_the_diag_triple_gives_exact_squared_norms(n, d, chunk_bytes, seeds, data):
+    x = data.draw(hnp.arrays(np.uint64, (n, d), elements=words))
+    ids = list(range(n))
+    s0, s1 = _run_gram_phase(x, ids, set(ids), (NORMS,), chunk_bytes, seeds)
+    assert s0.plan.triple_kind == "diag"
+    h = server.gram_share(s0) + server.gram_share(s1)
+    assert h.shape == (n,)
+    assert h.tolist() == [sum(int(v) ** 2 for v in row) % M64 for row in x]
+
+
+# --- ledger and spec ----------------------------------------------------------------------------
+
+def test_the_ledger_refuses_a_second_claim():
+    ledger = TripleLedger()
+    ledger.claim("round-1")
+    ledger.claim("round-2")
+    assert "round-1" in ledger and "round-3" not in ledger
+    with pytest.raises(TripleReuseError, match="triple 'round-1' was already used"):
+        ledger.claim("round-1")
+
+
+def test_the_dealer_and_a_server_refuse_a_reused_triple_id():
+    spec = TripleSpec("same", 2, 3, "gram")
+    dealer_ledger = TripleLedger()
+    answer_request(request_triple(0, spec), TripleSeeds.fresh(), dealer_ledger)
+    with pytest.raises(TripleReuseError):
+        answer_request(request_triple(1, spec), TripleSeeds.fresh(), dealer_ledger)
+
+
+@pytest.mark.parametrize("kind", ["full", "", "GRAM", "diagonal", None])
+def test_triple_spec_rejects_unknown_kinds(kind):
+    with pytest.raises(ValueError, match="triple kind must be one of"):
+        TripleSpec("t", 2, 2, kind)
+
+
+@pytest.mark.parametrize("n,d", [(0, 1), (1, 0), (-1, 3), (3, -2), (0, 0)])
+def test_triple_spec_rejects_non_positive_sizes(n, d):
+    with pytest.raises(ValueError, match="triple sizes must be positive"):
+        TripleSpec("t", n, d, "gram")
+
+
+@pytest.mark.parametrize("n", [2.5, "3"])
+def test_triple_spec_rejects_non_integer_sizes(n):
+    with pytest.raises(ValueError):
+        TripleSpec("t", n, 2, "gram")
