@@ -54,9 +54,9 @@ def main() -> None:
         for d in args.d:
             x = np.random.default_rng(0).standard_normal((n, d)) * 1e-3
             repeat = 1 if n * d >= 50_000_000 else args.repeat
-            t_float, _ = best_of(repeat, lambda: float_krum(x, f))
-            t_oracle, _ = best_of(repeat, lambda: secrobust.plain_aggregate(x, "krum", f))
-            t_secure, res = best_of(repeat, lambda: secrobust.aggregate(x, "krum", f))
+            t_float, _ = best_of(repeat, lambda x=x, f=f: float_krum(x, f))
+            t_oracle, _ = best_of(repeat, lambda x=x, f=f: secrobust.plain_aggregate(x, "krum", f))
+            t_secure, res = best_of(repeat, lambda x=x, f=f: secrobust.aggregate(x, "krum", f))
             roles = res.stats.by_role()
             mb = lambda v: v / 1e6  # noqa: E731
             phases = " ".join(f"{k}={v:.2f}" for k, v in res.stats.seconds.items())

@@ -36,9 +36,9 @@ def test_bad_shapes(updates, match):
 def test_non_finite_values_name_the_worker(value, what):
     x = GOOD.copy()
     x[4, 2] = value
-    with pytest.raises(ValueError, match=rf"update 4 contains NaN or inf"):
+    with pytest.raises(ValueError, match=r"update 4 contains NaN or inf"):
         secrobust.aggregate(x, "krum", 1)
-    with pytest.raises(ValueError, match=rf"update 4 contains NaN or inf"):
+    with pytest.raises(ValueError, match=r"update 4 contains NaN or inf"):
         secrobust.rules.krum(x, 1)
 
 

@@ -30,7 +30,8 @@ def fresh_seed(nbytes: int = SEED_BYTES) -> bytes:
 
 def check_seed(seed: bytes) -> bytes:
     if not isinstance(seed, (bytes, bytearray)) or len(seed) not in (16, 32):
-        raise ValueError(f"a seed must be 16 or 32 bytes, got {type(seed).__name__} of length {len(seed) if hasattr(seed, '__len__') else '?'}")
+        size = len(seed) if hasattr(seed, "__len__") else "?"
+        raise ValueError(f"a seed must be 16 or 32 bytes, got {type(seed).__name__} of length {size}")
     return bytes(seed)
 
 

@@ -21,8 +21,7 @@ import numpy as np
 from .. import dealer, prg, ring, sharing
 from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
-from ..rules.plain import view_from_gram
-from ..rules.view import DISTANCES, NORMS, Choice, View
+from ..rules.view import DISTANCES, Choice, View, view_words
 from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_MASKED, SHARE_SEED, VIEW_SHARE,
                        WEIGHTS, Message)
 from .offline import triple_from_message
@@ -220,7 +219,8 @@ def accumulate(state: ServerState, peer_msg: Message) -> ServerState:
         raise UnexpectedMessage(f"{state.name}: masked opening arrived before this server opened its own")
     start, stop, e_own, a = state.pending
     if (peer_msg.fields.get("start"), peer_msg.fields.get("stop")) != (start, stop):
-        raise UnexpectedMessage(f"{state.name}: peer opened columns {peer_msg.fields.get('start')}..{peer_msg.fields.get('stop')}, expected {start}..{stop}")
+        got = (peer_msg.fields.get("start"), peer_msg.fields.get("stop"))
+        raise UnexpectedMessage(f"{state.name}: peer opened columns {got}, expected {(start, stop)}")
     e_peer = peer_msg.arrays.get("e")
     if e_peer is None or e_peer.dtype != np.uint64 or e_peer.shape != e_own.shape:
         raise MalformedMessage(f"{state.name}: masked opening must be uint64 of shape {e_own.shape}")
@@ -252,14 +252,7 @@ def gram_share(state: ServerState) -> np.ndarray:
 # Step 4: S0 sends its share of the view; S1 opens it.
 
 def _view_shares(state: ServerState) -> dict[str, np.ndarray]:
-    h = gram_share(state)
-    diag = np.diagonal(h).copy() if h.ndim == 2 else h
-    out = {}
-    if DISTANCES in state.plan.reveal:
-        out[DISTANCES] = diag[:, None] + diag[None, :] - h - h.T
-    if NORMS in state.plan.reveal:
-        out[NORMS] = diag
-    return out
+    return view_words(gram_share(state), state.plan.reveal)
 
 
 def view_share_message(state: ServerState) -> Message:

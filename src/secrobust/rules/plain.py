@@ -14,7 +14,7 @@ import numpy as np
 from .. import ring
 from ..updates import as_matrix, check_unchecked, encode_center, encode_updates
 from .registry import apply, get_rule
-from .view import DISTANCES, NORMS, Choice, View
+from .view import DISTANCES, Choice, View, view_words
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,12 +27,7 @@ class PlainRun:
 
 def view_from_gram(h: np.ndarray, reveal: tuple[str, ...], frac_bits: int) -> View:
     """Decode the view from (a matrix whose symmetrisation is) the Gram matrix of X - v, in the ring."""
-    diag = np.diagonal(h).copy() if h.ndim == 2 else h
-    distances = None
-    if DISTANCES in reveal:
-        distances = ring.decode(diag[:, None] + diag[None, :] - h - h.T, 2 * frac_bits)
-    norms = ring.decode(diag, 2 * frac_bits) if NORMS in reveal else None
-    return View(distances=distances, norms=norms)
+    return View(**{k: ring.decode(v, 2 * frac_bits) for k, v in view_words(h, reveal).items()})
 
 
 def plain_view(encoded: np.ndarray, reveal: tuple[str, ...], frac_bits: int,

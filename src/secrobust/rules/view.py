@@ -33,6 +33,18 @@ class Choice:
     center_weight: float = 0.0
 
 
+def view_words(h: np.ndarray, reveal: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The linear map from (a share of) H, whose symmetrisation is the Gram matrix, to (a share of) the view
+    in Z_2^64: D_ij = H_ii + H_jj - H_ij - H_ji and norms_i = H_ii. ``h`` may also be the diagonal alone."""
+    diag = np.diagonal(h).copy() if h.ndim == 2 else h
+    out = {}
+    if DISTANCES in reveal:
+        out[DISTANCES] = diag[:, None] + diag[None, :] - h - h.T
+    if NORMS in reveal:
+        out[NORMS] = diag
+    return out
+
+
 def distances_to_affine(distances: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """||p_i - z||^2 for z = sum_k beta_k p_k with sum beta = 1, from pairwise squared distances alone.
 
