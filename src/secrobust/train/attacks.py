@@ -73,7 +73,7 @@ def gaussian(honest: Any, own: Any, rng: np.random.Generator, *, std: float = 1.
     The random-vector Byzantine behaviour of Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine
     Learning with Adversaries: Byzantine Tolerant Gradient Descent" (NeurIPS 2017).
     """
-    h, o = _rows(honest, own)
+    _, o = _rows(honest, own)
     return rng.normal(0.0, float(std), size=o.shape)
 
 
@@ -99,9 +99,7 @@ def alie_z(n: int, f: int) -> float:
     return float(_normal.ppf((n - s) / n))
 
 
-def alie(
-    honest: Any, own: Any, rng: np.random.Generator, *, z: float | None = None
-) -> np.ndarray:
+def alie(honest: Any, own: Any, rng: np.random.Generator, *, z: float | None = None) -> np.ndarray:
     r"""A little is enough: every Byzantine row is :math:`\mu - z\,\sigma` (coordinate-wise).
 
     Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses for Distributed
@@ -116,9 +114,7 @@ def alie(
     return np.tile(h.mean(axis=0) - zz * sigma, (f, 1))
 
 
-def mimic(
-    honest: Any, own: Any, rng: np.random.Generator, *, target: int | None = None
-) -> np.ndarray:
+def mimic(honest: Any, own: Any, rng: np.random.Generator, *, target: int | None = None) -> np.ndarray:
     r"""Mimic: every Byzantine worker copies one honest worker's update :math:`x_{i^*}`.
 
     Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing"
@@ -126,13 +122,14 @@ def mimic(
     heterogeneity while every Byzantine row looks honest. Unless ``target`` fixes i*, it is
     :math:`\arg\max_i |\langle z, x_i - \mu\rangle|` with z the top principal direction of the
     honest rows (the paper's heuristic, here recomputed each round rather than fixed after a
-    warm-up phase).
+    warm-up phase). Those projections are :math:`s_1 u_1`, so i* is read off the top eigenvector
+    u_1 of the h x h Gram matrix of the centred rows.
     """
     h, o = _rows(honest, own)
     if target is None:
         centred = h - h.mean(axis=0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        i_star = int(np.argmax(np.abs(centred @ vt[0]))) if vt.size else 0
+        _, vectors = np.linalg.eigh(centred @ centred.T)
+        i_star = int(np.argmax(np.abs(vectors[:, -1])))
     else:
         if not 0 <= int(target) < h.shape[0]:
             raise ValueError(f"mimic target must be in [0, {h.shape[0]}), got {target}")
@@ -150,9 +147,7 @@ def zero(honest: Any, own: Any, rng: np.random.Generator) -> np.ndarray:
     return np.zeros_like(o)
 
 
-def large_norm(
-    honest: Any, own: Any, rng: np.random.Generator, *, norm: float = 1e4
-) -> np.ndarray:
+def large_norm(honest: Any, own: Any, rng: np.random.Generator, *, norm: float = 1e4) -> np.ndarray:
     r"""Large norm: every Byzantine row is :math:`-\mathrm{norm}\cdot\mu/\lVert\mu\rVert`.
 
     Blanchard et al. (NeurIPS 2017), Lemma 1: a single Byzantine worker moves any linear rule

@@ -55,11 +55,12 @@ import hashlib
 import importlib.resources
 import itertools
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from secrobust.train.attacks import attack_options as _attack_option_names
 from secrobust.train.data import DATASETS, PARTITIONS
@@ -229,13 +230,21 @@ class ExperimentConfig:
     def replace(self, **sections: dict[str, Any]) -> ExperimentConfig:
         """A copy with keys of sections overridden, e.g. ``replace(train={"rounds": 5})``."""
         changed = {
-            name: dataclasses.replace(getattr(self, name), **_coerce_table(type(getattr(self, name)), values, name))
+            name: dataclasses.replace(
+                getattr(self, name), **_coerce_table(type(getattr(self, name)), values, name)
+            )
             for name, values in sections.items()
         }
         return dataclasses.replace(self, **changed)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "dp": DPConfig, "grid": GridConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "dp": DPConfig,
+    "grid": GridConfig,
+}
 
 
 def parse_config(table: dict[str, Any]) -> ExperimentConfig:
@@ -273,7 +282,7 @@ def demo_config() -> ExperimentConfig:
 
 def _coerce_table(cls: type, values: Any, where: str) -> dict[str, Any]:
     if not isinstance(values, dict):
-        raise ValueError(f"[{where}] must be a table, got {type(values).__name__}")
+        raise ValueError(f"[{where}] must be a table, got {type(values).__name__}")  # noqa: TRY004
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))

@@ -60,9 +60,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     bunch = sk_load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return Dataset("digits", x_tr, y_tr, x_te, y_te)
 
 

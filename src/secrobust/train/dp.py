@@ -16,7 +16,8 @@ the aggregate :math:`\sum_i w_i x_i` is
 - ``mean`` (fixed weights 1/n): :math:`\Delta = C/n`. Formal end to end: the weights are public
   constants and Byzantine rows do not change the bound.
 - any other rule (weights chosen from the data, in the simplex): :math:`\Delta = 2C`, the
-  diameter of the ball of radius C, *if* every row, Byzantine ones included, has norm <= C. The
+  diameter of the ball of radius C, *if* every row, Byzantine ones included, has norm <= C (and,
+  for ``cclip``, whose output gives weight to the public centre, the centre too). The
   rule's weights (and S1's distances) are released without noise, so the epsilon reported for
   these rules covers the noisy aggregate vector only, not the weights.
 
@@ -33,7 +34,10 @@ import numpy as np
 
 
 def clip_rows(updates: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    r"""Scale every row x to :math:`x \min(1, C/\lVert x\rVert)`; return (clipped rows, mask of rows that were scaled)."""
+    r"""Scale every row x to :math:`x \min(1, C/\lVert x\rVert)`.
+
+    Returns the clipped rows and a boolean mask of the rows that were scaled down.
+    """
     if clip <= 0:
         raise ValueError(f"clipping norm must be > 0, got {clip}")
     x = np.asarray(updates, dtype=np.float64)
@@ -97,4 +101,3 @@ def epsilon_after(noise_multiplier: float, rounds: int, delta: float, sample_rat
     accountant = PrivacyAccountant(noise_multiplier, sample_rate)
     accountant.step(rounds)
     return accountant.epsilon(delta)
-

@@ -14,7 +14,6 @@ interrupted grid resumes where it stopped and a changed setting reruns only what
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,7 +22,13 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from secrobust.train.config import ExperimentConfig, RunSpec
@@ -42,7 +47,9 @@ def validate(specs: Iterable[RunSpec]) -> None:
     """
     seen: set[str] = set()
     for spec in specs:
-        key = json.dumps([spec.rule, spec.f, spec.train.workers, spec.rule_options], sort_keys=True, default=str)
+        key = json.dumps(
+            [spec.rule, spec.f, spec.train.workers, spec.rule_options], sort_keys=True, default=str
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -56,7 +63,8 @@ def validate(specs: Iterable[RunSpec]) -> None:
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """Records of results.jsonl by run_id; a truncated last line (interrupted write) is ignored."""
+    """Records of results.jsonl by run_id; a line cut short by an interrupted write is ignored
+    (``run_grid`` rewrites the file without it before appending)."""
     records: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return records
@@ -91,6 +99,8 @@ def run_grid(
     if not resume and results_path.exists():
         results_path.unlink()
     done = read_results(results_path)
+    if results_path.exists():
+        results_path.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in done.values()))
     todo = [s for s in specs if s.run_id not in done]
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     if len(todo) < len(specs):
@@ -182,14 +192,17 @@ def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[s
 
 
 def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
-    """One rich table per f: rows rule x {secure, plain}, columns attacks, cells final accuracy %."""
+    """One rich table per f: rows rule x {secure, plain}, columns attacks, cells final accuracy %
+    (mean over seeds; the standard deviations are in summary.json)."""
     rows = summary["final_accuracy"]
     tables = []
     for f in sorted({r["f"] for r in rows}):
         cell = {(r["rule"], r["secure"], r["attack"]): r for r in rows if r["f"] == f}
+        seeds = sorted({r["runs"] for r in rows if r["f"] == f})
+        over = f", mean of {seeds[0]} seeds" if seeds == [seeds[0]] and seeds[0] > 1 else ""
         title = (
             f"final test accuracy (%), {summary['dataset']}, {summary['workers']} workers, "
-            f"{f} Byzantine, {summary['rounds']} rounds"
+            f"{f} Byzantine, {summary['rounds']} rounds{over}"
         )
         table = Table(title=title)
         table.add_column("rule")
@@ -207,9 +220,4 @@ def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
 
 
 def _fmt(row: dict[str, Any] | None) -> str:
-    if row is None:
-        return "-"
-    text = f"{100 * row['final_accuracy']:.1f}"
-    if row["runs"] > 1 and not math.isclose(row["final_accuracy_std"], 0.0):
-        text += f" ± {100 * row['final_accuracy_std']:.1f}"
-    return text
+    return "-" if row is None else f"{100 * row['final_accuracy']:.1f}"

@@ -110,17 +110,13 @@ class FlatAdapter:
             torch.nn.utils.vector_to_parameters(vec, self.params)
 
     def grad(self) -> np.ndarray:
-        parts = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params
-        ]
+        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params]
         return torch.cat(parts).detach().double().numpy()
 
     def unflatten(self, vector: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
         vec = torch.as_tensor(np.asarray(vector), dtype=self.params[0].dtype)
         self._check(vec)
-        return [
-            chunk.reshape(shape) for chunk, shape in zip(vec.split(self.sizes), self.shapes)
-        ]
+        return [chunk.reshape(shape) for chunk, shape in zip(vec.split(self.sizes), self.shapes)]
 
     def _check(self, vec: torch.Tensor) -> None:
         if vec.shape != (self.dim,):

@@ -20,7 +20,9 @@ def plot_all(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: st
     paths = []
     for attack, f in sorted({(r["attack"], r["f"]) for r in records}):
         chosen = [r for r in records if r["attack"] == attack and r["f"] == f]
-        paths.append(plot_accuracy(chosen, out / f"accuracy_{attack}_f{f}.png", title=f"attack: {attack}, f = {f}"))
+        paths.append(
+            plot_accuracy(chosen, out / f"accuracy_{attack}_f{f}.png", title=f"attack: {attack}, f = {f}")
+        )
     for f in sorted({r["f"] for r in summary["final_accuracy"]}):
         paths.append(plot_table(summary, f, out / f"table_f{f}.png"))
     return paths
@@ -39,7 +41,7 @@ def plot_accuracy(records: list[dict[str, Any]], path: Path, *, title: str = "")
         curves[(r["rule"], r["secure"])].append((rounds, acc))
     rules = list(dict.fromkeys(rule for rule, _ in curves))
     colours = {rule: f"C{i}" for i, rule in enumerate(rules)}
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for (rule, secure), runs in sorted(curves.items(), key=lambda kv: (rules.index(kv[0][0]), not kv[0][1])):
@@ -58,7 +60,7 @@ def plot_accuracy(records: list[dict[str, Any]], path: Path, *, title: str = "")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncols=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=110)
     return path
 
@@ -71,12 +73,14 @@ def plot_table(summary: dict[str, Any], f: int, path: Path) -> Path:
     grid = []
     for rule in summary["rules"]:
         for secure in (True, False):
-            cells = {r["attack"]: r["final_accuracy"] for r in rows if r["rule"] == rule and r["secure"] == secure}
+            cells = {
+                r["attack"]: r["final_accuracy"] for r in rows if r["rule"] == rule and r["secure"] == secure
+            }
             if cells:
                 labels.append(f"{rule} ({'secure' if secure else 'plain'})")
                 grid.append([100 * cells.get(a, np.nan) for a in attacks])
     values = np.array(grid)
-    fig = Figure(figsize=(1.3 * len(attacks) + 2.8, 0.38 * len(labels) + 1.4), layout="constrained")
+    fig = Figure(figsize=(1.0 * len(attacks) + 2.8, 0.38 * len(labels) + 1.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")

@@ -7,7 +7,7 @@ Round t, with global parameters :math:`\theta_t \in \mathbb R^d`:
    :math:`u_i = (\theta_t - \theta_{t,K}^i)/(K\eta_{local})`. With worker momentum beta it sends
    :math:`m_i \leftarrow \beta m_i + (1-\beta) u_i` instead; with DP the sent vector is clipped to
    norm C. An honest worker also scales its vector into the encoder's range
-   (norm < 2^(30-F)), which an honest encoder would otherwise reject.
+   (``secrobust.max_norm(F, d)``, about 2^(30-F)), which the honest encoder would otherwise reject.
 2. The f Byzantine workers (a random subset fixed for the run) compute the same thing on their
    own data (labels flipped for the label-flip attack), then replace it by
    ``attack(honest_rows, own_rows, rng)``; their rows are marked ``unchecked`` for the engine.
@@ -27,9 +27,10 @@ inputs in round 0, and identical inputs in every round as long as the revealed a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from secrobust.train.attacks import flips_labels, make_attack
-from secrobust.train.config import RunSpec
+from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
 from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
 from secrobust.train.models import FlatAdapter, build_model
 
-ENCODER_MARGIN = 0.99
+ENCODER_MARGIN = 0.999
 
 
 @dataclass
@@ -61,7 +62,6 @@ class RunResult:
     diverged: bool
     rescaled_rows: int = 0
     clipped_rows: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float:
@@ -93,6 +93,7 @@ class RunResult:
             "byzantine": self.byzantine,
             "final_accuracy": self.final_accuracy,
             "byzantine_weight": self.byzantine_weight,
+            "weights_sha256": hashlib.sha256(np.ascontiguousarray(self.weights).tobytes()).hexdigest(),
             "epsilon": self.epsilon,
             "delta": s.dp.delta if self.epsilon is not None else None,
             "dp_formal": is_formal(s.rule) if self.epsilon is not None else None,
@@ -106,14 +107,19 @@ class RunResult:
         }
 
 
-def engine_aggregate(
-    updates: np.ndarray, rule: str, f: int, *, secure: bool, **kwargs: Any
-) -> Any:
+def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool, **kwargs: Any) -> Any:
     """Call ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext)."""
     import secrobust
 
     fn = secrobust.aggregate if secure else secrobust.plain_aggregate
     return fn(updates, rule=rule, f=f, **kwargs)
+
+
+def engine_max_norm(frac_bits: int, d: int) -> float:
+    """The largest L2 norm the engine's honest encoder accepts (``secrobust.max_norm``)."""
+    import secrobust
+
+    return float(secrobust.max_norm(frac_bits, d))
 
 
 def round_seed(seed: int, t: int) -> int:
@@ -183,7 +189,7 @@ def run(
     d = adapter.dim
     theta = adapter.get()
     momentum = np.zeros((n, d))
-    encoder_bound = ENCODER_MARGIN * 2.0 ** (30 - tc.frac_bits)
+    encoder_bound = ENCODER_MARGIN * engine_max_norm(tc.frac_bits, d)
 
     dp = spec.dp
     sigma = server_noise_std(spec.rule, n, dp.clip, dp.noise_multiplier) if dp.enabled else 0.0
@@ -292,7 +298,7 @@ def _local_update(
     x: torch.Tensor,
     y: torch.Tensor,
     indices: np.ndarray,
-    tc: Any,
+    tc: TrainConfig,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Average stochastic gradient over K local SGD steps from theta, on the worker's examples."""

@@ -1,0 +1,75 @@
+"""The ``demo`` and ``train`` commands, through the project's CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import secrobust.train.config as config_module
+from secrobust.cli import app
+
+runner = CliRunner()
+
+TINY = """
+name = "tiny"
+[train]
+rounds = 2
+eval_every = 1
+[grid]
+rules = ["mean", "multi-krum"]
+attacks = ["ipm"]
+secure = [true, false]
+"""
+
+
+def test_train_runs_a_grid_from_a_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+
+    result = runner.invoke(
+        app, ["train", "--config", str(path), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert {(r["rule"], r["secure"]) for r in summary["final_accuracy"]} == {
+        ("mean", True),
+        ("mean", False),
+        ("multi-krum", True),
+        ("multi-krum", False),
+    }
+    assert "multi-krum" in result.output and "4 runs" in result.output
+
+
+def test_train_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.replace("rounds = 2", "roundz = 2"))
+
+    result = runner.invoke(app, ["train", "--config", str(path), "--no-progress"])
+
+    assert result.exit_code == 2
+    assert "unknown key(s) ['roundz'] in [train]" in result.output
+
+
+def test_demo_writes_results_summary_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = config_module.demo_config()
+    reduced = shipped.replace(
+        grid={"rules": ["mean", "krum"], "attacks": ["sign-flip", "alie"], "seeds": [0]}
+    )
+    monkeypatch.setattr(config_module, "demo_config", lambda: reduced)
+
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--rounds", "2", "--no-progress"])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["workers"] == 20 and summary["rounds"] == 2 and summary["runs"] == 8
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 8
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "accuracy_alie_f4.png",
+        "accuracy_sign-flip_f4.png",
+        "table_f4.png",
+    ]
+    assert "final test accuracy" in result.output

@@ -1,0 +1,107 @@
+"""Grids: JSON-lines results, resume, summary, plots, the printed table, early validation."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from secrobust.train import experiment
+from secrobust.train.config import ExperimentConfig
+from secrobust.train.experiment import read_results, run_grid
+
+
+def _grid(small_config: Callable[..., ExperimentConfig], **grid: Any) -> ExperimentConfig:
+    return small_config(
+        train={"rounds": 3, "eval_every": 1},
+        grid={"rules": ["mean", "krum"], "attacks": ["sign-flip"], "seeds": [0, 1], **grid},
+        attack_options={"sign-flip": {"scale": 8.0}},
+    )
+
+
+def _quiet() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=200), buffer
+
+
+def _forbid_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no run should start")
+
+    monkeypatch.setattr(experiment, "run", fail)
+
+
+def test_grid_writes_results_summary_plots_and_prints_the_table(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path
+) -> None:
+    console, printed = _quiet()
+
+    summary = run_grid(_grid(small_config), tmp_path, console=console, progress=False)
+
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 4 and len({r["run_id"] for r in records}) == 4
+    assert [h["round"] for h in records[0]["history"]] == [0, 1, 2, 3]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["final_accuracy"] == summary["final_accuracy"]
+    rows = {r["rule"]: r for r in summary["final_accuracy"]}
+    assert set(rows) == {"mean", "krum"} and all(
+        r["runs"] == 2 and r["secure"] is False for r in rows.values()
+    )
+    krum = [r["final_accuracy"] for r in records if r["rule"] == "krum"]
+    assert rows["krum"]["final_accuracy"] == pytest.approx(np.mean(krum))
+    assert rows["krum"]["final_accuracy_std"] == pytest.approx(np.std(krum, ddof=1))
+    for name in ("accuracy_sign-flip_f4.png", "table_f4.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = printed.getvalue()
+    assert "final test accuracy" in text and "krum" in text and "sign-flip" in text
+    assert f"{100 * rows['krum']['final_accuracy']:.1f}" in text
+
+
+def test_finished_runs_are_skipped_on_resume_and_changed_ones_rerun(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _grid(small_config, seeds=[0])
+    first = run_grid(cfg, tmp_path, console=_quiet()[0], progress=False, plots=False)
+    with (tmp_path / "results.jsonl").open("a") as fh:
+        fh.write('{"run_id": "interrupted wri')
+
+    with monkeypatch.context() as m:
+        _forbid_runs(m)
+        again = run_grid(cfg, tmp_path, console=_quiet()[0], progress=False, plots=False)
+    more = run_grid(
+        _grid(small_config, seeds=[0, 1]), tmp_path, console=_quiet()[0], progress=False, plots=False
+    )
+
+    assert again["final_accuracy"] == first["final_accuracy"]
+    assert len(read_results(tmp_path / "results.jsonl")) == 4
+    assert all(r["runs"] == 2 for r in more["final_accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("grid", "options", "message"),
+    [
+        ({"rules": ["krum"], "f": [9]}, {}, "needs n >= 2f"),
+        ({"rules": ["median"]}, {}, "median"),
+        ({"rules": ["geomed"]}, {"geomed": {"iterashuns": 3}}, "iterashuns"),
+    ],
+)
+def test_the_engine_rejects_bad_rules_before_any_training(
+    small_config: Callable[..., ExperimentConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    grid: dict[str, Any],
+    options: dict[str, Any],
+    message: str,
+) -> None:
+    _forbid_runs(monkeypatch)
+    cfg = small_config(grid=grid, rule_options=options)
+
+    with pytest.raises(ValueError, match=message):
+        run_grid(cfg, tmp_path, console=_quiet()[0], progress=False)

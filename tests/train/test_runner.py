@@ -1,0 +1,159 @@
+"""The training loop against the real engine: robustness, secure/plaintext fidelity, DP, plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import secrobust
+from secrobust.train import runner
+from secrobust.train.config import RunSpec
+from secrobust.train.data import Dataset
+from secrobust.train.dp import epsilon_after
+from secrobust.train.runner import RunResult, run
+
+
+@pytest.fixture
+def train(digits: Dataset, one_spec: Callable[..., RunSpec]) -> Callable[..., RunResult]:
+    """``train(rule, attack, secure, **sections)``: one small run on digits."""
+
+    def go(rule: str, attack: str, secure: bool, **sections: Any) -> RunResult:
+        grid = {"rules": [rule], "attacks": [attack], "secure": [secure], **sections.pop("grid", {})}
+        return run(one_spec(grid=grid, **sections), dataset=digits)
+
+    return go
+
+
+class Spy:
+    """Wraps the engine call, recording its arguments; ``replace`` may swap the returned aggregate."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, replace: Any = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.real = runner.engine_aggregate
+        self.replace = replace
+        monkeypatch.setattr(runner, "engine_aggregate", self)
+
+    def __call__(self, updates: np.ndarray, rule: str, f: int, **kwargs: Any) -> Any:
+        result = self.real(updates, rule, f, **kwargs)
+        self.calls.append({"updates": updates.copy(), "aggregate": result.aggregate.copy(), **kwargs})
+        if self.replace is not None:
+            result = self.replace(len(self.calls) - 1, result)
+        return result
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_krum_trains_under_sign_flip_where_the_mean_collapses(
+    train: Callable[..., RunResult], secure: bool
+) -> None:
+    sections = {"train": {"rounds": 20}, "attack_options": {"sign-flip": {"scale": 8.0}}}
+
+    krum = train("krum", "sign-flip", secure, **sections)
+    mean = train("mean", "sign-flip", secure, **sections)
+
+    assert krum.final_accuracy >= 0.75
+    assert mean.final_accuracy <= 0.25
+    assert krum.final_accuracy - mean.final_accuracy >= 0.5
+    assert not krum.weights[:, krum.byzantine].any()
+    np.testing.assert_allclose(mean.weights, 1 / 20)
+
+
+@pytest.mark.parametrize(
+    ("rule", "attack"), [("krum", "alie"), ("multi-krum", "sign-flip"), ("geomed", "ipm")]
+)
+def test_secure_and_plaintext_training_pick_the_same_workers_and_reach_the_same_accuracy(
+    train: Callable[..., RunResult], rule: str, attack: str
+) -> None:
+    secure = train(rule, attack, True, train={"rounds": 15})
+    plain = train(rule, attack, False, train={"rounds": 15})
+
+    assert secure.byzantine == plain.byzantine
+    np.testing.assert_array_equal(secure.weights, plain.weights)
+    assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.005
+    assert secure.final_accuracy > 0.5
+
+
+def test_runs_are_reproducible_and_seeds_matter(train: Callable[..., RunResult]) -> None:
+    a = train("geomed", "gaussian", False)
+    b = train("geomed", "gaussian", False)
+    c = train("geomed", "gaussian", False, grid={"seeds": [1]})
+
+    assert a.history == b.history and np.array_equal(a.weights, b.weights)
+    assert a.byzantine != c.byzantine or not np.array_equal(a.weights, c.weights)
+
+
+def test_byzantine_rows_are_unchecked_and_only_they_are_attacked(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    flipped = train("mean", "label-flip", False, train={"rounds": 1})
+    honest = train("mean", "none", False, train={"rounds": 1})
+
+    byz = flipped.byzantine
+    good = [i for i in range(20) if i not in byz]
+    assert spy.calls[0]["unchecked"] == tuple(byz)
+    np.testing.assert_array_equal(spy.calls[0]["updates"][good], spy.calls[1]["updates"][good])
+    assert not np.allclose(spy.calls[0]["updates"][byz], spy.calls[1]["updates"][byz])
+    assert honest.byzantine == byz
+
+
+def test_dp_clips_rows_calibrates_server_noise_and_reports_opacus_epsilon(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+
+    result = train("mean", "none", False, train={"rounds": 5}, dp={"clip": 0.05, "noise_multiplier": 1.0})
+
+    assert result.epsilon == pytest.approx(epsilon_after(1.0, 5, 1e-5))
+    assert result.record()["dp_formal"] is True
+    assert result.history[-1]["epsilon"] == pytest.approx(result.epsilon)
+    assert result.clipped_rows > 0
+    for call in spy.calls:
+        assert call["dp_noise_std"] == pytest.approx(1.0 * 0.05 / 20)
+        assert np.linalg.norm(call["updates"], axis=1).max() <= 0.05 + 1e-12
+
+
+def test_cclip_is_centred_on_the_previous_aggregate(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+
+    train("cclip", "sign-flip", False, train={"rounds": 3}, rule_options={"cclip": {"tau": 1.0}})
+
+    assert not spy.calls[0]["center"].any()
+    np.testing.assert_array_equal(spy.calls[1]["center"], spy.calls[0]["aggregate"])
+    np.testing.assert_array_equal(spy.calls[2]["center"], spy.calls[1]["aggregate"])
+
+
+def test_honest_rows_are_scaled_into_the_encoder_range(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    monkeypatch.setattr(runner, "ENCODER_MARGIN", 1e-9)
+
+    result = train("mean", "none", False, train={"rounds": 2})
+
+    honest = [i for i in range(20) if i not in result.byzantine]
+    assert result.rescaled_rows == 2 * 16
+    bound = 1e-9 * secrobust.max_norm(20, 650)
+    assert np.linalg.norm(spy.calls[0]["updates"][honest], axis=1).max() == pytest.approx(bound)
+
+
+def test_a_diverged_run_stops_and_keeps_its_evaluation_grid(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def poison(t: int, result: Any) -> Any:
+        if t == 2:
+            result.aggregate[:] = np.nan
+        return result
+
+    Spy(monkeypatch, replace=poison)
+
+    result = train("mean", "none", False, train={"rounds": 10, "eval_every": 5})
+
+    assert result.diverged
+    assert len(result.weights) == 3
+    assert [h["round"] for h in result.history] == [0, 3, 5, 10]
+    assert result.final_accuracy <= 0.2
