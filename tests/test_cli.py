@@ -31,3 +31,9 @@ def test_aggregate_defaults_to_a_generated_example():
     result = runner.invoke(app, ["aggregate", "--rule", "geomed", "--f", "4", "--example-d", "200"])
     assert result.exit_code == 0, result.output
     assert "generated 20 x 200 updates" in result.output
+
+
+def test_aggregate_refuses_an_unknown_transport():
+    result = runner.invoke(app, ["aggregate", "--transport", "carrier-pigeon", "--example-d", "50"])
+    assert result.exit_code == 2
+    assert "--transport must be inprocess or grpc" in result.output

@@ -73,8 +73,8 @@ class Cluster:
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
             center_value = self.last_aggregate
         spec.validate(n, f, rule_options)
-        drop = _check_drop(drop, n)
-        _check_noise(dp_noise_std)
+        drop = check_drop(drop, n)
+        check_noise(dp_noise_std)
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -148,7 +148,7 @@ class Cluster:
         self.last_aggregate = out0
         choice = s1.current.choice
         view = s1.current.view
-        return _result(out0, choice, view, participants, n, stats, rule, f)
+        return make_result(out0, choice, view, participants, n, stats, rule, f)
 
 
 def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
@@ -173,7 +173,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                     **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
     with ``seed``, the same DP noise too)."""
-    _check_noise(dp_noise_std)
+    check_noise(dp_noise_std)
     stats = Stats()
     with _phase(stats, "plain"):
         run = plain_run(updates, rule, f, frac_bits, unchecked, **options)
@@ -184,10 +184,10 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
             for party in (0, 1):
                 total += noise_share(seeds.noise(0, party), f"dp-noise|0|{party}", d, dp_noise_std, frac_bits)
         out = finish_aggregate(total, frac_bits, run.center, run.choice)
-    return _result(out, run.choice, run.view, tuple(range(n)), n, stats, rule, f)
+    return make_result(out, run.choice, run.view, tuple(range(n)), n, stats, rule, f)
 
 
-def _result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int, ...], n: int, stats: Stats,
+def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int, ...], n: int, stats: Stats,
             rule: str, f: int) -> AggregateResult:
     idx = np.array(participants, dtype=np.int64)
     weights = np.zeros(n)
@@ -203,7 +203,7 @@ def _result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int,
                            choice.center_weight, rule, f)
 
 
-def _check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:
+def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:
     drop = dict(drop or {})
     for i, where in drop.items():
         if not 0 <= int(i) < n or where not in DROP_TARGETS:
@@ -211,7 +211,7 @@ def _check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:
     return drop
 
 
-def _check_noise(std: float) -> None:
+def check_noise(std: float) -> None:
     if not (np.isfinite(std) and std >= 0):
         raise ValueError(f"dp_noise_std must be finite and >= 0, got {std}")
 

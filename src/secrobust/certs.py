@@ -1,14 +1,16 @@
 """A small certificate authority for a secrobust deployment, and loading of party identities.
 
-Every party (servers ``s0`` and ``s1``, the ``dealer``, each worker, and the ``operator`` that opens
-rounds) gets an ECDSA P-256 key and a certificate signed by the deployment CA. The party id is the
-certificate's common name (CN); the receiving side of every gRPC call reads the CN from the TLS
-session and requires it to equal the sender id written in the message, so a party cannot speak for
-another. The subject alternative names are ``localhost``, ``127.0.0.1`` and the party id, so the same
-certificate serves as a TLS server and a TLS client certificate.
+Every party gets an ECDSA P-256 key and a certificate signed by the deployment CA: the servers
+``S0`` and ``S1``, the ``dealer``, each worker ``worker:<i>``, and the ``operator`` that opens rounds
+and reads their public outcome. The party id is the certificate's common name (CN), spelled exactly
+as the protocol names the party; the receiving side of every gRPC call reads the CN from the TLS
+session and requires it to equal the sender written in the message, so a party cannot speak for
+another. The subject alternative names are ``localhost``, ``127.0.0.1`` and the party's TLS name
+(``tls_name``: lower case, ':' as '-', e.g. ``s0``, ``worker-3``); a client connecting to a server
+requires that name, so only S0's certificate can answer for S0.
 
-Files written to ``out_dir``: ``ca.pem`` and ``ca.key`` (the CA; the key should then be moved
-offline), ``<party>.pem`` and ``<party>.key`` for each party. Keys are written with mode 0600. An
+Files written to ``out_dir``: ``ca.pem`` and ``ca.key`` (the CA; the key belongs offline once the
+certificates are made), ``<tls name>.pem`` and ``<tls name>.key`` per party, keys with mode 0600. An
 existing CA in ``out_dir`` is reused, so workers can be added to a running deployment.
 """
 
@@ -26,10 +28,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-PARTY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SERVER_IDS = ("s0", "s1")
+PARTY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,63}$")
+SERVER_IDS = ("S0", "S1")
 DEALER_ID = "dealer"
 OPERATOR_ID = "operator"
+WORKER_PREFIX = "worker:"
 CA_CN = "secrobust deployment CA"
 
 
@@ -63,11 +66,33 @@ class Identity:
 
 
 def check_party_id(party: str) -> str:
-    """Party ids are 1-64 characters of letters, digits, '_', '.', '-' (they become a CN and a file name)."""
+    """Party ids are 1-64 characters of letters, digits, '.', ':', '-' (they become a CN and a file name)."""
     if not isinstance(party, str) or not PARTY_ID.match(party):
-        raise ValueError(f"party id {party!r} is not allowed: use 1-64 of A-Z a-z 0-9 _ . - "
+        raise ValueError(f"party id {party!r} is not allowed: use 1-64 of A-Z a-z 0-9 . : - "
                          "starting with a letter or digit")
     return party
+
+
+def tls_name(party: str) -> str:
+    """The DNS name a party's certificate carries and clients require: lower case, ':' as '-'."""
+    return check_party_id(party).replace(":", "-").lower()
+
+
+def worker_party(worker_id: int) -> str:
+    """The party id of worker ``worker_id`` (the protocol's sender name for it)."""
+    if isinstance(worker_id, bool) or not isinstance(worker_id, int) or worker_id < 0:
+        raise ValueError(f"worker ids are non-negative integers, got {worker_id!r}")
+    return f"{WORKER_PREFIX}{worker_id}"
+
+
+def worker_index(party: str) -> int | None:
+    """The worker id in a party id ``worker:<i>``, or None for any other party."""
+    if not party.startswith(WORKER_PREFIX):
+        return None
+    digits = party[len(WORKER_PREFIX):]
+    if not digits.isdigit() or (len(digits) > 1 and digits[0] == "0"):
+        return None
+    return int(digits)
 
 
 def common_name(cert_pem: bytes) -> str:
@@ -82,7 +107,14 @@ def common_name(cert_pem: bytes) -> str:
 def party_paths(cert_dir: str | os.PathLike[str], party: str) -> PartyPaths:
     """The conventional file names for ``party`` inside ``cert_dir``."""
     d = Path(cert_dir)
-    return PartyPaths(check_party_id(party), d / f"{party}.pem", d / f"{party}.key", d / "ca.pem")
+    stem = tls_name(party)
+    return PartyPaths(party, d / f"{stem}.pem", d / f"{stem}.key", d / "ca.pem")
+
+
+def standard_parties(workers: int | list[int]) -> list[str]:
+    """S0, S1, the dealer, the operator, and ``worker:<i>`` for each worker id (or ids 0..workers-1)."""
+    ids = list(range(workers)) if isinstance(workers, int) else list(workers)
+    return [*SERVER_IDS, DEALER_ID, OPERATOR_ID, *(worker_party(i) for i in ids)]
 
 
 def make_deployment_certs(out_dir: str | os.PathLike[str], parties: list[str], *, days: int = 365,
@@ -94,8 +126,8 @@ def make_deployment_certs(out_dir: str | os.PathLike[str], parties: list[str], *
     if days < 1:
         raise ValueError("certificates must be valid for at least one day")
     ids = [check_party_id(p) for p in parties]
-    if len(set(ids)) != len(ids):
-        raise ValueError("party ids must be distinct")
+    if len({tls_name(p) for p in ids}) != len(ids):
+        raise ValueError("party ids must be distinct, also in lower case with ':' as '-'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _load_or_make_ca(out, days)
@@ -141,7 +173,7 @@ def _load_or_make_ca(out: Path, days: int) -> tuple[ec.EllipticCurvePrivateKey, 
 def _issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, party: str,
            public_key: ec.EllipticCurvePublicKey, days: int) -> x509.Certificate:
     now = _now()
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(party),
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(tls_name(party)),
                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     return (
         x509.CertificateBuilder()

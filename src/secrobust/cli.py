@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import api, examples, ring, rules
+from .errors import RoundAborted
 
 app = typer.Typer(help="Secure and Byzantine-robust aggregation with two non-colluding servers.",
                   no_args_is_help=True, add_completion=False)
@@ -49,6 +50,8 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (testing only)"),
+                  transport: str = typer.Option("inprocess", help="inprocess (one process) or grpc (a local "
+                                                "deployment: every party its own OS process, mutual TLS)"),
                   example_n: int = typer.Option(20, help="with no --updates: workers in the generated example"),
                   example_d: int = typer.Option(10_000, help="with no --updates: dimension of the example"),
                   example_byzantine: int = typer.Option(4, help="with no --updates: Byzantine workers")) -> None:
@@ -59,9 +62,15 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                       f"the first {example_byzantine} Byzantine")
     else:
         x = np.load(updates, allow_pickle=False)
+    if transport not in ("inprocess", "grpc"):
+        console.print(f"[red]error:[/red] --transport must be inprocess or grpc, got {transport!r}")
+        raise typer.Exit(2)
+    run = api.aggregate
+    if transport == "grpc":
+        from .deploy.local import aggregate_grpc as run
     try:
-        res = api.aggregate(x, rule, f, frac_bits=frac_bits, seed=seed, **_parse_options(option))
-    except ValueError as exc:
+        res = run(x, rule, f, frac_bits=frac_bits, seed=seed, **_parse_options(option))
+    except (ValueError, RoundAborted) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     _print_result(res)

@@ -29,7 +29,7 @@ class Accounting:
 
     def totals(self, round_id: int | None = None) -> dict[str, Any]:
         """{"sent": bytes, "received": bytes, "wire_sent", "wire_received", "messages_sent",
-        "messages_received", "by_peer": {peer: {"sent": .., "received": ..}}} for one round or all."""
+        "messages_received", "by_peer": {peer: the same six counters}} for one round or for all."""
         out: dict[str, Any] = {"sent": 0, "received": 0, "wire_sent": 0, "wire_received": 0,
                                "messages_sent": 0, "messages_received": 0, "by_peer": {}}
         with self._lock:
@@ -40,6 +40,9 @@ class Accounting:
             out[direction] += mb
             out[f"wire_{direction}"] += wb
             out[f"messages_{direction}"] += count
-            per = out["by_peer"].setdefault(peer, {"sent": 0, "received": 0})
+            per = out["by_peer"].setdefault(peer, {"sent": 0, "received": 0, "messages_sent": 0,
+                                                   "messages_received": 0, "wire_sent": 0, "wire_received": 0})
             per[direction] += mb
+            per[f"messages_{direction}"] += count
+            per[f"wire_{direction}"] += wb
         return out

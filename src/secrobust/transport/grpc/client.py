@@ -2,7 +2,8 @@
 
 Refusals come back as :class:`RemoteRejected` with the peer's code; a peer that is down, refuses
 the TLS handshake or does not answer in time becomes :class:`PartyUnreachable`. A failed channel
-is dropped and rebuilt on the next call, so a restarted peer is reached again without delay.
+is dropped and rebuilt on the next call, so a restarted peer is reached again without delay. A call
+to a peer that is not (yet) reachable is retried for ``connect_timeout`` seconds before it fails.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import grpc
 
@@ -24,6 +26,7 @@ from .errors import ERROR_KEY, PartyUnreachable, RemoteRejected, Rejected
 from .logs import LOGGER_NAME, Timer, event
 from .tls import secure_channel
 
+T = TypeVar("T")
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
@@ -61,13 +64,20 @@ class PeerClient:
     def close(self) -> None:
         self._reset()
 
-    def _ready(self, channel: grpc.Channel) -> None:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=self.connect_timeout)
-        except grpc.FutureTimeoutError:
-            self._reset()
-            raise PartyUnreachable(self.peer, self.address,
-                                   f"no TLS connection within {self.connect_timeout:g} s") from None
+    def _call(self, attempt: Callable[[grpc.Channel], T]) -> T:
+        """Run ``attempt`` on the channel; while the peer is not reachable (UNAVAILABLE without a
+        secrobust code), try again for up to ``connect_timeout`` seconds, then raise PartyUnreachable."""
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            try:
+                return attempt(self._get())
+            except grpc.RpcError as err:
+                retry = (err.code() == grpc.StatusCode.UNAVAILABLE
+                         and ERROR_KEY not in dict(err.trailing_metadata() or ())
+                         and time.monotonic() + 0.2 < deadline)
+                if not retry:
+                    raise self._translate(err) from None
+            time.sleep(0.2)
 
     def _translate(self, err: grpc.RpcError) -> Exception:
         status = err.code() if hasattr(err, "code") else None
@@ -92,26 +102,28 @@ class PeerClient:
     def send_encoded(self, out: wire.Outgoing, *, timeout: float | None = None) -> pb.Ack:
         """Stream an already encoded message (used to test replays: the same id twice)."""
         timer = Timer()
-        channel = self._get()
-        self._ready(channel)
-        call = channel.stream_unary(f"/{SERVICE}/Send", request_serializer=pb.Chunk.SerializeToString,
-                                    response_deserializer=pb.Ack.FromString)
         wire_bytes = 0
 
         def stream() -> Any:
             nonlocal wire_bytes
+            wire_bytes = 0
             for chunk in wire.chunks(out):
                 wire_bytes += chunk.ByteSize()
                 yield chunk
 
         env = out.envelope
+
+        def attempt(channel: grpc.Channel) -> pb.Ack:
+            call = channel.stream_unary(f"/{SERVICE}/Send", request_serializer=pb.Chunk.SerializeToString,
+                                        response_deserializer=pb.Ack.FromString)
+            return call(stream(), timeout=timeout or transfer_timeout(env.total_bytes))
+
         try:
-            ack = call(stream(), timeout=timeout or transfer_timeout(env.total_bytes))
-        except grpc.RpcError as err:
-            exc = self._translate(err)
+            ack = self._call(attempt)
+        except (RemoteRejected, PartyUnreachable) as exc:
             event(self.log, "send-failed", level=logging.WARNING, recipient=self.peer, round=env.round_id,
                   phase=env.phase, bytes=env.total_bytes, error=str(exc))
-            raise exc from None
+            raise
         self.accounting.add(env.round_id, "sent", self.peer, env.total_bytes, wire_bytes)
         event(self.log, "sent", recipient=self.peer, round=env.round_id, phase=env.phase, bytes=env.total_bytes,
               seconds=round(timer.seconds, 6))
@@ -119,31 +131,28 @@ class PeerClient:
 
     def send_raw(self, payloads: list[bytes], *, timeout: float = 10.0) -> pb.Ack:
         """Stream arbitrary request bytes to Send (tests of malformed protobufs)."""
-        channel = self._get()
-        self._ready(channel)
-        call = channel.stream_unary(f"/{SERVICE}/Send", request_serializer=lambda b: b,
-                                    response_deserializer=pb.Ack.FromString)
-        try:
+        def attempt(channel: grpc.Channel) -> pb.Ack:
+            call = channel.stream_unary(f"/{SERVICE}/Send", request_serializer=lambda b: b,
+                                        response_deserializer=pb.Ack.FromString)
             return call(iter(payloads), timeout=timeout)
-        except grpc.RpcError as err:
-            raise self._translate(err) from None
+
+        return self._call(attempt)
 
     def fetch(self, round_id: int, phase: str, *, wait_s: float = 30.0, max_bytes: int = 1 << 40,
               timeout: float | None = None) -> Message:
         """Pull the message of ``phase`` for us in ``round_id``; the peer may hold the call up to ``wait_s``."""
         timer = Timer()
-        channel = self._get()
-        self._ready(channel)
-        call = channel.unary_stream(f"/{SERVICE}/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
-                                    response_deserializer=wire.parse_chunk)
         req = pb.FetchRequest(version=VERSION, round_id=round_id, requester=self.identity.party, phase=phase,
                               timeout_s=wait_s)
-        try:
+
+        def attempt(channel: grpc.Channel) -> tuple[Message, pb.Envelope, int]:
+            call = channel.unary_stream(f"/{SERVICE}/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
+                                        response_deserializer=wire.parse_chunk)
             stream = call(req, timeout=timeout or wait_s + 60.0)
-            msg, env, wire_bytes = wire.read_stream(stream, caller=self.peer, me=self.identity.party,
-                                                    max_bytes=max_bytes)
-        except grpc.RpcError as err:
-            raise self._translate(err) from None
+            return wire.read_stream(stream, caller=self.peer, me=self.identity.party, max_bytes=max_bytes)
+
+        try:
+            msg, env, wire_bytes = self._call(attempt)
         except Rejected as rej:
             raise RemoteRejected(self.peer, rej.code, f"reply refused locally: {rej.reason}") from None
         self.accounting.add(env.round_id, "received", self.peer, env.total_bytes, wire_bytes)
@@ -154,16 +163,15 @@ class PeerClient:
     def control(self, command: str, round_id: int = 0, args: dict[str, Any] | None = None, *,
                 timeout: float = 30.0) -> dict[str, Any]:
         """Run a control command on the peer; returns its JSON result."""
-        channel = self._get()
-        self._ready(channel)
-        call = channel.unary_unary(f"/{SERVICE}/Control", request_serializer=pb.ControlRequest.SerializeToString,
-                                   response_deserializer=pb.ControlReply.FromString)
         req = pb.ControlRequest(version=VERSION, round_id=round_id, sender=self.identity.party, command=command,
                                 json=dumps(args or {}))
-        try:
-            reply = call(req, timeout=timeout)
-        except grpc.RpcError as err:
-            raise self._translate(err) from None
+
+        def attempt(channel: grpc.Channel) -> pb.ControlReply:
+            call = channel.unary_unary(f"/{SERVICE}/Control", request_serializer=pb.ControlRequest.SerializeToString,
+                                       response_deserializer=pb.ControlReply.FromString)
+            return call(req, timeout=timeout)
+
+        reply = self._call(attempt)
         out = json.loads(reply.json.decode()) if reply.json else {}
         if not isinstance(out, dict):
             raise RemoteRejected(self.peer, "bad-request", "control reply is not a JSON object")

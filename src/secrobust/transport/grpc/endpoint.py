@@ -123,10 +123,10 @@ class Endpoint:
         handlers = {
             "Send": grpc.stream_unary_rpc_method_handler(self._send, request_deserializer=wire.parse_chunk,
                                                          response_serializer=pb.Ack.SerializeToString),
-            "Fetch": grpc.unary_stream_rpc_method_handler(self._fetch, request_deserializer=_parse(pb.FetchRequest),
+            "Fetch": grpc.unary_stream_rpc_method_handler(self._fetch, request_deserializer=wire.parser(pb.FetchRequest),
                                                           response_serializer=pb.Chunk.SerializeToString),
             "Control": grpc.unary_unary_rpc_method_handler(self._control,
-                                                           request_deserializer=_parse(pb.ControlRequest),
+                                                           request_deserializer=wire.parser(pb.ControlRequest),
                                                            response_serializer=pb.ControlReply.SerializeToString),
         }
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -164,7 +164,7 @@ class Endpoint:
         context.set_trailing_metadata(((ERROR_KEY, rej.code),))
         context.abort(CODES[rej.code], str(rej))
 
-    def _send(self, requests: Iterator[pb.Chunk | None], context: grpc.ServicerContext) -> pb.Ack:
+    def _send(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.Ack:
         timer = Timer()
         info: dict[str, Any] = {}
         message_id: bytes | None = None
@@ -198,10 +198,10 @@ class Endpoint:
             if message_id is not None:
                 self._replays.end(message_id, accepted)
 
-    def _fetch(self, request: pb.FetchRequest | None, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+    def _fetch(self, request: Any, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         timer = Timer()
         try:
-            if request is None:
+            if not isinstance(request, pb.FetchRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
             caller = self._caller(context)
             if request.version != VERSION:
@@ -223,9 +223,9 @@ class Endpoint:
         event(self.log, "served", requester=caller, round=out.envelope.round_id, phase=out.envelope.phase,
               bytes=out.envelope.total_bytes, seconds=round(timer.seconds, 6))
 
-    def _control(self, request: pb.ControlRequest | None, context: grpc.ServicerContext) -> pb.ControlReply:
+    def _control(self, request: Any, context: grpc.ServicerContext) -> pb.ControlReply:
         try:
-            if request is None:
+            if not isinstance(request, pb.ControlRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
             caller = self._caller(context)
             if request.version != VERSION:
@@ -248,11 +248,3 @@ class Endpoint:
 
 _ABSOLUTE_LIMIT = 1 << 40
 
-
-def _parse(cls: Any) -> Any:
-    def parse(raw: bytes) -> Any:
-        try:
-            return cls.FromString(raw)
-        except Exception:
-            return None
-    return parse

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import grpc
 
-from ...errors import DuplicateWorker, MalformedMessage, ProtocolError, RoundAborted, UnexpectedMessage, UnknownWorker
+from ...errors import (DuplicateWorker, MalformedMessage, ProtocolError, RoundAborted, TripleReuseError,
+                       UnexpectedMessage, UnknownWorker)
 
 ERROR_KEY = "secrobust-error"
 
@@ -77,12 +78,12 @@ def rejection_for(exc: BaseException) -> Rejected:
         return exc
     if isinstance(exc, UnknownWorker):
         return Rejected("unknown-party", str(exc))
-    if isinstance(exc, DuplicateWorker):
+    if isinstance(exc, (DuplicateWorker, TripleReuseError)):
         return Rejected("duplicate", str(exc))
     if isinstance(exc, MalformedMessage):
         return Rejected("malformed-message", str(exc))
     if isinstance(exc, UnexpectedMessage):
         return Rejected("out-of-phase", str(exc))
-    if isinstance(exc, RoundAborted):
+    if isinstance(exc, (RoundAborted, RemoteRejected)):
         return Rejected("round-aborted", str(exc))
     return Rejected("internal", f"{type(exc).__name__}: {exc}")

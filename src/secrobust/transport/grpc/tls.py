@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-from ...certs import Identity
+from ...certs import Identity, tls_name
 
 CHUNK_BYTES = 1 << 20
 MAX_GRPC_MESSAGE = 8 << 20
@@ -44,8 +44,8 @@ def server_options() -> list[tuple[str, int]]:
 
 
 def channel_options(expected_party: str) -> list[tuple[str, int | str]]:
-    """Options for a channel to ``expected_party``: its id is the name the server certificate must carry."""
-    return [*_COMMON_OPTIONS, ("grpc.ssl_target_name_override", expected_party),
+    """Options for a channel to ``expected_party``: the server certificate must carry its TLS name."""
+    return [*_COMMON_OPTIONS, ("grpc.ssl_target_name_override", tls_name(expected_party)),
             ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000), ("grpc.enable_retries", 0)]
 

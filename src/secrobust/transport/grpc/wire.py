@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from google.protobuf.message import DecodeError
 
@@ -162,13 +162,13 @@ def decode(env: pb.Envelope, data: bytes | bytearray) -> Message:
     return msg
 
 
-def read_stream(stream: Iterable[pb.Chunk | None], *, caller: str | None, me: str, max_bytes: int,
+def read_stream(stream: Iterable[Any], *, caller: str | None, me: str, max_bytes: int,
                 precheck: Callable[[pb.Envelope], None] | None = None,
                 chunk_bytes: int = CHUNK_BYTES) -> tuple[Message, pb.Envelope, int]:
     """Receive one whole message from a chunk stream. Returns (message, envelope, wire bytes).
 
     ``precheck`` sees the envelope before any payload is buffered (the receiver's round and phase
-    checks). A None item in the stream stands for a chunk that did not parse as protobuf.
+    checks). An ``Unparsed`` item stands for a chunk that did not parse as protobuf.
     """
     it = iter(stream)
     first = next(it, None)
@@ -189,9 +189,21 @@ def read_stream(stream: Iterable[pb.Chunk | None], *, caller: str | None, me: st
     return decode(first.envelope, asm.finish()), first.envelope, asm.wire_bytes
 
 
-def parse_chunk(raw: bytes) -> pb.Chunk | None:
-    """Request deserializer that never raises: None marks bytes that are not a Chunk protobuf."""
-    try:
-        return pb.Chunk.FromString(raw)
-    except (DecodeError, ValueError, RuntimeError):
-        return None
+class Unparsed:
+    """Stands for request bytes that did not parse (gRPC itself would turn None into a generic error)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+def parser(cls: Any) -> Callable[[bytes], Any]:
+    """A deserializer for protobuf ``cls`` that never raises: bad bytes become an ``Unparsed``."""
+    def parse(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except (DecodeError, ValueError, RuntimeError):
+            return Unparsed(cls.__name__)
+    return parse
+
+
+parse_chunk = parser(pb.Chunk)

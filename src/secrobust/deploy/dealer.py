@@ -1,0 +1,87 @@
+"""The dealer (crypto provider) as a network service, wrapping the protocol's DealerNode.
+
+What crosses the wire: S1's TRIPLE_REQUEST (public sizes n, d, the triple kind and a fresh triple
+id; no data), then the dealer's TRIPLE_S0 to S0 (two seeds) and TRIPLE_S1 to S1 (a seed and the
+n x n correction C1). The dealer learns only (n, d) and the round id. Each request gets fresh
+seeds from the operating system; a triple id the dealer has issued before is refused (``duplicate``).
+The request call returns once both servers accepted their part, so S1 knows at once whether the
+offline phase worked; if a server is unreachable the request is refused with ``round-aborted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ..certs import OPERATOR_ID, Identity
+from ..dealer import TripleSeeds
+from ..nodes import DealerNode
+from ..protocol import messages as M
+from ..protocol.messages import Message
+from ..transport.grpc import Accounting, PeerClient
+from ..transport.grpc import secrobust_pb2 as pb
+from ..transport.grpc.errors import Rejected
+from ..transport.grpc.logs import LOGGER_NAME, Timer, event
+from .config import PartyConfig
+
+REQUEST_LIMIT = 64 << 10
+
+
+class DealerRuntime:
+    """The dealer's PartyHandler: answers S1's triple requests by pushing the two parts to S0 and S1."""
+
+    party = "dealer"
+
+    def __init__(self, cfg: PartyConfig, identity: Identity, *, accounting: Accounting | None = None) -> None:
+        if cfg.party != "dealer":
+            raise ValueError(f"the dealer's party id is 'dealer', not {cfg.party!r}")
+        self.cfg = cfg
+        self.node = DealerNode()
+        self.accounting = accounting or Accounting()
+        self.clients = {name: PeerClient(identity, name, cfg.peer(name), accounting=self.accounting,
+                                         connect_timeout=cfg.connect_timeout_s) for name in ("S0", "S1")}
+        self.log = logging.getLogger(LOGGER_NAME)
+        self._lock = threading.Lock()
+        self.shutdown_requested = threading.Event()
+        self.issued = 0
+
+    def close(self) -> None:
+        """Nothing waits at the dealer; present for symmetry with the servers."""
+
+    def admitted(self, caller: str) -> bool:
+        return caller in ("S0", "S1", OPERATOR_ID)
+
+    def max_message_bytes(self, env: pb.Envelope) -> int:
+        return REQUEST_LIMIT
+
+    def precheck(self, env: pb.Envelope) -> None:
+        if env.phase != M.TRIPLE_REQUEST or env.sender != "S1":
+            raise Rejected("out-of-phase", f"the dealer takes only {M.TRIPLE_REQUEST} from S1, got {env.phase} "
+                           f"from {env.sender}")
+
+    def accept(self, msg: Message, env: pb.Envelope) -> None:
+        timer = Timer()
+        with self._lock:
+            to_s0, to_s1 = self.node.handle(msg, TripleSeeds.fresh())
+        make_s = timer.seconds
+        self.clients["S0"].send(to_s0)
+        self.clients["S1"].send(to_s1)
+        self.issued += 1
+        event(self.log, "triple-issued", round=msg.round_id, phase=M.TRIPLE_REQUEST, n=msg.fields.get("n"),
+              d=msg.fields.get("d"), kind=msg.fields.get("kind"), make_seconds=round(make_s, 6),
+              seconds=round(timer.seconds, 6))
+
+    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
+        raise Rejected("not-permitted", "the dealer holds nothing to fetch")
+
+    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        if command == "status":
+            return {"party": self.party, "issued": self.issued}
+        if command == "report":
+            return {"party": self.party, "traffic": self.accounting.totals(round_id)}
+        if command == "shutdown" and caller == OPERATOR_ID:
+            self.shutdown_requested.set()
+            return {"ok": True}
+        raise Rejected("not-permitted" if command == "shutdown" else "bad-request",
+                       f"{caller} cannot run {command!r} on the dealer")

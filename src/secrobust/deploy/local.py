@@ -1,0 +1,341 @@
+"""A whole deployment on loopback: the dealer, S0, S1 and the workers, each a separate OS process.
+
+``LocalDeployment`` makes certificates, picks free ports on 127.0.0.1, writes one TOML file per
+party, starts every party with ``python -m secrobust.deploy ...`` in its own process group, and
+always terminates them (context manager, ``atexit``, and each child also exits when the launcher
+is gone). ``aggregate`` has the signature and the result of ``secrobust.aggregate``: the launcher
+writes each worker's update where only that worker process reads it, opens the round as the
+operator, and rebuilds the result from the servers' reports and aggregate shares.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import api, ring
+from ..certs import OPERATOR_ID, Identity, make_deployment_certs, party_paths, standard_parties, tls_name, worker_party
+from ..dealer import DEFAULT_CHUNK_BYTES
+from ..rules.plain import split_options
+from ..rules.registry import get_rule
+from ..transport.grpc import PartyUnreachable, RemoteRejected
+from ..updates import as_matrix, check_unchecked, encode_center, encode_updates
+from .config import PartyConfig, to_toml
+from .operator import Operator
+from .process import PARENT_ENV
+from .rounds import RoundRequest, fresh_triple_id
+
+LOOPBACK = "127.0.0.1"
+SRC_DIR = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """A party process started by the launcher."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LocalOptions:
+    """Knobs of a local deployment (timeouts in seconds)."""
+
+    share_window_s: float = 20.0
+    peer_timeout_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    start_timeout_s: float = 60.0
+    workers_per_process: int = 1
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalDeployment:
+    """Dealer, S0, S1 and ``n_workers`` workers as processes on loopback with mutual TLS."""
+
+    def __init__(self, n_workers: int, workdir: str | os.PathLike[str] | None = None,
+                 options: LocalOptions | None = None) -> None:
+        if n_workers < 1:
+            raise ValueError("a deployment needs at least one worker")
+        self.n_workers = n_workers
+        self.options = options or LocalOptions()
+        self._own_dir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="secrobust-")) if workdir is None else Path(workdir)
+        self.cert_dir = self.workdir / "certs"
+        self.updates_dir = self.workdir / "updates"
+        self.children: dict[str, Child] = {}
+        self.addresses: dict[str, str] = {}
+        self.operator: Operator | None = None
+
+    # lifecycle
+
+    def __enter__(self) -> "LocalDeployment":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every party and wait until the servers listen and every worker reached both servers."""
+        atexit.register(self.stop)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        o = self.options
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_deployment_certs(self.cert_dir, standard_parties(self.n_workers))
+        self.addresses = {name: f"{LOOPBACK}:{free_port()}" for name in ("S0", "S1", "dealer")}
+        cfg_dir = self.workdir / "config"
+        cfg_dir.mkdir(exist_ok=True)
+        workers = tuple(range(self.n_workers))
+        for name in ("dealer", "S0", "S1", OPERATOR_ID, *(worker_party(i) for i in workers)):
+            paths = party_paths(self.cert_dir, name)
+            cfg = PartyConfig(party=name, cert=paths.cert, key=paths.key, ca=paths.ca,
+                              listen=self.addresses.get(name) if name in ("S0", "S1", "dealer") else None,
+                              peers=dict(self.addresses), workers=workers if name in ("S0", "S1") else (),
+                              state_dir=self.workdir / "state" / tls_name(name) if name in ("S0", "S1") else None,
+                              peer_timeout_s=o.peer_timeout_s, connect_timeout_s=o.connect_timeout_s)
+            (cfg_dir / f"{tls_name(name)}.toml").write_text(to_toml(cfg))
+        self.updates_dir.mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        for name, argv in (("dealer", ["dealer"]), ("S0", ["server"]), ("S1", ["server"])):
+            self._add(name, [*argv, "--config", str(cfg_dir / f"{tls_name(name)}.toml"),
+                             "--port-file", str(self.workdir / "state" / f"{tls_name(name)}.port")])
+        per = max(1, o.workers_per_process)
+        for lo in range(0, self.n_workers, per):
+            hi = min(lo + per, self.n_workers) - 1
+            name = f"workers-{lo}-{hi}" if per > 1 else tls_name(worker_party(lo))
+            argv = ["worker", "--ids", f"{lo}-{hi}", "--cert-dir", str(self.cert_dir),
+                    "--s0", self.addresses["S0"], "--s1", self.addresses["S1"],
+                    "--connect-timeout", str(o.connect_timeout_s),
+                    "--updates", str(self.updates_dir), "--ready-file", str(self.workdir / "state" / f"{name}.ready")]
+            self._add(name, argv)
+        for name in ("dealer", "S0", "S1"):
+            self._spawn(self.children[name])
+        self.operator = Operator(Identity.load(party_paths(self.cert_dir, OPERATOR_ID)),
+                                 self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
+                                 connect_timeout=o.connect_timeout_s)
+        self.wait_listening(("dealer", "S0", "S1"))
+        for child in self.children.values():
+            if child.name not in ("dealer", "S0", "S1"):
+                self._spawn(child)
+        self.wait_workers_ready()
+
+    def _add(self, name: str, argv: list[str]) -> None:
+        self.children[name] = Child(name, argv, self.workdir / "logs" / f"{name}.log")
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC_DIR), *filter(None, [env.get("PYTHONPATH")])])
+        env[PARENT_ENV] = str(os.getpid())
+        env.setdefault("GRPC_VERBOSITY", "ERROR")
+        env.update(self.options.extra_env)
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        log = open(child.log, "ab")
+        try:
+            child.proc = subprocess.Popen([sys.executable, "-m", "secrobust.deploy", *child.argv], stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
+                                          cwd=str(self.workdir), start_new_session=True)
+        finally:
+            log.close()
+
+    def wait_listening(self, names: tuple[str, ...], timeout: float | None = None) -> None:
+        """Block until each named party answers a status call over mutual TLS."""
+        assert self.operator is not None
+        deadline = time.monotonic() + (timeout or self.options.start_timeout_s)
+        clients = {"S0": self.operator.clients["S0"], "S1": self.operator.clients["S1"], "dealer": self.operator.dealer}
+        for name in names:
+            while True:
+                child = self.children[name]
+                if not child.alive:
+                    raise RuntimeError(f"{name} exited with code {child.proc.returncode if child.proc else '?'}; "
+                                       f"log:\n{self.tail(name)}")
+                try:
+                    clients[name].control("status", timeout=5.0)  # type: ignore[union-attr]
+                    break
+                except (PartyUnreachable, RemoteRejected):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{name} did not start listening; log:\n{self.tail(name)}") from None
+                    time.sleep(0.1)
+
+    def wait_workers_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.options.start_timeout_s)
+        for child in self.children.values():
+            if not child.name.startswith("worker"):
+                continue
+            ready = self.workdir / "state" / f"{child.name}.ready"
+            while not ready.exists():
+                if not child.alive:
+                    raise RuntimeError(f"{child.name} exited; log:\n{self.tail(child.name)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{child.name} did not reach both servers; log:\n{self.tail(child.name)}")
+                time.sleep(0.05)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.children[name].log
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one party's process group (tests of failures)."""
+        child = self.children[name]
+        if child.proc is not None and child.proc.poll() is None:
+            try:
+                os.killpg(child.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            child.proc.wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        """Start a killed party again on the same address with the same configuration."""
+        child = self.children[name]
+        if child.alive:
+            raise RuntimeError(f"{name} is still running")
+        child.restarts += 1
+        self._spawn(child)
+        if name in ("dealer", "S0", "S1"):
+            self.wait_listening((name,))
+        else:
+            (self.workdir / "state" / f"{name}.ready").unlink(missing_ok=True)
+            self.wait_workers_ready()
+
+    def stop(self) -> None:
+        """Terminate every party (SIGTERM, then SIGKILL after 5 s) and remove a temporary workdir."""
+        if self.operator is not None:
+            self.operator.close()
+            self.operator = None
+        order = sorted(self.children.values(), key=lambda c: c.name in ("S0", "S1", "dealer"))
+        procs = [c.proc for c in order if c.proc is not None and c.proc.poll() is None]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=5)
+        atexit.unregister(self.stop)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # rounds
+
+    def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+                  seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
+                  drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  share_window_s: float | None = None, absent: Any = (), **options: Any) -> api.AggregateResult:
+        """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
+
+        Worker i (for i < n) sends row i. ``drop`` and ``unchecked`` are simulated as in-process (the
+        worker process skips the named server / bypasses the encoder). ``absent`` lists workers that
+        get no input this round and so send nothing at all. ``seed`` (testing only) makes the servers'
+        DP noise that of ``secrobust.aggregate(seed=...)`` (the result does not depend on any other seed).
+        """
+        if self.operator is None:
+            raise RuntimeError("the deployment is not running; use it as a context manager or call start()")
+        spec = get_rule(rule)
+        ring.check_frac_bits(frac_bits)
+        x = as_matrix(updates)
+        n, d = x.shape
+        if n > self.n_workers:
+            raise ValueError(f"{n} updates but the deployment has {self.n_workers} workers")
+        center_value, rule_options = split_options(rule, options)
+        spec.validate(n, f, rule_options)
+        drop = api.check_drop(drop, n)
+        api.check_noise(dp_noise_std)
+        byz = check_unchecked(unchecked, n)
+        t0 = time.perf_counter()
+        encode_updates(x, frac_bits, byz)
+        encode_seconds = time.perf_counter() - t0
+        center = None
+        if center_value is not None:
+            encode_center(center_value, d, frac_bits)
+            center = [float(v) for v in np.asarray(center_value, dtype=np.float64).reshape(-1)]
+        absent_set = {int(i) for i in absent}
+
+        round_id = self.operator.next_round_id()
+        folder = self.updates_dir / f"round-{round_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(n):
+                if i in absent_set:
+                    continue
+                stem = tls_name(worker_party(i))
+                meta: dict[str, Any] = {}
+                if i in byz:
+                    meta["unchecked"] = True
+                where = drop.get(i)
+                if where is not None:
+                    meta["skip"] = ["S0", "S1"] if where == "both" else [where]
+                if meta:
+                    (folder / f"{stem}.json").write_text(json.dumps(meta))
+                np.save(folder / f"{stem}.npy", x[i])
+            request = RoundRequest(
+                round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
+                options=rule_options, center=center,
+                triple_id=fresh_triple_id(round_id, seed) if spec.reveals(rule_options) else None,
+                share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
+                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0)
+            self.operator.open_round(request)
+            result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
+            result.stats.seconds["encode"] = encode_seconds
+            return result
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _test_seed(seed: bytes | int | None) -> int | str | None:
+    """The master seed as it travels in a RoundRequest: an int as is, bytes as hex."""
+    if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
+        return seed
+    return bytes(seed).hex()
+
+
+def aggregate_grpc(updates: Any, rule: str = "krum", f: int = 0, *, workdir: str | os.PathLike[str] | None = None,
+                   options: LocalOptions | None = None, **kwargs: Any) -> api.AggregateResult:
+    """``secrobust.aggregate`` over a fresh local deployment (one process per party, TLS on), torn down after."""
+    n = as_matrix(updates).shape[0]
+    with LocalDeployment(n, workdir, options) as dep:
+        return dep.aggregate(updates, rule, f, **kwargs)

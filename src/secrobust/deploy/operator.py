@@ -1,0 +1,175 @@
+"""The operator: opens rounds at both servers and reads their public outcome.
+
+The operator holds a certificate with CN ``operator``. It sends each server the same RoundRequest
+(S0 first, then S1, so S0 is ready for the dealer's part when S1 asks for the triple), waits for both
+servers' reports, fetches both aggregate shares like any worker, and rebuilds what
+``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, traffic,
+timings) and, from S1's report, the distances S1 opened: in a real deployment S1's report goes to
+S1's own operator; the local launcher plays both organisations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from .. import api
+from ..certs import Identity
+from ..errors import RoundAborted
+from ..protocol import messages as M
+from ..rules.view import Choice, View
+from ..transport.channel import Stats
+from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
+from .rounds import RoundRequest
+from .worker import reconstruct
+
+
+class NetworkStats(Stats):
+    """``Stats`` as the in-process run counts them (protocol messages, ``Message.to_bytes`` lengths),
+    plus what only a deployment has: wire bytes with the gRPC framing, the aggregate-share downloads
+    (by the operator, and by the workers that fetched theirs before the operator collected the
+    stats), and each server's phase timings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wire_bytes_received: dict[str, int] = {}
+        self.delivered_bytes: dict[str, int] = {}
+        self.server_seconds: dict[str, dict[str, float]] = {}
+
+    def as_dict(self) -> dict:
+        out = super().as_dict()
+        out.update(wire_bytes_received=dict(self.wire_bytes_received), delivered_bytes=dict(self.delivered_bytes),
+                   server_seconds={k: dict(v) for k, v in self.server_seconds.items()})
+        return out
+
+
+class RoundFailed(RoundAborted):
+    """A round ended without an aggregate; ``reports`` holds what each server said."""
+
+    def __init__(self, message: str, reports: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.reports = reports
+
+
+class Operator:
+    """Round control over mutual TLS to S0, S1 (and the dealer, for its traffic report)."""
+
+    def __init__(self, identity: Identity, s0: str, s1: str, dealer: str | None = None, *,
+                 connect_timeout: float = 5.0) -> None:
+        self.clients = {"S0": PeerClient(identity, "S0", s0, connect_timeout=connect_timeout),
+                        "S1": PeerClient(identity, "S1", s1, connect_timeout=connect_timeout)}
+        self.dealer = PeerClient(identity, "dealer", dealer, connect_timeout=connect_timeout) if dealer else None
+
+    def close(self) -> None:
+        for c in (*self.clients.values(), *([self.dealer] if self.dealer else [])):
+            c.close()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
+
+    def next_round_id(self) -> int:
+        return max(int(s["last_round"]) for s in self.status().values()) + 1
+
+    def open_round(self, request: RoundRequest) -> None:
+        """Open the round at S0, then at S1; if S1 refuses, S0's round is not left waiting for shares."""
+        args = request.to_json()
+        self.clients["S0"].control("open-round", request.round_id, args)
+        try:
+            self.clients["S1"].control("open-round", request.round_id, args)
+        except (RemoteRejected, PartyUnreachable) as exc:
+            self.abort(request.round_id, f"S1 did not open it: {exc}", skip="S1")
+            raise
+
+    def reports(self, round_id: int, wait_s: float) -> dict[str, dict[str, Any]]:
+        """Both servers' reports once the round is over at each. A server that does not answer raises
+        PartyUnreachable naming it, after the round is aborted at the other server, so the next round
+        can start as soon as the lost server is back."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, client in self.clients.items():
+            try:
+                out[name] = client.control("report", round_id, {"wait_s": wait_s}, timeout=wait_s + 30.0)
+            except PartyUnreachable as exc:
+                self.abort(round_id, f"the operator cannot reach {name}: {exc.detail}", skip=name)
+                raise
+        return out
+
+    def abort(self, round_id: int, reason: str, *, skip: str | None = None) -> None:
+        """Ask the servers (but ``skip``) to abort ``round_id`` if it is still running there (best effort)."""
+        for name, client in self.clients.items():
+            if name == skip:
+                continue
+            try:
+                client.control("abort-round", round_id, {"reason": reason}, timeout=5.0)
+            except (RemoteRejected, PartyUnreachable):
+                pass
+
+    def collect(self, request: RoundRequest, *, n: int, wait_s: float = 600.0) -> api.AggregateResult:
+        """Wait for the round and return what ``secrobust.aggregate`` returns for it.
+
+        Raises PartyUnreachable when a server could not be reached (by us or by the other server),
+        and RoundFailed (a RoundAborted) with the servers' reasons when the round aborted otherwise.
+        """
+        reps = self.reports(request.round_id, wait_s)
+        for name, rep in reps.items():
+            if rep["status"] == "running":
+                raise RoundFailed(f"round {request.round_id} is still running at {name} after {wait_s:g} s", reps)
+        failed = {name: rep for name, rep in reps.items() if rep["status"] != "done"}
+        if failed:
+            raise _failure(request.round_id, failed, reps)
+        if reps["S0"]["aggregate_sha256"] != reps["S1"]["aggregate_sha256"]:
+            raise RoundFailed("the two servers reconstructed different aggregates", reps)
+        m0 = self.clients["S0"].fetch(request.round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+        m1 = self.clients["S1"].fetch(request.round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+        out, weights, participants = reconstruct(m0, m1)
+        digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()
+        if digest != reps["S0"]["aggregate_sha256"]:
+            raise RoundFailed("the rebuilt aggregate differs from the servers' own", reps)
+        rep1 = reps["S1"]
+        if rep1["participants"] != participants or not np.array_equal(np.array(rep1["weights"]), weights):
+            raise RoundFailed("S1's report and the aggregate shares disagree on weights or participants", reps)
+        view = View(**{k: np.array(v, dtype=np.float64) for k, v in rep1.get("view", {}).items()})
+        positions = {w: i for i, w in enumerate(request.worker_ids)}
+        idx = tuple(positions[w] for w in participants)
+        stats = self._stats(request.round_id, self.reports(request.round_id, 0.0))
+        choice = Choice(weights, float(rep1["center_weight"]))
+        return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f)
+
+    def _stats(self, round_id: int, reps: dict[str, dict[str, Any]]) -> NetworkStats:
+        stats = NetworkStats()
+        receivers = dict(reps)
+        if self.dealer is not None:
+            try:
+                receivers["dealer"] = self.dealer.control("report", round_id, timeout=10.0)
+            except (RemoteRejected, PartyUnreachable):
+                pass
+        for receiver, rep in receivers.items():
+            for peer, row in rep["traffic"]["by_peer"].items():
+                if row["messages_received"]:
+                    stats.bytes_sent[peer] += row["received"]
+                    stats.bytes_received[receiver] += row["received"]
+                    stats.messages_sent[peer] += row["messages_received"]
+                    stats.wire_bytes_received[receiver] = (stats.wire_bytes_received.get(receiver, 0)
+                                                           + row["wire_received"])
+                if receiver in ("S0", "S1") and peer not in ("S0", "S1", "dealer") and row["sent"]:
+                    stats.delivered_bytes[peer] = stats.delivered_bytes.get(peer, 0) + row["sent"]
+        for name, rep in reps.items():
+            stats.server_seconds[name] = dict(rep["seconds"])
+            for phase, sec in rep["seconds"].items():
+                stats.seconds[phase] = max(stats.seconds.get(phase, 0.0), float(sec))
+        return stats
+
+
+def _failure(round_id: int, failed: dict[str, dict[str, Any]], reps: dict[str, Any]) -> Exception:
+    """The most specific error for an aborted round: an unreachable party if one was the cause."""
+    for rep in failed.values():
+        err = rep.get("error") or {}
+        if err.get("type") == "PartyUnreachable":
+            return PartyUnreachable(err.get("party", "?"), err.get("address", "?"),
+                                    f"{err.get('detail', '')} (reported by {rep['party']} in round {round_id})")
+    for rep in failed.values():
+        if (rep.get("error") or {}).get("type") not in ("PeerAborted", None):
+            return RoundFailed(f"round {round_id} aborted at {rep['party']}: {rep['reason']}", reps)
+    first = next(iter(failed.values()))
+    return RoundFailed(f"round {round_id} aborted at {first['party']}: {first['reason']}", reps)

@@ -1,0 +1,137 @@
+"""What the operator asks both servers to run in one round, and how a server turns it into a RoundPlan.
+
+A round request holds public parameters only: the round id, the expected worker ids, the dimension,
+F, the rule with f and its options, the public center (cclip), a fresh triple id, the share deadline
+and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
+``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
+control command; each server validates it with the rule registry before it opens the round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import ring
+from ..dealer import DEFAULT_CHUNK_BYTES
+from ..protocol.server import RoundPlan
+from ..randomness import SeedSource
+from ..rules.registry import RuleSpec, get_rule
+from ..updates import encode_center
+
+DEFAULT_SHARE_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """Public parameters of one round, identical at both servers."""
+
+    round_id: int
+    worker_ids: tuple[int, ...]
+    d: int
+    rule: str
+    f: int = 0
+    frac_bits: int = ring.DEFAULT_FRAC_BITS
+    options: dict[str, Any] = field(default_factory=dict)
+    center: list[float] | None = None
+    triple_id: str | None = None
+    share_window_s: float = DEFAULT_SHARE_WINDOW_S
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    dp_noise_std: float = 0.0
+    test_seed: int | str | None = None
+    seed_round: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["worker_ids"] = list(self.worker_ids)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "RoundRequest":
+        """Parse and type-check the open-round arguments; raises ValueError saying what is wrong."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown round parameters {unknown}")
+        try:
+            req = cls(
+                round_id=_int(raw["round_id"], "round_id"),
+                worker_ids=tuple(_int(w, "worker id") for w in raw["worker_ids"]),
+                d=_int(raw["d"], "d"), rule=str(raw["rule"]), f=_int(raw.get("f", 0), "f"),
+                frac_bits=_int(raw.get("frac_bits", ring.DEFAULT_FRAC_BITS), "frac_bits"),
+                options=dict(raw.get("options") or {}),
+                center=None if raw.get("center") is None else [float(v) for v in raw["center"]],
+                triple_id=None if raw.get("triple_id") is None else str(raw["triple_id"]),
+                share_window_s=float(raw.get("share_window_s", DEFAULT_SHARE_WINDOW_S)),
+                chunk_bytes=_int(raw.get("chunk_bytes", DEFAULT_CHUNK_BYTES), "chunk_bytes"),
+                dp_noise_std=float(raw.get("dp_noise_std", 0.0)),
+                test_seed=_seed_value(raw.get("test_seed")),
+                seed_round=_int(raw.get("seed_round", 0), "seed_round"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad round parameters: {exc}") from None
+        req.check()
+        return req
+
+    def check(self) -> None:
+        if self.round_id < 0 or self.d < 1 or self.chunk_bytes < 8:
+            raise ValueError("round_id >= 0, d >= 1 and chunk_bytes >= 8 are required")
+        if len(set(self.worker_ids)) != len(self.worker_ids) or any(w < 0 for w in self.worker_ids):
+            raise ValueError("worker ids must be distinct non-negative integers")
+        if not (np.isfinite(self.share_window_s) and self.share_window_s > 0):
+            raise ValueError("share_window_s must be a positive number of seconds")
+        if not (np.isfinite(self.dp_noise_std) and self.dp_noise_std >= 0):
+            raise ValueError("dp_noise_std must be finite and >= 0")
+        ring.check_frac_bits(self.frac_bits)
+        spec = get_rule(self.rule)
+        spec.validate(len(self.worker_ids), self.f, self.options)
+        if self.center is not None and self.rule != "cclip":
+            raise ValueError("only cclip takes a public center")
+        if self.center is not None and len(self.center) != self.d:
+            raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
+        if spec.reveals(self.options) and not self.triple_id:
+            raise ValueError(f"rule {self.rule!r} opens {spec.reveals(self.options)}: the round needs a triple id")
+        if self.test_seed is not None:
+            SeedSource(self._master())
+
+    def _master(self) -> bytes | int | None:
+        return bytes.fromhex(self.test_seed) if isinstance(self.test_seed, str) else self.test_seed
+
+    @property
+    def spec(self) -> RuleSpec:
+        return get_rule(self.rule)
+
+    def plan(self) -> RoundPlan:
+        """The protocol's RoundPlan for this request (both servers build the same one)."""
+        reveal = self.spec.reveals(self.options)
+        center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
+        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center,
+                         self.triple_id if reveal else None, self.chunk_bytes)
+
+    def noise_seed(self, party: int) -> tuple[bytes, str]:
+        """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""
+        if self.test_seed is None:
+            return SeedSource(None).noise(self.round_id, party), f"dp-noise|{self.round_id}|{party}"
+        src = SeedSource(self._master())
+        return src.noise(self.seed_round, party), f"dp-noise|{self.seed_round}|{party}"
+
+
+def fresh_triple_id(round_id: int, seed: bytes | int | None = None) -> str:
+    """A triple id in the in-process format ``r<round>-<16 hex>``: fresh, or derived from a test seed."""
+    return SeedSource(seed).triple_id(round_id)
+
+
+def _seed_value(value: Any) -> int | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return _int(value, "test_seed")
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    return value

@@ -1,0 +1,607 @@
+"""A server (S0 or S1) as a network service: the protocol's ServerNode driven round by round.
+
+The round thread runs the protocol steps in the in-process runner's order (``secrobust.api``),
+calling the same ``ServerNode`` methods; this module only moves their messages, keeps time, and
+decides when a round is over. Per round:
+
+* ``open-round`` (operator) fixes the public RoundRequest and opens the share phase. S1 asks the
+  dealer for the triple at once (offline: the request carries only n, d and the triple id), in the
+  background while shares arrive.
+* Share phase: worker ``worker:<i>`` (certificate CN) sends S0 its seed, S1 its masked vector. The
+  phase closes when every expected worker's share is in or at the deadline. A share after that is
+  refused (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
+* The servers exchange which workers reached them; the participants are the workers that reached
+  both (``ServerNode.agree``); too few for the rule's f aborts the round with the rule's requirement.
+* Masked openings chunk by chunk, S0's view share to S1, S1's weights to S0, the aggregate shares
+  to each other: every message from the peer must be the next one of the protocol's sequence, or it
+  is refused as ``out-of-phase``.
+* Workers (and the operator) then fetch this server's aggregate share with the public weights.
+
+What this server learns is what its ServerNode learns: S0 the seeds, the masked openings E, the
+weights and the aggregate; S1 the masked vectors, E, the opened distances/norms, the weights and the
+aggregate. A round that cannot finish (peer or dealer unreachable, peer timeout, too few workers)
+is marked aborted with its reason, the peer is told, and the next round starts from a clean state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..certs import DEALER_ID, OPERATOR_ID, Identity, worker_index
+from ..errors import ProtocolError, RoundAborted
+from ..nodes import ServerNode
+from ..protocol import messages as M
+from ..protocol.messages import Message
+from ..protocol.offline import request_triple
+from ..protocol.server import noise_share
+from ..transport.grpc import Accounting, PeerClient
+from ..transport.grpc import secrobust_pb2 as pb
+from ..transport.grpc.errors import PartyUnreachable, Rejected
+from ..transport.grpc.logs import LOGGER_NAME, Timer, event
+from .config import PartyConfig
+from .rounds import RoundRequest
+
+HEADER_SLACK = 64 << 10
+KEEP_ROUNDS = 8
+KEEP_SHARES = 2
+PHASES = ("share", "agree", "open", "distances", "rule", "aggregate", "done")
+
+
+class PeerTimeout(RoundAborted):
+    """The other server (or the dealer's triple) did not arrive within the configured time."""
+
+
+class PeerAborted(RoundAborted):
+    """The other server (or the operator) aborted the round and said why."""
+
+
+class _PeerSequence:
+    """The order in which one server's messages reach the other; anything else is out of phase."""
+
+    def __init__(self, receiver: int, reveal: bool, d: int) -> None:
+        middle = [M.VIEW_SHARE] if receiver == 1 and reveal else []
+        self.kinds = [M.PARTICIPANTS, *([M.MASKED_OPEN] if reveal else []), *middle,
+                      *([M.WEIGHTS] if receiver == 0 else []), M.AGGREGATE_SHARE]
+        self.pos = 0
+        self.open_until = 0
+        self.d = d
+
+    def expected(self) -> str | None:
+        return self.kinds[self.pos] if self.pos < len(self.kinds) else None
+
+    def check(self, kind: str) -> None:
+        want = self.expected()
+        if kind != want:
+            raise Rejected("out-of-phase", f"expected {want or 'nothing more'} from the peer server, got {kind}")
+
+    def advance(self, msg: Message) -> None:
+        self.check(msg.kind)
+        if msg.kind == M.MASKED_OPEN:
+            start, stop = msg.fields.get("start"), msg.fields.get("stop")
+            if start != self.open_until or not isinstance(stop, int) or isinstance(stop, bool) \
+                    or not start < stop <= self.d:
+                raise Rejected("out-of-phase", f"masked opening of columns {start}..{stop}; columns from "
+                               f"{self.open_until} were due")
+            self.open_until = stop
+            if stop == self.d:
+                self.pos += 1
+        else:
+            self.pos += 1
+
+
+class RoundRun:
+    """One round at one server: its request, phase, inbox from the peer, and outcome."""
+
+    def __init__(self, request: RoundRequest, party: int) -> None:
+        self.request = request
+        self.plan = request.plan()
+        self.spec = request.spec
+        self.reveal = bool(self.plan.reveal)
+        self.phase = "share"
+        self.status = "running"
+        self.reason = ""
+        self.error: dict[str, Any] = {}
+        self.intake_open = True
+        self.received: set[int] = set()
+        self.inbox: dict[str, deque[Message]] = defaultdict(deque)
+        self.peer_seq = _PeerSequence(party, self.reveal, request.d)
+        self.triple_in = False
+        self.offline_error: BaseException | None = None
+        self.share_deadline = time.monotonic() + request.share_window_s
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.participants: tuple[int, ...] = ()
+        self.weights: np.ndarray | None = None
+        self.center_weight = 0.0
+        self.view: dict[str, np.ndarray] = {}
+        self.own_share: np.ndarray | None = None
+        self.aggregate_digest = ""
+
+    @property
+    def round_id(self) -> int:
+        return self.request.round_id
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+
+class ServerRuntime:
+    """The PartyHandler of S0 or S1 plus the thread that runs each opened round."""
+
+    def __init__(self, cfg: PartyConfig, identity: Identity, *, accounting: Accounting | None = None) -> None:
+        if cfg.party not in ("S0", "S1"):
+            raise ValueError(f"a server is S0 or S1, not {cfg.party!r}")
+        self.cfg = cfg
+        self.party = cfg.party
+        self.index = 0 if cfg.party == "S0" else 1
+        self.peer_name = "S1" if self.index == 0 else "S0"
+        self.node = ServerNode(self.index)
+        self.accounting = accounting or Accounting()
+        self.peer = PeerClient(identity, self.peer_name, cfg.peer(self.peer_name), accounting=self.accounting,
+                               connect_timeout=cfg.connect_timeout_s)
+        self.dealer = PeerClient(identity, DEALER_ID, cfg.peer(DEALER_ID), accounting=self.accounting,
+                                 connect_timeout=cfg.connect_timeout_s)
+        self.log = logging.getLogger(LOGGER_NAME)
+        self._cv = threading.Condition(threading.RLock())
+        self.round: RoundRun | None = None
+        self.history: OrderedDict[int, RoundRun] = OrderedDict()
+        self.last_round = self._load_last_round()
+        self.shutdown_requested = threading.Event()
+        self.closing = False
+
+    # state that survives a restart
+
+    def _state_file(self) -> Path | None:
+        return None if self.cfg.state_dir is None else Path(self.cfg.state_dir) / "last_round"
+
+    def _load_last_round(self) -> int:
+        path = self._state_file()
+        if path is None or not path.exists():
+            return -1
+        return int(path.read_text().strip() or -1)
+
+    def _store_last_round(self, round_id: int) -> None:
+        path = self._state_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(round_id))
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Release every call that waits (long polls, fetches, reports) so the process can exit."""
+        with self._cv:
+            self.closing = True
+            self._cv.notify_all()
+
+    # PartyHandler
+
+    def admitted(self, caller: str) -> bool:
+        if caller in (self.peer_name, DEALER_ID, OPERATOR_ID):
+            return True
+        w = worker_index(caller)
+        return w is not None and w in self.cfg.workers
+
+    def _current(self, round_id: int, sender: str) -> RoundRun:
+        rnd = self.round
+        if rnd is None:
+            raise Rejected("wrong-round", f"message for round {round_id}, but no round is open at {self.party}")
+        if round_id != rnd.round_id:
+            raise Rejected("wrong-round", f"message for round {round_id}, but round {rnd.round_id} is the one "
+                           f"open at {self.party}")
+        w = worker_index(sender)
+        if w is not None and w not in rnd.plan.worker_ids:
+            raise Rejected("unknown-party", f"worker {w} is not expected in round {rnd.round_id}")
+        if rnd.finished:
+            raise Rejected("out-of-phase", f"round {rnd.round_id} is already {rnd.status}")
+        return rnd
+
+    def max_message_bytes(self, env: pb.Envelope) -> int:
+        rnd = self.round
+        n = len(rnd.request.worker_ids) if rnd else 0
+        d = rnd.request.d if rnd else 0
+        if env.phase == M.SHARE_SEED or env.phase == M.PARTICIPANTS or env.phase == M.TRIPLE_S0:
+            return HEADER_SLACK + 16 * n
+        if env.phase == M.SHARE_MASKED or env.phase == M.AGGREGATE_SHARE:
+            return HEADER_SLACK + 8 * d
+        if env.phase == M.TRIPLE_S1 or env.phase == M.VIEW_SHARE:
+            return HEADER_SLACK + 16 * n * n
+        if env.phase == M.WEIGHTS:
+            return HEADER_SLACK + 8 * n
+        if env.phase == M.MASKED_OPEN:
+            return HEADER_SLACK + 8 * n + max(8 * n, rnd.request.chunk_bytes if rnd else 0)
+        return HEADER_SLACK
+
+    def precheck(self, env: pb.Envelope) -> None:
+        with self._cv:
+            rnd = self._current(env.round_id, env.sender)
+            sender = env.sender
+            w = worker_index(sender)
+            if w is not None:
+                want = M.SHARE_SEED if self.index == 0 else M.SHARE_MASKED
+                if env.phase != want:
+                    raise Rejected("out-of-phase", f"a worker sends {want} to {self.party}, not {env.phase}")
+                if w in rnd.received:
+                    raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
+                if not rnd.intake_open:
+                    raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
+            elif sender == DEALER_ID:
+                want = M.TRIPLE_S0 if self.index == 0 else M.TRIPLE_S1
+                if env.phase != want or not rnd.reveal:
+                    raise Rejected("out-of-phase", f"{self.party} takes {want} from the dealer only in a round that "
+                                   f"needs a triple, got {env.phase}")
+                if rnd.triple_in:
+                    raise Rejected("duplicate", f"{self.party} already holds the triple of round {rnd.round_id}")
+            elif sender == self.peer_name:
+                rnd.peer_seq.check(env.phase)
+            else:
+                raise Rejected("not-permitted", f"{sender} sends no protocol messages to {self.party}")
+
+    def accept(self, msg: Message, env: pb.Envelope) -> None:
+        with self._cv:
+            rnd = self._current(msg.round_id, msg.sender)
+            w = worker_index(msg.sender)
+            if w is not None:
+                self._accept_share(rnd, w, msg)
+            elif msg.sender == DEALER_ID:
+                if rnd.triple_in:
+                    raise Rejected("duplicate", f"{self.party} already holds the triple of round {rnd.round_id}")
+                self.node.receive_triple(msg)
+                rnd.triple_in = True
+            else:
+                rnd.peer_seq.advance(msg)
+                rnd.inbox[msg.kind].append(msg)
+            self._cv.notify_all()
+
+    def _accept_share(self, rnd: RoundRun, w: int, msg: Message) -> None:
+        if not rnd.intake_open:
+            raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
+        if w in rnd.received:
+            raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
+        if msg.fields.get("worker") != w:
+            raise Rejected("sender-mismatch", f"share names worker {msg.fields.get('worker')!r}, certificate is worker {w}")
+        if self.index == 0:
+            if msg.fields.get("d") != rnd.plan.d:
+                raise Rejected("wrong-size", f"worker {w} declares dimension {msg.fields.get('d')!r}, round "
+                               f"{rnd.round_id} has d={rnd.plan.d}")
+        else:
+            x1 = msg.arrays.get("x1")
+            if x1 is None or x1.dtype != np.uint64 or x1.shape != (rnd.plan.d,):
+                got = "no vector" if x1 is None else f"{x1.dtype} of shape {x1.shape}"
+                raise Rejected("wrong-size", f"worker {w} sent {got}; round {rnd.round_id} takes uint64 of "
+                               f"shape ({rnd.plan.d},)")
+        self.node.receive_share(msg)
+        rnd.received.add(w)
+        if len(rnd.received) == len(rnd.plan.worker_ids):
+            rnd.intake_open = False
+
+    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
+        if phase != M.AGGREGATE_SHARE:
+            raise Rejected("not-permitted", f"only {M.AGGREGATE_SHARE} can be fetched, not {phase!r}")
+        deadline = time.monotonic() + wait_s
+        with self._cv:
+            rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
+            if rnd is None:
+                raise Rejected("wrong-round", f"{self.party} knows no round {round_id}")
+            w = worker_index(caller)
+            if caller != OPERATOR_ID and (w is None or w not in rnd.plan.worker_ids):
+                raise Rejected("not-permitted", f"{caller} is not a worker of round {round_id}")
+            while not rnd.finished and not self.closing and time.monotonic() < deadline:
+                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            if not rnd.finished:
+                raise Rejected("not-found", f"round {round_id} has not finished at {self.party} yet")
+            if rnd.status != "done":
+                raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
+            if rnd.own_share is None or rnd.weights is None:
+                raise Rejected("not-found", f"the aggregate share of round {round_id} is no longer kept")
+            arrays = {"share": rnd.own_share, "weights": rnd.weights}
+            if rnd.plan.center is not None:
+                arrays["center"] = rnd.plan.center
+            return Message(M.AGGREGATE_SHARE, round_id, self.party, caller, arrays=arrays,
+                           fields={"participants": list(rnd.participants), "center_weight": rnd.center_weight,
+                                   "frac_bits": rnd.plan.frac_bits})
+
+    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        if command == "status":
+            return self._status(caller, args)
+        if command == "abort-round":
+            if caller not in (self.peer_name, OPERATOR_ID):
+                raise Rejected("not-permitted", f"only {self.peer_name} or the operator may abort a round at {self.party}")
+            with self._cv:
+                rnd = self.round
+                if rnd is not None and rnd.round_id == round_id and not rnd.finished:
+                    rnd.error = {"type": "PeerAborted", "party": caller}
+                    rnd.reason = f"{caller} aborted round {round_id}: {args.get('reason', '')}"
+                    rnd.intake_open = False
+                    self._cv.notify_all()
+            return {"ok": True}
+        if caller != OPERATOR_ID:
+            raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
+        if command == "open-round":
+            return self._open(args)
+        if command == "report":
+            return self._report(round_id, float(args.get("wait_s", 0.0)))
+        if command == "shutdown":
+            self.shutdown_requested.set()
+            return {"ok": True}
+        raise Rejected("bad-request", f"unknown command {command!r}")
+
+    # rounds
+
+    def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
+        after = args.get("after")
+        wait_s = min(max(float(args.get("wait_s", 0.0)), 0.0), 60.0)
+        deadline = time.monotonic() + wait_s
+        w = worker_index(caller)
+        with self._cv:
+            while True:
+                rnd = self.round
+                ready = rnd is not None and rnd.intake_open and (after is None or rnd.round_id > int(after))
+                if ready or self.closing or time.monotonic() >= deadline:
+                    break
+                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            out: dict[str, Any] = {"party": self.party, "last_round": self.last_round, "round": None}
+            if rnd is not None:
+                info: dict[str, Any] = {"round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
+                                        "intake_open": rnd.intake_open, "d": rnd.plan.d,
+                                        "frac_bits": rnd.plan.frac_bits,
+                                        "share_deadline_in_s": max(0.0, rnd.share_deadline - time.monotonic())}
+                if w is not None:
+                    info["expected"] = w in rnd.plan.worker_ids
+                    info["received"] = w in rnd.received
+                else:
+                    info["received"] = len(rnd.received)
+                out["round"] = info
+            return out
+
+    def _open(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = RoundRequest.from_json(args)
+            run = RoundRun(request, self.index)
+        except ValueError as exc:
+            raise Rejected("bad-request", str(exc)) from None
+        bad = sorted(set(request.worker_ids) - set(self.cfg.workers))
+        if bad:
+            raise Rejected("unknown-party", f"workers {bad} are not admitted at {self.party}")
+        with self._cv:
+            old = self.round
+            if old is not None and not old.finished and old.error.get("type") == "PeerAborted":
+                deadline = time.monotonic() + self.cfg.peer_timeout_s
+                while not old.finished and time.monotonic() < deadline:
+                    self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            if old is not None and not old.finished:
+                raise Rejected("out-of-phase", f"round {old.round_id} is still running at {self.party}")
+            if request.round_id <= self.last_round:
+                raise Rejected("wrong-round", f"round ids must increase: {request.round_id} after {self.last_round}")
+            self.node.start_round(run.plan)
+            self._store_last_round(request.round_id)
+            self.last_round = request.round_id
+            self.round = run
+            self._cv.notify_all()
+        event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, n=len(request.worker_ids),
+              d=request.d)
+        threading.Thread(target=self._run, args=(run,), name=f"{self.party}-round-{request.round_id}",
+                         daemon=True).start()
+        return {"round_id": request.round_id, "opened": True}
+
+    def _report(self, round_id: int, wait_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + min(max(wait_s, 0.0), 600.0)
+        with self._cv:
+            rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
+            if rnd is None:
+                raise Rejected("wrong-round", f"{self.party} knows no round {round_id}")
+            while not rnd.finished and not self.closing and time.monotonic() < deadline:
+                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            out: dict[str, Any] = {
+                "party": self.party, "round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
+                "reason": rnd.reason, "error": rnd.error, "participants": list(rnd.participants),
+                "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
+                "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
+                "traffic": self.accounting.totals(rnd.round_id),
+            }
+            if self.index == 1:
+                out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
+            return out
+
+    def _wait(self, rnd: RoundRun, kind: str, timeout: float | None = None) -> Message:
+        limit = self.cfg.peer_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._cv:
+            while not rnd.inbox[kind]:
+                self._check_alive(rnd)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerTimeout(f"{self.peer_name} sent no {kind} within {limit:g} s")
+                self._cv.wait(min(left, 1.0))
+            return rnd.inbox[kind].popleft()
+
+    def _check_alive(self, rnd: RoundRun) -> None:
+        if rnd.error.get("type") == "PeerAborted":
+            raise PeerAborted(rnd.reason)
+
+    def _wait_triple(self, rnd: RoundRun) -> None:
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        with self._cv:
+            while not rnd.triple_in:
+                self._check_alive(rnd)
+                if rnd.offline_error is not None:
+                    err = rnd.offline_error
+                    if isinstance(err, PartyUnreachable):
+                        raise err
+                    raise RoundAborted(f"the dealer's triple for round {rnd.round_id} did not arrive: {err}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerTimeout(f"the triple for round {rnd.round_id} did not arrive within "
+                                      f"{self.cfg.peer_timeout_s:g} s")
+                self._cv.wait(min(left, 1.0))
+
+    def _request_triple(self, rnd: RoundRun) -> None:
+        timer = Timer()
+        try:
+            spec = rnd.plan.triple_spec()
+            assert spec is not None
+            self.dealer.send(request_triple(rnd.round_id, spec), timeout=60.0 + spec.n * spec.n * spec.d / 2e8)
+        except Exception as exc:
+            with self._cv:
+                rnd.offline_error = exc
+                self._cv.notify_all()
+            event(self.log, "offline-failed", level=logging.WARNING, round=rnd.round_id, error=str(exc))
+        finally:
+            rnd.seconds["offline"] += timer.seconds
+
+    def _send(self, rnd: RoundRun, msg: Message) -> None:
+        with self._cv:
+            self._check_alive(rnd)
+        self.peer.send(msg)
+
+    def _enter(self, rnd: RoundRun, phase: str) -> Timer:
+        with self._cv:
+            rnd.phase = phase
+            self._cv.notify_all()
+        return Timer()
+
+    def _run(self, rnd: RoundRun) -> None:
+        node, spec, f, req = self.node, rnd.spec, rnd.request.f, rnd.request
+        total = Timer()
+        try:
+            if rnd.reveal and self.index == 1:
+                threading.Thread(target=self._request_triple, args=(rnd,), daemon=True,
+                                 name=f"{self.party}-offline-{rnd.round_id}").start()
+            timer = Timer()
+            with self._cv:
+                while rnd.intake_open:
+                    self._check_alive(rnd)
+                    left = rnd.share_deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(min(left, 1.0))
+                rnd.intake_open = False
+                self._check_alive(rnd)
+            rnd.seconds["share"] += timer.seconds
+            event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
+                  expected=len(rnd.plan.worker_ids), seconds=round(timer.seconds, 6))
+
+            timer = self._enter(rnd, "agree")
+            with self._cv:
+                mine = node.participants_message()
+            self._send(rnd, mine)
+            theirs = self._wait(rnd, M.PARTICIPANTS)
+            with self._cv:
+                rnd.participants = node.agree(theirs, spec.min_n(f), spec.requirement)
+            rnd.seconds["agree"] += timer.seconds
+
+            if rnd.reveal:
+                timer = self._enter(rnd, "open")
+                self._wait_triple(rnd)
+                for start, stop in node.chunks():
+                    with self._cv:
+                        opening = node.open_masked(start, stop)
+                    self._send(rnd, opening)
+                    peer_opening = self._wait(rnd, M.MASKED_OPEN)
+                    with self._cv:
+                        node.accumulate(peer_opening)
+                rnd.seconds["open"] += timer.seconds
+                timer = self._enter(rnd, "distances")
+                if self.index == 0:
+                    with self._cv:
+                        view_share = node.view_share_message()
+                    self._send(rnd, view_share)
+                else:
+                    view_msg = self._wait(rnd, M.VIEW_SHARE)
+                    with self._cv:
+                        node.open_view(view_msg)
+                rnd.seconds["distances"] += timer.seconds
+            elif self.index == 1:
+                with self._cv:
+                    node.open_view(None)
+
+            timer = self._enter(rnd, "rule")
+            if self.index == 1:
+                with self._cv:
+                    weights_msg = node.choose(spec, f, dict(req.options))
+                self._send(rnd, weights_msg)
+            else:
+                weights_msg = self._wait(rnd, M.WEIGHTS)
+                with self._cv:
+                    node.receive_weights(weights_msg)
+            rnd.seconds["rule"] += timer.seconds
+
+            timer = self._enter(rnd, "aggregate")
+            noise = None
+            if req.dp_noise_std:
+                seed, label = req.noise_seed(self.index)
+                noise = noise_share(seed, label, req.d, req.dp_noise_std, req.frac_bits)
+            with self._cv:
+                share = node.aggregate_share(noise)
+                share_msg = node.aggregate_message(share)
+            self._send(rnd, share_msg)
+            peer_share = self._wait(rnd, M.AGGREGATE_SHARE)
+            with self._cv:
+                out = node.reveal(share, peer_share)
+            rnd.seconds["aggregate"] += timer.seconds
+            self._finish(rnd, share, out)
+            event(self.log, "round-done", round=rnd.round_id, phase="done", participants=len(rnd.participants),
+                  seconds=round(total.seconds, 6), bytes=self.accounting.totals(rnd.round_id)["sent"])
+        except Exception as exc:
+            self._abort(rnd, exc)
+        finally:
+            with self._cv:
+                self._archive(rnd)
+                self._cv.notify_all()
+
+    def _finish(self, rnd: RoundRun, share: np.ndarray, out: np.ndarray) -> None:
+        st = self.node.current
+        with self._cv:
+            choice = st.choice
+            assert choice is not None
+            rnd.weights = np.asarray(choice.weights, dtype=np.float64)
+            rnd.center_weight = float(choice.center_weight)
+            if st.view is not None:
+                rnd.view = {k: v for k in ("distances", "norms") if (v := getattr(st.view, k)) is not None}
+            rnd.own_share = share
+            rnd.aggregate_digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()
+            rnd.phase = "done"
+            rnd.status = "done"
+            self._cv.notify_all()
+
+    def _abort(self, rnd: RoundRun, exc: BaseException) -> None:
+        with self._cv:
+            told_by_peer = isinstance(exc, PeerAborted)
+            rnd.status = "aborted"
+            rnd.intake_open = False
+            if not told_by_peer:
+                rnd.reason = str(exc)
+                rnd.error = {"type": type(exc).__name__}
+                if isinstance(exc, PartyUnreachable):
+                    rnd.error.update(party=exc.party, address=exc.address, detail=exc.detail)
+                elif hasattr(exc, "party") and hasattr(exc, "code"):
+                    rnd.error.update(party=exc.party, code=exc.code)
+            self._cv.notify_all()
+        level = logging.WARNING if isinstance(exc, ProtocolError) else logging.ERROR
+        event(self.log, "round-aborted", level=level, round=rnd.round_id, phase=rnd.phase, reason=rnd.reason,
+              error=rnd.error.get("type"))
+        if level == logging.ERROR:
+            self.log.error("unexpected error in round %s", rnd.round_id, exc_info=exc)
+        if not told_by_peer and not (isinstance(exc, PartyUnreachable) and exc.party == self.peer_name):
+            try:
+                self.peer.control("abort-round", rnd.round_id, {"reason": rnd.reason}, timeout=3.0)
+            except ProtocolError:
+                pass
+
+    def _archive(self, rnd: RoundRun) -> None:
+        self.history[rnd.round_id] = rnd
+        while len(self.history) > KEEP_ROUNDS:
+            self.history.popitem(last=False)
+        for old in list(self.history.values())[:-KEEP_SHARES]:
+            old.own_share = None
+

@@ -1,0 +1,241 @@
+"""A worker as a network client: waits for a round, secret-shares its update, fetches the aggregate.
+
+What crosses the wire: to S0 the worker's fresh 16-byte seed (SHARE_SEED), to S1 its encoded
+update minus PRG(seed) (SHARE_MASKED, 8d bytes), both made by ``protocol.worker.share_update``;
+back from each server its aggregate share with the public weights (AGGREGATE_SHARE, 8d bytes plus
+n weights). The worker learns the round's public parameters (id, d, F), the weights and the
+aggregate, nothing else. It talks to the servers only: a server's certificate must name it (S0 or
+S1), so the seed cannot be sent to S1 by mistake or by a redirect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import prg, ring
+from ..certs import Identity, tls_name, worker_index
+from ..errors import ProtocolError
+from ..protocol import messages as M
+from ..protocol.messages import Message
+from ..protocol.server import finish_aggregate
+from ..protocol.worker import share_update
+from ..rules.view import Choice
+from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
+from ..transport.grpc.logs import LOGGER_NAME, Timer, event
+from .config import PartyConfig
+
+SKIP_TARGETS = ("S0", "S1")
+
+
+@dataclass(frozen=True)
+class WorkerInput:
+    """One round's input of a worker. ``unchecked`` and ``skip`` exist for simulations only: a Byzantine
+    worker that bypasses the honest encoder, and a share that never reaches the named server(s)."""
+
+    update: np.ndarray
+    unchecked: bool = False
+    skip: tuple[str, ...] = ()
+
+
+UpdateSource = Callable[[int, int], "WorkerInput | None"]
+"""(round id, d) -> this worker's input for the round, or None to sit the round out."""
+
+
+@dataclass
+class WorkerOutcome:
+    round_id: int
+    status: str
+    detail: str = ""
+    aggregate: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    participants: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def directory_source(root: Path, party: str) -> UpdateSource:
+    """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector) and an optional
+    ``.json`` beside it with {"unchecked": bool, "skip": ["S0"|"S1", ...]}. No file: sit out."""
+    stem = tls_name(party)
+
+    def source(round_id: int, d: int) -> WorkerInput | None:
+        path = Path(root) / f"round-{round_id}" / f"{stem}.npy"
+        if not path.exists():
+            return None
+        update = np.load(path, allow_pickle=False)
+        meta: dict[str, Any] = {}
+        side = path.with_suffix(".json")
+        if side.exists():
+            meta = json.loads(side.read_text())
+        skip = tuple(meta.get("skip", ()))
+        if any(s not in SKIP_TARGETS for s in skip):
+            raise ValueError(f"{side}: skip lists servers from {SKIP_TARGETS}")
+        return WorkerInput(update, bool(meta.get("unchecked", False)), skip)
+
+    return source
+
+
+def fixed_source(update: np.ndarray) -> UpdateSource:
+    """The same update in every round (a demo worker)."""
+    return lambda round_id, d: WorkerInput(np.asarray(update, dtype=np.float64))
+
+
+class WorkerRuntime:
+    """One worker's client loop against S0 and S1."""
+
+    def __init__(self, cfg: PartyConfig, identity: Identity, source: UpdateSource, *,
+                 out_dir: Path | None = None, accounting: Accounting | None = None) -> None:
+        wid = worker_index(cfg.party)
+        if wid is None:
+            raise ValueError(f"a worker's party id is worker:<i>, not {cfg.party!r}")
+        self.worker_id = wid
+        self.party = cfg.party
+        self.cfg = cfg
+        self.source = source
+        self.out_dir = out_dir
+        self.accounting = accounting or Accounting()
+        self.s0 = PeerClient(identity, "S0", cfg.peer("S0"), accounting=self.accounting,
+                             connect_timeout=cfg.connect_timeout_s)
+        self.s1 = PeerClient(identity, "S1", cfg.peer("S1"), accounting=self.accounting,
+                             connect_timeout=cfg.connect_timeout_s)
+        self.last_round = -1
+        self.log = logging.getLogger(LOGGER_NAME)
+
+    def ping(self) -> None:
+        """Both servers answer (raises PartyUnreachable or RemoteRejected otherwise)."""
+        for client in (self.s0, self.s1):
+            client.control("status", timeout=10.0)
+
+    def wait_for_round(self, wait_s: float = 10.0) -> dict[str, Any] | None:
+        """Public parameters of a round newer than the last one, open at both servers, or None."""
+        st0 = self.s0.control("status", args={"after": self.last_round, "wait_s": wait_s}, timeout=wait_s + 15.0)
+        info = st0.get("round")
+        if not info or not info.get("intake_open") or info["round_id"] <= self.last_round:
+            return None
+        st1 = self.s1.control("status", args={"after": self.last_round, "wait_s": 5.0}, timeout=20.0)
+        other = st1.get("round") or {}
+        if other.get("round_id") != info["round_id"] or not other.get("intake_open"):
+            return None
+        if (other.get("d"), other.get("frac_bits")) != (info.get("d"), info.get("frac_bits")):
+            raise ProtocolError(f"S0 and S1 announce different parameters for round {info['round_id']}")
+        return info
+
+    def participate(self, info: dict[str, Any]) -> WorkerOutcome:
+        """Share this worker's update for the announced round, then fetch and rebuild the aggregate."""
+        r, d, frac_bits = int(info["round_id"]), int(info["d"]), int(info["frac_bits"])
+        self.last_round = max(self.last_round, r)
+        if not info.get("expected", False):
+            return WorkerOutcome(r, "not-expected")
+        inp = self.source(r, d)
+        if inp is None:
+            return WorkerOutcome(r, "sat-out")
+        timer = Timer()
+        vec = np.asarray(inp.update, dtype=np.float64).reshape(-1)
+        if vec.shape != (d,):
+            return WorkerOutcome(r, "error", f"update has dimension {vec.size}, round {r} has d={d}")
+        try:
+            encoded = ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
+        except ValueError as exc:
+            return WorkerOutcome(r, "error", f"encoder refused the update: {exc}")
+        to_s0, to_s1 = share_update(r, self.worker_id, encoded, prg.fresh_seed())
+        seconds = {"encode": timer.seconds}
+        timer = Timer()
+        try:
+            if "S0" not in inp.skip:
+                self.s0.send(to_s0)
+            if "S1" not in inp.skip:
+                self.s1.send(to_s1)
+        except (RemoteRejected, PartyUnreachable) as exc:
+            event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))
+            return WorkerOutcome(r, "refused", str(exc), seconds=seconds)
+        seconds["share"] = timer.seconds
+        if inp.skip:
+            return WorkerOutcome(r, "partial", f"share skipped to {list(inp.skip)}", seconds=seconds)
+        return self.collect(r, seconds, wait_s=float(info.get("share_deadline_in_s", 30.0)) + 120.0)
+
+    def collect(self, round_id: int, seconds: dict[str, float] | None = None, *, wait_s: float = 120.0) -> WorkerOutcome:
+        """Fetch both servers' aggregate shares for ``round_id`` and rebuild the aggregate."""
+        seconds = dict(seconds or {})
+        timer = Timer()
+        try:
+            m0 = self.s0.fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
+            m1 = self.s1.fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
+            out, weights, participants = reconstruct(m0, m1)
+        except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
+            return WorkerOutcome(round_id, "aborted", str(exc), seconds=seconds)
+        seconds["fetch"] = timer.seconds
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.out_dir / f"round-{round_id}.npy", out)
+        event(self.log, "aggregate-received", round=round_id, phase=M.AGGREGATE_SHARE,
+              participants=len(participants), seconds=round(sum(seconds.values()), 6))
+        return WorkerOutcome(round_id, "done", "", out, weights, participants, seconds)
+
+    def serve(self, stop: threading.Event, *, max_rounds: int | None = None, ready: Callable[[], None] | None = None,
+              poll_s: float = 10.0) -> list[WorkerOutcome]:
+        """Take part in rounds until ``stop`` is set (or ``max_rounds`` rounds were seen)."""
+        outcomes: list[WorkerOutcome] = []
+        announced = False
+        while not stop.is_set() and (max_rounds is None or len(outcomes) < max_rounds):
+            try:
+                if not announced:
+                    self.ping()
+                    if ready is not None:
+                        ready()
+                    announced = True
+                info = self.wait_for_round(poll_s)
+            except (PartyUnreachable, RemoteRejected) as exc:
+                event(self.log, "server-unavailable", level=logging.WARNING, error=str(exc))
+                stop.wait(1.0)
+                continue
+            if info is None:
+                continue
+            outcome = self.participate(info)
+            outcomes.append(outcome)
+            event(self.log, "round-outcome", round=outcome.round_id, status=outcome.status, detail=outcome.detail,
+                  seconds=round(sum(outcome.seconds.values()), 6))
+        return outcomes
+
+    def close(self) -> None:
+        self.s0.close()
+        self.s1.close()
+
+
+def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The aggregate from the two servers' AGGREGATE_SHARE messages; both must state the same public data."""
+    if (m0.sender, m1.sender) != ("S0", "S1") or m0.round_id != m1.round_id:
+        raise ProtocolError("aggregate shares must come from S0 and S1 for the same round")
+    for key in ("participants", "center_weight", "frac_bits"):
+        if m0.fields.get(key) != m1.fields.get(key):
+            raise ProtocolError(f"S0 and S1 disagree on the round's {key}")
+    w0, w1 = m0.arrays.get("weights"), m1.arrays.get("weights")
+    s0, s1 = m0.arrays.get("share"), m1.arrays.get("share")
+    if w0 is None or w1 is None or not np.array_equal(w0, w1):
+        raise ProtocolError("S0 and S1 disagree on the public weights")
+    if s0 is None or s1 is None or s0.dtype != np.uint64 or s1.dtype != np.uint64 or s0.shape != s1.shape:
+        raise ProtocolError("aggregate shares must be two uint64 vectors of one shape")
+    c0, c1 = m0.arrays.get("center"), m1.arrays.get("center")
+    if (c0 is None) != (c1 is None) or (c0 is not None and not np.array_equal(c0, c1)):
+        raise ProtocolError("S0 and S1 disagree on the public center")
+    frac_bits = m0.fields["frac_bits"]
+    cw = m0.fields["center_weight"]
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not isinstance(cw, (int, float)):
+        raise ProtocolError("aggregate share fields frac_bits/center_weight have the wrong type")
+    out = finish_aggregate(s0 + s1, frac_bits, c0, Choice(np.array(w0, dtype=np.float64), float(cw)))
+    return out, np.array(w0, dtype=np.float64), list(m0.fields["participants"])
+
+
+def wait_ready(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,99 @@
+"""Helpers of the multi-process tests: a worker played by the test itself, a round run in a thread,
+and the comparison with the in-process oracle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import secrobust
+from secrobust import prg, ring
+from secrobust.certs import Identity, party_paths, worker_party
+from secrobust.deploy.local import LocalDeployment
+from secrobust.protocol.worker import share_update
+from secrobust.transport.grpc import PeerClient
+
+
+class FakeWorker:
+    """Worker ``wid`` driven step by step from the test (its own process sits the round out)."""
+
+    def __init__(self, dep: LocalDeployment, wid: int, party: str | None = None) -> None:
+        self.wid = wid
+        ident = Identity.load(party_paths(dep.cert_dir, party or worker_party(wid)))
+        self.s0 = PeerClient(ident, "S0", dep.addresses["S0"], connect_timeout=3.0)
+        self.s1 = PeerClient(ident, "S1", dep.addresses["S1"], connect_timeout=3.0)
+
+    def wait_open(self, after: int = -1, timeout: float = 20.0) -> dict[str, Any]:
+        """The public parameters of the next round once it is open at both servers (as a real worker waits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.s0.control("status", args={"after": after, "wait_s": 2.0}).get("round")
+            if info and info["intake_open"] and info["round_id"] > after:
+                other = self.s1.control("status", args={"after": after, "wait_s": 2.0}).get("round")
+                if other and other["intake_open"] and other["round_id"] == info["round_id"]:
+                    return info
+        raise TimeoutError("no round opened")
+
+    def shares(self, round_id: int, update: np.ndarray, frac_bits: int = ring.DEFAULT_FRAC_BITS):
+        return share_update(round_id, self.wid, ring.encode(update, frac_bits), prg.fresh_seed())
+
+    def close(self) -> None:
+        self.s0.close()
+        self.s1.close()
+
+
+class Background:
+    """``dep.aggregate(...)`` in a thread; ``result()`` re-raises what it raised."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.value = fn(*args, **kwargs)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 120.0) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the round did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def assert_same_result(got: secrobust.AggregateResult, want: secrobust.AggregateResult, *, bytes_too: bool = True) -> None:
+    """Everything ``aggregate`` returns is identical, bit for bit (timings aside)."""
+    assert np.array_equal(got.aggregate, want.aggregate)
+    assert np.array_equal(got.weights, want.weights)
+    if want.distances is None:
+        assert got.distances is None
+    else:
+        assert np.array_equal(got.distances, want.distances, equal_nan=True)
+    assert set(got.revealed) == set(want.revealed)
+    for key, value in want.revealed.items():
+        assert np.array_equal(got.revealed[key], value, equal_nan=True)
+    assert got.participants == want.participants
+    assert got.center_weight == want.center_weight
+    assert (got.rule, got.f) == (want.rule, want.f)
+    if bytes_too:
+        assert dict(got.stats.bytes_sent) == dict(want.stats.bytes_sent)
+        assert dict(got.stats.bytes_received) == dict(want.stats.bytes_received)
+        assert dict(got.stats.messages_sent) == dict(want.stats.messages_sent)
+        assert set(got.stats.seconds) == set(want.stats.seconds)
+
+
+def oracle(dep: LocalDeployment, x: np.ndarray, rule: str, f: int, **kw: Any) -> tuple[int, secrobust.AggregateResult]:
+    """The in-process run with the round id the deployment will use next (so byte counts match too)."""
+    assert dep.operator is not None
+    round_id = dep.operator.next_round_id()
+    cluster = secrobust.Cluster(kw.pop("seed", None))
+    cluster.next_round = round_id
+    return round_id, cluster.run_round(x, rule, f, **kw)

@@ -1,0 +1,57 @@
+"""Party configuration from TOML and flags, and the deployment commands on the main CLI."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from secrobust.cli import app
+from secrobust.deploy.config import PartyConfig, load, parse_worker_ids, to_toml
+
+
+def test_toml_round_trips_and_flags_override(tmp_path):
+    cfg = PartyConfig(party="S0", cert=tmp_path / "s0.pem", key=tmp_path / "s0.key", ca=tmp_path / "ca.pem",
+                      listen="127.0.0.1:7100", peers={"S0": "127.0.0.1:7100", "S1": "127.0.0.1:7101",
+                                                     "dealer": "127.0.0.1:7102"},
+                      workers=(0, 1, 2), state_dir=tmp_path / "state", peer_timeout_s=12.0)
+    path = tmp_path / "s0.toml"
+    path.write_text(to_toml(cfg))
+    assert load(path) == cfg
+    moved = load(path, S1="127.0.0.1:7999", workers="0-4,9", peer_timeout_s=3.0)
+    assert moved.peers["S1"] == "127.0.0.1:7999" and moved.workers == (0, 1, 2, 3, 4, 9)
+    assert moved.peer_timeout_s == 3.0 and moved.role == "server"
+
+
+def test_relative_paths_are_read_from_the_toml_folder(tmp_path):
+    (tmp_path / "w.toml").write_text('party = "worker:3"\n[peers]\nS0 = "127.0.0.1:1"\nS1 = "127.0.0.1:2"\n'
+                                     '[tls]\ncert = "c/w.pem"\nkey = "c/w.key"\nca = "c/ca.pem"\n')
+    cfg = load(tmp_path / "w.toml")
+    assert cfg.cert == tmp_path / "c" / "w.pem" and cfg.role == "worker"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('party = "S0"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "listen address"),
+    ('party = "S1"\nlisten = "127.0.0.1:1"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "no address for S0"),
+    ('party = "S0"\nlisten = "x"\n', "TLS file 'cert' is missing"),
+    ('party = "S0"\nport = 3\n', "unknown keys"),
+    ('party = "boss"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "none of S0, S1"),
+])
+def test_incomplete_configurations_say_what_is_missing(tmp_path, text, message):
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path / "p.toml")
+
+
+def test_worker_id_ranges():
+    assert parse_worker_ids("0-2, 5") == (0, 1, 2, 5)
+    assert parse_worker_ids([3, 1]) == (3, 1)
+    with pytest.raises(ValueError):
+        parse_worker_ids("1,1")
+
+
+def test_the_main_cli_has_the_deployment_commands():
+    result = CliRunner().invoke(app, ["--help"])
+    for command in ("certs", "dealer", "server", "worker", "round"):
+        assert command in result.output
+    bad = CliRunner().invoke(app, ["server", "--party", "2"])
+    assert bad.exit_code == 2 and "--party is 0 or 1" in bad.output

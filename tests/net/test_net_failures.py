@@ -1,0 +1,103 @@
+"""Parties that die: the dealer, S1 or S0 killed (SIGKILL) makes the round fail with an error naming
+the unreachable party; after a restart on the same address the next round gives the in-process result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.transport.grpc import PartyUnreachable
+
+from .helpers import Background, FakeWorker, assert_same_result, oracle
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory):
+    d = LocalDeployment(6, tmp_path_factory.mktemp("dep"),
+                        LocalOptions(share_window_s=20.0, peer_timeout_s=10.0, connect_timeout_s=1.5))
+    with d:
+        yield d
+    assert all(not c.alive for c in d.children.values())
+
+
+def _updates(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=30) + 0.2 * rng.normal(size=(6, 30))
+
+
+def _next_round_works(dep: LocalDeployment, seed: int) -> None:
+    x = _updates(seed)
+    _, want = oracle(dep, x, "krum", 1)
+    assert_same_result(dep.aggregate(x, "krum", 1), want)
+
+
+def test_the_dealer_killed_fails_the_round_cleanly_and_the_next_round_works_after_restart(dep):
+    _next_round_works(dep, 1)
+    dep.kill("dealer")
+    with pytest.raises(PartyUnreachable) as info:
+        dep.aggregate(_updates(2), "krum", 1)
+    assert info.value.party == "dealer" and dep.addresses["dealer"] in str(info.value)
+    dep.restart("dealer")
+    _next_round_works(dep, 3)
+
+
+def test_a_rule_without_triples_does_not_need_the_dealer(dep):
+    dep.kill("dealer")
+    try:
+        x = _updates(4)
+        _, want = oracle(dep, x, "mean", 0)
+        assert_same_result(dep.aggregate(x, "mean", 0), want, bytes_too=False)
+    finally:
+        dep.restart("dealer")
+
+
+@pytest.mark.parametrize("victim", ["S1", "S0"])
+def test_a_server_killed_mid_round_fails_it_cleanly_and_the_next_round_works_after_restart(dep, victim):
+    watcher = FakeWorker(dep, 5)
+    try:
+        run = Background(dep.aggregate, _updates(5), "krum", 1, absent=[5], share_window_s=2.0)
+        watcher.wait_open()
+        dep.kill(victim)
+        with pytest.raises(PartyUnreachable) as info:
+            run.result()
+        assert info.value.party == victim
+    finally:
+        watcher.close()
+        run.thread.join(120.0)
+    dep.restart(victim)
+    _next_round_works(dep, 6)
+
+
+def test_a_server_down_before_the_round_is_reported_by_name(dep):
+    dep.kill("S1")
+    try:
+        with pytest.raises(PartyUnreachable) as info:
+            dep.aggregate(_updates(7), "krum", 1)
+        assert info.value.party == "S1"
+    finally:
+        dep.restart("S1")
+    _next_round_works(dep, 8)
+
+
+def test_a_restarted_server_refuses_round_ids_it_already_ran(dep):
+    _next_round_works(dep, 9)
+    last = dep.operator.next_round_id() - 1
+    dep.kill("S0")
+    dep.restart("S0")
+    from secrobust.deploy.rounds import RoundRequest
+    from secrobust.transport.grpc import RemoteRejected
+    with pytest.raises(RemoteRejected) as info:
+        dep.operator.open_round(RoundRequest(last, tuple(range(6)), 30, "mean"))
+    assert info.value.code == "wrong-round" and info.value.party == "S0"
+    _next_round_works(dep, 10)
+
+
+def test_a_killed_worker_process_is_a_dropout_and_rejoins_after_restart(dep):
+    name = "worker-4"
+    dep.kill(name)
+    x = _updates(11)
+    _, want = oracle(dep, x, "krum", 1, drop={4: "both"})
+    assert_same_result(dep.aggregate(x, "krum", 1, share_window_s=2.0), want)
+    dep.restart(name)
+    _next_round_works(dep, 12)

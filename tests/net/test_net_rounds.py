@@ -1,0 +1,292 @@
+"""Rounds over a real deployment: dealer, S0, S1 and 7 workers, each its own OS process, mutual TLS on
+loopback. Every result is compared with the in-process run (the oracle), bit for bit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import secrobust
+from secrobust.certs import make_deployment_certs
+from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.protocol import messages as M
+from secrobust.protocol.messages import Message
+from secrobust.transport.grpc import RemoteRejected
+from secrobust.transport.grpc import wire
+
+from .helpers import Background, FakeWorker, assert_same_result, oracle
+
+N_WORKERS = 7
+WINDOW = 3.0
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory):
+    d = LocalDeployment(N_WORKERS, tmp_path_factory.mktemp("dep"),
+                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0))
+    with d:
+        yield d
+    assert all(not c.alive for c in d.children.values())
+
+
+def _updates(seed: int, n: int = 6, d: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=d) * 0.5 + 0.1 * rng.normal(size=(n, d))
+    x[0] = -3.0 * x[0]
+    return x
+
+
+RULES = [("mean", 0, {}), ("krum", 1, {}), ("multi-krum", 1, {"m": 3}), ("geomed", 1, {"iterations": 4}),
+         ("mda", 1, {}), ("norm-clip", 1, {"tau": 0.8}), ("cclip", 1, {"tau": 0.5}),
+         ("cclip", 1, {"center": "x1"})]
+
+
+@pytest.mark.parametrize(("rule", "f", "options"), RULES, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(RULES)])
+def test_every_rule_gives_the_in_process_result_exactly(dep, rule, f, options):
+    x = _updates(len(rule))
+    options = {k: (x[1] * 0.5 if v == "x1" else v) for k, v in options.items()}
+    _, want = oracle(dep, x, rule, f, **options)
+    got = dep.aggregate(x, rule, f, **options)
+    assert_same_result(got, want)
+    assert got.stats.as_dict()["delivered_bytes"]
+
+
+def test_two_chunked_openings_and_a_byzantine_worker_outside_the_encoder(dep):
+    x = _updates(3, d=3000)
+    x[2] = 1e9
+    _, want = oracle(dep, x, "krum", 1, unchecked=[2], chunk_bytes=6 * 8 * 700)
+    got = dep.aggregate(x, "krum", 1, unchecked=[2], chunk_bytes=6 * 8 * 700)
+    assert_same_result(got, want)
+    assert got.stats.messages_sent["S0"] > 5
+
+
+def test_dp_noise_with_a_test_seed_is_the_in_process_noise(dep):
+    x = _updates(4)
+    want = secrobust.aggregate(x, "multi-krum", 1, seed=11, dp_noise_std=0.01)
+    got = dep.aggregate(x, "multi-krum", 1, seed=11, dp_noise_std=0.01)
+    assert_same_result(got, want, bytes_too=False)
+
+
+def test_bad_parameters_raise_the_in_process_errors_before_anything_starts(dep):
+    with pytest.raises(ValueError, match="needs n >= 2f \\+ 3"):
+        dep.aggregate(_updates(1), "krum", 2)
+    with pytest.raises(ValueError, match="unknown rule"):
+        dep.aggregate(_updates(1), "median", 0)
+    with pytest.raises(ValueError, match="NaN"):
+        dep.aggregate(np.full((6, 4), np.nan), "mean", 0)
+
+
+def test_a_worker_that_never_shows_up_is_left_out(dep):
+    x = _updates(5)
+    _, want = oracle(dep, x, "krum", 1, drop={4: "both"})
+    got = dep.aggregate(x, "krum", 1, absent=[4], share_window_s=WINDOW)
+    assert_same_result(got, want)
+    assert got.participants == (0, 1, 2, 3, 5) and np.isnan(got.distances[4]).all()
+
+
+@pytest.mark.parametrize("where", ["S0", "S1"])
+def test_a_worker_whose_share_reaches_one_server_only_is_left_out(dep, where):
+    x = _updates(6)
+    _, want = oracle(dep, x, "geomed", 1, drop={3: where})
+    got = dep.aggregate(x, "geomed", 1, drop={3: where}, share_window_s=WINDOW)
+    assert_same_result(got, want)
+    assert 3 not in got.participants
+
+
+def test_a_worker_that_dies_in_the_middle_of_its_upload_is_left_out(dep):
+    x = _updates(7, d=300_000)
+    _, want = oracle(dep, x, "mda", 1, drop={5: "S1"})
+    fake = FakeWorker(dep, 5)
+    try:
+        run = Background(dep.aggregate, x, "mda", 1, absent=[5], share_window_s=WINDOW)
+        info = fake.wait_open()
+        to_s0, to_s1 = fake.shares(info["round_id"], x[5])
+        fake.s0.send(to_s0)
+        out = wire.encode(to_s1)
+        assert out.envelope.chunk_count >= 2
+        first = next(wire.chunks(out))
+        with pytest.raises(RemoteRejected) as err:
+            fake.s1.send_raw([first.SerializeToString()])
+        assert err.value.code == "malformed-stream"
+        got = run.result()
+    finally:
+        fake.close()
+        run.thread.join(120.0)
+    assert_same_result(got, want)
+
+
+def test_a_worker_that_leaves_after_sharing_still_counts(dep):
+    x = _updates(8)
+    _, want = oracle(dep, x, "krum", 1)
+    fake = FakeWorker(dep, 2)
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[2], share_window_s=WINDOW)
+        info = fake.wait_open()
+        for client, msg in zip((fake.s0, fake.s1), fake.shares(info["round_id"], x[2])):
+            client.send(msg)
+        got = run.result()
+    finally:
+        fake.close()
+        run.thread.join(120.0)
+    assert_same_result(got, want)
+
+
+def test_too_few_workers_for_f_aborts_the_round_with_the_rule_requirement(dep):
+    x = _updates(9)
+    with pytest.raises(secrobust.RoundAborted, match="only 4 workers reached both servers.*2f \\+ 3"):
+        dep.aggregate(x, "krum", 1, absent=[1, 2], share_window_s=WINDOW)
+    got = dep.aggregate(x, "krum", 1)
+    assert_same_result(got, oracle(dep, x, "krum", 1)[1], bytes_too=False)
+
+
+def test_bad_messages_get_specific_errors_while_the_servers_keep_serving(dep):
+    x = _updates(10)
+    _, want = oracle(dep, x, "krum", 1)
+    fake = FakeWorker(dep, 1)
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[1], share_window_s=WINDOW + 5)
+        r = fake.wait_open()["round_id"]
+        to_s0, to_s1 = fake.shares(r, x[1])
+
+        def code(client, msg_or_raw):
+            with pytest.raises(RemoteRejected) as info:
+                if isinstance(msg_or_raw, list):
+                    client.send_raw(msg_or_raw)
+                elif isinstance(msg_or_raw, wire.Outgoing):
+                    client.send_encoded(msg_or_raw)
+                else:
+                    client.send(msg_or_raw)
+            return info.value.code
+
+        assert code(fake.s0, [b"\x08\x96\x01\xff\xff"]) == "malformed-protobuf"
+        assert code(fake.s1, Message(M.SHARE_MASKED, r + 5, "worker:1", "S1", to_s1.fields, to_s1.arrays)) \
+            == "wrong-round"
+        assert code(fake.s1, Message(M.SHARE_MASKED, r, "worker:1", "S1", to_s1.fields,
+                                     {"x1": np.zeros(x.shape[1] + 1, dtype=np.uint64)})) == "wrong-size"
+        assert code(fake.s0, Message(M.SHARE_SEED, r, "worker:1", "S0", {**to_s0.fields, "d": 3})) == "wrong-size"
+        assert code(fake.s0, Message(M.SHARE_MASKED, r, "worker:1", "S0", to_s1.fields, to_s1.arrays)) \
+            == "out-of-phase"
+        assert code(fake.s0, Message(M.WEIGHTS, r, "worker:1", "S0", {}, {"weights": np.ones(3)})) == "out-of-phase"
+        assert code(fake.s0, Message(M.SHARE_SEED, r, "worker:1", "S0", {**to_s0.fields, "worker": 2})) \
+            == "sender-mismatch"
+        junk = b"SRB1\x05\x00\x00\x00{bad}"
+        import hashlib
+
+        from secrobust.transport.grpc import secrobust_pb2 as pb
+        env = pb.Envelope(version=M.VERSION, round_id=r, sender="worker:1", recipient="S1", phase=M.SHARE_MASKED,
+                          seq=1, message_id=os.urandom(16), total_bytes=len(junk), chunk_count=1,
+                          sha256=hashlib.sha256(junk).digest())
+        assert code(fake.s1, [pb.Chunk(envelope=env, index=0, data=junk).SerializeToString()]) == "malformed-message"
+
+        seed_out = wire.encode(to_s0)
+        fake.s0.send_encoded(seed_out)
+        assert code(fake.s0, seed_out) == "replay"
+        assert code(fake.s0, to_s0) == "duplicate"
+        fake.s1.send(to_s1)
+        got = run.result()
+        assert code(fake.s1, to_s1) == "out-of-phase"
+    finally:
+        fake.close()
+        run.thread.join(120.0)
+    assert_same_result(got, want)
+
+
+def test_only_expected_workers_are_admitted(dep):
+    make_deployment_certs(dep.cert_dir, ["worker:99"])
+    stranger = FakeWorker(dep, 99)
+    outsider = FakeWorker(dep, 6)
+    x = _updates(12)
+    try:
+        run = Background(dep.aggregate, x, "mean", 0, absent=[5], share_window_s=WINDOW)
+        r = outsider.wait_open()["round_id"]
+        for fake in (stranger, outsider):
+            to_s0, _ = fake.shares(r, x[0])
+            with pytest.raises(RemoteRejected) as info:
+                fake.s0.send(to_s0)
+            assert info.value.code == "unknown-party"
+        got = run.result()
+        with pytest.raises(RemoteRejected) as info:
+            outsider.s0.fetch(r, M.AGGREGATE_SHARE, wait_s=1)
+        assert info.value.code == "not-permitted"
+    finally:
+        stranger.close()
+        outsider.close()
+        run.thread.join(120.0)
+    assert np.array_equal(got.aggregate, secrobust.aggregate(x, "mean", 0, drop={5: "both"}).aggregate)
+
+
+def test_workers_receive_the_same_aggregate(dep):
+    x = _updates(13)
+    got = dep.aggregate(x, "multi-krum", 1)
+    fake = FakeWorker(dep, 0)
+    try:
+        r = dep.operator.next_round_id() - 1
+        from secrobust.deploy.worker import reconstruct
+        out, weights, participants = reconstruct(fake.s0.fetch(r, M.AGGREGATE_SHARE, wait_s=5),
+                                                 fake.s1.fetch(r, M.AGGREGATE_SHARE, wait_s=5))
+    finally:
+        fake.close()
+    assert np.array_equal(out, got.aggregate) and np.array_equal(weights, got.weights[list(participants)])
+
+
+def test_structured_logs_name_party_round_phase_bytes_and_seconds(dep):
+    import json
+
+    dep.aggregate(_updates(14), "krum", 1)
+    records = [json.loads(line) for line in dep.children["S1"].log.read_text().splitlines() if line.startswith("{")]
+    received = [r for r in records if r["event"] == "received"]
+    assert received and {"party", "round", "phase", "bytes", "seconds", "sender"} <= set(received[-1])
+    assert any(r["event"] == "round-done" for r in records)
+
+
+def test_the_server_processes_refuse_plaintext_and_foreign_certificates(dep, tmp_path):
+    import grpc
+
+    from secrobust.certs import Identity, party_paths
+    from secrobust.transport.grpc import PartyUnreachable, PeerClient
+    from secrobust.transport.grpc import secrobust_pb2 as pb
+
+    for name in ("S0", "S1", "dealer"):
+        with grpc.insecure_channel(dep.addresses[name]) as ch:
+            call = ch.unary_unary("/secrobust.v1.Party/Control",
+                                  request_serializer=pb.ControlRequest.SerializeToString,
+                                  response_deserializer=pb.ControlReply.FromString)
+            with pytest.raises(grpc.RpcError) as info:
+                call(pb.ControlRequest(version=M.VERSION, sender="worker:0", command="status"), timeout=3)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    make_deployment_certs(tmp_path, ["worker:0"])
+    rogue = Identity.load(party_paths(tmp_path, "worker:0"))
+    trusting = Identity("worker:0", rogue.cert_pem, rogue.key_pem, (dep.cert_dir / "ca.pem").read_bytes())
+    client = PeerClient(trusting, "S0", dep.addresses["S0"], connect_timeout=1.0)
+    try:
+        with pytest.raises(PartyUnreachable):
+            client.control("status")
+    finally:
+        client.close()
+    x = _updates(15)
+    assert_same_result(dep.aggregate(x, "krum", 1), oracle(dep, x, "krum", 1)[1], bytes_too=False)
+
+
+def test_the_operator_round_command_runs_a_round_of_the_deployment(dep):
+    import json
+
+    from typer.testing import CliRunner
+
+    from secrobust.cli import app
+
+    x = _updates(16)
+    r = dep.operator.next_round_id()
+    folder = dep.updates_dir / f"round-{r}"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        np.save(folder / f"worker-{i}.npy", x[i])
+    result = CliRunner().invoke(app, ["round", "--config", str(dep.workdir / "config" / "operator.toml"),
+                                      "--rule", "multi-krum", "--f", "1", "--d", "40", "--workers", "0-5",
+                                      "--window", "20"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])
+    want = secrobust.aggregate(x, "multi-krum", 1)
+    assert printed["round_id"] == r and printed["weights"] == want.weights.tolist()
+    assert printed["aggregate_norm"] == float(np.linalg.norm(want.aggregate))
