@@ -20,6 +20,7 @@ DEFAULT_FRAC_BITS = 20
 WEIGHT_FRAC_BITS = 32
 SCALED_NORM_BOUND = 2.0**30
 _INT64_SAFE = 2.0**62
+_BLOCK_VALUES = 1 << 20
 
 
 def max_norm(frac_bits: int = DEFAULT_FRAC_BITS, d: int = 1) -> float:
@@ -48,21 +49,27 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     if rows.ndim != 2:
         raise ValueError(f"expected a vector or an (n, d) matrix, got shape {x.shape}")
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"update {bad} contains NaN or inf; the honest encoder refuses it")
-    scaled = np.rint(rows * 2.0**frac_bits)
-    norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-    over = norms > SCALED_NORM_BOUND
-    if over.any():
-        bad = int(np.flatnonzero(over)[0])
-        raise ValueError(
-            f"update {bad} has L2 norm {norms[bad] / 2.0**frac_bits:.6g}, above the encoder's range "
-            f"{max_norm(frac_bits, rows.shape[1]):.6g} at frac_bits={frac_bits} "
-            "(squared distances would wrap in Z_2^64); scale the update down or lower frac_bits"
-        )
-    return scaled.astype(np.int64).view(RING_DTYPE).reshape(x.shape)
+    out = np.empty(rows.shape, dtype=np.int64)
+    step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start : start + step]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"update {bad} contains NaN or inf; the honest encoder refuses it")
+        scaled = np.multiply(block, 2.0**frac_bits)
+        np.rint(scaled, out=scaled)
+        norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+        over = norms > SCALED_NORM_BOUND
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
+            raise ValueError(
+                f"update {start + i} has L2 norm {norms[i] / 2.0**frac_bits:.6g}, above the encoder's range "
+                f"{max_norm(frac_bits, rows.shape[1]):.6g} at frac_bits={frac_bits} "
+                "(squared distances would wrap in Z_2^64); scale the update down or lower frac_bits"
+            )
+        out[start : start + step] = scaled
+    return out.view(RING_DTYPE).reshape(x.shape)
 
 
 def encode_unchecked(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
