@@ -82,15 +82,16 @@ def markdown(res: dict[str, Any]) -> str:
              f"{res['workers_per_process']}); total {res['total_seconds']} s; largest child RSS "
              f"{res['children_max_rss_mb']} MB", "",
              "| round | wall s | in-process s | ratio | equal | S0 sent MB | S1 sent MB | workers sent MB | "
-             "open s | share s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "open s | share s | triple wait s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rounds_detail"]:
         b = r["bytes_by_role"]
         s1 = r["server_seconds"].get("S1", {})
         lines.append(f"| {r['round']} | {r['wall_seconds']} | {r.get('in_process_seconds', '')} | "
                      f"{r.get('ratio_to_in_process', '')} | {r.get('equal_to_in_process', '')} | "
                      f"{b.get('S0', {}).get('sent', 0) / 1e6:.1f} | {b.get('S1', {}).get('sent', 0) / 1e6:.1f} | "
-                     f"{b.get('workers', {}).get('sent', 0) / 1e6:.1f} | {s1.get('open', 0)} | {s1.get('share', 0)} |")
+                     f"{b.get('workers', {}).get('sent', 0) / 1e6:.1f} | {s1.get('open', 0)} | {s1.get('share', 0)} | "
+                     f"{s1.get('offline', 0)} |")
     return "\n".join(lines) + "\n"
 
 

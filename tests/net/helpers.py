@@ -97,3 +97,25 @@ def oracle(dep: LocalDeployment, x: np.ndarray, rule: str, f: int, **kw: Any) ->
     cluster = secrobust.Cluster(kw.pop("seed", None))
     cluster.next_round = round_id
     return round_id, cluster.run_round(x, rule, f, **kw)
+
+
+def pooled(dep: LocalDeployment, round_id: int, timeout: float = 30.0) -> str:
+    """The id of the triple both servers hold, delivered, for ``round_id`` (waits for the prefetch to land)."""
+    assert dep.operator is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        pools = {name: {e["round_id"]: e for e in st["triples"]} for name, st in dep.operator.status().items()}
+        entries = [pools[name].get(round_id) for name in ("S0", "S1")]
+        if all(e is not None and e["state"] == "ready" for e in entries):
+            assert entries[0]["triple_id"] == entries[1]["triple_id"]  # type: ignore[index]
+            return entries[1]["triple_id"]  # type: ignore[index]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no delivered triple for round {round_id} in both pools: {pools}")
+        time.sleep(0.05)
+
+
+def log_records(dep: LocalDeployment, name: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one party process."""
+    import json
+
+    return [json.loads(line) for line in dep.children[name].log.read_text().splitlines() if line.startswith("{")]

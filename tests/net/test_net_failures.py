@@ -1,7 +1,10 @@
 """Parties that die: the dealer, S1 or S0 killed (SIGKILL) makes the round fail with an error naming
-the unreachable party; after a restart on the same address the next round gives the in-process result."""
+the unreachable party; after a restart on the same address the next round gives the in-process result.
+A dealer that dies after it delivered the next round's triple (prefetch) costs nothing for that round."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.transport.grpc import PartyUnreachable
 
-from .helpers import Background, FakeWorker, assert_same_result, oracle
+from .helpers import Background, FakeWorker, assert_same_result, log_records, oracle, pooled
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +35,44 @@ def _next_round_works(dep: LocalDeployment, seed: int) -> None:
     assert_same_result(dep.aggregate(x, "krum", 1), want)
 
 
-def test_the_dealer_killed_fails_the_round_cleanly_and_the_next_round_works_after_restart(dep):
-    _next_round_works(dep, 1)
+def test_a_dealer_killed_after_prefetch_leaves_one_round_from_the_pool_then_fails_cleanly(dep):
+    _next_round_works(dep, 1)                     # this round also asked for the next round's triple
+    nxt = dep.operator.next_round_id()
+    tid = pooled(dep, nxt)
     dep.kill("dealer")
+    x = _updates(2)
+    _, want = oracle(dep, x, "krum", 1)
+    assert_same_result(dep.aggregate(x, "krum", 1), want)   # bytes too: the dealer's traffic of its triple
+    used = dep.operator.clients["S1"].control("report", nxt)["triple"]
+    assert used["triple_id"] == tid and used["prefetched"] and used["ready_at_open"]
+    # its own prefetch failed with the dealer down: the pool is empty, the next round needs the dealer
     with pytest.raises(PartyUnreachable) as info:
-        dep.aggregate(_updates(2), "krum", 1)
+        dep.aggregate(_updates(3), "krum", 1)
     assert info.value.party == "dealer" and dep.addresses["dealer"] in str(info.value)
+    assert not [e for e in dep.operator.status()["S1"]["triples"] if e["state"] == "ready"]
     dep.restart("dealer")
-    _next_round_works(dep, 3)
+    _next_round_works(dep, 4)
+
+
+def test_the_dealer_killed_while_it_makes_a_triple_fails_the_round_cleanly_and_the_next_works(dep):
+    d = 2_000_000                                 # a fresh (n, d), so nothing is pooled: the dealer makes it now
+    x = np.tile(_updates(20), (1, d // 30 + 1))[:, :d] * 0.01   # within the encoder range
+    run = Background(dep.aggregate, x, "krum", 1)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not dep.operator.dealer.control("status", timeout=5.0).get("making"):
+            assert time.monotonic() < deadline and run.thread.is_alive(), "the dealer never started a triple"
+        dep.kill("dealer")
+        with pytest.raises(PartyUnreachable) as info:
+            run.result()
+        assert info.value.party == "dealer"
+    finally:
+        run.thread.join(120.0)
+    events = [r for r in log_records(dep, "dealer") if r.get("d") == d]
+    assert [r["event"] for r in events] == ["triple-making"]  # killed before it was made, let alone sent
+    del x
+    dep.restart("dealer")
+    _next_round_works(dep, 21)
 
 
 def test_a_rule_without_triples_does_not_need_the_dealer(dep):

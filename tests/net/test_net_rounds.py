@@ -16,7 +16,7 @@ from secrobust.protocol.messages import Message
 from secrobust.transport.grpc import RemoteRejected
 from secrobust.transport.grpc import wire
 
-from .helpers import Background, FakeWorker, assert_same_result, oracle
+from .helpers import Background, FakeWorker, assert_same_result, log_records, oracle, pooled
 
 N_WORKERS = 7
 WINDOW = 3.0
@@ -51,6 +51,52 @@ def test_every_rule_gives_the_in_process_result_exactly(dep, rule, f, options):
     got = dep.aggregate(x, rule, f, **options)
     assert_same_result(got, want)
     assert got.stats.as_dict()["delivered_bytes"]
+
+
+def test_the_next_rounds_triple_is_issued_before_that_round_opens_and_used_from_the_pool(dep):
+    dep.aggregate(_updates(30), "krum", 1)            # also asks the dealer for the next round's triple
+    nxt = dep.operator.next_round_id()
+    tid = pooled(dep, nxt)                            # delivered to both servers before the round opens
+    x = _updates(31)
+    _, want = oracle(dep, x, "multi-krum", 1, m=3)    # another rule, the same (n, d, kind): same triple
+    got = dep.aggregate(x, "multi-krum", 1, m=3)
+    assert_same_result(got, want)                     # byte counts too: the round is charged for its triple
+    for name in ("S0", "S1"):
+        report = dep.operator.clients[name].control("report", nxt)
+        assert report["triple"]["triple_id"] == tid and report["triple"]["prefetched"]
+        assert report["triple"]["ready_at_open"] and report["traffic"]["by_peer"]["dealer"]["messages_received"] == 1
+        opened = [r for r in log_records(dep, name) if r["event"] == "round-open" and r["round"] == nxt]
+        pooled_at = [r for r in log_records(dep, name) if r["event"] == "triple-pooled" and r["triple_id"] == tid]
+        assert len(opened) == 1 and opened[0]["triple_id"] == tid and len(pooled_at) == 1
+        assert pooled_at[0]["ts"] < opened[0]["ts"] and pooled_at[0]["round"] == nxt
+    issued = [r for r in log_records(dep, "dealer") if r["event"] == "triple-issued" and r["triple_id"] == tid]
+    assert len(issued) == 1 and issued[0]["round"] == nxt
+    s1_open = next(r for r in log_records(dep, "S1") if r["event"] == "round-open" and r["round"] == nxt)
+    assert issued[0]["ts"] < s1_open["ts"]
+    assert got.stats.seconds["offline"] < 0.5         # no wait for the dealer in that round
+
+
+def test_a_pooled_triple_for_another_shape_is_discarded_and_never_used(dep):
+    dep.aggregate(_updates(32), "krum", 1)
+    nxt = dep.operator.next_round_id()
+    stale = pooled(dep, nxt)
+    x = _updates(33, d=41)                            # another d: the pooled triple does not fit
+    _, want = oracle(dep, x, "krum", 1)
+    assert_same_result(dep.aggregate(x, "krum", 1), want)
+    for name in ("S0", "S1"):
+        assert [r["round"] for r in log_records(dep, name)
+                if r["event"] == "triple-discarded" and r["triple_id"] == stale] == [nxt]
+        assert stale not in {e["triple_id"] for e in dep.operator.status()[name]["triples"]}
+    from secrobust.deploy.rounds import RoundRequest
+    r = dep.operator.next_round_id()
+    for request in (RoundRequest(r, tuple(range(6)), 40, "krum", 1, triple_id=stale),
+                    RoundRequest(r, tuple(range(6)), 40, "krum", 1, triple_id="r-fresh", prefetch=((r + 1, stale),))):
+        with pytest.raises(RemoteRejected) as info:
+            dep.operator.open_round(request)
+        assert info.value.code == "duplicate" and info.value.party == "S0" and "never reused" in info.value.reason
+    assert dep.operator.next_round_id() == r         # nothing was opened
+    x = _updates(34)
+    assert_same_result(dep.aggregate(x, "krum", 1), oracle(dep, x, "krum", 1)[1])
 
 
 def test_two_chunked_openings_and_a_byzantine_worker_outside_the_encoder(dep):
@@ -191,6 +237,80 @@ def test_bad_messages_get_specific_errors_while_the_servers_keep_serving(dep):
         fake.close()
         run.thread.join(120.0)
     assert_same_result(got, want)
+
+
+def test_bad_fetch_and_control_calls_get_specific_errors_while_the_servers_keep_serving(dep):
+    import grpc
+
+    from secrobust.certs import Identity, party_paths, tls_name
+    from secrobust.deploy.rounds import RoundRequest
+    from secrobust.transport.grpc import secrobust_pb2 as pb
+    from secrobust.transport.grpc.tls import channel_credentials
+
+    dep.aggregate(_updates(40), "krum", 1)
+    r = dep.operator.next_round_id() - 1               # a finished round whose shares can be fetched
+    fake = FakeWorker(dep, 0)
+    op = dep.operator.clients
+
+    def code(fn) -> str:
+        with pytest.raises(RemoteRejected) as info:
+            fn()
+        return info.value.code
+
+    def control(command: str, round_id: int = r, payload: bytes = b"{}", sender: str = "worker:0") -> bytes:
+        return pb.ControlRequest(version=M.VERSION, round_id=round_id, sender=sender, command=command,
+                                 json=payload).SerializeToString()
+
+    def fetch(**kw) -> bytes:
+        base = dict(version=M.VERSION, round_id=r, requester="worker:0", phase=M.AGGREGATE_SHARE, timeout_s=0.0)
+        return pb.FetchRequest(**{**base, **kw}).SerializeToString()
+
+    try:
+        for name, client in (("S0", fake.s0), ("S1", fake.s1)):
+            # Fetch
+            assert code(lambda: client.call_raw("Fetch", b"\xff\xff\xff\xff")) == "malformed-protobuf"
+            assert code(lambda: client.call_raw("Fetch", fetch(round_id=r + 50))) == "wrong-round"
+            assert code(lambda: client.fetch(r + 50, M.AGGREGATE_SHARE, wait_s=0)) == "wrong-round"
+            assert code(lambda: client.call_raw("Fetch", fetch(phase=M.WEIGHTS))) == "not-permitted"
+            assert code(lambda: client.call_raw("Fetch", fetch(timeout_s=float("nan")))) == "bad-request"
+            assert code(lambda: client.call_raw("Fetch", fetch(requester="worker:1"))) == "sender-mismatch"
+            assert code(lambda: client.call_raw("Fetch", fetch(version=99))) == "version"
+            assert code(lambda: client.fetch(r, M.AGGREGATE_SHARE, wait_s=0, max_bytes=100)) == "too-large"
+            # Control
+            assert code(lambda: client.call_raw("Control", b"\xff\xff\xff\xff")) == "malformed-protobuf"
+            assert code(lambda: client.call_raw("Control", control("status", payload=b"{not json"))) == "bad-request"
+            assert code(lambda: client.call_raw("Control", control("status", payload=b"[1, 2]"))) == "bad-request"
+            big = b'{"pad": "' + b"x" * (100 << 10) + b'"}'
+            assert code(lambda: client.call_raw("Control", control("status", payload=big))) == "too-large"
+            assert code(lambda: client.control("status", args={"pad": "x" * (9 << 20)})) == "too-large"
+            assert code(lambda: client.call_raw("Control", control("status", sender="worker:1"))) == "sender-mismatch"
+            assert code(lambda: client.call_raw("Control", control("report"))) == "not-permitted"
+            assert code(lambda: op[name].control("report", r + 50)) == "wrong-round"
+            assert code(lambda: op[name].control("launch-missiles", r)) == "bad-request"
+            good = RoundRequest(r + 1, tuple(range(6)), 40, "cclip", 1, center=[0.0] * 40, triple_id="t-x").to_json()
+            assert code(lambda: op[name].control("open-round", r + 2, good)) == "wrong-round"
+            assert code(lambda: op[name].control("open-round", r, {**good, "round_id": r})) == "wrong-round"
+            assert code(lambda: op[name].control("open-round", r + 1, {**good, "center": [0.0] * 39})) \
+                == "bad-request"
+            assert code(lambda: op[name].control("open-round", r + 1, {**good, "d": 0})) == "bad-request"
+            assert code(lambda: op[name].control("open-round", r + 1, {**good, "worker_ids": [0, 1, 2, 3, 4, 99]})) \
+                == "unknown-party"
+            # a request above gRPC's 8 MiB limit is refused by the server's gRPC layer
+            ident = Identity.load(party_paths(dep.cert_dir, "worker:0"))
+            options = [("grpc.ssl_target_name_override", tls_name(name)), ("grpc.max_send_message_length", 32 << 20)]
+            with grpc.secure_channel(dep.addresses[name], channel_credentials(ident), options=options) as ch:
+                call = ch.unary_unary("/secrobust.v1.Party/Control", request_serializer=lambda b: b,
+                                      response_deserializer=lambda b: b)
+                with pytest.raises(grpc.RpcError) as info:
+                    call(control("status", payload=b'{"pad": "' + b"x" * (9 << 20) + b'"}'), timeout=20)
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert op[name].control("status")["last_round"] == r      # still serving, nothing opened
+        share = fake.s1.fetch(r, M.AGGREGATE_SHARE, wait_s=0)
+        assert share.arrays["share"].shape == (40,)
+    finally:
+        fake.close()
+    x = _updates(41)
+    assert_same_result(dep.aggregate(x, "krum", 1), oracle(dep, x, "krum", 1)[1])
 
 
 def test_only_expected_workers_are_admitted(dep):

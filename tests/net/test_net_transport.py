@@ -202,3 +202,21 @@ def test_a_message_above_the_receivers_limit_is_refused_before_it_is_read(endpoi
     assert "limit of 1000" in err.reason
     endpoint[1].limit = 1 << 31
     _still_serving(client_for)
+
+
+def test_accounting_reads_only_the_keys_asked_for_and_keeps_the_last_ones():
+    from secrobust.transport.grpc import Accounting
+
+    acc = Accounting(keep=3)
+    acc.add(1, "sent", "S1", 100, 120)
+    acc.add(1, "received", "S1", 10, 12)
+    acc.add("triple:t", "received", "dealer", 7, 9)
+    acc.add(2, "sent", "worker:0", 5, 6)
+    one = acc.totals(1)
+    assert (one["sent"], one["received"], one["messages_sent"]) == (100, 10, 1) and set(one["by_peer"]) == {"S1"}
+    both = acc.totals(1, "triple:t")
+    assert both["received"] == 17 and both["by_peer"]["dealer"]["wire_received"] == 9
+    assert acc.totals(1, 1)["sent"] == 100                                 # a key counts once
+    assert acc.totals()["sent"] == 105
+    acc.add(3, "sent", "S0", 1, 1)                                         # a fourth key: the oldest goes
+    assert acc.totals(1)["sent"] == 0 and acc.totals(3)["sent"] == 1 and acc.totals("triple:t")["received"] == 7

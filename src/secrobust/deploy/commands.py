@@ -141,11 +141,13 @@ def register(app: typer.Typer) -> None:
                   workers: str = typer.Option(..., help="expected worker ids, e.g. '0-9'"),
                   window: float = typer.Option(30.0, help="seconds the share phase stays open"),
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
+                  prefetch: int = typer.Option(1, help="also request the triples of this many next rounds now "
+                                               "(same n, d; 0 to 4)"),
                   out: Optional[Path] = typer.Option(None, help="write aggregate and weights to this .npz")) -> None:
         """As the operator: open one round at both servers, wait for it, print the outcome."""
         from .. import ring
         from .operator import Operator
-        from .rounds import RoundRequest, fresh_triple_id
+        from .rounds import RoundRequest
 
         cfg = _load(config, party=OPERATOR_ID if config is None else None, S0=s0, S1=s1, dealer=dealer, cert=cert,
                     key=key, ca=ca)
@@ -156,12 +158,17 @@ def register(app: typer.Typer) -> None:
                 opts[k.replace("-", "_")] = json.loads(v)
             except json.JSONDecodeError:
                 opts[k.replace("-", "_")] = v
-        op = Operator(cfg.identity(), cfg.peer("S0"), cfg.peer("S1"), cfg.peers.get("dealer"))
         try:
-            rid = op.next_round_id()
+            op = Operator(cfg.identity(), cfg.peer("S0"), cfg.peer("S1"), cfg.peers.get("dealer"), prefetch=prefetch)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            statuses = op.status()
+            rid = op.next_round_id(statuses)
             wids = parse_worker_ids(workers)
-            req = RoundRequest(rid, wids, d, rule, f, ring.DEFAULT_FRAC_BITS, opts, None, fresh_triple_id(rid),
-                               window)
+            req = op.with_triples(RoundRequest(rid, wids, d, rule, f, ring.DEFAULT_FRAC_BITS, opts, None, None,
+                                               window), statuses)
             req.check()
             op.open_round(req)
             res = op.collect(req, n=len(wids), wait_s=window + 600.0)

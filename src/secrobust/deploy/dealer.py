@@ -2,7 +2,8 @@
 
 What crosses the wire: S1's TRIPLE_REQUEST (public sizes n, d, the triple kind and a fresh triple
 id; no data), then the dealer's TRIPLE_S0 to S0 (two seeds) and TRIPLE_S1 to S1 (a seed and the
-n x n correction C1). The dealer learns only (n, d) and the round id. Each request gets fresh
+n x n correction C1). The dealer learns only (n, d) and the id of the round the triple is for (a
+prefetched triple is requested during an earlier round). Each request gets fresh
 seeds from the operating system; a triple id the dealer has issued before is refused (``duplicate``).
 The request call returns once both servers accepted their part, so S1 knows at once whether the
 offline phase worked; if a server is unreachable the request is refused with ``round-aborted``.
@@ -24,6 +25,7 @@ from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.errors import Rejected
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
+from .pool import triple_key
 
 REQUEST_LIMIT = 64 << 10
 
@@ -45,6 +47,7 @@ class DealerRuntime:
         self._lock = threading.Lock()
         self.shutdown_requested = threading.Event()
         self.issued = 0
+        self.making: str | None = None
 
     def close(self) -> None:
         """Nothing waits at the dealer; present for symmetry with the servers."""
@@ -62,24 +65,36 @@ class DealerRuntime:
 
     def accept(self, msg: Message, env: pb.Envelope) -> None:
         timer = Timer()
+        info = {k: msg.fields.get(k) for k in ("triple_id", "n", "d", "kind")}
         with self._lock:
-            to_s0, to_s1 = self.node.handle(msg, TripleSeeds.fresh())
+            self.making = info["triple_id"]
+            event(self.log, "triple-making", round=msg.round_id, phase=M.TRIPLE_REQUEST, **info)
+            try:
+                to_s0, to_s1 = self.node.handle(msg, TripleSeeds.fresh())
+            finally:
+                self.making = None
         make_s = timer.seconds
-        self.clients["S0"].send(to_s0)
-        self.clients["S1"].send(to_s1)
+        key = triple_key(str(info["triple_id"]))
+        self.clients["S0"].send(to_s0, account_as=key)
+        self.clients["S1"].send(to_s1, account_as=key)
         self.issued += 1
-        event(self.log, "triple-issued", round=msg.round_id, phase=M.TRIPLE_REQUEST, n=msg.fields.get("n"),
-              d=msg.fields.get("d"), kind=msg.fields.get("kind"), make_seconds=round(make_s, 6),
-              seconds=round(timer.seconds, 6))
+        event(self.log, "triple-issued", round=msg.round_id, phase=M.TRIPLE_REQUEST, **info,
+              make_seconds=round(make_s, 6), seconds=round(timer.seconds, 6))
+
+    def account_as(self, msg: Message, env: pb.Envelope) -> str:
+        """A triple request is booked under its triple (see ``secrobust.deploy.pool.triple_key``)."""
+        return triple_key(str(msg.fields.get("triple_id")))
 
     def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
         raise Rejected("not-permitted", "the dealer holds nothing to fetch")
 
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         if command == "status":
-            return {"party": self.party, "issued": self.issued}
+            return {"party": self.party, "issued": self.issued, "making": self.making}
         if command == "report":
-            return {"party": self.party, "traffic": self.accounting.totals(round_id)}
+            tid = args.get("triple_id")
+            keys = [triple_key(str(tid))] if tid else []
+            return {"party": self.party, "traffic": self.accounting.totals(round_id, *keys)}
         if command == "shutdown" and caller == OPERATOR_ID:
             self.shutdown_requested.set()
             return {"ok": True}

@@ -36,7 +36,7 @@ from ..updates import as_matrix, check_unchecked, encode_center, encode_updates
 from .config import PartyConfig, to_toml
 from .operator import Operator
 from .process import PARENT_ENV
-from .rounds import RoundRequest, fresh_triple_id
+from .rounds import RoundRequest
 
 LOOPBACK = "127.0.0.1"
 SRC_DIR = Path(__file__).resolve().parents[2]
@@ -73,6 +73,7 @@ class LocalOptions:
     connect_timeout_s: float = 3.0
     start_timeout_s: float = 60.0
     workers_per_process: int = 1
+    prefetch: int = 1
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -146,7 +147,7 @@ class LocalDeployment:
             self._spawn(self.children[name])
         self.operator = Operator(Identity.load(party_paths(self.cert_dir, OPERATOR_ID)),
                                  self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
-                                 connect_timeout=o.connect_timeout_s)
+                                 connect_timeout=o.connect_timeout_s, prefetch=o.prefetch)
         self.wait_listening(("dealer", "S0", "S1"))
         for child in self.children.values():
             if child.name not in ("dealer", "S0", "S1"):
@@ -295,7 +296,8 @@ class LocalDeployment:
             center = [float(v) for v in np.asarray(center_value, dtype=np.float64).reshape(-1)]
         absent_set = {int(i) for i in absent}
 
-        round_id = self.operator.next_round_id()
+        statuses = self.operator.status()
+        round_id = self.operator.next_round_id(statuses)
         folder = self.updates_dir / f"round-{round_id}"
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -312,12 +314,11 @@ class LocalDeployment:
                 if meta:
                     (folder / f"{stem}.json").write_text(json.dumps(meta))
                 np.save(folder / f"{stem}.npy", x[i])
-            request = RoundRequest(
+            request = self.operator.with_triples(RoundRequest(
                 round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
                 options=rule_options, center=center,
-                triple_id=fresh_triple_id(round_id, seed) if spec.reveals(rule_options) else None,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
-                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0)
+                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0), statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds

@@ -6,11 +6,18 @@ servers' reports, fetches both aggregate shares like any worker, and rebuilds wh
 ``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, traffic,
 timings) and, from S1's report, the distances S1 opened: in a real deployment S1's report goes to
 S1's own operator; the local launcher plays both organisations.
+
+Triples. The operator names the triple of every round and the triples to prefetch for the next
+``prefetch`` rounds (``with_triples``): it reads both servers' offline pools (``status``), reuses for
+round r the pooled triple that both servers hold for round r with the round's (n, d, kind), and names
+fresh random ids for the rest. Everything the request does not name is discarded by the servers. The
+operator keeps no state of its own, so a new operator (the ``round`` command) continues the pool.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +29,7 @@ from ..protocol import messages as M
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
-from .rounds import RoundRequest
+from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 from .worker import reconstruct
 
 
@@ -57,7 +64,11 @@ class Operator:
     """Round control over mutual TLS to S0, S1 (and the dealer, for its traffic report)."""
 
     def __init__(self, identity: Identity, s0: str, s1: str, dealer: str | None = None, *,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, prefetch: int = 1) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch is the number of rounds to request triples ahead for, 0 to {MAX_PREFETCH}; "
+                             f"got {prefetch!r}")
+        self.prefetch = prefetch
         self.clients = {"S0": PeerClient(identity, "S0", s0, connect_timeout=connect_timeout),
                         "S1": PeerClient(identity, "S1", s1, connect_timeout=connect_timeout)}
         self.dealer = PeerClient(identity, "dealer", dealer, connect_timeout=connect_timeout) if dealer else None
@@ -69,8 +80,12 @@ class Operator:
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
 
-    def next_round_id(self) -> int:
-        return max(int(s["last_round"]) for s in self.status().values()) + 1
+    def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
+        return max(int(s["last_round"]) for s in (statuses or self.status()).values()) + 1
+
+    def with_triples(self, request: RoundRequest, statuses: dict[str, dict[str, Any]] | None = None) -> RoundRequest:
+        """``request`` with its triple id and prefetch list (``assign_triples`` on the servers' pools)."""
+        return assign_triples(request, statuses or self.status(), self.prefetch)
 
     def open_round(self, request: RoundRequest) -> None:
         """Open the round at S0, then at S1; if S1 refuses, S0's round is not left waiting for shares."""
@@ -132,18 +147,25 @@ class Operator:
         view = View(**{k: np.array(v, dtype=np.float64) for k, v in rep1.get("view", {}).items()})
         positions = {w: i for i, w in enumerate(request.worker_ids)}
         idx = tuple(positions[w] for w in participants)
-        stats = self._stats(request.round_id, self.reports(request.round_id, 0.0))
+        stats = self._stats(request.round_id, self.reports(request.round_id, 0.0), request.triple_id)
         choice = Choice(weights, float(rep1["center_weight"]))
         return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f)
 
-    def _stats(self, round_id: int, reps: dict[str, dict[str, Any]]) -> NetworkStats:
+    def _stats(self, round_id: int, reps: dict[str, dict[str, Any]], triple_id: str | None = None) -> NetworkStats:
         stats = NetworkStats()
         receivers = dict(reps)
         if self.dealer is not None:
             try:
-                receivers["dealer"] = self.dealer.control("report", round_id, timeout=10.0)
+                receivers["dealer"] = self.dealer.control("report", round_id, {"triple_id": triple_id}, timeout=10.0)
             except (RemoteRejected, PartyUnreachable):
                 pass
+        if "dealer" not in receivers and "S1" in reps:
+            # the dealer is down (a round served from the pool): S1's own count of its triple request
+            row = reps["S1"]["traffic"]["by_peer"].get("dealer")
+            if row and row["messages_sent"]:
+                receivers["dealer"] = {"traffic": {"by_peer": {"S1": {
+                    "received": row["sent"], "messages_received": row["messages_sent"],
+                    "wire_received": row["wire_sent"], "sent": 0}}}}
         for receiver, rep in receivers.items():
             for peer, row in rep["traffic"]["by_peer"].items():
                 if row["messages_received"]:
@@ -159,6 +181,30 @@ class Operator:
             for phase, sec in rep["seconds"].items():
                 stats.seconds[phase] = max(stats.seconds.get(phase, 0.0), float(sec))
         return stats
+
+
+def assign_triples(request: RoundRequest, statuses: dict[str, dict[str, Any]], prefetch: int) -> RoundRequest:
+    """``request`` with the triple of its round and ``prefetch`` triples for the next rounds: for each of
+    these round ids, the pooled triple that both servers hold (pending or delivered) for that round with
+    the request's (n, d, kind), else a fresh random id. A rule that opens nothing gets neither."""
+    kind = request.plan().triple_kind
+    if kind is None:
+        return replace(request, triple_id=None, prefetch=())
+    shape = (len(request.worker_ids), request.d, kind)
+
+    def usable(name: str) -> dict[str, dict[str, Any]]:
+        return {e["triple_id"]: e for e in statuses[name].get("triples", ())
+                if e["state"] in ("pending", "ready") and (e["n"], e["d"], e["kind"]) == shape}
+
+    s0, s1 = usable("S0"), usable("S1")
+    by_round: dict[int, str] = {}
+    for tid, entry in sorted(s1.items()):
+        if tid in s0 and s0[tid]["round_id"] == entry["round_id"]:
+            by_round.setdefault(int(entry["round_id"]), tid)
+    rid = request.round_id
+    later = range(rid + 1, rid + 1 + prefetch)
+    return replace(request, triple_id=by_round.get(rid) or fresh_triple_id(rid),
+                   prefetch=tuple((r, by_round.get(r) or fresh_triple_id(r)) for r in later))
 
 
 def _failure(round_id: int, failed: dict[str, dict[str, Any]], reps: dict[str, Any]) -> Exception:

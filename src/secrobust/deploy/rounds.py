@@ -1,8 +1,9 @@
 """What the operator asks both servers to run in one round, and how a server turns it into a RoundPlan.
 
 A round request holds public parameters only: the round id, the expected worker ids, the dimension,
-F, the rule with f and its options, the public center (cclip), a fresh triple id, the share deadline
-and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
+F, the rule with f and its options, the public center (cclip), the id of the triple this round uses,
+the triples to request ahead for the next rounds (``prefetch``, see ``secrobust.deploy.pool``), the
+share deadline and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
 ``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
 control command; each server validates it with the rule registry before it opens the round.
 """
@@ -22,6 +23,8 @@ from ..rules.registry import RuleSpec, get_rule
 from ..updates import encode_center
 
 DEFAULT_SHARE_WINDOW_S = 30.0
+MAX_PREFETCH = 4
+MAX_TRIPLE_ID = 128
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,12 @@ class RoundRequest:
     dp_noise_std: float = 0.0
     test_seed: int | str | None = None
     seed_round: int = 0
+    prefetch: tuple[tuple[int, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["worker_ids"] = list(self.worker_ids)
+        out["prefetch"] = [{"round_id": r, "triple_id": t} for r, t in self.prefetch]
         return out
 
     @classmethod
@@ -69,6 +74,8 @@ class RoundRequest:
                 dp_noise_std=float(raw.get("dp_noise_std", 0.0)),
                 test_seed=_seed_value(raw.get("test_seed")),
                 seed_round=_int(raw.get("seed_round", 0), "seed_round"),
+                prefetch=tuple((_int(p["round_id"], "prefetch round_id"), _str(p["triple_id"], "prefetch triple_id"))
+                               for p in (raw.get("prefetch") or ())),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -95,8 +102,27 @@ class RoundRequest:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
         if spec.reveals(self.options) and not self.triple_id:
             raise ValueError(f"rule {self.rule!r} opens {spec.reveals(self.options)}: the round needs a triple id")
+        if self.triple_id is not None and not 0 < len(self.triple_id) <= MAX_TRIPLE_ID:
+            raise ValueError(f"a triple id has 1 to {MAX_TRIPLE_ID} characters")
+        self._check_prefetch(spec.reveals(self.options))
         if self.test_seed is not None:
             SeedSource(self._master())
+
+    def _check_prefetch(self, reveal: tuple[str, ...]) -> None:
+        if not self.prefetch:
+            return
+        if not reveal:
+            raise ValueError(f"rule {self.rule!r} uses no triple, so the round cannot prefetch triples")
+        if len(self.prefetch) > MAX_PREFETCH:
+            raise ValueError(f"at most {MAX_PREFETCH} triples can be prefetched, got {len(self.prefetch)}")
+        rounds = [r for r, _ in self.prefetch]
+        ids = [t for _, t in self.prefetch]
+        if len(set(rounds)) != len(rounds) or any(r <= self.round_id for r in rounds):
+            raise ValueError(f"prefetched triples are for distinct later rounds than {self.round_id}, got {rounds}")
+        if len(set(ids)) != len(ids) or self.triple_id in ids:
+            raise ValueError("prefetched triple ids must be distinct and differ from this round's triple id")
+        if any(not 0 < len(t) <= MAX_TRIPLE_ID for t in ids):
+            raise ValueError(f"a triple id has 1 to {MAX_TRIPLE_ID} characters")
 
     def _master(self) -> bytes | int | None:
         return bytes.fromhex(self.test_seed) if isinstance(self.test_seed, str) else self.test_seed
@@ -129,6 +155,12 @@ def _seed_value(value: Any) -> int | str | None:
     if value is None or isinstance(value, str):
         return value
     return _int(value, "test_seed")
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {value!r}")
+    return value
 
 
 def _int(value: Any, what: str) -> int:

@@ -4,9 +4,12 @@ The round thread runs the protocol steps in the in-process runner's order (``sec
 calling the same ``ServerNode`` methods; this module only moves their messages, keeps time, and
 decides when a round is over. Per round:
 
-* ``open-round`` (operator) fixes the public RoundRequest and opens the share phase. S1 asks the
-  dealer for the triple at once (offline: the request carries only n, d and the triple id), in the
-  background while shares arrive.
+* ``open-round`` (operator) fixes the public RoundRequest and opens the share phase. The request names
+  the triple this round uses and the triples to have ready for the next rounds; both servers update
+  their offline pool with it (``secrobust.deploy.pool``), and S1 asks the dealer, one request at a
+  time in the background, for every named triple the pool does not hold yet (offline: a request
+  carries only n, d, the kind and the triple id). A triple prefetched by an earlier round is usually
+  delivered before its round opens; the round then starts its masked openings without waiting.
 * Share phase: worker ``worker:<i>`` (certificate CN) sends S0 its seed, S1 its masked vector. The
   phase closes when every expected worker's share is in or at the deadline. A share after that is
   refused (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
@@ -41,13 +44,16 @@ from ..errors import ProtocolError, RoundAborted
 from ..nodes import ServerNode
 from ..protocol import messages as M
 from ..protocol.messages import Message
-from ..protocol.offline import request_triple
+from ..protocol.offline import request_triple, triple_from_message
 from ..protocol.server import noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
+from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected
+from ..transport.grpc.tls import MAX_GRPC_MESSAGE
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
+from .pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
 from .rounds import RoundRequest
 
 HEADER_SLACK = 64 << 10
@@ -115,7 +121,7 @@ class RoundRun:
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
         self.peer_seq = _PeerSequence(party, self.reveal, request.d)
         self.triple_in = False
-        self.offline_error: BaseException | None = None
+        self.triple: dict[str, Any] = {}
         self.share_deadline = time.monotonic() + request.share_window_s
         self.seconds: dict[str, float] = defaultdict(float)
         self.participants: tuple[int, ...] = ()
@@ -157,6 +163,9 @@ class ServerRuntime:
         self.last_round = self._load_last_round()
         self.shutdown_requested = threading.Event()
         self.closing = False
+        self.pool = TriplePool()
+        self._to_request: deque[str] = deque()
+        self._requester: threading.Thread | None = None
 
     # state that survives a restart
 
@@ -182,6 +191,7 @@ class ServerRuntime:
         """Release every call that waits (long polls, fetches, reports) so the process can exit."""
         with self._cv:
             self.closing = True
+            self._to_request.clear()
             self._cv.notify_all()
 
     # PartyHandler
@@ -210,11 +220,16 @@ class ServerRuntime:
         rnd = self.round
         n = len(rnd.request.worker_ids) if rnd else 0
         d = rnd.request.d if rnd else 0
-        if env.phase == M.SHARE_SEED or env.phase == M.PARTICIPANTS or env.phase == M.TRIPLE_S0:
+        if env.phase in (M.TRIPLE_S0, M.TRIPLE_S1):
+            with self._cv:
+                sizes = [e.spec.n for e in self.pool.pending_for(env.round_id)]
+            m = max(sizes, default=0)
+            return HEADER_SLACK + (16 * m if env.phase == M.TRIPLE_S0 else 16 * m * m)
+        if env.phase == M.SHARE_SEED or env.phase == M.PARTICIPANTS:
             return HEADER_SLACK + 16 * n
         if env.phase == M.SHARE_MASKED or env.phase == M.AGGREGATE_SHARE:
             return HEADER_SLACK + 8 * d
-        if env.phase == M.TRIPLE_S1 or env.phase == M.VIEW_SHARE:
+        if env.phase == M.VIEW_SHARE:
             return HEADER_SLACK + 16 * n * n
         if env.phase == M.WEIGHTS:
             return HEADER_SLACK + 8 * n
@@ -224,6 +239,9 @@ class ServerRuntime:
 
     def precheck(self, env: pb.Envelope) -> None:
         with self._cv:
+            if env.sender == DEALER_ID:
+                self._precheck_triple(env)
+                return
             rnd = self._current(env.round_id, env.sender)
             sender = env.sender
             w = worker_index(sender)
@@ -235,29 +253,40 @@ class ServerRuntime:
                     raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
                 if not rnd.intake_open:
                     raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
-            elif sender == DEALER_ID:
-                want = M.TRIPLE_S0 if self.index == 0 else M.TRIPLE_S1
-                if env.phase != want or not rnd.reveal:
-                    raise Rejected("out-of-phase", f"{self.party} takes {want} from the dealer only in a round that "
-                                   f"needs a triple, got {env.phase}")
-                if rnd.triple_in:
-                    raise Rejected("duplicate", f"{self.party} already holds the triple of round {rnd.round_id}")
             elif sender == self.peer_name:
                 rnd.peer_seq.check(env.phase)
             else:
                 raise Rejected("not-permitted", f"{sender} sends no protocol messages to {self.party}")
 
+    def _precheck_triple(self, env: pb.Envelope) -> None:
+        want = M.TRIPLE_S0 if self.index == 0 else M.TRIPLE_S1
+        if env.phase != want:
+            raise Rejected("out-of-phase", f"{self.party} takes only {want} from the dealer, got {env.phase}")
+        if not self.pool.pending_for(env.round_id):
+            raise Rejected("wrong-round", f"{self.party} expects no triple for round {env.round_id}")
+
+    def _accept_triple(self, msg: Message) -> None:
+        """A dealer delivery: this server's part of a pending pooled triple (claimed in the ledger now)."""
+        part = triple_from_message(msg)
+        if (self.index == 0) != (msg.kind == M.TRIPLE_S0):
+            raise Rejected("out-of-phase", f"{self.party} got the other server's part of a triple")
+        if part.spec.triple_id in self.node.ledger:
+            raise Rejected("duplicate", f"triple {part.spec.triple_id} was already delivered to {self.party}")
+        entry = self.pool.deliver(part, msg.round_id, time.monotonic())
+        self.node.ledger.claim(entry.triple_id)
+        event(self.log, "triple-pooled", round=entry.round_id, triple_id=entry.triple_id, n=entry.spec.n,
+              d=entry.spec.d, kind=entry.spec.kind, seconds=round(time.monotonic() - entry.registered_at, 6))
+
     def accept(self, msg: Message, env: pb.Envelope) -> None:
         with self._cv:
+            if msg.sender == DEALER_ID:
+                self._accept_triple(msg)
+                self._cv.notify_all()
+                return
             rnd = self._current(msg.round_id, msg.sender)
             w = worker_index(msg.sender)
             if w is not None:
                 self._accept_share(rnd, w, msg)
-            elif msg.sender == DEALER_ID:
-                if rnd.triple_in:
-                    raise Rejected("duplicate", f"{self.party} already holds the triple of round {rnd.round_id}")
-                self.node.receive_triple(msg)
-                rnd.triple_in = True
             else:
                 rnd.peer_seq.advance(msg)
                 rnd.inbox[msg.kind].append(msg)
@@ -328,6 +357,9 @@ class ServerRuntime:
         if caller != OPERATOR_ID:
             raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
         if command == "open-round":
+            if args.get("round_id") != round_id:
+                raise Rejected("wrong-round", f"open-round call for round {round_id} carries the parameters of round "
+                               f"{args.get('round_id')!r}")
             return self._open(args)
         if command == "report":
             return self._report(round_id, float(args.get("wait_s", 0.0)))
@@ -362,6 +394,8 @@ class ServerRuntime:
                 else:
                     info["received"] = len(rnd.received)
                 out["round"] = info
+            if w is None:
+                out["triples"] = self.pool.public()
             return out
 
     def _open(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -383,16 +417,47 @@ class ServerRuntime:
                 raise Rejected("out-of-phase", f"round {old.round_id} is still running at {self.party}")
             if request.round_id <= self.last_round:
                 raise Rejected("wrong-round", f"round ids must increase: {request.round_id} after {self.last_round}")
+            pool_plan = self.pool.plan(request, time.monotonic())
+            for gone in self.pool.commit(pool_plan):
+                event(self.log, "triple-discarded", round=gone.round_id, triple_id=gone.triple_id, state=gone.state,
+                      reason=f"not named by the request of round {request.round_id}")
+            if run.reveal:
+                held = self.pool.entries[request.triple_id]  # type: ignore[index]
+                run.triple = {"triple_id": held.triple_id,
+                              "prefetched": held.triple_id not in {e.triple_id for e in pool_plan.add},
+                              "ready_at_open": held.state == READY}
+            if self.index == 1:
+                self._to_request.extend(e.triple_id for e in pool_plan.add)
             self.node.start_round(run.plan)
             self._store_last_round(request.round_id)
             self.last_round = request.round_id
             self.round = run
             self._cv.notify_all()
         event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, n=len(request.worker_ids),
-              d=request.d)
+              d=request.d, triple_id=request.triple_id, prefetch=[t for _, t in request.prefetch],
+              prefetched=run.triple.get("prefetched"), ready_at_open=run.triple.get("ready_at_open"))
+        if self.index == 1 and pool_plan.add:
+            self._start_requester()
         threading.Thread(target=self._run, args=(run,), name=f"{self.party}-round-{request.round_id}",
                          daemon=True).start()
         return {"round_id": request.round_id, "opened": True}
+
+    def max_control_bytes(self, command: str) -> int:
+        """An open-round request carries the worker list and cclip's public center (d numbers): up to
+        gRPC's message limit; every other command a few small fields."""
+        return MAX_GRPC_MESSAGE if command == "open-round" else CONTROL_LIMIT
+
+    def account_as(self, msg: Message, env: pb.Envelope) -> Any:
+        """A dealer delivery is booked under its triple, the rest under the round id."""
+        if msg.sender == DEALER_ID:
+            return triple_key(str(msg.fields.get("triple_id")))
+        return env.round_id
+
+    def _traffic(self, rnd: RoundRun) -> dict[str, Any]:
+        """This round's traffic: its own messages plus the offline traffic of the triple it used."""
+        if rnd.triple_in:
+            return self.accounting.totals(rnd.round_id, triple_key(rnd.triple["triple_id"]))
+        return self.accounting.totals(rnd.round_id)
 
     def _report(self, round_id: int, wait_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + min(max(wait_s, 0.0), 600.0)
@@ -407,7 +472,7 @@ class ServerRuntime:
                 "reason": rnd.reason, "error": rnd.error, "participants": list(rnd.participants),
                 "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
-                "traffic": self.accounting.totals(rnd.round_id),
+                "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
             }
             if self.index == 1:
                 out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
@@ -430,34 +495,78 @@ class ServerRuntime:
             raise PeerAborted(rnd.reason)
 
     def _wait_triple(self, rnd: RoundRun) -> None:
-        deadline = time.monotonic() + self.cfg.peer_timeout_s
-        with self._cv:
-            while not rnd.triple_in:
-                self._check_alive(rnd)
-                if rnd.offline_error is not None:
-                    err = rnd.offline_error
-                    if isinstance(err, PartyUnreachable):
-                        raise err
-                    raise RoundAborted(f"the dealer's triple for round {rnd.round_id} did not arrive: {err}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PeerTimeout(f"the triple for round {rnd.round_id} did not arrive within "
-                                      f"{self.cfg.peer_timeout_s:g} s")
-                self._cv.wait(min(left, 1.0))
-
-    def _request_triple(self, rnd: RoundRun) -> None:
+        """Take this round's triple out of the pool, waiting for the dealer's delivery if need be."""
         timer = Timer()
+        tid = rnd.request.triple_id
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
         try:
-            spec = rnd.plan.triple_spec()
-            assert spec is not None
-            self.dealer.send(request_triple(rnd.round_id, spec), timeout=60.0 + spec.n * spec.n * spec.d / 2e8)
-        except Exception as exc:
             with self._cv:
-                rnd.offline_error = exc
-                self._cv.notify_all()
-            event(self.log, "offline-failed", level=logging.WARNING, round=rnd.round_id, error=str(exc))
+                while True:
+                    self._check_alive(rnd)
+                    entry = self.pool.entries.get(tid)  # type: ignore[arg-type]
+                    if entry is None:
+                        raise RoundAborted(f"the triple {tid} of round {rnd.round_id} is no longer in the pool")
+                    if entry.state == FAILED:
+                        self.pool.take(entry.triple_id)
+                        err = entry.error
+                        if isinstance(err, PartyUnreachable):
+                            raise err
+                        raise RoundAborted(f"the dealer's triple for round {rnd.round_id} did not arrive: {err}")
+                    if entry.state == READY:
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PeerTimeout(f"the triple for round {rnd.round_id} did not arrive within "
+                                          f"{self.cfg.peer_timeout_s:g} s")
+                    self._cv.wait(min(left, 1.0))
+                self.pool.take(entry.triple_id)
+                assert entry.part is not None
+                self.node.install_triple(entry.part)
+                rnd.triple_in = True
+                rnd.triple["waited_s"] = round(timer.seconds, 6)
         finally:
             rnd.seconds["offline"] += timer.seconds
+        event(self.log, "triple-used", round=rnd.round_id, triple_id=tid, waited_s=round(timer.seconds, 6),
+              prefetched=rnd.triple.get("prefetched"))
+
+    def _start_requester(self) -> None:
+        with self._cv:
+            if self._requester is None or not self._requester.is_alive():
+                self._requester = threading.Thread(target=self._request_loop, name=f"{self.party}-offline",
+                                                   daemon=True)
+                self._requester.start()
+            self._cv.notify_all()
+
+    def _request_loop(self) -> None:
+        """S1: ask the dealer for each pending pooled triple, one request at a time, in the order named."""
+        while True:
+            with self._cv:
+                entry: PoolEntry | None = None
+                while entry is None:
+                    while not self._to_request and not self.closing:
+                        self._cv.wait(1.0)
+                    if self.closing:
+                        return
+                    candidate = self.pool.entries.get(self._to_request.popleft())
+                    if candidate is not None and candidate.state == PENDING and not candidate.requested:
+                        entry = candidate
+                entry.requested = True
+            self._request_triple(entry)
+
+    def _request_triple(self, entry: PoolEntry) -> None:
+        spec = entry.spec
+        timer = Timer()
+        event(self.log, "triple-requested", round=entry.round_id, triple_id=entry.triple_id, n=spec.n, d=spec.d,
+              kind=spec.kind)
+        try:
+            self.dealer.send(request_triple(entry.round_id, spec), timeout=60.0 + spec.n * spec.n * spec.d / 2e8,
+                             account_as=triple_key(entry.triple_id))
+        except Exception as exc:
+            with self._cv:
+                self.pool.fail(entry.triple_id, exc)
+                self._cv.notify_all()
+            event(self.log, "offline-failed", level=logging.WARNING, round=entry.round_id, triple_id=entry.triple_id,
+                  error=str(exc), seconds=round(timer.seconds, 6))
 
     def _send(self, rnd: RoundRun, msg: Message) -> None:
         with self._cv:
@@ -474,9 +583,6 @@ class ServerRuntime:
         node, spec, f, req = self.node, rnd.spec, rnd.request.f, rnd.request
         total = Timer()
         try:
-            if rnd.reveal and self.index == 1:
-                threading.Thread(target=self._request_triple, args=(rnd,), daemon=True,
-                                 name=f"{self.party}-offline-{rnd.round_id}").start()
             timer = Timer()
             with self._cv:
                 while rnd.intake_open:
@@ -551,7 +657,7 @@ class ServerRuntime:
             rnd.seconds["aggregate"] += timer.seconds
             self._finish(rnd, share, out)
             event(self.log, "round-done", round=rnd.round_id, phase="done", participants=len(rnd.participants),
-                  seconds=round(total.seconds, 6), bytes=self.accounting.totals(rnd.round_id)["sent"])
+                  seconds=round(total.seconds, 6), bytes=self._traffic(rnd)["sent"])
         except Exception as exc:
             self._abort(rnd, exc)
         finally:

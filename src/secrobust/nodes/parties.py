@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dealer import TripleLedger, TripleSeeds
+from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..errors import UnexpectedMessage
 from ..protocol import offline, server
 from ..protocol.messages import Message
@@ -47,6 +47,10 @@ class ServerNode:
 
     def receive_triple(self, msg: Message) -> None:
         self.state = server.receive_triple(self.current, msg, self.ledger)
+
+    def install_triple(self, triple: TripleShare0 | TripleShare1) -> None:
+        """A part delivered ahead of the round (already claimed in ``ledger`` on delivery)."""
+        self.state = server.install_triple(self.current, triple)
 
     def participants_message(self) -> Message:
         return server.participants_message(self.current)

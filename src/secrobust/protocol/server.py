@@ -165,13 +165,26 @@ def receive_triple(state: ServerState, msg: Message, ledger: TripleLedger) -> Se
     """Accept the dealer's triple for this round's plan; a triple id seen before is refused."""
     _expect(state, msg, msg.kind, "dealer")
     triple = triple_from_message(msg)
+    _check_triple(state, triple)
+    ledger.claim(triple.spec.triple_id)
+    return replace(state, triple=triple)
+
+
+def install_triple(state: ServerState, triple: TripleShare0 | TripleShare1) -> ServerState:
+    """Use a triple part delivered before this round opened (a network server's offline pool, which
+    claimed its id in the ledger on delivery and hands each part out once)."""
+    _check_triple(state, triple)
+    if state.triple is not None:
+        raise UnexpectedMessage(f"{state.name}: round {state.plan.round_id} already has its triple")
+    return replace(state, triple=triple)
+
+
+def _check_triple(state: ServerState, triple: TripleShare0 | TripleShare1) -> None:
     want = state.plan.triple_spec()
     if want is None or triple.spec != want:
         raise UnexpectedMessage(f"{state.name}: triple {triple.spec} does not match the round's plan {want}")
     if (state.party == 0) != isinstance(triple, TripleShare0):
         raise UnexpectedMessage(f"{state.name}: got the other server's part of the triple")
-    ledger.claim(triple.spec.triple_id)
-    return replace(state, triple=triple)
 
 
 # Steps 2-3: open E chunk by chunk and accumulate the Gram share.

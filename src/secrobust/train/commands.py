@@ -6,7 +6,8 @@ the train extras (torch, scikit-learn, matplotlib, opacus) are missing they say 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,17 @@ Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show p
 ConfigFile = Annotated[
     Path, typer.Option("--config", exists=True, dir_okay=False, help="Experiment TOML file.")
 ]
+Transport = Annotated[
+    str,
+    typer.Option(
+        "--transport",
+        help="Where the secure runs aggregate: inprocess (secrobust.aggregate, every party in this process) "
+        "or grpc (one local deployment for the whole grid: dealer, S0, S1 and the workers as separate OS "
+        "processes on 127.0.0.1 with mutual TLS). Plaintext runs are the same either way.",
+    ),
+]
+TRANSPORTS = ("inprocess", "grpc")
+WORKERS_PER_PROCESS = 5
 OutOrDefault = Annotated[
     Path | None, typer.Option("--out", help="Output directory (default: runs/NAME, NAME from the config).")
 ]
@@ -31,7 +43,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        out: Out = Path("out/demo"), rounds: Rounds = None, fresh: Fresh = False, progress: Progress = True
+        out: Out = Path("out/demo"),
+        rounds: Rounds = None,
+        fresh: Fresh = False,
+        progress: Progress = True,
+        transport: Transport = "inprocess",
     ) -> None:
         """Robust federated training under attack, the default grid: 20 workers of which 4 are
         Byzantine, on scikit-learn's digits; mean, Krum, Multi-Krum and geometric median, secure
@@ -43,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
             return demo_config()
 
-        _run(load, lambda cfg: out, rounds, fresh, progress)
+        _run(load, lambda cfg: out, rounds, fresh, progress, transport)
 
     @app.command()
     def train(
@@ -52,6 +68,7 @@ def register(app: typer.Typer) -> None:
         rounds: Rounds = None,
         fresh: Fresh = False,
         progress: Progress = True,
+        transport: Transport = "inprocess",
     ) -> None:
         """Run every point of a TOML grid (rules x attacks x f x seeds x secure); runs already in
         DIR/results.jsonl are skipped, so an interrupted grid resumes."""
@@ -61,13 +78,21 @@ def register(app: typer.Typer) -> None:
 
             return load_config(config)
 
-        _run(load, lambda cfg: out or Path("runs") / cfg.name, rounds, fresh, progress)
+        _run(load, lambda cfg: out or Path("runs") / cfg.name, rounds, fresh, progress, transport)
 
 
 def _run(
-    load: Callable[[], Any], out_dir: Callable[[Any], Path], rounds: int | None, fresh: bool, progress: bool
+    load: Callable[[], Any],
+    out_dir: Callable[[Any], Path],
+    rounds: int | None,
+    fresh: bool,
+    progress: bool,
+    transport: str = "inprocess",
 ) -> None:
     console = Console() if Console().is_terminal else Console(width=160)
+    if transport not in TRANSPORTS:
+        console.print(f"[red]error:[/] --transport must be one of {', '.join(TRANSPORTS)}, got {escape(transport)!r}")
+        raise typer.Exit(2)
     try:
         import torch
 
@@ -76,13 +101,76 @@ def _run(
         hint = "training needs the train extras (pip install 'secrobust\\[train]')"
         console.print(f"[red]error:[/] {hint}: {escape(str(err))}")
         raise typer.Exit(2) from err
+    from secrobust.errors import RoundAborted
+
     try:
         cfg = load()
         if rounds is not None:
             cfg = cfg.replace(train={"rounds": rounds})
         torch.set_num_threads(1)
-        summary = run_grid(cfg, out_dir(cfg), resume=not fresh, console=console, progress=progress)
+        with _secure_aggregate(transport, cfg, console) as secure_aggregate:
+            summary = run_grid(
+                cfg,
+                out_dir(cfg),
+                resume=not fresh,
+                console=console,
+                progress=progress,
+                secure_aggregate=secure_aggregate,
+            )
     except (ValueError, OSError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from err
+    except RoundAborted as err:
+        console.print(f"[red]error:[/] a secure round over {transport} failed: {escape(str(err))}")
+        raise typer.Exit(1) from err
     console.print(f"{summary['runs']} runs, {summary['seconds']:.0f} s")
+
+
+class _DeploymentAggregate:
+    """``LocalDeployment.aggregate`` of one deployment for the whole grid, started at the first secure
+    round (a resumed grid whose secure runs are all done starts no process) and stopped by ``close``."""
+
+    def __init__(self, workers: int, console: Console) -> None:
+        self.workers = workers
+        self.console = console
+        self.dep: Any = None
+        self.rounds = 0
+
+    def __call__(self, updates: Any, rule: str, f: int, **kwargs: Any) -> Any:
+        if self.dep is None:
+            from secrobust.deploy.local import LocalDeployment, LocalOptions
+
+            dep = LocalDeployment(self.workers, options=LocalOptions(workers_per_process=WORKERS_PER_PROCESS))
+            dep.start()
+            self.dep = dep
+            self.console.print(
+                f"gRPC deployment up in {dep.workdir}: dealer, S0, S1 and {self.workers} workers in "
+                f"{len(dep.children) - 3} processes, mutual TLS on 127.0.0.1"
+            )
+        result = self.dep.aggregate(updates, rule, f, **kwargs)
+        self.rounds += 1
+        return result
+
+    def close(self) -> None:
+        if self.dep is not None:
+            self.dep.stop()
+            self.dep = None
+            self.console.print(f"{self.rounds} secure rounds over gRPC; the deployment is stopped")
+
+
+@contextmanager
+def _secure_aggregate(transport: str, cfg: Any, console: Console) -> Iterator[Any]:
+    """None (``secrobust.aggregate`` in process) or the aggregate of a local gRPC deployment, torn down
+    when the grid ends, fails or is interrupted."""
+    if transport == "inprocess":
+        yield None
+        return
+    workers = max((s.train.workers for s in cfg.runs() if s.secure), default=0)
+    if workers == 0:
+        yield None
+        return
+    agg = _DeploymentAggregate(workers, console)
+    try:
+        yield agg
+    finally:
+        agg.close()

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from secrobust.train.config import ExperimentConfig, RunSpec
 from secrobust.train.data import Dataset, load_dataset
-from secrobust.train.runner import engine_aggregate, run
+from secrobust.train.runner import SecureAggregate, engine_aggregate, run
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -85,9 +85,14 @@ def run_grid(
     console: Console | None = None,
     progress: bool = True,
     plots: bool = True,
+    secure_aggregate: SecureAggregate | None = None,
 ) -> dict[str, Any]:
     """Run every spec of ``config`` not already in ``out_dir/results.jsonl``; write the summary,
-    the plots and print the table. Returns the summary."""
+    the plots and print the table. Returns the summary.
+
+    ``secure_aggregate`` is handed to every secure run (see ``runner.run``): by default the secure runs
+    call ``secrobust.aggregate`` in this process; ``secrobust demo --transport grpc`` passes the
+    ``aggregate`` of one ``LocalDeployment`` shared by the whole grid. Plaintext runs never use it."""
     from secrobust.train.plots import plot_all
 
     console = console or Console()
@@ -132,6 +137,7 @@ def run_grid(
                 spec,
                 dataset=datasets[key],
                 on_round=lambda t: bars.update(rounds_task, completed=t),
+                secure_aggregate=secure_aggregate,
             )
             record = result.record()
             with results_path.open("a") as fh:

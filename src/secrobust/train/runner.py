@@ -107,12 +107,23 @@ class RunResult:
         }
 
 
-def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool, **kwargs: Any) -> Any:
-    """Call ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext)."""
+SecureAggregate = Callable[..., Any]
+"""What a secure run calls every round: ``fn(updates, rule, f, **kwargs)`` with the keyword arguments of
+``secrobust.aggregate`` (frac_bits, seed, dp_noise_std, unchecked, rule options), returning a result with
+``aggregate`` and ``weights``. ``secrobust.aggregate`` (all parties in this process) by default;
+``LocalDeployment.aggregate`` runs the same round over gRPC, one OS process per party."""
+
+
+def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool,
+                     secure_aggregate: SecureAggregate | None = None, **kwargs: Any) -> Any:
+    """Call ``secure_aggregate`` (default ``secrobust.aggregate``) for a secure run, or
+    ``secrobust.plain_aggregate`` for a plaintext one (``secure_aggregate`` is then not used)."""
     import secrobust
 
-    fn = secrobust.aggregate if secure else secrobust.plain_aggregate
-    return fn(updates, rule=rule, f=f, **kwargs)
+    if not secure:
+        return secrobust.plain_aggregate(updates, rule=rule, f=f, **kwargs)
+    fn = secrobust.aggregate if secure_aggregate is None else secure_aggregate
+    return fn(updates, rule, f, **kwargs)
 
 
 def engine_max_norm(frac_bits: int, d: int) -> float:
@@ -147,8 +158,13 @@ def run(
     *,
     dataset: Dataset | None = None,
     on_round: Callable[[int], None] | None = None,
+    secure_aggregate: SecureAggregate | None = None,
 ) -> RunResult:
-    """Train once as ``spec`` says and return the history, the chosen weights and the privacy spent."""
+    """Train once as ``spec`` says and return the history, the chosen weights and the privacy spent.
+
+    ``secure_aggregate`` replaces ``secrobust.aggregate`` in a secure run (e.g. ``dep.aggregate`` of a
+    ``secrobust.deploy.local.LocalDeployment``: the same round over gRPC); a plaintext run ignores it.
+    """
     started = time.perf_counter()
     tc, n, f = spec.train, spec.train.workers, spec.f
     if not 0 <= f < n:
@@ -214,6 +230,7 @@ def run(
         history.append(entry)
         byz_since_eval.clear()
 
+    injected = {} if secure_aggregate is None else {"secure_aggregate": secure_aggregate}
     log_eval(0)
     for t in range(tc.rounds):
         sent = np.empty((n, d))
@@ -246,6 +263,7 @@ def run(
             seed=round_seed(spec.seed, t),
             dp_noise_std=sigma,
             unchecked=tuple(byzantine),
+            **injected,
             **options,
         )
         aggregate_seconds += time.perf_counter() - tick

@@ -91,15 +91,19 @@ class PeerClient:
         if status in _UNREACHABLE:
             self._reset()
             return PartyUnreachable(self.peer, self.address, f"{status.name if status else '?'}: {details}")
+        if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # gRPC's own message-size limit (either side), before any secrobust code could run
+            return RemoteRejected(self.peer, "too-large", f"RESOURCE_EXHAUSTED: {details}", status)
         return RemoteRejected(self.peer, "internal", f"{status.name if status else '?'}: {details}", status)
 
-    def send(self, msg: Message, *, timeout: float | None = None) -> pb.Ack:
-        """Stream ``msg`` to the peer; returns its Ack once the peer accepted the whole message."""
+    def send(self, msg: Message, *, timeout: float | None = None, account_as: Any = None) -> pb.Ack:
+        """Stream ``msg`` to the peer; returns its Ack once the peer accepted the whole message.
+        ``account_as`` books the bytes under that key instead of the message's round id."""
         if msg.recipient != self.peer:
             raise ValueError(f"message for {msg.recipient!r} handed to the client of {self.peer!r}")
-        return self.send_encoded(wire.encode(msg), timeout=timeout)
+        return self.send_encoded(wire.encode(msg), timeout=timeout, account_as=account_as)
 
-    def send_encoded(self, out: wire.Outgoing, *, timeout: float | None = None) -> pb.Ack:
+    def send_encoded(self, out: wire.Outgoing, *, timeout: float | None = None, account_as: Any = None) -> pb.Ack:
         """Stream an already encoded message (used to test replays: the same id twice)."""
         timer = Timer()
         wire_bytes = 0
@@ -124,7 +128,8 @@ class PeerClient:
             event(self.log, "send-failed", level=logging.WARNING, recipient=self.peer, round=env.round_id,
                   phase=env.phase, bytes=env.total_bytes, error=str(exc))
             raise
-        self.accounting.add(env.round_id, "sent", self.peer, env.total_bytes, wire_bytes)
+        self.accounting.add(env.round_id if account_as is None else account_as, "sent", self.peer, env.total_bytes,
+                            wire_bytes)
         event(self.log, "sent", recipient=self.peer, round=env.round_id, phase=env.phase, bytes=env.total_bytes,
               seconds=round(timer.seconds, 6))
         return ack
@@ -135,6 +140,23 @@ class PeerClient:
             call = channel.stream_unary(f"/{SERVICE}/Send", request_serializer=lambda b: b,
                                         response_deserializer=pb.Ack.FromString)
             return call(iter(payloads), timeout=timeout)
+
+        return self._call(attempt)
+
+    def call_raw(self, method: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
+        """Send arbitrary request bytes to ``Fetch`` or ``Control`` (tests of malformed requests); returns
+        the raw reply (a Fetch reply's chunks concatenated)."""
+        if method not in ("Fetch", "Control"):
+            raise ValueError("call_raw is for Fetch and Control; use send_raw for Send")
+
+        def attempt(channel: grpc.Channel) -> bytes:
+            if method == "Control":
+                call = channel.unary_unary(f"/{SERVICE}/Control", request_serializer=lambda b: b,
+                                           response_deserializer=lambda b: b)
+                return call(payload, timeout=timeout)
+            stream = channel.unary_stream(f"/{SERVICE}/Fetch", request_serializer=lambda b: b,
+                                          response_deserializer=lambda b: b)
+            return b"".join(stream(payload, timeout=timeout))
 
         return self._call(attempt)
 

@@ -15,12 +15,20 @@ the server keeps serving:
 6. chunk order, sizes and the SHA-256 digest (``malformed-stream``, ``digest``); the Message decodes
    (``malformed-message``) and its header equals the envelope (``envelope-mismatch``);
 7. the handler's acceptance of the decoded message (``wrong-size`` and any protocol error).
+
+``Fetch`` and ``Control`` requests are checked the same way as far as they apply: protobuf
+(``malformed-protobuf``), version, requester/sender = certificate CN, a finite fetch timeout and a
+``Control`` argument within the command's size limit (``bad-request``, ``too-large``), JSON arguments
+(``bad-request``), then the handler's round checks (``wrong-round``, ``not-permitted``, ...). A request
+above gRPC's 8 MiB message limit is refused by gRPC itself (RESOURCE_EXHAUSTED, which the client
+reports as ``too-large``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from concurrent import futures
@@ -40,6 +48,7 @@ from .tls import server_credentials, server_options, peer_common_name
 
 SERVICE = "secrobust.v1.Party"
 REPLAY_CACHE = 1 << 20
+CONTROL_LIMIT = 64 << 10
 
 
 class PartyHandler(Protocol):
@@ -64,6 +73,10 @@ class PartyHandler(Protocol):
 
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         """Round control and reports."""
+
+    # optional: ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
+    # instead of ``env.round_id`` (see ``Accounting``); ``max_control_bytes(command) -> int`` is the
+    # largest JSON argument a command takes (``CONTROL_LIMIT`` if absent)
 
 
 class _ReplayCache:
@@ -188,7 +201,9 @@ class Endpoint:
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
             self.handler.accept(msg, env)
             accepted = True
-            self.accounting.add(env.round_id, "received", caller, env.total_bytes, wire_bytes)
+            account_as = getattr(self.handler, "account_as", None)
+            key = env.round_id if account_as is None else account_as(msg, env)
+            self.accounting.add(key, "received", caller, env.total_bytes, wire_bytes)
             event(self.log, "received", seconds=round(timer.seconds, 6), **info)
             return pb.Ack(message_id=env.message_id, bytes_received=env.total_bytes)
         except Exception as exc:  # every failure becomes a coded refusal; the server keeps serving
@@ -208,6 +223,8 @@ class Endpoint:
                 raise Rejected("version", f"protocol version {request.version} is not supported")
             if request.requester != caller:
                 raise Rejected("sender-mismatch", f"requester {request.requester!r} but certificate {caller!r}")
+            if not math.isfinite(request.timeout_s):
+                raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
             wait_s = min(max(request.timeout_s, 0.0), 600.0)
             found = self.handler.fetch(caller, request.round_id, request.phase, wait_s)
             out = found if isinstance(found, wire.Outgoing) else wire.encode(found)
@@ -232,6 +249,11 @@ class Endpoint:
                 raise Rejected("version", f"protocol version {request.version} is not supported")
             if request.sender != caller:
                 raise Rejected("sender-mismatch", f"sender {request.sender!r} but certificate {caller!r}")
+            sizer = getattr(self.handler, "max_control_bytes", None)
+            limit = CONTROL_LIMIT if sizer is None else sizer(request.command)
+            if len(request.json) > limit:
+                raise Rejected("too-large", f"{request.command!r} arguments of {len(request.json)} bytes exceed "
+                               f"the limit of {limit} bytes")
             try:
                 args = json.loads(request.json.decode()) if request.json else {}
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
