@@ -126,3 +126,30 @@ def test_the_operator_reuses_what_both_servers_hold_for_the_round_and_names_fres
     assert assign_triples(_req(7, None, (), rule="mean"), both, 1).triple_id is None
     assert assign_triples(base, both, prefetch=0).prefetch == ()
     np.testing.assert_equal(RoundRequest.from_json(got.to_json()).prefetch, got.prefetch)
+
+
+def test_a_long_lived_worker_keeps_only_the_last_outcomes():
+    """A worker serving without a round limit must not keep every round's aggregate (it grew to GBs)."""
+    import logging
+    import threading
+
+    import numpy as np
+
+    from secrobust.deploy import worker as W
+
+    stop = threading.Event()
+    rounds = iter(range(W.KEEP_OUTCOMES * 5))
+
+    def next_round(_poll):
+        r = next(rounds, None)
+        if r is None:
+            stop.set()
+        return r
+
+    runtime = W.WorkerRuntime.__new__(W.WorkerRuntime)
+    runtime.log = logging.getLogger("test")
+    runtime.ping = lambda: None
+    runtime.wait_for_round = next_round
+    runtime.participate = lambda r: W.WorkerOutcome(r, "done", aggregate=np.zeros(10))
+    kept = runtime.serve(stop)
+    assert [o.round_id for o in kept] == list(range(W.KEEP_OUTCOMES * 4, W.KEEP_OUTCOMES * 5))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class WorkerInput:
 
 UpdateSource = Callable[[int, int], "WorkerInput | None"]
 """(round id, d) -> this worker's input for the round, or None to sit the round out."""
+
+
+KEEP_OUTCOMES = 16
 
 
 @dataclass
@@ -180,10 +184,13 @@ class WorkerRuntime:
 
     def serve(self, stop: threading.Event, *, max_rounds: int | None = None, ready: Callable[[], None] | None = None,
               poll_s: float = 10.0) -> list[WorkerOutcome]:
-        """Take part in rounds until ``stop`` is set (or ``max_rounds`` rounds were seen)."""
-        outcomes: list[WorkerOutcome] = []
+        """Take part in rounds until ``stop`` is set (or ``max_rounds`` rounds were seen); returns the outcomes
+        of the last ``max_rounds`` rounds, or of the last KEEP_OUTCOMES when serving without a limit (a
+        long-lived worker must not keep every round's aggregate)."""
+        outcomes: deque[WorkerOutcome] = deque(maxlen=max_rounds or KEEP_OUTCOMES)
+        seen = 0
         announced = False
-        while not stop.is_set() and (max_rounds is None or len(outcomes) < max_rounds):
+        while not stop.is_set() and (max_rounds is None or seen < max_rounds):
             try:
                 if not announced:
                     self.ping()
@@ -199,9 +206,10 @@ class WorkerRuntime:
                 continue
             outcome = self.participate(info)
             outcomes.append(outcome)
+            seen += 1
             event(self.log, "round-outcome", round=outcome.round_id, status=outcome.status, detail=outcome.detail,
                   seconds=round(sum(outcome.seconds.values()), 6))
-        return outcomes
+        return list(outcomes)
 
     def close(self) -> None:
         self.s0.close()
