@@ -218,11 +218,7 @@ class Endpoint:
         try:
             if not isinstance(request, pb.FetchRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
-            caller = self._caller(context)
-            if request.version != VERSION:
-                raise Rejected("version", f"protocol version {request.version} is not supported")
-            if request.requester != caller:
-                raise Rejected("sender-mismatch", f"requester {request.requester!r} but certificate {caller!r}")
+            caller = self._authenticate(context, request.version, request.requester, "requester")
             if not math.isfinite(request.timeout_s):
                 raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
             wait_s = min(max(request.timeout_s, 0.0), 600.0)
@@ -240,15 +236,21 @@ class Endpoint:
         event(self.log, "served", requester=caller, round=out.envelope.round_id, phase=out.envelope.phase,
               bytes=out.envelope.total_bytes, seconds=round(timer.seconds, 6))
 
+    def _authenticate(self, context: grpc.ServicerContext, version: int, claimed: str, role: str) -> str:
+        """The caller's certificate name, after checking the protocol version and that the request's
+        claimed identity is that name."""
+        caller = self._caller(context)
+        if version != VERSION:
+            raise Rejected("version", f"protocol version {version} is not supported")
+        if claimed != caller:
+            raise Rejected("sender-mismatch", f"{role} {claimed!r} but certificate {caller!r}")
+        return caller
+
     def _control(self, request: Any, context: grpc.ServicerContext) -> pb.ControlReply:
         try:
             if not isinstance(request, pb.ControlRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
-            caller = self._caller(context)
-            if request.version != VERSION:
-                raise Rejected("version", f"protocol version {request.version} is not supported")
-            if request.sender != caller:
-                raise Rejected("sender-mismatch", f"sender {request.sender!r} but certificate {caller!r}")
+            caller = self._authenticate(context, request.version, request.sender, "sender")
             sizer = getattr(self.handler, "max_control_bytes", None)
             limit = CONTROL_LIMIT if sizer is None else sizer(request.command)
             if len(request.json) > limit:
