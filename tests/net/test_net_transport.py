@@ -60,24 +60,25 @@ def test_control_reports_the_authenticated_caller(client_for):
                                                                          "args": {"a": 1}}
 
 
+def _assert_status_call_unavailable(ch: grpc.Channel) -> None:
+    """A Control "status" call on ``ch`` fails at the connection, before any RPC runs."""
+    call = ch.unary_unary("/secrobust.v1.Party/Control", request_serializer=pb.ControlRequest.SerializeToString,
+                          response_deserializer=pb.ControlReply.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        call(pb.ControlRequest(version=VERSION, sender="worker:0", command="status"), timeout=3)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_a_plaintext_client_is_refused(endpoint, client_for):
     with grpc.insecure_channel(endpoint[2]) as ch:
-        call = ch.unary_unary("/secrobust.v1.Party/Control", request_serializer=pb.ControlRequest.SerializeToString,
-                              response_deserializer=pb.ControlReply.FromString)
-        with pytest.raises(grpc.RpcError) as info:
-            call(pb.ControlRequest(version=VERSION, sender="worker:0", command="status"), timeout=3)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        _assert_status_call_unavailable(ch)
     _still_serving(client_for)
 
 
 def test_a_tls_client_without_a_certificate_is_refused(endpoint, cert_dir, client_for):
     creds = grpc.ssl_channel_credentials(root_certificates=(cert_dir / "ca.pem").read_bytes())
     with grpc.secure_channel(endpoint[2], creds, options=channel_options("S0")) as ch:
-        call = ch.unary_unary("/secrobust.v1.Party/Control", request_serializer=pb.ControlRequest.SerializeToString,
-                              response_deserializer=pb.ControlReply.FromString)
-        with pytest.raises(grpc.RpcError) as info:
-            call(pb.ControlRequest(version=VERSION, sender="worker:0", command="status"), timeout=3)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        _assert_status_call_unavailable(ch)
     _still_serving(client_for)
 
 
