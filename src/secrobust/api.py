@@ -14,7 +14,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import ring
+from . import ring, validity
+from .compare import run_pair
 from .dealer import DEFAULT_CHUNK_BYTES
 from .nodes import DealerNode, ServerNode
 from .protocol import messages as M
@@ -26,7 +27,7 @@ from .rules.plain import plain_run, split_options
 from .rules.registry import get_rule
 from .rules.view import DISTANCES, NORMS, Choice
 from .transport.channel import InMemoryChannel, Stats, Tap
-from .updates import as_matrix, check_unchecked, encode_center, encode_updates
+from .updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates, safe_center
 
 DROP_TARGETS = ("S0", "S1", "both")
 
@@ -44,6 +45,8 @@ class AggregateResult:
     center_weight: float = 0.0
     rule: str = ""
     f: int = 0
+    rejected: dict[int, str] = field(default_factory=dict)
+    """Workers excluded by the input validity check (or by S1's range check of the opened view), with the reason."""
 
 
 class Cluster:
@@ -61,8 +64,9 @@ class Cluster:
         self.last_aggregate: np.ndarray | None = None
 
     def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-                  dp_noise_std: float = 0.0, unchecked: Any = (), drop: Mapping[int, str] | None = None,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, **options: Any) -> AggregateResult:
+                  dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
+                  drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  check_inputs: bool = True, **options: Any) -> AggregateResult:
         round_id = self.next_round
         self.next_round += 1
         spec = get_rule(rule)
@@ -71,24 +75,26 @@ class Cluster:
         n, d = x.shape
         center_value, rule_options = split_options(rule, options)
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
-            center_value = self.last_aggregate
+            center_value = safe_center(self.last_aggregate, frac_bits)
         spec.validate(n, f, rule_options)
         drop = check_drop(drop, n)
         check_noise(dp_noise_std)
+        rows = check_ring_rows(ring_rows, n, d)
+        check_inputs = _check_flag(check_inputs, d)
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
 
         with _phase(stats, "encode"):
-            encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n))
+            encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         reveal = spec.reveals(rule_options)
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, reveal, center,
-                         self.seeds.triple_id(round_id) if reveal else None, chunk_bytes)
+                         self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs)
         s0.start_round(plan)
         s1.start_round(plan)
 
-        if reveal:
+        if plan.triple_kind is not None:
             with _phase(stats, "offline"):
                 channel.send(request_triple(round_id, plan.triple_spec()))
                 for msg in self.dealer.handle(channel.receive("dealer", M.TRIPLE_REQUEST), self.seeds.triple(round_id)):
@@ -115,13 +121,33 @@ class Cluster:
             s0.agree(channel.receive("S0", M.PARTICIPANTS), spec.min_n(f), spec.requirement)
             participants = s1.agree(channel.receive("S1", M.PARTICIPANTS), spec.min_n(f), spec.requirement)
 
-        if reveal:
-            with _phase(stats, "open"):
-                for start, stop in s0.chunks():
+        if check_inputs:
+            with _phase(stats, "validity"):
+                channel.send(s0.validity_seed_message(self.seeds.validity(round_id, 0)))
+                channel.send(s1.validity_seed_message(self.seeds.validity(round_id, 1)))
+                s0.receive_validity_seed(channel.receive("S0", M.VALIDITY_SEED))
+                s1.receive_validity_seed(channel.receive("S1", M.VALIDITY_SEED))
+        if plan.triple_kind is not None:
+            open_phase = "open" if reveal else "validity"
+            for start, stop in s0.chunks():
+                with _phase(stats, open_phase):
                     channel.send(s0.open_masked(start, stop))
                     channel.send(s1.open_masked(start, stop))
-                    s0.accumulate(channel.receive("S0", M.MASKED_OPEN))
-                    s1.accumulate(channel.receive("S1", M.MASKED_OPEN))
+                if check_inputs:
+                    with _phase(stats, "validity"):
+                        s0.project()
+                        s1.project()
+                with _phase(stats, open_phase):
+                    s0.accumulate(channel.receive("S0", plan.open_kind))
+                    s1.accumulate(channel.receive("S1", plan.open_kind))
+        if check_inputs:
+            with _phase(stats, "validity"):
+                self._run_check(channel)
+                s0.check_enough(spec, f)
+                s1.check_enough(spec, f)
+            participants = s1.current.participants or ()
+
+        if reveal:
             with _phase(stats, "distances"):
                 channel.send(s0.view_share_message())
                 s1.open_view(channel.receive("S1", M.VIEW_SHARE))
@@ -145,50 +171,76 @@ class Cluster:
         if not np.array_equal(out0, out1):
             raise AssertionError("the two servers reconstructed different aggregates")
 
+        if s0.rejected != s1.rejected:
+            raise AssertionError("the two servers rejected different workers")
         self.last_aggregate = out0
         choice = s1.current.choice
         view = s1.current.view
-        return make_result(out0, choice, view, participants, n, stats, rule, f)
+        return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected)
+
+    def _run_check(self, channel: InMemoryChannel) -> None:
+        """The comparisons of the validity check, round by round through the channel."""
+        msgs = [self.s0.validity_start(), self.s1.validity_start()]
+        while True:
+            for msg in msgs:
+                channel.send(msg)
+            nxt = [node.validity_step(channel.receive(node.name, M.VALIDITY_OPEN)) for node in (self.s0, self.s1)]
+            if nxt[0] is None or nxt[1] is None:
+                if nxt[0] is not None or nxt[1] is not None:
+                    raise AssertionError("the servers' validity circuits ended at different rounds")
+                return
+            msgs = nxt
 
 
 def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
-              drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-              **options: Any) -> AggregateResult:
+              ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
+              chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
     S1 learns the squared distances (or, for norm-clip/cclip, the squared norms) of the encoded
     updates; both servers learn the weights and the aggregate; the dealer learns only (n, d).
     ``seed`` fixes every party's randomness (tests); by default seeds are fresh from ``secrets``.
-    ``unchecked`` lists workers that bypass the honest encoder (simulated Byzantine workers);
-    ``drop`` maps a worker to the server(s) its share never reaches ("S0", "S1" or "both").
+    ``unchecked`` lists workers whose float rows bypass the honest encoder, and ``ring_rows`` maps a worker
+    to the exact uint64 ring vector (d,) it sends (simulated Byzantine workers; those rows of ``updates``
+    are ignored). ``drop`` maps a worker to the server(s) its share never reaches ("S0", "S1" or "both").
     ``dp_noise_std`` makes each server add N(0, std^2) to its aggregate share.
+    Every worker's shares go through the input validity check (``secrobust.validity``): a worker whose
+    vector has norm above the encoder's bound is rejected (``result.rejected``), whatever it sent.
+    ``check_inputs=False`` skips the check (benchmarks only: robustness then fails against ring attacks).
     """
     return Cluster(seed).run_round(updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std,
-                                   unchecked=unchecked, drop=drop, chunk_bytes=chunk_bytes, **options)
+                                   unchecked=unchecked, ring_rows=ring_rows, drop=drop, chunk_bytes=chunk_bytes,
+                                   check_inputs=check_inputs, **options)
 
 
 def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                     seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
-                    **options: Any) -> AggregateResult:
+                    ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
+                    round_id: int = 0, **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
-    with ``seed``, the same DP noise too)."""
+    with ``seed``, the same DP noise and validity projections too; ``round_id`` names the round of a
+    seeded ``Cluster`` to mirror)."""
     check_noise(dp_noise_std)
     stats = Stats()
     with _phase(stats, "plain"):
-        run = plain_run(updates, rule, f, frac_bits, unchecked, **options)
+        seeds = SeedSource(seed)
+        vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
+        run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows,
+                        validity_seed=vseed if _check_flag(check_inputs, as_matrix(updates).shape[1]) else None,
+                        **options)
         n, d = run.encoded.shape
-        total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded)
+        total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
         if dp_noise_std:
-            seeds = SeedSource(seed)
             for party in (0, 1):
-                total += noise_share(seeds.noise(0, party), f"dp-noise|0|{party}", d, dp_noise_std, frac_bits)
+                total += noise_share(seeds.noise(round_id, party), f"dp-noise|{round_id}|{party}", d, dp_noise_std,
+                                     frac_bits)
         out = finish_aggregate(total, frac_bits, run.center, run.choice)
-    return make_result(out, run.choice, run.view, tuple(range(n)), n, stats, rule, f)
+    return make_result(out, run.choice, run.view, run.participants, n, stats, rule, f, run.rejected)
 
 
 def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int, ...], n: int, stats: Stats,
-            rule: str, f: int) -> AggregateResult:
+                rule: str, f: int, rejected: Mapping[int, str] | None = None) -> AggregateResult:
     idx = np.array(participants, dtype=np.int64)
     weights = np.zeros(n)
     weights[idx] = choice.weights
@@ -200,7 +252,15 @@ def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[
             full[np.ix_(idx, idx) if value.ndim == 2 else idx] = value
             revealed[key] = full
     return AggregateResult(out, weights, revealed.get(DISTANCES), stats, revealed, participants,
-                           choice.center_weight, rule, f)
+                           choice.center_weight, rule, f, dict(sorted((rejected or {}).items())))
+
+
+def _check_flag(check_inputs: bool, d: int) -> bool:
+    if not isinstance(check_inputs, bool):
+        raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
+    if check_inputs:
+        validity.check_dimension(d)
+    return check_inputs
 
 
 def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:

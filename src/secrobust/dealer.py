@@ -3,6 +3,8 @@
 A triple is a random mask A (n x d) = A0 + A1 and C = A A^T (kind "gram", n x n) or
 c = rowwise <a_i, a_i> (kind "diag", n), shared as C0 + C1. Seed-compressed: S0 gets only the
 seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no data.
+With ``and_words`` > 0 the same triple carries the input-validity check's Beaver bit triples
+(``secrobust.compare``): a seed for each server and S1's correction words c1.
 Rows of A are labelled by a worker's position in the round's expected worker list, so the
 triple for a subset of workers (after dropouts) is the sub-matrix of the same triple.
 """
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import prg
+from .compare import AndTripleSeeds, make_and_triple
 from .errors import TripleReuseError
 
 TRIPLE_KINDS = ("gram", "diag")
 DEFAULT_CHUNK_BYTES = 32 << 20
+MAX_AND_WORDS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,14 @@ class TripleSpec:
     n: int
     d: int
     kind: str
+    and_words: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in TRIPLE_KINDS:
             raise ValueError(f"triple kind must be one of {TRIPLE_KINDS}, got {self.kind!r}")
+        if isinstance(self.and_words, bool) or not isinstance(self.and_words, (int, np.integer)) \
+                or not 0 <= self.and_words <= MAX_AND_WORDS:
+            raise ValueError(f"and_words must be an integer in [0, {MAX_AND_WORDS}], got {self.and_words!r}")
         for name in ("n", "d"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -47,10 +55,11 @@ class TripleSeeds:
     a0: bytes
     a1: bytes
     c0: bytes
+    bits: AndTripleSeeds | None = None
 
     @classmethod
     def fresh(cls) -> "TripleSeeds":
-        return cls(prg.fresh_seed(), prg.fresh_seed(), prg.fresh_seed())
+        return cls(prg.fresh_seed(), prg.fresh_seed(), prg.fresh_seed(), AndTripleSeeds.fresh())
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class TripleShare0:
     spec: TripleSpec
     seed_a0: bytes
     seed_c0: bytes
+    seed_and: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class TripleShare1:
     spec: TripleSpec
     seed_a1: bytes
     c1: np.ndarray
+    seed_and: bytes | None = None
+    and_c1: np.ndarray | None = None
 
 
 def mask_label(spec: TripleSpec, party: int) -> str:
@@ -103,7 +115,13 @@ def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, Tri
         a = mask_columns(seeds.a0, spec, 0, start, stop) + mask_columns(seeds.a1, spec, 1, start, stop)
         c += np.matmul(a, a.T) if spec.kind == "gram" else np.einsum("ij,ij->i", a, a)
     c1 = c - c0_share(seeds.c0, spec)
-    return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
+    if not spec.and_words:
+        return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
+    if seeds.bits is None:
+        raise ValueError("a triple with bit triples needs their seeds")
+    and_c1 = make_and_triple(spec.triple_id, spec.and_words, seeds.bits)
+    return (TripleShare0(spec, seeds.a0, seeds.c0, seeds.bits.s0),
+            TripleShare1(spec, seeds.a1, c1, seeds.bits.s1, and_c1))
 
 
 class TripleLedger:

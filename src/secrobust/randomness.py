@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from . import prg
+from .compare import AndTripleSeeds
 from .dealer import TripleSeeds
 
 
@@ -34,7 +35,12 @@ class SeedSource:
 
     def triple(self, round_id: int) -> TripleSeeds:
         return TripleSeeds(self.seed("dealer", round_id, "a0"), self.seed("dealer", round_id, "a1"),
-                           self.seed("dealer", round_id, "c0"))
+                           self.seed("dealer", round_id, "c0"),
+                           AndTripleSeeds(self.seed("dealer", round_id, "and0"), self.seed("dealer", round_id, "and1")))
+
+    def validity(self, round_id: int, party: int) -> bytes:
+        """A server's contribution to the joint seed of the round's validity projections."""
+        return self.seed("validity", round_id, party)
 
     def triple_id(self, round_id: int) -> str:
         return f"r{round_id}-{self.seed('triple-id', round_id).hex()[:16]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -51,18 +51,49 @@ def check_unchecked(unchecked: Iterable[int], n: int) -> frozenset[int]:
     return ids
 
 
-def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset()) -> np.ndarray:
+def check_ring_rows(ring_rows: Mapping[int, Any] | None, n: int, d: int) -> dict[int, np.ndarray]:
+    """Exact ring vectors for simulated Byzantine workers: {worker in 0..n-1: uint64 (or int64) array (d,)}."""
+    out: dict[int, np.ndarray] = {}
+    for key, row in dict(ring_rows or {}).items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < n:
+            raise ValueError(f"ring_rows maps worker indices in 0..{n - 1} to vectors; got key {key!r}")
+        arr = np.asarray(row)
+        if arr.dtype not in (np.uint64, np.int64):
+            raise ValueError(f"ring_rows[{key}] must be a uint64 (or int64) array of ring elements, got {arr.dtype}")
+        if arr.shape != (d,):
+            raise ValueError(f"ring_rows[{key}] has shape {arr.shape}; the updates have dimension {d}")
+        out[int(key)] = arr.view(np.uint64).copy()
+    return out
+
+
+def safe_center(center: np.ndarray, frac_bits: int) -> np.ndarray:
+    """A previous aggregate made usable as cclip's next center: non-finite -> 0, and scaled into the honest
+    encoder's range, so one bad round (e.g. large DP noise) can never stop the rounds after it."""
+    v = np.asarray(center, dtype=np.float64)
+    if not np.isfinite(v).all():
+        return np.zeros_like(v)
+    limit = ring.max_norm(frac_bits, v.size)
+    norm = float(np.linalg.norm(v))
+    return v * (limit / norm) if norm > limit else v
+
+
+def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset(),
+                   ring_rows: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """Honest rows through the checking encoder; rows in ``unchecked`` (simulated Byzantine workers,
-    who can send any ring element) through ``encode_unchecked``."""
+    who can send any ring element) through ``encode_unchecked``; rows in ``ring_rows`` as given."""
+    ring_rows = ring_rows or {}
     out = np.empty(x.shape, dtype=np.uint64)
-    honest = np.array([i not in unchecked for i in range(x.shape[0])], dtype=bool)
+    honest = np.array([i not in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
+    byz = np.array([i in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
     if honest.any():
         try:
             out[honest] = ring.encode(x[honest], frac_bits)
         except ValueError as exc:
             raise ValueError(_renumber(str(exc), np.flatnonzero(honest))) from None
-    if (~honest).any():
-        out[~honest] = ring.encode_unchecked(x[~honest], frac_bits)
+    if byz.any():
+        out[byz] = ring.encode_unchecked(x[byz], frac_bits)
+    for i, row in ring_rows.items():
+        out[i] = row
     return out
 
 

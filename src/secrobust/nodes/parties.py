@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import validity
+from ..compare import Party
 from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
-from ..errors import UnexpectedMessage
+from ..errors import MalformedMessage, RoundAborted, UnexpectedMessage
 from ..protocol import offline, server
-from ..protocol.messages import Message
+from ..protocol.messages import VALIDITY_OPEN, Message
 from ..rules.registry import RuleSpec, apply
+from ..rules.view import Choice, View
 
 
 class DealerNode:
@@ -32,9 +35,12 @@ class ServerNode:
         self.name = server.SERVER_NAMES[party]
         self.ledger = TripleLedger()
         self.state: server.ServerState | None = None
+        self._check: Party | None = None
+        self._check_step = 0
 
     def start_round(self, plan: server.RoundPlan) -> None:
         self.state = server.new_round(self.party, plan)
+        self._check, self._check_step = None, 0
 
     @property
     def current(self) -> server.ServerState:
@@ -69,6 +75,66 @@ class ServerNode:
     def accumulate(self, peer_msg: Message) -> None:
         self.state = server.accumulate(self.current, peer_msg)
 
+    def validity_seed_message(self, seed: bytes) -> Message:
+        self.state, msg = server.validity_seed_message(self.current, seed)
+        return msg
+
+    def receive_validity_seed(self, msg: Message) -> None:
+        self.state = server.receive_validity_seed(self.current, msg)
+
+    def project(self) -> None:
+        """Projections of the column chunk just opened (call between open_masked and accumulate)."""
+        self.state = server.project_pending(self.current)
+
+    def validity_start(self) -> Message:
+        """The first round of this server's comparisons."""
+        self._check = server.validity_party(self.current)
+        self._check_step = 0
+        return self._validity_message(next(self._check))
+
+    def validity_step(self, peer_msg: Message) -> Message | None:
+        """Feed the peer's opening of the current round; the next message, or None once the flags are applied."""
+        st = self.current
+        if self._check is None:
+            raise UnexpectedMessage(f"{self.name}: no validity check in progress")
+        server._expect(st, peer_msg, VALIDITY_OPEN, st.peer)
+        if peer_msg.fields.get("step") != self._check_step:
+            raise UnexpectedMessage(f"{self.name}: validity opening {peer_msg.fields.get('step')!r}, expected "
+                                    f"{self._check_step}")
+        arr = peer_msg.arrays.get("x")
+        if arr is None:
+            raise MalformedMessage(f"{self.name}: validity opening without its array")
+        try:
+            out = self._check.send(arr)
+        except StopIteration as stop:
+            self._check = None
+            self.state = server.accept_workers(st, stop.value)
+            return None
+        except ValueError as exc:
+            raise MalformedMessage(f"{self.name}: {exc}") from None
+        self._check_step += 1
+        return self._validity_message(out)
+
+    def _validity_message(self, arr) -> Message:
+        st = self.current
+        return Message(VALIDITY_OPEN, st.plan.round_id, self.name, st.peer, fields={"step": self._check_step},
+                       arrays={"x": arr})
+
+    @property
+    def rejected(self) -> dict[int, str]:
+        return dict(self.current.rejected)
+
+    def effective_f(self, f: int) -> int:
+        """A rejected worker is provably malformed (an honest one passes except with probability 2^-40), so it
+        counts against f: the rule runs on the remaining workers with f minus the number rejected."""
+        return max(0, f - len(self.current.rejected))
+
+    def check_enough(self, spec: RuleSpec, f: int) -> None:
+        n = len(self.current.participants or ())
+        if n < spec.min_n(self.effective_f(f)):
+            raise RoundAborted(f"round {self.current.plan.round_id}: {n} workers passed the input validity check; "
+                               f"rule {spec.name!r} needs {spec.requirement} with f = {self.effective_f(f)}")
+
     def view_share_message(self) -> Message:
         return server.view_share_message(self.current)
 
@@ -80,8 +146,17 @@ class ServerNode:
         st = self.current
         if st.view is None:
             raise UnexpectedMessage(f"{self.name}: nothing opened yet")
-        choice = apply(spec, st.view, len(st.participants or ()), f, options)
-        self.state, msg = server.weights_message(st, choice)
+        workers = st.participants or ()
+        keep = impossible_view_filter(st.view, len(workers), st.plan.frac_bits)
+        dropped = tuple(w for i, w in enumerate(workers) if i not in set(keep))
+        f_eff = max(0, f - len(st.rejected) - len(dropped))
+        if len(keep) < spec.min_n(f_eff):
+            raise RoundAborted(f"round {st.plan.round_id}: only {len(keep)} workers have a possible view; rule "
+                               f"{spec.name!r} needs {spec.requirement}")
+        sub = apply(spec, restrict_view(st.view, keep), len(keep), f_eff, options)
+        weights = np.zeros(len(workers))
+        weights[keep] = sub.weights
+        self.state, msg = server.weights_message(st, Choice(weights, sub.center_weight), dropped)
         return msg
 
     def receive_weights(self, msg: Message) -> None:
@@ -95,3 +170,26 @@ class ServerNode:
 
     def reveal(self, own_share: np.ndarray, peer_msg: Message) -> np.ndarray:
         return server.reveal_aggregate(self.current, own_share, peer_msg)
+
+
+def impossible_view_filter(view: View, n: int, frac_bits: int) -> list[int]:
+    """Positions S1 keeps: an opened norm or distance outside [0, 2^(62-2F)] proves a malformed input (the
+    validity check makes it impossible except with probability 2^-40). A bad norm drops its worker; bad
+    distances drop, one at a time, the worker with the most bad entries, until none is left."""
+    keep = list(range(n))
+    if view.norms is not None:
+        keep = [i for i in keep if not validity.view_out_of_range(view.norms[i], frac_bits)]
+    if view.distances is not None:
+        while keep:
+            sub = view.distances[np.ix_(keep, keep)]
+            bad = validity.view_out_of_range(sub, frac_bits)
+            if not bad.any():
+                break
+            keep.pop(int(np.argmax(bad.sum(axis=1))))
+    return keep
+
+
+def restrict_view(view: View, keep: list[int]) -> View:
+    idx = np.array(keep, dtype=np.int64)
+    return View(distances=None if view.distances is None else view.distances[np.ix_(idx, idx)],
+                norms=None if view.norms is None else view.norms[idx])

@@ -13,13 +13,22 @@ from .messages import TRIPLE_REQUEST, TRIPLE_S0, TRIPLE_S1, Message
 
 
 def request_triple(round_id: int, spec: TripleSpec) -> Message:
-    return Message(TRIPLE_REQUEST, round_id, "S1", "dealer",
-                   fields={"triple_id": spec.triple_id, "n": spec.n, "d": spec.d, "kind": spec.kind})
+    return Message(TRIPLE_REQUEST, round_id, "S1", "dealer", fields=_meta(spec))
+
+
+def _meta(spec: TripleSpec) -> dict:
+    out = {"triple_id": spec.triple_id, "n": spec.n, "d": spec.d, "kind": spec.kind}
+    if spec.and_words:
+        out["and_words"] = spec.and_words
+    return out
 
 
 def spec_from_fields(fields: dict) -> TripleSpec:
     try:
-        return TripleSpec(str(fields["triple_id"]), int(fields["n"]), int(fields["d"]), str(fields["kind"]))
+        and_words = fields.get("and_words", 0)
+        if isinstance(and_words, bool) or not isinstance(and_words, int):
+            raise ValueError(f"and_words must be an integer, got {and_words!r}")
+        return TripleSpec(str(fields["triple_id"]), int(fields["n"]), int(fields["d"]), str(fields["kind"]), and_words)
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"bad triple description: {exc}") from None
 
@@ -31,23 +40,35 @@ def answer_request(msg: Message, seeds: TripleSeeds, ledger: TripleLedger) -> tu
     spec = spec_from_fields(dict(msg.fields))
     ledger.claim(spec.triple_id)
     part0, part1 = make_triple(spec, seeds)
-    meta = {"triple_id": spec.triple_id, "n": spec.n, "d": spec.d, "kind": spec.kind}
-    to_s0 = Message(TRIPLE_S0, msg.round_id, "dealer", "S0", fields={**meta, "seed_a0": part0.seed_a0, "seed_c0": part0.seed_c0})
-    to_s1 = Message(TRIPLE_S1, msg.round_id, "dealer", "S1", fields={**meta, "seed_a1": part1.seed_a1}, arrays={"c1": part1.c1})
+    meta = _meta(spec)
+    f0 = {**meta, "seed_a0": part0.seed_a0, "seed_c0": part0.seed_c0}
+    f1 = {**meta, "seed_a1": part1.seed_a1}
+    arrays1 = {"c1": part1.c1}
+    if spec.and_words:
+        f0["seed_and"] = part0.seed_and
+        f1["seed_and"] = part1.seed_and
+        arrays1["and_c1"] = part1.and_c1
+    to_s0 = Message(TRIPLE_S0, msg.round_id, "dealer", "S0", fields=f0)
+    to_s1 = Message(TRIPLE_S1, msg.round_id, "dealer", "S1", fields=f1, arrays=arrays1)
     return to_s0, to_s1
 
 
 def triple_from_message(msg: Message) -> TripleShare0 | TripleShare1:
     """Rebuild a server's part of a triple from the dealer's message, checking its sizes."""
     spec = spec_from_fields(dict(msg.fields))
+    seed_and = _seed(msg, "seed_and") if spec.and_words else None
     if msg.kind == TRIPLE_S0:
-        return TripleShare0(spec, _seed(msg, "seed_a0"), _seed(msg, "seed_c0"))
+        return TripleShare0(spec, _seed(msg, "seed_a0"), _seed(msg, "seed_c0"), seed_and)
     if msg.kind == TRIPLE_S1:
         c1 = msg.arrays.get("c1")
         want = (spec.n, spec.n) if spec.kind == "gram" else (spec.n,)
         if c1 is None or c1.dtype != np.uint64 or c1.shape != want:
             raise MalformedMessage(f"triple C1 must be uint64 of shape {want}")
-        return TripleShare1(spec, _seed(msg, "seed_a1"), np.asarray(c1, dtype=np.uint64))
+        and_c1 = msg.arrays.get("and_c1")
+        if spec.and_words and (and_c1 is None or and_c1.dtype != np.uint64 or and_c1.shape != (spec.and_words,)):
+            raise MalformedMessage(f"the triple's bit-triple words must be uint64 of shape ({spec.and_words},)")
+        return TripleShare1(spec, _seed(msg, "seed_a1"), np.asarray(c1, dtype=np.uint64), seed_and,
+                            None if and_c1 is None else np.asarray(and_c1, dtype=np.uint64))
     raise UnexpectedMessage(f"expected a triple, got {msg.kind}")
 
 

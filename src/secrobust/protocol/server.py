@@ -18,12 +18,13 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import dealer, prg, ring, sharing
+from .. import compare, dealer, prg, ring, sharing, validity
+from ..compare import AndSource, Party
 from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
 from ..rules.view import DISTANCES, Choice, View, view_words
-from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_MASKED, SHARE_SEED, VIEW_SHARE,
-                       WEIGHTS, Message)
+from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_MASKED, SHARE_SEED, VALIDITY_MASKED_OPEN,
+                       VALIDITY_SEED, VIEW_SHARE, WEIGHTS, Message)
 from .offline import triple_from_message
 from .worker import share_label, worker_name
 
@@ -42,20 +43,29 @@ class RoundPlan:
     center: np.ndarray | None = None
     triple_id: str | None = None
     chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES
+    validity: bool = True
 
     @property
     def triple_kind(self) -> str | None:
+        """A gram triple when the rule opens distances; otherwise a diag triple when it opens norms or the
+        input validity check needs the workers' squared norms; none for an unchecked mean."""
         if DISTANCES in self.reveal:
             return "gram"
-        return "diag" if self.reveal else None
+        return "diag" if self.reveal or self.validity else None
+
+    @property
+    def open_kind(self) -> str:
+        """A masked opening that only serves the validity check is booked as part of it."""
+        return MASKED_OPEN if self.reveal else VALIDITY_MASKED_OPEN
 
     def triple_spec(self) -> TripleSpec | None:
         kind = self.triple_kind
         if kind is None:
             return None
         if self.triple_id is None:
-            raise ValueError("a round that opens distances or norms needs a triple id")
-        return TripleSpec(self.triple_id, len(self.worker_ids), self.d, kind)
+            raise ValueError("a round that opens distances or norms, or checks its inputs, needs a triple id")
+        n = len(self.worker_ids)
+        return TripleSpec(self.triple_id, n, self.d, kind, validity.and_words(n) if self.validity else 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,9 +77,14 @@ class ServerState:
     triple: TripleShare0 | TripleShare1 | None = None
     h: np.ndarray | None = None
     done_until: int = 0
-    pending: tuple[int, int, np.ndarray, np.ndarray] | None = None
+    pending: tuple[int, int, np.ndarray, np.ndarray, np.ndarray] | None = None
     view: View | None = None
     choice: Choice | None = None
+    validity_own: bytes | None = None
+    validity_seed: bytes | None = None
+    proj: np.ndarray | None = None
+    checked: bool = False
+    rejected: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -95,6 +110,8 @@ def new_round(party: int, plan: RoundPlan) -> ServerState:
         raise ValueError(f"party must be 0 or 1, got {party!r}")
     if len(set(plan.worker_ids)) != len(plan.worker_ids):
         raise ValueError("the plan lists a worker id twice")
+    if plan.validity:
+        validity.check_dimension(plan.d)
     return ServerState(party, plan)
 
 
@@ -220,17 +237,18 @@ def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState,
         y = y - state.plan.center[start:stop]
     a = _mask_columns(state, start, stop)
     e_own = y - a
-    msg = Message(MASKED_OPEN, state.plan.round_id, state.name, state.peer,
+    msg = Message(state.plan.open_kind, state.plan.round_id, state.name, state.peer,
                   fields={"start": start, "stop": stop}, arrays={"e": e_own})
-    return replace(state, pending=(start, stop, e_own, a)), msg
+    x = y if state.party == 1 or state.plan.center is None else y + state.plan.center[start:stop]
+    return replace(state, pending=(start, stop, e_own, a, x)), msg
 
 
 def accumulate(state: ServerState, peer_msg: Message) -> ServerState:
     """Add this chunk's contribution to the share of H (or of its diagonal)."""
-    _expect(state, peer_msg, MASKED_OPEN, state.peer)
+    _expect(state, peer_msg, state.plan.open_kind, state.peer)
     if state.pending is None:
         raise UnexpectedMessage(f"{state.name}: masked opening arrived before this server opened its own")
-    start, stop, e_own, a = state.pending
+    start, stop, e_own, a, _ = state.pending
     if (peer_msg.fields.get("start"), peer_msg.fields.get("stop")) != (start, stop):
         got = (peer_msg.fields.get("start"), peer_msg.fields.get("stop"))
         raise UnexpectedMessage(f"{state.name}: peer opened columns {got}, expected {(start, stop)}")
@@ -260,6 +278,71 @@ def gram_share(state: ServerState) -> np.ndarray:
     if state.done_until != state.plan.d or state.h is None:
         raise UnexpectedMessage(f"{state.name}: the masked openings are not complete ({state.done_until}/{state.plan.d})")
     return state.h + _c_share(state)
+
+
+# The input validity check (``secrobust.validity``): a joint seed, projections, comparisons on shares.
+
+def validity_seed_message(state: ServerState, seed: bytes) -> tuple[ServerState, Message]:
+    """Send this server's fresh contribution to the projections' seed, once every share is fixed."""
+    state._participants()
+    if not state.plan.validity or state.validity_own is not None:
+        raise UnexpectedMessage(f"{state.name}: no validity seed is due")
+    msg = Message(VALIDITY_SEED, state.plan.round_id, state.name, state.peer, fields={"seed": prg.check_seed(seed)})
+    return replace(state, validity_own=msg.fields["seed"]), msg
+
+
+def receive_validity_seed(state: ServerState, msg: Message) -> ServerState:
+    _expect(state, msg, VALIDITY_SEED, state.peer)
+    theirs = msg.fields.get("seed")
+    if state.validity_own is None or state.validity_seed is not None:
+        raise UnexpectedMessage(f"{state.name}: validity seed out of order")
+    if not isinstance(theirs, bytes) or len(theirs) not in (16, 32):
+        raise MalformedMessage(f"{state.name}: the validity seed must be 16 or 32 bytes")
+    s0, s1 = (state.validity_own, theirs) if state.party == 0 else (theirs, state.validity_own)
+    return replace(state, validity_seed=validity.joint_seed(state.plan.round_id, s0, s1))
+
+
+def project_pending(state: ServerState) -> ServerState:
+    """Add the current column chunk's share of <r_j, x_i> (and of <x_i, v> for a center v) to ``proj``."""
+    if state.pending is None or state.validity_seed is None:
+        raise UnexpectedMessage(f"{state.name}: nothing to project (no open chunk or no validity seed)")
+    start, stop, _, _, x = state.pending
+    p = validity.params()
+    part = validity.project(x, validity.projection_columns(state.validity_seed, p.projections, start, stop))
+    if state.plan.center is not None:
+        part = np.concatenate([part, np.matmul(x, state.plan.center[start:stop])[:, None]], axis=1)
+    proj = part if state.proj is None else state.proj + part
+    return replace(state, proj=proj)
+
+
+def validity_party(state: ServerState) -> Party:
+    """This server's side of the comparisons; the generator returns the public accept flags."""
+    if state.checked or state.proj is None or state.triple is None or state.triple.seed_and is None:
+        raise UnexpectedMessage(f"{state.name}: the validity check is not ready (projections or bit triples missing)")
+    diag = gram_share(state)
+    diag = np.diagonal(diag).copy() if diag.ndim == 2 else diag
+    p = validity.params()
+    center = state.plan.center
+    norms = validity.norm_share(state.party, diag, state.proj[:, -1] if center is not None else None, center)
+    t = state.triple
+    source = AndSource.for_party(state.party, t.spec.triple_id, t.spec.and_words, t.seed_and,
+                                 t.and_c1 if isinstance(t, TripleShare1) else None)
+    return validity.check_circuit(state.party, state.proj[:, : p.projections], norms, p, source)
+
+
+def accept_workers(state: ServerState, flags: np.ndarray) -> ServerState:
+    """Keep the workers that passed; a rejected worker is out of the round (no weight, no aggregate share)."""
+    workers = state._participants()
+    ok = np.asarray(flags, dtype=bool)
+    if ok.shape != (len(workers),):
+        raise MalformedMessage(f"{state.name}: {ok.size} validity flags for {len(workers)} participants")
+    idx = np.flatnonzero(ok)
+    h = state.h
+    if h is not None:
+        h = h[np.ix_(idx, idx)] if h.ndim == 2 else h[idx]
+    rejected = {**state.rejected, **{w: validity.REASON for w, good in zip(workers, ok) if not good}}
+    return replace(state, participants=tuple(workers[i] for i in idx), h=h, proj=None, checked=True,
+                   rejected=rejected)
 
 
 # Step 4: S0 sends its share of the view; S1 opens it.
@@ -300,15 +383,19 @@ def empty_view(state: ServerState) -> ServerState:
 
 # Step 5: the public weights.
 
-def weights_message(state: ServerState, choice: Choice) -> tuple[ServerState, Message]:
+def weights_message(state: ServerState, choice: Choice, dropped: tuple[int, ...] = ()) -> tuple[ServerState, Message]:
+    """S1's public weights; ``dropped`` lists workers S1 excluded because their opened view was impossible."""
     if state.party != 1:
         raise UnexpectedMessage("only S1, the rule server, chooses the weights")
     w = np.asarray(choice.weights, dtype=np.float64)
     if w.shape != (len(state._participants()),) or not np.isfinite(w).all() or not np.isfinite(choice.center_weight):
         raise ValueError(f"S1: the rule returned weights of shape {w.shape}, expected ({len(state._participants())},) finite")
-    msg = Message(WEIGHTS, state.plan.round_id, "S1", "S0", fields={"center_weight": float(choice.center_weight)},
-                  arrays={"weights": w})
-    return replace(state, choice=Choice(w, float(choice.center_weight))), msg
+    fields: dict = {"center_weight": float(choice.center_weight)}
+    if dropped:
+        fields["rejected"] = list(dropped)
+    msg = Message(WEIGHTS, state.plan.round_id, "S1", "S0", fields=fields, arrays={"weights": w})
+    rejected = {**state.rejected, **{w_id: validity.VIEW_REASON for w_id in dropped}}
+    return replace(state, choice=Choice(w, float(choice.center_weight)), rejected=rejected), msg
 
 
 def receive_weights(state: ServerState, msg: Message) -> ServerState:
@@ -320,7 +407,11 @@ def receive_weights(state: ServerState, msg: Message) -> ServerState:
         raise MalformedMessage(f"S0: weights must be {n} finite float64 values")
     if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not np.isfinite(cw):
         raise MalformedMessage("S0: center weight must be a finite number")
-    return replace(state, choice=Choice(np.array(w), float(cw)))
+    dropped = msg.fields.get("rejected", [])
+    if not isinstance(dropped, list) or not set(dropped) <= set(state._participants()):
+        raise MalformedMessage("S0: rejected workers must be a list of participants")
+    rejected = {**state.rejected, **{w_id: validity.VIEW_REASON for w_id in dropped}}
+    return replace(state, choice=Choice(np.array(w), float(cw)), rejected=rejected)
 
 
 # Step 6: the aggregate.

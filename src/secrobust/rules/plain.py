@@ -6,23 +6,28 @@ path decodes them, so secure and plaintext weights agree bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import ring
-from ..updates import as_matrix, check_unchecked, encode_center, encode_updates
+from .. import ring, validity
+from ..errors import RoundAborted
+from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .registry import apply, get_rule
 from .view import DISTANCES, Choice, View, view_words
 
 
 @dataclass(frozen=True, eq=False)
 class PlainRun:
+    """``choice`` and ``view`` are over ``participants`` (the workers that passed the validity check)."""
+
     choice: Choice
     view: View
     encoded: np.ndarray
     center: np.ndarray | None
+    participants: tuple[int, ...] = ()
+    rejected: dict[int, str] = field(default_factory=dict)
 
 
 def view_from_gram(h: np.ndarray, reveal: tuple[str, ...], frac_bits: int) -> View:
@@ -47,13 +52,33 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 
 
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-              unchecked: Any = (), **options: Any) -> PlainRun:
+              unchecked: Any = (), ring_rows: Any = None, validity_seed: bytes | None = None,
+              **options: Any) -> PlainRun:
+    """The rule on the encodings of the workers that pass the validity check (run with the projections
+    of ``validity_seed``; None skips the check), with S1's range filter of the opened view, like the servers."""
+    from ..nodes.parties import impossible_view_filter, restrict_view
+
     spec = get_rule(rule)
     x = as_matrix(updates)
     n, d = x.shape
     center_value, rule_options = split_options(rule, options)
     spec.validate(n, f, rule_options)
-    encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n))
+    encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), check_ring_rows(ring_rows, n, d))
     center = encode_center(center_value, d, frac_bits) if center_value is not None else None
-    view = plain_view(encoded, spec.reveals(rule_options), frac_bits, center)
-    return PlainRun(apply(spec, view, n, f, rule_options), view, encoded, center)
+    ok = validity.plain_accept(encoded, validity_seed) if validity_seed is not None else np.ones(n, dtype=bool)
+    rejected = {i: validity.REASON for i in np.flatnonzero(~ok).tolist()}
+    participants = tuple(np.flatnonzero(ok).tolist())
+    if len(participants) < spec.min_n(max(0, f - len(rejected))):
+        raise RoundAborted(f"{len(participants)} workers passed the input validity check; rule {rule!r} needs "
+                           f"{spec.requirement} with f = {max(0, f - len(rejected))}")
+    view = plain_view(encoded[list(participants)], spec.reveals(rule_options), frac_bits, center)
+    keep = impossible_view_filter(view, len(participants), frac_bits)
+    dropped = [participants[i] for i in range(len(participants)) if i not in set(keep)]
+    rejected.update({w: validity.VIEW_REASON for w in dropped})
+    f_eff = max(0, f - len(rejected))
+    if len(keep) < spec.min_n(f_eff):
+        raise RoundAborted(f"only {len(keep)} workers have a possible view; rule {rule!r} needs {spec.requirement}")
+    sub = apply(spec, restrict_view(view, keep), len(keep), f_eff, rule_options)
+    weights = np.zeros(len(participants))
+    weights[keep] = sub.weights
+    return PlainRun(Choice(weights, sub.center_weight), view, encoded, center, participants, rejected)

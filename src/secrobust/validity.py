@@ -1,0 +1,187 @@
+"""Input validity: every accepted worker's vector has L2 norm at most B, whatever ring elements it sent.
+
+A worker's vector x in Z_2^64^d is read through its signed representative x~ in [-2^63, 2^63)^d.
+B is the honest encoder's bound (``ring.SCALED_NORM_BOUND`` = 2^27 in scaled units, 2^(27-F) real).
+Both checks run on shares and open one bit per worker (accept or reject):
+
+1. Norm: N = sum_c x_c^2 mod 2^64 (from the Gram shares the round computes anyway) must satisfy N <= B^2
+   as an unsigned integer. If ||x~||^2 < 2^64 the ring value is exact, so N <= B^2 iff ||x~|| <= B.
+   A vector passes wrongly only if ||x~||^2 wrapped, i.e. ||x~|| >= 2^32.
+2. Wrap-around (after PINE, Rothblum, Omri, Chen, Talwar 2023, redone for Z_2^64): lambda public
+   projections r_j in {-1, 0, 1}^d, P(0) = 1/2, P(+-1) = 1/4, drawn jointly by both servers after every
+   share is fixed; each s_j = <r_j, x> mod 2^64 must lie in [-T, T].
+
+Soundness (a vector with ||x~|| > B passes with probability at most 2^-SECURITY_BITS): it must have
+||x~|| >= 2^32 (else check 1 rejects it). Per projection:
+ (a) if some |x~_c| > 2T: fix every r except r_c, with partial sum s'. s' and s' +- x_c cannot both lie in
+     [-T, T] (x_c would lie in [-2T, 2T]); s' + x_c and s' - x_c may (2^63 is its own negative), so the
+     window is hit with probability at most 1/2 either way;
+ (b) otherwise |<r, x~>| <= 2Td < 2^63, so s_j is the integer <r, x~>, with E s^2 = ||x~||^2 / 2 and
+     E s^4 <= 3 (E s^2)^2; Paley-Zygmund gives P(|s| > T) >= (1 - theta)^2 / 3, theta = 2T^2 / 2^64.
+So each projection passes with probability at most p = max(1/2, 1 - (1 - theta)^2 / 3) and lambda
+independent projections with p^lambda <= 2^-SECURITY_BITS.
+Completeness (an honest vector, ||x~|| <= B, fails with probability at most 2^-SECURITY_BITS): check 1 is
+exact; r is sub-Gaussian with variance proxy 1/2 (E e^{tr} = cosh^2(t/2) <= e^{t^2/4}), so
+P(|<r, x~>| > T) <= 2 exp(-T^2 / B^2) and T = B sqrt(ln(2 lambda) + SECURITY_BITS ln 2).
+What is opened: the accept bit per worker; projections, norms and comparison bits stay shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import compare, prg, ring
+from .compare import Party, Source
+
+SECURITY_BITS = 40
+_EXACT_COLUMNS = 1 << 20
+REASON = ("failed the input validity check: its shares do not reconstruct to a vector of L2 norm at most B "
+          "(norm above the bound, or a ring wrap-around)")
+VIEW_REASON = "an opened distance or norm lies outside [0, 2^(62-2F)], proof of a malformed input"
+
+
+@dataclass(frozen=True)
+class Params:
+    """The check's public parameters, in scaled (integer) units."""
+
+    bound: int
+    projections: int
+    window: int
+    security_bits: int
+    pass_probability: float
+
+    @property
+    def bound_sq(self) -> int:
+        return self.bound * self.bound
+
+    def max_dimension(self) -> int:
+        """Largest d for which case (b) of the soundness argument holds: 2 T d < 2^63."""
+        return (2**63 - 1) // (2 * self.window)
+
+
+@functools.lru_cache(maxsize=None)
+def params(security_bits: int = SECURITY_BITS, bound: int = int(ring.SCALED_NORM_BOUND)) -> Params:
+    """lambda and T for soundness and completeness errors of 2^-security_bits (see the module docstring)."""
+    lam = 1
+    for _ in range(100):
+        window = math.ceil(bound * math.sqrt(math.log(2 * lam) + security_bits * math.log(2)))
+        theta = 2.0 * window**2 / 2.0**64
+        if theta >= 1:
+            raise ValueError(f"bound {bound} is too large for a wrap-around check below 2^32")
+        p = max(0.5, 1.0 - (1.0 - theta) ** 2 / 3.0)
+        need = math.ceil(security_bits / -math.log2(p))
+        if need == lam:
+            return Params(bound, lam, window, security_bits, p)
+        lam = need
+    raise RuntimeError("validity parameters did not converge")
+
+
+def check_dimension(d: int, p: Params | None = None) -> None:
+    p = p or params()
+    if d > p.max_dimension():
+        raise ValueError(f"d = {d} is above {p.max_dimension()}, the largest dimension for which the input "
+                         "validity check is sound (2 T d < 2^63)")
+
+
+def joint_seed(round_id: int, seed0: bytes, seed1: bytes) -> bytes:
+    """The projections' seed: both servers' fresh contributions, fixed after every share arrived."""
+    h = hashlib.sha256(b"secrobust/validity|" + str(round_id).encode() + b"|" + prg.check_seed(seed0)
+                       + prg.check_seed(seed1))
+    return h.digest()[: prg.SEED_BYTES]
+
+
+def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarray:
+    """Columns [start, stop) of the lambda x d projection matrix as float64 in {-1, 0, 1}.
+
+    Entry (j, c) comes from bits 2c, 2c+1 of row j's keystream: r = z (1 - 2 s), so P(0) = 1/2."""
+    first, last = start // 4, (stop + 3) // 4
+    out = np.empty((lam, stop - start), dtype=np.float64)
+    skip = start - 4 * first
+    for j in range(lam):
+        raw = np.frombuffer(prg.keystream(seed, prg.label("validity-projection", j), last - first, first), dtype=np.uint8)
+        bits = np.unpackbits(raw, bitorder="little").reshape(-1, 2)
+        z, s = bits[:, 0].astype(np.int8), bits[:, 1].astype(np.int8)
+        out[j] = (z - 2 * (z & s))[skip : skip + stop - start]
+    return out
+
+
+def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """x @ r.T in Z_2^64 for uint64 x (n, w) and r in {-1, 0, 1} (lam, w), exactly.
+
+    x = lo + 2^32 hi with 32-bit halves; each half's products are integers below w 2^32 <= 2^52, exact in
+    float64, so two BLAS products give the ring result."""
+    n, w = x.shape
+    out = np.zeros((n, r.shape[0]), dtype=np.uint64)
+    for a in range(0, w, _EXACT_COLUMNS):
+        b = min(a + _EXACT_COLUMNS, w)
+        halves = np.ascontiguousarray(x[:, a:b]).view(np.uint32).astype(np.float64)
+        halves = halves.reshape(n, b - a, 2).transpose(2, 0, 1).reshape(2 * n, b - a)
+        prod = halves @ r[:, a:b].T
+        lo = prod[:n].astype(np.int64).view(np.uint64)
+        hi = prod[n:].astype(np.int64).view(np.uint64)
+        out += lo + (hi << np.uint64(32))
+    return out
+
+
+def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src: Source) -> Party:
+    """One server's side of the check for n workers: shares of the projections (n, lambda) and of the
+    squared norms (n,) -> the public accept flags (n,).
+
+    [s_ij + T <_u 2T + 1] for every projection and [N_i <_u B^2 + 1], AND-reduced per worker, then opened."""
+    n = norm.shape[0]
+    width = compare.words_for(n) * compare.WORD
+    values = np.zeros((p.projections + 1, width), dtype=np.uint64)
+    values[: p.projections, :n] = proj.T
+    if party == 0:
+        values[: p.projections] += np.uint64(p.window)
+    values[p.projections, :n] = norm
+    limits = np.full((p.projections + 1, width), 2 * p.window + 1, dtype=np.uint64)
+    limits[p.projections] = np.uint64(p.bound_sq + 1)
+    lt = yield from compare.less_than_public(party, values.ravel(), limits.ravel(), src)
+    ok = yield from compare.and_reduce(party, lt.reshape(p.projections + 1, -1), src)
+    return (yield from compare.open_plane(party, ok, n))
+
+
+@functools.lru_cache(maxsize=256)
+def and_words(n: int, p: Params | None = None) -> int:
+    """Bit-triple words the check needs for n workers (its gates depend on n only)."""
+    p = p or params()
+    zeros_p, zeros_n = np.zeros((n, p.projections), dtype=np.uint64), np.zeros(n, dtype=np.uint64)
+    words, _ = compare.count_words(lambda party, src: check_circuit(party, zeros_p, zeros_n, p, src))
+    return words
+
+
+def norm_share(party: int, gram_diag: np.ndarray, x_dot_v: np.ndarray | None, v: np.ndarray | None) -> np.ndarray:
+    """Share of ||x_i||^2 from the share of ||x_i - v||^2 (the Gram diagonal) and of <x_i, v>:
+    ||x||^2 = ||x - v||^2 + 2 <x, v> - ||v||^2, all in Z_2^64."""
+    if v is None:
+        return gram_diag
+    out = gram_diag + np.uint64(2) * x_dot_v
+    if party == 0:
+        out = out - np.dot(v, v)
+    return out
+
+
+def plain_accept(encoded: np.ndarray, seed: bytes, p: Params | None = None) -> np.ndarray:
+    """The plaintext twin: the same decision on the reconstructed ring vectors with the same projections."""
+    p = p or params()
+    x = np.asarray(encoded, dtype=np.uint64)
+    n, d = x.shape
+    norms = np.einsum("ij,ij->i", x, x)
+    proj = np.zeros((n, p.projections), dtype=np.uint64)
+    for start in range(0, d, _EXACT_COLUMNS):
+        stop = min(start + _EXACT_COLUMNS, d)
+        proj += project(x[:, start:stop], projection_columns(seed, p.projections, start, stop))
+    in_window = (proj + np.uint64(p.window)) < np.uint64(2 * p.window + 1)
+    return in_window.all(axis=1) & (norms <= np.uint64(p.bound_sq))
+
+
+def view_out_of_range(values: np.ndarray, frac_bits: int) -> np.ndarray:
+    """Opened squared distances/norms (decoded at 2^(2F)) outside [0, 2^(62-2F)], or not finite."""
+    v = np.asarray(values, dtype=np.float64)
+    return ~np.isfinite(v) | (v < 0) | (v > 2.0 ** (62 - 2 * frac_bits))
