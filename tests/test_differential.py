@@ -120,7 +120,7 @@ def test_multi_krum_defaults_to_n_minus_f():
 
 def test_robust_rules_exclude_far_outliers():
     x = updates_with_outliers(11, 12, 50, 0)
-    x[:3] += 50.0
+    x[:3] += 15.0
     for rule in ("krum", "multi-krum", "mda"):
         res = secrobust.aggregate(x, rule, 3)
         assert np.all(res.weights[:3] == 0), rule
@@ -140,7 +140,7 @@ def test_geomed_matches_weiszfeld_on_float_points():
 
 def test_norm_clip_and_cclip_clip_to_tau():
     x = updates_with_outliers(4, 8, 30, 0)
-    x[0] *= 100
+    x[0] *= 20
     res = secrobust.aggregate(x, "norm-clip", 0, tau=1.0)
     clipped = np.array([xi * min(1.0, 1.0 / np.linalg.norm(xi)) for xi in x]).mean(0)
     assert np.abs(res.aggregate - clipped).max() < 1e-5

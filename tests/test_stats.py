@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import secrobust
+from secrobust import compare, validity
 from secrobust.api import Cluster
 
 HEADER = 400  # generous upper bound on one message's framing + JSON header
@@ -31,8 +32,15 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
         assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
         agg = by[(*direction, "aggregate-share")]
         assert len(agg) == 1 and 8 * d < agg[0] < 8 * d + HEADER
-    assert 8 * n * n < by[("dealer", "S1", "triple-s1")][0] < 8 * n * n + HEADER
+    words = validity.and_words(n)
+    assert 8 * (n * n + words) < by[("dealer", "S1", "triple-s1")][0] < 8 * (n * n + words) + HEADER
     assert by[("dealer", "S0", "triple-s0")][0] < HEADER
+    for direction in (("S0", "S1"), ("S1", "S0")):
+        # two opened words per bit-triple word, then one plane of accept bits; one message per round
+        checks = by[(*direction, "validity-open")]
+        body = 16 * words + 8 * compare.words_for(n)
+        assert body < sum(checks) < body + len(checks) * HEADER
+        assert len(by[(*direction, "validity-seed")]) == 1
     assert 8 * n * n < by[("S0", "S1", "view-share")][0] < 8 * n * n + HEADER
     assert by[("S1", "S0", "weights")][0] < 8 * n + HEADER
 
@@ -44,7 +52,8 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
     assert roles["workers"]["sent"] == sum(masked) + sum(seeds)
     assert roles["S1"]["received"] == sum(masked) + sum(by[("S0", "S1", "masked-open")]) + \
         by[("dealer", "S1", "triple-s1")][0] + by[("S0", "S1", "view-share")][0] + \
-        by[("S0", "S1", "participants")][0] + by[("S0", "S1", "aggregate-share")][0]
+        by[("S0", "S1", "participants")][0] + by[("S0", "S1", "aggregate-share")][0] + \
+        sum(by[("S0", "S1", "validity-open")]) + by[("S0", "S1", "validity-seed")][0]
 
 
 def test_norm_rules_use_the_cheaper_diagonal_triple():
@@ -54,16 +63,23 @@ def test_norm_rules_use_the_cheaper_diagonal_triple():
     assert krum["dealer"]["sent"] - clip["dealer"]["sent"] >= 8 * (20 * 20 - 20)
 
 
-def test_mean_opens_nothing_and_needs_no_dealer():
+def test_mean_opens_nothing_but_checks_its_inputs():
+    """The mean reveals nothing to S1; its validity check needs the norms, so a diag triple and one masked
+    opening (booked as validity); without the check it needs no dealer at all."""
     res = secrobust.aggregate(np.ones((5, 100)), "mean")
-    assert "dealer" not in res.stats.by_role()
     assert res.distances is None and res.revealed == {}
     assert np.allclose(res.aggregate, 1.0)
+    assert res.stats.by_role()["dealer"]["sent"] > 0
+    assert "open" not in res.stats.seconds and res.stats.seconds["validity"] > 0
+    bare = secrobust.aggregate(np.ones((5, 100)), "mean", check_inputs=False)
+    assert "dealer" not in bare.stats.by_role() and "validity" not in bare.stats.seconds
+    assert np.array_equal(bare.aggregate, res.aggregate)
 
 
 def test_phases_are_timed():
     res = secrobust.aggregate(np.random.default_rng(2).normal(size=(7, 100)), "geomed", 1)
-    assert {"encode", "offline", "share", "agree", "open", "distances", "rule", "aggregate"} <= set(res.stats.seconds)
+    assert {"encode", "offline", "share", "agree", "validity", "open", "distances", "rule", "aggregate"} \
+        <= set(res.stats.seconds)
     assert all(v >= 0 for v in res.stats.seconds.values())
 
 

@@ -64,15 +64,21 @@ def test_s0_view_is_uniform_and_input_independent():
     assert uniform_pvalue(e1["small"]) > 1e-4
     assert uniform_pvalue(e1["structured"]) > 1e-4
     assert same_distribution_pvalue(e1["small"], e1["structured"]) > 1e-4
+    # The validity check's openings (Beaver AND openings and S1's share of the accept bits) are uniform too.
+    checks = {name: words(v["validity-open"], "x") for name, v in views.items()}
+    assert uniform_pvalue(checks["small"]) > 1e-4 and uniform_pvalue(checks["structured"]) > 1e-4
+    assert same_distribution_pvalue(checks["small"], checks["structured"]) > 1e-4
     # Everything else S0 receives before the weights is identical byte for byte: seeds and the triple.
-    for kind in ("share-seed", "triple-s0", "participants"):
+    for kind in ("share-seed", "triple-s0", "participants", "validity-seed"):
         assert [m.to_bytes() for m in views["small"][kind]] == [m.to_bytes() for m in views["structured"][kind]]
-    assert set(views["small"]) == {"share-seed", "triple-s0", "participants", "masked-open", "weights", "aggregate-share"}
+    assert set(views["small"]) == {"share-seed", "triple-s0", "participants", "validity-seed", "masked-open",
+                                   "validity-open", "weights", "aggregate-share"}
 
 
 def test_s1_view_before_opening_is_uniform_and_input_independent():
     views = {name: view_of(run_and_record(x, seed=9), "S1") for name, x in INPUTS.items()}
-    for array, kind in (("x1", "share-masked"), ("e", "masked-open"), ("c1", "triple-s1")):
+    for array, kind in (("x1", "share-masked"), ("e", "masked-open"), ("x", "validity-open"), ("c1", "triple-s1"),
+                        ("and_c1", "triple-s1")):
         a, b = words(views["small"][kind], array), words(views["structured"][kind], array)
         if kind != "triple-s1":
             assert uniform_pvalue(a) > 1e-4 and uniform_pvalue(b) > 1e-4, kind
@@ -95,9 +101,21 @@ def test_dealer_receives_only_public_sizes():
         assert [m[2] for m in received] == ["triple-request"]
         msg = Message.from_bytes(received[0][3])
         assert msg.sender == "S1" and not msg.arrays
-        assert set(msg.fields) == {"triple_id", "n", "d", "kind"}
+        assert set(msg.fields) == {"triple_id", "n", "d", "kind", "and_words"}
     assert [m[3] for m in logs["small"] if m[1] == "dealer"] == [m[3] for m in logs["structured"] if m[1] == "dealer"]
     assert not [m for m in logs["small"] if m[0].startswith("worker") and m[1] == "dealer"]
+
+
+def test_a_rejected_worker_changes_only_the_declared_output():
+    """With a wrapped row, the servers learn that worker's accept bit (declared); the openings stay uniform."""
+    x = INPUTS["structured"]
+    wrapped = ring.encode(x[0]) + (np.uint64(1) << np.uint64(40))
+    log: list = []
+    res = Cluster(7, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, ring_rows={0: wrapped})
+    assert list(res.rejected) == [0]
+    for party in ("S0", "S1"):
+        w = words(view_of(log, party)["validity-open"], "x")
+        assert uniform_pvalue(w) > 1e-4, party
 
 
 def test_s0_never_learns_distances_and_s1_opens_only_what_the_rule_needs():

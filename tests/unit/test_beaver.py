@@ -148,7 +148,8 @@ def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(
 
 def _run_gram_phase(x, worker_ids, present, reveal, chunk_bytes, seeds, frac_bits=0):
     """Drive both servers' functions from protocol/server.py through steps 0-4, in process."""
-    plan = server.RoundPlan(5, tuple(worker_ids), x.shape[1], frac_bits, reveal, triple_id="tid", chunk_bytes=chunk_bytes)
+    plan = server.RoundPlan(5, tuple(worker_ids), x.shape[1], frac_bits, reveal, triple_id="tid", chunk_bytes=chunk_bytes,
+                            validity=False)
     s0, s1 = server.new_round(0, plan), server.new_round(1, plan)
     for k, w in enumerate(worker_ids):
         if w in present:

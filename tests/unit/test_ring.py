@@ -66,21 +66,21 @@ def test_encoding_is_round_half_to_even_times_two_to_the_f():
 @pytest.mark.parametrize("d", [1, 2, 4, 9, 100])
 def test_exactly_at_the_bound_is_accepted(f, d):
     # an axis vector of norm max_norm(F, d), an all-equal vector of that norm, and a vector whose
-    # scaled, rounded norm is exactly 2^30 (the enforced bound)
+    # scaled, rounded norm is exactly 2^27 (the enforced bound)
     mn = ring.max_norm(f, d)
     axis = np.zeros(d)
     axis[0] = mn
     flat = np.full(d, mn / math.sqrt(d))
     exact = np.zeros(d)
-    exact[0] = 2.0**30 / 2.0**f
+    exact[0] = 2.0**27 / 2.0**f
     for x in (axis, flat, exact):
         enc = ring.encode(x, f)
-        assert np.sqrt(np.sum(ring.to_signed(enc).astype(np.float64) ** 2)) <= 2.0**30
+        assert np.sqrt(np.sum(ring.to_signed(enc).astype(np.float64) ** 2)) <= 2.0**27
 
 
 def test_max_norm_formula():
-    assert ring.max_norm(0, 1) == 2.0**30 - 0.5
-    assert ring.max_norm(20, 16) == (2.0**30 - 2.0) / 2.0**20
+    assert ring.max_norm(0, 1) == 2.0**27 - 0.5
+    assert ring.max_norm(20, 16) == (2.0**27 - 2.0) / 2.0**20
     assert ring.max_norm() == ring.max_norm(ring.DEFAULT_FRAC_BITS, 1)
 
 
@@ -88,7 +88,7 @@ def test_max_norm_formula():
 @given(u=direction(), f=frac_bits, n=st.integers(1, 4), data=st.data())
 def test_norm_just_above_the_bound_is_refused_naming_the_row(u, f, n, data):
     # Prepare: n good rows, and row i has norm max_norm + (sqrt(d) + 1) / 2^F, the smallest real norm
-    # at which the rounded, scaled norm surely exceeds 2^30 (max_norm is the guaranteed-accept bound).
+    # at which the rounded, scaled norm surely exceeds 2^27 (max_norm is the guaranteed-accept bound).
     assume(np.linalg.norm(u) > 0.5)  # a unit vector, not the zero vector
     d = u.size
     i = data.draw(st.integers(0, n - 1))
@@ -102,7 +102,7 @@ def test_norm_just_above_the_bound_is_refused_naming_the_row(u, f, n, data):
 
 @pytest.mark.parametrize("f", [0, 20, 28])
 def test_one_unit_above_the_enforced_bound_is_refused(f):
-    x = np.array([(2.0**30 + 1) / 2.0**f, 0.0])
+    x = np.array([(2.0**27 + 1) / 2.0**f, 0.0])
     with pytest.raises(ValueError, match=r"update 0 has L2 norm"):
         ring.encode(x, f)
 
@@ -161,7 +161,7 @@ def test_to_signed_is_twos_complement(vals):
 @settings(max_examples=150, deadline=None)
 @given(f=frac_bits, a=st.floats(-1, 1), b=st.floats(-1, 1))
 def test_decode_of_a_product_at_scale_2f_is_the_real_product(f, a, b):
-    # Prepare: two scalars in range; their encodings A, B have |A|, |B| <= 2^30, so |AB| <= 2^60
+    # Prepare: two scalars in range; their encodings A, B have |A|, |B| <= 2^27, so |AB| <= 2^60
     bound = ring.max_norm(f, 1)
     x, y = a * bound, b * bound
     ex, ey = ring.encode(np.array([x]), f), ring.encode(np.array([y]), f)

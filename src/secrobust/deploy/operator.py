@@ -3,8 +3,8 @@
 The operator holds a certificate with CN ``operator``. It sends each server the same RoundRequest
 (S0 first, then S1, so S0 is ready for the dealer's part when S1 asks for the triple), waits for both
 servers' reports, fetches both aggregate shares like any worker, and rebuilds what
-``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, traffic,
-timings) and, from S1's report, the distances S1 opened: in a real deployment S1's report goes to
+``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, the workers
+rejected by the input validity check and why, traffic, timings) and, from S1's report, the distances S1 opened: in a real deployment S1's report goes to
 S1's own operator; the local launcher plays both organisations.
 
 Triples. The operator names the triple of every round and the triples to prefetch for the next
@@ -144,12 +144,15 @@ class Operator:
         rep1 = reps["S1"]
         if rep1["participants"] != participants or not np.array_equal(np.array(rep1["weights"]), weights):
             raise RoundFailed("S1's report and the aggregate shares disagree on weights or participants", reps)
+        if reps["S0"]["rejected"] != rep1["rejected"]:
+            raise RoundFailed("the two servers rejected different workers", reps)
         view = View(**{k: np.array(v, dtype=np.float64) for k, v in rep1.get("view", {}).items()})
         positions = {w: i for i, w in enumerate(request.worker_ids)}
         idx = tuple(positions[w] for w in participants)
+        rejected = {positions[int(w)]: reason for w, reason in rep1["rejected"].items()}
         stats = self._stats(request.round_id, self.reports(request.round_id, 0.0), request.triple_id)
         choice = Choice(weights, float(rep1["center_weight"]))
-        return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f)
+        return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f, rejected)
 
     def _stats(self, round_id: int, reps: dict[str, dict[str, Any]], triple_id: str | None = None) -> NetworkStats:
         stats = NetworkStats()
@@ -186,15 +189,19 @@ class Operator:
 def assign_triples(request: RoundRequest, statuses: dict[str, dict[str, Any]], prefetch: int) -> RoundRequest:
     """``request`` with the triple of its round and ``prefetch`` triples for the next rounds: for each of
     these round ids, the pooled triple that both servers hold (pending or delivered) for that round with
-    the request's (n, d, kind), else a fresh random id. A rule that opens nothing gets neither."""
-    kind = request.plan().triple_kind
-    if kind is None:
+    the request's (n, d, kind, bit-triple words), else a fresh random id. A round that uses no triple (a
+    mean without the input validity check) gets neither."""
+    plan = request.plan()
+    if plan.triple_kind is None:
         return replace(request, triple_id=None, prefetch=())
-    shape = (len(request.worker_ids), request.d, kind)
+    spec = replace(plan, triple_id="unnamed").triple_spec()
+    assert spec is not None
+    shape = (spec.n, spec.d, spec.kind, spec.and_words)
 
     def usable(name: str) -> dict[str, dict[str, Any]]:
         return {e["triple_id"]: e for e in statuses[name].get("triples", ())
-                if e["state"] in ("pending", "ready") and (e["n"], e["d"], e["kind"]) == shape}
+                if e["state"] in ("pending", "ready")
+                and (e["n"], e["d"], e["kind"], e.get("and_words", 0)) == shape}
 
     s0, s1 = usable("S0"), usable("S1")
     by_round: dict[int, str] = {}

@@ -4,7 +4,7 @@ Who decides what. The operator names, in every ``open-round`` request, the tripl
 (``triple_id``) and the triples to have ready for the next rounds (``prefetch``: pairs (round id, triple
 id), at most ``MAX_PREFETCH``). Both servers receive the same request, so they agree on which triple a
 round uses by construction; no extra message between the servers is needed. A prefetched triple has
-the same (n, d, kind) as the round whose request named it, and is *for* one later round id: its
+the same (n, d, kind, and_words) as the round whose request named it, and is *for* one later round id: its
 request and its two deliveries carry that round id, so the traffic is accounted to the round that
 uses it, exactly as in the in-process run.
 
@@ -44,6 +44,12 @@ def triple_key(triple_id: str) -> str:
     """The accounting key of a triple's request and deliveries (added to the report of the round that
     uses it; a discarded triple's traffic is in no round's report)."""
     return f"triple:{triple_id}"
+
+
+def _shape(spec: TripleSpec) -> str:
+    return f"n={spec.n}, d={spec.d}, {spec.kind}, {spec.and_words} bit-triple words"
+
+
 PENDING, READY, FAILED = "pending", "ready", "failed"
 
 
@@ -63,7 +69,7 @@ class PoolEntry:
 
     def public(self) -> dict[str, Any]:
         return {"triple_id": self.triple_id, "round_id": self.round_id, "n": self.spec.n, "d": self.spec.d,
-                "kind": self.spec.kind, "state": self.state}
+                "kind": self.spec.kind, "and_words": self.spec.and_words, "state": self.state}
 
 
 @dataclass
@@ -91,7 +97,7 @@ class TriplePool:
             return []
         out = [(spec.triple_id, request.round_id, spec)]
         for round_id, triple_id in request.prefetch:
-            out.append((triple_id, round_id, TripleSpec(triple_id, spec.n, spec.d, spec.kind)))
+            out.append((triple_id, round_id, TripleSpec(triple_id, spec.n, spec.d, spec.kind, spec.and_words)))
         return out
 
     def plan(self, request: RoundRequest, now: float) -> PoolPlan:
@@ -104,8 +110,8 @@ class TriplePool:
             if held is not None:
                 if held.round_id != round_id or held.spec != spec:
                     raise Rejected("bad-request", f"triple {triple_id} is pooled for round {held.round_id} with "
-                                   f"n={held.spec.n}, d={held.spec.d}, {held.spec.kind}; the request names it for "
-                                   f"round {round_id} with n={spec.n}, d={spec.d}, {spec.kind}")
+                                   f"{_shape(held.spec)}; the request names it for round {round_id} with "
+                                   f"{_shape(spec)}")
             elif triple_id in self.seen:
                 raise Rejected("duplicate", f"triple {triple_id} was already used or discarded here; "
                                "a triple is never reused")
@@ -137,10 +143,8 @@ class TriplePool:
         if entry.state != PENDING:
             raise Rejected("duplicate", f"triple {tid} was already delivered here")
         if entry.round_id != round_id or entry.spec != part.spec:
-            got = part.spec
-            raise Rejected("out-of-phase", f"triple {tid} arrived for round {round_id} with n={got.n}, d={got.d}, "
-                           f"{got.kind}; it was requested for round {entry.round_id} with n={entry.spec.n}, "
-                           f"d={entry.spec.d}, {entry.spec.kind}")
+            raise Rejected("out-of-phase", f"triple {tid} arrived for round {round_id} with {_shape(part.spec)}; "
+                           f"it was requested for round {entry.round_id} with {_shape(entry.spec)}")
         entry.part = part
         entry.state = READY
         entry.delivered_at = now

@@ -1,9 +1,10 @@
 """What the operator asks both servers to run in one round, and how a server turns it into a RoundPlan.
 
 A round request holds public parameters only: the round id, the expected worker ids, the dimension,
-F, the rule with f and its options, the public center (cclip), the id of the triple this round uses,
-the triples to request ahead for the next rounds (``prefetch``, see ``secrobust.deploy.pool``), the
-share deadline and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
+F, the rule with f and its options, the public center (cclip), whether the round runs the input
+validity check (``check_inputs``, on by default: every rule then needs a triple, the mean a "diag"
+one), the id of the triple this round uses, the triples to request ahead for the next rounds
+(``prefetch``, see ``secrobust.deploy.pool``), the share deadline and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
 ``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
 control command; each server validates it with the rule registry before it opens the round.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ring
+from .. import ring, validity
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import RoundPlan
 from ..randomness import SeedSource
@@ -46,6 +47,7 @@ class RoundRequest:
     test_seed: int | str | None = None
     seed_round: int = 0
     prefetch: tuple[tuple[int, str], ...] = ()
+    check_inputs: bool = True
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -76,6 +78,7 @@ class RoundRequest:
                 seed_round=_int(raw.get("seed_round", 0), "seed_round"),
                 prefetch=tuple((_int(p["round_id"], "prefetch round_id"), _str(p["triple_id"], "prefetch triple_id"))
                                for p in (raw.get("prefetch") or ())),
+                check_inputs=raw.get("check_inputs", True),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -100,19 +103,23 @@ class RoundRequest:
             raise ValueError("only cclip takes a public center")
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
-        if spec.reveals(self.options) and not self.triple_id:
-            raise ValueError(f"rule {self.rule!r} opens {spec.reveals(self.options)}: the round needs a triple id")
+        check_flag(self.check_inputs, self.d)
+        kind = self.plan().triple_kind
+        if kind is not None and not self.triple_id:
+            raise ValueError(f"rule {self.rule!r} with check_inputs={self.check_inputs} uses a {kind} triple: "
+                             "the round needs a triple id")
         if self.triple_id is not None and not 0 < len(self.triple_id) <= MAX_TRIPLE_ID:
             raise ValueError(f"a triple id has 1 to {MAX_TRIPLE_ID} characters")
-        self._check_prefetch(spec.reveals(self.options))
+        self._check_prefetch(kind)
         if self.test_seed is not None:
             SeedSource(self._master())
 
-    def _check_prefetch(self, reveal: tuple[str, ...]) -> None:
+    def _check_prefetch(self, kind: str | None) -> None:
         if not self.prefetch:
             return
-        if not reveal:
-            raise ValueError(f"rule {self.rule!r} uses no triple, so the round cannot prefetch triples")
+        if kind is None:
+            raise ValueError(f"rule {self.rule!r} without the input validity check uses no triple, so the round "
+                             "cannot prefetch triples")
         if len(self.prefetch) > MAX_PREFETCH:
             raise ValueError(f"at most {MAX_PREFETCH} triples can be prefetched, got {len(self.prefetch)}")
         rounds = [r for r, _ in self.prefetch]
@@ -132,11 +139,13 @@ class RoundRequest:
         return get_rule(self.rule)
 
     def plan(self) -> RoundPlan:
-        """The protocol's RoundPlan for this request (both servers build the same one)."""
+        """The protocol's RoundPlan for this request (both servers build the same one); the triple id is
+        dropped when the round uses no triple (a mean without the input validity check)."""
         reveal = self.spec.reveals(self.options)
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
-        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center,
-                         self.triple_id if reveal else None, self.chunk_bytes)
+        triple_id = self.triple_id if reveal or self.check_inputs else None
+        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center, triple_id,
+                         self.chunk_bytes, self.check_inputs)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""
@@ -149,6 +158,15 @@ class RoundRequest:
 def fresh_triple_id(round_id: int, seed: bytes | int | None = None) -> str:
     """A triple id in the in-process format ``r<round>-<16 hex>``: fresh, or derived from a test seed."""
     return SeedSource(seed).triple_id(round_id)
+
+
+def check_flag(check_inputs: Any, d: int) -> bool:
+    """``check_inputs`` must be a bool; with the check on, d must be one the check is sound for."""
+    if not isinstance(check_inputs, bool):
+        raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
+    if check_inputs:
+        validity.check_dimension(d)
+    return check_inputs
 
 
 def _seed_value(value: Any) -> int | str | None:
