@@ -1,0 +1,138 @@
+"""The input validity check: its parameters, completeness on honest inputs at the bound, soundness measured
+at a reduced security parameter, and the exactness of its ring arithmetic."""
+
+import math
+
+import numpy as np
+import pytest
+
+import secrobust
+from secrobust import ring, validity
+from secrobust.protocol.server import RoundPlan, new_round
+
+P = validity.params()
+U64 = np.uint64
+
+
+def test_parameters_meet_the_stated_errors_and_bounds():
+    assert P.bound == 2**27 and P.bound_sq < 2**63
+    assert P.pass_probability ** P.projections <= 2.0**-40
+    assert 2 * P.projections * math.exp(-(P.window / P.bound) ** 2) <= 2.0**-40
+    for d in (1, 10**3, 10**6, 10**7):
+        assert 64 <= secrobust.max_norm(20, d) <= 1024
+    assert P.max_dimension() > 10**9
+    # the honest encoder's worst case stays far from every wrap: distances <= (2B)^2, aggregate <= B 2^W
+    assert (2 * P.bound) ** 2 < 2**62 and P.bound * 2**ring.WEIGHT_FRAC_BITS < 2**62
+
+
+def test_settings_where_the_guarantee_cannot_hold_are_refused():
+    with pytest.raises(ValueError, match=r"largest dimension for which the input validity check is sound"):
+        validity.check_dimension(P.max_dimension() + 1)
+    plan = RoundPlan(0, (0, 1), P.max_dimension() + 1, 20, (), triple_id="t")
+    with pytest.raises(ValueError, match=r"d = \d+ is above"):
+        new_round(0, plan)
+    with pytest.raises(ValueError, match=r"too large for a wrap-around check"):
+        validity.params(40, 2**31)
+
+
+def at_bound(kind: str, d: int, f: int, rng) -> np.ndarray:
+    limit = secrobust.max_norm(f, d)
+    if kind == "axis":
+        v = np.zeros(d)
+        v[rng.integers(d)] = 1.0
+    elif kind == "flat":
+        v = np.ones(d)
+    else:
+        v = rng.normal(size=d)
+    return v / np.linalg.norm(v) * limit
+
+
+@pytest.mark.parametrize("d", [1, 7, 1000])
+@pytest.mark.parametrize("f", [0, 20, 28])
+def test_honest_inputs_at_and_below_the_bound_pass(d, f):
+    rng = np.random.default_rng(d + f)
+    rows = [at_bound(k, d, f, rng) * s for k in ("axis", "flat", "random") for s in (1.0, 1 - 1e-9, 0.5)]
+    x = np.array(rows + [np.zeros(d)])
+    for seed in range(3):
+        res = secrobust.aggregate(x, "mean", seed=seed, frac_bits=f)
+        assert res.rejected == {}
+
+
+def test_completeness_in_high_dimension():
+    rng = np.random.default_rng(0)
+    d = 300_000
+    x = np.array([at_bound(k, d, 20, rng) for k in ("axis", "flat", "random")])
+    for seed in range(4):
+        assert validity.plain_accept(ring.encode(x), bytes([seed]) * 16).all()
+    assert secrobust.aggregate(x[:, :100_000] * np.sqrt(3), "mean", seed=1).rejected == {}
+
+
+def test_just_above_the_bound_is_rejected_deterministically():
+    d = 50
+    enc = np.full(d, math.isqrt(P.bound_sq // d) + 1, dtype=np.int64).view(U64)
+    assert P.bound_sq < d * int(enc[0]) ** 2 < P.bound_sq * 1.001
+    for seed in range(5):
+        assert not validity.plain_accept(enc[None, :], bytes([seed]) * 16)[0]
+
+
+def reduced(projections: int) -> validity.Params:
+    """The same check with only ``projections`` projections (the window keeps its full-size value)."""
+    return validity.Params(P.bound, projections, P.window, 0, P.pass_probability)
+
+
+def wrapped_vectors() -> dict[str, np.ndarray]:
+    """Vectors whose squared norm wraps to (nearly) 0 mod 2^64, so only the projections can catch them."""
+    spike = np.zeros(16, U64)
+    spike[3] = U64(1) << U64(32)
+    half = np.zeros(16, U64)
+    half[:2] = U64(1) << U64(63)
+    spread = np.full(4096, U64(1) << U64(26))
+    signs = np.random.default_rng(0).choice([-1, 1], size=4096)
+    mixed = (signs << 26).astype(np.int64).view(U64)
+    return {"spike": spike, "half-ring": half, "spread": spread, "mixed-signs": mixed}
+
+
+@pytest.mark.parametrize("name", sorted(wrapped_vectors()))
+def test_soundness_at_four_projections_is_within_the_bound(name):
+    """With 4 projections each wrapped vector passes at most p^4 of the time (p = the per-projection bound),
+    measured over 600 independent projection seeds."""
+    x = wrapped_vectors()[name]
+    assert np.einsum("i,i", x, x) <= U64(P.bound_sq)
+    p4 = reduced(4)
+    trials = 600
+    passed = sum(validity.plain_accept(x[None, :], (k).to_bytes(16, "little"), p4)[0] for k in range(trials))
+    bound = P.pass_probability**4
+    assert passed / trials <= bound + 4 * math.sqrt(bound * (1 - bound) / trials)
+    if name in ("spike", "half-ring"):
+        # case (a) of the argument is tight: exactly 1/2 per projection, so 1/16 with four
+        assert abs(passed / trials - 1 / 16) < 4 * math.sqrt((1 / 16) * (15 / 16) / trials)
+
+
+def test_the_full_check_rejects_every_wrapped_vector():
+    for name, x in wrapped_vectors().items():
+        for seed in range(3):
+            assert not validity.plain_accept(x[None, :], bytes([seed + 1]) * 16)[0], name
+
+
+def test_projection_is_exact_in_the_ring_across_its_float_blocks(monkeypatch):
+    monkeypatch.setattr(validity, "_EXACT_COLUMNS", 7)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2**64 - 1, size=(5, 40), dtype=U64, endpoint=True)
+    r = validity.projection_columns(b"s" * 16, 6, 0, 40)
+    np.testing.assert_array_equal(validity.project(x, r), x @ r.astype(np.int64).view(U64).T)
+
+
+def test_projection_columns_have_random_access_and_the_stated_distribution():
+    seed = b"k" * 16
+    whole = validity.projection_columns(seed, 3, 0, 4001)
+    np.testing.assert_array_equal(validity.projection_columns(seed, 3, 1237, 3001), whole[:, 1237:3001])
+    r = validity.projection_columns(seed, 20, 0, 20000).ravel()
+    assert set(np.unique(r)) == {-1.0, 0.0, 1.0}
+    assert abs((r == 0).mean() - 0.5) < 0.01 and abs((r == 1).mean() - 0.25) < 0.01
+
+
+def test_the_joint_seed_depends_on_both_contributions_and_the_round():
+    a, b, c = b"a" * 16, b"b" * 16, b"c" * 16
+    seeds = {validity.joint_seed(0, a, b), validity.joint_seed(0, a, c), validity.joint_seed(0, c, b),
+             validity.joint_seed(1, a, b)}
+    assert len(seeds) == 4
