@@ -95,19 +95,29 @@ def joint_seed(round_id: int, seed0: bytes, seed1: bytes) -> bytes:
     return h.digest()[: prg.SEED_BYTES]
 
 
+def _byte_table() -> np.ndarray:
+    """Each keystream byte holds four entries, two bits (z, s) each: r = z (1 - 2 s)."""
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").reshape(256, 4, 2)
+    z, s = bits[..., 0].astype(np.int8), bits[..., 1].astype(np.int8)
+    return z - 2 * (z & s)
+
+
+_TABLE = _byte_table()
+
+
+def _padded(lam: int) -> int:
+    return -(-lam // 4) * 4
+
+
 def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarray:
     """Columns [start, stop) of the lambda x d projection matrix as float64 in {-1, 0, 1}.
 
-    Entry (j, c) comes from bits 2c, 2c+1 of row j's keystream: r = z (1 - 2 s), so P(0) = 1/2."""
-    first, last = start // 4, (stop + 3) // 4
-    out = np.empty((lam, stop - start), dtype=np.float64)
-    skip = start - 4 * first
-    for j in range(lam):
-        raw = np.frombuffer(prg.keystream(seed, prg.label("validity-projection", j), last - first, first), dtype=np.uint8)
-        bits = np.unpackbits(raw, bitorder="little").reshape(-1, 2)
-        z, s = bits[:, 0].astype(np.int8), bits[:, 1].astype(np.int8)
-        out[j] = (z - 2 * (z & s))[skip : skip + stop - start]
-    return out
+    The keystream is column-major: column c takes bytes [c L/4, (c+1) L/4) (L = lambda rounded up to a
+    multiple of 4), so any column range is one keystream read; P(0) = 1/2, P(+1) = P(-1) = 1/4."""
+    per = _padded(lam) // 4
+    raw = np.frombuffer(prg.keystream(seed, "validity-projection", (stop - start) * per, start * per), dtype=np.uint8)
+    entries = _TABLE[raw].reshape(stop - start, 4 * per)[:, :lam]
+    return entries.astype(np.float64).T
 
 
 def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -119,9 +129,10 @@ def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     out = np.zeros((n, r.shape[0]), dtype=np.uint64)
     for a in range(0, w, _EXACT_COLUMNS):
         b = min(a + _EXACT_COLUMNS, w)
-        halves = np.ascontiguousarray(x[:, a:b]).view(np.uint32).astype(np.float64)
-        halves = halves.reshape(n, b - a, 2).transpose(2, 0, 1).reshape(2 * n, b - a)
-        prod = halves @ r[:, a:b].T
+        words = np.ascontiguousarray(x[:, a:b]).view(np.uint32).reshape(n, b - a, 2)
+        halves = np.empty((2, n, b - a))
+        halves[0], halves[1] = words[..., 0], words[..., 1]
+        prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
         lo = prod[:n].astype(np.int64).view(np.uint64)
         hi = prod[n:].astype(np.int64).view(np.uint64)
         out += lo + (hi << np.uint64(32))
