@@ -5,8 +5,11 @@ seed exchange, the projections, the comparison rounds, and for the mean the mask
 check needs) against the rest of the online round (share, agree, open, distances, rule, aggregate),
 the unchecked round's total, bytes sent per server in messages whose kind starts with "validity" against
 the budget 16nd, and the dealer's bytes with and without the check.
+Then the comparison block alone on m shared values ([x <_u c], the primitive a per-coordinate range check
+would need for every one of the n d coordinates): seconds, AND words and bytes sent per party per value,
+and what n d = 5e7 such comparisons would cost at that rate.
 Usage: OPENBLAS_NUM_THREADS=1 python bench/validity_bench.py [--n 10 50] [--d 10000 100000 1000000]
-       [--rules krum mean] [--repeat 3]
+       [--rules krum mean] [--repeat 3] [--compare 1048576]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import defaultdict
 import numpy as np
 
 import secrobust
+from secrobust import compare
 from secrobust.api import Cluster
 from secrobust.validity import params
 
@@ -49,6 +53,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--rules", nargs="+", default=["krum", "mean"])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare", type=int, default=1 << 20, help="values for the comparison-block line (0: skip)")
     args = ap.parse_args()
     p = params()
     print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
@@ -76,6 +81,30 @@ def main() -> None:
                       f"{sec['validity'] / rest:>10.2f} {vbytes['S0'] / 1e6:>11.3f} {vbytes['S1'] / 1e6:>11.3f} "
                       f"{16 * n * d / 1e6:>8.1f} {dealer / 1e6:>9.3f} {dealer_un / 1e6:>15.3f}  {phases}",
                       flush=True)
+    if args.compare:
+        compare_throughput(args.compare)
+
+
+def compare_throughput(m: int) -> None:
+    rng = np.random.default_rng(0)
+    x0, x1 = (rng.integers(0, 2**64 - 1, size=m, dtype=np.uint64, endpoint=True) for _ in range(2))
+    circuit = lambda p, src: compare.less_than_public(p, x0 if p == 0 else x1, 12345, src)  # noqa: E731
+    words, rounds = compare.count_words(circuit)
+    seeds = compare.AndTripleSeeds.fresh()
+    t0 = time.perf_counter()
+    c1 = compare.make_and_triple("bench", words, seeds)
+    t_dealer = time.perf_counter() - t0
+    sent = [0]
+    src0 = compare.AndSource.for_party(0, "bench", words, seeds.s0)
+    src1 = compare.AndSource.for_party(1, "bench", words, seeds.s1, c1)
+    t0 = time.perf_counter()
+    compare.run_pair(circuit(0, src0), circuit(1, src1), on_round=lambda a, b: sent.__setitem__(0, sent[0] + a.nbytes))
+    t_online = time.perf_counter() - t0
+    print(f"# comparison block, [x <_u c] on m = {m} shared values: {rounds} rounds, {words / m:.2f} AND words "
+          f"({64 * words / m:.0f} gates) per value; online {t_online:.2f} s for both parties ({1e9 * t_online / m:.0f} "
+          f"ns/value), dealer {t_dealer:.2f} s; sent per party {sent[0] / m:.1f} bytes/value; at that rate "
+          f"n d = 5e7 values would take {t_online * 5e7 / m:.0f} s and {sent[0] * 5e7 / m / 1e9:.1f} GB per server "
+          f"(+{8 * words * 5e7 / m / 1e9:.1f} GB from the dealer)")
 
 
 if __name__ == "__main__":
