@@ -15,7 +15,6 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from . import ring, validity
-from .compare import run_pair
 from .dealer import DEFAULT_CHUNK_BYTES
 from .nodes import DealerNode, ServerNode
 from .protocol import messages as M
@@ -80,7 +79,7 @@ class Cluster:
         drop = check_drop(drop, n)
         check_noise(dp_noise_std)
         rows = check_ring_rows(ring_rows, n, d)
-        check_inputs = _check_flag(check_inputs, d)
+        check_inputs = validity.check_flag(check_inputs, d)
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -227,7 +226,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
         seeds = SeedSource(seed)
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
         run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows,
-                        validity_seed=vseed if _check_flag(check_inputs, as_matrix(updates).shape[1]) else None,
+                        validity_seed=vseed if validity.check_flag(check_inputs, as_matrix(updates).shape[1]) else None,
                         **options)
         n, d = run.encoded.shape
         total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
@@ -253,14 +252,6 @@ def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[
             revealed[key] = full
     return AggregateResult(out, weights, revealed.get(DISTANCES), stats, revealed, participants,
                            choice.center_weight, rule, f, dict(sorted((rejected or {}).items())))
-
-
-def _check_flag(check_inputs: bool, d: int) -> bool:
-    if not isinstance(check_inputs, bool):
-        raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
-    if check_inputs:
-        validity.check_dimension(d)
-    return check_inputs
 
 
 def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:

@@ -88,6 +88,15 @@ def check_dimension(d: int, p: Params | None = None) -> None:
                          "validity check is sound (2 T d < 2^63)")
 
 
+def check_flag(check_inputs: object, d: int) -> bool:
+    """``check_inputs`` must be a bool; with the check on, d must be one the check is sound for."""
+    if not isinstance(check_inputs, bool):
+        raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
+    if check_inputs:
+        check_dimension(d)
+    return check_inputs
+
+
 def joint_seed(round_id: int, seed0: bytes, seed1: bytes) -> bytes:
     """The projections' seed: both servers' fresh contributions, fixed after every share arrived."""
     h = hashlib.sha256(b"secrobust/validity|" + str(round_id).encode() + b"|" + prg.check_seed(seed0)
@@ -159,12 +168,19 @@ def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src
 
 
 @functools.lru_cache(maxsize=256)
+def _cost(n: int, p: Params) -> tuple[int, int]:
+    zeros_p, zeros_n = np.zeros((n, p.projections), dtype=np.uint64), np.zeros(n, dtype=np.uint64)
+    return compare.count_words(lambda party, src: check_circuit(party, zeros_p, zeros_n, p, src))
+
+
 def and_words(n: int, p: Params | None = None) -> int:
     """Bit-triple words the check needs for n workers (its gates depend on n only)."""
-    p = p or params()
-    zeros_p, zeros_n = np.zeros((n, p.projections), dtype=np.uint64), np.zeros(n, dtype=np.uint64)
-    words, _ = compare.count_words(lambda party, src: check_circuit(party, zeros_p, zeros_n, p, src))
-    return words
+    return _cost(n, p or params())[0]
+
+
+def rounds(n: int, p: Params | None = None) -> int:
+    """Messages each server sends in the check's comparisons (15 at the defaults, whatever n is)."""
+    return _cost(n, p or params())[1]
 
 
 def norm_share(party: int, gram_diag: np.ndarray, x_dot_v: np.ndarray | None, v: np.ndarray | None) -> np.ndarray:

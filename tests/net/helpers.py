@@ -83,6 +83,7 @@ def assert_same_result(got: secrobust.AggregateResult, want: secrobust.Aggregate
     assert got.participants == want.participants
     assert got.center_weight == want.center_weight
     assert (got.rule, got.f) == (want.rule, want.f)
+    assert got.rejected == want.rejected
     if bytes_too:
         assert dict(got.stats.bytes_sent) == dict(want.stats.bytes_sent)
         assert dict(got.stats.bytes_received) == dict(want.stats.bytes_received)

@@ -1,6 +1,7 @@
 """Parties that die: the dealer, S1 or S0 killed (SIGKILL) makes the round fail with an error naming
 the unreachable party; after a restart on the same address the next round gives the in-process result.
-A dealer that dies after it delivered the next round's triple (prefetch) costs nothing for that round."""
+A dealer that dies after it delivered the next round's triple (prefetch) costs nothing for that round.
+Every rule, the mean too, needs the dealer's triple while the input validity check is on."""
 
 from __future__ import annotations
 
@@ -76,14 +77,19 @@ def test_the_dealer_killed_while_it_makes_a_triple_fails_the_round_cleanly_and_t
     _next_round_works(dep, 21)
 
 
-def test_a_rule_without_triples_does_not_need_the_dealer(dep):
+def test_the_checked_mean_needs_the_dealer_and_the_unchecked_mean_does_not(dep):
     dep.kill("dealer")
     try:
         x = _updates(4)
-        _, want = oracle(dep, x, "mean", 0)
-        assert_same_result(dep.aggregate(x, "mean", 0), want, bytes_too=False)
+        _, want = oracle(dep, x, "mean", 0, check_inputs=False)
+        assert_same_result(dep.aggregate(x, "mean", 0, check_inputs=False), want, bytes_too=False)
+        with pytest.raises(PartyUnreachable) as info:      # the input validity check takes a diag triple
+            dep.aggregate(x, "mean", 0)
+        assert info.value.party == "dealer"
     finally:
         dep.restart("dealer")
+    _, want = oracle(dep, x, "mean", 0)
+    assert_same_result(dep.aggregate(x, "mean", 0), want)
 
 
 @pytest.mark.parametrize("victim", ["S1", "S0"])
@@ -122,7 +128,7 @@ def test_a_restarted_server_refuses_round_ids_it_already_ran(dep):
     from secrobust.deploy.rounds import RoundRequest
     from secrobust.transport.grpc import RemoteRejected
     with pytest.raises(RemoteRejected) as info:
-        dep.operator.open_round(RoundRequest(last, tuple(range(6)), 30, "mean"))
+        dep.operator.open_round(RoundRequest(last, tuple(range(6)), 30, "mean", triple_id="t-again"))
     assert info.value.code == "wrong-round" and info.value.party == "S0"
     _next_round_works(dep, 10)
 

@@ -3,9 +3,12 @@ is discarded, what is refused, and how the operator names triples from the two s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from secrobust import validity
 from secrobust.dealer import TripleSeeds, TripleSpec, make_triple
 from secrobust.deploy.operator import assign_triples
 from secrobust.deploy.pool import PENDING, READY, TriplePool
@@ -13,14 +16,17 @@ from secrobust.deploy.rounds import RoundRequest
 from secrobust.transport.grpc.errors import Rejected
 
 
+WORDS = validity.and_words(6)
+
+
 def _req(round_id: int, triple_id: str | None = "t0", prefetch=((1, "t1"),), d: int = 8, rule: str = "krum",
-         n: int = 6) -> RoundRequest:
+         n: int = 6, check_inputs: bool = True) -> RoundRequest:
     return RoundRequest(round_id, tuple(range(n)), d, rule, 1 if rule != "mean" else 0, triple_id=triple_id,
-                        prefetch=tuple(prefetch))
+                        prefetch=tuple(prefetch), check_inputs=check_inputs)
 
 
 def _part(triple_id: str, n: int = 6, d: int = 8, party: int = 0):
-    return make_triple(TripleSpec(triple_id, n, d, "gram"), TripleSeeds.fresh())[party]
+    return make_triple(TripleSpec(triple_id, n, d, "gram", WORDS), TripleSeeds.fresh())[party]
 
 
 def _refused(fn, code: str) -> Rejected:
@@ -34,7 +40,7 @@ def test_a_request_registers_its_triple_and_the_prefetch_and_the_next_one_keeps_
     pool = TriplePool()
     plan = pool.plan(_req(0), now=0.0)
     assert [(e.triple_id, e.round_id, e.spec) for e in plan.add] == [
-        ("t0", 0, TripleSpec("t0", 6, 8, "gram")), ("t1", 1, TripleSpec("t1", 6, 8, "gram"))]
+        ("t0", 0, TripleSpec("t0", 6, 8, "gram", WORDS)), ("t1", 1, TripleSpec("t1", 6, 8, "gram", WORDS))]
     pool.commit(plan)
     assert [e.triple_id for e in pool.pending_for(1)] == ["t1"] and pool.pending_for(2) == []
     pool.deliver(_part("t0"), 0, now=1.0)
@@ -64,6 +70,7 @@ def test_a_pooled_triple_named_for_another_round_or_shape_is_refused():
     pool.commit(pool.plan(_req(0), 0.0))
     _refused(lambda: pool.plan(_req(2, "t1", ()), 1.0), "bad-request")        # it is for round 1
     _refused(lambda: pool.plan(_req(1, "t1", (), d=9), 1.0), "bad-request")   # it has d = 8
+    _refused(lambda: pool.plan(_req(1, "t1", (), check_inputs=False), 1.0), "bad-request")  # it has bit triples
     assert set(pool.entries) == {"t0", "t1"}
 
 
@@ -89,8 +96,13 @@ def test_a_failed_request_is_kept_with_its_error_until_a_round_takes_or_discards
 def test_round_requests_carry_the_prefetch_list_and_check_it():
     req = _req(4, "t4", ((5, "t5"), (6, "t6")))
     assert RoundRequest.from_json(req.to_json()) == req
+    assert _req(4, "t4", ((5, "t5"),), rule="mean").plan().triple_spec() == TripleSpec("t4", 6, 8, "diag", WORDS)
+    assert _req(4, "t4", (), rule="mean", check_inputs=False).plan().triple_spec() is None
     bad = [(_req(4, None, ()), "needs a triple id"),
-           (_req(4, None, ((5, "t5"),), rule="mean"), "uses no triple"),
+           (_req(4, None, (), rule="mean"), "needs a triple id"),
+           (_req(4, None, ((5, "t5"),), rule="mean", check_inputs=False), "uses no triple"),
+           (_req(4, "t4", (), check_inputs=1), "check_inputs must be True or False"),
+           (_req(4, "t4", (), d=validity.params().max_dimension() + 1), "input validity check is sound"),
            (_req(4, "t4", ((4, "t5"),)), "later rounds"),
            (_req(4, "t4", ((5, "t5"), (5, "t6"))), "later rounds"),
            (_req(4, "t4", ((5, "t4"),)), "distinct"),
@@ -103,9 +115,9 @@ def test_round_requests_carry_the_prefetch_list_and_check_it():
         RoundRequest.from_json({**req.to_json(), "prefetch": [{"round_id": 5, "triple_id": 7}]})
 
 
-def _status(*entries: tuple[str, int, int, str]) -> dict:
-    return {"triples": [{"triple_id": t, "round_id": r, "n": 6, "d": d, "kind": "gram", "state": state}
-                        for t, r, d, state in entries]}
+def _status(*entries: tuple[str, int, int, str], kind: str = "gram", and_words: int = WORDS) -> dict:
+    return {"triples": [{"triple_id": t, "round_id": r, "n": 6, "d": d, "kind": kind, "and_words": and_words,
+                         "state": state} for t, r, d, state in entries]}
 
 
 def test_the_operator_reuses_what_both_servers_hold_for_the_round_and_names_fresh_ids_otherwise():
@@ -118,12 +130,18 @@ def test_the_operator_reuses_what_both_servers_hold_for_the_round_and_names_fres
     one_sided = {"S0": _status(("a", 7, 8, "ready")), "S1": _status()}          # S1 restarted and lost it
     failed = {"S0": _status(("a", 7, 8, "ready")), "S1": _status(("a", 7, 8, "failed"))}
     other_d = {"S0": _status(("a", 7, 9, "ready")), "S1": _status(("a", 7, 9, "ready"))}
-    for statuses in (one_sided, failed, other_d):
+    unchecked = {name: _status(("a", 7, 8, "ready"), and_words=0) for name in ("S0", "S1")}
+    for statuses in (one_sided, failed, other_d, unchecked):
         fresh = assign_triples(base, statuses, prefetch=1)
         assert fresh.triple_id.startswith("r7-") and fresh.triple_id != "a" and fresh.prefetch[0][0] == 8
     ids = {assign_triples(base, one_sided, 1).triple_id for _ in range(20)}
     assert len(ids) == 20                                                          # fresh ids are random
-    assert assign_triples(_req(7, None, (), rule="mean"), both, 1).triple_id is None
+    assert assign_triples(_req(7, None, (), rule="mean", check_inputs=False), both, 1).triple_id is None
+    assert assign_triples(base, unchecked, 1).triple_id.startswith("r7-")
+    assert assign_triples(replace(base, check_inputs=False), unchecked, 1).triple_id == "a"
+    diag = {name: _status(("m", 7, 8, "ready"), ("n", 8, 8, "pending"), kind="diag") for name in ("S0", "S1")}
+    mean = assign_triples(_req(7, None, (), rule="mean"), diag, 1)               # the checked mean pools too
+    assert (mean.triple_id, mean.prefetch) == ("m", ((8, "n"),))
     assert assign_triples(base, both, prefetch=0).prefetch == ()
     np.testing.assert_equal(RoundRequest.from_json(got.to_json()).prefetch, got.prefetch)
 

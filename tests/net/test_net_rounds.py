@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import secrobust
+from secrobust import ring, validity
 from secrobust.certs import make_deployment_certs
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.protocol import messages as M
@@ -108,6 +109,83 @@ def test_two_chunked_openings_and_a_byzantine_worker_outside_the_encoder(dep):
     assert got.stats.messages_sent["S0"] > 5
 
 
+def _wrapped_row(x: np.ndarray) -> np.ndarray:
+    """A Byzantine ring vector: the other workers' mean plus 2^63 in every coordinate (K = 2^31 in
+    encode(t) + K 2^32). Its norm and distances wrap to those of the mean, so without the check Krum picks
+    it; the check's projections see the wrap-around."""
+    return ring.encode(x[1:].mean(axis=0), ring.DEFAULT_FRAC_BITS) + np.uint64(1 << 63)
+
+
+def test_a_byzantine_worker_process_sending_wrapped_ring_elements_is_rejected_by_both_servers(dep):
+    x = _updates(50)
+    rows = {0: _wrapped_row(x)}
+    _, unchecked = oracle(dep, x, "krum", 1, ring_rows=rows, check_inputs=False)
+    got = dep.aggregate(x, "krum", 1, ring_rows=rows, check_inputs=False)
+    assert_same_result(got, unchecked)
+    assert got.weights[0] == 1 and "validity" not in got.stats.seconds   # the worker process sent the row
+    r, want = oracle(dep, x, "krum", 1, ring_rows=rows)
+    got = dep.aggregate(x, "krum", 1, ring_rows=rows)
+    assert_same_result(got, want)
+    assert got.rejected == want.rejected == {0: validity.REASON}
+    assert got.weights[0] == 0 and got.participants == (1, 2, 3, 4, 5) and np.isnan(got.distances[0]).all()
+    assert np.array_equal(got.aggregate, secrobust.aggregate(x, "krum", 1, ring_rows=rows).aggregate)
+    for name in ("S0", "S1"):
+        report = dep.operator.clients[name].control("report", r)
+        assert report["rejected"] == {"0": validity.REASON} and report["seconds"]["validity"] > 0
+        logged = [rec for rec in log_records(dep, name) if rec["event"] == "worker-rejected" and rec["round"] == r]
+        assert [(rec["worker"], rec["reason"]) for rec in logged] == [(0, validity.REASON)]
+
+
+def test_the_mean_checks_its_inputs_with_a_diag_triple_from_the_pool(dep):
+    x = _updates(51)
+    r, want = oracle(dep, x, "mean", 0)
+    got = dep.aggregate(x, "mean", 0)
+    assert_same_result(got, want)                     # bytes too: the dealer's diag triple with its bit triples
+    assert got.stats.messages_sent["dealer"] == 2 and got.stats.seconds["validity"] > 0
+    tid = pooled(dep, r + 1)                          # the mean prefetched the next round's triple
+    assert {e["triple_id"]: e["kind"] for e in dep.operator.status()["S1"]["triples"]}[tid] == "diag"
+    x = _updates(52)
+    _, want = oracle(dep, x, "mean", 0)
+    assert_same_result(dep.aggregate(x, "mean", 0), want)
+    used = dep.operator.clients["S0"].control("report", r + 1)["triple"]
+    assert used["triple_id"] == tid and used["prefetched"]
+    _, want = oracle(dep, x, "mean", 0, check_inputs=False)
+    got = dep.aggregate(x, "mean", 0, check_inputs=False)
+    assert_same_result(got, want)
+    assert "dealer" not in got.stats.bytes_sent and "validity" not in got.stats.seconds
+
+
+def test_protocol_messages_above_their_limits_are_refused_before_they_are_read(dep):
+    from secrobust.certs import Identity, party_paths
+    from secrobust.deploy.server import HEADER_SLACK, SMALL_MESSAGE
+    from secrobust.transport.grpc import PeerClient
+
+    dep.aggregate(_updates(53), "krum", 1)            # S1's last round has n = 6 workers
+    r = dep.operator.next_round_id() - 1
+    limit = HEADER_SLACK + 16 * validity.and_words(6)
+    impostor = PeerClient(Identity.load(party_paths(dep.cert_dir, "S0")), "S1", dep.addresses["S1"],
+                          connect_timeout=3.0)
+
+    def refused(msg: Message) -> RemoteRejected:
+        with pytest.raises(RemoteRejected) as info:
+            impostor.send(msg)
+        return info.value
+
+    def opening(words: int) -> Message:
+        return Message(M.VALIDITY_OPEN, r, "S0", "S1", {"step": 0}, {"x": np.zeros(words, dtype=np.uint64)})
+
+    try:
+        err = refused(opening(limit // 8 + 1))
+        assert err.code == "too-large" and f"limit of {limit} bytes" in err.reason
+        assert refused(opening(2 * validity.and_words(6))).code == "out-of-phase"  # the largest honest one fits
+        err = refused(Message(M.VALIDITY_SEED, r, "S0", "S1", {"seed": b"\x00" * SMALL_MESSAGE}))
+        assert err.code == "too-large" and f"limit of {SMALL_MESSAGE} bytes" in err.reason
+    finally:
+        impostor.close()
+    x = _updates(54)
+    assert_same_result(dep.aggregate(x, "krum", 1), oracle(dep, x, "krum", 1)[1])
+
+
 def test_dp_noise_with_a_test_seed_is_the_in_process_noise(dep):
     x = _updates(4)
     want = secrobust.aggregate(x, "multi-krum", 1, seed=11, dp_noise_std=0.01)
@@ -142,7 +220,7 @@ def test_a_worker_whose_share_reaches_one_server_only_is_left_out(dep, where):
 
 
 def test_a_worker_that_dies_in_the_middle_of_its_upload_is_left_out(dep):
-    x = _updates(7, d=300_000)
+    x = _updates(7, d=300_000) * 0.1               # within the encoder's norm bound 2^(27-F)
     _, want = oracle(dep, x, "mda", 1, drop={5: "S1"})
     fake = FakeWorker(dep, 5)
     try:

@@ -143,6 +143,9 @@ def register(app: typer.Typer) -> None:
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   prefetch: int = typer.Option(1, help="also request the triples of this many next rounds now "
                                                "(same n, d; 0 to 4)"),
+                  check_inputs: bool = typer.Option(True, "--check-inputs/--no-check-inputs",
+                                                    help="run the input validity check (benchmarks only turn "
+                                                    "it off: robustness then fails against ring attacks)"),
                   out: Optional[Path] = typer.Option(None, help="write aggregate and weights to this .npz")) -> None:
         """As the operator: open one round at both servers, wait for it, print the outcome."""
         from .. import ring
@@ -168,7 +171,7 @@ def register(app: typer.Typer) -> None:
             rid = op.next_round_id(statuses)
             wids = parse_worker_ids(workers)
             req = op.with_triples(RoundRequest(rid, wids, d, rule, f, ring.DEFAULT_FRAC_BITS, opts, None, None,
-                                               window), statuses)
+                                               window, check_inputs=check_inputs), statuses)
             req.check()
             op.open_round(req)
             res = op.collect(req, n=len(wids), wait_s=window + 600.0)
@@ -179,6 +182,7 @@ def register(app: typer.Typer) -> None:
             op.close()
         typer.echo(json.dumps({"round_id": rid, "participants": list(res.participants),
                                "weights": res.weights.tolist(), "aggregate_norm": float(np.linalg.norm(res.aggregate)),
+                               "rejected": {str(wids[i]): reason for i, reason in res.rejected.items()},
                                "stats": res.stats.as_dict()}, default=str))
         if out is not None:
             np.savez(out, aggregate=res.aggregate, weights=res.weights)

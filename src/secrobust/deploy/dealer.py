@@ -2,7 +2,8 @@
 
 What crosses the wire: S1's TRIPLE_REQUEST (public sizes n, d, the triple kind and a fresh triple
 id; no data), then the dealer's TRIPLE_S0 to S0 (two seeds) and TRIPLE_S1 to S1 (a seed and the
-n x n correction C1). The dealer learns only (n, d) and the id of the round the triple is for (a
+n x n correction C1); a triple for a round with the input validity check also carries its bit triples
+(a seed each, and S1's correction words: 8 bytes per word, ``validity.and_words(n)`` words). The dealer learns only (n, d) and the id of the round the triple is for (a
 prefetched triple is requested during an earlier round). Each request gets fresh
 seeds from the operating system; a triple id the dealer has issued before is refused (``duplicate``).
 The request call returns once both servers accepted their part, so S1 knows at once whether the

@@ -26,13 +26,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import api, ring
+from .. import api, ring, validity
 from ..certs import OPERATOR_ID, Identity, make_deployment_certs, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..rules.plain import split_options
 from ..rules.registry import get_rule
 from ..transport.grpc import PartyUnreachable, RemoteRejected
-from ..updates import as_matrix, check_unchecked, encode_center, encode_updates
+from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .config import PartyConfig, to_toml
 from .operator import Operator
 from .process import PARENT_ENV
@@ -265,14 +265,17 @@ class LocalDeployment:
 
     def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                   seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
-                  drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True,
                   share_window_s: float | None = None, absent: Any = (), **options: Any) -> api.AggregateResult:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
-        Worker i (for i < n) sends row i. ``drop`` and ``unchecked`` are simulated as in-process (the
-        worker process skips the named server / bypasses the encoder). ``absent`` lists workers that
-        get no input this round and so send nothing at all. ``seed`` (testing only) makes the servers'
-        DP noise that of ``secrobust.aggregate(seed=...)`` (the result does not depend on any other seed).
+        Worker i (for i < n) sends row i. ``drop``, ``unchecked`` and ``ring_rows`` are simulated as
+        in-process (the worker process skips the named server / bypasses the encoder / shares the given
+        uint64 ring elements as they are). ``absent`` lists workers that get no input this round and so
+        send nothing at all. ``seed`` (testing only) makes the servers' DP noise that of
+        ``secrobust.aggregate(seed=...)``; the result depends on no other seed (the input validity
+        check's decisions hold for any projections, except with probability 2^-40).
         """
         if self.operator is None:
             raise RuntimeError("the deployment is not running; use it as a context manager or call start()")
@@ -287,8 +290,10 @@ class LocalDeployment:
         drop = api.check_drop(drop, n)
         api.check_noise(dp_noise_std)
         byz = check_unchecked(unchecked, n)
+        rows = check_ring_rows(ring_rows, n, d)
+        validity.check_flag(check_inputs, d)
         t0 = time.perf_counter()
-        encode_updates(x, frac_bits, byz)
+        encode_updates(x, frac_bits, byz, rows)
         encode_seconds = time.perf_counter() - t0
         center = None
         if center_value is not None:
@@ -302,29 +307,37 @@ class LocalDeployment:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             for i in range(n):
-                if i in absent_set:
-                    continue
-                stem = tls_name(worker_party(i))
-                meta: dict[str, Any] = {}
-                if i in byz:
-                    meta["unchecked"] = True
-                where = drop.get(i)
-                if where is not None:
-                    meta["skip"] = ["S0", "S1"] if where == "both" else [where]
-                if meta:
-                    (folder / f"{stem}.json").write_text(json.dumps(meta))
-                np.save(folder / f"{stem}.npy", x[i])
+                if i not in absent_set:
+                    _write_input(folder, i, rows.get(i, x[i]), unchecked=i in byz, ring_row=i in rows,
+                                 where=drop.get(i))
             request = self.operator.with_triples(RoundRequest(
                 round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
                 options=rule_options, center=center,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
-                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0), statuses)
+                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0,
+                check_inputs=check_inputs), statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds
             return result
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_input(folder: Path, i: int, row: np.ndarray, *, unchecked: bool, ring_row: bool,
+                 where: str | None) -> None:
+    """Worker i's input for the round where only its process reads it (``worker.directory_source``)."""
+    stem = tls_name(worker_party(i))
+    meta: dict[str, Any] = {}
+    if unchecked:
+        meta["unchecked"] = True
+    if ring_row:
+        meta["ring"] = True
+    if where is not None:
+        meta["skip"] = ["S0", "S1"] if where == "both" else [where]
+    if meta:
+        (folder / f"{stem}.json").write_text(json.dumps(meta))
+    np.save(folder / f"{stem}.npy", row)
 
 
 def _test_seed(seed: bytes | int | None) -> int | str | None:

@@ -4,14 +4,16 @@ The operator holds a certificate with CN ``operator``. It sends each server the 
 (S0 first, then S1, so S0 is ready for the dealer's part when S1 asks for the triple), waits for both
 servers' reports, fetches both aggregate shares like any worker, and rebuilds what
 ``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, the workers
-rejected by the input validity check and why, traffic, timings) and, from S1's report, the distances S1 opened: in a real deployment S1's report goes to
-S1's own operator; the local launcher plays both organisations.
+rejected by the input validity check and why, traffic, timings) and, from S1's report, the distances
+S1 opened: in a real deployment S1's report goes to S1's own operator; the local launcher plays both
+organisations.
 
 Triples. The operator names the triple of every round and the triples to prefetch for the next
 ``prefetch`` rounds (``with_triples``): it reads both servers' offline pools (``status``), reuses for
-round r the pooled triple that both servers hold for round r with the round's (n, d, kind), and names
-fresh random ids for the rest. Everything the request does not name is discarded by the servers. The
-operator keeps no state of its own, so a new operator (the ``round`` command) continues the pool.
+round r the pooled triple that both servers hold for round r with the round's (n, d, kind, bit-triple
+words), and names fresh random ids for the rest. Everything the request does not name is discarded by
+the servers. The operator keeps no state of its own, so a new operator (the ``round`` command) continues
+the pool. Every rule takes a triple while the input validity check is on (the mean a "diag" one).
 """
 
 from __future__ import annotations

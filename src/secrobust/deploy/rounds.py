@@ -4,8 +4,8 @@ A round request holds public parameters only: the round id, the expected worker 
 F, the rule with f and its options, the public center (cclip), whether the round runs the input
 validity check (``check_inputs``, on by default: every rule then needs a triple, the mean a "diag"
 one), the id of the triple this round uses, the triples to request ahead for the next rounds
-(``prefetch``, see ``secrobust.deploy.pool``), the share deadline and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
-``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
+(``prefetch``, see ``secrobust.deploy.pool``), the share deadline and, for tests only, a master seed
+from which the servers derive their DP-noise seeds exactly as ``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
 control command; each server validates it with the rule registry before it opens the round.
 """
 
@@ -103,7 +103,7 @@ class RoundRequest:
             raise ValueError("only cclip takes a public center")
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
-        check_flag(self.check_inputs, self.d)
+        validity.check_flag(self.check_inputs, self.d)
         kind = self.plan().triple_kind
         if kind is not None and not self.triple_id:
             raise ValueError(f"rule {self.rule!r} with check_inputs={self.check_inputs} uses a {kind} triple: "
@@ -158,15 +158,6 @@ class RoundRequest:
 def fresh_triple_id(round_id: int, seed: bytes | int | None = None) -> str:
     """A triple id in the in-process format ``r<round>-<16 hex>``: fresh, or derived from a test seed."""
     return SeedSource(seed).triple_id(round_id)
-
-
-def check_flag(check_inputs: Any, d: int) -> bool:
-    """``check_inputs`` must be a bool; with the check on, d must be one the check is sound for."""
-    if not isinstance(check_inputs, bool):
-        raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
-    if check_inputs:
-        validity.check_dimension(d)
-    return check_inputs
 
 
 def _seed_value(value: Any) -> int | str | None:

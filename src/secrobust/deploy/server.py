@@ -15,14 +15,22 @@ decides when a round is over. Per round:
   refused (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
 * The servers exchange which workers reached them; the participants are the workers that reached
   both (``ServerNode.agree``); too few for the rule's f aborts the round with the rule's requirement.
-* Masked openings chunk by chunk, S0's view share to S1, S1's weights to S0, the aggregate shares
-  to each other: every message from the peer must be the next one of the protocol's sequence, or it
-  is refused as ``out-of-phase``.
+* Input validity check (unless the request turns it off): the servers exchange fresh seed
+  contributions for the check's projections, project each column chunk of the masked openings, then
+  run the check's comparison rounds (``validity-open``, one message each way per round). A worker whose
+  shares do not reconstruct to a vector of norm at most B is rejected: out of the round, listed with
+  its reason in the report (``rejected``) and logged (``worker-rejected``). S1 may also reject a worker
+  whose opened view is impossible; it tells S0 with the weights.
+* Masked openings chunk by chunk (``validity-masked-open`` when only the check needs them, as for the
+  mean), the check's rounds, S0's view share to S1, S1's weights to S0, the aggregate shares to each
+  other: every message from the peer must be the next one of the protocol's sequence, or it is
+  refused as ``out-of-phase``.
 * Workers (and the operator) then fetch this server's aggregate share with the public weights.
 
 What this server learns is what its ServerNode learns: S0 the seeds, the masked openings E, the
 weights and the aggregate; S1 the masked vectors, E, the opened distances/norms, the weights and the
-aggregate. A round that cannot finish (peer or dealer unreachable, peer timeout, too few workers)
+aggregate; both also the openings of the check's comparisons (uniformly random) and its accept bit
+per worker. A round that cannot finish (peer or dealer unreachable, peer timeout, too few workers)
 is marked aborted with its reason, the peer is told, and the next round starts from a clean state.
 """
 
@@ -34,18 +42,21 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from .. import prg, validity
 from ..certs import DEALER_ID, OPERATOR_ID, Identity, worker_index
+from ..dealer import TripleSpec
 from ..errors import ProtocolError, RoundAborted
 from ..nodes import ServerNode
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..protocol.offline import request_triple, triple_from_message
-from ..protocol.server import noise_share
+from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.endpoint import CONTROL_LIMIT
@@ -57,9 +68,11 @@ from .pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
 from .rounds import RoundRequest
 
 HEADER_SLACK = 64 << 10
+SMALL_MESSAGE = 4 << 10
 KEEP_ROUNDS = 8
 KEEP_SHARES = 2
-PHASES = ("share", "agree", "open", "distances", "rule", "aggregate", "done")
+PHASES = ("share", "agree", "offline", "open", "validity", "distances", "rule", "aggregate", "done")
+OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
 
 
 class PeerTimeout(RoundAborted):
@@ -70,16 +83,30 @@ class PeerAborted(RoundAborted):
     """The other server (or the operator) aborted the round and said why."""
 
 
-class _PeerSequence:
-    """The order in which one server's messages reach the other; anything else is out of phase."""
+def _triple_bytes(kind: str, spec: TripleSpec) -> int:
+    """Payload bound of a dealer delivery: S0's part is seeds only; S1's also holds C1 (n x n at most)
+    and the check's bit-triple words."""
+    if kind == M.TRIPLE_S0:
+        return 16 * spec.n
+    return 16 * spec.n * spec.n + 8 * spec.and_words
 
-    def __init__(self, receiver: int, reveal: bool, d: int) -> None:
-        middle = [M.VIEW_SHARE] if receiver == 1 and reveal else []
-        self.kinds = [M.PARTICIPANTS, *([M.MASKED_OPEN] if reveal else []), *middle,
+
+class _PeerSequence:
+    """The order in which one server's messages reach the other; anything else is out of phase:
+    participants, validity seed (check on), masked openings chunk by chunk (triple rounds), the check's
+    comparison steps, S0's view share (to S1, rules that open one), S1's weights (to S0), aggregate share."""
+
+    def __init__(self, receiver: int, plan: RoundPlan) -> None:
+        checks = plan.validity
+        self.kinds = [M.PARTICIPANTS, *([M.VALIDITY_SEED] if checks else []),
+                      *([plan.open_kind] if plan.triple_kind is not None else []),
+                      *([M.VALIDITY_OPEN] * validity.rounds(len(plan.worker_ids)) if checks else []),
+                      *([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []),
                       *([M.WEIGHTS] if receiver == 0 else []), M.AGGREGATE_SHARE]
         self.pos = 0
         self.open_until = 0
-        self.d = d
+        self.step = 0
+        self.d = plan.d
 
     def expected(self) -> str | None:
         return self.kinds[self.pos] if self.pos < len(self.kinds) else None
@@ -91,7 +118,7 @@ class _PeerSequence:
 
     def advance(self, msg: Message) -> None:
         self.check(msg.kind)
-        if msg.kind == M.MASKED_OPEN:
+        if msg.kind in OPEN_KINDS:
             start, stop = msg.fields.get("start"), msg.fields.get("stop")
             if start != self.open_until or not isinstance(stop, int) or isinstance(stop, bool) \
                     or not start < stop <= self.d:
@@ -100,8 +127,13 @@ class _PeerSequence:
             self.open_until = stop
             if stop == self.d:
                 self.pos += 1
-        else:
-            self.pos += 1
+            return
+        if msg.kind == M.VALIDITY_OPEN:
+            step = msg.fields.get("step")
+            if step != self.step:
+                raise Rejected("out-of-phase", f"validity opening {step!r}; step {self.step} was due")
+            self.step += 1
+        self.pos += 1
 
 
 class RoundRun:
@@ -112,6 +144,7 @@ class RoundRun:
         self.plan = request.plan()
         self.spec = request.spec
         self.reveal = bool(self.plan.reveal)
+        self.uses_triple = self.plan.triple_kind is not None
         self.phase = "share"
         self.status = "running"
         self.reason = ""
@@ -119,12 +152,13 @@ class RoundRun:
         self.intake_open = True
         self.received: set[int] = set()
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
-        self.peer_seq = _PeerSequence(party, self.reveal, request.d)
+        self.peer_seq = _PeerSequence(party, self.plan)
         self.triple_in = False
         self.triple: dict[str, Any] = {}
         self.share_deadline = time.monotonic() + request.share_window_s
         self.seconds: dict[str, float] = defaultdict(float)
         self.participants: tuple[int, ...] = ()
+        self.rejected: dict[int, str] = {}
         self.weights: np.ndarray | None = None
         self.center_weight = 0.0
         self.view: dict[str, np.ndarray] = {}
@@ -222,9 +256,12 @@ class ServerRuntime:
         d = rnd.request.d if rnd else 0
         if env.phase in (M.TRIPLE_S0, M.TRIPLE_S1):
             with self._cv:
-                sizes = [e.spec.n for e in self.pool.pending_for(env.round_id)]
-            m = max(sizes, default=0)
-            return HEADER_SLACK + (16 * m if env.phase == M.TRIPLE_S0 else 16 * m * m)
+                specs = [e.spec for e in self.pool.pending_for(env.round_id)]
+            return HEADER_SLACK + max((_triple_bytes(env.phase, s) for s in specs), default=0)
+        if env.phase == M.VALIDITY_SEED:
+            return SMALL_MESSAGE
+        if env.phase == M.VALIDITY_OPEN:
+            return HEADER_SLACK + (16 * validity.and_words(n) if rnd and rnd.plan.validity else 0)
         if env.phase == M.SHARE_SEED or env.phase == M.PARTICIPANTS:
             return HEADER_SLACK + 16 * n
         if env.phase == M.SHARE_MASKED or env.phase == M.AGGREGATE_SHARE:
@@ -233,7 +270,7 @@ class ServerRuntime:
             return HEADER_SLACK + 16 * n * n
         if env.phase == M.WEIGHTS:
             return HEADER_SLACK + 8 * n
-        if env.phase == M.MASKED_OPEN:
+        if env.phase in OPEN_KINDS:
             return HEADER_SLACK + 8 * n + max(8 * n, rnd.request.chunk_bytes if rnd else 0)
         return HEADER_SLACK
 
@@ -421,7 +458,7 @@ class ServerRuntime:
             for gone in self.pool.commit(pool_plan):
                 event(self.log, "triple-discarded", round=gone.round_id, triple_id=gone.triple_id, state=gone.state,
                       reason=f"not named by the request of round {request.round_id}")
-            if run.reveal:
+            if run.uses_triple:
                 held = self.pool.entries[request.triple_id]  # type: ignore[index]
                 run.triple = {"triple_id": held.triple_id,
                               "prefetched": held.triple_id not in {e.triple_id for e in pool_plan.add},
@@ -460,6 +497,10 @@ class ServerRuntime:
         return self.accounting.totals(rnd.round_id)
 
     def _report(self, round_id: int, wait_s: float) -> dict[str, Any]:
+        """The round's public outcome at this server once it is over (or after ``wait_s``): status, phase,
+        reason of an abort, participants, weights, ``rejected`` ({worker id as a string: reason}, the
+        workers the input validity check or S1's view check excluded), seconds per phase, the aggregate's
+        digest, traffic and the triple used; S1 adds the view it opened."""
         deadline = time.monotonic() + min(max(wait_s, 0.0), 600.0)
         with self._cv:
             rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
@@ -471,6 +512,7 @@ class ServerRuntime:
                 "party": self.party, "round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
                 "reason": rnd.reason, "error": rnd.error, "participants": list(rnd.participants),
                 "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
+                "rejected": {str(w): reason for w, reason in sorted(rnd.rejected.items())},
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
                 "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
             }
@@ -496,7 +538,7 @@ class ServerRuntime:
 
     def _wait_triple(self, rnd: RoundRun) -> None:
         """Take this round's triple out of the pool, waiting for the dealer's delivery if need be."""
-        timer = Timer()
+        timer = self._enter(rnd, "offline")
         tid = rnd.request.triple_id
         deadline = time.monotonic() + self.cfg.peer_timeout_s
         try:
@@ -579,91 +621,165 @@ class ServerRuntime:
             self._cv.notify_all()
         return Timer()
 
+    @contextmanager
+    def _phase(self, rnd: RoundRun, phase: str) -> Iterator[None]:
+        """Mark the round as in ``phase`` and add the time spent to ``rnd.seconds[phase]``."""
+        timer = self._enter(rnd, phase)
+        try:
+            yield
+        finally:
+            rnd.seconds[phase] += timer.seconds
+
     def _run(self, rnd: RoundRun) -> None:
-        node, spec, f, req = self.node, rnd.spec, rnd.request.f, rnd.request
+        """The round's steps in the order of ``secrobust.api.Cluster.run_round``; any failure aborts it."""
         total = Timer()
         try:
-            timer = Timer()
-            with self._cv:
-                while rnd.intake_open:
-                    self._check_alive(rnd)
-                    left = rnd.share_deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(min(left, 1.0))
-                rnd.intake_open = False
-                self._check_alive(rnd)
-            rnd.seconds["share"] += timer.seconds
-            event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
-                  expected=len(rnd.plan.worker_ids), seconds=round(timer.seconds, 6))
-
-            timer = self._enter(rnd, "agree")
-            with self._cv:
-                mine = node.participants_message()
-            self._send(rnd, mine)
-            theirs = self._wait(rnd, M.PARTICIPANTS)
-            with self._cv:
-                rnd.participants = node.agree(theirs, spec.min_n(f), spec.requirement)
-            rnd.seconds["agree"] += timer.seconds
-
-            if rnd.reveal:
-                timer = self._enter(rnd, "open")
+            self._close_shares(rnd)
+            self._agree(rnd)
+            if rnd.plan.validity:
+                self._exchange_validity_seeds(rnd)
+            if rnd.uses_triple:
                 self._wait_triple(rnd)
-                for start, stop in node.chunks():
-                    with self._cv:
-                        opening = node.open_masked(start, stop)
-                    self._send(rnd, opening)
-                    peer_opening = self._wait(rnd, M.MASKED_OPEN)
-                    with self._cv:
-                        node.accumulate(peer_opening)
-                rnd.seconds["open"] += timer.seconds
-                timer = self._enter(rnd, "distances")
-                if self.index == 0:
-                    with self._cv:
-                        view_share = node.view_share_message()
-                    self._send(rnd, view_share)
-                else:
-                    view_msg = self._wait(rnd, M.VIEW_SHARE)
-                    with self._cv:
-                        node.open_view(view_msg)
-                rnd.seconds["distances"] += timer.seconds
-            elif self.index == 1:
-                with self._cv:
-                    node.open_view(None)
-
-            timer = self._enter(rnd, "rule")
-            if self.index == 1:
-                with self._cv:
-                    weights_msg = node.choose(spec, f, dict(req.options))
-                self._send(rnd, weights_msg)
-            else:
-                weights_msg = self._wait(rnd, M.WEIGHTS)
-                with self._cv:
-                    node.receive_weights(weights_msg)
-            rnd.seconds["rule"] += timer.seconds
-
-            timer = self._enter(rnd, "aggregate")
-            noise = None
-            if req.dp_noise_std:
-                seed, label = req.noise_seed(self.index)
-                noise = noise_share(seed, label, req.d, req.dp_noise_std, req.frac_bits)
-            with self._cv:
-                share = node.aggregate_share(noise)
-                share_msg = node.aggregate_message(share)
-            self._send(rnd, share_msg)
-            peer_share = self._wait(rnd, M.AGGREGATE_SHARE)
-            with self._cv:
-                out = node.reveal(share, peer_share)
-            rnd.seconds["aggregate"] += timer.seconds
+                self._open_masked(rnd)
+            if rnd.plan.validity:
+                self._check_inputs(rnd)
+            self._open_view(rnd)
+            self._rule(rnd)
+            share, out = self._aggregate(rnd)
             self._finish(rnd, share, out)
             event(self.log, "round-done", round=rnd.round_id, phase="done", participants=len(rnd.participants),
-                  seconds=round(total.seconds, 6), bytes=self._traffic(rnd)["sent"])
+                  rejected=len(rnd.rejected), seconds=round(total.seconds, 6), bytes=self._traffic(rnd)["sent"])
         except Exception as exc:
             self._abort(rnd, exc)
         finally:
             with self._cv:
                 self._archive(rnd)
                 self._cv.notify_all()
+
+    def _close_shares(self, rnd: RoundRun) -> None:
+        """Wait until every expected worker's share is in or the share deadline passed, then close intake."""
+        timer = Timer()
+        with self._cv:
+            while rnd.intake_open:
+                self._check_alive(rnd)
+                left = rnd.share_deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(min(left, 1.0))
+            rnd.intake_open = False
+            self._check_alive(rnd)
+        rnd.seconds["share"] += timer.seconds
+        event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
+              expected=len(rnd.plan.worker_ids), seconds=round(timer.seconds, 6))
+
+    def _agree(self, rnd: RoundRun) -> None:
+        """Participants = the workers whose shares reached both servers."""
+        with self._phase(rnd, "agree"):
+            with self._cv:
+                mine = self.node.participants_message()
+            self._send(rnd, mine)
+            theirs = self._wait(rnd, M.PARTICIPANTS)
+            with self._cv:
+                rnd.participants = self.node.agree(theirs, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+
+    def _exchange_validity_seeds(self, rnd: RoundRun) -> None:
+        """Each server's fresh contribution to the seed of the check's projections, once the shares are fixed."""
+        with self._phase(rnd, "validity"):
+            with self._cv:
+                mine = self.node.validity_seed_message(prg.fresh_seed())
+            self._send(rnd, mine)
+            theirs = self._wait(rnd, M.VALIDITY_SEED)
+            with self._cv:
+                self.node.receive_validity_seed(theirs)
+
+    def _open_masked(self, rnd: RoundRun) -> None:
+        """The masked openings chunk by chunk; with the check on, each chunk is projected while the
+        peer's opening is on its way."""
+        phase = "open" if rnd.reveal else "validity"
+        for start, stop in self.node.chunks():
+            with self._phase(rnd, phase):
+                with self._cv:
+                    opening = self.node.open_masked(start, stop)
+                self._send(rnd, opening)
+            if rnd.plan.validity:
+                with self._phase(rnd, "validity"), self._cv:
+                    self.node.project()
+            with self._phase(rnd, phase):
+                peer_opening = self._wait(rnd, rnd.plan.open_kind)
+                with self._cv:
+                    self.node.accumulate(peer_opening)
+
+    def _check_inputs(self, rnd: RoundRun) -> None:
+        """The check's comparison rounds, one message each way per round, until both servers hold the
+        accept flags; rejected workers leave the round, which aborts if too few passed."""
+        with self._phase(rnd, "validity"):
+            with self._cv:
+                msg = self.node.validity_start()
+            while msg is not None:
+                self._send(rnd, msg)
+                peer_msg = self._wait(rnd, M.VALIDITY_OPEN)
+                with self._cv:
+                    msg = self.node.validity_step(peer_msg)
+            self._record_rejected(rnd)
+            with self._cv:
+                self.node.check_enough(rnd.spec, rnd.request.f)
+                rnd.participants = self.node.current.participants or ()
+
+    def _record_rejected(self, rnd: RoundRun) -> None:
+        """Take the node's rejected workers into the round's report, one ``worker-rejected`` event each."""
+        with self._cv:
+            new = {w: reason for w, reason in self.node.rejected.items() if w not in rnd.rejected}
+            rnd.rejected.update(new)
+        for w, reason in sorted(new.items()):
+            event(self.log, "worker-rejected", level=logging.WARNING, round=rnd.round_id, phase=rnd.phase, worker=w,
+                  reason=reason)
+
+    def _open_view(self, rnd: RoundRun) -> None:
+        """S0 sends its share of the distances/norms; S1 opens them (an empty view when the rule opens none)."""
+        if not rnd.reveal:
+            if self.index == 1:
+                with self._cv:
+                    self.node.open_view(None)
+            return
+        with self._phase(rnd, "distances"):
+            if self.index == 0:
+                with self._cv:
+                    view_share = self.node.view_share_message()
+                self._send(rnd, view_share)
+            else:
+                view_msg = self._wait(rnd, M.VIEW_SHARE)
+                with self._cv:
+                    self.node.open_view(view_msg)
+
+    def _rule(self, rnd: RoundRun) -> None:
+        """S1 applies the rule and sends the public weights (and the workers it rejected) to S0."""
+        with self._phase(rnd, "rule"):
+            if self.index == 1:
+                with self._cv:
+                    weights_msg = self.node.choose(rnd.spec, rnd.request.f, dict(rnd.request.options))
+                self._send(rnd, weights_msg)
+            else:
+                weights_msg = self._wait(rnd, M.WEIGHTS)
+                with self._cv:
+                    self.node.receive_weights(weights_msg)
+        self._record_rejected(rnd)
+
+    def _aggregate(self, rnd: RoundRun) -> tuple[np.ndarray, np.ndarray]:
+        """This server's aggregate share (plus its DP noise), exchanged with the peer's: (share, aggregate)."""
+        req = rnd.request
+        with self._phase(rnd, "aggregate"):
+            noise = None
+            if req.dp_noise_std:
+                seed, label = req.noise_seed(self.index)
+                noise = noise_share(seed, label, req.d, req.dp_noise_std, req.frac_bits)
+            with self._cv:
+                share = self.node.aggregate_share(noise)
+                share_msg = self.node.aggregate_message(share)
+            self._send(rnd, share_msg)
+            peer_share = self._wait(rnd, M.AGGREGATE_SHARE)
+            with self._cv:
+                out = self.node.reveal(share, peer_share)
+        return share, out
 
     def _finish(self, rnd: RoundRun, share: np.ndarray, out: np.ndarray) -> None:
         st = self.node.current

@@ -38,12 +38,14 @@ SKIP_TARGETS = ("S0", "S1")
 
 @dataclass(frozen=True)
 class WorkerInput:
-    """One round's input of a worker. ``unchecked`` and ``skip`` exist for simulations only: a Byzantine
-    worker that bypasses the honest encoder, and a share that never reaches the named server(s)."""
+    """One round's input of a worker. ``unchecked``, ``ring`` and ``skip`` exist for simulations only: a
+    Byzantine worker that bypasses the honest encoder, one whose ``update`` is the exact uint64 ring
+    vector it shares (no encoding at all), and a share that never reaches the named server(s)."""
 
     update: np.ndarray
     unchecked: bool = False
     skip: tuple[str, ...] = ()
+    ring: bool = False
 
 
 UpdateSource = Callable[[int, int], "WorkerInput | None"]
@@ -65,8 +67,9 @@ class WorkerOutcome:
 
 
 def directory_source(root: Path, party: str) -> UpdateSource:
-    """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector) and an optional
-    ``.json`` beside it with {"unchecked": bool, "skip": ["S0"|"S1", ...]}. No file: sit out."""
+    """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector, or uint64 ring elements
+    with "ring") and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
+    "skip": ["S0"|"S1", ...]}. No file: sit out."""
     stem = tls_name(party)
 
     def source(round_id: int, d: int) -> WorkerInput | None:
@@ -81,7 +84,7 @@ def directory_source(root: Path, party: str) -> UpdateSource:
         skip = tuple(meta.get("skip", ()))
         if any(s not in SKIP_TARGETS for s in skip):
             raise ValueError(f"{side}: skip lists servers from {SKIP_TARGETS}")
-        return WorkerInput(update, bool(meta.get("unchecked", False)), skip)
+        return WorkerInput(update, bool(meta.get("unchecked", False)), skip, bool(meta.get("ring", False)))
 
     return source
 
@@ -141,13 +144,10 @@ class WorkerRuntime:
         if inp is None:
             return WorkerOutcome(r, "sat-out")
         timer = Timer()
-        vec = np.asarray(inp.update, dtype=np.float64).reshape(-1)
-        if vec.shape != (d,):
-            return WorkerOutcome(r, "error", f"update has dimension {vec.size}, round {r} has d={d}")
         try:
-            encoded = ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
+            encoded = encode_input(inp, d, frac_bits)
         except ValueError as exc:
-            return WorkerOutcome(r, "error", f"encoder refused the update: {exc}")
+            return WorkerOutcome(r, "error", str(exc))
         to_s0, to_s1 = share_update(r, self.worker_id, encoded, prg.fresh_seed())
         seconds = {"encode": timer.seconds}
         timer = Timer()
@@ -214,6 +214,23 @@ class WorkerRuntime:
     def close(self) -> None:
         self.s0.close()
         self.s1.close()
+
+
+def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
+    """The ring vector (d,) the worker shares: its update through the honest encoder (or, simulated, the
+    unchecked one), or the given ring elements as they are. Raises ValueError saying what is wrong."""
+    if inp.ring:
+        row = np.asarray(inp.update)
+        if row.dtype != np.uint64 or row.shape != (d,):
+            raise ValueError(f"ring elements must be uint64 of shape ({d},), got {row.dtype} {row.shape}")
+        return row
+    vec = np.asarray(inp.update, dtype=np.float64).reshape(-1)
+    if vec.shape != (d,):
+        raise ValueError(f"update has dimension {vec.size}, the round has d={d}")
+    try:
+        return ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
+    except ValueError as exc:
+        raise ValueError(f"encoder refused the update: {exc}") from None
 
 
 def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import compare, dealer, prg, ring, sharing, validity
+from .. import dealer, prg, ring, sharing, validity
 from ..compare import AndSource, Party
 from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
