@@ -86,6 +86,8 @@ def _print_result(res: api.AggregateResult) -> None:
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     console.print(f"rule {res.rule}, f={res.f}, {len(res.participants)} participants")
     console.print(f"weights: {res.weights}")
+    for worker, reason in res.rejected.items():
+        console.print(f"rejected worker {worker}: {reason}")
     console.print(f"revealed aggregate: L2 norm {np.linalg.norm(res.aggregate):.6g}")
     console.print(f"S1 learned: {', '.join(res.revealed) or 'nothing beyond the weights'}")
     table = Table(title="bytes per party")
