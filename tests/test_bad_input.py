@@ -83,6 +83,7 @@ def test_n_too_small_for_f(rule, n, f, match):
     ({"rule": "mean", "drop": {9: "S0"}}, r"drop maps a worker"),
     ({"rule": "mean", "drop": {1: "S2"}}, r"drop maps a worker"),
     ({"rule": "mean", "dp_noise_std": -1.0}, r"dp_noise_std must be finite"),
+    ({"rule": "mean", "dp_noise_std": 100.0}, r"dp_noise_std 100 is above 59.6.*would wrap"),
     ({"rule": "mean", "unchecked": [7]}, r"outside 0..6"),
     ({"rule": "mean", "ring_rows": {7: np.zeros(5, np.uint64)}}, r"ring_rows maps worker indices in 0..6"),
     ({"rule": "mean", "ring_rows": {0: np.zeros(4, np.uint64)}}, r"ring_rows\[0\] has shape \(4,\)"),
@@ -179,3 +180,56 @@ def test_truncated_message_bytes_are_refused():
         M.Message.from_bytes(data[:-3])
     with pytest.raises(MalformedMessage, match="trailing bytes"):
         M.Message.from_bytes(data + b"\0")
+
+
+def _to_validity(n: int = 5, d: int = 4) -> tuple[ServerNode, ServerNode, M.Message, M.Message]:
+    """Two servers driven through a round up to their first validity-check messages."""
+    plan = RoundPlan(0, tuple(range(n)), d, 20, ("distances",), None, "tv")
+    s0, s1, dealer = ServerNode(0), ServerNode(1), DealerNode()
+    s0.start_round(plan)
+    s1.start_round(plan)
+    m0, m1 = dealer.handle(request_triple(0, plan.triple_spec()), TripleSeeds.fresh())
+    s0.receive_triple(m0)
+    s1.receive_triple(m1)
+    for w in range(n):
+        to0, to1 = share_update(0, w, ring.encode(np.full(d, 0.1 * w)), bytes([w + 1]) * 16)
+        s0.receive_share(to0)
+        s1.receive_share(to1)
+    p0, p1 = s0.participants_message(), s1.participants_message()
+    s0.agree(p1, 1, "")
+    s1.agree(p0, 1, "")
+    v0, v1 = s0.validity_seed_message(bytes(16)), s1.validity_seed_message(bytes([1]) * 16)
+    s0.receive_validity_seed(v1)
+    s1.receive_validity_seed(v0)
+    for start, stop in s0.chunks():
+        o0, o1 = s0.open_masked(start, stop), s1.open_masked(start, stop)
+        s0.project()
+        s1.project()
+        s0.accumulate(o1)
+        s1.accumulate(o0)
+    return s0, s1, s0.validity_start(), s1.validity_start()
+
+
+def test_bad_validity_messages_are_refused():
+    s0, _, _, from_s1 = _to_validity()
+    wrong_step = M.Message(M.VALIDITY_OPEN, 0, "S1", "S0", fields={"step": 3}, arrays=dict(from_s1.arrays))
+    with pytest.raises(UnexpectedMessage, match="validity opening 3, expected 0"):
+        s0.validity_step(wrong_step)
+    short = M.Message(M.VALIDITY_OPEN, 0, "S1", "S0", fields={"step": 0}, arrays={"x": from_s1.arrays["x"][:, :1]})
+    with pytest.raises(MalformedMessage, match="AND opening must be uint64 of shape"):
+        s0.validity_step(short)
+    with pytest.raises(UnexpectedMessage, match="expected validity-seed"):
+        s0.receive_validity_seed(from_s1)
+
+
+def test_s0_refuses_weights_for_another_set_of_participants():
+    s0, s1, to_s1, to_s0 = _to_validity()
+    while to_s1 is not None:
+        to_s1, to_s0 = s0.validity_step(to_s0), s1.validity_step(to_s1)
+    s1.open_view(s0.view_share_message())
+    weights = s1.choose(secrobust.rules.get_rule("krum"), 1, {})
+    forged = M.Message(M.WEIGHTS, 0, "S1", "S0", fields={**weights.fields, "participants": "0" * 32},
+                       arrays=dict(weights.arrays))
+    with pytest.raises(UnexpectedMessage, match="another set of participants"):
+        s0.receive_weights(forged)
+    s0.receive_weights(weights)

@@ -147,8 +147,23 @@ def test_cclip_never_keeps_a_center_the_encoder_refuses():
     """One round whose aggregate leaves the encoder's range (here: DP noise far above it) cannot stop the next
     rounds: the next center is scaled back into range."""
     cluster = Cluster(2)
-    big = cluster.run_round(X, "cclip", 2, dp_noise_std=500.0)
+    big = cluster.run_round(X, "cclip", 2, dp_noise_std=40.0)
     assert np.linalg.norm(big.aggregate) > secrobust.max_norm(F, D)
     nxt = cluster.run_round(X, "cclip", 2, ring_rows={BYZ: ATTACKS["norm-wrap"]})
     assert nxt.rejected == {BYZ: validity.REASON} and np.isfinite(nxt.aggregate).all()
     assert cluster.run_round(X, "cclip", 2).rejected == {}
+
+
+def test_a_bad_distance_between_two_workers_drops_both_and_counts_once():
+    """Defence in depth with the check off: a 2^32 spike on coordinate 0 reads out of range only against the
+    one honest worker whose coordinate 0 is positive. The distance proves only that one of the two is
+    malformed, so both lose their weight and f shrinks by one, not two."""
+    x = X.copy()
+    x[1, 0] = 0.3
+    spike = np.zeros(D, U64)
+    spike[0] = U64(1) << U64(32)
+    res = secrobust.aggregate(x, "krum", 2, ring_rows={BYZ: spike}, check_inputs=False)
+    assert res.rejected == {0: validity.VIEW_REASON, 1: validity.VIEW_REASON}
+    twin = secrobust.plain_aggregate(x[2:], "krum", 1, check_inputs=False)
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    np.testing.assert_array_equal(res.weights[2:], twin.weights)

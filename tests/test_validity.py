@@ -67,6 +67,14 @@ def test_completeness_in_high_dimension():
     assert secrobust.aggregate(x[:, :100_000] * np.sqrt(3), "mean", seed=1).rejected == {}
 
 
+def test_the_encoder_and_the_check_agree_exactly_at_the_bound():
+    """Float64 cannot tell B^2 from B^2 + 1; the encoder decides exactly, like the check."""
+    with pytest.raises(ValueError, match="above the encoder's range"):
+        ring.encode(np.array([2.0**7, 2.0**-20]), 20)
+    at = ring.encode(np.array([2.0**7, 0.0]), 20)
+    assert validity.plain_accept(at[None, :], bytes(16))[0]
+
+
 def test_just_above_the_bound_is_rejected_deterministically():
     d = 50
     enc = np.full(d, math.isqrt(P.bound_sq // d) + 1, dtype=np.int64).view(U64)

@@ -19,7 +19,7 @@ from .dealer import DEFAULT_CHUNK_BYTES
 from .nodes import DealerNode, ServerNode
 from .protocol import messages as M
 from .protocol.offline import request_triple
-from .protocol.server import RoundPlan, finish_aggregate, noise_share
+from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise_share
 from .protocol.worker import share_update
 from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
@@ -77,7 +77,7 @@ class Cluster:
             center_value = safe_center(self.last_aggregate, frac_bits)
         spec.validate(n, f, rule_options)
         drop = check_drop(drop, n)
-        check_noise(dp_noise_std)
+        check_noise(dp_noise_std, frac_bits)
         rows = check_ring_rows(ring_rows, n, d)
         check_inputs = validity.check_flag(check_inputs, d)
         stats = Stats()
@@ -220,7 +220,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
     with ``seed``, the same DP noise and validity projections too; ``round_id`` names the round of a
     seeded ``Cluster`` to mirror)."""
-    check_noise(dp_noise_std)
+    check_noise(dp_noise_std, frac_bits)
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(seed)
@@ -262,9 +262,8 @@ def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:
     return drop
 
 
-def check_noise(std: float) -> None:
-    if not (np.isfinite(std) and std >= 0):
-        raise ValueError(f"dp_noise_std must be finite and >= 0, got {std}")
+def check_noise(std: float, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
+    check_noise_std(std, frac_bits)
 
 
 @contextmanager

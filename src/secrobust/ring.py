@@ -59,8 +59,12 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
             raise ValueError(f"update {bad} contains NaN or inf; the honest encoder refuses it")
         scaled = np.multiply(block, 2.0**frac_bits)
         np.rint(scaled, out=scaled)
-        norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-        over = norms > SCALED_NORM_BOUND
+        sq = np.einsum("ij,ij->i", scaled, scaled)
+        norms = np.sqrt(sq)
+        over = sq > SCALED_NORM_BOUND**2 * (1 + 1e-6)
+        near = ~over & (sq > SCALED_NORM_BOUND**2 * (1 - 1e-6))
+        if near.any():
+            over |= near & (_exact_squared_norms(scaled) > int(SCALED_NORM_BOUND) ** 2)
         if over.any():
             i = int(np.flatnonzero(over)[0])
             raise ValueError(
@@ -70,6 +74,13 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
             )
         out[start : start + step] = scaled
     return out.view(RING_DTYPE).reshape(x.shape)
+
+
+def _exact_squared_norms(scaled: np.ndarray) -> np.ndarray:
+    """Row sums of squares of integer-valued float rows, exactly (as Python ints): float64 cannot tell
+    B^2 from B^2 + 1 at B = 2^27, and the validity check compares exactly."""
+    ints = scaled.astype(np.int64)
+    return np.array([sum(int(v) * int(v) for v in row) for row in ints], dtype=object)
 
 
 def encode_unchecked(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:

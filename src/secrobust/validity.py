@@ -34,15 +34,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import compare, prg, ring
 from .compare import Party, Source
 
 SECURITY_BITS = 40
 _EXACT_COLUMNS = 1 << 20
+PROJECT_COLUMNS = 1 << 16
+"""Columns of R made at a time: lambda * 8 bytes each, so a block of R is about 40 MB."""
 REASON = ("failed the input validity check: its shares do not reconstruct to a vector of L2 norm at most B "
           "(norm above the bound, or a ring wrap-around)")
-VIEW_REASON = "an opened distance or norm lies outside [0, 2^(62-2F)], proof of a malformed input"
+VIEW_REASON = ("an opened norm, or a distance to another dropped worker, lies outside [0, 2^(62-2F)]: proof that "
+               "it or that worker sent a malformed input")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarr
     return entries.astype(np.float64).T
 
 
+@functools.lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     """x @ r.T in Z_2^64 for uint64 x (n, w) and r in {-1, 0, 1} (lam, w), exactly.
 
@@ -141,10 +150,21 @@ def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
         words = np.ascontiguousarray(x[:, a:b]).view(np.uint32).reshape(n, b - a, 2)
         halves = np.empty((2, n, b - a))
         halves[0], halves[1] = words[..., 0], words[..., 1]
-        prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
+        with _blas().limit(limits=1, user_api="blas"):
+            # One thread: threaded BLAS on these thin products stalls by 100x when the cores are shared.
+            prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
         lo = prod[:n].astype(np.int64).view(np.uint64)
         hi = prod[n:].astype(np.int64).view(np.uint64)
         out += lo + (hi << np.uint64(32))
+    return out
+
+
+def project_columns(x: np.ndarray, seed: bytes, lam: int, start: int) -> np.ndarray:
+    """x @ R[:, start:start + w].T in Z_2^64 for a column chunk x (n, w), making R block by block."""
+    out = np.zeros((x.shape[0], lam), dtype=np.uint64)
+    for a in range(0, x.shape[1], PROJECT_COLUMNS):
+        b = min(a + PROJECT_COLUMNS, x.shape[1])
+        out += project(x[:, a:b], projection_columns(seed, lam, start + a, start + b))
     return out
 
 
@@ -200,10 +220,7 @@ def plain_accept(encoded: np.ndarray, seed: bytes, p: Params | None = None) -> n
     x = np.asarray(encoded, dtype=np.uint64)
     n, d = x.shape
     norms = np.einsum("ij,ij->i", x, x)
-    proj = np.zeros((n, p.projections), dtype=np.uint64)
-    for start in range(0, d, _EXACT_COLUMNS):
-        stop = min(start + _EXACT_COLUMNS, d)
-        proj += project(x[:, start:stop], projection_columns(seed, p.projections, start, stop))
+    proj = project_columns(x, seed, p.projections, 0)
     in_window = (proj + np.uint64(p.window)) < np.uint64(2 * p.window + 1)
     return in_window.all(axis=1) & (norms <= np.uint64(p.bound_sq))
 

@@ -288,7 +288,7 @@ class LocalDeployment:
         center_value, rule_options = split_options(rule, options)
         spec.validate(n, f, rule_options)
         drop = api.check_drop(drop, n)
-        api.check_noise(dp_noise_std)
+        api.check_noise(dp_noise_std, frac_bits)
         byz = check_unchecked(unchecked, n)
         rows = check_ring_rows(ring_rows, n, d)
         validity.check_flag(check_inputs, d)

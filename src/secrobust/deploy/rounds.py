@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import ring, validity
 from ..dealer import DEFAULT_CHUNK_BYTES
-from ..protocol.server import RoundPlan
+from ..protocol.server import RoundPlan, check_noise_std
 from ..randomness import SeedSource
 from ..rules.registry import RuleSpec, get_rule
 from ..updates import encode_center
@@ -94,8 +94,7 @@ class RoundRequest:
             raise ValueError("worker ids must be distinct non-negative integers")
         if not (np.isfinite(self.share_window_s) and self.share_window_s > 0):
             raise ValueError("share_window_s must be a positive number of seconds")
-        if not (np.isfinite(self.dp_noise_std) and self.dp_noise_std >= 0):
-            raise ValueError("dp_noise_std must be finite and >= 0")
+        check_noise_std(self.dp_noise_std, self.frac_bits)
         ring.check_frac_bits(self.frac_bits)
         spec = get_rule(self.rule)
         spec.validate(len(self.worker_ids), self.f, self.options)

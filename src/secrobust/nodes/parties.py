@@ -147,9 +147,9 @@ class ServerNode:
         if st.view is None:
             raise UnexpectedMessage(f"{self.name}: nothing opened yet")
         workers = st.participants or ()
-        keep = impossible_view_filter(st.view, len(workers), st.plan.frac_bits)
+        keep, proven = impossible_view_filter(st.view, len(workers), st.plan.frac_bits, max(0, f - len(st.rejected)))
         dropped = tuple(w for i, w in enumerate(workers) if i not in set(keep))
-        f_eff = max(0, f - len(st.rejected) - len(dropped))
+        f_eff = max(0, f - len(st.rejected) - proven)
         if len(keep) < spec.min_n(f_eff):
             raise RoundAborted(f"round {st.plan.round_id}: only {len(keep)} workers have a possible view; rule "
                                f"{spec.name!r} needs {spec.requirement}")
@@ -172,21 +172,32 @@ class ServerNode:
         return server.reveal_aggregate(self.current, own_share, peer_msg)
 
 
-def impossible_view_filter(view: View, n: int, frac_bits: int) -> list[int]:
-    """Positions S1 keeps: an opened norm or distance outside [0, 2^(62-2F)] proves a malformed input (the
-    validity check makes it impossible except with probability 2^-40). A bad norm drops its worker; bad
-    distances drop, one at a time, the worker with the most bad entries, until none is left."""
+def impossible_view_filter(view: View, n: int, frac_bits: int, f: int) -> tuple[list[int], int]:
+    """(positions S1 keeps, how many dropped workers are proven malformed), for at most f malformed workers.
+
+    An opened norm or distance outside [0, 2^(62-2F)] proves a malformed input (the validity check makes it
+    impossible except with probability 2^-40). A bad norm proves its worker malformed: it is dropped. A bad
+    distance proves that one of its two workers is. A worker with more bad distances than the malformed
+    workers left (f minus those proven) is itself malformed (an honest one has bad distances only to
+    malformed ones): it is dropped alone. Otherwise both ends of a bad distance are dropped (never
+    preferred) and count as one, so an honest worker can lose its weight but never lowers f wrongly."""
     keep = list(range(n))
+    proven = 0
     if view.norms is not None:
         keep = [i for i in keep if not validity.view_out_of_range(view.norms[i], frac_bits)]
+        proven = n - len(keep)
     if view.distances is not None:
         while keep:
-            sub = view.distances[np.ix_(keep, keep)]
-            bad = validity.view_out_of_range(sub, frac_bits)
+            bad = validity.view_out_of_range(view.distances[np.ix_(keep, keep)], frac_bits)
             if not bad.any():
                 break
-            keep.pop(int(np.argmax(bad.sum(axis=1))))
-    return keep
+            degree = bad.sum(axis=1)
+            i = int(np.argmax(degree))
+            pair = {i} if degree[i] > f - proven else {i, int(np.flatnonzero(bad[i])[0])}
+            for pos in sorted(pair, reverse=True):
+                keep.pop(pos)
+            proven += 1
+    return keep, proven
 
 
 def restrict_view(view: View, keep: list[int]) -> View:

@@ -13,6 +13,7 @@ needs only norms. Nothing here samples randomness or does I/O.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -308,7 +309,7 @@ def project_pending(state: ServerState) -> ServerState:
         raise UnexpectedMessage(f"{state.name}: nothing to project (no open chunk or no validity seed)")
     start, stop, _, _, x = state.pending
     p = validity.params()
-    part = validity.project(x, validity.projection_columns(state.validity_seed, p.projections, start, stop))
+    part = validity.project_columns(x, state.validity_seed, p.projections, start)
     if state.plan.center is not None:
         part = np.concatenate([part, np.matmul(x, state.plan.center[start:stop])[:, None]], axis=1)
     proj = part if state.proj is None else state.proj + part
@@ -390,7 +391,7 @@ def weights_message(state: ServerState, choice: Choice, dropped: tuple[int, ...]
     w = np.asarray(choice.weights, dtype=np.float64)
     if w.shape != (len(state._participants()),) or not np.isfinite(w).all() or not np.isfinite(choice.center_weight):
         raise ValueError(f"S1: the rule returned weights of shape {w.shape}, expected ({len(state._participants())},) finite")
-    fields: dict = {"center_weight": float(choice.center_weight)}
+    fields: dict = {"center_weight": float(choice.center_weight), "participants": participants_digest(state)}
     if dropped:
         fields["rejected"] = list(dropped)
     msg = Message(WEIGHTS, state.plan.round_id, "S1", "S0", fields=fields, arrays={"weights": w})
@@ -398,8 +399,17 @@ def weights_message(state: ServerState, choice: Choice, dropped: tuple[int, ...]
     return replace(state, choice=Choice(w, float(choice.center_weight)), rejected=rejected), msg
 
 
+def participants_digest(state: ServerState) -> str:
+    """A short hash of the round's final participants, so S0 can confirm it weights the same rows as S1."""
+    text = ",".join(str(w) for w in state._participants())
+    return hashlib.sha256(f"{state.plan.round_id}|{text}".encode()).hexdigest()[:32]
+
+
 def receive_weights(state: ServerState, msg: Message) -> ServerState:
     _expect(state, msg, WEIGHTS, "S1")
+    if msg.fields.get("participants") != participants_digest(state):
+        raise UnexpectedMessage("S0: S1's weights are for another set of participants (the servers disagree on "
+                                "who passed the input validity check)")
     w = msg.arrays.get("weights")
     cw = msg.fields.get("center_weight")
     n = len(state._participants())
@@ -450,9 +460,27 @@ def finish_aggregate(total: np.ndarray, frac_bits: int, center: np.ndarray | Non
     return out
 
 
+MAX_GAUSSIAN = 8.58
+"""prg.gaussian draws from 53-bit uniforms, so |z| <= sqrt(2 * 53 ln 2) < 8.58."""
+
+
+def max_noise_std(frac_bits: int) -> float:
+    """The largest DP noise std whose shares cannot wrap: each server's noise stays below 2^61 at the
+    aggregate's scale 2^(F+W), so both noises plus an aggregate below 2^59 stay below 2^63."""
+    return 2.0 ** (61 - frac_bits - ring.WEIGHT_FRAC_BITS) / MAX_GAUSSIAN
+
+
+def check_noise_std(std: float, frac_bits: int) -> None:
+    if not (np.isfinite(std) and std >= 0):
+        raise ValueError(f"dp_noise_std must be finite and >= 0, got {std}")
+    if std > max_noise_std(frac_bits):
+        raise ValueError(f"dp_noise_std {std:g} is above {max_noise_std(frac_bits):.6g}, the largest the aggregate's "
+                         f"fixed point holds at frac_bits={frac_bits} (the noise would wrap in Z_2^64); lower "
+                         "frac_bits for more noise")
+
+
 def noise_share(seed: bytes, purpose: str, d: int, std: float, frac_bits: int) -> np.ndarray:
     """N(0, std^2) per coordinate from a keystream, encoded at the aggregate's scale 2^(F+W)."""
-    if not (np.isfinite(std) and std >= 0):
-        raise ValueError(f"noise std must be finite and >= 0, got {std}")
+    check_noise_std(std, frac_bits)
     z = prg.gaussian(seed, purpose, d) * std
     return np.rint(z * 2.0 ** (frac_bits + ring.WEIGHT_FRAC_BITS)).astype(np.int64).view(np.uint64)

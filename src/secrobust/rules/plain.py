@@ -72,10 +72,10 @@ def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRA
         raise RoundAborted(f"{len(participants)} workers passed the input validity check; rule {rule!r} needs "
                            f"{spec.requirement} with f = {max(0, f - len(rejected))}")
     view = plain_view(encoded[list(participants)], spec.reveals(rule_options), frac_bits, center)
-    keep = impossible_view_filter(view, len(participants), frac_bits)
+    keep, proven = impossible_view_filter(view, len(participants), frac_bits, max(0, f - len(rejected)))
+    f_eff = max(0, f - len(rejected) - proven)
     dropped = [participants[i] for i in range(len(participants)) if i not in set(keep)]
     rejected.update({w: validity.VIEW_REASON for w in dropped})
-    f_eff = max(0, f - len(rejected))
     if len(keep) < spec.min_n(f_eff):
         raise RoundAborted(f"only {len(keep)} workers have a possible view; rule {rule!r} needs {spec.requirement}")
     sub = apply(spec, restrict_view(view, keep), len(keep), f_eff, rule_options)
