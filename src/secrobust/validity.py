@@ -172,18 +172,21 @@ def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src
     """One server's side of the check for n workers: shares of the projections (n, lambda) and of the
     squared norms (n,) -> the public accept flags (n,).
 
-    [s_ij + T <_u 2T + 1] for every projection and [N_i <_u B^2 + 1], AND-reduced per worker, then opened."""
+    [s_ij + T <_u 2T + 1] for every projection and [N_i <_u B^2 + 1], AND-reduced per worker, then opened.
+    The comparisons run on the (lambda + 1) n values packed densely; their XOR-shared result bits are then
+    laid out again locally (one plane row per check) for the AND across each worker's checks."""
     n = norm.shape[0]
-    width = compare.words_for(n) * compare.WORD
-    values = np.zeros((p.projections + 1, width), dtype=np.uint64)
-    values[: p.projections, :n] = proj.T
+    rows = p.projections + 1
+    values = np.empty((rows, n), dtype=np.uint64)
+    values[: p.projections] = proj.T
     if party == 0:
         values[: p.projections] += np.uint64(p.window)
-    values[p.projections, :n] = norm
-    limits = np.full((p.projections + 1, width), 2 * p.window + 1, dtype=np.uint64)
+    values[p.projections] = norm
+    limits = np.full((rows, n), 2 * p.window + 1, dtype=np.uint64)
     limits[p.projections] = np.uint64(p.bound_sq + 1)
     lt = yield from compare.less_than_public(party, values.ravel(), limits.ravel(), src)
-    ok = yield from compare.and_reduce(party, lt.reshape(p.projections + 1, -1), src)
+    per_check = compare.plane_bits(lt, rows * n).reshape(rows, n)
+    ok = yield from compare.and_reduce(party, np.stack([compare.bits_plane(r) for r in per_check]), src)
     return (yield from compare.open_plane(party, ok, n))
 
 
