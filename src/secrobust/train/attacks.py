@@ -12,19 +12,32 @@ Every attack is called as ``attack(honest, own, rng) -> byzantine`` where
 Inputs may be NumPy arrays or CPU torch tensors; outputs are NumPy. Options (scale, epsilon, ...)
 are keyword arguments; ``make_attack(name, **options)`` binds them and rejects unknown ones.
 Below, \mu and \sigma are the coordinate-wise mean and standard deviation of the honest rows.
+
+Ring attacks (``RING_ATTACKS``, ``is_ring_attack(name)``) are called as
+``attack(honest, own, rng, frac_bits) -> byzantine`` and return (f, d) ``uint64``: the exact elements of
+Z_2^64 the Byzantine workers send (``ring_rows=`` of the engine), which no float row can express. With
+F = ``frac_bits``, E(v) = round(2^F v) mod 2^64 is the honest encoding, y_i = E(honest_i) are the honest
+ring rows, and ``~x`` is the signed reading of x in [-2^63, 2^63). The protocol computes squared
+distances and norms in Z_2^64, so before the input validity check (``secrobust.validity``: every
+accepted ``~x`` has L2 norm at most B = 2^27) these rows made S1 see values that have nothing to do
+with the true vectors; the check rejects all of them (weight 0).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from scipy.stats import norm as _normal
 
+from secrobust import ring
+
 Attack = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+RingAttack = Callable[[np.ndarray, np.ndarray, np.random.Generator, int], np.ndarray]
 
 
 def _rows(honest: Any, own: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +176,160 @@ def large_norm(honest: Any, own: Any, rng: np.random.Generator, *, norm: float =
     return np.tile(-float(norm) * direction, (o.shape[0], 1))
 
 
+def _ring_inputs(honest: Any, own: Any, frac_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(honest floats, own floats, y = E(honest)): the honest ring rows exactly as the engine encodes them."""
+    h, o = _rows(honest, own)
+    return h, o, ring.encode(h, frac_bits).reshape(h.shape)
+
+
+def _rows_of(row: np.ndarray, f: int) -> np.ndarray:
+    return np.tile(np.asarray(row, dtype=np.uint64), (f, 1))
+
+
+def _pow2(k: np.ndarray) -> np.ndarray:
+    """2^k mod 2^64 for integer k in [0, 63]."""
+    return np.left_shift(np.uint64(1), np.asarray(k, dtype=np.uint64))
+
+
+def _two_adic(x: np.ndarray) -> np.ndarray:
+    """v(x): the number of trailing zero bits of each uint64 (64 for 0)."""
+    low = x & (np.uint64(0) - x)
+    return np.where(x == 0, 64, np.log2(np.maximum(low, np.uint64(1)).astype(np.float64)).astype(np.int64))
+
+
+def _parity_kernel(y: np.ndarray) -> np.ndarray:
+    r"""A non-empty set C of coordinates (as a boolean mask) with :math:`\sum_{c \in C} y_{ic}` of the same
+    parity for every row i: a coordinate where all parities agree if there is one, else the first linear
+    dependency over GF(2) among the columns of :math:`p_{ic} = (y_{ic} - y_{0c}) \bmod 2` (one exists among
+    any h columns, since p has h - 1 non-zero rows)."""
+    parity = (y & np.uint64(1)).astype(bool)
+    p = parity[1:] ^ parity[0]
+    mask = np.zeros(y.shape[1], dtype=bool)
+    agree = np.flatnonzero(~p.any(axis=0))
+    if agree.size:
+        mask[agree[0]] = True
+        return mask
+    basis: dict[int, tuple[int, int]] = {}
+    for c in range(y.shape[1]):
+        v, comb = int(sum(1 << i for i in np.flatnonzero(p[:, c]).tolist())), 1 << c
+        while v and (v.bit_length() - 1) in basis:
+            bv, bc = basis[v.bit_length() - 1]
+            v, comb = v ^ bv, comb ^ bc
+        if not v:
+            mask[[i for i in range(c + 1) if comb >> i & 1]] = True
+            return mask
+        basis[v.bit_length() - 1] = (v, comb)
+    raise ValueError(f"no coordinate set of equal parity across the {y.shape[0]} honest rows (d = {y.shape[1]})")
+
+
+def zero_wrap(honest: Any, own: Any, rng: np.random.Generator, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> np.ndarray:
+    r"""Zero wrap: every Byzantine row is :math:`x = E(\mu) + \sum_c 2^{k_c} e_c`, far from the honest rows,
+    with every squared distance to them equal, in Z_2^64, to that of E(\mu).
+
+    For a row y, :math:`\lVert x - y\rVert^2 - \lVert E(\mu) - y\rVert^2 = \sum_c 2^{k_c+1}(E(\mu)_c - y_c)
+    + 2^{2k_c}`, which is 0 mod 2^64 when :math:`k_c \ge 32` and :math:`2^{k_c+1}(E(\mu)_c - y_c) \equiv 0`,
+    i.e. :math:`k_c \ge 63 - v_c` with :math:`v_c` the 2-adic valuation of :math:`E(\mu)_c - y_{ic}` over all
+    honest i. So :math:`k_c = \max(32, 63 - v_c)`: 2^32 (:math:`2^{32-F}`, 4096 real units at F = 20) on a
+    coordinate where the honest rows agree, as in the README's ring-overflow example, up to 2^63 on the
+    others. S1 saw the row at the honest centre, so distance-based rules kept it while every coordinate
+    is at least :math:`2^{32-F}` away. In the aggregate the offset meets the weight's encoding
+    :math:`\omega = \mathrm{round}(2^{32} w)`: :math:`2^{k_c}\omega` survives mod 2^64 unless
+    :math:`\omega` has :math:`64 - k_c` trailing zero bits, so Multi-Krum's 1/m or the mean's 1/n moved
+    the agreeing coordinates by hundreds to thousands, while Krum's weight 1 (:math:`\omega = 2^{32}`)
+    cancels every offset and returns E(\mu).
+    """
+    h, o, y = _ring_inputs(honest, own, frac_bits)
+    if not h.shape[0]:
+        return np.zeros(o.shape, dtype=np.uint64)
+    base = ring.encode_unchecked(h.mean(axis=0), frac_bits)
+    v = _two_adic(np.bitwise_or.reduce(base - y, axis=0))
+    return _rows_of(base + _pow2(np.maximum(32, 63 - np.minimum(v, 63))), o.shape[0])
+
+
+def high_bits(honest: Any, own: Any, rng: np.random.Generator, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+              *, scale: float = 10.0) -> np.ndarray:
+    r"""High bits: every Byzantine row is :math:`x = E(t) + 2^{62}\,1_C`, target :math:`t = -s\mu` (norm
+    capped at :math:`2^{30-F}`), C a coordinate set of equal parity across the honest rows.
+
+    With :math:`b_i = E(t) - y_i`: :math:`\lVert x - y_i\rVert^2 = \lVert b_i\rVert^2 + 2^{63}\sum_{c\in C}
+    b_{ic} + 2^{124}|C| \equiv \lVert b_i\rVert^2 + 2^{63}` mod 2^64 once :math:`\sum_C b_{ic}` is odd for
+    every i (``_parity_kernel`` finds C, one unit of E(t) on C fixes the parity). As
+    :math:`\lVert b_i\rVert^2 < 2^{63}`, every squared distance to an honest row reads negative, so Krum
+    scored the row lowest and chose it with weight 1, encoded as 2^32; then :math:`2^{32}x \equiv
+    2^{32}E(t)` (:math:`2^{94} \equiv 0`) and the revealed aggregate was t exactly (:math:`|E(t)_c| <
+    2^{31}`). The same negative distances moved Multi-Krum and geomed. With s > 0 the target is gradient
+    ascent on the honest mean.
+    """
+    h, o, y = _ring_inputs(honest, own, frac_bits)
+    if not h.shape[0]:
+        return np.zeros(o.shape, dtype=np.uint64)
+    t = -float(scale) * h.mean(axis=0)
+    cap = 2.0 ** (30 - frac_bits)
+    length = float(np.linalg.norm(t))
+    target = ring.encode_unchecked(t * min(1.0, cap / length) if length > 0 else t, frac_bits)
+    chosen = _parity_kernel(y)
+    first = int(np.flatnonzero(chosen)[0])
+    if not (int(np.sum(target[chosen] - y[0, chosen])) & 1):
+        target[first] += np.uint64(1)
+    return _rows_of(target + np.where(chosen, np.uint64(1 << 62), np.uint64(0)), o.shape[0])
+
+
+NORM_WRAP_RADIUS = math.sqrt(3.0) * 2.0**31
+
+
+def norm_wrap(honest: Any, own: Any, rng: np.random.Generator, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> np.ndarray:
+    r"""Norm wrap: every Byzantine row is :math:`x = \mathrm{round}(-r\,\mu/\lVert\mu\rVert)` in scaled units,
+    :math:`r = \sqrt 3\cdot 2^{31}` (:math:`\sqrt3\cdot 2^{31-F}`, about 3547 real units at F = 20).
+
+    :math:`\lVert x\rVert^2 \approx 3\cdot 2^{62}` lies in :math:`[2^{63}, 2^{64})`, the upper half of the
+    ring, so the squared norm computed mod 2^64 reads negative (about :math:`-2^{62}`): a negative norm,
+    NaN after the square root of norm-clip and cclip. Its squared distances to the honest rows differ
+    from :math:`\lVert x\rVert^2` by at most :math:`2r\cdot 2^{27} + 2^{54} < 2^{61}`, so they read
+    negative too and Krum chose it. The true row points against the honest mean, thousands away.
+    """
+    h, o = _rows(honest, own)
+    mu = h.mean(axis=0) if h.shape[0] else np.zeros(o.shape[1])
+    length = float(np.linalg.norm(mu))
+    direction = mu / length if length > 0 else np.full(o.shape[1], 1.0 / math.sqrt(max(o.shape[1], 1)))
+    row = np.rint(-NORM_WRAP_RADIUS * direction).astype(np.int64).view(np.uint64)
+    return _rows_of(row, o.shape[0])
+
+
+def random_ring(honest: Any, own: Any, rng: np.random.Generator, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> np.ndarray:
+    r"""Random ring words: every Byzantine coordinate is uniform in Z_2^64.
+
+    The ring analogue of the Gaussian attack of Blanchard et al. (NeurIPS 2017): the true vector has
+    coordinates of order 2^62 (real :math:`2^{62-F}`), while its squared distances and norm mod 2^64 are
+    essentially uniform, so about half of them read negative and the rest anywhere in the ring.
+    """
+    _, o = _rows(honest, own)
+    return rng.integers(0, np.iinfo(np.uint64).max, size=o.shape, dtype=np.uint64, endpoint=True)
+
+
+RING_MIX = ("high-bits", "zero-wrap", "norm-wrap", "random-ring")
+
+
+def ring_overflow(honest: Any, own: Any, rng: np.random.Generator,
+                  frac_bits: int = ring.DEFAULT_FRAC_BITS) -> np.ndarray:
+    r"""Ring overflow, the four ring attacks at once: Byzantine row j is the row of
+    ``RING_MIX[(j + r) mod 4]`` (high-bits, zero-wrap, norm-wrap, random-ring) with r uniform in {0..3}
+    each round.
+
+    With f >= 4 every round carries all four constructions and over the rounds every Byzantine worker
+    sends each of them (with f < 4, a random subset each round). Before the validity check each one
+    alone fooled S1: negative distances that won Krum's choice (high-bits, norm-wrap, most random-ring
+    rows) or distances of a row at the honest centre although thousands away (zero-wrap).
+    """
+    _, o = _rows(honest, own)
+    out = np.empty(o.shape, dtype=np.uint64)
+    shift = int(rng.integers(len(RING_MIX)))
+    for k, name in enumerate(RING_MIX):
+        rows = [j for j in range(o.shape[0]) if (j + shift) % len(RING_MIX) == k]
+        if rows:
+            out[rows] = RING_ATTACKS[name](honest, o[rows], rng, frac_bits)
+    return out
+
+
 ATTACKS: dict[str, Callable[..., np.ndarray]] = {
     "none": none,
     "sign-flip": sign_flip,
@@ -175,12 +342,25 @@ ATTACKS: dict[str, Callable[..., np.ndarray]] = {
     "large-norm": large_norm,
 }
 
+RING_ATTACKS: dict[str, Callable[..., np.ndarray]] = {
+    "zero-wrap": zero_wrap,
+    "high-bits": high_bits,
+    "norm-wrap": norm_wrap,
+    "random-ring": random_ring,
+    "ring-overflow": ring_overflow,
+}
+
 _LABEL_FLIPPING = frozenset({"label-flip"})
 
 
 def flips_labels(name: str) -> bool:
     """True if attack ``name`` poisons the Byzantine workers' labels before they train."""
     return name in _LABEL_FLIPPING
+
+
+def is_ring_attack(name: str) -> bool:
+    """True if attack ``name`` returns uint64 ring rows (called with ``frac_bits``, sent as ``ring_rows``)."""
+    return name in RING_ATTACKS
 
 
 def attack_options(name: str) -> dict[str, Any]:
@@ -193,7 +373,7 @@ def attack_options(name: str) -> dict[str, Any]:
     }
 
 
-def make_attack(name: str, **options: Any) -> Attack:
+def make_attack(name: str, **options: Any) -> Attack | RingAttack:
     """Bind ``options`` to attack ``name``; ValueError on an unknown name or option."""
     fn = _lookup(name)
     allowed = attack_options(name)
@@ -207,6 +387,6 @@ def make_attack(name: str, **options: Any) -> Attack:
 
 def _lookup(name: str) -> Callable[..., np.ndarray]:
     try:
-        return ATTACKS[name]
+        return ATTACKS[name] if name in ATTACKS else RING_ATTACKS[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}") from None
+        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join([*ATTACKS, *RING_ATTACKS])}") from None

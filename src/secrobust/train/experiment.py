@@ -151,6 +151,8 @@ def run_grid(
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     for table in accuracy_tables(summary):
         console.print(table)
+    for line in rejection_notes(summary):
+        console.print(line, highlight=False, soft_wrap=True)
     if plots:
         paths = plot_all(records, summary, out)
         console.print(f"wrote {out / RESULTS}, {out / SUMMARY} and {len(paths)} plots in {out}")
@@ -158,7 +160,8 @@ def run_grid(
 
 
 def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final accuracy per (rule, attack, f, secure): mean and sample std over seeds, and friends."""
+    """Final accuracy per (rule, attack, f, secure): mean and sample std over seeds, and friends
+    (Byzantine weight, workers rejected by the input validity check per round, honest ones among them)."""
     groups: dict[tuple[str, str, int, bool], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["rule"], r["attack"], r["f"], r["secure"])].append(r)
@@ -176,6 +179,8 @@ def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[s
                 "final_accuracy_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
                 "runs": int(acc.size),
                 "byzantine_weight": float(np.mean([r["byzantine_weight"] for r in rs])),
+                "rejected_per_round": float(np.mean([r.get("rejected_total", 0) / r["rounds"] for r in rs])),
+                "rejected_honest": int(sum(r.get("rejected_honest", 0) for r in rs)),
                 "diverged": int(sum(r["diverged"] for r in rs)),
                 "epsilon": max(eps) if eps else None,
                 "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
@@ -223,6 +228,25 @@ def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
                 table.add_row(rule, "secure" if secure else "plain", *values)
         tables.append(table)
     return tables
+
+
+def rejection_notes(summary: dict[str, Any]) -> list[str]:
+    """One line per (f, attack) whose workers the input validity check rejected: the range over
+    (rule, mode) of the workers rejected per round, the largest weight given to Byzantine rows, and
+    how many honest workers were rejected."""
+    rows = summary["final_accuracy"]
+    lines = []
+    for f in sorted({r["f"] for r in rows}):
+        for attack in summary["attacks"]:
+            chosen = [r for r in rows if r["f"] == f and r["attack"] == attack]
+            rejected = [r.get("rejected_per_round", 0.0) for r in chosen]
+            if chosen and max(rejected) > 0:
+                lines.append(
+                    f"input validity check, f = {f}, {attack}: {min(rejected):.2f}-{max(rejected):.2f} workers "
+                    f"rejected per round, Byzantine weight at most {max(r['byzantine_weight'] for r in chosen):.3f}, "
+                    f"{sum(r.get('rejected_honest', 0) for r in chosen)} honest workers rejected"
+                )
+    return lines
 
 
 def _fmt(row: dict[str, Any] | None) -> str:

@@ -7,12 +7,16 @@ Round t, with global parameters :math:`\theta_t \in \mathbb R^d`:
    :math:`u_i = (\theta_t - \theta_{t,K}^i)/(K\eta_{local})`. With worker momentum beta it sends
    :math:`m_i \leftarrow \beta m_i + (1-\beta) u_i` instead; with DP the sent vector is clipped to
    norm C. An honest worker also scales its vector into the encoder's range
-   (``secrobust.max_norm(F, d)``, about 2^(30-F)), which the honest encoder would otherwise reject.
+   (``secrobust.max_norm(F, d)``, about 2^(27-F)), which the honest encoder would otherwise reject.
 2. The f Byzantine workers (a random subset fixed for the run) compute the same thing on their
    own data (labels flipped for the label-flip attack), then replace it by
-   ``attack(honest_rows, own_rows, rng)``; their rows are marked ``unchecked`` for the engine.
+   ``attack(honest_rows, own_rows, rng)``; their float rows are marked ``unchecked`` for the engine.
+   A ring attack (``attacks.is_ring_attack``) returns uint64 ring elements instead,
+   ``attack(honest_rows, own_rows, rng, F)``, sent as ``ring_rows`` (secure and plaintext alike).
 3. ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext) applies the
-   rule, with per-server DP noise std :math:`\sigma = z\Delta` if DP is on.
+   rule, with per-server DP noise std :math:`\sigma = z\Delta` if DP is on. The input validity
+   check rejects (weight 0) every worker whose ring vector has norm above the encoder's bound;
+   the run counts them.
 4. :math:`\theta_{t+1} = \theta_t - \eta\, a_t` with a_t the revealed aggregate.
 
 Test accuracy is measured at round 0, every ``eval_every`` rounds and after the last round. If
@@ -30,14 +34,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from secrobust.train.attacks import flips_labels, make_attack
+from secrobust.train.attacks import flips_labels, is_ring_attack, make_attack
 from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
 from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
@@ -48,7 +52,9 @@ ENCODER_MARGIN = 0.999
 
 @dataclass
 class RunResult:
-    """What one run produced. ``weights[t]`` are the public weights the rule chose in round t."""
+    """What one run produced. ``weights[t]`` are the public weights the rule chose in round t;
+    ``rejected[t]`` is how many workers the input validity check rejected in round t
+    (``rejected_honest`` of them honest, over the whole run)."""
 
     spec: RunSpec
     dataset: str
@@ -62,6 +68,8 @@ class RunResult:
     diverged: bool
     rescaled_rows: int = 0
     clipped_rows: int = 0
+    rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rejected_honest: int = 0
 
     @property
     def final_accuracy(self) -> float:
@@ -100,6 +108,8 @@ class RunResult:
             "diverged": self.diverged,
             "rescaled_rows": self.rescaled_rows,
             "clipped_rows": self.clipped_rows,
+            "rejected_total": int(self.rejected.sum()),
+            "rejected_honest": self.rejected_honest,
             "seconds": round(self.seconds, 3),
             "aggregate_seconds": round(self.aggregate_seconds, 3),
             "history": self.history,
@@ -109,8 +119,9 @@ class RunResult:
 
 SecureAggregate = Callable[..., Any]
 """What a secure run calls every round: ``fn(updates, rule, f, **kwargs)`` with the keyword arguments of
-``secrobust.aggregate`` (frac_bits, seed, dp_noise_std, unchecked, rule options), returning a result with
-``aggregate`` and ``weights``. ``secrobust.aggregate`` (all parties in this process) by default;
+``secrobust.aggregate`` (frac_bits, seed, dp_noise_std, unchecked, rule options, and ``ring_rows`` under a
+ring attack only), returning a result with ``aggregate``, ``weights`` and optionally ``rejected``.
+``secrobust.aggregate`` (all parties in this process) by default;
 ``LocalDeployment.aggregate`` runs the same round over gRPC, one OS process per party."""
 
 
@@ -131,6 +142,29 @@ def engine_max_norm(frac_bits: int, d: int) -> float:
     import secrobust
 
     return float(secrobust.max_norm(frac_bits, d))
+
+
+def byzantine_inputs(
+    attack: Callable[..., np.ndarray],
+    name: str,
+    sent: np.ndarray,
+    byzantine: list[int],
+    honest: np.ndarray,
+    rng: np.random.Generator,
+    frac_bits: int,
+) -> dict[str, Any]:
+    """Put the attack's rows in place and return the engine's keyword arguments for them.
+
+    A float attack overwrites ``sent[byzantine]`` and the rows go ``unchecked``; a ring attack's uint64 rows
+    go as ``ring_rows`` {worker: row} (the engine ignores those workers' float rows, zeroed here)."""
+    if not byzantine:
+        return {"unchecked": ()}
+    if not is_ring_attack(name):
+        sent[byzantine] = attack(sent[honest], sent[byzantine], rng)
+        return {"unchecked": tuple(byzantine)}
+    rows = attack(sent[honest], sent[byzantine], rng, frac_bits)
+    sent[byzantine] = 0.0
+    return {"unchecked": (), "ring_rows": {w: rows[k] for k, w in enumerate(byzantine)}}
 
 
 def round_seed(seed: int, t: int) -> int:
@@ -212,10 +246,13 @@ def run(
     accountant = PrivacyAccountant(dp.noise_multiplier) if sigma > 0 else None
 
     weights = np.zeros((tc.rounds, n))
+    rejected = np.zeros(tc.rounds, dtype=np.int64)
+    rejected_honest = 0
     history: list[dict[str, Any]] = []
     center = np.zeros(d)
     aggregate_seconds, rescaled, clipped, diverged = 0.0, 0, 0, False
     byz_since_eval: list[float] = []
+    rejected_since_eval: list[int] = []
 
     def log_eval(t: int) -> None:
         acc, loss = evaluate(model, x_test, y_test)
@@ -224,11 +261,13 @@ def run(
             "accuracy": acc,
             "loss": loss if np.isfinite(loss) else None,
             "byzantine_weight": float(np.mean(byz_since_eval)) if byz_since_eval else None,
+            "rejected": int(sum(rejected_since_eval)),
         }
         if accountant is not None:
             entry["epsilon"] = accountant.epsilon(dp.delta)
         history.append(entry)
         byz_since_eval.clear()
+        rejected_since_eval.clear()
 
     injected = {} if secure_aggregate is None else {"secure_aggregate": secure_aggregate}
     log_eval(0)
@@ -247,8 +286,7 @@ def run(
         if too_long.any():
             sent[too_long] *= (encoder_bound / norms[too_long])[:, None]
             rescaled += int(too_long.sum())
-        if f:
-            sent[byzantine] = attack(sent[honest], sent[byzantine], attack_rng)
+        byz_inputs = byzantine_inputs(attack, spec.attack, sent, byzantine, honest, attack_rng, tc.frac_bits)
 
         options = dict(spec.rule_options)
         if spec.rule == "cclip":
@@ -262,7 +300,7 @@ def run(
             frac_bits=tc.frac_bits,
             seed=round_seed(spec.seed, t),
             dp_noise_std=sigma,
-            unchecked=tuple(byzantine),
+            **byz_inputs,
             **injected,
             **options,
         )
@@ -270,6 +308,10 @@ def run(
         agg = np.asarray(result.aggregate, dtype=np.float64)
         weights[t] = np.asarray(result.weights, dtype=np.float64)
         byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
+        now_rejected = dict(getattr(result, "rejected", None) or {})
+        rejected[t] = len(now_rejected)
+        rejected_honest += sum(not is_byz[w] for w in now_rejected)
+        rejected_since_eval.append(len(now_rejected))
         if accountant is not None:
             accountant.step()
         center = agg
@@ -278,6 +320,7 @@ def run(
         if not np.all(np.isfinite(theta)):
             diverged = True
             weights = weights[: t + 1]
+            rejected = rejected[: t + 1]
             log_eval(t + 1)
             last = history[-1]
             for r in _eval_rounds(tc.rounds, tc.eval_every):
@@ -302,6 +345,8 @@ def run(
         diverged=diverged,
         rescaled_rows=rescaled,
         clipped_rows=clipped,
+        rejected=rejected,
+        rejected_honest=int(rejected_honest),
     )
 
 
