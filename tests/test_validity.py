@@ -144,3 +144,36 @@ def test_the_joint_seed_depends_on_both_contributions_and_the_round():
     seeds = {validity.joint_seed(0, a, b), validity.joint_seed(0, a, c), validity.joint_seed(0, c, b),
              validity.joint_seed(1, a, b)}
     assert len(seeds) == 4
+
+
+def test_a_tighter_norm_bound_caps_every_contribution():
+    """With DP the check's bound is the clipping norm C: a worker above C is rejected even though the encoder
+    would take it, one clipped to C passes, and the secure round equals its twin."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, 300))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[3] *= 1.5
+    x[5] *= 1.0 + 1e-3
+    res = secrobust.aggregate(x, "mean", norm_bound=1.0, seed=2)
+    assert sorted(res.rejected) == [3, 5] and res.weights[3] == res.weights[5] == 0
+    twin = secrobust.plain_aggregate(x, "mean", norm_bound=1.0, seed=2)
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    assert secrobust.aggregate(x, "mean", seed=2).rejected == {}
+    assert validity.scaled_bound(1.0, 20, 300) == 2**20 + math.ceil(math.sqrt(300) / 2)
+
+
+@pytest.mark.parametrize("bad,match", [(0.0, "positive finite"), (-1.0, "positive finite"), (np.nan, "positive finite"),
+                                       (200.0, "norm_bound 200 is above the encoder's range 128 at frac_bits=20, d=4"), (True, "positive finite")])
+def test_bad_norm_bounds_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        secrobust.aggregate(np.ones((3, 4)), "mean", norm_bound=bad)
+
+
+def test_the_deployment_request_carries_the_norm_bound():
+    from secrobust.deploy.rounds import RoundRequest
+
+    req = RoundRequest(round_id=1, worker_ids=(0, 1, 2), d=10, rule="mean", triple_id="t", norm_bound=0.5)
+    again = RoundRequest.from_json(req.to_json())
+    assert again == req and again.plan().norm_bound == validity.scaled_bound(0.5, 20, 10)
+    with pytest.raises(ValueError, match="above the encoder's range"):
+        RoundRequest.from_json({**req.to_json(), "norm_bound": 1e6})

@@ -65,7 +65,7 @@ class Cluster:
     def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                   dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
                   drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                  check_inputs: bool = True, **options: Any) -> AggregateResult:
+                  check_inputs: bool = True, norm_bound: float | None = None, **options: Any) -> AggregateResult:
         round_id = self.next_round
         self.next_round += 1
         spec = get_rule(rule)
@@ -80,6 +80,7 @@ class Cluster:
         check_noise(dp_noise_std, frac_bits)
         rows = check_ring_rows(ring_rows, n, d)
         check_inputs = validity.check_flag(check_inputs, d)
+        bound = validity.scaled_bound(norm_bound, frac_bits, d)
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -89,7 +90,8 @@ class Cluster:
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         reveal = spec.reveals(rule_options)
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, reveal, center,
-                         self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs)
+                         self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs,
+                         None if norm_bound is None else bound)
         s0.start_round(plan)
         s1.start_round(plan)
 
@@ -194,7 +196,8 @@ class Cluster:
 def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
               ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
-              chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, **options: Any) -> AggregateResult:
+              chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
+              **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
     S1 learns the squared distances (or, for norm-clip/cclip, the squared norms) of the encoded
@@ -206,17 +209,19 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
     ``dp_noise_std`` makes each server add N(0, std^2) to its aggregate share.
     Every worker's shares go through the input validity check (``secrobust.validity``): a worker whose
     vector has norm above the encoder's bound is rejected (``result.rejected``), whatever it sent.
+    ``norm_bound`` (real units) tightens the check's bound from the encoder's range to C (plus rounding):
+    with DP, set it to the clipping norm so that no worker, malicious or not, contributes more.
     ``check_inputs=False`` skips the check (benchmarks only: robustness then fails against ring attacks).
     """
     return Cluster(seed).run_round(updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std,
                                    unchecked=unchecked, ring_rows=ring_rows, drop=drop, chunk_bytes=chunk_bytes,
-                                   check_inputs=check_inputs, **options)
+                                   check_inputs=check_inputs, norm_bound=norm_bound, **options)
 
 
 def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                     seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                     ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
-                    round_id: int = 0, **options: Any) -> AggregateResult:
+                    norm_bound: float | None = None, round_id: int = 0, **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
     with ``seed``, the same DP noise and validity projections too; ``round_id`` names the round of a
     seeded ``Cluster`` to mirror)."""
@@ -225,9 +230,10 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     with _phase(stats, "plain"):
         seeds = SeedSource(seed)
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
+        d = as_matrix(updates).shape[1]
         run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows,
-                        validity_seed=vseed if validity.check_flag(check_inputs, as_matrix(updates).shape[1]) else None,
-                        **options)
+                        validity_seed=vseed if validity.check_flag(check_inputs, d) else None,
+                        norm_bound=validity.scaled_bound(norm_bound, frac_bits, d), **options)
         n, d = run.encoded.shape
         total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
         if dp_noise_std:

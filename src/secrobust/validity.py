@@ -92,6 +92,24 @@ def check_dimension(d: int, p: Params | None = None) -> None:
                          "validity check is sound (2 T d < 2^63)")
 
 
+def scaled_bound(norm_bound: float | None, frac_bits: int, d: int) -> int:
+    """The norm check's bound in scaled units: B = 2^27 by default, or a tighter public bound C (real units)
+    as ceil(C 2^F + sqrt(d)/2): an honest worker that clips to C stays within it after rounding.
+
+    A tighter bound is what DP needs against malicious workers: every accepted contribution then has norm
+    at most C + sqrt(d)/2^(F+1), whatever a worker sends. The projections keep their parameters."""
+    if norm_bound is None:
+        return params().bound
+    if isinstance(norm_bound, bool) or not isinstance(norm_bound, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(norm_bound) or norm_bound <= 0:
+        raise ValueError(f"norm_bound must be a positive finite number, got {norm_bound!r}")
+    scaled = math.ceil(float(norm_bound) * 2.0**frac_bits + math.sqrt(d) / 2.0)
+    if scaled > params().bound:
+        raise ValueError(f"norm_bound {norm_bound:g} is above the encoder's range {ring.max_norm(frac_bits, d):.6g} "
+                         f"at frac_bits={frac_bits}, d={d}")
+    return scaled
+
+
 def check_flag(check_inputs: object, d: int) -> bool:
     """``check_inputs`` must be a bool; with the check on, d must be one the check is sound for."""
     if not isinstance(check_inputs, bool):
@@ -168,11 +186,13 @@ def project_columns(x: np.ndarray, seed: bytes, lam: int, start: int) -> np.ndar
     return out
 
 
-def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src: Source) -> Party:
+def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src: Source,
+                  bound: int | None = None) -> Party:
     """One server's side of the check for n workers: shares of the projections (n, lambda) and of the
     squared norms (n,) -> the public accept flags (n,).
 
-    [s_ij + T <_u 2T + 1] for every projection and [N_i <_u B^2 + 1], AND-reduced per worker, then opened.
+    [s_ij + T <_u 2T + 1] for every projection and [N_i <_u b^2 + 1] (b = ``bound``, B by default),
+    AND-reduced per worker, then opened.
     The comparisons run on the (lambda + 1) n values packed densely; their XOR-shared result bits are then
     laid out again locally (one plane row per check) for the AND across each worker's checks."""
     n = norm.shape[0]
@@ -183,7 +203,7 @@ def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src
         values[: p.projections] += np.uint64(p.window)
     values[p.projections] = norm
     limits = np.full((rows, n), 2 * p.window + 1, dtype=np.uint64)
-    limits[p.projections] = np.uint64(p.bound_sq + 1)
+    limits[p.projections] = np.uint64((p.bound if bound is None else bound) ** 2 + 1)
     lt = yield from compare.less_than_public(party, values.ravel(), limits.ravel(), src)
     per_check = compare.plane_bits(lt, rows * n).reshape(rows, n)
     ok = yield from compare.and_reduce(party, np.stack([compare.bits_plane(r) for r in per_check]), src)
@@ -217,7 +237,7 @@ def norm_share(party: int, gram_diag: np.ndarray, x_dot_v: np.ndarray | None, v:
     return out
 
 
-def plain_accept(encoded: np.ndarray, seed: bytes, p: Params | None = None) -> np.ndarray:
+def plain_accept(encoded: np.ndarray, seed: bytes, p: Params | None = None, bound: int | None = None) -> np.ndarray:
     """The plaintext twin: the same decision on the reconstructed ring vectors with the same projections."""
     p = p or params()
     x = np.asarray(encoded, dtype=np.uint64)
@@ -225,7 +245,7 @@ def plain_accept(encoded: np.ndarray, seed: bytes, p: Params | None = None) -> n
     norms = np.einsum("ij,ij->i", x, x)
     proj = project_columns(x, seed, p.projections, 0)
     in_window = (proj + np.uint64(p.window)) < np.uint64(2 * p.window + 1)
-    return in_window.all(axis=1) & (norms <= np.uint64(p.bound_sq))
+    return in_window.all(axis=1) & (norms <= np.uint64((p.bound if bound is None else bound) ** 2))
 
 
 def view_out_of_range(values: np.ndarray, frac_bits: int) -> np.ndarray:

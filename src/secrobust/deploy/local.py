@@ -266,7 +266,7 @@ class LocalDeployment:
     def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                   seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                   ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
                   share_window_s: float | None = None, absent: Any = (), **options: Any) -> api.AggregateResult:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
@@ -292,6 +292,7 @@ class LocalDeployment:
         byz = check_unchecked(unchecked, n)
         rows = check_ring_rows(ring_rows, n, d)
         validity.check_flag(check_inputs, d)
+        validity.scaled_bound(norm_bound, frac_bits, d)
         t0 = time.perf_counter()
         encode_updates(x, frac_bits, byz, rows)
         encode_seconds = time.perf_counter() - t0
@@ -315,7 +316,7 @@ class LocalDeployment:
                 options=rule_options, center=center,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
                 dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0,
-                check_inputs=check_inputs), statuses)
+                check_inputs=check_inputs, norm_bound=norm_bound), statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds

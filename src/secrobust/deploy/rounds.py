@@ -48,6 +48,7 @@ class RoundRequest:
     seed_round: int = 0
     prefetch: tuple[tuple[int, str], ...] = ()
     check_inputs: bool = True
+    norm_bound: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -79,6 +80,7 @@ class RoundRequest:
                 prefetch=tuple((_int(p["round_id"], "prefetch round_id"), _str(p["triple_id"], "prefetch triple_id"))
                                for p in (raw.get("prefetch") or ())),
                 check_inputs=raw.get("check_inputs", True),
+                norm_bound=None if raw.get("norm_bound") is None else float(raw["norm_bound"]),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -103,6 +105,7 @@ class RoundRequest:
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
         validity.check_flag(self.check_inputs, self.d)
+        validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
         kind = self.plan().triple_kind
         if kind is not None and not self.triple_id:
             raise ValueError(f"rule {self.rule!r} with check_inputs={self.check_inputs} uses a {kind} triple: "
@@ -143,8 +146,9 @@ class RoundRequest:
         reveal = self.spec.reveals(self.options)
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
         triple_id = self.triple_id if reveal or self.check_inputs else None
+        bound = None if self.norm_bound is None else validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
         return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center, triple_id,
-                         self.chunk_bytes, self.check_inputs)
+                         self.chunk_bytes, self.check_inputs, bound)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""

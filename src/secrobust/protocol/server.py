@@ -45,6 +45,8 @@ class RoundPlan:
     triple_id: str | None = None
     chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES
     validity: bool = True
+    norm_bound: int | None = None
+    """The validity check's norm bound in scaled units (``validity.scaled_bound``); None is B = 2^27."""
 
     @property
     def triple_kind(self) -> str | None:
@@ -328,7 +330,7 @@ def validity_party(state: ServerState) -> Party:
     t = state.triple
     source = AndSource.for_party(state.party, t.spec.triple_id, t.spec.and_words, t.seed_and,
                                  t.and_c1 if isinstance(t, TripleShare1) else None)
-    return validity.check_circuit(state.party, state.proj[:, : p.projections], norms, p, source)
+    return validity.check_circuit(state.party, state.proj[:, : p.projections], norms, p, source, state.plan.norm_bound)
 
 
 def accept_workers(state: ServerState, flags: np.ndarray) -> ServerState:

@@ -53,7 +53,7 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               unchecked: Any = (), ring_rows: Any = None, validity_seed: bytes | None = None,
-              **options: Any) -> PlainRun:
+              norm_bound: int | None = None, **options: Any) -> PlainRun:
     """The rule on the encodings of the workers that pass the validity check (run with the projections
     of ``validity_seed``; None skips the check), with S1's range filter of the opened view, like the servers."""
     from ..nodes.parties import impossible_view_filter, restrict_view
@@ -65,7 +65,8 @@ def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRA
     spec.validate(n, f, rule_options)
     encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), check_ring_rows(ring_rows, n, d))
     center = encode_center(center_value, d, frac_bits) if center_value is not None else None
-    ok = validity.plain_accept(encoded, validity_seed) if validity_seed is not None else np.ones(n, dtype=bool)
+    ok = validity.plain_accept(encoded, validity_seed, bound=norm_bound) if validity_seed is not None \
+        else np.ones(n, dtype=bool)
     rejected = {i: validity.REASON for i in np.flatnonzero(~ok).tolist()}
     participants = tuple(np.flatnonzero(ok).tolist())
     if len(participants) < spec.min_n(max(0, f - len(rejected))):

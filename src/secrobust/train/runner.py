@@ -15,8 +15,8 @@ Round t, with global parameters :math:`\theta_t \in \mathbb R^d`:
    ``attack(honest_rows, own_rows, rng, F)``, sent as ``ring_rows`` (secure and plaintext alike).
 3. ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext) applies the
    rule, with per-server DP noise std :math:`\sigma = z\Delta` if DP is on. The input validity
-   check rejects (weight 0) every worker whose ring vector has norm above the encoder's bound;
-   the run counts them.
+   check rejects (weight 0) every worker whose ring vector has norm above the encoder's bound (with
+   DP clipping, above C: ``norm_bound``); the run counts them.
 4. :math:`\theta_{t+1} = \theta_t - \eta\, a_t` with a_t the revealed aggregate.
 
 Test accuracy is measured at round 0, every ``eval_every`` rounds and after the last round. If
@@ -291,6 +291,9 @@ def run(
         options = dict(spec.rule_options)
         if spec.rule == "cclip":
             options["center"] = center
+        if dp.enabled:
+            # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
+            options["norm_bound"] = dp.clip
         tick = time.perf_counter()
         result = engine_aggregate(
             sent,
