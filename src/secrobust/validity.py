@@ -127,10 +127,11 @@ def joint_seed(round_id: int, seed0: bytes, seed1: bytes) -> bytes:
 
 
 def _byte_table() -> np.ndarray:
-    """Each keystream byte holds four entries, two bits (z, s) each: r = z (1 - 2 s)."""
+    """Each keystream byte holds four entries, two bits (z, s) each: r = z (1 - 2 s). The four int8
+    entries of a byte are packed into one int32, so expanding a keystream is one gather."""
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").reshape(256, 4, 2)
     z, s = bits[..., 0].astype(np.int8), bits[..., 1].astype(np.int8)
-    return z - 2 * (z & s)
+    return np.ascontiguousarray(z - 2 * (z & s)).view(np.int32).ravel()
 
 
 _TABLE = _byte_table()
@@ -147,7 +148,7 @@ def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarr
     multiple of 4), so any column range is one keystream read; P(0) = 1/2, P(+1) = P(-1) = 1/4."""
     per = _padded(lam) // 4
     raw = np.frombuffer(prg.keystream(seed, "validity-projection", (stop - start) * per, start * per), dtype=np.uint8)
-    entries = _TABLE[raw].reshape(stop - start, 4 * per)[:, :lam]
+    entries = np.take(_TABLE, raw).view(np.int8).reshape(stop - start, 4 * per)[:, :lam]
     return entries.astype(np.float64).T
 
 
