@@ -136,6 +136,17 @@ def test_a_byzantine_worker_process_sending_wrapped_ring_elements_is_rejected_by
         assert [(rec["worker"], rec["reason"]) for rec in logged] == [(0, validity.REASON)]
 
 
+def test_a_tighter_norm_bound_is_enforced_by_both_servers(dep):
+    """The DP setting: norm_bound = C rejects a worker above C that the encoder would take, as in process."""
+    x = _updates(53)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[3] *= 1.5
+    _, want = oracle(dep, x, "multi-krum", 1, norm_bound=1.0)
+    got = dep.aggregate(x, "multi-krum", 1, norm_bound=1.0)
+    assert_same_result(got, want)
+    assert got.rejected == {3: validity.REASON} and got.weights[3] == 0
+
+
 def test_the_mean_checks_its_inputs_with_a_diag_triple_from_the_pool(dep):
     x = _updates(51)
     r, want = oracle(dep, x, "mean", 0)
