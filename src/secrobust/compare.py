@@ -26,7 +26,7 @@ less_than_public about 6*64 gates in 7 rounds; msb and less_than about 3*63 gate
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Generator
 
 import numpy as np
@@ -140,7 +140,6 @@ class CountingSource:
     """Stands in for an AndSource to count the words a circuit needs (its gates depend on sizes only)."""
 
     used: int = 0
-    rounds: int = field(default=0)
 
     def take(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.used += int(np.prod(shape))
