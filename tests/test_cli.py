@@ -37,3 +37,18 @@ def test_aggregate_refuses_an_unknown_transport():
     result = runner.invoke(app, ["aggregate", "--transport", "carrier-pigeon", "--example-d", "50"])
     assert result.exit_code == 2
     assert "--transport must be inprocess or grpc" in result.output
+
+
+def test_aggregate_takes_the_validity_options(tmp_path):
+    x = np.random.default_rng(1).normal(size=(8, 30))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[2] *= 3.0
+    updates = tmp_path / "u.npy"
+    np.save(updates, x)
+    result = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--norm-bound", "1.0"])
+    assert result.exit_code == 0, result.output
+    assert "rejected worker 2: failed the input validity check" in result.output
+    unchecked = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--no-check-inputs"])
+    assert unchecked.exit_code == 0 and "rejected" not in unchecked.output and "validity" not in unchecked.output
+    bad = runner.invoke(app, ["aggregate", "--updates", str(updates), "--norm-bound", "-1"])
+    assert bad.exit_code == 2 and "norm_bound must be a positive finite number" in bad.output

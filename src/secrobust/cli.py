@@ -50,6 +50,11 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (testing only)"),
+                  check_inputs: bool = typer.Option(True, help="run the input validity check (off: benchmarks only; "
+                                                    "robustness then fails against workers that wrap the ring)"),
+                  norm_bound: Optional[float] = typer.Option(None, help="reject every worker whose vector has L2 norm "
+                                                             "above this (e.g. the DP clipping norm); default: the "
+                                                             "encoder's range"),
                   transport: str = typer.Option("inprocess", help="inprocess (one process) or grpc (a local "
                                                 "deployment: every party its own OS process, mutual TLS)"),
                   example_n: int = typer.Option(20, help="with no --updates: workers in the generated example"),
@@ -69,7 +74,8 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
     if transport == "grpc":
         from .deploy.local import aggregate_grpc as run
     try:
-        res = run(x, rule, f, frac_bits=frac_bits, seed=seed, **_parse_options(option))
+        res = run(x, rule, f, frac_bits=frac_bits, seed=seed, check_inputs=check_inputs, norm_bound=norm_bound,
+                  **_parse_options(option))
     except (ValueError, RoundAborted) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
