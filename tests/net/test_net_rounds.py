@@ -499,3 +499,26 @@ def test_the_operator_round_command_runs_a_round_of_the_deployment(dep):
     want = secrobust.aggregate(x, "multi-krum", 1)
     assert printed["round_id"] == r and printed["weights"] == want.weights.tolist()
     assert printed["aggregate_norm"] == float(np.linalg.norm(want.aggregate))
+
+
+def test_the_round_command_takes_a_norm_bound(dep):
+    import json
+
+    from typer.testing import CliRunner
+
+    from secrobust.cli import app
+
+    x = _updates(17)
+    r = dep.operator.next_round_id()
+    folder = dep.updates_dir / f"round-{r}"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        np.save(folder / f"worker-{i}.npy", x[i])
+    result = CliRunner().invoke(app, ["round", "--config", str(dep.workdir / "config" / "operator.toml"),
+                                      "--rule", "mean", "--d", "40", "--workers", "0-5", "--window", "20",
+                                      "--norm-bound", "5"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])
+    want = secrobust.aggregate(x, "mean", 0, norm_bound=5.0)
+    assert printed["rejected"] == {"0": validity.REASON} and want.rejected == {0: validity.REASON}
+    assert printed["weights"] == want.weights.tolist()

@@ -146,6 +146,8 @@ def register(app: typer.Typer) -> None:
                   check_inputs: bool = typer.Option(True, "--check-inputs/--no-check-inputs",
                                                     help="run the input validity check (benchmarks only turn "
                                                     "it off: robustness then fails against ring attacks)"),
+                  norm_bound: Optional[float] = typer.Option(None, help="reject every worker whose vector has L2 "
+                                                             "norm above this (e.g. the DP clipping norm)"),
                   out: Optional[Path] = typer.Option(None, help="write aggregate and weights to this .npz")) -> None:
         """As the operator: open one round at both servers, wait for it, print the outcome."""
         from .. import ring
@@ -171,7 +173,8 @@ def register(app: typer.Typer) -> None:
             rid = op.next_round_id(statuses)
             wids = parse_worker_ids(workers)
             req = op.with_triples(RoundRequest(rid, wids, d, rule, f, ring.DEFAULT_FRAC_BITS, opts, None, None,
-                                               window, check_inputs=check_inputs), statuses)
+                                               window, check_inputs=check_inputs, norm_bound=norm_bound),
+                                  statuses)
             req.check()
             op.open_round(req)
             res = op.collect(req, n=len(wids), wait_s=window + 600.0)
