@@ -77,7 +77,7 @@ class Cluster:
             center_value = safe_center(self.last_aggregate, frac_bits)
         spec.validate(n, f, rule_options)
         drop = check_drop(drop, n)
-        check_noise(dp_noise_std, frac_bits)
+        check_noise_std(dp_noise_std, frac_bits)
         rows = check_ring_rows(ring_rows, n, d)
         check_inputs = validity.check_flag(check_inputs, d)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
@@ -91,7 +91,7 @@ class Cluster:
         reveal = spec.reveals(rule_options)
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, reveal, center,
                          self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs,
-                         None if norm_bound is None else bound)
+                         bound)
         s0.start_round(plan)
         s1.start_round(plan)
 
@@ -225,15 +225,13 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
     with ``seed``, the same DP noise and validity projections too; ``round_id`` names the round of a
     seeded ``Cluster`` to mirror)."""
-    check_noise(dp_noise_std, frac_bits)
+    check_noise_std(dp_noise_std, frac_bits)
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(seed)
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
-        d = as_matrix(updates).shape[1]
-        run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows,
-                        validity_seed=vseed if validity.check_flag(check_inputs, d) else None,
-                        norm_bound=validity.scaled_bound(norm_bound, frac_bits, d), **options)
+        run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows, check_inputs=check_inputs,
+                        validity_seed=vseed, norm_bound=norm_bound, **options)
         n, d = run.encoded.shape
         total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
         if dp_noise_std:
@@ -266,10 +264,6 @@ def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:
         if not 0 <= int(i) < n or where not in DROP_TARGETS:
             raise ValueError(f"drop maps a worker in 0..{n - 1} to one of {DROP_TARGETS}; got {i}: {where!r}")
     return drop
-
-
-def check_noise(std: float, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
-    check_noise_std(std, frac_bits)
 
 
 @contextmanager

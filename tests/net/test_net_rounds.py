@@ -478,47 +478,37 @@ def test_the_server_processes_refuse_plaintext_and_foreign_certificates(dep, tmp
     assert_same_result(dep.aggregate(x, "krum", 1), oracle(dep, x, "krum", 1)[1], bytes_too=False)
 
 
-def test_the_operator_round_command_runs_a_round_of_the_deployment(dep):
+def _round_command(dep, x: np.ndarray, *args: str) -> tuple[int, dict]:
+    """Run `secrobust round` as the operator on the inputs x (one file per worker); (round id, its JSON)."""
     import json
 
     from typer.testing import CliRunner
 
     from secrobust.cli import app
 
-    x = _updates(16)
     r = dep.operator.next_round_id()
     folder = dep.updates_dir / f"round-{r}"
     folder.mkdir(parents=True)
-    for i in range(6):
+    for i in range(len(x)):
         np.save(folder / f"worker-{i}.npy", x[i])
     result = CliRunner().invoke(app, ["round", "--config", str(dep.workdir / "config" / "operator.toml"),
-                                      "--rule", "multi-krum", "--f", "1", "--d", "40", "--workers", "0-5",
-                                      "--window", "20"])
+                                      "--d", str(x.shape[1]), "--workers", f"0-{len(x) - 1}", "--window", "20",
+                                      *args])
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output.strip().splitlines()[-1])
+    return r, json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_the_operator_round_command_runs_a_round_of_the_deployment(dep):
+    x = _updates(16)
+    r, printed = _round_command(dep, x, "--rule", "multi-krum", "--f", "1")
     want = secrobust.aggregate(x, "multi-krum", 1)
     assert printed["round_id"] == r and printed["weights"] == want.weights.tolist()
     assert printed["aggregate_norm"] == float(np.linalg.norm(want.aggregate))
 
 
 def test_the_round_command_takes_a_norm_bound(dep):
-    import json
-
-    from typer.testing import CliRunner
-
-    from secrobust.cli import app
-
     x = _updates(17)
-    r = dep.operator.next_round_id()
-    folder = dep.updates_dir / f"round-{r}"
-    folder.mkdir(parents=True)
-    for i in range(6):
-        np.save(folder / f"worker-{i}.npy", x[i])
-    result = CliRunner().invoke(app, ["round", "--config", str(dep.workdir / "config" / "operator.toml"),
-                                      "--rule", "mean", "--d", "40", "--workers", "0-5", "--window", "20",
-                                      "--norm-bound", "5"])
-    assert result.exit_code == 0, result.output
-    printed = json.loads(result.output.strip().splitlines()[-1])
+    _, printed = _round_command(dep, x, "--rule", "mean", "--norm-bound", "5")
     want = secrobust.aggregate(x, "mean", 0, norm_bound=5.0)
     assert printed["rejected"] == {"0": validity.REASON} and want.rejected == {0: validity.REASON}
     assert printed["weights"] == want.weights.tolist()

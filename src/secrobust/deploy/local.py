@@ -29,6 +29,7 @@ import numpy as np
 from .. import api, ring, validity
 from ..certs import OPERATOR_ID, Identity, make_deployment_certs, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
+from ..protocol.server import check_noise_std
 from ..rules.plain import split_options
 from ..rules.registry import get_rule
 from ..transport.grpc import PartyUnreachable, RemoteRejected
@@ -288,7 +289,7 @@ class LocalDeployment:
         center_value, rule_options = split_options(rule, options)
         spec.validate(n, f, rule_options)
         drop = api.check_drop(drop, n)
-        api.check_noise(dp_noise_std, frac_bits)
+        check_noise_std(dp_noise_std, frac_bits)
         byz = check_unchecked(unchecked, n)
         rows = check_ring_rows(ring_rows, n, d)
         validity.check_flag(check_inputs, d)

@@ -105,7 +105,6 @@ class RoundRequest:
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
         validity.check_flag(self.check_inputs, self.d)
-        validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
         kind = self.plan().triple_kind
         if kind is not None and not self.triple_id:
             raise ValueError(f"rule {self.rule!r} with check_inputs={self.check_inputs} uses a {kind} triple: "
@@ -146,9 +145,8 @@ class RoundRequest:
         reveal = self.spec.reveals(self.options)
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
         triple_id = self.triple_id if reveal or self.check_inputs else None
-        bound = None if self.norm_bound is None else validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
         return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center, triple_id,
-                         self.chunk_bytes, self.check_inputs, bound)
+                         self.chunk_bytes, self.check_inputs, validity.scaled_bound(self.norm_bound, self.frac_bits, self.d))
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import validity
 from ..compare import Party
 from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
-from ..errors import MalformedMessage, RoundAborted, UnexpectedMessage
+from ..errors import MalformedMessage, UnexpectedMessage
 from ..protocol import offline, server
 from ..protocol.messages import VALIDITY_OPEN, Message
-from ..rules.registry import RuleSpec, apply
-from ..rules.view import Choice, View
+from ..rules.possible import choose_possible, effective_f, require_passed
+from ..rules.registry import RuleSpec
 
 
 class DealerNode:
@@ -124,16 +123,10 @@ class ServerNode:
     def rejected(self) -> dict[int, str]:
         return dict(self.current.rejected)
 
-    def effective_f(self, f: int) -> int:
-        """A rejected worker is provably malformed (an honest one passes except with probability 2^-40), so it
-        counts against f: the rule runs on the remaining workers with f minus the number rejected."""
-        return max(0, f - len(self.current.rejected))
-
     def check_enough(self, spec: RuleSpec, f: int) -> None:
-        n = len(self.current.participants or ())
-        if n < spec.min_n(self.effective_f(f)):
-            raise RoundAborted(f"round {self.current.plan.round_id}: {n} workers passed the input validity check; "
-                               f"rule {spec.name!r} needs {spec.requirement} with f = {self.effective_f(f)}")
+        """Abort the round if too few workers passed the input validity check for the rule."""
+        st = self.current
+        require_passed(spec, len(st.participants or ()), f, st.rejected, f"round {st.plan.round_id}: ")
 
     def view_share_message(self) -> Message:
         return server.view_share_message(self.current)
@@ -147,16 +140,9 @@ class ServerNode:
         if st.view is None:
             raise UnexpectedMessage(f"{self.name}: nothing opened yet")
         workers = st.participants or ()
-        keep, proven = impossible_view_filter(st.view, len(workers), st.plan.frac_bits, max(0, f - len(st.rejected)))
-        dropped = tuple(w for i, w in enumerate(workers) if i not in set(keep))
-        f_eff = max(0, f - len(st.rejected) - proven)
-        if len(keep) < spec.min_n(f_eff):
-            raise RoundAborted(f"round {st.plan.round_id}: only {len(keep)} workers have a possible view; rule "
-                               f"{spec.name!r} needs {spec.requirement}")
-        sub = apply(spec, restrict_view(st.view, keep), len(keep), f_eff, options)
-        weights = np.zeros(len(workers))
-        weights[keep] = sub.weights
-        self.state, msg = server.weights_message(st, Choice(weights, sub.center_weight), dropped)
+        choice, dropped = choose_possible(spec, st.view, len(workers), effective_f(f, st.rejected), st.plan.frac_bits,
+                                          options, f"round {st.plan.round_id}: ")
+        self.state, msg = server.weights_message(st, choice, tuple(workers[i] for i in dropped))
         return msg
 
     def receive_weights(self, msg: Message) -> None:
@@ -170,37 +156,3 @@ class ServerNode:
 
     def reveal(self, own_share: np.ndarray, peer_msg: Message) -> np.ndarray:
         return server.reveal_aggregate(self.current, own_share, peer_msg)
-
-
-def impossible_view_filter(view: View, n: int, frac_bits: int, f: int) -> tuple[list[int], int]:
-    """(positions S1 keeps, how many dropped workers are proven malformed), for at most f malformed workers.
-
-    An opened norm or distance outside [0, 2^(62-2F)] proves a malformed input (the validity check makes it
-    impossible except with probability 2^-40). A bad norm proves its worker malformed: it is dropped. A bad
-    distance proves that one of its two workers is. A worker with more bad distances than the malformed
-    workers left (f minus those proven) is itself malformed (an honest one has bad distances only to
-    malformed ones): it is dropped alone. Otherwise both ends of a bad distance are dropped (never
-    preferred) and count as one, so an honest worker can lose its weight but never lowers f wrongly."""
-    keep = list(range(n))
-    proven = 0
-    if view.norms is not None:
-        keep = [i for i in keep if not validity.view_out_of_range(view.norms[i], frac_bits)]
-        proven = n - len(keep)
-    if view.distances is not None:
-        while keep:
-            bad = validity.view_out_of_range(view.distances[np.ix_(keep, keep)], frac_bits)
-            if not bad.any():
-                break
-            degree = bad.sum(axis=1)
-            i = int(np.argmax(degree))
-            pair = {i} if degree[i] > f - proven else {i, int(np.flatnonzero(bad[i])[0])}
-            for pos in sorted(pair, reverse=True):
-                keep.pop(pos)
-            proven += 1
-    return keep, proven
-
-
-def restrict_view(view: View, keep: list[int]) -> View:
-    idx = np.array(keep, dtype=np.int64)
-    return View(distances=None if view.distances is None else view.distances[np.ix_(idx, idx)],
-                norms=None if view.norms is None else view.norms[idx])

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from .. import ring, validity
-from ..errors import RoundAborted
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
-from .registry import apply, get_rule
+from .possible import choose_possible, effective_f, require_passed
+from .registry import get_rule
 from .view import DISTANCES, Choice, View, view_words
 
 
@@ -52,34 +52,28 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 
 
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-              unchecked: Any = (), ring_rows: Any = None, validity_seed: bytes | None = None,
-              norm_bound: int | None = None, **options: Any) -> PlainRun:
-    """The rule on the encodings of the workers that pass the validity check (run with the projections
-    of ``validity_seed``; None skips the check), with S1's range filter of the opened view, like the servers."""
-    from ..nodes.parties import impossible_view_filter, restrict_view
-
+              unchecked: Any = (), ring_rows: Any = None, check_inputs: bool = False,
+              validity_seed: bytes | None = None, norm_bound: float | None = None, **options: Any) -> PlainRun:
+    """The rule on the encodings of the workers that pass the validity check (with ``check_inputs``: the
+    projections of ``validity_seed`` and the bound ``norm_bound``, real units), with S1's range filter of
+    the opened view, like the servers."""
     spec = get_rule(rule)
     x = as_matrix(updates)
     n, d = x.shape
     center_value, rule_options = split_options(rule, options)
     spec.validate(n, f, rule_options)
+    bound = validity.scaled_bound(norm_bound, frac_bits, d)
     encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), check_ring_rows(ring_rows, n, d))
     center = encode_center(center_value, d, frac_bits) if center_value is not None else None
-    ok = validity.plain_accept(encoded, validity_seed, bound=norm_bound) if validity_seed is not None \
-        else np.ones(n, dtype=bool)
+    ok = np.ones(n, dtype=bool)
+    if validity.check_flag(check_inputs, d):
+        if validity_seed is None:
+            raise ValueError("checking the inputs needs the projections' seed")
+        ok = validity.plain_accept(encoded, validity_seed, bound=bound)
     rejected = {i: validity.REASON for i in np.flatnonzero(~ok).tolist()}
     participants = tuple(np.flatnonzero(ok).tolist())
-    if len(participants) < spec.min_n(max(0, f - len(rejected))):
-        raise RoundAborted(f"{len(participants)} workers passed the input validity check; rule {rule!r} needs "
-                           f"{spec.requirement} with f = {max(0, f - len(rejected))}")
+    require_passed(spec, len(participants), f, rejected)
     view = plain_view(encoded[list(participants)], spec.reveals(rule_options), frac_bits, center)
-    keep, proven = impossible_view_filter(view, len(participants), frac_bits, max(0, f - len(rejected)))
-    f_eff = max(0, f - len(rejected) - proven)
-    dropped = [participants[i] for i in range(len(participants)) if i not in set(keep)]
-    rejected.update({w: validity.VIEW_REASON for w in dropped})
-    if len(keep) < spec.min_n(f_eff):
-        raise RoundAborted(f"only {len(keep)} workers have a possible view; rule {rule!r} needs {spec.requirement}")
-    sub = apply(spec, restrict_view(view, keep), len(keep), f_eff, rule_options)
-    weights = np.zeros(len(participants))
-    weights[keep] = sub.weights
-    return PlainRun(Choice(weights, sub.center_weight), view, encoded, center, participants, rejected)
+    choice, dropped = choose_possible(spec, view, len(participants), effective_f(f, rejected), frac_bits, rule_options)
+    rejected.update({participants[i]: validity.VIEW_REASON for i in dropped})
+    return PlainRun(choice, view, encoded, center, participants, rejected)
