@@ -10,9 +10,9 @@ from secrobust.nodes import DealerNode, ServerNode
 from secrobust.protocol import messages as M
 from secrobust.protocol.offline import request_triple
 from secrobust.protocol.server import RoundPlan
-from secrobust.protocol.worker import share_update
+from secrobust.protocol.worker import share_key, share_update
 from secrobust.dealer import TripleSeeds
-from secrobust import ring
+from secrobust import ring, sharing
 
 GOOD = np.random.default_rng(0).normal(size=(7, 5))
 
@@ -124,31 +124,59 @@ def _started(party: int, n: int = 7, d: int = 5, round_id: int = 0) -> ServerNod
     return node
 
 
-def _shares(round_id: int = 0, worker: int = 0, d: int = 5):
+def _share(round_id: int = 0, worker: int = 0, d: int = 5) -> M.Message:
     return share_update(round_id, worker, ring.encode(np.ones(d)), bytes(16))
 
 
 def test_protocol_messages_are_checked_and_a_rejection_keeps_the_state():
     s0, s1 = _started(0), _started(1)
-    to_s0, to_s1 = _shares()
-    s0.receive_share(to_s0)
-    before = s0.state
+    to_s1 = _share()
+    s1.receive_share(to_s1)
+    before = s1.state
     with pytest.raises(DuplicateWorker, match="worker 0 already sent"):
-        s0.receive_share(to_s0)
-    assert s0.state is before
+        s1.receive_share(to_s1)
+    assert s1.state is before
     with pytest.raises(UnknownWorker, match="worker 9 is not expected"):
-        s0.receive_share(_shares(worker=9)[0])
+        s1.receive_share(_share(worker=9))
     with pytest.raises(UnexpectedMessage, match="round 3, this is round 0"):
-        s0.receive_share(_shares(round_id=3, worker=1)[0])
-    with pytest.raises(UnexpectedMessage, match="expected share-seed, got share-masked"):
-        s0.receive_share(_shares(worker=1)[1])
+        s1.receive_share(_share(round_id=3, worker=1))
+    with pytest.raises(UnexpectedMessage, match="S0 receives no shares"):
+        s0.receive_share(_share(worker=1))
     with pytest.raises(MalformedMessage, match=r"expected uint64 \(5,\)"):
-        s1.receive_share(_shares(worker=1, d=4)[1])
+        s1.receive_share(_share(worker=1, d=4))
     forged = M.Message(M.SHARE_MASKED, 0, "worker:3", "S1", fields={"worker": 2}, arrays={"x1": np.zeros(5, np.uint64)})
     with pytest.raises(UnexpectedMessage, match="must come from worker:2, came from worker:3"):
         s1.receive_share(forged)
-    s1.receive_share(to_s1)
-    assert set(s0.state.inputs) == {0} and set(s1.state.inputs) == {0}
+    assert set(s1.state.inputs) == {0} and not s0.state.inputs
+    with pytest.raises(UnexpectedMessage, match="no triple yet, so no share keys"):
+        s0.share_key_message(0)
+    with pytest.raises(UnknownWorker, match="worker 9 is not expected"):
+        s0.share_key_message(9)
+
+
+def test_s0_takes_only_a_well_formed_participant_list_from_s1():
+    s0 = _started(0)
+    bad = [M.Message(M.PARTICIPANTS, 0, "S1", "S0", fields={"workers": w}) for w in ([0, 0], [0, 11], "0,1", [True])]
+    for msg in bad:
+        with pytest.raises(MalformedMessage):
+            s0.agree(msg, 1, "")
+    with pytest.raises(UnexpectedMessage, match="must come from S1"):
+        s0.agree(M.Message(M.PARTICIPANTS, 0, "worker:1", "S0", fields={"workers": [1]}), 1, "")
+    assert s0.current.participants is None
+    assert s0.agree(M.Message(M.PARTICIPANTS, 0, "S1", "S0", fields={"workers": [4, 1]}), 1, "") == (1, 4)
+
+
+def test_a_worker_takes_only_its_own_key_for_this_round():
+    plan = RoundPlan(2, (5, 6), 3, 20, (), None, None, validity=False)
+    s0 = ServerNode(0)
+    s0.start_round(plan, bytes(16))
+    msg = s0.share_key_message(6)
+    assert share_key(msg, 2, 6, 3) == sharing.input_key(bytes(16), 1)
+    for args in ((2, 5, 3), (3, 6, 3), (2, 6, 4)):
+        with pytest.raises(UnexpectedMessage):
+            share_key(msg, *args)
+    with pytest.raises(ValueError, match="share master seed"):
+        ServerNode(0).start_round(plan)
 
 
 def test_a_triple_is_never_reused():
@@ -175,7 +203,7 @@ def test_a_cluster_uses_a_fresh_triple_every_round():
 
 
 def test_truncated_message_bytes_are_refused():
-    data = _shares()[1].to_bytes()
+    data = _share().to_bytes()
     with pytest.raises(MalformedMessage, match="needs 40 bytes"):
         M.Message.from_bytes(data[:-3])
     with pytest.raises(MalformedMessage, match="trailing bytes"):
@@ -192,21 +220,17 @@ def _to_validity(n: int = 5, d: int = 4) -> tuple[ServerNode, ServerNode, M.Mess
     s0.receive_triple(m0)
     s1.receive_triple(m1)
     for w in range(n):
-        to0, to1 = share_update(0, w, ring.encode(np.full(d, 0.1 * w)), bytes([w + 1]) * 16)
-        s0.receive_share(to0)
-        s1.receive_share(to1)
-    p0, p1 = s0.participants_message(), s1.participants_message()
-    s0.agree(p1, 1, "")
-    s1.agree(p0, 1, "")
+        key = share_key(s0.share_key_message(w), 0, w, d)
+        s1.receive_share(share_update(0, w, ring.encode(np.full(d, 0.1 * w)), key))
+    s1.agree(None, 1, "")
+    s0.agree(s1.participants_message(), 1, "")
     v0, v1 = s0.validity_seed_message(bytes(16)), s1.validity_seed_message(bytes([1]) * 16)
     s0.receive_validity_seed(v1)
     s1.receive_validity_seed(v0)
-    for start, stop in s0.chunks():
-        o0, o1 = s0.open_masked(start, stop), s1.open_masked(start, stop)
+    for start, stop in s1.chunks():
+        s0.accumulate(s1.open_masked(start, stop))
         s0.project()
         s1.project()
-        s0.accumulate(o1)
-        s1.accumulate(o0)
     return s0, s1, s0.validity_start(), s1.validity_start()
 
 

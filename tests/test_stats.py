@@ -19,17 +19,22 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
     res = Cluster(0, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, chunk_bytes=chunk_bytes)
     by = defaultdict(list)
     for sender, recipient, kind, data in log:
-        by[(sender.split(":")[0], recipient, kind)].append(len(data))
+        by[(sender.split(":")[0], recipient.split(":")[0], kind)].append(len(data))
     chunks = -(-d // (chunk_bytes // (8 * n)))
 
     masked = by[("worker", "S1", "share-masked")]
     assert len(masked) == n and all(8 * d < b < 8 * d + HEADER for b in masked)
-    seeds = by[("worker", "S0", "share-seed")]
-    assert len(seeds) == n and all(b < HEADER for b in seeds)
+    keys = by[("S0", "worker", "share-key")]
+    assert len(keys) == n and all(b < HEADER for b in keys)
+    assert not by[("worker", "S0", "share-masked")]
+    # One masked opening, in one direction: S1 -> S0.
+    opened = by[("S1", "S0", "masked-open")]
+    assert len(opened) == chunks and not by[("S0", "S1", "masked-open")]
+    assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
+    between = sum(len(data) for sender, recipient, _, data in log if {sender, recipient} == {"S0", "S1"})
+    validity_bytes = 2 * (16 * validity.and_words(n) + 8 * compare.words_for(n))
+    assert between < 8 * n * d + 16 * d + 8 * n * n + validity_bytes + 64 * HEADER + chunks * HEADER
     for direction in (("S0", "S1"), ("S1", "S0")):
-        opened = by[(*direction, "masked-open")]
-        assert len(opened) == chunks
-        assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
         agg = by[(*direction, "aggregate-share")]
         assert len(agg) == 1 and 8 * d < agg[0] < 8 * d + HEADER
     words = validity.and_words(n)
@@ -49,11 +54,12 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
         sent[sender] += len(data)
     assert dict(res.stats.bytes_sent) == dict(sent)
     roles = res.stats.by_role()
-    assert roles["workers"]["sent"] == sum(masked) + sum(seeds)
-    assert roles["S1"]["received"] == sum(masked) + sum(by[("S0", "S1", "masked-open")]) + \
+    assert roles["workers"]["sent"] == sum(masked) and roles["workers"]["received"] == sum(keys)
+    assert roles["S1"]["received"] == sum(masked) + \
         by[("dealer", "S1", "triple-s1")][0] + by[("S0", "S1", "view-share")][0] + \
-        by[("S0", "S1", "participants")][0] + by[("S0", "S1", "aggregate-share")][0] + \
+        by[("S0", "S1", "aggregate-share")][0] + \
         sum(by[("S0", "S1", "validity-open")]) + by[("S0", "S1", "validity-seed")][0]
+    assert by[("S1", "S0", "participants")] and not by[("S0", "S1", "participants")]
 
 
 def test_norm_rules_use_the_cheaper_diagonal_triple():

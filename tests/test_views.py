@@ -68,17 +68,25 @@ def test_s0_view_is_uniform_and_input_independent():
     checks = {name: words(v["validity-open"], "x") for name, v in views.items()}
     assert uniform_pvalue(checks["small"]) > 1e-4 and uniform_pvalue(checks["structured"]) > 1e-4
     assert same_distribution_pvalue(checks["small"], checks["structured"]) > 1e-4
-    # Everything else S0 receives before the weights is identical byte for byte: seeds and the triple.
-    for kind in ("share-seed", "triple-s0", "participants", "validity-seed"):
+    # Everything else S0 receives before the weights is identical byte for byte: the triple, S1's list and seed.
+    # S0 receives nothing from the workers: its shares are the dealer's mask A0, which S0 hands out as keys.
+    for kind in ("triple-s0", "participants", "validity-seed"):
         assert [m.to_bytes() for m in views["small"][kind]] == [m.to_bytes() for m in views["structured"][kind]]
-    assert set(views["small"]) == {"share-seed", "triple-s0", "participants", "validity-seed", "masked-open",
+    assert set(views["small"]) == {"triple-s0", "participants", "validity-seed", "masked-open",
                                    "validity-open", "weights", "aggregate-share"}
+
+
+def test_a_worker_receives_only_its_key_and_it_does_not_depend_on_any_input():
+    views = {name: view_of(run_and_record(x, seed=7), "worker:2") for name, x in INPUTS.items()}
+    assert set(views["small"]) == {"share-key"}
+    assert [m.to_bytes() for m in views["small"]["share-key"]] == \
+        [m.to_bytes() for m in views["structured"]["share-key"]]
 
 
 def test_s1_view_before_opening_is_uniform_and_input_independent():
     views = {name: view_of(run_and_record(x, seed=9), "S1") for name, x in INPUTS.items()}
-    for array, kind in (("x1", "share-masked"), ("e", "masked-open"), ("x", "validity-open"), ("c1", "triple-s1"),
-                        ("and_c1", "triple-s1")):
+    assert "masked-open" not in views["small"]
+    for array, kind in (("x1", "share-masked"), ("x", "validity-open"), ("c1", "triple-s1"), ("and_c1", "triple-s1")):
         a, b = words(views["small"][kind], array), words(views["structured"][kind], array)
         if kind != "triple-s1":
             assert uniform_pvalue(a) > 1e-4 and uniform_pvalue(b) > 1e-4, kind
@@ -132,6 +140,6 @@ def test_s0_never_learns_distances_and_s1_opens_only_what_the_rule_needs():
 def test_fresh_runs_use_fresh_randomness():
     x = INPUTS["small"][:, :32]
     a, b = run_and_record(x, seed=None), run_and_record(x, seed=None)
-    seeds_a = [Message.from_bytes(m[3]).fields["seed"] for m in a if m[2] == "share-seed"]
-    seeds_b = [Message.from_bytes(m[3]).fields["seed"] for m in b if m[2] == "share-seed"]
+    seeds_a = [Message.from_bytes(m[3]).fields["key"] for m in a if m[2] == "share-key"]
+    seeds_b = [Message.from_bytes(m[3]).fields["key"] for m in b if m[2] == "share-key"]
     assert len(set(seeds_a) | set(seeds_b)) == 2 * N

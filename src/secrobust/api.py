@@ -20,7 +20,7 @@ from .nodes import DealerNode, ServerNode
 from .protocol import messages as M
 from .protocol.offline import request_triple
 from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise_share
-from .protocol.worker import share_update
+from .protocol.worker import share_key, share_update, worker_name
 from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
 from .rules.registry import get_rule
@@ -92,7 +92,7 @@ class Cluster:
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, reveal, center,
                          self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs,
                          bound)
-        s0.start_round(plan)
+        s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))
         s1.start_round(plan)
 
         if plan.triple_kind is not None:
@@ -105,22 +105,21 @@ class Cluster:
 
         with _phase(stats, "share"):
             for i in range(n):
-                to_s0, to_s1 = share_update(round_id, i, encoded[i], self.seeds.worker(round_id, i))
-                if drop.get(i) not in ("S0", "both"):
-                    channel.send(to_s0)
-                if drop.get(i) not in ("S1", "both"):
-                    channel.send(to_s1)
+                if drop.get(i) in ("S0", "both"):
+                    continue  # a worker that cannot reach S0 gets no key and sits the round out
+                channel.send(s0.share_key_message(i))
+                key = share_key(channel.receive(worker_name(i), M.SHARE_KEY), round_id, i, d)
+                msg = share_update(round_id, i, encoded[i], key)
+                if drop.get(i) != "S1":
+                    channel.send(msg)
             del encoded
-            for msg in channel.receive_all("S0", M.SHARE_SEED):
-                s0.receive_share(msg)
             for msg in channel.receive_all("S1", M.SHARE_MASKED):
                 s1.receive_share(msg)
 
         with _phase(stats, "agree"):
-            channel.send(s0.participants_message())
+            participants = s1.agree(None, spec.min_n(f), spec.requirement)
             channel.send(s1.participants_message())
             s0.agree(channel.receive("S0", M.PARTICIPANTS), spec.min_n(f), spec.requirement)
-            participants = s1.agree(channel.receive("S1", M.PARTICIPANTS), spec.min_n(f), spec.requirement)
 
         if check_inputs:
             with _phase(stats, "validity"):
@@ -130,17 +129,14 @@ class Cluster:
                 s1.receive_validity_seed(channel.receive("S1", M.VALIDITY_SEED))
         if plan.triple_kind is not None:
             open_phase = "open" if reveal else "validity"
-            for start, stop in s0.chunks():
+            for start, stop in s1.chunks():
                 with _phase(stats, open_phase):
-                    channel.send(s0.open_masked(start, stop))
                     channel.send(s1.open_masked(start, stop))
+                    s0.accumulate(channel.receive("S0", plan.open_kind))
                 if check_inputs:
                     with _phase(stats, "validity"):
                         s0.project()
                         s1.project()
-                with _phase(stats, open_phase):
-                    s0.accumulate(channel.receive("S0", plan.open_kind))
-                    s1.accumulate(channel.receive("S1", plan.open_kind))
         if check_inputs:
             with _phase(stats, "validity"):
                 self._run_check(channel)

@@ -1,8 +1,11 @@
-"""Matrix Beaver triples for the Gram matrix, made by the dealer (crypto provider).
+"""Correlated randomness for the Gram matrix, made by the dealer (crypto provider).
 
-A triple is a random mask A (n x d) = A0 + A1 and C = A A^T (kind "gram", n x n) or
-c = rowwise <a_i, a_i> (kind "diag", n), shared as C0 + C1. Seed-compressed: S0 gets only the
-seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no data.
+A triple is two random masks A0, A1 (n x d) and C = A0 A1^T + A1 A0^T (kind "gram", n x n) or
+c_i = 2 <a0_i, a1_i> (kind "diag", n), shared as C0 + C1. A0 is S0's share of the inputs: row i is
+keyed by ``sharing.input_key(seed_a0, i)``, the key S0 hands worker i, so the workers' S0 shares
+are the dealer's masks and only S1 opens anything (``protocol.server``). Seed-compressed: S0 gets
+only the seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no
+data: A0 is random and chosen before any worker has an update.
 With ``and_words`` > 0 the same triple carries the input-validity check's Beaver bit triples
 (``secrobust.compare``): a seed for each server and S1's correction words c1.
 Rows of A are labelled by a worker's position in the round's expected worker list, so the
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import prg
+from . import prg, ring_kernel, sharing
 from .compare import AndTripleSeeds, make_and_triple
 from .errors import TripleReuseError
 
@@ -95,11 +98,15 @@ def chunk_columns(n: int, d: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> lis
 
 def mask_columns(seed: bytes, spec: TripleSpec, party: int, start: int, stop: int,
                  rows: np.ndarray | None = None) -> np.ndarray:
-    """Columns [start, stop) of A_party, for all rows or the given row positions."""
+    """Columns [start, stop) of A_party, for all rows or the given row positions (A_0 = S0's input shares)."""
     rows = np.arange(spec.n) if rows is None else rows
+    if party == 0:
+        return sharing.input_rows(seed, rows, start, stop)
     purpose = mask_label(spec, party)
-    return np.stack([prg.ring_stream(seed, prg.label(purpose, "row", int(i)), stop - start, start) for i in rows]) \
-        if len(rows) else np.empty((0, stop - start), dtype=np.uint64)
+    out = np.empty((len(rows), stop - start), dtype=np.uint64)
+    for r, i in enumerate(rows):
+        prg.fill_ring_stream(seed, prg.label(purpose, "row", int(i)), out[r], start)
+    return out
 
 
 def c0_share(seed_c0: bytes, spec: TripleSpec) -> np.ndarray:
@@ -109,11 +116,13 @@ def c0_share(seed_c0: bytes, spec: TripleSpec) -> np.ndarray:
 
 
 def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, TripleShare1]:
-    """C = A A^T (or its diagonal) computed column chunk by column chunk; returns both servers' parts."""
+    """C = A0 A1^T + A1 A0^T (or its diagonal) computed column chunk by column chunk; returns both servers' parts."""
     c = np.zeros((spec.n, spec.n) if spec.kind == "gram" else spec.n, dtype=np.uint64)
     for start, stop in chunk_columns(spec.n, spec.d):
-        a = mask_columns(seeds.a0, spec, 0, start, stop) + mask_columns(seeds.a1, spec, 1, start, stop)
-        c += np.matmul(a, a.T) if spec.kind == "gram" else np.einsum("ij,ij->i", a, a)
+        a0 = mask_columns(seeds.a0, spec, 0, start, stop)
+        a1 = mask_columns(seeds.a1, spec, 1, start, stop)
+        c += ring_kernel.matmul_t(a0, a1) if spec.kind == "gram" else ring_kernel.rowdot(a0, a1)
+    c = c + c.T if spec.kind == "gram" else c + c
     c1 = c - c0_share(seeds.c0, spec)
     if not spec.and_words:
         return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)

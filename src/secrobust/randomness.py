@@ -30,8 +30,9 @@ class SeedSource:
             return prg.fresh_seed()
         return prg.derive_seed(self._master, prg.label(*purpose))
 
-    def worker(self, round_id: int, worker_id: int) -> bytes:
-        return self.seed("worker-share", round_id, worker_id)
+    def share_master(self, round_id: int) -> bytes:
+        """S0's seed for the workers' share keys in a round without a triple."""
+        return self.seed("share-master", round_id)
 
     def triple(self, round_id: int) -> TripleSeeds:
         return TripleSeeds(self.seed("dealer", round_id, "a0"), self.seed("dealer", round_id, "a1"),

@@ -1,7 +1,9 @@
 """Additive secret sharing in Z_2^64, plain and seed-compressed.
 
-x = x0 + x1 (mod 2^64). Seed-compressed: x0 = PRG(seed, label) goes to S0 as the 16-byte seed,
+x = x0 + x1 (mod 2^64). Seed-compressed: x0 = PRG(seed, label) stands for S0's share as a 16-byte seed,
 x1 = x - x0 goes to S1 as d words. Each share alone is uniform, so it says nothing about x.
+In a round, S0's share of worker i is keyed by ``input_key(master, i)``, where the master is the dealer's
+seed for the triple's mask A_0: S0's input share *is* A_0, so only S1 has a mask to open.
 """
 
 from __future__ import annotations
@@ -27,6 +29,23 @@ def share_compressed(x: np.ndarray, seed: bytes, purpose: str) -> tuple[bytes, n
 def expand_share(seed: bytes, purpose: str, start: int, stop: int) -> np.ndarray:
     """Words [start, stop) of the share that a seed stands for."""
     return prg.ring_stream(seed, purpose, stop - start, start)
+
+
+INPUT_PURPOSE = "input-share"
+
+
+def input_key(master: bytes, position: int) -> bytes:
+    """The key of S0's share of the worker at ``position`` in the round's plan (what S0 hands that worker)."""
+    return prg.derive_seed(master, prg.label("input-key", int(position)))
+
+
+def input_rows(master: bytes, positions, start: int, stop: int) -> np.ndarray:
+    """Columns [start, stop) of S0's input shares for the given plan positions, one row each."""
+    positions = list(positions)
+    out = np.empty((len(positions), stop - start), dtype=np.uint64)
+    for row, i in enumerate(positions):
+        prg.fill_ring_stream(input_key(master, i), INPUT_PURPOSE, out[row], start)
+    return out
 
 
 def reconstruct(share0: np.ndarray, share1: np.ndarray) -> np.ndarray:

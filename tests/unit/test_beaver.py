@@ -6,13 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secrobust import dealer, ring
+from secrobust import dealer, ring, sharing
 from secrobust.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1, TripleSpec
 from secrobust.errors import TripleReuseError
 from secrobust.protocol import server
 from secrobust.protocol.messages import Message
 from secrobust.protocol.offline import answer_request, request_triple
-from secrobust.protocol.worker import share_update
+from secrobust.protocol.worker import share_key, share_update
 from secrobust.rules.view import DISTANCES, NORMS
 
 M64 = 2**64
@@ -21,15 +21,23 @@ words = st.one_of(st.sampled_from([0, 1, 2, 2**62, 2**63 - 1, 2**63, 2**64 - 1])
 kinds = st.sampled_from(dealer.TRIPLE_KINDS)
 
 
+def exact_product(x: np.ndarray, y: np.ndarray) -> list[list[int]]:
+    """X Y^T over the integers, reduced mod 2^64 (independent of NumPy's wrapping matmul)."""
+    xr = [[int(v) for v in r] for r in x]
+    yr = [[int(v) for v in r] for r in y]
+    return [[sum(a * b for a, b in zip(ri, rj)) % M64 for rj in yr] for ri in xr]
+
+
 def exact_gram(x: np.ndarray) -> list[list[int]]:
-    """X X^T over the integers, reduced mod 2^64 (independent of NumPy's wrapping matmul)."""
-    rows = [[int(v) for v in r] for r in x]
-    return [[sum(a * b for a, b in zip(ri, rj)) % M64 for rj in rows] for ri in rows]
+    return exact_product(x, x)
 
 
-def full_mask(spec: TripleSpec, seeds: TripleSeeds, rows=None) -> np.ndarray:
-    return (dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d, rows)
-            + dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d, rows))
+def exact_cross(spec: TripleSpec, seeds: TripleSeeds, rows=None) -> list[list[int]]:
+    """A0 A1^T + A1 A0^T for the given rows, over the integers mod 2^64."""
+    a0 = dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d, rows)
+    a1 = dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d, rows)
+    p = exact_product(a0, a1)
+    return [[(p[i][j] + p[j][i]) % M64 for j in range(len(p))] for i in range(len(p))]
 
 
 @st.composite
@@ -42,17 +50,16 @@ def triples(draw, max_n=5, max_d=7):
 
 @settings(max_examples=40, deadline=None)
 @given(t=triples())
-def test_triple_shares_add_up_to_a_a_transpose(t):
+def test_triple_shares_add_up_to_the_cross_products_of_the_masks(t):
     # Prepare
     spec, seeds = t
     # Execute
     part0, part1 = dealer.make_triple(spec, seeds)
-    a = full_mask(spec, seeds)
     c = dealer.c0_share(part0.seed_c0, spec) + part1.c1
-    # Assert: S0 holds only seeds; C0 + C1 = A A^T (or its diagonal) mod 2^64
+    # Assert: S0 holds only seeds; C0 + C1 = A0 A1^T + A1 A0^T (or its diagonal) mod 2^64
     assert isinstance(part0, TripleShare0) and isinstance(part1, TripleShare1)
     assert (part0.seed_a0, part0.seed_c0, part1.seed_a1) == (seeds.a0, seeds.c0, seeds.a1)
-    g = exact_gram(a)
+    g = exact_cross(spec, seeds)
     if spec.kind == "gram":
         assert part1.c1.shape == (spec.n, spec.n)
         assert c.tolist() == g
@@ -93,12 +100,16 @@ def test_mask_columns_windows_and_row_subsets_are_views_of_the_same_mask(t, data
     start = data.draw(st.integers(0, spec.d - 1))
     stop = data.draw(st.integers(start + 1, spec.d))
     rows = np.array(sorted(data.draw(st.sets(st.integers(0, spec.n - 1)))), dtype=np.int64)
-    full = dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d)
-    # Execute
-    win = dealer.mask_columns(seeds.a1, spec, 1, start, stop, rows)
-    # Assert
-    assert win.shape == (rows.size, stop - start) and win.dtype == np.uint64
-    np.testing.assert_array_equal(win, full[rows, start:stop])
+    for party, seed in ((0, seeds.a0), (1, seeds.a1)):
+        full = dealer.mask_columns(seed, spec, party, 0, spec.d)
+        # Execute
+        win = dealer.mask_columns(seed, spec, party, start, stop, rows)
+        # Assert
+        assert win.shape == (rows.size, stop - start) and win.dtype == np.uint64
+        np.testing.assert_array_equal(win, full[rows, start:stop])
+    # A0's rows are the workers' S0 shares: row i is keyed by the key S0 hands worker i.
+    np.testing.assert_array_equal(dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d),
+                                  sharing.input_rows(seeds.a0, range(spec.n), 0, spec.d))
 
 
 @settings(max_examples=40, deadline=None)
@@ -109,11 +120,10 @@ def test_a_sub_triple_for_a_subset_of_rows_is_consistent(t, data):
     pos = np.array(sorted(data.draw(st.sets(st.integers(0, spec.n - 1), min_size=1))), dtype=np.int64)
     part0, part1 = dealer.make_triple(spec, seeds)
     # Execute
-    a_sub = full_mask(spec, seeds, pos)
     c0, c1 = dealer.c0_share(part0.seed_c0, spec), part1.c1
     c_sub = c0[np.ix_(pos, pos)] + c1[np.ix_(pos, pos)] if spec.kind == "gram" else c0[pos] + c1[pos]
     # Assert
-    g = exact_gram(a_sub)
+    g = exact_cross(spec, seeds, pos)
     want = g if spec.kind == "gram" else [g[i][i] for i in range(pos.size)]
     assert c_sub.tolist() == want
 
@@ -123,7 +133,7 @@ def test_a_sub_triple_for_a_subset_of_rows_is_consistent(t, data):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 5), d=st.integers(1, 6), seeds=st.tuples(seed16, seed16, seed16), data=st.data())
 def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(n, d, seeds, data):
-    # Prepare: any X in Z_2^64 (wrap-around values included) and a gram triple
+    # Prepare: any X in Z_2^64 (wrap-around values included) and a gram triple; S0's share is A0
     x = data.draw(hnp.arrays(np.uint64, (n, d), elements=words))
     spec = TripleSpec("t", n, d, "gram")
     ts = TripleSeeds(*seeds)
@@ -131,10 +141,11 @@ def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(
     a0 = dealer.mask_columns(ts.a0, spec, 0, 0, d)
     a1 = dealer.mask_columns(ts.a1, spec, 1, 0, d)
     c0, c1 = dealer.c0_share(part0.seed_c0, spec), part1.c1
-    # Execute: E = X - A opened; H_0 = E (E + 2 A_0)^T + C_0, H_1 = 2 E A_1^T + C_1
-    e = x - (a0 + a1)
-    h0 = np.matmul(e, (e + a0 + a0).T) + c0
-    h1 = np.matmul(e, (a1 + a1).T) + c1
+    x1 = x - a0
+    # Execute: S1 opens E = X1 - A1; H_0 = A0 (A0 + 2E)^T + C_0, H_1 = X1 X1^T + C_1
+    e = x1 - a1
+    h0 = np.matmul(a0, (a0 + e + e).T) + c0
+    h1 = np.matmul(x1, x1.T) + c1
     h = h0 + h1
     dist = np.diagonal(h)[:, None] + np.diagonal(h)[None, :] - h - h.T
     # Assert
@@ -151,19 +162,18 @@ def _run_gram_phase(x, worker_ids, present, reveal, chunk_bytes, seeds, frac_bit
     plan = server.RoundPlan(5, tuple(worker_ids), x.shape[1], frac_bits, reveal, triple_id="tid", chunk_bytes=chunk_bytes,
                             validity=False)
     s0, s1 = server.new_round(0, plan), server.new_round(1, plan)
-    for k, w in enumerate(worker_ids):
-        if w in present:
-            m0, m1 = share_update(5, w, x[k], seeds[k % len(seeds)])
-            s0, s1 = server.receive_share(s0, m0), server.receive_share(s1, m1)
-    p0, p1 = server.participants_message(s0), server.participants_message(s1)
-    s0, s1 = server.agree_participants(s0, p1, 1), server.agree_participants(s1, p0, 1)
     to0, to1 = answer_request(request_triple(5, plan.triple_spec()), TripleSeeds(*seeds[:3]), TripleLedger())
     to0, to1 = Message.from_bytes(to0.to_bytes()), Message.from_bytes(to1.to_bytes())
     s0, s1 = server.receive_triple(s0, to0, TripleLedger()), server.receive_triple(s1, to1, TripleLedger())
-    for start, stop in server.column_chunks(s0):
-        s0, e0 = server.open_masked(s0, start, stop)
-        s1, e1 = server.open_masked(s1, start, stop)
-        s0, s1 = server.accumulate(s0, e1), server.accumulate(s1, e0)
+    for k, w in enumerate(worker_ids):
+        if w in present:
+            key = share_key(server.share_key_message(s0, w), 5, w, x.shape[1])
+            s1 = server.receive_share(s1, share_update(5, w, x[k], key))
+    s1 = server.agree_participants(s1, None, 1)
+    s0 = server.agree_participants(s0, server.participants_message(s1), 1)
+    for start, stop in server.column_chunks(s1):
+        s1, e = server.open_masked(s1, start, stop)
+        s0 = server.accumulate(s0, Message.from_bytes(e.to_bytes()))
     return s0, s1
 
 

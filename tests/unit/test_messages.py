@@ -62,7 +62,7 @@ def raw(header, payload: bytes = b"") -> bytes:
 GOOD_HEADER = {"v": 1, "kind": M.WEIGHTS, "round": 3, "sender": "S1", "recipient": "S0",
                "fields": {"center_weight": 0.5}, "arrays": [["weights", "<f8", [2]]]}
 GOOD_PAYLOAD = np.array([0.25, 0.75]).tobytes()
-REPRESENTATIVE = Message(M.SHARE_SEED, 7, "worker:3", "S0",
+REPRESENTATIVE = Message(M.SHARE_KEY, 7, "S0", "worker:3",
                          fields={"worker": 3, "seed": bytes(range(16)), "d": 5, "tags": ["a", 1, b"\x01", None, True],
                                  "x": -2.5e-3},
                          arrays={"x1": np.arange(5, dtype=np.uint64), "w": np.array([[1.5, -2.0]]),
@@ -206,7 +206,7 @@ def test_truncating_or_appending_to_a_random_message_is_refused(msg, data):
 
 
 def test_an_upper_case_hex_digit_in_a_bytes_field_is_refused():
-    msg = Message(M.SHARE_SEED, 0, "w", "S0", fields={"seed": b"\xab" * 16})
+    msg = Message(M.SHARE_KEY, 0, "S0", "w", fields={"seed": b"\xab" * 16})
     data = msg.to_bytes()
     i = data.index(b'"abab')
     flipped = data[: i + 1] + b"A" + data[i + 2 :]

@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from secrobust import prg, sharing
 from secrobust.protocol import messages as M
-from secrobust.protocol.worker import share_label, share_update, worker_name
+from secrobust.protocol.worker import share_update, worker_name
 
 SEED = bytes(range(16))
 seeds = st.one_of(st.binary(min_size=16, max_size=16), st.binary(min_size=32, max_size=32))
@@ -61,9 +61,9 @@ def test_each_share_alone_is_independent_of_the_secret(x, data, seed):
 
 def test_different_purposes_give_different_pads():
     x = np.arange(8, dtype=np.uint64)
-    a0, _ = sharing.share(x, SEED, share_label(0, 1))
-    b0, _ = sharing.share(x, SEED, share_label(0, 2))
-    c0, _ = sharing.share(x, SEED, share_label(1, 1))
+    a0, _ = sharing.share(x, SEED, "share|0|worker|1")
+    b0, _ = sharing.share(x, SEED, "share|0|worker|2")
+    c0, _ = sharing.share(x, SEED, "share|1|worker|1")
     assert not np.array_equal(a0, b0) and not np.array_equal(a0, c0)
 
 
@@ -79,16 +79,28 @@ def test_share_compressed_refuses_a_bad_seed():
 
 
 @settings(max_examples=40, deadline=None)
-@given(x=ring_vectors, seed=st.binary(min_size=16, max_size=16), r=st.integers(0, 1000), w=st.integers(0, 1000))
-def test_worker_messages_carry_the_seed_to_s0_and_the_masked_vector_to_s1(x, seed, r, w):
-    # Execute
-    to_s0, to_s1 = share_update(r, w, x, seed)
-    # Assert: what each server receives, and that together they give x back
-    assert (to_s0.kind, to_s0.recipient, to_s0.sender) == (M.SHARE_SEED, "S0", worker_name(w))
+@given(x=ring_vectors, master=st.binary(min_size=16, max_size=16), pos=st.integers(0, 1000),
+       r=st.integers(0, 1000), w=st.integers(0, 1000))
+def test_the_worker_masks_with_the_key_s0_hands_out_and_sends_only_to_s1(x, master, pos, r, w):
+    # Execute: S0's share is the row of the dealer's mask A0 keyed by the worker's plan position
+    key = sharing.input_key(master, pos)
+    to_s1 = share_update(r, w, x, key)
+    # Assert: S1 gets x - A0_pos; with S0's row they give x back
     assert (to_s1.kind, to_s1.recipient, to_s1.sender) == (M.SHARE_MASKED, "S1", worker_name(w))
-    assert to_s0.fields == {"worker": w, "seed": seed, "d": x.size} and not to_s0.arrays
-    x0 = sharing.expand_share(to_s0.fields["seed"], share_label(r, w), 0, x.size)
+    assert to_s1.fields == {"worker": w}
+    x0 = sharing.input_rows(master, [pos], 0, x.size)[0]
     np.testing.assert_array_equal(sharing.reconstruct(x0, to_s1.arrays["x1"]), x)
+
+
+def test_input_keys_differ_per_position_and_master():
+    keys = {sharing.input_key(m, i) for m in (SEED, bytes(16)) for i in range(50)}
+    assert len(keys) == 100
+
+
+def test_input_rows_read_any_column_range_of_the_same_stream():
+    full = sharing.input_rows(SEED, [3, 0], 0, 100)
+    np.testing.assert_array_equal(sharing.input_rows(SEED, [3, 0], 37, 61), full[:, 37:61])
+    np.testing.assert_array_equal(full[1], prg.ring_stream(sharing.input_key(SEED, 0), sharing.INPUT_PURPOSE, 100))
 
 
 @pytest.mark.parametrize("bad", [np.zeros(3, dtype=np.int64), np.zeros((2, 2), dtype=np.uint64), np.zeros(3)])

@@ -37,8 +37,9 @@ class ServerNode:
         self._check: Party | None = None
         self._check_step = 0
 
-    def start_round(self, plan: server.RoundPlan) -> None:
-        self.state = server.new_round(self.party, plan)
+    def start_round(self, plan: server.RoundPlan, share_master: bytes | None = None) -> None:
+        """``share_master``: S0's seed for the workers' share keys when the round has no triple."""
+        self.state = server.new_round(self.party, plan, share_master)
         self._check, self._check_step = None, 0
 
     @property
@@ -46,6 +47,10 @@ class ServerNode:
         if self.state is None:
             raise UnexpectedMessage(f"{self.name}: no round in progress")
         return self.state
+
+    def share_key_message(self, worker: int) -> Message:
+        """S0: the key of its share of ``worker``'s update, for that worker."""
+        return server.share_key_message(self.current, worker)
 
     def receive_share(self, msg: Message) -> None:
         self.state = server.receive_share(self.current, msg)
@@ -60,19 +65,22 @@ class ServerNode:
     def participants_message(self) -> Message:
         return server.participants_message(self.current)
 
-    def agree(self, peer_msg: Message, min_n: int, requirement: str) -> tuple[int, ...]:
-        self.state = server.agree_participants(self.current, peer_msg, min_n, requirement)
+    def agree(self, s1_msg: Message | None, min_n: int, requirement: str) -> tuple[int, ...]:
+        """S1 passes None (its own shares decide); S0 passes S1's participants message."""
+        self.state = server.agree_participants(self.current, s1_msg, min_n, requirement)
         return self.current.participants or ()
 
     def chunks(self) -> list[tuple[int, int]]:
         return server.column_chunks(self.current)
 
     def open_masked(self, start: int, stop: int) -> Message:
+        """S1: the masked opening of these columns, for S0."""
         self.state, msg = server.open_masked(self.current, start, stop)
         return msg
 
-    def accumulate(self, peer_msg: Message) -> None:
-        self.state = server.accumulate(self.current, peer_msg)
+    def accumulate(self, s1_msg: Message) -> None:
+        """S0: take S1's masked opening of a column chunk."""
+        self.state = server.accumulate(self.current, s1_msg)
 
     def validity_seed_message(self, seed: bytes) -> Message:
         self.state, msg = server.validity_seed_message(self.current, seed)
@@ -82,7 +90,7 @@ class ServerNode:
         self.state = server.receive_validity_seed(self.current, msg)
 
     def project(self) -> None:
-        """Projections of the column chunk just opened (call between open_masked and accumulate)."""
+        """Projections of the column chunk just opened (S1) or received (S0)."""
         self.state = server.project_pending(self.current)
 
     def validity_start(self) -> Message:

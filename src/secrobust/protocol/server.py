@@ -1,14 +1,16 @@
-"""The two servers' steps of one round (DESIGN section 4), as functions of explicit state.
+"""The two servers' steps of one round (DESIGN section 4, with a one-way opening), as functions of explicit state.
 
-Both servers hold additive shares of the encoded updates X (S0 as seeds, S1 as masked vectors) and of
-a Beaver triple (A, C = A A^T). With Y = X - v (v the public center, 0 unless cclip):
-  2. each server opens E_s = Y_s - A_s to the other, so both learn E = Y - A (uniform);
-  3. H_0 = E (E + 2 A_0)^T + C_0 and H_1 = 2 E A_1^T + C_1; H_0 + H_1 symmetrised is Y Y^T;
+S0's share of worker i's encoded update is X0_i = PRG(k_i), where k_i (which S0 hands the worker) is
+derived from the dealer's seed of the mask A0: so X0 = A0. S1 holds X1 = X - X0. With Y = X - v (v the
+public center, 0 unless cclip), Y1 = X1 - v and the dealer's C = A0 A1^T + A1 A0^T = C0 + C1:
+  2. S1 alone opens E = Y1 - A1 to S0 (uniform: A1 is a one-time pad S0 never sees);
+  3. H0 = A0 (A0 + 2E)^T + C0 and H1 = Y1 Y1^T + C1; since Y = A0 + E + A1, H0 + H1 symmetrised is Y Y^T;
   4. S0 sends its share of D_ij = H_ii + H_jj - H_ij - H_ji (and/or of H_ii) to S1, who opens it;
   5. S1 runs the rule on what it opened and sends the public weights w to S0;
   6. each server sends its share of sum_i w_i x_i to the other; only that aggregate is revealed.
-The "diag" triple variant replaces every matrix product by a row-wise inner product when the rule
-needs only norms. Nothing here samples randomness or does I/O.
+Between the servers this moves 8nd bytes once, in one direction, plus O(n^2 + d). The "diag" variant
+replaces every matrix product by a row-wise inner product when the rule needs only norms. Nothing here
+samples randomness or does I/O.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import dealer, prg, ring, sharing, validity
+from .. import dealer, prg, ring, ring_kernel, sharing, validity
 from ..compare import AndSource, Party
 from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
 from ..rules.view import DISTANCES, Choice, View, view_words
-from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_MASKED, SHARE_SEED, VALIDITY_MASKED_OPEN,
+from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_KEY, SHARE_MASKED, VALIDITY_MASKED_OPEN,
                        VALIDITY_SEED, VIEW_SHARE, WEIGHTS, Message)
 from .offline import triple_from_message
-from .worker import share_label, worker_name
+from .worker import worker_name
 
 SERVER_NAMES = ("S0", "S1")
 
@@ -75,12 +77,15 @@ class RoundPlan:
 class ServerState:
     party: int
     plan: RoundPlan
-    inputs: Mapping[int, object] = field(default_factory=dict)
+    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
+    share_master: bytes | None = None
+    """S0's seed for the workers' keys when the round has no triple (an unchecked mean)."""
     participants: tuple[int, ...] | None = None
     triple: TripleShare0 | TripleShare1 | None = None
     h: np.ndarray | None = None
     done_until: int = 0
-    pending: tuple[int, int, np.ndarray, np.ndarray, np.ndarray] | None = None
+    pending: tuple[int, int, np.ndarray] | None = None
+    """The column chunk of this server's input share awaiting the validity projections."""
     view: View | None = None
     choice: Choice | None = None
     validity_own: bytes | None = None
@@ -108,14 +113,18 @@ class ServerState:
         return self.participants
 
 
-def new_round(party: int, plan: RoundPlan) -> ServerState:
+def new_round(party: int, plan: RoundPlan, share_master: bytes | None = None) -> ServerState:
+    """A fresh round; S0 of a round without a triple needs ``share_master`` for the workers' keys."""
     if party not in (0, 1):
         raise ValueError(f"party must be 0 or 1, got {party!r}")
     if len(set(plan.worker_ids)) != len(plan.worker_ids):
         raise ValueError("the plan lists a worker id twice")
     if plan.validity:
         validity.check_dimension(plan.d)
-    return ServerState(party, plan)
+    if party == 0 and plan.triple_kind is None and share_master is None:
+        raise ValueError("S0 needs a share master seed for a round without a triple")
+    master = prg.check_seed(share_master) if party == 0 and plan.triple_kind is None else None
+    return ServerState(party, plan, share_master=master)
 
 
 def _expect(state: ServerState, msg: Message, kind: str, sender: str) -> None:
@@ -129,50 +138,72 @@ def _expect(state: ServerState, msg: Message, kind: str, sender: str) -> None:
         raise UnexpectedMessage(f"{state.name}: message addressed to {msg.recipient}")
 
 
-# Step 1: shares from the workers.
+# Step 1: S0 hands out the keys of its shares; each worker sends S1 its masked update.
+
+def _input_master(state: ServerState) -> bytes:
+    if state.party != 0:
+        raise UnexpectedMessage("only S0 holds the workers' share keys")
+    if state.share_master is not None:
+        return state.share_master
+    if not isinstance(state.triple, TripleShare0):
+        raise UnexpectedMessage(f"S0: round {state.plan.round_id} has no triple yet, so no share keys")
+    return state.triple.seed_a0
+
+
+def share_key_message(state: ServerState, worker: int) -> Message:
+    """S0 -> worker: the key k_i of S0's share X0_i = PRG(k_i) (= row i of the dealer's mask A0)."""
+    if worker not in state.plan.worker_ids:
+        raise UnknownWorker(f"S0: worker {worker} is not expected in round {state.plan.round_id}")
+    key = sharing.input_key(_input_master(state), state.plan.worker_ids.index(worker))
+    return Message(SHARE_KEY, state.plan.round_id, "S0", worker_name(worker),
+                   fields={"worker": worker, "key": key, "d": state.plan.d})
+
 
 def receive_share(state: ServerState, msg: Message) -> ServerState:
-    """Record one worker's share (S0: its seed; S1: its masked vector), checking who sent what."""
+    """S1 records one worker's masked update, checking who sent what."""
     worker = msg.fields.get("worker")
+    if state.party != 1:
+        raise UnexpectedMessage("S0 receives no shares from the workers (it hands out their keys)")
     if isinstance(worker, bool) or not isinstance(worker, int):
         raise MalformedMessage(f"{state.name}: share without an integer worker id")
-    _expect(state, msg, SHARE_SEED if state.party == 0 else SHARE_MASKED, worker_name(worker))
+    _expect(state, msg, SHARE_MASKED, worker_name(worker))
     if worker not in state.plan.worker_ids:
         raise UnknownWorker(f"{state.name}: worker {worker} is not expected in round {state.plan.round_id}")
     if worker in state.inputs:
         raise DuplicateWorker(f"{state.name}: worker {worker} already sent its share for round {state.plan.round_id}")
     if state.participants is not None:
         raise UnexpectedMessage(f"{state.name}: share from worker {worker} arrived after the participants were fixed")
-    if state.party == 0:
-        seed = msg.fields.get("seed")
-        if not isinstance(seed, bytes) or len(seed) not in (16, 32):
-            raise MalformedMessage(f"S0: worker {worker} sent a seed that is not 16 or 32 bytes")
-        if msg.fields.get("d") != state.plan.d:
-            raise MalformedMessage(f"S0: worker {worker} declares dimension {msg.fields.get('d')}, expected {state.plan.d}")
-        value: object = seed
-    else:
-        x1 = msg.arrays.get("x1")
-        if x1 is None or x1.dtype != np.uint64 or x1.shape != (state.plan.d,):
-            got = "nothing" if x1 is None else f"{x1.dtype} {x1.shape}"
-            raise MalformedMessage(f"S1: worker {worker} sent {got}, expected uint64 ({state.plan.d},)")
-        value = x1
-    return replace(state, inputs={**state.inputs, worker: value})
+    x1 = msg.arrays.get("x1")
+    if x1 is None or x1.dtype != np.uint64 or x1.shape != (state.plan.d,):
+        got = "nothing" if x1 is None else f"{x1.dtype} {x1.shape}"
+        raise MalformedMessage(f"S1: worker {worker} sent {got}, expected uint64 ({state.plan.d},)")
+    return replace(state, inputs={**state.inputs, worker: x1})
 
 
 def participants_message(state: ServerState) -> Message:
-    """Tell the peer which workers' shares arrived here."""
-    ids = sorted(state.inputs)
-    return Message(PARTICIPANTS, state.plan.round_id, state.name, state.peer, fields={"workers": ids})
+    """S1 -> S0: the workers whose shares arrived (S0 holds every worker's share already, as a key)."""
+    if state.party != 1:
+        raise UnexpectedMessage("only S1 announces the participants")
+    ids = [w for w in state.plan.worker_ids if w in state.inputs]
+    return Message(PARTICIPANTS, state.plan.round_id, "S1", "S0", fields={"workers": ids})
 
 
-def agree_participants(state: ServerState, peer_msg: Message, min_n: int, requirement: str = "") -> ServerState:
-    """Participants = workers whose shares reached both servers, in plan order; abort if too few."""
-    _expect(state, peer_msg, PARTICIPANTS, state.peer)
-    theirs = peer_msg.fields.get("workers")
-    if not isinstance(theirs, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in theirs):
-        raise MalformedMessage(f"{state.name}: participant list is not a list of worker ids")
-    both = set(theirs) & set(state.inputs)
-    agreed = tuple(w for w in state.plan.worker_ids if w in both)
+def agree_participants(state: ServerState, s1_msg: Message | None, min_n: int, requirement: str = "") -> ServerState:
+    """Participants = workers whose masked share reached S1, in plan order (S0 takes S1's list); abort if too few."""
+    if state.party == 1:
+        if s1_msg is not None:
+            raise UnexpectedMessage("S1 fixes the participants from the shares it holds")
+        agreed = tuple(w for w in state.plan.worker_ids if w in state.inputs)
+    else:
+        if s1_msg is None:
+            raise UnexpectedMessage("S0 takes the participants from S1's list")
+        _expect(state, s1_msg, PARTICIPANTS, "S1")
+        theirs = s1_msg.fields.get("workers")
+        if not isinstance(theirs, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in theirs):
+            raise MalformedMessage("S0: participant list is not a list of worker ids")
+        if len(set(theirs)) != len(theirs) or not set(theirs) <= set(state.plan.worker_ids):
+            raise MalformedMessage("S0: S1's participant list repeats a worker or names one outside the plan")
+        agreed = tuple(w for w in state.plan.worker_ids if w in set(theirs))
     if len(agreed) < min_n:
         raise RoundAborted(f"round {state.plan.round_id}: only {len(agreed)} workers reached both servers; "
                            f"the rule needs {requirement or f'at least {min_n}'}")
@@ -207,63 +238,80 @@ def _check_triple(state: ServerState, triple: TripleShare0 | TripleShare1) -> No
         raise UnexpectedMessage(f"{state.name}: got the other server's part of the triple")
 
 
-# Steps 2-3: open E chunk by chunk and accumulate the Gram share.
+# Steps 2-3: S1 opens E chunk by chunk; both accumulate their share of H.
 
 def column_chunks(state: ServerState) -> list[tuple[int, int]]:
     return dealer.chunk_columns(len(state._participants()), state.plan.d, state.plan.chunk_bytes)
 
 
 def input_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
-    """This server's share of X[:, start:stop] for the participants."""
-    workers = state._participants()
+    """This server's share of X[:, start:stop] for the participants (S0's is A0's rows, from the keys)."""
     if state.party == 0:
-        rows = [sharing.expand_share(state.inputs[w], share_label(state.plan.round_id, w), start, stop) for w in workers]
-    else:
-        rows = [np.asarray(state.inputs[w])[start:stop] for w in workers]
-    return np.stack(rows) if rows else np.empty((0, stop - start), dtype=np.uint64)
+        return sharing.input_rows(_input_master(state), state.positions(), start, stop)
+    workers = state._participants()
+    out = np.empty((len(workers), stop - start), dtype=np.uint64)
+    for row, w in enumerate(workers):
+        out[row] = state.inputs[w][start:stop]
+    return out
 
 
-def _mask_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
-    t = state.triple
-    if t is None:
-        raise UnexpectedMessage(f"{state.name}: no triple for round {state.plan.round_id}")
-    seed = t.seed_a0 if isinstance(t, TripleShare0) else t.seed_a1
-    return dealer.mask_columns(seed, t.spec, state.party, start, stop, state.positions())
+def _weighted_rows(state: ServerState, rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """This server's share of X[rows, start:stop] (row indices among the participants)."""
+    if state.party == 0:
+        return sharing.input_rows(_input_master(state), state.positions()[rows], start, stop)
+    workers = state._participants()
+    out = np.empty((len(rows), stop - start), dtype=np.uint64)
+    for r, i in enumerate(rows):
+        out[r] = state.inputs[workers[i]][start:stop]
+    return out
+
+
+def _check_chunk(state: ServerState, start: int, stop: int) -> None:
+    if state.pending is not None or start != state.done_until or not start < stop <= state.plan.d:
+        raise UnexpectedMessage(f"{state.name}: columns [{start}, {stop}) are out of order")
+
+
+def _add_h(state: ServerState, part: np.ndarray, stop: int, x: np.ndarray) -> ServerState:
+    h = part if state.h is None else state.h + part
+    return replace(state, h=h, done_until=stop, pending=(stop - x.shape[1], stop, x) if state.plan.validity else None)
 
 
 def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState, Message]:
-    """E_s[:, start:stop] = Y_s - A_s, to be sent to the peer."""
-    if state.pending is not None or start != state.done_until or not start < stop <= state.plan.d:
-        raise UnexpectedMessage(f"{state.name}: columns [{start}, {stop}) are out of order")
-    y = input_columns(state, start, stop)
-    if state.party == 0 and state.plan.center is not None:
-        y = y - state.plan.center[start:stop]
-    a = _mask_columns(state, start, stop)
-    e_own = y - a
-    msg = Message(state.plan.open_kind, state.plan.round_id, state.name, state.peer,
-                  fields={"start": start, "stop": stop}, arrays={"e": e_own})
-    x = y if state.party == 1 or state.plan.center is None else y + state.plan.center[start:stop]
-    return replace(state, pending=(start, stop, e_own, a, x)), msg
+    """S1: E[:, start:stop] = Y1 - A1, to be sent to S0; H1 += Y1 Y1^T (or its diagonal) for these columns."""
+    if state.party != 1:
+        raise UnexpectedMessage("only S1 opens a masked share; S0's input share is the dealer's mask")
+    _check_chunk(state, start, stop)
+    t = state.triple
+    if not isinstance(t, TripleShare1):
+        raise UnexpectedMessage(f"S1: no triple for round {state.plan.round_id}")
+    x1 = input_columns(state, start, stop)
+    y1 = x1 if state.plan.center is None else x1 - state.plan.center[start:stop]
+    e = dealer.mask_columns(t.seed_a1, t.spec, 1, start, stop, state.positions())
+    np.subtract(y1, e, out=e)
+    msg = Message(state.plan.open_kind, state.plan.round_id, "S1", "S0", fields={"start": start, "stop": stop},
+                  arrays={"e": e})
+    part = ring_kernel.gram(y1) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(y1, y1)
+    return _add_h(state, part, stop, x1), msg
 
 
-def accumulate(state: ServerState, peer_msg: Message) -> ServerState:
-    """Add this chunk's contribution to the share of H (or of its diagonal)."""
-    _expect(state, peer_msg, state.plan.open_kind, state.peer)
-    if state.pending is None:
-        raise UnexpectedMessage(f"{state.name}: masked opening arrived before this server opened its own")
-    start, stop, e_own, a, _ = state.pending
-    if (peer_msg.fields.get("start"), peer_msg.fields.get("stop")) != (start, stop):
-        got = (peer_msg.fields.get("start"), peer_msg.fields.get("stop"))
-        raise UnexpectedMessage(f"{state.name}: peer opened columns {got}, expected {(start, stop)}")
-    e_peer = peer_msg.arrays.get("e")
-    if e_peer is None or e_peer.dtype != np.uint64 or e_peer.shape != e_own.shape:
-        raise MalformedMessage(f"{state.name}: masked opening must be uint64 of shape {e_own.shape}")
-    e = e_own + e_peer
-    other = e + a + a if state.party == 0 else a + a
-    gram = state.plan.triple_kind == "gram"
-    part = np.matmul(e, other.T) if gram else np.einsum("ij,ij->i", e, other)
-    h = part if state.h is None else state.h + part
-    return replace(state, h=h, done_until=stop, pending=None)
+def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
+    """S0: H0 += A0 (A0 + 2E)^T (or its diagonal) for the columns S1 just opened."""
+    if state.party != 0:
+        raise UnexpectedMessage("only S0 receives the masked opening")
+    _expect(state, s1_msg, state.plan.open_kind, "S1")
+    start, stop = s1_msg.fields.get("start"), s1_msg.fields.get("stop")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop)):
+        raise MalformedMessage("S0: masked opening without integer column bounds")
+    _check_chunk(state, start, stop)
+    want = (len(state._participants()), stop - start)
+    e = s1_msg.arrays.get("e")
+    if e is None or e.dtype != np.uint64 or e.shape != want:
+        raise MalformedMessage(f"S0: masked opening must be uint64 of shape {want}")
+    a0 = input_columns(state, start, stop)
+    other = a0 + e
+    other += e
+    part = ring_kernel.matmul_t(a0, other) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, other)
+    return _add_h(state, part, stop, a0)
 
 
 def _c_share(state: ServerState) -> np.ndarray:
@@ -306,16 +354,16 @@ def receive_validity_seed(state: ServerState, msg: Message) -> ServerState:
 
 
 def project_pending(state: ServerState) -> ServerState:
-    """Add the current column chunk's share of <r_j, x_i> (and of <x_i, v> for a center v) to ``proj``."""
+    """Add the pending column chunk's share of <r_j, x_i> (and of <x_i, v> for a center v) to ``proj``."""
     if state.pending is None or state.validity_seed is None:
         raise UnexpectedMessage(f"{state.name}: nothing to project (no open chunk or no validity seed)")
-    start, stop, _, _, x = state.pending
+    start, stop, x = state.pending
     p = validity.params()
     part = validity.project_columns(x, state.validity_seed, p.projections, start)
     if state.plan.center is not None:
         part = np.concatenate([part, np.matmul(x, state.plan.center[start:stop])[:, None]], axis=1)
     proj = part if state.proj is None else state.proj + part
-    return replace(state, proj=proj)
+    return replace(state, proj=proj, pending=None)
 
 
 def validity_party(state: ServerState) -> Party:
@@ -429,13 +477,16 @@ def receive_weights(state: ServerState, msg: Message) -> ServerState:
 # Step 6: the aggregate.
 
 def aggregate_share(state: ServerState, noise: np.ndarray | None = None) -> np.ndarray:
-    """Share of sum_i w_i x_i at scale 2^(F+W) (plus this server's noise, already at that scale)."""
+    """Share of sum_i w_i x_i at scale 2^(F+W) (plus this server's noise, already at that scale); only the
+    rows with a non-zero weight are read."""
     if state.choice is None:
         raise UnexpectedMessage(f"{state.name}: no weights yet")
     w = ring.encode_weights(state.choice.weights)
-    out = np.empty(state.plan.d, dtype=np.uint64)
-    for start, stop in column_chunks(state):
-        out[start:stop] = np.matmul(w, input_columns(state, start, stop))
+    rows = np.flatnonzero(w)
+    out = np.zeros(state.plan.d, dtype=np.uint64)
+    if len(rows):
+        for start, stop in dealer.chunk_columns(len(rows), state.plan.d, state.plan.chunk_bytes):
+            out[start:stop] = np.matmul(w[rows], _weighted_rows(state, rows, start, stop))
     if noise is not None:
         out += noise
     return out

@@ -1,7 +1,9 @@
 """The worker's step: secret-share an encoded update between the two servers.
 
-Worker i sends its 16-byte seed s_i to S0 (S0's share is PRG(s_i)) and x_i - PRG(s_i) to S1.
-S0 sees a seed independent of x_i; S1 sees a uniformly random vector.
+S0 hands worker i a 16-byte key k_i (SHARE_KEY); S0's share of x_i is x0_i = PRG(k_i), which is also
+row i of the dealer's mask A_0. The worker sends x_i - x0_i to S1 (SHARE_MASKED) and nothing to S0.
+S0 sees nothing from the worker; S1 sees a uniformly random vector; the worker learns k_i, a key
+chosen before it had an update and used for nothing else.
 """
 
 from __future__ import annotations
@@ -9,24 +11,34 @@ from __future__ import annotations
 import numpy as np
 
 from .. import prg, sharing
-from .messages import SHARE_MASKED, SHARE_SEED, Message
+from ..errors import MalformedMessage, UnexpectedMessage
+from .messages import SHARE_KEY, SHARE_MASKED, Message
 
 
 def worker_name(worker_id: int) -> str:
     return f"worker:{worker_id}"
 
 
-def share_label(round_id: int, worker_id: int) -> str:
-    return prg.label("share", round_id, "worker", worker_id)
+def share_key(msg: Message, round_id: int, worker_id: int, d: int) -> bytes:
+    """The key in S0's SHARE_KEY message, checked to be for this worker, round and dimension."""
+    if msg.kind != SHARE_KEY or msg.sender != "S0" or msg.recipient != worker_name(worker_id):
+        raise UnexpectedMessage(f"{worker_name(worker_id)}: expected S0's {SHARE_KEY}, got {msg.kind} from {msg.sender}")
+    if msg.round_id != round_id or msg.fields.get("worker") != worker_id or msg.fields.get("d") != d:
+        raise UnexpectedMessage(f"{worker_name(worker_id)}: the share key is for round {msg.round_id}, worker "
+                                f"{msg.fields.get('worker')!r}, d={msg.fields.get('d')!r}")
+    key = msg.fields.get("key")
+    if not isinstance(key, bytes) or len(key) not in (16, 32):
+        raise MalformedMessage(f"{worker_name(worker_id)}: the share key must be 16 or 32 bytes")
+    return key
 
 
-def share_update(round_id: int, worker_id: int, encoded: np.ndarray, seed: bytes) -> tuple[Message, Message]:
-    """(message to S0 with the seed, message to S1 with the masked vector) for one encoded update."""
+def share_update(round_id: int, worker_id: int, encoded: np.ndarray, key: bytes) -> Message:
+    """The message to S1 holding x - PRG(key), for one encoded update and the key S0 handed out."""
     x = np.asarray(encoded)
     if x.dtype != np.uint64 or x.ndim != 1:
         raise ValueError(f"a worker shares one encoded uint64 vector, got {x.dtype} of shape {x.shape}")
-    seed, masked = sharing.share_compressed(x, seed, share_label(round_id, worker_id))
-    sender = worker_name(worker_id)
-    to_s0 = Message(SHARE_SEED, round_id, sender, "S0", fields={"worker": worker_id, "seed": seed, "d": int(x.size)})
-    to_s1 = Message(SHARE_MASKED, round_id, sender, "S1", fields={"worker": worker_id}, arrays={"x1": masked})
-    return to_s0, to_s1
+    masked = np.empty_like(x)
+    prg.fill_ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, masked)
+    np.subtract(x, masked, out=masked)
+    return Message(SHARE_MASKED, round_id, worker_name(worker_id), "S1", fields={"worker": worker_id},
+                   arrays={"x1": masked})
