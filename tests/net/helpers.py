@@ -10,10 +10,12 @@ from typing import Any, Callable
 import numpy as np
 
 import secrobust
-from secrobust import prg, ring
+from secrobust import ring
 from secrobust.certs import Identity, party_paths, worker_party
 from secrobust.deploy.local import LocalDeployment
-from secrobust.protocol.worker import share_update
+from secrobust.protocol import messages as M
+from secrobust.protocol.messages import Message
+from secrobust.protocol.worker import share_key, share_update
 from secrobust.transport.grpc import PeerClient
 
 
@@ -37,8 +39,14 @@ class FakeWorker:
                     return info
         raise TimeoutError("no round opened")
 
-    def shares(self, round_id: int, update: np.ndarray, frac_bits: int = ring.DEFAULT_FRAC_BITS):
-        return share_update(round_id, self.wid, ring.encode(update, frac_bits), prg.fresh_seed())
+    def key(self, round_id: int, d: int, wait_s: float = 20.0) -> bytes:
+        """This worker's share key, fetched from S0 (once per round) and checked."""
+        return share_key(self.s0.fetch(round_id, M.SHARE_KEY, wait_s=wait_s), round_id, self.wid, d)
+
+    def share(self, round_id: int, update: np.ndarray, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> Message:
+        """Fetch the key from S0 and make the masked share for S1, as a worker process does."""
+        x = ring.encode(update, frac_bits)
+        return share_update(round_id, self.wid, x, self.key(round_id, x.size))
 
     def close(self) -> None:
         self.s0.close()

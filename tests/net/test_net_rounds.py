@@ -3,6 +3,7 @@ loopback. Every result is compared with the in-process run (the oracle), bit for
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from secrobust.certs import make_deployment_certs
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
+from secrobust.protocol.worker import share_update
 from secrobust.transport.grpc import RemoteRejected
 from secrobust.transport.grpc import wire
 
@@ -237,8 +239,7 @@ def test_a_worker_that_dies_in_the_middle_of_its_upload_is_left_out(dep):
     try:
         run = Background(dep.aggregate, x, "mda", 1, absent=[5], share_window_s=WINDOW)
         info = fake.wait_open()
-        to_s0, to_s1 = fake.shares(info["round_id"], x[5])
-        fake.s0.send(to_s0)
+        to_s1 = fake.share(info["round_id"], x[5])
         out = wire.encode(to_s1)
         assert out.envelope.chunk_count >= 2
         first = next(wire.chunks(out))
@@ -259,8 +260,7 @@ def test_a_worker_that_leaves_after_sharing_still_counts(dep):
     try:
         run = Background(dep.aggregate, x, "krum", 1, absent=[2], share_window_s=WINDOW)
         info = fake.wait_open()
-        for client, msg in zip((fake.s0, fake.s1), fake.shares(info["round_id"], x[2])):
-            client.send(msg)
+        fake.s1.send(fake.share(info["round_id"], x[2]))
         got = run.result()
     finally:
         fake.close()
@@ -283,7 +283,7 @@ def test_bad_messages_get_specific_errors_while_the_servers_keep_serving(dep):
     try:
         run = Background(dep.aggregate, x, "krum", 1, absent=[1], share_window_s=WINDOW + 5)
         r = fake.wait_open()["round_id"]
-        to_s0, to_s1 = fake.shares(r, x[1])
+        to_s1 = fake.share(r, x[1])
 
         def code(client, msg_or_raw):
             with pytest.raises(RemoteRejected) as info:
@@ -300,12 +300,15 @@ def test_bad_messages_get_specific_errors_while_the_servers_keep_serving(dep):
             == "wrong-round"
         assert code(fake.s1, Message(M.SHARE_MASKED, r, "worker:1", "S1", to_s1.fields,
                                      {"x1": np.zeros(x.shape[1] + 1, dtype=np.uint64)})) == "wrong-size"
-        assert code(fake.s0, Message(M.SHARE_SEED, r, "worker:1", "S0", {**to_s0.fields, "d": 3})) == "wrong-size"
-        assert code(fake.s0, Message(M.SHARE_MASKED, r, "worker:1", "S0", to_s1.fields, to_s1.arrays)) \
-            == "out-of-phase"
-        assert code(fake.s0, Message(M.WEIGHTS, r, "worker:1", "S0", {}, {"weights": np.ones(3)})) == "out-of-phase"
-        assert code(fake.s0, Message(M.SHARE_SEED, r, "worker:1", "S0", {**to_s0.fields, "worker": 2})) \
+        assert code(fake.s1, Message(M.SHARE_MASKED, r, "worker:1", "S1", {"worker": 2}, to_s1.arrays)) \
             == "sender-mismatch"
+        assert code(fake.s1, Message(M.WEIGHTS, r, "worker:1", "S1", {}, {"weights": np.ones(3)})) == "out-of-phase"
+        # S0 takes nothing from a worker: it hands out keys
+        assert code(fake.s0, Message(M.SHARE_MASKED, r, "worker:1", "S0", to_s1.fields, to_s1.arrays)) \
+            == "not-permitted"
+        assert code(fake.s0, Message(M.WEIGHTS, r, "worker:1", "S0", {}, {"weights": np.ones(3)})) == "not-permitted"
+        big = Message(M.SHARE_MASKED, r, "worker:1", "S0", to_s1.fields, {"x1": np.zeros(1000, dtype=np.uint64)})
+        assert code(fake.s0, big) == "too-large"
         junk = b"SRB1\x05\x00\x00\x00{bad}"
         import hashlib
 
@@ -315,17 +318,65 @@ def test_bad_messages_get_specific_errors_while_the_servers_keep_serving(dep):
                           sha256=hashlib.sha256(junk).digest())
         assert code(fake.s1, [pb.Chunk(envelope=env, index=0, data=junk).SerializeToString()]) == "malformed-message"
 
-        seed_out = wire.encode(to_s0)
-        fake.s0.send_encoded(seed_out)
-        assert code(fake.s0, seed_out) == "replay"
-        assert code(fake.s0, to_s0) == "duplicate"
-        fake.s1.send(to_s1)
+        share_out = wire.encode(to_s1)
+        fake.s1.send_encoded(share_out)
+        assert code(fake.s1, share_out) == "replay"
+        assert code(fake.s1, to_s1) == "duplicate"
         got = run.result()
         assert code(fake.s1, to_s1) == "out-of-phase"
     finally:
         fake.close()
         run.thread.join(120.0)
     assert_same_result(got, want)
+
+
+def test_a_share_key_goes_to_its_own_worker_only_and_once(dep):
+    """S0's share of worker i is PRG(k_i): S1 (or an operator it runs) holding k_i would hold both shares of
+    x_i. S0 serves k_i only to the certificate worker:i, only while the share phase is open, only once; the
+    request cannot name another worker, S1 serves no keys, and no key reaches a log or report."""
+    from secrobust.certs import Identity, party_paths
+    from secrobust.transport.grpc import PeerClient
+    from secrobust.transport.grpc import secrobust_pb2 as pb
+
+    x = _updates(19)
+    _, want = oracle(dep, x, "krum", 1)
+    fake = FakeWorker(dep, 3)
+    other = FakeWorker(dep, 4)
+    as_party = {name: PeerClient(Identity.load(party_paths(dep.cert_dir, name)), "S0", dep.addresses["S0"],
+                                 connect_timeout=3.0) for name in ("S1", "dealer")}
+
+    def code(fn) -> str:
+        with pytest.raises(RemoteRejected) as info:
+            fn()
+        return info.value.code
+
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[3], share_window_s=WINDOW + 5)
+        r = fake.wait_open()["round_id"]
+        for client in (as_party["S1"], as_party["dealer"], dep.operator.clients["S0"]):
+            assert code(lambda: client.fetch(r, M.SHARE_KEY, wait_s=0)) == "not-permitted"
+        claim = pb.FetchRequest(version=M.VERSION, round_id=r, requester="worker:3", phase=M.SHARE_KEY,
+                                timeout_s=0.0).SerializeToString()
+        assert code(lambda: other.s0.call_raw("Fetch", claim)) == "sender-mismatch"   # worker 4 posing as 3
+        assert code(lambda: fake.s1.fetch(r, M.SHARE_KEY, wait_s=0)) == "not-permitted"  # S1 holds no keys
+        assert code(lambda: fake.s0.fetch(r + 1, M.SHARE_KEY, wait_s=0)) == "wrong-round"
+        msg = fake.s0.fetch(r, M.SHARE_KEY, wait_s=10)
+        assert (msg.sender, msg.recipient, msg.fields["worker"], msg.fields["d"]) == ("S0", "worker:3", 3, 40)
+        key = msg.fields["key"]
+        assert code(lambda: fake.s0.fetch(r, M.SHARE_KEY, wait_s=0)) == "duplicate"
+        fake.s1.send(share_update(r, 3, ring.encode(x[3], ring.DEFAULT_FRAC_BITS), key))
+        got = run.result()
+        assert code(lambda: other.s0.fetch(r, M.SHARE_KEY, wait_s=0)) == "out-of-phase"   # too late, even its own
+    finally:
+        fake.close()
+        other.close()
+        for c in as_party.values():
+            c.close()
+        run.thread.join(120.0)
+    assert_same_result(got, want)
+    for name in ("S0", "S1"):
+        assert key.hex() not in dep.children[name].log.read_text()
+        assert key.hex() not in json.dumps(dep.operator.clients[name].control("report", r))
 
 
 def test_bad_fetch_and_control_calls_get_specific_errors_while_the_servers_keep_serving(dep):
@@ -411,9 +462,12 @@ def test_only_expected_workers_are_admitted(dep):
         run = Background(dep.aggregate, x, "mean", 0, absent=[5], share_window_s=WINDOW)
         r = outsider.wait_open()["round_id"]
         for fake in (stranger, outsider):
-            to_s0, _ = fake.shares(r, x[0])
             with pytest.raises(RemoteRejected) as info:
-                fake.s0.send(to_s0)
+                fake.key(r, x.shape[1], wait_s=0)
+            assert info.value.code == "unknown-party"
+            masked = share_update(r, fake.wid, ring.encode(x[0], ring.DEFAULT_FRAC_BITS), bytes(16))
+            with pytest.raises(RemoteRejected) as info:
+                fake.s1.send(masked)
             assert info.value.code == "unknown-party"
         got = run.result()
         with pytest.raises(RemoteRejected) as info:

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from secrobust.protocol.messages import SHARE_MASKED, SHARE_SEED, VERSION, Message
+from secrobust.protocol.messages import SHARE_KEY, SHARE_MASKED, VERSION, Message
 from secrobust.transport.grpc import PartyUnreachable, RemoteRejected
 from secrobust.transport.grpc import secrobust_pb2 as pb
 from secrobust.transport.grpc import wire
@@ -185,7 +185,7 @@ def test_payload_that_is_not_a_message_is_refused_as_malformed(client_for):
 
 def test_an_envelope_that_disagrees_with_its_message_is_refused(client_for):
     data = _msg().to_bytes()
-    _rejected(lambda: client_for("worker:0").send_raw(_raw(_env(data, phase=SHARE_SEED), data)), "envelope-mismatch")
+    _rejected(lambda: client_for("worker:0").send_raw(_raw(_env(data, phase=SHARE_KEY), data)), "envelope-mismatch")
     _still_serving(client_for)
 
 

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                    rounds: Optional[int] = typer.Option(None, help="stop after this many rounds"),
                    log_file: Optional[Path] = _LOG, connect_timeout: Optional[float] = _CONNECT,
                    ready_file: Optional[Path] = typer.Option(None, help="touch this once both servers answered")) -> None:
-        """Run a worker (or several): share the update of each round with S0 and S1, fetch the aggregate."""
+        """Run a worker (or several): each round fetch the share key from S0, send the masked update to S1, fetch the aggregate."""
         from .process import run_workers
         from .worker import directory_source, fixed_source
 

@@ -272,8 +272,9 @@ class LocalDeployment:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
         Worker i (for i < n) sends row i. ``drop``, ``unchecked`` and ``ring_rows`` are simulated as
-        in-process (the worker process skips the named server / bypasses the encoder / shares the given
-        uint64 ring elements as they are). ``absent`` lists workers that get no input this round and so
+        in-process (the worker process is cut off from the named server: from S0 it gets no key and sends
+        nothing, to S1 its masked share is lost / bypasses the encoder / shares the given uint64 ring
+        elements as they are). ``absent`` lists workers that get no input this round and so fetch and
         send nothing at all. ``seed`` (testing only) makes the servers' DP noise that of
         ``secrobust.aggregate(seed=...)``; the result depends on no other seed (the input validity
         check's decisions hold for any projections, except with probability 2^-40).

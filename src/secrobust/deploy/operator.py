@@ -36,10 +36,10 @@ from .worker import reconstruct
 
 
 class NetworkStats(Stats):
-    """``Stats`` as the in-process run counts them (protocol messages, ``Message.to_bytes`` lengths),
-    plus what only a deployment has: wire bytes with the gRPC framing, the aggregate-share downloads
-    (by the operator, and by the workers that fetched theirs before the operator collected the
-    stats), and each server's phase timings."""
+    """``Stats`` as the in-process run counts them (protocol messages, ``Message.to_bytes`` lengths; the
+    share keys the workers fetch from S0 included), plus what only a deployment has: wire bytes with
+    the gRPC framing, the aggregate-share downloads (by the operator, and by the workers that fetched
+    theirs before the operator collected the stats), and each server's phase timings."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,6 +181,13 @@ class Operator:
                                                            + row["wire_received"])
                 if receiver in ("S0", "S1") and peer not in ("S0", "S1", "dealer") and row["sent"]:
                     stats.delivered_bytes[peer] = stats.delivered_bytes.get(peer, 0) + row["sent"]
+        for peer, row in reps.get("S0", {}).get("key_traffic", {}).get("by_peer", {}).items():
+            # S0's share keys, fetched by the workers: protocol messages, counted as the in-process run does
+            if row["messages_sent"]:
+                stats.bytes_sent["S0"] += row["sent"]
+                stats.bytes_received[peer] += row["sent"]
+                stats.messages_sent["S0"] += row["messages_sent"]
+                stats.wire_bytes_received[peer] = stats.wire_bytes_received.get(peer, 0) + row["wire_sent"]
         for name, rep in reps.items():
             stats.server_seconds[name] = dict(rep["seconds"])
             for phase, sec in rep["seconds"].items():

@@ -9,29 +9,36 @@ decides when a round is over. Per round:
   their offline pool with it (``secrobust.deploy.pool``), and S1 asks the dealer, one request at a
   time in the background, for every named triple the pool does not hold yet (offline: a request
   carries only n, d, the kind and the triple id). A triple prefetched by an earlier round is usually
-  delivered before its round opens; the round then starts its masked openings without waiting.
-* Share phase: worker ``worker:<i>`` (certificate CN) sends S0 its seed, S1 its masked vector. The
-  phase closes when every expected worker's share is in or at the deadline. A share after that is
-  refused (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
-* The servers exchange which workers reached them; the participants are the workers that reached
-  both (``ServerNode.agree``); too few for the rule's f aborts the round with the rule's requirement.
+  delivered before its round opens. Each server installs its part of the round's triple first: S0's
+  input shares *are* the triple's mask A0 (``protocol.server``), so S0 can hand out no key before it.
+* Share phase. S0 hands out keys: worker ``worker:<i>`` (certificate CN) fetches ``share-key`` from S0
+  (``Fetch``), once per round, and only its own: the key is chosen by the caller's certificate, never
+  by a field of the request, so no other party (S1, the operator, another worker) can obtain it; S1
+  with worker i's key would hold both shares of worker i's update. S0 accepts no message from a
+  worker. The worker then uploads x_i - PRG(k_i) to S1 (``share-masked``). S1's intake closes when
+  every expected worker's share is in or at the deadline; a share after that is refused
+  (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
+  S0's key handout closes when S1's participant list arrives.
+* S1 fixes the participants from the shares it holds (``ServerNode.agree``) and sends the list to S0
+  only; too few for the rule's f aborts the round with the rule's requirement.
 * Input validity check (unless the request turns it off): the servers exchange fresh seed
-  contributions for the check's projections, project each column chunk of the masked openings, then
-  run the check's comparison rounds (``validity-open``, one message each way per round). A worker whose
-  shares do not reconstruct to a vector of norm at most B is rejected: out of the round, listed with
-  its reason in the report (``rejected``) and logged (``worker-rejected``). S1 may also reject a worker
-  whose opened view is impossible; it tells S0 with the weights.
-* Masked openings chunk by chunk (``validity-masked-open`` when only the check needs them, as for the
-  mean), the check's rounds, S0's view share to S1, S1's weights to S0, the aggregate shares to each
-  other: every message from the peer must be the next one of the protocol's sequence, or it is
-  refused as ``out-of-phase``.
+  contributions for the check's projections (two-way, 16 bytes each), project each column chunk as it
+  is opened, then run the check's comparison rounds (``validity-open``, one message each way per
+  round). A worker whose shares do not reconstruct to a vector of norm at most B is rejected: out of
+  the round, listed with its reason in the report (``rejected``) and logged (``worker-rejected``). S1
+  may also reject a worker whose opened view is impossible; it tells S0 with the weights.
+* Masked openings chunk by chunk, S1 to S0 only (``validity-masked-open`` when only the check needs
+  them, as for the mean), the check's rounds, S0's view share to S1, S1's weights to S0, the aggregate
+  shares to each other: every message from the peer must be the next one of the protocol's sequence,
+  or it is refused as ``out-of-phase``.
 * Workers (and the operator) then fetch this server's aggregate share with the public weights.
 
-What this server learns is what its ServerNode learns: S0 the seeds, the masked openings E, the
-weights and the aggregate; S1 the masked vectors, E, the opened distances/norms, the weights and the
-aggregate; both also the openings of the check's comparisons (uniformly random) and its accept bit
-per worker. A round that cannot finish (peer or dealer unreachable, peer timeout, too few workers)
-is marked aborted with its reason, the peer is told, and the next round starts from a clean state.
+What this server learns is what its ServerNode learns: S0 the triple's seeds (so its own input
+shares), the masked openings E = Y1 - A1 (uniform), the weights and the aggregate; S1 the masked
+vectors, the opened distances/norms, the weights and the aggregate; both also the openings of the
+check's comparisons (uniformly random) and its accept bit per worker. A round that cannot finish (peer
+or dealer unreachable, peer timeout, too few workers) is marked aborted with its reason, the peer is
+told, and the next round starts from a clean state.
 """
 
 from __future__ import annotations
@@ -71,8 +78,14 @@ HEADER_SLACK = 64 << 10
 SMALL_MESSAGE = 4 << 10
 KEEP_ROUNDS = 8
 KEEP_SHARES = 2
+PROBE_S = 2.0
 PHASES = ("share", "agree", "offline", "open", "validity", "distances", "rule", "aggregate", "done")
 OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
+
+
+def key_traffic_key(round_id: int) -> str:
+    """The accounting key of S0's share-key replies of a round (``Accounting``)."""
+    return f"keys:{round_id}"
 
 
 class PeerTimeout(RoundAborted):
@@ -93,13 +106,14 @@ def _triple_bytes(kind: str, spec: TripleSpec) -> int:
 
 class _PeerSequence:
     """The order in which one server's messages reach the other; anything else is out of phase:
-    participants, validity seed (check on), masked openings chunk by chunk (triple rounds), the check's
-    comparison steps, S0's view share (to S1, rules that open one), S1's weights (to S0), aggregate share."""
+    S1's participants (to S0), validity seed (check on), S1's masked openings chunk by chunk (to S0,
+    triple rounds), the check's comparison steps, S0's view share (to S1, rules that open one), S1's
+    weights (to S0), aggregate share."""
 
     def __init__(self, receiver: int, plan: RoundPlan) -> None:
         checks = plan.validity
-        self.kinds = [M.PARTICIPANTS, *([M.VALIDITY_SEED] if checks else []),
-                      *([plan.open_kind] if plan.triple_kind is not None else []),
+        self.kinds = [*([M.PARTICIPANTS] if receiver == 0 else []), *([M.VALIDITY_SEED] if checks else []),
+                      *([plan.open_kind] if receiver == 0 and plan.triple_kind is not None else []),
                       *([M.VALIDITY_OPEN] * validity.rounds(len(plan.worker_ids)) if checks else []),
                       *([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []),
                       *([M.WEIGHTS] if receiver == 0 else []), M.AGGREGATE_SHARE]
@@ -150,7 +164,9 @@ class RoundRun:
         self.reason = ""
         self.error: dict[str, Any] = {}
         self.intake_open = True
+        """S1: masked shares are taken; S0: share keys are handed out."""
         self.received: set[int] = set()
+        """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
         self.peer_seq = _PeerSequence(party, self.plan)
         self.triple_in = False
@@ -262,17 +278,21 @@ class ServerRuntime:
             return SMALL_MESSAGE
         if env.phase == M.VALIDITY_OPEN:
             return HEADER_SLACK + (16 * validity.and_words(n) if rnd and rnd.plan.validity else 0)
-        if env.phase == M.SHARE_SEED or env.phase == M.PARTICIPANTS:
-            return HEADER_SLACK + 16 * n
-        if env.phase == M.SHARE_MASKED or env.phase == M.AGGREGATE_SHARE:
+        if env.phase == M.PARTICIPANTS:
+            return HEADER_SLACK + 16 * n if self.index == 0 else SMALL_MESSAGE
+        if env.phase == M.SHARE_MASKED:
+            return HEADER_SLACK + 8 * d if self.index == 1 else SMALL_MESSAGE
+        if env.phase == M.AGGREGATE_SHARE:
             return HEADER_SLACK + 8 * d
         if env.phase == M.VIEW_SHARE:
-            return HEADER_SLACK + 16 * n * n
+            return HEADER_SLACK + 16 * n * n if self.index == 1 else SMALL_MESSAGE
         if env.phase == M.WEIGHTS:
-            return HEADER_SLACK + 8 * n
+            return HEADER_SLACK + 8 * n if self.index == 0 else SMALL_MESSAGE
         if env.phase in OPEN_KINDS:
-            return HEADER_SLACK + 8 * n + max(8 * n, rnd.request.chunk_bytes if rnd else 0)
-        return HEADER_SLACK
+            # one way, S1 -> S0: n x w words per column chunk, w = max(1, chunk_bytes // 8n)
+            return HEADER_SLACK + 8 * n + max(8 * n, rnd.request.chunk_bytes if rnd else 0) \
+                if self.index == 0 else SMALL_MESSAGE
+        return SMALL_MESSAGE
 
     def precheck(self, env: pb.Envelope) -> None:
         with self._cv:
@@ -283,9 +303,11 @@ class ServerRuntime:
             sender = env.sender
             w = worker_index(sender)
             if w is not None:
-                want = M.SHARE_SEED if self.index == 0 else M.SHARE_MASKED
-                if env.phase != want:
-                    raise Rejected("out-of-phase", f"a worker sends {want} to {self.party}, not {env.phase}")
+                if self.index == 0:
+                    raise Rejected("not-permitted", f"a worker sends nothing to S0 (it fetches its {M.SHARE_KEY} "
+                                   f"there), got {env.phase}")
+                if env.phase != M.SHARE_MASKED:
+                    raise Rejected("out-of-phase", f"a worker sends {M.SHARE_MASKED} to S1, not {env.phase}")
                 if w in rnd.received:
                     raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
                 if not rnd.intake_open:
@@ -330,30 +352,31 @@ class ServerRuntime:
             self._cv.notify_all()
 
     def _accept_share(self, rnd: RoundRun, w: int, msg: Message) -> None:
+        """S1 takes worker w's masked share (S0 takes none: precheck refuses them)."""
+        if self.index != 1:
+            raise Rejected("not-permitted", "a worker sends nothing to S0")
         if not rnd.intake_open:
             raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
         if w in rnd.received:
             raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
         if msg.fields.get("worker") != w:
             raise Rejected("sender-mismatch", f"share names worker {msg.fields.get('worker')!r}, certificate is worker {w}")
-        if self.index == 0:
-            if msg.fields.get("d") != rnd.plan.d:
-                raise Rejected("wrong-size", f"worker {w} declares dimension {msg.fields.get('d')!r}, round "
-                               f"{rnd.round_id} has d={rnd.plan.d}")
-        else:
-            x1 = msg.arrays.get("x1")
-            if x1 is None or x1.dtype != np.uint64 or x1.shape != (rnd.plan.d,):
-                got = "no vector" if x1 is None else f"{x1.dtype} of shape {x1.shape}"
-                raise Rejected("wrong-size", f"worker {w} sent {got}; round {rnd.round_id} takes uint64 of "
-                               f"shape ({rnd.plan.d},)")
+        x1 = msg.arrays.get("x1")
+        if x1 is None or x1.dtype != np.uint64 or x1.shape != (rnd.plan.d,):
+            got = "no vector" if x1 is None else f"{x1.dtype} of shape {x1.shape}"
+            raise Rejected("wrong-size", f"worker {w} sent {got}; round {rnd.round_id} takes uint64 of "
+                           f"shape ({rnd.plan.d},)")
         self.node.receive_share(msg)
         rnd.received.add(w)
         if len(rnd.received) == len(rnd.plan.worker_ids):
             rnd.intake_open = False
 
     def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
+        if phase == M.SHARE_KEY and self.index == 0:
+            return self._fetch_key(caller, round_id, wait_s)
         if phase != M.AGGREGATE_SHARE:
-            raise Rejected("not-permitted", f"only {M.AGGREGATE_SHARE} can be fetched, not {phase!r}")
+            can = f"{M.SHARE_KEY} (from S0, by the worker it belongs to) or {M.AGGREGATE_SHARE}"
+            raise Rejected("not-permitted", f"only {can} can be fetched, not {phase!r} from {self.party}")
         deadline = time.monotonic() + wait_s
         with self._cv:
             rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
@@ -376,6 +399,49 @@ class ServerRuntime:
             return Message(M.AGGREGATE_SHARE, round_id, self.party, caller, arrays=arrays,
                            fields={"participants": list(rnd.participants), "center_weight": rnd.center_weight,
                                    "frac_bits": rnd.plan.frac_bits})
+
+    def _fetch_key(self, caller: str, round_id: int, wait_s: float) -> Message:
+        """S0 -> worker: the key of S0's share of the *caller's* update, once per round.
+
+        The worker is the caller's certificate name; the request names no worker, so nobody can ask for
+        another worker's key. S1 (or anyone else) holding worker i's key would hold both shares of x_i:
+        only the worker itself is served, only while the share phase is open, and only once (a worker
+        needs its key once; refusing a second fetch also bounds what a stolen worker certificate yields
+        after the fact). Waits up to ``wait_s`` for this round's triple, whose seed the keys derive from."""
+        w = worker_index(caller)
+        if w is None:
+            raise Rejected("not-permitted", f"only a worker fetches its {M.SHARE_KEY}; {caller} may not")
+        deadline = time.monotonic() + wait_s
+        with self._cv:
+            rnd = self.round
+            if rnd is None or rnd.round_id != round_id:
+                raise Rejected("wrong-round", f"round {round_id} is not the round open at {self.party}")
+            if w not in rnd.plan.worker_ids:
+                raise Rejected("unknown-party", f"worker {w} is not expected in round {round_id}")
+            while rnd.intake_open and not rnd.finished and not self.closing and not self._keys_ready(rnd) \
+                    and time.monotonic() < deadline:
+                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            if rnd.finished and rnd.status != "done":
+                raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
+            if not rnd.intake_open:
+                raise Rejected("out-of-phase", f"the share phase of round {round_id} is closed")
+            if w in rnd.received:
+                raise Rejected("duplicate", f"worker {w} already fetched its {M.SHARE_KEY} for round {round_id}")
+            if not self._keys_ready(rnd):
+                raise Rejected("not-found", f"the keys of round {round_id} are not ready at S0 yet (its triple "
+                               "has not arrived)")
+            msg = self.node.share_key_message(w)
+            rnd.received.add(w)
+            self._cv.notify_all()
+        return msg
+
+    def _keys_ready(self, rnd: RoundRun) -> bool:
+        return rnd.triple_in or not rnd.uses_triple
+
+    def account_fetch_as(self, caller: str, env: pb.Envelope) -> Any:
+        """A share key is a protocol message (counted like the in-process run's); an aggregate-share
+        download is not: book them apart."""
+        return key_traffic_key(env.round_id) if env.phase == M.SHARE_KEY else env.round_id
 
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         if command == "status":
@@ -465,7 +531,8 @@ class ServerRuntime:
                               "ready_at_open": held.state == READY}
             if self.index == 1:
                 self._to_request.extend(e.triple_id for e in pool_plan.add)
-            self.node.start_round(run.plan)
+            # S0's input shares are the triple's A0; an unchecked mean has no triple, so S0 draws their master
+            self.node.start_round(run.plan, prg.fresh_seed() if self.index == 0 and not run.uses_triple else None)
             self._store_last_round(request.round_id)
             self.last_round = request.round_id
             self.round = run
@@ -515,6 +582,7 @@ class ServerRuntime:
                 "rejected": {str(w): reason for w, reason in sorted(rnd.rejected.items())},
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
                 "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
+                "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),
             }
             if self.index == 1:
                 out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
@@ -634,12 +702,14 @@ class ServerRuntime:
         """The round's steps in the order of ``secrobust.api.Cluster.run_round``; any failure aborts it."""
         total = Timer()
         try:
-            self._close_shares(rnd)
+            if rnd.uses_triple:
+                self._wait_triple(rnd)          # S0 hands out no key before it (its shares are the triple's A0)
+            if self.index == 1:
+                self._close_shares(rnd)
             self._agree(rnd)
             if rnd.plan.validity:
                 self._exchange_validity_seeds(rnd)
             if rnd.uses_triple:
-                self._wait_triple(rnd)
                 self._open_masked(rnd)
             if rnd.plan.validity:
                 self._check_inputs(rnd)
@@ -673,14 +743,43 @@ class ServerRuntime:
               expected=len(rnd.plan.worker_ids), seconds=round(timer.seconds, 6))
 
     def _agree(self, rnd: RoundRun) -> None:
-        """Participants = the workers whose shares reached both servers."""
+        """Participants = the workers whose masked share reached S1: S1 decides and tells S0. S0 hands out
+        keys until S1's list arrives (the share phase at S0), then takes it."""
+        min_n, requirement = rnd.spec.min_n(rnd.request.f), rnd.spec.requirement
+        if self.index == 1:
+            with self._phase(rnd, "agree"):
+                with self._cv:
+                    rnd.participants = self.node.agree(None, min_n, requirement)
+                    mine = self.node.participants_message()
+                self._send(rnd, mine)
+            return
+        with self._phase(rnd, "share"):
+            theirs = self._wait_participants(rnd)
         with self._phase(rnd, "agree"):
             with self._cv:
-                mine = self.node.participants_message()
-            self._send(rnd, mine)
-            theirs = self._wait(rnd, M.PARTICIPANTS)
-            with self._cv:
-                rnd.participants = self.node.agree(theirs, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+                rnd.intake_open = False
+                self._cv.notify_all()
+                rnd.participants = self.node.agree(theirs, min_n, requirement)
+        event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
+              expected=len(rnd.plan.worker_ids), seconds=round(rnd.seconds["share"], 6))
+
+    def _wait_participants(self, rnd: RoundRun) -> Message:
+        """S0: S1's participant list, due once S1's share deadline passed (plus the peer timeout); S1 is
+        asked for its status now and then meanwhile, so a vanished S1 aborts the round at once."""
+        deadline = rnd.share_deadline + self.cfg.peer_timeout_s
+        next_probe = time.monotonic() + PROBE_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerTimeout(f"{self.peer_name} sent no {M.PARTICIPANTS} within {self.cfg.peer_timeout_s:g} s "
+                                  "of the share deadline")
+            try:
+                return self._wait(rnd, M.PARTICIPANTS, timeout=min(left, max(0.05, next_probe - time.monotonic())))
+            except PeerTimeout:
+                if time.monotonic() < next_probe:
+                    continue
+            self.peer.control("status", timeout=5.0)   # PartyUnreachable if S1 is gone
+            next_probe = time.monotonic() + PROBE_S
 
     def _exchange_validity_seeds(self, rnd: RoundRun) -> None:
         """Each server's fresh contribution to the seed of the check's projections, once the shares are fixed."""
@@ -693,21 +792,24 @@ class ServerRuntime:
                 self.node.receive_validity_seed(theirs)
 
     def _open_masked(self, rnd: RoundRun) -> None:
-        """The masked openings chunk by chunk; with the check on, each chunk is projected while the
-        peer's opening is on its way."""
+        """The masked openings chunk by chunk, S1 -> S0 only; with the check on, each server projects a
+        chunk once it is opened (S1) or received (S0)."""
         phase = "open" if rnd.reveal else "validity"
         for start, stop in self.node.chunks():
             with self._phase(rnd, phase):
-                with self._cv:
-                    opening = self.node.open_masked(start, stop)
-                self._send(rnd, opening)
+                if self.index == 1:
+                    with self._cv:
+                        opening = self.node.open_masked(start, stop)
+                    self._send(rnd, opening)
+                    del opening
+                else:
+                    opening = self._wait(rnd, rnd.plan.open_kind)
+                    with self._cv:
+                        self.node.accumulate(opening)
+                    del opening
             if rnd.plan.validity:
                 with self._phase(rnd, "validity"), self._cv:
                     self.node.project()
-            with self._phase(rnd, phase):
-                peer_opening = self._wait(rnd, rnd.plan.open_kind)
-                with self._cv:
-                    self.node.accumulate(peer_opening)
 
     def _check_inputs(self, rnd: RoundRun) -> None:
         """The check's comparison rounds, one message each way per round, until both servers hold the

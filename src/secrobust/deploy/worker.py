@@ -1,11 +1,13 @@
 """A worker as a network client: waits for a round, secret-shares its update, fetches the aggregate.
 
-What crosses the wire: to S0 the worker's fresh 16-byte seed (SHARE_SEED), to S1 its encoded
-update minus PRG(seed) (SHARE_MASKED, 8d bytes), both made by ``protocol.worker.share_update``;
-back from each server its aggregate share with the public weights (AGGREGATE_SHARE, 8d bytes plus
-n weights). The worker learns the round's public parameters (id, d, F), the weights and the
-aggregate, nothing else. It talks to the servers only: a server's certificate must name it (S0 or
-S1), so the seed cannot be sent to S1 by mistake or by a redirect.
+What crosses the wire: from S0 the 16-byte key k_i of S0's share of this worker's update
+(SHARE_KEY, fetched: S0's share is PRG(k_i), a row of the dealer's mask, fixed before the worker
+had an update), checked by ``protocol.worker.share_key``; to S1 the encoded update minus PRG(k_i)
+(SHARE_MASKED, 8d bytes, made by ``protocol.worker.share_update``); nothing to S0. Back from each
+server its aggregate share with the public weights (AGGREGATE_SHARE, 8d bytes plus n weights). The
+worker learns the round's public parameters (id, d, F), its own key, the weights and the aggregate,
+nothing else. It talks to the servers only: a server's certificate must name it (S0 or S1), so the
+key can only come from S0 and the masked update only go to S1.
 """
 
 from __future__ import annotations
@@ -21,26 +23,30 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import prg, ring
+from .. import ring
 from ..certs import Identity, tls_name, worker_index
 from ..errors import ProtocolError
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..protocol.server import finish_aggregate
-from ..protocol.worker import share_update
+from ..protocol.worker import share_key, share_update
 from ..rules.view import Choice
 from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 
 SKIP_TARGETS = ("S0", "S1")
+KEY_REPLY_BYTES = 4 << 10
+"""A share-key reply is a few hundred bytes; a worker refuses anything larger."""
 
 
 @dataclass(frozen=True)
 class WorkerInput:
     """One round's input of a worker. ``unchecked``, ``ring`` and ``skip`` exist for simulations only: a
     Byzantine worker that bypasses the honest encoder, one whose ``update`` is the exact uint64 ring
-    vector it shares (no encoding at all), and a share that never reaches the named server(s)."""
+    vector it shares (no encoding at all), and a worker cut off from the named server(s): skipping S0
+    means it gets no key and sits the round out (it sends nothing); skipping S1 means it fetches its key
+    but its masked share is lost (as ``drop`` in process)."""
 
     update: np.ndarray
     unchecked: bool = False
@@ -148,15 +154,23 @@ class WorkerRuntime:
             encoded = encode_input(inp, d, frac_bits)
         except ValueError as exc:
             return WorkerOutcome(r, "error", str(exc))
-        to_s0, to_s1 = share_update(r, self.worker_id, encoded, prg.fresh_seed())
         seconds = {"encode": timer.seconds}
+        if "S0" in inp.skip:
+            return WorkerOutcome(r, "partial", "cut off from S0: no share key, so no share", seconds=seconds)
         timer = Timer()
+        wait_s = float(info.get("share_deadline_in_s", 30.0)) + 5.0
         try:
-            if "S0" not in inp.skip:
-                self.s0.send(to_s0)
+            msg = self.s0.fetch(r, M.SHARE_KEY, wait_s=wait_s, max_bytes=KEY_REPLY_BYTES)
+            key = share_key(msg, r, self.worker_id, d)
+            del msg
+            seconds["key"] = timer.seconds
+            timer = Timer()
+            to_s1 = share_update(r, self.worker_id, encoded, key)
+            del encoded, key
             if "S1" not in inp.skip:
                 self.s1.send(to_s1)
-        except (RemoteRejected, PartyUnreachable) as exc:
+            del to_s1
+        except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))
             return WorkerOutcome(r, "refused", str(exc), seconds=seconds)
         seconds["share"] = timer.seconds

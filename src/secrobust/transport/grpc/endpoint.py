@@ -75,8 +75,9 @@ class PartyHandler(Protocol):
         """Round control and reports."""
 
     # optional: ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
-    # instead of ``env.round_id`` (see ``Accounting``); ``max_control_bytes(command) -> int`` is the
-    # largest JSON argument a command takes (``CONTROL_LIMIT`` if absent)
+    # instead of ``env.round_id`` (see ``Accounting``); ``account_fetch_as(caller, env) -> key`` does the
+    # same for a fetched reply; ``max_control_bytes(command) -> int`` is the largest JSON argument a
+    # command takes (``CONTROL_LIMIT`` if absent)
 
 
 class _ReplayCache:
@@ -232,7 +233,9 @@ class Endpoint:
         for chunk in wire.chunks(out):
             wire_bytes += chunk.ByteSize()
             yield chunk
-        self.accounting.add(out.envelope.round_id, "sent", caller, out.envelope.total_bytes, wire_bytes)
+        account_as = getattr(self.handler, "account_fetch_as", None)
+        key = out.envelope.round_id if account_as is None else account_as(caller, out.envelope)
+        self.accounting.add(key, "sent", caller, out.envelope.total_bytes, wire_bytes)
         event(self.log, "served", requester=caller, round=out.envelope.round_id, phase=out.envelope.phase,
               bytes=out.envelope.total_bytes, seconds=round(timer.seconds, 6))
 

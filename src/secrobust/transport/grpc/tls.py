@@ -4,8 +4,8 @@ Servers bind only a TLS port that requires a client certificate from the deploym
 plaintext client, a client without a certificate, or one with a certificate from another CA fails
 the handshake before any RPC runs. Clients verify the server's certificate against the same CA
 *and* require it to name the expected party (``grpc.ssl_target_name_override`` set to the party id,
-which is a DNS subject alternative name only in that party's certificate): a worker that means to
-send its seed to S0 cannot be talked into sending it to S1.
+which is a DNS subject alternative name only in that party's certificate): a worker takes its share
+key only from S0 and sends its masked update only to S1, whatever an address says.
 """
 
 from __future__ import annotations
