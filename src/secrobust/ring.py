@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from . import ring_kernel
+
 RING_DTYPE = np.uint64
 DEFAULT_FRAC_BITS = 20
 WEIGHT_FRAC_BITS = 32
@@ -51,28 +53,31 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
         raise ValueError(f"expected a vector or an (n, d) matrix, got shape {x.shape}")
     out = np.empty(rows.shape, dtype=np.int64)
     step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
-    for start in range(0, rows.shape[0], step):
-        block = rows[start : start + step]
+
+    def encode_rows(start: int, stop: int) -> str | None:
+        block = rows[start:stop]
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             bad = start + int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"update {bad} contains NaN or inf; the honest encoder refuses it")
+            return f"update {bad} contains NaN or inf; the honest encoder refuses it"
         scaled = np.multiply(block, 2.0**frac_bits)
         np.rint(scaled, out=scaled)
         sq = np.einsum("ij,ij->i", scaled, scaled)
-        norms = np.sqrt(sq)
         over = sq > SCALED_NORM_BOUND**2 * (1 + 1e-6)
         near = ~over & (sq > SCALED_NORM_BOUND**2 * (1 - 1e-6))
         if near.any():
             over |= near & (_exact_squared_norms(scaled) > int(SCALED_NORM_BOUND) ** 2)
         if over.any():
             i = int(np.flatnonzero(over)[0])
-            raise ValueError(
-                f"update {start + i} has L2 norm {norms[i] / 2.0**frac_bits:.6g}, above the encoder's range "
-                f"{max_norm(frac_bits, rows.shape[1]):.6g} at frac_bits={frac_bits} "
-                "(squared distances would wrap in Z_2^64); scale the update down or lower frac_bits"
-            )
-        out[start : start + step] = scaled
+            return (f"update {start + i} has L2 norm {np.sqrt(sq[i]) / 2.0**frac_bits:.6g}, above the encoder's range "
+                    f"{max_norm(frac_bits, rows.shape[1]):.6g} at frac_bits={frac_bits} "
+                    "(squared distances would wrap in Z_2^64); scale the update down or lower frac_bits")
+        out[start:stop] = scaled
+        return None
+
+    for error in ring_kernel.parallel_for(encode_rows, rows.shape[0], step):
+        if error is not None:
+            raise ValueError(error)
     return out.view(RING_DTYPE).reshape(x.shape)
 
 

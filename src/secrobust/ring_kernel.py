@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -76,6 +77,34 @@ def _sum_parts(work, k: int, shape: tuple[int, int]) -> np.ndarray:
     out = results[0]
     for r in results[1:]:
         out += r
+    return out
+
+
+def parallel_for(work: Callable[[int, int], object], total: int, step: int) -> list:
+    """[work(a, b) for each range of ``step`` in [0, total)], in order, run on the kernel's threads."""
+    ranges = [(a, min(a + step, total)) for a in range(0, total, step)]
+    if min(threads(), len(ranges)) <= 1:
+        return [work(a, b) for a, b in ranges]
+    return list(_executor().map(lambda r: work(*r), ranges))
+
+
+def parallel_sum(work: Callable[[int, int], np.ndarray], total: int, step: int) -> np.ndarray | None:
+    """sum of work(a, b) over [0, total) cut into ranges of ``step``, the ranges spread over the kernel's
+    threads (work must release the GIL to gain: NumPy and BLAS calls do). None if total is 0."""
+    ranges = [(a, min(a + step, total)) for a in range(0, total, step)]
+    parts = min(threads(), len(ranges))
+    if parts <= 1:
+        results = [work(a, b) for a, b in ranges]
+    else:
+        groups = [ranges[p::parts] for p in range(parts)]
+        results = list(_executor().map(lambda g: _sum([work(a, b) for a, b in g]), groups))
+    return _sum(results) if results else None
+
+
+def _sum(arrays: list[np.ndarray]) -> np.ndarray:
+    out = arrays[0]
+    for a in arrays[1:]:
+        out = out + a
     return out
 
 

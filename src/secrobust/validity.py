@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import compare, prg, ring
+from . import compare, prg, ring, ring_kernel
 from .compare import Party, Source
 
 SECURITY_BITS = 40
@@ -158,7 +158,8 @@ def _blas() -> ThreadpoolController:
 
 
 def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """x @ r.T in Z_2^64 for uint64 x (n, w) and r in {-1, 0, 1} (lam, w), exactly.
+    """x @ r.T in Z_2^64 for uint64 x (n, w) and r in {-1, 0, 1} (lam, w), exactly (call it with BLAS on one
+    thread, as ``project_columns`` does).
 
     x = lo + 2^32 hi with 32-bit halves; each half's products are integers below w 2^32 <= 2^52, exact in
     float64, so two BLAS products give the ring result."""
@@ -169,9 +170,7 @@ def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
         words = np.ascontiguousarray(x[:, a:b]).view(np.uint32).reshape(n, b - a, 2)
         halves = np.empty((2, n, b - a))
         halves[0], halves[1] = words[..., 0], words[..., 1]
-        with _blas().limit(limits=1, user_api="blas"):
-            # One thread: threaded BLAS on these thin products stalls by 100x when the cores are shared.
-            prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
+        prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
         lo = prod[:n].astype(np.int64).view(np.uint64)
         hi = prod[n:].astype(np.int64).view(np.uint64)
         out += lo + (hi << np.uint64(32))
@@ -180,11 +179,13 @@ def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 def project_columns(x: np.ndarray, seed: bytes, lam: int, start: int) -> np.ndarray:
     """x @ R[:, start:start + w].T in Z_2^64 for a column chunk x (n, w), making R block by block."""
-    out = np.zeros((x.shape[0], lam), dtype=np.uint64)
-    for a in range(0, x.shape[1], PROJECT_COLUMNS):
-        b = min(a + PROJECT_COLUMNS, x.shape[1])
-        out += project(x[:, a:b], projection_columns(seed, lam, start + a, start + b))
-    return out
+    # BLAS on one thread (threaded BLAS on these thin products stalls by 100x when the cores are shared);
+    # the column blocks are spread over the ring kernel's threads instead.
+    with _blas().limit(limits=1, user_api="blas"):
+        out = ring_kernel.parallel_sum(
+            lambda a, b: project(x[:, a:b], projection_columns(seed, lam, start + a, start + b)), x.shape[1],
+            PROJECT_COLUMNS)
+    return np.zeros((x.shape[0], lam), dtype=np.uint64) if out is None else out
 
 
 def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src: Source,

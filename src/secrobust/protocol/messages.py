@@ -64,7 +64,7 @@ class Message:
             if key not in _ALLOWED_DTYPES:
                 raise TypeError(f"array {name!r} has dtype {a.dtype}, not one of {sorted(_ALLOWED_DTYPES)}")
             specs.append([name, key, list(a.shape)])
-            payloads.append(a.astype(dt, copy=False).tobytes())
+            payloads.append(memoryview(a.astype(dt, copy=False).reshape(-1)).cast("B"))
         header = {
             "v": self.version, "kind": self.kind, "round": self.round_id, "sender": self.sender,
             "recipient": self.recipient, "fields": {k: _encode_field(v) for k, v in self.fields.items()},
