@@ -32,6 +32,7 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
     assert len(opened) == chunks and not by[("S0", "S1", "masked-open")]
     assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
     between = sum(len(data) for sender, recipient, _, data in log if {sender, recipient} == {"S0", "S1"})
+    assert res.stats.servers_bytes() == between
     validity_bytes = 2 * (16 * validity.and_words(n) + 8 * compare.words_for(n))
     assert between < 8 * n * d + 16 * d + 8 * n * n + validity_bytes + 64 * HEADER + chunks * HEADER
     for direction in (("S0", "S1"), ("S1", "S0")):

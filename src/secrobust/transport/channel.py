@@ -22,11 +22,18 @@ class Stats:
     bytes_received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     messages_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bytes_between: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    """Bytes per (sender, recipient) pair."""
 
     def record(self, sender: str, recipient: str, nbytes: int) -> None:
         self.bytes_sent[sender] += nbytes
         self.bytes_received[recipient] += nbytes
         self.messages_sent[sender] += 1
+        self.bytes_between[(sender, recipient)] += nbytes
+
+    def servers_bytes(self) -> int:
+        """Bytes between S0 and S1, both directions."""
+        return self.bytes_between.get(("S0", "S1"), 0) + self.bytes_between.get(("S1", "S0"), 0)
 
     def by_role(self) -> dict[str, dict[str, int]]:
         """Bytes per role, all workers summed under "workers"."""
