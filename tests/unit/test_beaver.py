@@ -33,11 +33,11 @@ def exact_gram(x: np.ndarray) -> list[list[int]]:
 
 
 def exact_cross(spec: TripleSpec, seeds: TripleSeeds, rows=None) -> list[list[int]]:
-    """A0 A1^T + A1 A0^T for the given rows, over the integers mod 2^64."""
+    """A0 A0^T + A0 A1^T + A1 A0^T for the given rows, over the integers mod 2^64."""
     a0 = dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d, rows)
     a1 = dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d, rows)
-    p = exact_product(a0, a1)
-    return [[(p[i][j] + p[j][i]) % M64 for j in range(len(p))] for i in range(len(p))]
+    p, q = exact_product(a0, a1), exact_product(a0, a0)
+    return [[(p[i][j] + p[j][i] + q[i][j]) % M64 for j in range(len(p))] for i in range(len(p))]
 
 
 @st.composite
@@ -56,7 +56,7 @@ def test_triple_shares_add_up_to_the_cross_products_of_the_masks(t):
     # Execute
     part0, part1 = dealer.make_triple(spec, seeds)
     c = dealer.c0_share(part0.seed_c0, spec) + part1.c1
-    # Assert: S0 holds only seeds; C0 + C1 = A0 A1^T + A1 A0^T (or its diagonal) mod 2^64
+    # Assert: S0 holds only seeds; C0 + C1 = A0 A0^T + A0 A1^T + A1 A0^T (or its diagonal) mod 2^64
     assert isinstance(part0, TripleShare0) and isinstance(part1, TripleShare1)
     assert (part0.seed_a0, part0.seed_c0, part1.seed_a1) == (seeds.a0, seeds.c0, seeds.a1)
     g = exact_cross(spec, seeds)
@@ -142,9 +142,9 @@ def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(
     a1 = dealer.mask_columns(ts.a1, spec, 1, 0, d)
     c0, c1 = dealer.c0_share(part0.seed_c0, spec), part1.c1
     x1 = x - a0
-    # Execute: S1 opens E = X1 - A1; H_0 = A0 (A0 + 2E)^T + C_0, H_1 = X1 X1^T + C_1
+    # Execute: S1 opens E = X1 - A1; H_0 = 2 A0 E^T + C_0, H_1 = X1 X1^T + C_1
     e = x1 - a1
-    h0 = np.matmul(a0, (a0 + e + e).T) + c0
+    h0 = np.matmul(a0, (e + e).T) + c0
     h1 = np.matmul(x1, x1.T) + c1
     h = h0 + h1
     dist = np.diagonal(h)[:, None] + np.diagonal(h)[None, :] - h - h.T

@@ -2,9 +2,9 @@
 
 S0's share of worker i's encoded update is X0_i = PRG(k_i), where k_i (which S0 hands the worker) is
 derived from the dealer's seed of the mask A0: so X0 = A0. S1 holds X1 = X - X0. With Y = X - v (v the
-public center, 0 unless cclip), Y1 = X1 - v and the dealer's C = A0 A1^T + A1 A0^T = C0 + C1:
+public center, 0 unless cclip), Y1 = X1 - v and the dealer's C = A0 A0^T + A0 A1^T + A1 A0^T = C0 + C1:
   2. S1 alone opens E = Y1 - A1 to S0 (uniform: A1 is a one-time pad S0 never sees);
-  3. H0 = A0 (A0 + 2E)^T + C0 and H1 = Y1 Y1^T + C1; since Y = A0 + E + A1, H0 + H1 symmetrised is Y Y^T;
+  3. H0 = 2 A0 E^T + C0 and H1 = Y1 Y1^T + C1; since Y = A0 + E + A1, H0 + H1 symmetrised is Y Y^T;
   4. S0 sends its share of D_ij = H_ii + H_jj - H_ij - H_ji (and/or of H_ii) to S1, who opens it;
   5. S1 runs the rule on what it opened and sends the public weights w to S0;
   6. each server sends its share of sum_i w_i x_i to the other; only that aggregate is revealed.
@@ -295,7 +295,7 @@ def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState,
 
 
 def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
-    """S0: H0 += A0 (A0 + 2E)^T (or its diagonal) for the columns S1 just opened."""
+    """S0: H0 += 2 A0 E^T (or its diagonal) for the columns S1 just opened."""
     if state.party != 0:
         raise UnexpectedMessage("only S0 receives the masked opening")
     _expect(state, s1_msg, state.plan.open_kind, "S1")
@@ -308,9 +308,8 @@ def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
     if e is None or e.dtype != np.uint64 or e.shape != want:
         raise MalformedMessage(f"S0: masked opening must be uint64 of shape {want}")
     a0 = input_columns(state, start, stop)
-    other = a0 + e
-    other += e
-    part = ring_kernel.matmul_t(a0, other) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, other)
+    part = ring_kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, e)
+    part += part
     return _add_h(state, part, stop, a0)
 
 
