@@ -298,3 +298,27 @@ def test_payload_sizes_are_checked(payload, match):
 def test_crafted_headers_raise_only_malformed_message(data):
     with pytest.raises(MalformedMessage):
         Message.from_bytes(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(msg=messages())
+def test_the_in_memory_shortcut_is_the_wire_encoding(msg):
+    """What the in-process channel hands over without serialising equals the decoded bytes, its size is
+    the encoding's, and the receiver cannot write into the sender's arrays."""
+    data = msg.to_bytes()
+    assert msg.wire_size() == len(data)
+    back = msg.detached()
+    assert same(back, Message.from_bytes(data))
+    assert all(not a.flags.writeable for a in back.arrays.values())
+
+
+def test_the_in_memory_channel_counts_the_same_bytes_either_way():
+    from secrobust.transport.channel import InMemoryChannel
+    counts = []
+    for serialize in (False, True):
+        ch = InMemoryChannel(serialize=serialize)
+        ch.send(REPRESENTATIVE)
+        got = ch.receive("worker:3", REPRESENTATIVE.kind)
+        assert same(got, REPRESENTATIVE)
+        counts.append(dict(ch.stats.bytes_sent))
+    assert counts[0] == counts[1] == {"S0": len(REPRESENTATIVE.to_bytes())}

@@ -54,6 +54,31 @@ class Message:
     version: int = VERSION
 
     def to_bytes(self) -> bytes:
+        header, payloads = self._encode()
+        return b"".join([header, *payloads])
+
+    def wire_size(self) -> int:
+        """len(self.to_bytes()), without copying the arrays."""
+        header, payloads = self._encode()
+        return len(header) + sum(p.nbytes for p in payloads)
+
+    def detached(self) -> "Message":
+        """The message as ``from_bytes(to_bytes())`` gives it, without copying the arrays: the header goes
+        through the same encoding and checks, and the arrays become read-only little-endian views, so the
+        receiver cannot change the sender's data."""
+        header, _ = self._encode()
+        h = _check_header(json.loads(header[8:]))
+        arrays = {}
+        for name, arr in self.arrays.items():
+            a = np.asarray(arr)
+            a = a if a.flags.c_contiguous else a.copy(order="C")
+            view = a.astype(a.dtype.newbyteorder("<"), copy=False) if a.dtype.byteorder == ">" else a.view()
+            view.flags.writeable = False
+            arrays[name] = view
+        return Message(kind=h["kind"], round_id=h["round"], sender=h["sender"], recipient=h["recipient"],
+                       fields={k: _decode_field(v) for k, v in h["fields"].items()}, arrays=arrays, version=h["v"])
+
+    def _encode(self) -> tuple[bytes, list[memoryview]]:
         specs = []
         payloads = []
         for name, arr in self.arrays.items():
@@ -71,7 +96,7 @@ class Message:
             "arrays": specs,
         }
         hb = json.dumps(header, separators=(",", ":")).encode()
-        return b"".join([MAGIC, struct.pack("<I", len(hb)), hb, *payloads])
+        return b"".join([MAGIC, struct.pack("<I", len(hb)), hb]), payloads
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Message":
