@@ -109,7 +109,7 @@ class Cluster:
                     continue  # a worker that cannot reach S0 gets no key and sits the round out
                 channel.send(s0.share_key_message(i))
                 key = share_key(channel.receive(worker_name(i), M.SHARE_KEY), round_id, i, d)
-                msg = share_update(round_id, i, encoded[i], key)
+                msg = share_update(round_id, i, encoded[i], key, in_place=True)
                 if drop.get(i) != "S1":
                     channel.send(msg)
             del encoded

@@ -82,6 +82,8 @@ def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = fr
     """Honest rows through the checking encoder; rows in ``unchecked`` (simulated Byzantine workers,
     who can send any ring element) through ``encode_unchecked``; rows in ``ring_rows`` as given."""
     ring_rows = ring_rows or {}
+    if not unchecked and not ring_rows:
+        return ring.encode(x, frac_bits)
     out = np.empty(x.shape, dtype=np.uint64)
     honest = np.array([i not in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
     byz = np.array([i in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)

@@ -32,13 +32,13 @@ def share_key(msg: Message, round_id: int, worker_id: int, d: int) -> bytes:
     return key
 
 
-def share_update(round_id: int, worker_id: int, encoded: np.ndarray, key: bytes) -> Message:
-    """The message to S1 holding x - PRG(key), for one encoded update and the key S0 handed out."""
+def share_update(round_id: int, worker_id: int, encoded: np.ndarray, key: bytes, *, in_place: bool = False) -> Message:
+    """The message to S1 holding x - PRG(key), for one encoded update and the key S0 handed out.
+    ``in_place`` overwrites ``encoded`` with the masked vector (a worker that no longer needs its encoding)."""
     x = np.asarray(encoded)
     if x.dtype != np.uint64 or x.ndim != 1:
         raise ValueError(f"a worker shares one encoded uint64 vector, got {x.dtype} of shape {x.shape}")
-    masked = np.empty_like(x)
-    prg.fill_ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, masked)
-    np.subtract(x, masked, out=masked)
+    pad = prg.ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, x.size)
+    masked = np.subtract(x, pad, out=x if in_place else pad)
     return Message(SHARE_MASKED, round_id, worker_name(worker_id), "S1", fields={"worker": worker_id},
                    arrays={"x1": masked})
