@@ -41,7 +41,7 @@ from .compare import Party, Source
 
 SECURITY_BITS = 40
 _EXACT_COLUMNS = 1 << 20
-PROJECT_COLUMNS = 1 << 16
+PROJECT_COLUMNS = 1 << 14
 """Columns of R made at a time: lambda * 8 bytes each, so a block of R is about 40 MB."""
 REASON = ("failed the input validity check: its shares do not reconstruct to a vector of L2 norm at most B "
           "(norm above the bound, or a ring wrap-around)")
