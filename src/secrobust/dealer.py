@@ -1,7 +1,8 @@
 """Correlated randomness for the Gram matrix, made by the dealer (crypto provider).
 
-A triple is two random masks A0, A1 (n x d) and C = A0 A0^T + A0 A1^T + A1 A0^T (kind "gram", n x n) or
-c_i = ||a0_i||^2 + 2 <a0_i, a1_i> (kind "diag", n), shared as C0 + C1. A0 is S0's share of the inputs: row i is
+A triple is two random masks A0, A1 (n x d) and C = A0 (A0 + 2 A1)^T (kind "gram", n x n; its
+symmetrisation is A0 A0^T + A0 A1^T + A1 A0^T) or c_i = ||a0_i||^2 + 2 <a0_i, a1_i> (kind "diag", n),
+shared as C0 + C1. A0 is S0's share of the inputs: row i is
 keyed by ``sharing.input_key(seed_a0, i)``, the key S0 hands worker i, so the workers' S0 shares
 are the dealer's masks and only S1 opens anything (``protocol.server``). Seed-compressed: S0 gets
 only the seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no
@@ -118,17 +119,16 @@ def c0_share(seed_c0: bytes, spec: TripleSpec) -> np.ndarray:
 
 
 def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, TripleShare1]:
-    """C = A0 A0^T + A0 A1^T + A1 A0^T (or its diagonal) computed column chunk by column chunk; returns both
-    servers' parts."""
+    """C = A0 (A0 + 2 A1)^T (or its diagonal) computed column chunk by column chunk; returns both servers' parts.
+    Only C's symmetrisation matters (the servers use H_ii and H_ij + H_ji), and that of A0 (A0 + 2 A1)^T is
+    A0 A0^T + A0 A1^T + A1 A0^T: one product instead of a product and a symmetric one."""
     c = np.zeros((spec.n, spec.n) if spec.kind == "gram" else spec.n, dtype=np.uint64)
     for start, stop in chunk_columns(spec.n, spec.d):
         a0 = mask_columns(seeds.a0, spec, 0, start, stop)
         a1 = mask_columns(seeds.a1, spec, 1, start, stop)
-        if spec.kind == "gram":
-            cross = ring_kernel.matmul_t(a0, a1)
-            c += cross + cross.T + ring_kernel.gram(a0)
-        else:
-            c += ring_kernel.rowdot(a0, a1 + a1 + a0)
+        a1 += a1
+        a1 += a0
+        c += ring_kernel.matmul_t(a0, a1) if spec.kind == "gram" else ring_kernel.rowdot(a0, a1)
     c1 = c - c0_share(seeds.c0, spec)
     if not spec.and_words:
         return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)

@@ -41,7 +41,7 @@ from .compare import Party, Source
 
 SECURITY_BITS = 40
 _EXACT_COLUMNS = 1 << 20
-PROJECT_COLUMNS = 1 << 14
+PROJECT_COLUMNS = 1 << 13
 """Columns of R made at a time: lambda * 8 bytes each, so a block of R is about 40 MB."""
 REASON = ("failed the input validity check: its shares do not reconstruct to a vector of L2 norm at most B "
           "(norm above the bound, or a ring wrap-around)")
@@ -167,7 +167,7 @@ def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     out = np.zeros((n, r.shape[0]), dtype=np.uint64)
     for a in range(0, w, _EXACT_COLUMNS):
         b = min(a + _EXACT_COLUMNS, w)
-        words = np.ascontiguousarray(x[:, a:b]).view(np.uint32).reshape(n, b - a, 2)
+        words = x[:, a:b].view(np.uint32).reshape(n, b - a, 2)
         halves = np.empty((2, n, b - a))
         halves[0], halves[1] = words[..., 0], words[..., 1]
         prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T

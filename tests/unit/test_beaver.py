@@ -33,11 +33,17 @@ def exact_gram(x: np.ndarray) -> list[list[int]]:
 
 
 def exact_cross(spec: TripleSpec, seeds: TripleSeeds, rows=None) -> list[list[int]]:
-    """A0 A0^T + A0 A1^T + A1 A0^T for the given rows, over the integers mod 2^64."""
+    """A0 A0^T + A0 A1^T + A1 A0^T for the given rows, over the integers mod 2^64 (C's symmetrisation)."""
     a0 = dealer.mask_columns(seeds.a0, spec, 0, 0, spec.d, rows)
     a1 = dealer.mask_columns(seeds.a1, spec, 1, 0, spec.d, rows)
     p, q = exact_product(a0, a1), exact_product(a0, a0)
     return [[(p[i][j] + p[j][i] + q[i][j]) % M64 for j in range(len(p))] for i in range(len(p))]
+
+
+def assert_symmetrises_to(c: np.ndarray, g: list[list[int]]) -> None:
+    """C's diagonal is g's, and C + C^T = 2g: all that the servers use of C (H_ii and H_ij + H_ji)."""
+    assert np.diagonal(c).tolist() == [g[i][i] for i in range(len(g))]
+    assert (c + c.T).tolist() == [[2 * v % M64 for v in row] for row in g]
 
 
 @st.composite
@@ -56,13 +62,13 @@ def test_triple_shares_add_up_to_the_cross_products_of_the_masks(t):
     # Execute
     part0, part1 = dealer.make_triple(spec, seeds)
     c = dealer.c0_share(part0.seed_c0, spec) + part1.c1
-    # Assert: S0 holds only seeds; C0 + C1 = A0 A0^T + A0 A1^T + A1 A0^T (or its diagonal) mod 2^64
+    # Assert: S0 holds only seeds; C0 + C1 symmetrises to A0 A0^T + A0 A1^T + A1 A0^T (the diagonal: equals it)
     assert isinstance(part0, TripleShare0) and isinstance(part1, TripleShare1)
     assert (part0.seed_a0, part0.seed_c0, part1.seed_a1) == (seeds.a0, seeds.c0, seeds.a1)
     g = exact_cross(spec, seeds)
     if spec.kind == "gram":
         assert part1.c1.shape == (spec.n, spec.n)
-        assert c.tolist() == g
+        assert_symmetrises_to(c, g)
     else:
         assert part1.c1.shape == (spec.n,)
         assert c.tolist() == [g[i][i] for i in range(spec.n)]
@@ -124,8 +130,10 @@ def test_a_sub_triple_for_a_subset_of_rows_is_consistent(t, data):
     c_sub = c0[np.ix_(pos, pos)] + c1[np.ix_(pos, pos)] if spec.kind == "gram" else c0[pos] + c1[pos]
     # Assert
     g = exact_cross(spec, seeds, pos)
-    want = g if spec.kind == "gram" else [g[i][i] for i in range(pos.size)]
-    assert c_sub.tolist() == want
+    if spec.kind == "gram":
+        assert_symmetrises_to(c_sub, g)
+    else:
+        assert c_sub.tolist() == [g[i][i] for i in range(pos.size)]
 
 
 # --- the Gram-share identity (DESIGN step 3, as in protocol/server.py) --------------------------
