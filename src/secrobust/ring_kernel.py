@@ -19,6 +19,7 @@ import numpy as np
 
 BLOCK_COLS = 8192
 ROW_BLOCK = 10
+ROW_BLOCK_MATMUL = 0
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _threads = 0
@@ -62,10 +63,9 @@ def _check(*arrays: np.ndarray) -> None:
 
 
 def _column_parts(k: int) -> list[tuple[int, int]]:
-    """Split k columns into one contiguous range of whole blocks per thread."""
-    blocks = -(-k // BLOCK_COLS)
-    parts = min(threads(), blocks) or 1
-    edges = [min(k, (blocks * p // parts) * BLOCK_COLS) for p in range(parts + 1)]
+    """Split k columns into one contiguous range per thread, of equal width (each then goes block by block)."""
+    parts = max(1, min(threads(), k // 256))
+    edges = [k * p // parts for p in range(parts + 1)]
     return [(edges[p], edges[p + 1]) for p in range(parts) if edges[p] < edges[p + 1]]
 
 
@@ -114,11 +114,15 @@ def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"ring product of shapes {a.shape} and {b.shape}.T")
 
+    rb = ROW_BLOCK_MATMUL or max(a.shape[0], b.shape[0])
+    tiles = [(i, j) for i in range(0, a.shape[0], rb) for j in range(0, b.shape[0], rb)]
+
     def work(start: int, stop: int) -> np.ndarray:
         out = np.zeros((a.shape[0], b.shape[0]), dtype=np.uint64)
         for c in range(start, stop, BLOCK_COLS):
             e = min(c + BLOCK_COLS, stop)
-            out += np.einsum("ik,jk->ij", a[:, c:e], b[:, c:e])
+            for i, j in tiles:
+                out[i:i + rb, j:j + rb] += np.einsum("ik,jk->ij", a[i:i + rb, c:e], b[j:j + rb, c:e])
         return out
 
     return _sum_parts(work, a.shape[1], (a.shape[0], b.shape[0]))
