@@ -79,25 +79,20 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    nd = np.array([r["n"] * r["d"] for r in rows], dtype=float)
-    order = np.argsort(nd)
-    for key, label, style in (("float_s", "plaintext float Krum", "o-"), ("online_s", "secure, online", "s-"),
-                              ("round_s", "secure, whole round", "^-")):
-        ax1.loglog(nd[order], np.array([rows[i][key] for i in order]), style, label=label)
+    for panel, key, other, axis_of in ((ax1, "n", "d", lambda r: r["n"] * r["d"]), (ax2, "d", "n", lambda r: r["n"])):
+        for k, value in enumerate(sorted({r[key] for r in rows})):
+            sub = sorted((r for r in rows if r[key] == value), key=axis_of)
+            xs = [axis_of(r) for r in sub]
+            color = f"C{k}"
+            panel.loglog(xs, [r["round_s"] for r in sub], "^-", color=color, label=f"secure round, {key}={value:g}")
+            panel.loglog(xs, [r["online_s"] for r in sub], "s:", color=color, label=f"secure online, {key}={value:g}")
+            panel.loglog(xs, [r["float_s"] for r in sub], "o--", color=color, label=f"plaintext float, {key}={value:g}")
+        panel.set_ylabel("seconds")
+        panel.legend(fontsize=6)
     ax1.set_xlabel("n · d")
-    ax1.set_ylabel("seconds")
-    ax1.set_title("time against n·d")
-    ax1.legend()
-    for d in sorted({r["d"] for r in rows}):
-        sub = sorted((r for r in rows if r["d"] == d), key=lambda r: r["n"])
-        if len(sub) < 2:
-            continue
-        ns = [r["n"] for r in sub]
-        ax2.loglog(ns, [r["round_s"] for r in sub], "^-", label=f"secure round, d={d:.0e}")
-        ax2.loglog(ns, [r["float_s"] for r in sub], "o--", label=f"plaintext, d={d:.0e}")
+    ax1.set_title("Krum: time against n·d (one colour per n)")
     ax2.set_xlabel("n")
-    ax2.set_title("time against n")
-    ax2.legend(fontsize=7)
+    ax2.set_title("Krum: time against n (one colour per d)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
