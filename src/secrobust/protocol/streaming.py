@@ -1,0 +1,246 @@
+"""Steps 2-3 of ``protocol.server`` by rows: S1 opens E one worker at a time, as its share arrives, and
+both servers accumulate their Gram share in row blocks while the other uploads continue.
+
+The deployment uses this instead of the column chunks of ``server.open_masked``/``server.accumulate``
+(which need every share before the first chunk), so once the last share is in, a round is about one
+block of Gram work away from its distances. The values are those of the in-process run exactly: ring
+arithmetic is exact, so neither the order in which rows arrive nor the block sizes change a single bit
+of H. Pure functions of arrays: no I/O, no randomness, no clock.
+
+Notation as in ``protocol.server``: worker i has plan position p_i (its row of the triple); S0's input
+share of x_i is a0_{p_i} (row p_i of the dealer's A0, PRG of the key S0 handed worker i); S1 holds
+x1_i = x_i - a0_{p_i}; a1_p is row p of S1's mask A1; v is the public center (0 unless cclip);
+C = A0 A0^T + A0 A1^T + A1 A0^T = C0 + C1. Then:
+
+  * S1, as x1_i arrives:  e_i = x1_i - v - a1_{p_i}  ->  S0 (one ``open_kind`` message per worker,
+    8d bytes: in all 8nd bytes, as the chunked opening). e_i is uniform: a1_{p_i} is a one-time pad
+    that S0 never sees.
+  * S1 keeps its rows in arrival order in one matrix X (row k = the k-th share in) and accumulates
+    G1 = X X^T by row blocks: once rows [s, t) are in,
+        G1[s:t, :t] = X[s:t] X[:t]^T,   G1[:s, s:t] = G1[s:t, :s]^T,
+    (t - s) t d multiply-adds per block, about n^2 d / 2 in all, as the symmetric chunked product.
+    The center is never subtracted from the stored rows: with u_k = <x1_k, v>,
+        Y1 Y1^T = X X^T - u 1^T - 1 u^T + <v, v> 1 1^T.
+  * S0 keeps A0 for every planned position (n_plan x d, the dealer's mask: known before any share)
+    and, for each block b of arriving rows, fills the columns of their positions:
+        G0[:, p_b] = 2 A0 E_b^T
+    (n_plan |b| d each; n_plan n d in all, as the chunked product).
+  * "diag" triples (rules that open norms only, and the checked mean): G1_k = <x1_k, x1_k> (center as
+    above: - 2 u_k + <v, v>), G0_p = 2 <a0_p, e_p>, row by row.
+  * With the participants fixed (the workers whose share reached S1, in plan order), S1's share of H
+    without C is G1 at their arrival slots, S0's is G0 at their positions: exactly ``state.h`` of
+    ``protocol.server`` after the last column chunk, since
+        H0 + H1 = 2 A0 E^T + Y1 Y1^T + C, symmetrised = Y Y^T  (Y = A0 + E + A1).
+
+The input validity check projects each server's input share (S1: x1_k, S0: a0_p; plus <x, v> for a
+center) with the round's joint seed, which the servers still fix after every share arrived, so no
+worker can adapt to the projections. "Arrived" means at S1: S1 closes its intake, fixes the participants
+and sends its seed contribution while rows of E may still be on their way to S0, and both servers
+project (``Projector``, column chunk by column chunk) while the last rows travel; only the comparisons
+wait for every row. The messages are those of the in-process run, the rows of E aside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .. import dealer, ring_kernel, validity
+from ..dealer import TripleShare0, TripleShare1
+from ..errors import MalformedMessage, UnexpectedMessage
+from .messages import Message
+from .server import ServerState
+
+BLOCK_ROWS = 16
+"""Rows per Gram block at most: few enough that the last block (the work left once the last share is in)
+stays small."""
+SLICE_COLUMNS = 1 << 16
+"""Columns of a block of rows of E that S0 copies together (16 x 2^16 words = 8 MB at most)."""
+MIN_BLOCK = 8
+"""Rows per Gram block at least while more rows are coming: a product with fewer rows is bound by reading
+the stored n x d matrix once per block (a single row costs about 3x its share of an 8-row block)."""
+
+
+# S1: the opening of one row, and its Gram share by row blocks.
+
+def opening_row(x1: np.ndarray, t: TripleShare1, position: int, center: np.ndarray | None) -> np.ndarray:
+    """e = x1 - v - a1_position (a fresh vector; x1 is left as it is)."""
+    e = dealer.mask_columns(t.seed_a1, t.spec, 1, 0, t.spec.d, np.array([position]))[0]
+    np.subtract(x1, e, out=e)
+    if center is not None:
+        e -= center
+    return e
+
+
+def opening_message(round_id: int, kind: str, worker: int, e: np.ndarray) -> Message:
+    """S1 -> S0: worker's row of E (kind: the plan's ``open_kind``)."""
+    return Message(kind, round_id, "S1", "S0", fields={"worker": int(worker)}, arrays={"e": e})
+
+
+def read_opening(msg: Message, worker_ids: tuple[int, ...], seen, d: int) -> tuple[int, np.ndarray]:
+    """S0: (worker, e) from S1's row message, checked: a planned worker not seen before, d words."""
+    worker = msg.fields.get("worker")
+    if isinstance(worker, bool) or not isinstance(worker, int) or worker not in worker_ids:
+        raise UnexpectedMessage(f"S0: masked opening for worker {worker!r}, who is not in the round")
+    if worker in seen:
+        raise UnexpectedMessage(f"S0: a second masked opening for worker {worker}")
+    e = msg.arrays.get("e")
+    if e is None or e.dtype != np.uint64 or e.shape != (d,) or set(msg.arrays) != {"e"}:
+        raise MalformedMessage(f"S0: a masked opening row must be uint64 of shape ({d},)")
+    return worker, e
+
+
+class RowGram:
+    """S1's X X^T (or its diagonal) for the rows of X in arrival order, accumulated block by block."""
+
+    def __init__(self, capacity: int, kind: str) -> None:
+        if kind not in ("gram", "diag"):
+            raise ValueError(f"triple kind is gram or diag, not {kind!r}")
+        self.kind = kind
+        self.g = np.zeros((capacity, capacity) if kind == "gram" else capacity, dtype=np.uint64)
+        self.done = 0
+
+    def add(self, x: np.ndarray, stop: int) -> None:
+        """Take rows [done, stop) of x (rows [0, done) were taken before)."""
+        s = self.done
+        if not s <= stop <= x.shape[0]:
+            raise ValueError(f"rows [{s}, {stop}) of {x.shape[0]}")
+        if stop == s:
+            return
+        if self.kind == "diag":
+            self.g[s:stop] = ring_kernel.rowdot(x[s:stop], x[s:stop])
+        else:
+            part = ring_kernel.matmul_t(x[s:stop], x[:stop])
+            self.g[s:stop, :stop] = part
+            self.g[:s, s:stop] = part[:, :s].T
+        self.done = stop
+
+    def share(self, slots: np.ndarray, u: np.ndarray | None, vv: np.uint64 | None) -> np.ndarray:
+        """S1's share of H without C1, for the rows at ``slots`` (in that order): Y1 Y1^T from X X^T with
+        u = <x1_slot, v> at those slots and vv = <v, v> (None without a center)."""
+        if np.any(slots >= self.done):
+            raise UnexpectedMessage("S1: a participant's row is not in the Gram share yet")
+        if self.kind == "diag":
+            h = self.g[slots].copy()
+            if u is not None:
+                h -= u + u
+                h += vv
+            return h
+        h = self.g[np.ix_(slots, slots)]
+        if u is not None:
+            h -= u[:, None]
+            h -= u[None, :]
+            h += vv
+        return h
+
+
+def center_products(x: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """<x_k, v> mod 2^64 for each row of x (as ``protocol.server``'s projections compute them)."""
+    return np.matmul(x, center)
+
+
+# S0: the columns of its Gram share, from the rows of E.
+
+class ColumnGram:
+    """S0's 2 A0 E^T (or its diagonal), A0 holding every planned position, filled as rows of E arrive."""
+
+    def __init__(self, n_plan: int, kind: str) -> None:
+        if kind not in ("gram", "diag"):
+            raise ValueError(f"triple kind is gram or diag, not {kind!r}")
+        self.kind = kind
+        self.g = np.zeros((n_plan, n_plan) if kind == "gram" else n_plan, dtype=np.uint64)
+        self.filled: set[int] = set()
+
+    def add(self, a0: np.ndarray, positions: list[int], e_rows: list[np.ndarray]) -> None:
+        """Take the rows of E of the workers at ``positions`` (a block; each position once per round)."""
+        if len(positions) != len(e_rows) or not set(positions).isdisjoint(self.filled):
+            raise UnexpectedMessage("S0: a masked opening row for a position that has one already")
+        if not positions:
+            return
+        pos = np.asarray(positions, dtype=np.int64)
+        if self.kind == "diag":
+            part = np.array([ring_kernel.rowdot(a0[p:p + 1], e[None, :])[0] for p, e in zip(positions, e_rows)],
+                            dtype=np.uint64)
+        else:
+            # column slices of the block, so the rows of E are never copied whole
+            part = np.zeros((a0.shape[0], len(e_rows)), dtype=np.uint64)
+            for c in range(0, a0.shape[1], SLICE_COLUMNS):
+                block = np.stack([e[c:c + SLICE_COLUMNS] for e in e_rows])
+                part += ring_kernel.matmul_t(a0[:, c:c + SLICE_COLUMNS], block)
+        part += part
+        if self.kind == "diag":
+            self.g[pos] = part
+        else:
+            self.g[:, pos] = part
+        self.filled.update(positions)
+
+    def share(self, positions: np.ndarray) -> np.ndarray:
+        """S0's share of H without C0 for the participants at ``positions`` (plan order)."""
+        if not set(positions.tolist()) <= self.filled:
+            raise UnexpectedMessage("S0: a participant's masked opening row has not arrived")
+        return self.g[np.ix_(positions, positions)] if self.kind == "gram" else self.g[positions].copy()
+
+
+def s0_rows(t: TripleShare0, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A0's rows at ``positions`` (= S0's input shares of those workers), whole rows."""
+    rows = dealer.mask_columns(t.seed_a0, t.spec, 0, 0, t.spec.d, positions)
+    if out is not None:
+        out[...] = rows
+        return out
+    return rows
+
+
+# The validity check's projections, and the finished state.
+
+class Projector:
+    """This server's shares of the projections <r_j, x_k> (and, with a center, <x_k, v>) for the rows of x at
+    ``rows`` (in that order), one column chunk (about ``chunk_bytes`` of rows) per ``step``, so a server can
+    take rows of E between chunks: ``proj`` is that of ``protocol.server`` after the last chunk. The seed is
+    the round's joint seed, fixed after every share arrived."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray, seed: bytes, center: np.ndarray | None,
+                 chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES) -> None:
+        self.x, self.rows, self.seed, self.center = x, np.asarray(rows, dtype=np.int64), seed, center
+        self.lam = validity.params().projections
+        self.chunks = dealer.chunk_columns(len(self.rows), x.shape[1], chunk_bytes)
+        self.next = 0
+        self.proj = np.zeros((len(self.rows), self.lam + (center is not None)), dtype=np.uint64)
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.chunks)
+
+    def step(self) -> None:
+        start, stop = self.chunks[self.next]
+        part = self.x[self.rows, start:stop]
+        self.proj[:, :self.lam] += validity.project_columns(part, self.seed, self.lam, start)
+        if self.center is not None:
+            self.proj[:, self.lam] += np.matmul(part, self.center[start:stop])
+        self.next += 1
+
+    def run(self) -> np.ndarray:
+        while not self.done:
+            self.step()
+        return self.proj
+
+
+def project_rows(x: np.ndarray, rows: np.ndarray, seed: bytes, center: np.ndarray | None,
+                 chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES) -> np.ndarray:
+    """``Projector(...).run()``: all chunks at once."""
+    return Projector(x, rows, seed, center, chunk_bytes).run()
+
+
+def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None) -> ServerState:
+    """The server state after steps 2-3 (and the check's projections) for the agreed participants: what
+    ``open_masked``/``accumulate`` and ``project_pending`` leave after the last column chunk."""
+    n = len(state._participants())
+    want = (n, n) if state.plan.triple_kind == "gram" else (n,)
+    if h.shape != want or (state.plan.validity and (proj is None or proj.shape[0] != n)):
+        raise ValueError(f"{state.name}: Gram share of shape {h.shape} for {n} participants")
+    if state.triple is None:
+        raise UnexpectedMessage(f"{state.name}: no triple for round {state.plan.round_id}")
+    if state.h is not None or state.done_until:
+        raise UnexpectedMessage(f"{state.name}: the masked openings were already taken")
+    return replace(state, h=h, done_until=state.plan.d, pending=None,
+                   proj=proj if state.plan.validity else None)
