@@ -9,7 +9,7 @@ import numpy as np
 import secrobust
 from secrobust.deploy.local import aggregate_grpc
 
-from .helpers import assert_same_result
+from .helpers import assert_same_result, in_process
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -27,7 +27,8 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_one_call_gives_the_in_process_result_and_stops_every_party(tmp_path):
     x = np.random.default_rng(3).normal(size=(5, 64))
     got = aggregate_grpc(x, "geomed", 1, workdir=tmp_path)
-    assert_same_result(got, secrobust.aggregate(x, "geomed", 1))
+    assert_same_result(got, in_process(0, x, "geomed", 1))
+    assert np.array_equal(got.aggregate, secrobust.aggregate(x, "geomed", 1).aggregate)
     assert _processes_mentioning(str(tmp_path)) == []
 
 

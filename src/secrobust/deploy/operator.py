@@ -177,6 +177,7 @@ class Operator:
                     stats.bytes_sent[peer] += row["received"]
                     stats.bytes_received[receiver] += row["received"]
                     stats.messages_sent[peer] += row["messages_received"]
+                    stats.bytes_between[(peer, receiver)] += row["received"]
                     stats.wire_bytes_received[receiver] = (stats.wire_bytes_received.get(receiver, 0)
                                                            + row["wire_received"])
                 if receiver in ("S0", "S1") and peer not in ("S0", "S1", "dealer") and row["sent"]:
@@ -187,6 +188,7 @@ class Operator:
                 stats.bytes_sent["S0"] += row["sent"]
                 stats.bytes_received[peer] += row["sent"]
                 stats.messages_sent["S0"] += row["messages_sent"]
+                stats.bytes_between[("S0", peer)] += row["sent"]
                 stats.wire_bytes_received[peer] = stats.wire_bytes_received.get(peer, 0) + row["wire_sent"]
         for name, rep in reps.items():
             stats.server_seconds[name] = dict(rep["seconds"])

@@ -49,9 +49,10 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -63,6 +64,7 @@ from ..nodes import ServerNode
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..protocol.offline import request_triple, triple_from_message
+from ..protocol import streaming
 from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
@@ -79,6 +81,19 @@ SMALL_MESSAGE = 4 << 10
 KEEP_ROUNDS = 8
 KEEP_SHARES = 2
 PROBE_S = 2.0
+ROW_IDLE_S = 0.25
+"""S0 waits this long for a block of rows of E to fill before it takes fewer."""
+SEND_THREADS = 2
+"""S1's rows of E in flight to S0 at once."""
+UPLOAD_SLOTS = 8
+"""Masked shares S1 receives at once (``reserve``)."""
+UPLOAD_WINDOW = 1 << 20
+"""S1's HTTP/2 receive window per stream (``tls.server_options``): uploads that wait for a slot hold at most
+this much in gRPC's buffers."""
+ROW_BACKLOG = 16
+"""Rows of E that S0 holds (received or being received) before it has added them to its Gram share."""
+FETCH_SLOTS = 4
+"""Aggregate-share replies a server encodes and streams at once (``fetch_slot``)."""
 PHASES = ("share", "agree", "offline", "open", "validity", "distances", "rule", "aggregate", "done")
 OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
 
@@ -105,49 +120,88 @@ def _triple_bytes(kind: str, spec: TripleSpec) -> int:
 
 
 class _PeerSequence:
-    """The order in which one server's messages reach the other; anything else is out of phase:
-    S1's participants (to S0), validity seed (check on), S1's masked openings chunk by chunk (to S0,
-    triple rounds), the check's comparison steps, S0's view share (to S1, rules that open one), S1's
-    weights (to S0), aggregate share."""
+    """The order in which one server's messages reach the other; anything else is out of phase.
+    To S0: S1's participants, the validity seed (check on), the check's comparison steps, S1's weights, the
+    aggregate share; and S1's rows of E (``open_kind``, one per worker whose share S1 took, in any order,
+    from the share phase until the comparisons, or the weights without the check, begin; after the
+    participant list only rows of listed workers). To S1: the validity seed, the comparison steps, S0's
+    view share (rules that open one), the aggregate share."""
 
     def __init__(self, receiver: int, plan: RoundPlan) -> None:
         checks = plan.validity
         self.kinds = [*([M.PARTICIPANTS] if receiver == 0 else []), *([M.VALIDITY_SEED] if checks else []),
-                      *([plan.open_kind] if receiver == 0 and plan.triple_kind is not None else []),
                       *([M.VALIDITY_OPEN] * validity.rounds(len(plan.worker_ids)) if checks else []),
                       *([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []),
                       *([M.WEIGHTS] if receiver == 0 else []), M.AGGREGATE_SHARE]
         self.pos = 0
-        self.open_until = 0
         self.step = 0
         self.d = plan.d
+        self.open_kind = plan.open_kind if receiver == 0 and plan.triple_kind is not None else None
+        self.rows_until = 2 if checks else 1       # rows until kinds[rows_until] (comparisons or weights)
+        self.allowed = set(plan.worker_ids)
+        self.rows: set[int] = set()
 
     def expected(self) -> str | None:
         return self.kinds[self.pos] if self.pos < len(self.kinds) else None
 
+    def _rows_open(self) -> bool:
+        return self.open_kind is not None and self.pos <= self.rows_until
+
     def check(self, kind: str) -> None:
+        if kind == self.open_kind and self._rows_open():
+            return
         want = self.expected()
         if kind != want:
-            raise Rejected("out-of-phase", f"expected {want or 'nothing more'} from the peer server, got {kind}")
+            also = f" or {self.open_kind}" if self._rows_open() else ""
+            raise Rejected("out-of-phase", f"expected {want or 'nothing more'}{also} from the peer server, got {kind}")
 
     def advance(self, msg: Message) -> None:
         self.check(msg.kind)
-        if msg.kind in OPEN_KINDS:
-            start, stop = msg.fields.get("start"), msg.fields.get("stop")
-            if start != self.open_until or not isinstance(stop, int) or isinstance(stop, bool) \
-                    or not start < stop <= self.d:
-                raise Rejected("out-of-phase", f"masked opening of columns {start}..{stop}; columns from "
-                               f"{self.open_until} were due")
-            self.open_until = stop
-            if stop == self.d:
-                self.pos += 1
+        if msg.kind == self.open_kind and self._rows_open():
+            w = msg.fields.get("worker")
+            if isinstance(w, bool) or not isinstance(w, int) or w not in self.allowed:
+                raise Rejected("out-of-phase", f"a masked opening row for worker {w!r}, who is not a participant")
+            if w in self.rows:
+                raise Rejected("duplicate", f"a second masked opening row for worker {w}")
+            e = msg.arrays.get("e")
+            if e is None or e.dtype != np.uint64 or e.shape != (self.d,) or len(msg.arrays) != 1:
+                raise Rejected("wrong-size", f"a masked opening row is uint64 of shape ({self.d},)")
+            self.rows.add(w)
             return
+        if msg.kind == M.PARTICIPANTS:
+            listed = msg.fields.get("workers")
+            if isinstance(listed, list):
+                self.allowed &= {w for w in listed if isinstance(w, int) and not isinstance(w, bool)}
         if msg.kind == M.VALIDITY_OPEN:
             step = msg.fields.get("step")
             if step != self.step:
                 raise Rejected("out-of-phase", f"validity opening {step!r}; step {self.step} was due")
             self.step += 1
         self.pos += 1
+
+
+class _Streamed:
+    """A round's rows at one server while the share phase runs (``protocol.streaming``).
+
+    S1: its masked shares in arrival order (one n_plan x d matrix, so an upload's receive buffer is freed
+    as soon as it is copied in), how many of them were opened to S0 and added to the Gram share, and
+    <x1_k, v> for a center. S0: A0 for every planned position and the columns of 2 A0 E^T filled so far.
+    """
+
+    def __init__(self, party: int, plan: RoundPlan) -> None:
+        n, d = len(plan.worker_ids), plan.d
+        self.position = {w: i for i, w in enumerate(plan.worker_ids)}
+        self.order: list[int] = []
+        self.opened = 0
+        self.rows: np.ndarray | None = np.empty((n, d), dtype=np.uint64) if party == 1 else None
+        self.a0: np.ndarray | None = None
+        kind = plan.triple_kind
+        self.row_gram = streaming.RowGram(n, kind) if party == 1 and kind else None
+        self.col_gram = streaming.ColumnGram(n, kind) if party == 0 and kind else None
+        self.u = np.zeros(n, dtype=np.uint64) if party == 1 and plan.center is not None else None
+
+    def release(self) -> None:
+        self.rows = self.a0 = None
 
 
 class RoundRun:
@@ -169,6 +223,7 @@ class RoundRun:
         """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
         self.peer_seq = _PeerSequence(party, self.plan)
+        self.streamed = _Streamed(party, self.plan)
         self.triple_in = False
         self.triple: dict[str, Any] = {}
         self.share_deadline = time.monotonic() + request.share_window_s
@@ -199,6 +254,7 @@ class ServerRuntime:
         self.cfg = cfg
         self.party = cfg.party
         self.index = 0 if cfg.party == "S0" else 1
+        self.stream_window = UPLOAD_WINDOW if self.index == 1 else None
         self.peer_name = "S1" if self.index == 0 else "S0"
         self.node = ServerNode(self.index)
         self.accounting = accounting or Accounting()
@@ -216,6 +272,9 @@ class ServerRuntime:
         self.pool = TriplePool()
         self._to_request: deque[str] = deque()
         self._requester: threading.Thread | None = None
+        self._senders: ThreadPoolExecutor | None = None
+        self._uploads = 0
+        self._fetching = 0
 
     # state that survives a restart
 
@@ -243,6 +302,8 @@ class ServerRuntime:
             self.closing = True
             self._to_request.clear()
             self._cv.notify_all()
+            if self._senders is not None:
+                self._senders.shutdown(wait=False, cancel_futures=True)
 
     # PartyHandler
 
@@ -289,9 +350,7 @@ class ServerRuntime:
         if env.phase == M.WEIGHTS:
             return HEADER_SLACK + 8 * n if self.index == 0 else SMALL_MESSAGE
         if env.phase in OPEN_KINDS:
-            # one way, S1 -> S0: n x w words per column chunk, w = max(1, chunk_bytes // 8n)
-            return HEADER_SLACK + 8 * n + max(8 * n, rnd.request.chunk_bytes if rnd else 0) \
-                if self.index == 0 else SMALL_MESSAGE
+            return HEADER_SLACK + 8 * d if self.index == 0 else SMALL_MESSAGE   # one row of E, S1 -> S0
         return SMALL_MESSAGE
 
     def precheck(self, env: pb.Envelope) -> None:
@@ -316,6 +375,55 @@ class ServerRuntime:
                 rnd.peer_seq.check(env.phase)
             else:
                 raise Rejected("not-permitted", f"{sender} sends no protocol messages to {self.party}")
+
+    def reserve(self, env: pb.Envelope) -> Callable[[], None] | None:
+        """Bounds on the 8d-byte messages a server holds at once (``Endpoint`` calls this once ``precheck``
+        passed; a stream that waits is held back by flow control). S1 receives at most ``UPLOAD_SLOTS``
+        masked shares at once (each is a buffer until it is copied into the round's matrix): so S1 needs
+        about 8nd + 8d UPLOAD_SLOTS bytes whatever n is, and shares complete one after another (their rows
+        are opened while the rest upload) instead of all at the end. S0 takes a row of E only while fewer
+        than ``ROW_BACKLOG`` rows wait to be added to its Gram share (S1 then sends more slowly)."""
+        if self.index == 1 and env.phase == M.SHARE_MASKED:
+            def room(rnd: RoundRun | None) -> bool:
+                return self._uploads < UPLOAD_SLOTS
+        elif self.index == 0 and env.phase in OPEN_KINDS and env.sender == self.peer_name:
+            def room(rnd: RoundRun | None) -> bool:
+                return rnd is None or len(rnd.inbox[env.phase]) + self._uploads < ROW_BACKLOG
+        else:
+            return None
+        with self._cv:
+            while True:
+                rnd = self.round if self.round is not None and self.round.round_id == env.round_id else None
+                if room(rnd):
+                    break
+                if rnd is None or rnd.finished or self.closing or (self.index == 1 and not rnd.intake_open):
+                    raise Rejected("out-of-phase", f"round {env.round_id} moved on while the {env.phase} message "
+                                   "waited for its turn")
+                self._cv.wait(1.0)
+            self._uploads += 1
+
+        def release() -> None:
+            with self._cv:
+                self._uploads -= 1
+                self._cv.notify_all()
+        return release
+
+    def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
+        """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
+        streamed at once: every worker fetches both servers' shares as soon as a round ends, and n replies
+        in memory together would cost about 16nd bytes."""
+        if phase != M.AGGREGATE_SHARE:
+            return None
+        with self._cv:
+            while self._fetching >= FETCH_SLOTS and not self.closing:
+                self._cv.wait(1.0)
+            self._fetching += 1
+
+        def release() -> None:
+            with self._cv:
+                self._fetching -= 1
+                self._cv.notify_all()
+        return release
 
     def _precheck_triple(self, env: pb.Envelope) -> None:
         want = M.TRIPLE_S0 if self.index == 0 else M.TRIPLE_S1
@@ -366,7 +474,13 @@ class ServerRuntime:
             got = "no vector" if x1 is None else f"{x1.dtype} of shape {x1.shape}"
             raise Rejected("wrong-size", f"worker {w} sent {got}; round {rnd.round_id} takes uint64 of "
                            f"shape ({rnd.plan.d},)")
-        self.node.receive_share(msg)
+        st = rnd.streamed
+        assert st.rows is not None
+        slot = len(st.order)
+        st.rows[slot] = x1          # the upload's receive buffer goes once this call returns
+        self.node.receive_share(Message(msg.kind, msg.round_id, msg.sender, msg.recipient, msg.fields,
+                                        {"x1": st.rows[slot]}))
+        st.order.append(w)
         rnd.received.add(w)
         if len(rnd.received) == len(rnd.plan.worker_ids):
             rnd.intake_open = False
@@ -699,18 +813,16 @@ class ServerRuntime:
             rnd.seconds[phase] += timer.seconds
 
     def _run(self, rnd: RoundRun) -> None:
-        """The round's steps in the order of ``secrobust.api.Cluster.run_round``; any failure aborts it."""
+        """The round's steps in the order of ``secrobust.api.Cluster.run_round``, with steps 2-3 streamed by
+        rows while the shares arrive (``protocol.streaming``); any failure aborts it."""
         total = Timer()
         try:
             if rnd.uses_triple:
                 self._wait_triple(rnd)          # S0 hands out no key before it (its shares are the triple's A0)
             if self.index == 1:
-                self._close_shares(rnd)
-            self._agree(rnd)
-            if rnd.plan.validity:
-                self._exchange_validity_seeds(rnd)
-            if rnd.uses_triple:
-                self._open_masked(rnd)
+                self._s1_share_and_open(rnd)
+            else:
+                self._s0_share_and_open(rnd)
             if rnd.plan.validity:
                 self._check_inputs(rnd)
             self._open_view(rnd)
@@ -723,93 +835,264 @@ class ServerRuntime:
             self._abort(rnd, exc)
         finally:
             with self._cv:
+                rnd.streamed.release()
+                if self.node.state is not None and self.node.state.plan is rnd.plan:
+                    self.node.state = None      # the round's shares are not needed any more
                 self._archive(rnd)
                 self._cv.notify_all()
 
-    def _close_shares(self, rnd: RoundRun) -> None:
-        """Wait until every expected worker's share is in or the share deadline passed, then close intake."""
-        timer = Timer()
-        with self._cv:
-            while rnd.intake_open:
-                self._check_alive(rnd)
-                left = rnd.share_deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(min(left, 1.0))
-            rnd.intake_open = False
-            self._check_alive(rnd)
-        rnd.seconds["share"] += timer.seconds
-        event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
-              expected=len(rnd.plan.worker_ids), seconds=round(timer.seconds, 6))
+    def _s1_share_and_open(self, rnd: RoundRun) -> None:
+        """S1's steps 1-3, each done as soon as it can be:
 
-    def _agree(self, rnd: RoundRun) -> None:
-        """Participants = the workers whose masked share reached S1: S1 decides and tells S0. S0 hands out
-        keys until S1's list arrives (the share phase at S0), then takes it."""
-        min_n, requirement = rnd.spec.min_n(rnd.request.f), rnd.spec.requirement
-        if self.index == 1:
-            with self._phase(rnd, "agree"):
-                with self._cv:
-                    rnd.participants = self.node.agree(None, min_n, requirement)
-                    mine = self.node.participants_message()
-                self._send(rnd, mine)
-            return
-        with self._phase(rnd, "share"):
-            theirs = self._wait_participants(rnd)
+        * as each masked share comes in, its row of E goes to S0 (``SEND_THREADS`` sends in flight, so the
+          link to S0, the slowest part, stays busy);
+        * the Gram share takes the opened rows in blocks of ``streaming.MIN_BLOCK`` to ``BLOCK_ROWS``;
+        * once the intake closes (every expected share in, or the deadline) the shares are fixed: S1 fixes
+          the participants, sends them to S0 with its validity seed contribution, and as soon as S0's
+          contribution is in, projects its shares column chunk by column chunk, between the last rows;
+        * every row is with S0 (acknowledged) before this returns, so S0 has them all before the check's
+          comparisons or the view."""
+        timer = Timer()
+        st, plan = rnd.streamed, rnd.plan
+        open_phase = "open" if rnd.reveal else "validity"
+        sends: deque[Future] = deque()
+        agreed = False
+        projector: streaming.Projector | None = None
+        share_s: float | None = None
+        seed_due = float("inf")
+        while True:
+            with self._cv:
+                while True:
+                    self._check_alive(rnd)
+                    now = time.monotonic()
+                    if rnd.intake_open and now >= rnd.share_deadline:
+                        rnd.intake_open = False
+                        self._cv.notify_all()
+                    closed = not rnd.intake_open
+                    if closed and share_s is None:
+                        share_s = timer.seconds
+                    new_rows = rnd.uses_triple and st.opened < len(st.order)
+                    gram = self._gram_due(st, closed)
+                    agree = closed and not agreed
+                    seed = agreed and plan.validity and projector is None and bool(rnd.inbox[M.VALIDITY_SEED])
+                    project = projector is not None and not projector.done
+                    if new_rows or gram or agree or seed or project:
+                        break
+                    if agreed and (not plan.validity or projector is not None):
+                        break                   # every row opened and in the Gram share, projections done
+                    if now >= seed_due:
+                        raise PeerTimeout(f"{self.peer_name} sent no {M.VALIDITY_SEED} within "
+                                          f"{self.cfg.peer_timeout_s:g} s")
+                    self._cv.wait(max(0.01, min((seed_due if closed else rnd.share_deadline) - now, 1.0)))
+                start, workers = st.opened, list(st.order[st.opened:])
+                triple = self.node.current.triple if rnd.uses_triple else None
+            if not (new_rows or gram or agree or seed or project):
+                break
+            if agree:
+                self._s1_agree(rnd)
+                agreed, seed_due = True, time.monotonic() + self.cfg.peer_timeout_s
+            if seed:
+                with self._phase(rnd, "validity"):
+                    with self._cv:
+                        self.node.receive_validity_seed(rnd.inbox[M.VALIDITY_SEED].popleft())
+                        joint = self.node.current.validity_seed
+                    slot = {w: k for k, w in enumerate(st.order)}
+                    rows = np.array([slot[w] for w in rnd.participants], dtype=np.int64)
+                    assert st.rows is not None
+                    projector = streaming.Projector(st.rows, rows, joint, plan.center, plan.chunk_bytes)
+            if new_rows:
+                with self._phase(rnd, open_phase):
+                    assert st.rows is not None
+                    for k, w in enumerate(workers, start):
+                        e = streaming.opening_row(st.rows[k], triple, st.position[w], plan.center)
+                        msg = streaming.opening_message(rnd.round_id, plan.open_kind, w, e)
+                        del e
+                        while len(sends) > SEND_THREADS:
+                            sends.popleft().result()
+                        sends.append(self._sender().submit(self._send, rnd, msg))
+                        del msg
+                    with self._cv:
+                        st.opened = start + len(workers)
+            if self._gram_due(st, not rnd.intake_open):
+                with self._phase(rnd, open_phase):
+                    assert st.rows is not None and st.row_gram is not None
+                    done = st.row_gram.done
+                    upto = min(st.opened, done + streaming.BLOCK_ROWS)
+                    st.row_gram.add(st.rows, upto)
+                    if st.u is not None:
+                        st.u[done:upto] = streaming.center_products(st.rows[done:upto], plan.center)
+            elif projector is not None and not projector.done:
+                with self._phase(rnd, "validity"):
+                    projector.step()
+        if sends:
+            with self._phase(rnd, open_phase):
+                while sends:
+                    sends.popleft().result()    # every row is with S0 before the comparisons or the view
+        rnd.seconds["share"] += share_s if share_s is not None else timer.seconds
+        if rnd.uses_triple:
+            self._complete_opening(rnd, projector)
+
+    def _s1_agree(self, rnd: RoundRun) -> None:
+        """S1, its intake closed: the participants are the workers whose share it holds; it tells S0, with its
+        fresh contribution to the check's projection seed (the shares are fixed now)."""
         with self._phase(rnd, "agree"):
             with self._cv:
-                rnd.intake_open = False
-                self._cv.notify_all()
-                rnd.participants = self.node.agree(theirs, min_n, requirement)
+                rnd.participants = self.node.agree(None, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+                msgs = [self.node.participants_message()]
+                if rnd.plan.validity:
+                    msgs.append(self.node.validity_seed_message(prg.fresh_seed()))
+            for msg in msgs:
+                self._send(rnd, msg)
         event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
-              expected=len(rnd.plan.worker_ids), seconds=round(rnd.seconds["share"], 6))
+              expected=len(rnd.plan.worker_ids), seconds=round(rnd.seconds.get("share", 0.0), 6),
+              opened=rnd.streamed.opened)
 
-    def _wait_participants(self, rnd: RoundRun) -> Message:
-        """S0: S1's participant list, due once S1's share deadline passed (plus the peer timeout); S1 is
-        asked for its status now and then meanwhile, so a vanished S1 aborts the round at once."""
+    @staticmethod
+    def _gram_due(st: _Streamed, closed: bool) -> bool:
+        """S1: a block of opened rows is ready for the Gram share (any size once no more shares come)."""
+        if st.row_gram is None:
+            return False
+        waiting = st.opened - st.row_gram.done
+        return waiting >= streaming.MIN_BLOCK or (closed and waiting > 0)
+
+    def _sender(self) -> ThreadPoolExecutor:
+        with self._cv:
+            if self._senders is None:
+                self._senders = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix=f"{self.party}-send")
+            return self._senders
+
+    def _s0_share_and_open(self, rnd: RoundRun) -> None:
+        """S0's steps 1-3: hand out keys (``fetch``) and, as S1's rows of E arrive, fill the columns of its Gram
+        share 2 A0 E^T in blocks (at least ``streaming.MIN_BLOCK`` rows, fewer when they are the last ones or no
+        row came for ``ROW_IDLE_S``). S1's participant list closes the key handout; S0 answers it with its
+        validity seed contribution and, once S1's is in, projects its shares (A0's rows) column chunk by column
+        chunk between the last rows. Returns once every participant's row is in."""
+        timer = Timer()
+        st, plan = rnd.streamed, rnd.plan
+        open_phase = "open" if rnd.reveal else "validity"
+        if rnd.uses_triple:
+            with self._phase(rnd, open_phase):
+                st.a0 = streaming.s0_rows(self.node.current.triple, np.arange(len(plan.worker_ids)))
+        kind = plan.open_kind
+        agreed = False
+        projector: streaming.Projector | None = None
         deadline = rnd.share_deadline + self.cfg.peer_timeout_s
         next_probe = time.monotonic() + PROBE_S
+        share_s: float | None = None
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PeerTimeout(f"{self.peer_name} sent no {M.PARTICIPANTS} within {self.cfg.peer_timeout_s:g} s "
-                                  "of the share deadline")
-            try:
-                return self._wait(rnd, M.PARTICIPANTS, timeout=min(left, max(0.05, next_probe - time.monotonic())))
-            except PeerTimeout:
-                if time.monotonic() < next_probe:
-                    continue
-            self.peer.control("status", timeout=5.0)   # PartyUnreachable if S1 is gone
-            next_probe = time.monotonic() + PROBE_S
-
-    def _exchange_validity_seeds(self, rnd: RoundRun) -> None:
-        """Each server's fresh contribution to the seed of the check's projections, once the shares are fixed."""
-        with self._phase(rnd, "validity"):
+            probe = False
             with self._cv:
-                mine = self.node.validity_seed_message(prg.fresh_seed())
-            self._send(rnd, mine)
-            theirs = self._wait(rnd, M.VALIDITY_SEED)
-            with self._cv:
-                self.node.receive_validity_seed(theirs)
+                idle_until = time.monotonic() + ROW_IDLE_S
+                while True:
+                    self._check_alive(rnd)
+                    now = time.monotonic()
+                    pending = len(rnd.inbox[kind])
+                    left = (len(set(rnd.participants) - set(st.order)) if rnd.uses_triple else 0) if agreed else None
+                    agree = not agreed and bool(rnd.inbox[M.PARTICIPANTS])
+                    seed = agreed and plan.validity and projector is None and bool(rnd.inbox[M.VALIDITY_SEED])
+                    rows = pending > 0 and (pending >= streaming.MIN_BLOCK or now >= idle_until
+                                            or (left is not None and pending >= left))
+                    project = projector is not None and not projector.done
+                    if agree or seed or rows or project:
+                        break
+                    if agreed and left == 0 and (not plan.validity or projector is not None):
+                        break                   # every participant's row is in, projections done
+                    if now >= deadline:
+                        want = f"rows of E from {self.peer_name}" if agreed else f"{M.PARTICIPANTS} from {self.peer_name}"
+                        raise PeerTimeout(f"no {want} within {self.cfg.peer_timeout_s:g} s")
+                    if not agreed and not pending and now >= next_probe:
+                        probe = True
+                        break
+                    until = idle_until if pending else min(deadline, next_probe if not agreed else deadline)
+                    self._cv.wait(max(0.01, min(until - now, 1.0)))
+                    if len(rnd.inbox[kind]) > pending:
+                        idle_until = time.monotonic() + ROW_IDLE_S
+                taken = [rnd.inbox[kind].popleft() for _ in range(min(pending, streaming.BLOCK_ROWS))] if rows else []
+                if taken:
+                    self._cv.notify_all()       # room for more rows (``reserve``)
+            if probe:
+                self._probe_peer()
+                next_probe = time.monotonic() + PROBE_S
+                continue
+            if not (agree or seed or rows or project):
+                break
+            if agree:
+                share_s = timer.seconds
+                self._s0_agree(rnd)
+                agreed = True
+                deadline = max(deadline, time.monotonic() + self.cfg.peer_timeout_s)
+            if seed:
+                with self._phase(rnd, "validity"):
+                    with self._cv:
+                        self.node.receive_validity_seed(rnd.inbox[M.VALIDITY_SEED].popleft())
+                        state = self.node.current
+                    assert st.a0 is not None
+                    projector = streaming.Projector(st.a0, state.positions(), state.validity_seed, plan.center,
+                                                    plan.chunk_bytes)
+            if taken:
+                deadline = max(deadline, time.monotonic() + self.cfg.peer_timeout_s)   # S1 is at work
+                with self._phase(rnd, open_phase):
+                    assert st.a0 is not None and st.col_gram is not None
+                    opened = [streaming.read_opening(m, plan.worker_ids, (), plan.d) for m in taken]
+                    del taken
+                    if agreed and not {w for w, _ in opened} <= set(rnd.participants):
+                        raise RoundAborted("S1 opened the row of a worker it did not list as a participant")
+                    st.col_gram.add(st.a0, [st.position[w] for w, _ in opened], [e for _, e in opened])
+                    st.order.extend(w for w, _ in opened)
+                    del opened
+            elif projector is not None and not projector.done:
+                with self._phase(rnd, "validity"):
+                    projector.step()
+        rnd.seconds["share"] += share_s if share_s is not None else timer.seconds
+        if rnd.uses_triple:
+            self._complete_opening(rnd, projector)
 
-    def _open_masked(self, rnd: RoundRun) -> None:
-        """The masked openings chunk by chunk, S1 -> S0 only; with the check on, each server projects a
-        chunk once it is opened (S1) or received (S0)."""
-        phase = "open" if rnd.reveal else "validity"
-        for start, stop in self.node.chunks():
-            with self._phase(rnd, phase):
-                if self.index == 1:
-                    with self._cv:
-                        opening = self.node.open_masked(start, stop)
-                    self._send(rnd, opening)
-                    del opening
-                else:
-                    opening = self._wait(rnd, rnd.plan.open_kind)
-                    with self._cv:
-                        self.node.accumulate(opening)
-                    del opening
-            if rnd.plan.validity:
-                with self._phase(rnd, "validity"), self._cv:
-                    self.node.project()
+    def _s0_agree(self, rnd: RoundRun) -> None:
+        """S0 takes S1's participant list (its key handout closes), checks that S1 opened no row of anyone
+        else, and answers with its fresh contribution to the check's projection seed."""
+        with self._phase(rnd, "agree"):
+            with self._cv:
+                msg = rnd.inbox[M.PARTICIPANTS].popleft()
+                rnd.intake_open = False
+                self._cv.notify_all()
+                rnd.participants = self.node.agree(msg, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+                extra = set(rnd.streamed.order) - set(rnd.participants)
+                if extra:
+                    raise RoundAborted(f"S1 opened the rows of {sorted(extra)} but did not list them as participants")
+                mine = self.node.validity_seed_message(prg.fresh_seed()) if rnd.plan.validity else None
+            if mine is not None:
+                self._send(rnd, mine)
+        event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
+              expected=len(rnd.plan.worker_ids), participants=len(rnd.participants), opened=len(rnd.streamed.order))
+
+    def _probe_peer(self) -> None:
+        """S0, waiting for S1: is S1 still there? Its port refusing connections aborts the round at once; a
+        slow answer is no proof of anything (S1 may be busy taking 8d-byte uploads on a loaded machine), so
+        only the deadline ends the wait then."""
+        try:
+            self.peer.control("status", timeout=PROBE_S * 5)
+        except PartyUnreachable as exc:
+            if exc.detail.startswith("UNAVAILABLE"):
+                raise
+
+    def _complete_opening(self, rnd: RoundRun, projector: streaming.Projector | None) -> None:
+        """The node's state after steps 2-3 for the participants (plan order), as ``open_masked``/``accumulate``
+        and ``project`` leave it in process: this server's Gram share from the streamed rows, and with the
+        check on, the projections of its input shares under the joint seed."""
+        st, plan = rnd.streamed, rnd.plan
+        with self._phase(rnd, "open" if rnd.reveal else "validity"), self._cv:
+            state = self.node.current
+            if self.index == 1:
+                assert st.row_gram is not None
+                slot = {w: k for k, w in enumerate(st.order)}
+                rows = np.array([slot[w] for w in state.participants or ()], dtype=np.int64)
+                vv = np.dot(plan.center, plan.center) if plan.center is not None else None
+                h = st.row_gram.share(rows, None if st.u is None else st.u[rows], vv)
+            else:
+                assert st.col_gram is not None
+                h = st.col_gram.share(state.positions())
+                st.a0 = None                    # S0's aggregate share re-expands the few weighted rows
+            self.node.state = streaming.complete(state, h, None if projector is None else projector.proj)
 
     def _check_inputs(self, rnd: RoundRun) -> None:
         """The check's comparison rounds, one message each way per round, until both servers hold the

@@ -74,7 +74,14 @@ class PartyHandler(Protocol):
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         """Round control and reports."""
 
-    # optional: ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
+    # optional: ``stream_window``: a fixed HTTP/2 receive window per stream (``tls.server_options``);
+    # ``fetch_slot(caller, phase) -> release | None`` runs once ``fetch`` returned and may block
+    # until the party has room to encode and stream the reply (a bound on replies in memory at once);
+    # ``release()`` is called when the reply is streamed or the call ends;
+    # ``reserve(env) -> release | None`` runs after ``precheck`` and may block until the
+    # receiver has room for the payload (a bound on buffers received at once); the endpoint calls the
+    # returned ``release()`` once the stream is over, accepted or not;
+    # ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
     # instead of ``env.round_id`` (see ``Accounting``); ``account_fetch_as(caller, env) -> key`` does the
     # same for a fetched reply; ``max_control_bytes(command) -> int`` is the largest JSON argument a
     # command takes (``CONTROL_LIMIT`` if absent)
@@ -133,7 +140,7 @@ class Endpoint:
         self._replays = _ReplayCache()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                               thread_name_prefix=f"{identity.party}-rpc"),
-                                   options=server_options())
+                                   options=server_options(getattr(handler, "stream_window", None)))
         handlers = {
             "Send": grpc.stream_unary_rpc_method_handler(self._send, request_deserializer=wire.parse_chunk,
                                                          response_serializer=pb.Ack.SerializeToString),
@@ -183,12 +190,13 @@ class Endpoint:
         info: dict[str, Any] = {}
         message_id: bytes | None = None
         accepted = False
+        release: Any = None
         try:
             caller = self._caller(context)
             info["sender"] = caller
 
             def precheck(env: pb.Envelope) -> None:
-                nonlocal message_id
+                nonlocal message_id, release
                 info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes, seq=env.seq)
                 limit = self.handler.max_message_bytes(env)
                 if env.total_bytes > limit:
@@ -197,6 +205,9 @@ class Endpoint:
                 self._replays.begin(env.message_id)
                 message_id = env.message_id
                 self.handler.precheck(env)
+                reserve = getattr(self.handler, "reserve", None)
+                if reserve is not None:
+                    release = reserve(env)
 
             msg, env, wire_bytes = wire.read_stream(requests, caller=caller, me=self.handler.party,
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
@@ -211,11 +222,14 @@ class Endpoint:
             self._refuse(context, exc, **info)
             raise
         finally:
+            if release is not None:
+                release()
             if message_id is not None:
                 self._replays.end(message_id, accepted)
 
     def _fetch(self, request: Any, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         timer = Timer()
+        release: Any = None
         try:
             if not isinstance(request, pb.FetchRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
@@ -224,20 +238,32 @@ class Endpoint:
                 raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
             wait_s = min(max(request.timeout_s, 0.0), 600.0)
             found = self.handler.fetch(caller, request.round_id, request.phase, wait_s)
+            slot = getattr(self.handler, "fetch_slot", None)
+            if slot is not None:
+                release = slot(caller, request.phase)
             out = found if isinstance(found, wire.Outgoing) else wire.encode(found)
+            del found
         except Exception as exc:
+            if release is not None:
+                release()
             self._refuse(context, exc, requester=getattr(request, "requester", None),
                          round=getattr(request, "round_id", None), phase=getattr(request, "phase", None))
             raise
         wire_bytes = 0
-        for chunk in wire.chunks(out):
-            wire_bytes += chunk.ByteSize()
-            yield chunk
+        env = out.envelope
+        try:
+            for chunk in wire.chunks(out):
+                wire_bytes += chunk.ByteSize()
+                yield chunk
+        finally:
+            del out
+            if release is not None:
+                release()
         account_as = getattr(self.handler, "account_fetch_as", None)
-        key = out.envelope.round_id if account_as is None else account_as(caller, out.envelope)
-        self.accounting.add(key, "sent", caller, out.envelope.total_bytes, wire_bytes)
-        event(self.log, "served", requester=caller, round=out.envelope.round_id, phase=out.envelope.phase,
-              bytes=out.envelope.total_bytes, seconds=round(timer.seconds, 6))
+        key = env.round_id if account_as is None else account_as(caller, env)
+        self.accounting.add(key, "sent", caller, env.total_bytes, wire_bytes)
+        event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
+              bytes=env.total_bytes, seconds=round(timer.seconds, 6))
 
     def _authenticate(self, context: grpc.ServicerContext, version: int, claimed: str, role: str) -> str:
         """The caller's certificate name, after checking the protocol version and that the request's
