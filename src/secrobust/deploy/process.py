@@ -43,6 +43,37 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+MALLOC_ENV = "SECROBUST_MALLOC"
+SERVER_MALLOC = "arena_max=1"
+_MALLOPT = {"mmap_threshold": -3, "arena_max": -8, "trim_threshold": -1}
+
+
+def tune_malloc(spec: str | None = None) -> dict[str, int]:
+    """Apply glibc ``mallopt`` settings ("arena_max=1,mmap_threshold=33554432"; default: the
+    ``SECROBUST_MALLOC`` environment variable if set, else ``SERVER_MALLOC``). Returns what was applied
+    ({} without glibc).
+
+    Why one arena: glibc gives each thread that allocates its own heap (up to 8 per core) and keeps what
+    is freed there for that heap. A server's 8d-byte buffers (shares, rows of E, aggregate-share replies)
+    are allocated by many gRPC threads, so each round left a few of them in every heap, and the peak
+    resident set grew round after round (measured at n = 50, d = 1e6: S1 1.0, 1.4, 1.5, 1.6 GB in four
+    rounds). With one heap, what one round frees the next one reuses. (A small fixed mmap threshold would
+    return every large buffer instead, at one page fault per 4 KB on every allocation: 1.7x the CPU.)"""
+    spec = os.environ.get(MALLOC_ENV, SERVER_MALLOC) if spec is None else spec
+    out: dict[str, int] = {}
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return out
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name in _MALLOPT and libc.mallopt(_MALLOPT[name], int(value)):
+            out[name] = int(value)
+    return out
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -55,6 +86,7 @@ def serve_listening(cfg: PartyConfig, make: Callable[..., ServerRuntime | Dealer
     """Run a listening party (S0, S1 or the dealer) until stopped."""
     logs.setup(cfg.party, path=str(cfg.log_file) if cfg.log_file else None)
     log = logging.getLogger(LOGGER_NAME)
+    malloc = tune_malloc()
     identity = cfg.identity()
     runtime = make(cfg, identity)
     threads = max(32, 2 * len(cfg.workers) + 16)
@@ -63,7 +95,7 @@ def serve_listening(cfg: PartyConfig, make: Callable[..., ServerRuntime | Dealer
     port = endpoint.start()
     if port_file is not None:
         _write_atomic(Path(port_file), str(port))
-    event(log, "started", role=cfg.role, port=port, threads=threads)
+    event(log, "started", role=cfg.role, port=port, threads=threads, malloc=malloc)
     try:
         while not stop.wait(0.2):
             if runtime.shutdown_requested.is_set():

@@ -37,10 +37,19 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
                                         certificate_chain=identity.cert_pem)
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Options for a party's gRPC server (SO_REUSEPORT off, so two parties never share a port)."""
-    return [*_COMMON_OPTIONS, ("grpc.so_reuseport", 0),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+def server_options(stream_window: int | None = None) -> list[tuple[str, int]]:
+    """Options for a party's gRPC server (SO_REUSEPORT off, so two parties never share a port).
+
+    ``stream_window``: a fixed HTTP/2 receive window per stream, in bytes, instead of gRPC's bandwidth-delay
+    probing (which grows the window of every stream to several MB on a fast link). A party that takes
+    large messages from many clients at once (S1: n uploads of 8d bytes) sets it, so the data gRPC reads
+    ahead for streams it is not consuming yet stays at one window each; a stream then moves at most one
+    window per round trip (1 MiB: 100 MB/s at 10 ms)."""
+    out: list[tuple[str, int]] = [*_COMMON_OPTIONS, ("grpc.so_reuseport", 0),
+                                  ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+    if stream_window is not None:
+        out += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", int(stream_window))]
+    return out
 
 
 def channel_options(expected_party: str) -> list[tuple[str, int | str]]:
