@@ -15,23 +15,30 @@ decides when a round is over. Per round:
   (``Fetch``), once per round, and only its own: the key is chosen by the caller's certificate, never
   by a field of the request, so no other party (S1, the operator, another worker) can obtain it; S1
   with worker i's key would hold both shares of worker i's update. S0 accepts no message from a
-  worker. The worker then uploads x_i - PRG(k_i) to S1 (``share-masked``). S1's intake closes when
-  every expected worker's share is in or at the deadline; a share after that is refused
-  (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size (``wrong-size``).
-  S0's key handout closes when S1's participant list arrives.
-* S1 fixes the participants from the shares it holds (``ServerNode.agree``) and sends the list to S0
-  only; too few for the rule's f aborts the round with the rule's requirement.
-* Input validity check (unless the request turns it off): the servers exchange fresh seed
-  contributions for the check's projections (two-way, 16 bytes each), project each column chunk as it
-  is opened, then run the check's comparison rounds (``validity-open``, one message each way per
-  round). A worker whose shares do not reconstruct to a vector of norm at most B is rejected: out of
-  the round, listed with its reason in the report (``rejected``) and logged (``worker-rejected``). S1
-  may also reject a worker whose opened view is impossible; it tells S0 with the weights.
-* Masked openings chunk by chunk, S1 to S0 only (``validity-masked-open`` when only the check needs
-  them, as for the mean), the check's rounds, S0's view share to S1, S1's weights to S0, the aggregate
-  shares to each other: every message from the peer must be the next one of the protocol's sequence,
-  or it is refused as ``out-of-phase``.
-* Workers (and the operator) then fetch this server's aggregate share with the public weights.
+  worker. The worker then uploads x_i - PRG(k_i) to S1 (``share-masked``; S1 receives ``UPLOAD_SLOTS``
+  at a time). S1's intake closes when every expected worker's share is in or at the deadline; a share
+  after that is refused (``out-of-phase``), so is a second one (``duplicate``) or one of the wrong size
+  (``wrong-size``). S0's key handout closes when S1's participant list arrives.
+* Steps 2-3 are pipelined with the share phase (``protocol.streaming``): as each share arrives S1 sends
+  S0 that worker's row of E = Y1 - A1 (the plan's ``open_kind``: ``masked-open``, or
+  ``validity-masked-open`` when only the check needs it, as for the mean), and both servers add the
+  rows to their Gram shares in blocks. When the intake closes, S1 fixes the participants from the
+  shares it holds (``ServerNode.agree``) and sends the list to S0 only (too few for the rule's f
+  aborts the round with the rule's requirement); S0 must have been sent rows of exactly those workers.
+* Input validity check (unless the request turns it off): right after the participant list the
+  servers exchange fresh seed contributions for the check's projections (two-way, 16 bytes each: the
+  shares are fixed by then) and project their input shares column chunk by column chunk while the
+  last rows of E travel; once every row is in they run the check's comparison rounds
+  (``validity-open``, one message each way per round). A worker whose shares do not reconstruct to a
+  vector of norm at most B is rejected: out of the round, listed with its reason in the report
+  (``rejected``) and logged (``worker-rejected``). S1 may also reject a worker whose opened view is
+  impossible; it tells S0 with the weights.
+* Then S0's view share to S1, S1's weights to S0, the aggregate shares to each other. Every message
+  from the peer must be the next one of the protocol's sequence (rows of E are taken from the share
+  phase until the comparisons, or the weights, begin; after the participant list only rows of listed
+  workers, each once), or it is refused as ``out-of-phase`` (``duplicate``, ``wrong-size``).
+* Workers (and the operator) then fetch this server's aggregate share with the public weights
+  (``FETCH_SLOTS`` replies encoded at a time).
 
 What this server learns is what its ServerNode learns: S0 the triple's seeds (so its own input
 shares), the masked openings E = Y1 - A1 (uniform), the weights and the aggregate; S1 the masked
@@ -889,7 +896,7 @@ class ServerRuntime:
             if not (new_rows or gram or agree or seed or project):
                 break
             if agree:
-                self._s1_agree(rnd)
+                self._s1_agree(rnd, share_s)
                 agreed, seed_due = True, time.monotonic() + self.cfg.peer_timeout_s
             if seed:
                 with self._phase(rnd, "validity"):
@@ -932,7 +939,7 @@ class ServerRuntime:
         if rnd.uses_triple:
             self._complete_opening(rnd, projector)
 
-    def _s1_agree(self, rnd: RoundRun) -> None:
+    def _s1_agree(self, rnd: RoundRun, share_s: float | None = None) -> None:
         """S1, its intake closed: the participants are the workers whose share it holds; it tells S0, with its
         fresh contribution to the check's projection seed (the shares are fixed now)."""
         with self._phase(rnd, "agree"):
@@ -944,7 +951,7 @@ class ServerRuntime:
             for msg in msgs:
                 self._send(rnd, msg)
         event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
-              expected=len(rnd.plan.worker_ids), seconds=round(rnd.seconds.get("share", 0.0), 6),
+              expected=len(rnd.plan.worker_ids), seconds=None if share_s is None else round(share_s, 6),
               opened=rnd.streamed.opened)
 
     @staticmethod
