@@ -12,9 +12,8 @@ import numpy as np
 import secrobust
 from secrobust import ring
 from secrobust.certs import Identity, party_paths, worker_party
-from secrobust.deploy.local import LocalDeployment
+from secrobust.deploy.local import LocalDeployment, in_process_reference
 from secrobust.protocol import messages as M
-from secrobust.protocol import streaming
 from secrobust.protocol.messages import Message
 from secrobust.protocol.worker import share_key, share_update
 from secrobust.transport.grpc import PeerClient
@@ -103,7 +102,7 @@ def assert_same_result(got: secrobust.AggregateResult, want: secrobust.Aggregate
 
 def oracle(dep: LocalDeployment, x: np.ndarray, rule: str, f: int, **kw: Any) -> tuple[int, secrobust.AggregateResult]:
     """The in-process run with the round id the deployment will use next, its byte counts as the deployment
-    counts them (``streamed_stats``)."""
+    counts them (``secrobust.deploy.local.in_process_reference``)."""
     assert dep.operator is not None
     round_id = dep.operator.next_round_id()
     return round_id, in_process(round_id, x, rule, f, **kw)
@@ -111,40 +110,7 @@ def oracle(dep: LocalDeployment, x: np.ndarray, rule: str, f: int, **kw: Any) ->
 
 def in_process(round_id: int, x: np.ndarray, rule: str, f: int, **kw: Any) -> secrobust.AggregateResult:
     """``secrobust.aggregate`` as round ``round_id`` of a Cluster, with the deployment's byte counts."""
-    seen: list[tuple[str, str, str, int]] = []
-    cluster = secrobust.Cluster(kw.pop("seed", None), tap=lambda s, r, kind, data: seen.append((s, r, kind, len(data))))
-    cluster.next_round = round_id
-    drop = dict(kw.get("drop") or {})
-    res = cluster.run_round(x, rule, f, **kw)
-    streamed_stats(res.stats, seen, round_id, x.shape[0], x.shape[1], drop)
-    return res
-
-
-OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
-
-
-def streamed_stats(stats: Any, seen: list[tuple[str, str, str, int]], round_id: int, n: int, d: int,
-                   drop: dict[int, str]) -> None:
-    """Turn the in-process byte counts into the deployment's: S1 opens E to S0 by rows as the shares arrive
-    (one ``open_kind`` message per worker whose share reached S1) instead of by column chunks; every
-    other message is the same."""
-    kinds = {kind for _, _, kind, _ in seen if kind in OPEN_KINDS}
-    for sender, recipient, kind, nbytes in seen:
-        if kind in OPEN_KINDS:
-            stats.bytes_sent[sender] -= nbytes
-            stats.bytes_received[recipient] -= nbytes
-            stats.messages_sent[sender] -= 1
-            stats.bytes_between[(sender, recipient)] -= nbytes
-    if not kinds:
-        return
-    (kind,) = kinds
-    for i in range(n):
-        if drop.get(i) is None:
-            nbytes = len(streaming.opening_message(round_id, kind, i, np.zeros(d, dtype=np.uint64)).to_bytes())
-            stats.bytes_sent["S1"] += nbytes
-            stats.bytes_received["S0"] += nbytes
-            stats.messages_sent["S1"] += 1
-            stats.bytes_between[("S1", "S0")] += nbytes
+    return in_process_reference(round_id, x, rule, f, **kw)
 
 
 def pooled(dep: LocalDeployment, round_id: int, timeout: float = 30.0) -> str:
