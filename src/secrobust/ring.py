@@ -56,13 +56,13 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
 
     def encode_rows(start: int, stop: int) -> str | None:
         block = rows[start:stop]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            bad = start + int(np.flatnonzero(~finite)[0])
-            return f"update {bad} contains NaN or inf; the honest encoder refuses it"
         scaled = np.multiply(block, 2.0**frac_bits)
         np.rint(scaled, out=scaled)
         sq = np.einsum("ij,ij->i", scaled, scaled)
+        # A NaN or inf entry makes its row's sum of squares NaN or inf, so only such rows need a closer look.
+        for i in np.flatnonzero(~np.isfinite(sq)):
+            if not np.isfinite(block[i]).all():
+                return f"update {start + int(i)} contains NaN or inf; the honest encoder refuses it"
         over = sq > SCALED_NORM_BOUND**2 * (1 + 1e-6)
         near = ~over & (sq > SCALED_NORM_BOUND**2 * (1 - 1e-6))
         if near.any():
