@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 
+from aggregate_bench import best_of  # bench/ is on the path when this runs as a script
 from secrobust import ring_kernel
-
-
-def best_of(repeat: int, fn):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def candidates(a: np.ndarray, b: np.ndarray) -> dict:

@@ -3,9 +3,10 @@
 NumPy's integer einsum wraps mod 2^64, so every product here is exact. Speed comes from blocking:
 ``BLOCK_COLS`` columns of ``ROW_BLOCK`` rows stay in cache while they are multiplied, and the column
 blocks are split between threads (NumPy releases the GIL), each summing its own n x m partial.
-Measured on a 2-core AMD EPYC (AVX2) for a 50 x 4e5 by 4e5 x 50 product, one thread: unblocked
-einsum 0.81 s, NumPy matmul 0.94 s, torch 2.13 int64 mm 0.83-2.0 s (every block size), blocked einsum
-0.41 s, and the symmetric ``gram`` 0.26 s; ``bench/kernel_bench.py`` reproduces these numbers.
+Measured on a 2-core AMD EPYC (AVX2) for a 50 x 4e5 by 4e5 x 50 product, one thread: NumPy matmul 0.99 s,
+unblocked einsum 0.90 s, torch 2.13 int64 mm 1.63-1.75 s (any block size, and no faster on two threads),
+this kernel 0.43 s (0.26 s on two threads) and the symmetric ``gram`` 0.26 s (0.17 s):
+``bench/results/kernel_bench.txt``, made by ``bench/kernel_bench.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 BLOCK_COLS = 8192
 ROW_BLOCK = 10
-ROW_BLOCK_MATMUL = 0
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _threads = 0
@@ -73,11 +73,7 @@ def _sum_parts(work, k: int, shape: tuple[int, int]) -> np.ndarray:
     parts = _column_parts(k)
     if len(parts) <= 1:
         return work(0, k) if k else np.zeros(shape, dtype=np.uint64)
-    results = list(_executor().map(lambda p: work(*p), parts))
-    out = results[0]
-    for r in results[1:]:
-        out += r
-    return out
+    return _sum(list(_executor().map(lambda p: work(*p), parts)))
 
 
 def parallel_for(work: Callable[[int, int], object], total: int, step: int) -> list:
@@ -114,15 +110,11 @@ def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"ring product of shapes {a.shape} and {b.shape}.T")
 
-    rb = ROW_BLOCK_MATMUL or max(a.shape[0], b.shape[0])
-    tiles = [(i, j) for i in range(0, a.shape[0], rb) for j in range(0, b.shape[0], rb)]
-
     def work(start: int, stop: int) -> np.ndarray:
         out = np.zeros((a.shape[0], b.shape[0]), dtype=np.uint64)
         for c in range(start, stop, BLOCK_COLS):
             e = min(c + BLOCK_COLS, stop)
-            for i, j in tiles:
-                out[i:i + rb, j:j + rb] += np.einsum("ik,jk->ij", a[i:i + rb, c:e], b[j:j + rb, c:e])
+            out += np.einsum("ik,jk->ij", a[:, c:e], b[:, c:e])
         return out
 
     return _sum_parts(work, a.shape[1], (a.shape[0], b.shape[0]))

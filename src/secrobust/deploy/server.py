@@ -408,12 +408,7 @@ class ServerRuntime:
                                    "waited for its turn")
                 self._cv.wait(1.0)
             self._uploads += 1
-
-        def release() -> None:
-            with self._cv:
-                self._uploads -= 1
-                self._cv.notify_all()
-        return release
+        return self._slot_release("_uploads")
 
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
         """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
@@ -425,10 +420,13 @@ class ServerRuntime:
             while self._fetching >= FETCH_SLOTS and not self.closing:
                 self._cv.wait(1.0)
             self._fetching += 1
+        return self._slot_release("_fetching")
 
+    def _slot_release(self, counter: str) -> Callable[[], None]:
+        """The release of one slot counted in ``counter`` (taken under ``_cv``): give it back, wake waiters."""
         def release() -> None:
             with self._cv:
-                self._fetching -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
                 self._cv.notify_all()
         return release
 

@@ -54,33 +54,32 @@ class Message:
     version: int = VERSION
 
     def to_bytes(self) -> bytes:
-        header, payloads = self._encode()
-        return b"".join([header, *payloads])
+        header, wire = self._encode()
+        return b"".join([header, *(memoryview(a.reshape(-1)).cast("B") for a in wire)])
 
     def wire_size(self) -> int:
         """len(self.to_bytes()), without copying the arrays."""
-        header, payloads = self._encode()
-        return len(header) + sum(p.nbytes for p in payloads)
+        header, wire = self._encode()
+        return len(header) + sum(a.nbytes for a in wire)
 
     def detached(self) -> "Message":
         """The message as ``from_bytes(to_bytes())`` gives it, without copying the arrays: the header goes
         through the same encoding and checks, and the arrays become read-only little-endian views, so the
         receiver cannot change the sender's data."""
-        header, _ = self._encode()
+        header, wire = self._encode()
         h = _check_header(json.loads(header[8:]))
         arrays = {}
-        for name, arr in self.arrays.items():
-            a = np.asarray(arr)
-            a = a if a.flags.c_contiguous else a.copy(order="C")
-            view = a.astype(a.dtype.newbyteorder("<"), copy=False) if a.dtype.byteorder == ">" else a.view()
+        for name, a in zip(self.arrays, wire):
+            view = a.view()
             view.flags.writeable = False
             arrays[name] = view
         return Message(kind=h["kind"], round_id=h["round"], sender=h["sender"], recipient=h["recipient"],
                        fields={k: _decode_field(v) for k, v in h["fields"].items()}, arrays=arrays, version=h["v"])
 
-    def _encode(self) -> tuple[bytes, list[memoryview]]:
+    def _encode(self) -> tuple[bytes, list[np.ndarray]]:
+        """The header bytes, and the arrays as they cross the wire (C-contiguous, little-endian)."""
         specs = []
-        payloads = []
+        wire = []
         for name, arr in self.arrays.items():
             a = np.asarray(arr)
             a = a if a.flags.c_contiguous else a.copy(order="C")
@@ -89,14 +88,14 @@ class Message:
             if key not in _ALLOWED_DTYPES:
                 raise TypeError(f"array {name!r} has dtype {a.dtype}, not one of {sorted(_ALLOWED_DTYPES)}")
             specs.append([name, key, list(a.shape)])
-            payloads.append(memoryview(a.astype(dt, copy=False).reshape(-1)).cast("B"))
+            wire.append(a.astype(dt, copy=False))
         header = {
             "v": self.version, "kind": self.kind, "round": self.round_id, "sender": self.sender,
             "recipient": self.recipient, "fields": {k: _encode_field(v) for k, v in self.fields.items()},
             "arrays": specs,
         }
         hb = json.dumps(header, separators=(",", ":")).encode()
-        return b"".join([MAGIC, struct.pack("<I", len(hb)), hb]), payloads
+        return b"".join([MAGIC, struct.pack("<I", len(hb)), hb]), wire
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Message":

@@ -246,13 +246,7 @@ def column_chunks(state: ServerState) -> list[tuple[int, int]]:
 
 def input_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
     """This server's share of X[:, start:stop] for the participants (S0's is A0's rows, from the keys)."""
-    if state.party == 0:
-        return sharing.input_rows(_input_master(state), state.positions(), start, stop)
-    workers = state._participants()
-    out = np.empty((len(workers), stop - start), dtype=np.uint64)
-    for row, w in enumerate(workers):
-        out[row] = state.inputs[w][start:stop]
-    return out
+    return _weighted_rows(state, np.arange(len(state._participants())), start, stop)
 
 
 def _weighted_rows(state: ServerState, rows: np.ndarray, start: int, stop: int) -> np.ndarray:

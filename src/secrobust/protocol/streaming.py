@@ -91,14 +91,19 @@ def read_opening(msg: Message, worker_ids: tuple[int, ...], seen, d: int) -> tup
     return worker, e
 
 
+def _gram_buffer(size: int, kind: str) -> np.ndarray:
+    """Zeros for a Gram share of ``size`` rows: (size, size) for a gram triple, (size,) for a diag one."""
+    if kind not in ("gram", "diag"):
+        raise ValueError(f"triple kind is gram or diag, not {kind!r}")
+    return np.zeros((size, size) if kind == "gram" else size, dtype=np.uint64)
+
+
 class RowGram:
     """S1's X X^T (or its diagonal) for the rows of X in arrival order, accumulated block by block."""
 
     def __init__(self, capacity: int, kind: str) -> None:
-        if kind not in ("gram", "diag"):
-            raise ValueError(f"triple kind is gram or diag, not {kind!r}")
         self.kind = kind
-        self.g = np.zeros((capacity, capacity) if kind == "gram" else capacity, dtype=np.uint64)
+        self.g = _gram_buffer(capacity, kind)
         self.done = 0
 
     def add(self, x: np.ndarray, stop: int) -> None:
@@ -146,10 +151,8 @@ class ColumnGram:
     """S0's 2 A0 E^T (or its diagonal), A0 holding every planned position, filled as rows of E arrive."""
 
     def __init__(self, n_plan: int, kind: str) -> None:
-        if kind not in ("gram", "diag"):
-            raise ValueError(f"triple kind is gram or diag, not {kind!r}")
         self.kind = kind
-        self.g = np.zeros((n_plan, n_plan) if kind == "gram" else n_plan, dtype=np.uint64)
+        self.g = _gram_buffer(n_plan, kind)
         self.filled: set[int] = set()
 
     def add(self, a0: np.ndarray, positions: list[int], e_rows: list[np.ndarray]) -> None:
