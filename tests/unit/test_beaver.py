@@ -1,4 +1,4 @@
-"""Matrix Beaver triples (dealer.py) and the Gram/distance identities of DESIGN section 4, steps 2-4."""
+"""Matrix Beaver triples (dealer.py) and the Gram/distance identities of docs/protocol.md, steps 2-4."""
 
 import numpy as np
 import pytest
@@ -136,7 +136,7 @@ def test_a_sub_triple_for_a_subset_of_rows_is_consistent(t, data):
         assert c_sub.tolist() == [g[i][i] for i in range(pos.size)]
 
 
-# --- the Gram-share identity (DESIGN step 3, as in protocol/server.py) --------------------------
+# --- the Gram-share identity (docs/protocol.md step 3, as in protocol/server.py) -----------------
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 5), d=st.integers(1, 6), seeds=st.tuples(seed16, seed16, seed16), data=st.data())

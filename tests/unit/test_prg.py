@@ -1,4 +1,4 @@
-"""Seeds, keystreams and domain separation (DESIGN section 3)."""
+"""Seeds, keystreams and domain separation (docs/protocol.md, Randomness)."""
 
 import hashlib
 import hmac

@@ -1,4 +1,4 @@
-"""Properties of the ring Z_2^64 and its fixed-point encoding (DESIGN section 2)."""
+"""Properties of the ring Z_2^64 and its fixed-point encoding (docs/protocol.md, Arithmetic)."""
 
 import math
 from fractions import Fraction

@@ -1,4 +1,4 @@
-"""The two servers' steps of one round (DESIGN section 4, with a one-way opening), as functions of explicit state.
+"""The two servers' steps of one round (docs/protocol.md: the one-way opening), as functions of explicit state.
 
 S0's share of worker i's encoded update is X0_i = PRG(k_i), where k_i (which S0 hands the worker) is
 derived from the dealer's seed of the mask A0: so X0 = A0. S1 holds X1 = X - X0. With Y = X - v (v the
