@@ -50,7 +50,7 @@ def test_secure_equals_plaintext(rule, options, seed):
         options = {**options, "center": x[f:].mean(axis=0) + 0.1}
     frac_bits = int(rng.choice([12, 16, 20]))
 
-    secure = secrobust.aggregate(x, rule, f, frac_bits=frac_bits, seed=seed, **options)
+    secure = secrobust.aggregate(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, **options)
     plain = secrobust.plain_aggregate(x, rule, f, frac_bits=frac_bits, **options)
 
     assert np.array_equal(secure.weights, plain.weights)
@@ -66,7 +66,7 @@ def test_secure_equals_plaintext(rule, options, seed):
 @settings(max_examples=25, deadline=None)
 def test_secure_distances_are_the_exact_squared_distances_of_the_encodings(seed, rule):
     x = updates_with_outliers(seed, 9, 17, 2)
-    res = secrobust.aggregate(x, rule, 2, seed=seed)
+    res = secrobust.aggregate(x, rule, 2, insecure_test_seed=seed)
     enc = ring.encode(x).view(np.int64).astype(object)
     exact = np.array([[sum((a - b) ** 2 for a, b in zip(enc[i], enc[j])) for j in range(9)] for i in range(9)],
                      dtype=np.float64) / 2.0 ** (2 * ring.DEFAULT_FRAC_BITS)
@@ -99,7 +99,7 @@ def test_krum_uses_the_n_minus_f_minus_2_closest_neighbours():
             break
     else:
         pytest.fail("no discriminating example found")
-    secure = secrobust.aggregate(x, "krum", f, seed=seed)
+    secure = secrobust.aggregate(x, "krum", f, insecure_test_seed=seed)
     assert int(np.argmax(secure.weights)) == picks[n - f - 2]
     assert np.array_equal(krum_scores(d, f), np.array([sum(sorted(np.delete(d[i], i))[: n - f - 2]) for i in range(n)]))
 
@@ -154,9 +154,9 @@ def test_norm_clip_and_cclip_clip_to_tau():
 def test_accepts_torch_tensors_and_lists():
     torch = pytest.importorskip("torch")
     x = updates_with_outliers(8, 7, 12, 1)
-    a = secrobust.aggregate(torch.tensor(x), "krum", 1, seed=0)
-    b = secrobust.aggregate([row for row in x], "krum", 1, seed=0)
-    c = secrobust.aggregate(x.astype(np.float32), "krum", 1, seed=0)
+    a = secrobust.aggregate(torch.tensor(x), "krum", 1, insecure_test_seed=0)
+    b = secrobust.aggregate([row for row in x], "krum", 1, insecure_test_seed=0)
+    c = secrobust.aggregate(x.astype(np.float32), "krum", 1, insecure_test_seed=0)
     assert np.array_equal(a.aggregate, b.aggregate)
     assert np.array_equal(a.weights, c.weights)
     assert np.array_equal(secrobust.rules.krum(torch.tensor(x), 1), a.weights)
@@ -164,7 +164,7 @@ def test_accepts_torch_tensors_and_lists():
 
 def test_cclip_centers_on_the_previous_aggregate_across_rounds():
     x = updates_with_outliers(6, 9, 40, 2)
-    cluster = secrobust.Cluster(seed=1)
+    cluster = secrobust.Cluster(insecure_test_seed=1)
     first = cluster.run_round(x, "cclip", 2, tau=0.5)
     second = cluster.run_round(x, "cclip", 2, tau=0.5)
     assert np.array_equal(first.aggregate, secrobust.plain_aggregate(x, "cclip", 2, tau=0.5).aggregate)

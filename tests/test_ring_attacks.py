@@ -96,14 +96,14 @@ def test_every_ring_attack_is_rejected_under_every_rule(rule, attack):
     # Prepare: worker 0 sends the attack's ring elements, the others their honest updates
     f = 2
     # Execute
-    res = secrobust.aggregate(X, rule, f, ring_rows={BYZ: ATTACKS[attack]}, seed=11)
+    res = secrobust.aggregate(X, rule, f, ring_rows={BYZ: ATTACKS[attack]}, insecure_test_seed=11)
     twin = secrobust.plain_aggregate(np.delete(X, BYZ, axis=0), rule, f - 1)
     # Assert: rejected with its reason, weight 0, and the round is the honest-only round
     assert res.rejected == {BYZ: validity.REASON}
     assert res.weights[BYZ] == 0.0 and BYZ not in res.participants
     np.testing.assert_array_equal(res.weights[1:], twin.weights)
     np.testing.assert_array_equal(res.aggregate, twin.aggregate)
-    plain = secrobust.plain_aggregate(X, rule, f, ring_rows={BYZ: ATTACKS[attack]}, seed=11)
+    plain = secrobust.plain_aggregate(X, rule, f, ring_rows={BYZ: ATTACKS[attack]}, insecure_test_seed=11)
     np.testing.assert_array_equal(plain.aggregate, res.aggregate)
     assert plain.rejected == res.rejected
 
@@ -146,7 +146,7 @@ def test_too_many_rejections_abort_the_round():
 def test_cclip_never_keeps_a_center_the_encoder_refuses():
     """One round whose aggregate leaves the encoder's range (here: DP noise far above it) cannot stop the next
     rounds: the next center is scaled back into range."""
-    cluster = Cluster(2)
+    cluster = Cluster(insecure_test_seed=2)
     big = cluster.run_round(X, "cclip", 2, dp_noise_std=40.0)
     assert np.linalg.norm(big.aggregate) > secrobust.max_norm(F, D)
     nxt = cluster.run_round(X, "cclip", 2, ring_rows={BYZ: ATTACKS["norm-wrap"]})

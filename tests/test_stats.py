@@ -16,7 +16,7 @@ HEADER = 400  # generous upper bound on one message's framing + JSON header
 def test_bytes_match_the_formulas(n, d, chunk_bytes):
     x = np.random.default_rng(0).normal(size=(n, d))
     log = []
-    res = Cluster(0, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, chunk_bytes=chunk_bytes)
+    res = Cluster(insecure_test_seed=0, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, chunk_bytes=chunk_bytes)
     by = defaultdict(list)
     for sender, recipient, kind, data in log:
         by[(sender.split(":")[0], recipient.split(":")[0], kind)].append(len(data))
@@ -93,12 +93,12 @@ def test_phases_are_timed():
 def test_dp_noise_has_the_stated_variance_and_matches_the_plaintext_twin():
     x = np.random.default_rng(3).normal(size=(7, 20000)) * 0.01
     sigma = 0.05
-    clean = secrobust.aggregate(x, "mean", seed=4)
-    noisy = secrobust.aggregate(x, "mean", seed=4, dp_noise_std=sigma)
+    clean = secrobust.aggregate(x, "mean", insecure_test_seed=4)
+    noisy = secrobust.aggregate(x, "mean", insecure_test_seed=4, dp_noise_std=sigma)
     noise = noisy.aggregate - clean.aggregate
     assert abs(noise.mean()) < 5 * np.sqrt(2) * sigma / np.sqrt(noise.size)
     assert abs(noise.std() / (np.sqrt(2) * sigma) - 1) < 0.03
-    twin = secrobust.plain_aggregate(x, "mean", seed=4, dp_noise_std=sigma)
+    twin = secrobust.plain_aggregate(x, "mean", insecure_test_seed=4, dp_noise_std=sigma)
     assert np.array_equal(twin.aggregate, noisy.aggregate)
-    other = secrobust.aggregate(x, "mean", seed=5, dp_noise_std=sigma)
+    other = secrobust.aggregate(x, "mean", insecure_test_seed=5, dp_noise_std=sigma)
     assert not np.array_equal(other.aggregate, noisy.aggregate)

@@ -54,7 +54,7 @@ def test_honest_inputs_at_and_below_the_bound_pass(d, f):
     rows = [at_bound(k, d, f, rng) * s for k in ("axis", "flat", "random") for s in (1.0, 1 - 1e-9, 0.5)]
     x = np.array(rows + [np.zeros(d)])
     for seed in range(3):
-        res = secrobust.aggregate(x, "mean", seed=seed, frac_bits=f)
+        res = secrobust.aggregate(x, "mean", insecure_test_seed=seed, frac_bits=f)
         assert res.rejected == {}
 
 
@@ -64,7 +64,8 @@ def test_completeness_in_high_dimension():
     x = np.array([at_bound(k, d, 20, rng) for k in ("axis", "flat", "random")])
     for seed in range(4):
         assert validity.plain_accept(ring.encode(x), bytes([seed]) * 16).all()
-    assert secrobust.aggregate(x[:, :100_000] * np.sqrt(3), "mean", seed=1).rejected == {}
+    assert secrobust.aggregate(x[:, :100_000] * np.sqrt(3), "mean", insecure_test_seed=1,
+                               min_participants=3).rejected == {}
 
 
 def test_the_encoder_and_the_check_agree_exactly_at_the_bound():
@@ -154,11 +155,11 @@ def test_a_tighter_norm_bound_caps_every_contribution():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x[3] *= 1.5
     x[5] *= 1.0 + 1e-3
-    res = secrobust.aggregate(x, "mean", norm_bound=1.0, seed=2)
+    res = secrobust.aggregate(x, "mean", norm_bound=1.0, insecure_test_seed=2)
     assert sorted(res.rejected) == [3, 5] and res.weights[3] == res.weights[5] == 0
-    twin = secrobust.plain_aggregate(x, "mean", norm_bound=1.0, seed=2)
+    twin = secrobust.plain_aggregate(x, "mean", norm_bound=1.0, insecure_test_seed=2)
     np.testing.assert_array_equal(res.aggregate, twin.aggregate)
-    assert secrobust.aggregate(x, "mean", seed=2).rejected == {}
+    assert secrobust.aggregate(x, "mean", insecure_test_seed=2).rejected == {}
     assert validity.scaled_bound(1.0, 20, 300) == 2**20 + math.ceil(math.sqrt(300) / 2)
 
 
@@ -166,7 +167,7 @@ def test_a_tighter_norm_bound_caps_every_contribution():
                                        (200.0, "norm_bound 200 is above the encoder's range 128 at frac_bits=20, d=4"), (True, "positive finite")])
 def test_bad_norm_bounds_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
-        secrobust.aggregate(np.ones((3, 4)), "mean", norm_bound=bad)
+        secrobust.aggregate(np.ones((5, 4)), "mean", norm_bound=bad)
 
 
 def test_the_deployment_request_carries_the_norm_bound():

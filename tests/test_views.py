@@ -15,7 +15,7 @@ N, D = 8, 4096
 
 def run_and_record(x: np.ndarray, seed: int, rule: str = "krum") -> list[tuple[str, str, str, bytes]]:
     log: list[tuple[str, str, str, bytes]] = []
-    Cluster(seed, tap=lambda *m: log.append(m)).run_round(x, rule, 1)
+    Cluster(insecure_test_seed=seed, tap=lambda *m: log.append(m)).run_round(x, rule, 1)
     return log
 
 
@@ -119,7 +119,7 @@ def test_a_rejected_worker_changes_only_the_declared_output():
     x = INPUTS["structured"]
     wrapped = ring.encode(x[0]) + (np.uint64(1) << np.uint64(40))
     log: list = []
-    res = Cluster(7, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, ring_rows={0: wrapped})
+    res = Cluster(insecure_test_seed=7, tap=lambda *m: log.append(m)).run_round(x, "krum", 1, ring_rows={0: wrapped})
     assert list(res.rejected) == [0]
     for party in ("S0", "S1"):
         w = words(view_of(log, party)["validity-open"], "x")

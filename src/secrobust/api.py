@@ -23,7 +23,7 @@ from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise
 from .protocol.worker import share_key, share_update, worker_name
 from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
-from .rules.registry import get_rule
+from .rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from .rules.view import DISTANCES, NORMS, Choice
 from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates, safe_center
@@ -52,10 +52,12 @@ class Cluster:
     """Two servers and a dealer kept across rounds, so triple reuse is refused over a whole training run.
 
     cclip's center defaults to the previous round's aggregate (zero in the first round).
+    Every party's randomness is fresh from ``secrets`` unless ``insecure_test_seed`` fixes it (tests and
+    simulations only: two runs with one seed reuse every mask, so S1 would learn x - x').
     """
 
-    def __init__(self, seed: bytes | int | None = None, tap: Tap | None = None) -> None:
-        self.seeds = SeedSource(seed)
+    def __init__(self, *, insecure_test_seed: bytes | int | None = None, tap: Tap | None = None) -> None:
+        self.seeds = SeedSource(insecure_test_seed)
         self.tap = tap
         self.s0, self.s1 = ServerNode(0), ServerNode(1)
         self.dealer = DealerNode()
@@ -65,10 +67,12 @@ class Cluster:
     def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                   dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
                   drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                  check_inputs: bool = True, norm_bound: float | None = None, **options: Any) -> AggregateResult:
+                  check_inputs: bool = True, norm_bound: float | None = None,
+                  min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
+        refuse_seed_option(options)
+        spec = with_min_cohort(get_rule(rule), min_participants)
         round_id = self.next_round
         self.next_round += 1
-        spec = get_rule(rule)
         ring.check_frac_bits(frac_bits)
         x = as_matrix(updates)
         n, d = x.shape
@@ -117,9 +121,9 @@ class Cluster:
                 s1.receive_share(msg)
 
         with _phase(stats, "agree"):
-            participants = s1.agree(None, spec.min_n(f), spec.requirement)
+            participants = s1.agree(None, spec.minimum(f), spec.needs(f))
             channel.send(s1.participants_message())
-            s0.agree(channel.receive("S0", M.PARTICIPANTS), spec.min_n(f), spec.requirement)
+            s0.agree(channel.receive("S0", M.PARTICIPANTS), spec.minimum(f), spec.needs(f))
 
         if check_inputs:
             with _phase(stats, "validity"):
@@ -190,15 +194,18 @@ class Cluster:
 
 
 def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-              seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
+              insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
               ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
               chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
-              **options: Any) -> AggregateResult:
+              min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
     S1 learns the squared distances (or, for norm-clip/cclip, the squared norms) of the encoded
     updates; both servers learn the weights and the aggregate; the dealer learns only (n, d).
-    ``seed`` fixes every party's randomness (tests); by default seeds are fresh from ``secrets``.
+    Seeds are fresh from ``secrets``; ``insecure_test_seed`` fixes every party's randomness, for tests and
+    simulations only (the same seed on other data reuses every mask: S1 would learn x - x').
+    ``min_participants`` (default 5, at least 2) aborts a round that would aggregate fewer workers, after
+    dropouts and rejections: the aggregate of one worker is its update.
     ``unchecked`` lists workers whose float rows bypass the honest encoder, and ``ring_rows`` maps a worker
     to the exact uint64 ring vector (d,) it sends (simulated Byzantine workers; those rows of ``updates``
     are ignored). ``drop`` maps a worker to the server(s) its share never reaches ("S0", "S1" or "both").
@@ -209,25 +216,29 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
     with DP, set it to the clipping norm so that no worker, malicious or not, contributes more.
     ``check_inputs=False`` skips the check (benchmarks only: robustness then fails against ring attacks).
     """
-    return Cluster(seed).run_round(updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std,
-                                   unchecked=unchecked, ring_rows=ring_rows, drop=drop, chunk_bytes=chunk_bytes,
-                                   check_inputs=check_inputs, norm_bound=norm_bound, **options)
+    refuse_seed_option(options)
+    return Cluster(insecure_test_seed=insecure_test_seed).run_round(
+        updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std, unchecked=unchecked, ring_rows=ring_rows,
+        drop=drop, chunk_bytes=chunk_bytes, check_inputs=check_inputs, norm_bound=norm_bound,
+        min_participants=min_participants, **options)
 
 
 def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-                    seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
+                    insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                     ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
-                    norm_bound: float | None = None, round_id: int = 0, **options: Any) -> AggregateResult:
-    """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate;
-    with ``seed``, the same DP noise and validity projections too; ``round_id`` names the round of a
-    seeded ``Cluster`` to mirror)."""
+                    norm_bound: float | None = None, round_id: int = 0,
+                    min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
+    """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate, same
+    minimum cohort; with ``insecure_test_seed``, the same DP noise and validity projections too;
+    ``round_id`` names the round of a seeded ``Cluster`` to mirror)."""
+    refuse_seed_option(options)
     check_noise_std(dp_noise_std, frac_bits)
     stats = Stats()
     with _phase(stats, "plain"):
-        seeds = SeedSource(seed)
+        seeds = SeedSource(insecure_test_seed)
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
         run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows, check_inputs=check_inputs,
-                        validity_seed=vseed, norm_bound=norm_bound, **options)
+                        validity_seed=vseed, norm_bound=norm_bound, min_participants=min_participants, **options)
         n, d = run.encoded.shape
         total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
         if dp_noise_std:
@@ -236,6 +247,13 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                                      frac_bits)
         out = finish_aggregate(total, frac_bits, run.center, run.choice)
     return make_result(out, run.choice, run.view, run.participants, n, stats, rule, f, run.rejected)
+
+
+def refuse_seed_option(options: Mapping[str, Any]) -> None:
+    """A clear error for the old ``seed=`` keyword, which would otherwise read as a rule option."""
+    if "seed" in options:
+        raise TypeError("seed= is now insecure_test_seed=: a fixed seed is for tests only (by default every seed is "
+                        "fresh), since one seed on two inputs reuses every mask")
 
 
 def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int, ...], n: int, stats: Stats,

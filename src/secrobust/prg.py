@@ -1,8 +1,9 @@
 """Seeds and their expansion into keystreams, with domain separation.
 
 A seed is 16 or 32 bytes from ``secrets``. For each use, a 128-bit AES key is derived as
-HMAC-SHA256(seed, "secrobust/v1|" + len(seed) + label)[:16], and the keystream is AES-128-CTR under that key
-from counter block 0. Labels name the round, the party and the purpose, so no two uses share a
+HMAC-SHA256(seed, "secrobust/v1|" + len(seed) + "key|" + label)[:16], and the keystream is AES-128-CTR under
+that key from counter block 0. Child seeds use the tag "seed|" instead of "key|", so no label can make a
+key equal a child seed. Labels name the round, the party and the purpose, so no two uses share a
 keystream. CTR mode gives random access: word k of a stream is computed without the words before.
 """
 
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SEED_BYTES = 16
 _DOMAIN = b"secrobust/v1|"
+_KEY_TAG = b"key|"
+_SEED_TAG = b"seed|"
 _WORD = 8
 _BLOCK = 16
 _PIECE = 1 << 20
@@ -47,13 +50,13 @@ def label(*parts: object) -> str:
 def derive_key(seed: bytes, purpose: str) -> bytes:
     """The AES-128 key for one (seed, label) pair."""
     seed = check_seed(seed)
-    return hmac.new(seed, _DOMAIN + bytes([len(seed)]) + purpose.encode(), hashlib.sha256).digest()[:16]
+    return hmac.new(seed, _DOMAIN + bytes([len(seed)]) + _KEY_TAG + purpose.encode(), hashlib.sha256).digest()[:16]
 
 
 def derive_seed(master: bytes, purpose: str) -> bytes:
     """A child seed for a labelled purpose (used to make whole runs reproducible from one seed)."""
     master = check_seed(master)
-    return hmac.new(master, _DOMAIN + bytes([len(master)]) + b"seed|" + purpose.encode(), hashlib.sha256).digest()[:SEED_BYTES]
+    return hmac.new(master, _DOMAIN + bytes([len(master)]) + _SEED_TAG + purpose.encode(), hashlib.sha256).digest()[:SEED_BYTES]
 
 
 def keystream(seed: bytes, purpose: str, nbytes: int, offset: int = 0) -> bytes:

@@ -205,8 +205,8 @@ def test_protocol_messages_above_their_limits_are_refused_before_they_are_read(d
 
 def test_dp_noise_with_a_test_seed_is_the_in_process_noise(dep):
     x = _updates(4)
-    want = secrobust.aggregate(x, "multi-krum", 1, seed=11, dp_noise_std=0.01)
-    got = dep.aggregate(x, "multi-krum", 1, seed=11, dp_noise_std=0.01)
+    want = secrobust.aggregate(x, "multi-krum", 1, insecure_test_seed=11, dp_noise_std=0.01)
+    got = dep.aggregate(x, "multi-krum", 1, insecure_test_seed=11, dp_noise_std=0.01)
     assert_same_result(got, want, bytes_too=False)
 
 

@@ -80,6 +80,6 @@ def test_revealed_aggregate_carries_both_servers_noise() -> None:
     sigma, d = 0.01, 20_000
     rows = np.zeros((5, d))
 
-    noisy = secrobust.plain_aggregate(rows, rule="mean", f=0, seed=3, dp_noise_std=sigma).aggregate
+    noisy = secrobust.plain_aggregate(rows, rule="mean", f=0, insecure_test_seed=3, dp_noise_std=sigma).aggregate
 
     assert noisy.std() == pytest.approx(np.sqrt(2) * sigma, rel=0.03)

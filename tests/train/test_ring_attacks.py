@@ -165,7 +165,7 @@ def test_without_the_validity_check_zero_wrap_takes_weight_and_with_it_none() ->
     byz = {j: rows[j] for j in range(4)}
 
     old = secrobust.plain_aggregate(x, "multi-krum", 4, ring_rows=byz, check_inputs=False)
-    new = secrobust.plain_aggregate(x, "multi-krum", 4, ring_rows=byz, seed=1)
+    new = secrobust.plain_aggregate(x, "multi-krum", 4, ring_rows=byz, insecure_test_seed=1)
 
     assert old.weights[:4].sum() > 0
     assert np.abs(old.aggregate[:10]).max() > 100

@@ -20,7 +20,7 @@ labels = st.text(max_size=20)
 
 def test_keystream_is_aes128_ctr_under_the_hmac_derived_key():
     # Prepare: the construction written out independently of prg.py (module docstring)
-    key = hmac.new(SEED, b"secrobust/v1|" + bytes([len(SEED)]) + "share|3|worker|1".encode(), hashlib.sha256).digest()[:16]
+    key = hmac.new(SEED, b"secrobust/v1|" + bytes([len(SEED)]) + b"key|" + "share|3|worker|1".encode(), hashlib.sha256).digest()[:16]
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     want = b"".join(ecb.update(i.to_bytes(16, "big")) for i in range(4))
     # Execute
@@ -136,6 +136,14 @@ def test_derive_seed_is_deterministic_labelled_and_distinct_from_the_key():
     assert a == prg.derive_seed(SEED, "run|1") and len(a) == 16
     assert a != prg.derive_seed(SEED, "run|2")
     assert a != prg.derive_key(SEED, "run|1")
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, purpose=labels)
+def test_no_label_makes_a_key_equal_a_child_seed(seed, purpose):
+    # the old construction gave derive_key(s, "seed|" + p) == derive_seed(s, p)
+    assert prg.derive_key(seed, "seed|" + purpose) != prg.derive_seed(seed, purpose)
+    assert prg.derive_seed(seed, "key|" + purpose) != prg.derive_key(seed, purpose)
 
 
 def _byte_chi2_p(data: bytes) -> float:

@@ -265,7 +265,7 @@ class LocalDeployment:
     # rounds
 
     def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
-                  seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
+                  insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                   ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
                   share_window_s: float | None = None, absent: Any = (), **options: Any) -> api.AggregateResult:
@@ -275,12 +275,14 @@ class LocalDeployment:
         in-process (the worker process is cut off from the named server: from S0 it gets no key and sends
         nothing, to S1 its masked share is lost / bypasses the encoder / shares the given uint64 ring
         elements as they are). ``absent`` lists workers that get no input this round and so fetch and
-        send nothing at all. ``seed`` (testing only) makes the servers' DP noise that of
-        ``secrobust.aggregate(seed=...)``; the result depends on no other seed (the input validity
-        check's decisions hold for any projections, except with probability 2^-40).
+        send nothing at all. ``insecure_test_seed`` (tests only; the servers refuse it unless started with
+        ``LocalOptions(insecure_test_seeds=True)``) makes the servers' DP noise that of
+        ``secrobust.aggregate(insecure_test_seed=...)``; the result depends on no other seed (the input
+        validity check's decisions hold for any projections, except with probability 2^-40).
         """
         if self.operator is None:
             raise RuntimeError("the deployment is not running; use it as a context manager or call start()")
+        api.refuse_seed_option(options)
         spec = get_rule(rule)
         ring.check_frac_bits(frac_bits)
         x = as_matrix(updates)
@@ -317,7 +319,7 @@ class LocalDeployment:
                 round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
                 options=rule_options, center=center,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
-                dp_noise_std=dp_noise_std, test_seed=_test_seed(seed), seed_round=0,
+                dp_noise_std=dp_noise_std, test_seed=_test_seed(insecure_test_seed), seed_round=0,
                 check_inputs=check_inputs, norm_bound=norm_bound), statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
@@ -351,7 +353,7 @@ def _test_seed(seed: bytes | int | None) -> int | str | None:
 
 
 def in_process_reference(round_id: int, updates: Any, rule: str = "krum", f: int = 0, *,
-                         seed: bytes | int | None = None, **kwargs: Any) -> api.AggregateResult:
+                         insecure_test_seed: bytes | int | None = None, **kwargs: Any) -> api.AggregateResult:
     """``secrobust.aggregate`` run as round ``round_id`` of a ``Cluster`` (so triple ids, and with them the
     byte counts, are those of that round), with ``stats`` counted as the deployment counts them: the
     deployment opens E by rows, one message per worker whose share reached S1, as each share arrives
@@ -362,7 +364,7 @@ def in_process_reference(round_id: int, updates: Any, rule: str = "krum", f: int
     from ..protocol import streaming
 
     seen: list[tuple[str, str, str, int]] = []
-    cluster = api.Cluster(seed, tap=lambda s, r, kind, data: seen.append((s, r, kind, len(data))))
+    cluster = api.Cluster(insecure_test_seed=insecure_test_seed, tap=lambda s, r, kind, data: seen.append((s, r, kind, len(data))))
     cluster.next_round = round_id
     res = cluster.run_round(updates, rule, f, **kwargs)
     n, d = as_matrix(updates).shape

@@ -942,7 +942,7 @@ class ServerRuntime:
         fresh contribution to the check's projection seed (the shares are fixed now)."""
         with self._phase(rnd, "agree"):
             with self._cv:
-                rnd.participants = self.node.agree(None, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+                rnd.participants = self.node.agree(None, rnd.spec.minimum(rnd.request.f), rnd.spec.needs(rnd.request.f))
                 msgs = [self.node.participants_message()]
                 if rnd.plan.validity:
                     msgs.append(self.node.validity_seed_message(prg.fresh_seed()))
@@ -1060,7 +1060,7 @@ class ServerRuntime:
                 msg = rnd.inbox[M.PARTICIPANTS].popleft()
                 rnd.intake_open = False
                 self._cv.notify_all()
-                rnd.participants = self.node.agree(msg, rnd.spec.min_n(rnd.request.f), rnd.spec.requirement)
+                rnd.participants = self.node.agree(msg, rnd.spec.minimum(rnd.request.f), rnd.spec.needs(rnd.request.f))
                 extra = set(rnd.streamed.order) - set(rnd.participants)
                 if extra:
                     raise RoundAborted(f"S1 opened the rows of {sorted(extra)} but did not list them as participants")

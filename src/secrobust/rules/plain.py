@@ -14,7 +14,7 @@ import numpy as np
 from .. import ring, validity
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .possible import choose_possible, effective_f, require_passed
-from .registry import get_rule
+from .registry import get_rule, with_min_cohort
 from .view import DISTANCES, Choice, View, view_words
 
 
@@ -53,11 +53,12 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               unchecked: Any = (), ring_rows: Any = None, check_inputs: bool = False,
-              validity_seed: bytes | None = None, norm_bound: float | None = None, **options: Any) -> PlainRun:
+              validity_seed: bytes | None = None, norm_bound: float | None = None,
+              min_participants: int | None = None, **options: Any) -> PlainRun:
     """The rule on the encodings of the workers that pass the validity check (with ``check_inputs``: the
     projections of ``validity_seed`` and the bound ``norm_bound``, real units), with S1's range filter of
-    the opened view, like the servers."""
-    spec = get_rule(rule)
+    the opened view, like the servers; ``min_participants`` adds the servers' minimum cohort."""
+    spec = get_rule(rule) if min_participants is None else with_min_cohort(get_rule(rule), min_participants)
     x = as_matrix(updates)
     n, d = x.shape
     center_value, rule_options = split_options(rule, options)

@@ -26,9 +26,9 @@ def effective_f(f: int, rejected: Mapping[int, str]) -> int:
 def require_passed(spec: RuleSpec, n_passed: int, f: int, rejected: Mapping[int, str], where: str = "") -> None:
     """Abort (``RoundAborted``) if the n_passed workers that passed the check are too few for the rule."""
     f_eff = effective_f(f, rejected)
-    if n_passed < spec.min_n(f_eff):
+    if n_passed < spec.minimum(f_eff):
         raise RoundAborted(f"{where}{n_passed} workers passed the input validity check; rule {spec.name!r} needs "
-                           f"{spec.requirement} with f = {f_eff}")
+                           f"{spec.needs(f_eff)} with f = {f_eff}")
 
 
 def choose_possible(spec: RuleSpec, view: View, n: int, f: int, frac_bits: int, options: dict[str, Any],
@@ -37,9 +37,9 @@ def choose_possible(spec: RuleSpec, view: View, n: int, f: int, frac_bits: int, 
     runs on the workers with a possible view, with f less the workers proven malformed among the dropped."""
     keep, proven = impossible_view_filter(view, n, frac_bits, f)
     f_eff = max(0, f - proven)
-    if len(keep) < spec.min_n(f_eff):
+    if len(keep) < spec.minimum(f_eff):
         raise RoundAborted(f"{where}only {len(keep)} workers have a possible view; rule {spec.name!r} needs "
-                           f"{spec.requirement}")
+                           f"{spec.needs(f_eff)}")
     sub = apply(spec, restrict_view(view, keep), len(keep), f_eff, options)
     weights = np.zeros(n)
     weights[keep] = sub.weights

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .view import Choice, View
@@ -18,6 +18,18 @@ class RuleSpec:
     reveals: Callable[[dict], tuple[str, ...]]
     min_n: Callable[[int], int]
     requirement: str
+    cohort: int = 1
+    """The servers' minimum number of participants (``with_min_cohort``), on top of the rule's own."""
+
+    def minimum(self, f: int) -> int:
+        """The fewest participants a round with this f may aggregate."""
+        return max(self.min_n(f), self.cohort)
+
+    def needs(self, f: int) -> str:
+        """What ``minimum(f)`` asks for, in words."""
+        if self.cohort > self.min_n(f):
+            return f"at least {self.cohort} participants (min_participants)"
+        return self.requirement
 
     def options(self) -> tuple[str, ...]:
         params = inspect.signature(self.choose).parameters
@@ -27,13 +39,31 @@ class RuleSpec:
         """Raise ValueError, saying what is allowed, for bad f, too small n or unknown options."""
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise ValueError(f"f must be a non-negative integer, got {f!r}")
-        if n < self.min_n(f):
-            raise ValueError(f"rule {self.name!r} needs {self.requirement}; got n={n}, f={f} "
-                             f"(n must be at least {self.min_n(f)})")
+        if n < self.minimum(f):
+            raise ValueError(f"rule {self.name!r} needs {self.needs(f)}; got n={n}, f={f} "
+                             f"(n must be at least {self.minimum(f)})")
         unknown = sorted(set(options) - set(self.options()))
         if unknown:
             allowed = ", ".join(self.options()) or "none"
             raise ValueError(f"rule {self.name!r} got unknown option(s) {unknown}; allowed: {allowed}")
+
+
+DEFAULT_MIN_PARTICIPANTS = 5
+"""The smallest cohort a round aggregates over by default: a round over one worker reveals its update."""
+
+
+def check_min_participants(m: Any) -> int:
+    """m itself if it is an integer >= 2 (with one participant the aggregate is that worker's update)."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+        raise ValueError(f"min_participants must be an integer >= 2 (a round over one worker reveals its update), "
+                         f"got {m!r}")
+    return m
+
+
+def with_min_cohort(spec: RuleSpec, m: int) -> RuleSpec:
+    """``spec`` that also needs at least m participants, wherever the servers count them: when the
+    participants are fixed (after dropouts), after the input validity check, and before the rule runs."""
+    return replace(spec, cohort=check_min_participants(m))
 
 
 _REGISTRY: dict[str, RuleSpec] = {}

@@ -25,8 +25,10 @@ carried to the remaining evaluation points.
 
 Randomness: the data seed drives the train/test split and partition; the training seed drives
 the model's initialisation, the Byzantine subset, the mini-batches, the attacks and the
-engine's per-round seed. Secure and plaintext runs with equal seeds therefore see identical
-inputs in round 0, and identical inputs in every round as long as the revealed aggregates agree.
+engine's per-round ``insecure_test_seed`` (a simulation: every party runs here). Secure and plaintext runs
+with equal seeds therefore see identical inputs in round 0, and identical inputs in every round as long
+as the revealed aggregates agree. An injected deployment (``secure_aggregate``) gets no seed: its servers
+draw their masks, validity projections and DP noise fresh, so DP runs over it match in distribution only.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class RunResult:
 
 SecureAggregate = Callable[..., Any]
 """What a secure run calls every round: ``fn(updates, rule, f, **kwargs)`` with the keyword arguments of
-``secrobust.aggregate`` (frac_bits, seed, dp_noise_std, unchecked, rule options, and ``ring_rows`` under a
+``secrobust.aggregate`` except ``insecure_test_seed`` (frac_bits, dp_noise_std, unchecked, rule options, and ``ring_rows`` under a
 ring attack only), returning a result with ``aggregate``, ``weights`` and optionally ``rejected``.
 ``secrobust.aggregate`` (all parties in this process) by default;
 ``LocalDeployment.aggregate`` runs the same round over gRPC, one OS process per party."""
@@ -133,8 +135,10 @@ def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool,
 
     if not secure:
         return secrobust.plain_aggregate(updates, rule=rule, f=f, **kwargs)
-    fn = secrobust.aggregate if secure_aggregate is None else secure_aggregate
-    return fn(updates, rule, f, **kwargs)
+    if secure_aggregate is None:
+        return secrobust.aggregate(updates, rule, f, **kwargs)
+    kwargs.pop("insecure_test_seed", None)  # a deployment draws every seed fresh; only simulations fix them
+    return secure_aggregate(updates, rule, f, **kwargs)
 
 
 def engine_max_norm(frac_bits: int, d: int) -> float:
@@ -301,7 +305,7 @@ def run(
             f,
             secure=spec.secure,
             frac_bits=tc.frac_bits,
-            seed=round_seed(spec.seed, t),
+            insecure_test_seed=round_seed(spec.seed, t),
             dp_noise_std=sigma,
             **byz_inputs,
             **injected,
