@@ -23,6 +23,10 @@ Example ``s0.toml``::
     [timeouts]
     peer_s = 60                      # longest wait for the other server's next message
     connect_s = 5                    # longest wait for a TLS connection to a peer
+
+    [rounds]                         # servers only
+    min_participants = 5             # abort a round that would aggregate fewer workers (never below 2)
+    insecure_test_seeds = false      # true only in tests: accept a request's fixed test seed
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..certs import DEALER_ID, OPERATOR_ID, SERVER_IDS, Identity, PartyPaths, check_party_id, worker_index
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 
 ROLES = ("server", "dealer", "worker", "operator")
 
@@ -52,6 +57,10 @@ class PartyConfig:
     log_file: Path | None = None
     peer_timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
+    min_participants: int = DEFAULT_MIN_PARTICIPANTS
+    """A server aborts a round that would aggregate fewer workers (after dropouts and rejections)."""
+    insecure_test_seeds: bool = False
+    """A server accepts a round request's ``test_seed`` only with this set (tests: it fixes the DP noise)."""
 
     @property
     def role(self) -> str:
@@ -84,6 +93,9 @@ class PartyConfig:
             self.peer(name)
         if self.peer_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        check_min_participants(self.min_participants)
+        if not isinstance(self.insecure_test_seeds, bool):
+            raise ValueError("insecure_test_seeds is true or false")
         return self
 
 
@@ -120,13 +132,16 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
         base = Path(toml_path).resolve().parent
     tls = raw.get("tls", {})
     timeouts = raw.get("timeouts", {})
+    rounds = raw.get("rounds", {})
     values: dict[str, Any] = {
         "party": raw.get("party"), "listen": raw.get("listen"), "state_dir": raw.get("state_dir"),
         "log_file": raw.get("log_file"), "cert": tls.get("cert"), "key": tls.get("key"), "ca": tls.get("ca"),
         "workers": raw.get("admission", {}).get("workers"), "peers": dict(raw.get("peers", {})),
         "peer_timeout_s": timeouts.get("peer_s"), "connect_timeout_s": timeouts.get("connect_s"),
+        "min_participants": rounds.get("min_participants"), "insecure_test_seeds": rounds.get("insecure_test_seeds"),
     }
-    unknown = set(raw) - {"party", "listen", "state_dir", "log_file", "tls", "timeouts", "admission", "peers"}
+    unknown = set(raw) - {"party", "listen", "state_dir", "log_file", "tls", "timeouts", "admission", "peers",
+                          "rounds"}
     if unknown:
         raise ValueError(f"unknown keys in {toml_path}: {sorted(unknown)}")
     peers = dict(values["peers"])
@@ -159,6 +174,9 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
         state_dir=path(values["state_dir"]), log_file=path(values["log_file"]),
         peer_timeout_s=float(values["peer_timeout_s"] if values["peer_timeout_s"] is not None else 60.0),
         connect_timeout_s=float(values["connect_timeout_s"] if values["connect_timeout_s"] is not None else 5.0),
+        min_participants=(values["min_participants"] if values["min_participants"] is not None
+                          else DEFAULT_MIN_PARTICIPANTS),
+        insecure_test_seeds=bool(values["insecure_test_seeds"]) if values["insecure_test_seeds"] is not None else False,
     )
     return cfg.check()
 
@@ -178,7 +196,12 @@ def to_toml(cfg: PartyConfig) -> str:
     lines += ["", "[tls]", f"cert = {q(cfg.cert)}", f"key = {q(cfg.key)}", f"ca = {q(cfg.ca)}"]
     if cfg.workers:
         lines += ["", "[admission]", f"workers = [{', '.join(str(w) for w in cfg.workers)}]"]
-    lines += ["", "[timeouts]", f"peer_s = {cfg.peer_timeout_s}", f"connect_s = {cfg.connect_timeout_s}", ""]
+    lines += ["", "[timeouts]", f"peer_s = {cfg.peer_timeout_s}", f"connect_s = {cfg.connect_timeout_s}"]
+    if cfg.role == "server":
+        lines += ["", "[rounds]", f"min_participants = {cfg.min_participants}"]
+        if cfg.insecure_test_seeds:
+            lines.append("insecure_test_seeds = true")
+    lines.append("")
     return "\n".join(lines)
 
 
