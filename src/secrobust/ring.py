@@ -89,15 +89,30 @@ def _exact_squared_norms(scaled: np.ndarray) -> np.ndarray:
 
 
 def encode_unchecked(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
-    """What a Byzantine worker can send: any ring element. Values are saturated to int64, NaN -> 0.
+    """What a Byzantine worker can send: any ring element. Finite values are saturated to +-2^62.
 
     Used to simulate attackers that bypass the honest encoder; the result may make squared
-    distances wrap mod 2^64 (the open ring-overflow weakness, see README).
+    distances wrap mod 2^64 (the open ring-overflow weakness, see README). Raises ValueError naming
+    the row (of a matrix) and entry on NaN or inf: no ring element stands for them.
     """
     check_frac_bits(frac_bits)
-    x = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=_INT64_SAFE, neginf=-_INT64_SAFE)
+    x = np.asarray(values, dtype=np.float64)
+    check_finite(x)
     scaled = np.clip(np.rint(x * 2.0**frac_bits), -_INT64_SAFE, _INT64_SAFE)
     return scaled.astype(np.int64).view(RING_DTYPE)
+
+
+def check_finite(values: np.ndarray) -> None:
+    """Raise ValueError naming the first NaN or inf: ``update i ... (entry j)`` for a matrix, ``entry j`` for a vector."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    first = np.argwhere(~finite)[0]
+    *row, entry = (int(v) for v in first)
+    where = f"update {row[0]} " if row else "update "
+    what = "NaN" if np.isnan(values[tuple(first)]) else "inf"
+    raise ValueError(f"{where}contains {what} (entry {entry}); an unchecked update must be finite "
+                     "(NaN and inf are no ring elements)")
 
 
 def to_signed(ring: np.ndarray) -> np.ndarray:

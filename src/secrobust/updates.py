@@ -80,7 +80,8 @@ def safe_center(center: np.ndarray, frac_bits: int) -> np.ndarray:
 def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset(),
                    ring_rows: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """Honest rows through the checking encoder; rows in ``unchecked`` (simulated Byzantine workers,
-    who can send any ring element) through ``encode_unchecked``; rows in ``ring_rows`` as given."""
+    who can send any ring element) through ``encode_unchecked``; rows in ``ring_rows`` as given.
+    Raises ValueError naming the worker whose row the encoder refuses (NaN or inf even when unchecked)."""
     ring_rows = ring_rows or {}
     if not unchecked and not ring_rows:
         return ring.encode(x, frac_bits)
@@ -93,7 +94,10 @@ def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = fr
         except ValueError as exc:
             raise ValueError(_renumber(str(exc), np.flatnonzero(honest))) from None
     if byz.any():
-        out[byz] = ring.encode_unchecked(x[byz], frac_bits)
+        try:
+            out[byz] = ring.encode_unchecked(x[byz], frac_bits)
+        except ValueError as exc:
+            raise ValueError(_renumber(str(exc), np.flatnonzero(byz))) from None
     for i, row in ring_rows.items():
         out[i] = row
     return out
