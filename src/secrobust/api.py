@@ -47,6 +47,18 @@ class AggregateResult:
     rejected: dict[int, str] = field(default_factory=dict)
     """Workers excluded by the input validity check (or by S1's range check of the opened view), with the reason."""
 
+    def __repr__(self) -> str:
+        """One short line: rule, f, who took part and the arrays' shapes, never their values."""
+        shape = self._shape
+        return (f"AggregateResult(rule={self.rule!r}, f={self.f}, participants={len(self.participants)} of "
+                f"{len(self.weights)}, rejected={sorted(self.rejected)}, aggregate={shape(self.aggregate)}, "
+                f"weights={shape(self.weights)}, distances={shape(self.distances)}, revealed={list(self.revealed)})")
+
+    @staticmethod
+    def _shape(arr: np.ndarray | None) -> str:
+        """``float64(n, d)`` for an array, ``None`` for none."""
+        return "None" if arr is None else f"{arr.dtype}{tuple(arr.shape)}"
+
 
 class Cluster:
     """Two servers and a dealer kept across rounds, so triple reuse is refused over a whole training run.
