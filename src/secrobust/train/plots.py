@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_all(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -28,45 +29,104 @@ def plot_all(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: st
     return paths
 
 
+MATCH_TOLERANCE = 0.05
+"""Largest gap in accuracy points at which a secure and a plaintext curve are drawn as one line (about a
+tenth of a pixel on the 100-point axis)."""
+
+
 def plot_accuracy(records: list[dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """Write ``accuracy_figure(records, title)`` to ``path`` as a PNG."""
+    accuracy_figure(records, title=title).savefig(path, dpi=110)
+    return path
+
+
+def accuracy_figure(records: list[dict[str, Any]], *, title: str = "") -> Figure:
     """Test accuracy against round, one line per (rule, secure), averaged over seeds.
 
-    Secure runs are solid, plaintext runs dashed and drawn thinner on top, so a perfect overlap
-    (what the engine promises) shows as a dashed line inside a solid one.
+    Where a rule's secure and plaintext curves agree to ``MATCH_TOLERANCE`` (what the engine promises) they
+    are one line labelled "secure = plaintext"; otherwise secure is solid and plaintext dashed with markers.
     """
-    curves: dict[tuple[str, bool], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-    for r in records:
-        rounds = np.array([h["round"] for h in r["history"]])
-        acc = np.array([h["accuracy"] for h in r["history"]])
-        curves[(r["rule"], r["secure"])].append((rounds, acc))
+    curves = _mean_curves(records)
     rules = list(dict.fromkeys(rule for rule, _ in curves))
-    colours = {rule: f"C{i}" for i, rule in enumerate(rules)}
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for (rule, secure), runs in sorted(curves.items(), key=lambda kv: (rules.index(kv[0][0]), not kv[0][1])):
-        rounds = runs[0][0]
-        acc = np.mean([a for _, a in runs if len(a) == len(rounds)], axis=0)
-        ax.plot(
-            rounds,
-            100 * acc,
-            color=colours[rule],
-            linestyle="-" if secure else "--",
-            linewidth=2.2 if secure else 1.2,
-            label=f"{rule} ({'secure' if secure else 'plain'})",
-        )
+    for i, rule in enumerate(rules):
+        _plot_rule(ax, rule, curves.get((rule, True)), curves.get((rule, False)), f"C{i}")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
+
+
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def _mean_curves(records: list[dict[str, Any]]) -> dict[tuple[str, bool], Curve]:
+    """(rule, secure) -> (rounds, accuracy in %), the mean over the seeds whose history has the first run's rounds."""
+    runs: dict[tuple[str, bool], list[Curve]] = defaultdict(list)
+    for r in records:
+        rounds = np.array([h["round"] for h in r["history"]])
+        acc = np.array([h["accuracy"] for h in r["history"]])
+        runs[(r["rule"], r["secure"])].append((rounds, acc))
+    out = {}
+    for key, group in runs.items():
+        rounds = group[0][0]
+        out[key] = (rounds, 100 * np.mean([a for x, a in group if np.array_equal(x, rounds)], axis=0))
+    return out
+
+
+def curves_match(a: Curve | None, b: Curve | None) -> bool:
+    """Whether two curves have the same rounds and accuracies within ``MATCH_TOLERANCE`` points."""
+    if a is None or b is None or not np.array_equal(a[0], b[0]):
+        return False
+    return bool(np.allclose(a[1], b[1], rtol=0.0, atol=MATCH_TOLERANCE))
+
+
+def _plot_rule(ax: Any, rule: str, secure: Curve | None, plain: Curve | None, colour: str) -> None:
+    """One rule's curves on ``ax``: one line when secure and plaintext coincide, else each its own style."""
+    if curves_match(secure, plain):
+        ax.plot(*secure, color=colour, linewidth=2.0, label=f"{rule} (secure = plaintext)")
+        return
+    if secure is not None:
+        ax.plot(*secure, color=colour, linestyle="-", linewidth=2.0, label=f"{rule} (secure)")
+    if plain is not None:
+        ax.plot(*plain, color=colour, linestyle="--", linewidth=1.2, marker="o", markersize=3,
+                markerfacecolor="none", label=f"{rule} (plaintext)")
 
 
 def plot_table(summary: dict[str, Any], f: int, path: Path) -> Path:
-    """Heat map of final accuracy: rows rule x mode, columns attacks, numbers in the cells."""
+    """Write ``table_figure(summary, f)`` to ``path`` as a PNG."""
+    table_figure(summary, f).savefig(path, dpi=110)
+    return path
+
+
+def table_figure(summary: dict[str, Any], f: int) -> Figure:
+    """Heat map of final accuracy: rows rule x mode, columns attacks, numbers in the cells, a colour bar."""
+    labels, attacks, values = _table_values(summary, f)
+    fig = Figure(figsize=(1.0 * len(attacks) + 3.8, 0.38 * len(labels) + 1.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("attack")
+    ax.set_ylabel("rule (mode)")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="final test accuracy (%)")
+    ax.set_title(f"final test accuracy, f = {f}")
+    return fig
+
+
+def _table_values(summary: dict[str, Any], f: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Row labels (rule and mode), column attacks and the final accuracies in % (NaN where no run)."""
     rows = [r for r in summary["final_accuracy"] if r["f"] == f]
     attacks = [a for a in summary["attacks"] if any(r["attack"] == a for r in rows)]
     labels = []
@@ -77,19 +137,6 @@ def plot_table(summary: dict[str, Any], f: int, path: Path) -> Path:
                 r["attack"]: r["final_accuracy"] for r in rows if r["rule"] == rule and r["secure"] == secure
             }
             if cells:
-                labels.append(f"{rule} ({'secure' if secure else 'plain'})")
+                labels.append(f"{rule} ({'secure' if secure else 'plaintext'})")
                 grid.append([100 * cells.get(a, np.nan) for a in attacks])
-    values = np.array(grid)
-    fig = Figure(figsize=(1.0 * len(attacks) + 2.8, 0.38 * len(labels) + 1.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8)
-    ax.set_title(f"final test accuracy (%), f = {f}")
-    fig.savefig(path, dpi=110)
-    return path
+    return labels, attacks, np.array(grid).reshape(len(labels), len(attacks))
