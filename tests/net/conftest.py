@@ -72,7 +72,7 @@ def identity(cert_dir: Path, party: str) -> Identity:
 @pytest.fixture()
 def endpoint(cert_dir: Path) -> Iterator[tuple[Endpoint, RecordingHandler, str]]:
     handler = RecordingHandler()
-    ep = Endpoint(identity(cert_dir, "S0"), "127.0.0.1:0", handler, max_workers=8)
+    ep = Endpoint(identity(cert_dir, "S0"), "127.0.0.1:0", handler)
     port = ep.start()
     try:
         yield ep, handler, f"127.0.0.1:{port}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..transport.grpc import Endpoint
+from ..transport.grpc.gate import CallLimits
 from ..transport.grpc import logs
 from ..transport.grpc.logs import LOGGER_NAME, event
 from .config import PartyConfig
@@ -89,8 +90,9 @@ def serve_listening(cfg: PartyConfig, make: Callable[..., ServerRuntime | Dealer
     malloc = tune_malloc()
     identity = cfg.identity()
     runtime = make(cfg, identity)
-    threads = max(32, 2 * len(cfg.workers) + 16)
-    endpoint = Endpoint(identity, cfg.listen or "", runtime, max_workers=threads, accounting=runtime.accounting)
+    limits = CallLimits.for_workers(len(cfg.workers))
+    threads = limits.threads
+    endpoint = Endpoint(identity, cfg.listen or "", runtime, limits=limits, accounting=runtime.accounting)
     stop = stop or _stop_event()
     port = endpoint.start()
     if port_file is not None:

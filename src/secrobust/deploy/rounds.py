@@ -4,9 +4,12 @@ A round request holds public parameters only: the round id, the expected worker 
 F, the rule with f and its options, the public center (cclip), whether the round runs the input
 validity check (``check_inputs``, on by default: every rule then needs a triple, the mean a "diag"
 one), the id of the triple this round uses, the triples to request ahead for the next rounds
-(``prefetch``, see ``secrobust.deploy.pool``), the share deadline and, for tests only, a master seed
-from which the servers derive their DP-noise seeds exactly as ``secrobust.aggregate(seed=...)`` does. It crosses the wire as the JSON argument of the ``open-round``
-control command; each server validates it with the rule registry before it opens the round.
+(``prefetch``, see ``secrobust.deploy.pool``), the share deadline, a minimum cohort above the servers'
+own, and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
+``secrobust.aggregate(insecure_test_seed=...)`` does (a server refuses it unless started with
+``insecure_test_seeds``). It crosses the wire as the JSON argument of the ``open-round`` control command;
+each server validates it with the rule registry before it opens the round, and the two servers compare
+its ``digest`` before either uses a share.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import hashlib
+import json
+
 import numpy as np
 
 from .. import ring, validity
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import RoundPlan, check_noise_std
 from ..randomness import SeedSource
-from ..rules.registry import RuleSpec, get_rule
+from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_min_cohort
 from ..updates import encode_center
 
 DEFAULT_SHARE_WINDOW_S = 30.0
@@ -49,6 +55,8 @@ class RoundRequest:
     prefetch: tuple[tuple[int, str], ...] = ()
     check_inputs: bool = True
     norm_bound: float | None = None
+    min_participants: int | None = None
+    """A larger minimum cohort than the servers' configured ones (which a request cannot lower)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,6 +89,8 @@ class RoundRequest:
                                for p in (raw.get("prefetch") or ())),
                 check_inputs=raw.get("check_inputs", True),
                 norm_bound=None if raw.get("norm_bound") is None else float(raw["norm_bound"]),
+                min_participants=(None if raw.get("min_participants") is None
+                                  else _int(raw["min_participants"], "min_participants")),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -98,8 +108,9 @@ class RoundRequest:
             raise ValueError("share_window_s must be a positive number of seconds")
         check_noise_std(self.dp_noise_std, self.frac_bits)
         ring.check_frac_bits(self.frac_bits)
-        spec = get_rule(self.rule)
-        spec.validate(len(self.worker_ids), self.f, self.options)
+        if self.min_participants is not None:
+            check_min_participants(self.min_participants)
+        self.cohort_spec(2).validate(len(self.worker_ids), self.f, self.options)
         if self.center is not None and self.rule != "cclip":
             raise ValueError("only cclip takes a public center")
         if self.center is not None and len(self.center) != self.d:
@@ -138,6 +149,15 @@ class RoundRequest:
     @property
     def spec(self) -> RuleSpec:
         return get_rule(self.rule)
+
+    def cohort_spec(self, server_minimum: int) -> RuleSpec:
+        """The rule with the round's minimum cohort: the larger of the server's and the request's."""
+        return with_min_cohort(self.spec, max(server_minimum, self.min_participants or 0))
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of the request: equal at both servers iff they run the same round."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def plan(self) -> RoundPlan:
         """The protocol's RoundPlan for this request (both servers build the same one); the triple id is

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -64,7 +65,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import prg, validity
-from ..certs import DEALER_ID, OPERATOR_ID, Identity, worker_index
+from ..certs import DEALER_ID, Identity, worker_index
 from ..dealer import TripleSpec
 from ..errors import ProtocolError, RoundAborted
 from ..nodes import ServerNode
@@ -76,7 +77,7 @@ from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.endpoint import CONTROL_LIMIT
-from ..transport.grpc.errors import PartyUnreachable, Rejected
+from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
@@ -124,6 +125,15 @@ def _triple_bytes(kind: str, spec: TripleSpec) -> int:
     if kind == M.TRIPLE_S0:
         return 16 * spec.n
     return 16 * spec.n * spec.n + 8 * spec.and_words
+
+
+def wait_seconds(args: dict[str, Any], limit: float) -> float:
+    """A long poll's ``wait_s`` argument: a finite, non-negative number of seconds, capped at ``limit``
+    (a NaN deadline would never pass, so the call would hold its handler thread for good)."""
+    value = args.get("wait_s", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise Rejected("bad-request", f"wait_s must be a finite number of seconds >= 0, got {value!r}")
+    return min(float(value), limit)
 
 
 class _PeerSequence:
@@ -214,10 +224,13 @@ class _Streamed:
 class RoundRun:
     """One round at one server: its request, phase, inbox from the peer, and outcome."""
 
-    def __init__(self, request: RoundRequest, party: int) -> None:
+    def __init__(self, request: RoundRequest, party: int, min_participants: int) -> None:
         self.request = request
         self.plan = request.plan()
-        self.spec = request.spec
+        self.spec = request.cohort_spec(min_participants)
+        self.digest = request.digest()
+        self.confirmed = False
+        """The other server holds a request with the same digest (``confirm-request``): no share is used before."""
         self.reveal = bool(self.plan.reveal)
         self.uses_triple = self.plan.triple_kind is not None
         self.phase = "share"
@@ -228,6 +241,8 @@ class RoundRun:
         """S1: masked shares are taken; S0: share keys are handed out."""
         self.received: set[int] = set()
         """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
+        self.in_flight: set[int] = set()
+        """S1: workers whose masked share is being received (one at a time each: it takes an 8d-byte buffer)."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
         self.peer_seq = _PeerSequence(party, self.plan)
         self.streamed = _Streamed(party, self.plan)
@@ -263,6 +278,7 @@ class ServerRuntime:
         self.index = 0 if cfg.party == "S0" else 1
         self.stream_window = UPLOAD_WINDOW if self.index == 1 else None
         self.peer_name = "S1" if self.index == 0 else "S0"
+        self.operator_name = f"operator:{cfg.party}"
         self.node = ServerNode(self.index)
         self.accounting = accounting or Accounting()
         self.peer = PeerClient(identity, self.peer_name, cfg.peer(self.peer_name), accounting=self.accounting,
@@ -315,10 +331,23 @@ class ServerRuntime:
     # PartyHandler
 
     def admitted(self, caller: str) -> bool:
-        if caller in (self.peer_name, DEALER_ID, OPERATOR_ID):
+        """The other server, the dealer, this server's own operator (not the other's) and admitted workers."""
+        if caller in (self.peer_name, DEALER_ID, self.operator_name):
             return True
         w = worker_index(caller)
         return w is not None and w in self.cfg.workers
+
+    def permits(self, caller: str, command: str) -> None:
+        """Who may run which control command, checked before its arguments are even parsed."""
+        allowed = {"status": None, "abort-round": (self.peer_name, self.operator_name),
+                   "confirm-request": (self.peer_name,) if self.index == 0 else (),
+                   "open-round": (self.operator_name,), "report": (self.operator_name,),
+                   "shutdown": (self.operator_name,)}
+        if command not in allowed:
+            raise Rejected("bad-request", f"unknown command {command!r}")
+        who = allowed[command]
+        if who is not None and caller not in who:
+            raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
 
     def _current(self, round_id: int, sender: str) -> RoundRun:
         rnd = self.round
@@ -376,8 +405,11 @@ class ServerRuntime:
                     raise Rejected("out-of-phase", f"a worker sends {M.SHARE_MASKED} to S1, not {env.phase}")
                 if w in rnd.received:
                     raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
+                if w in rnd.in_flight:
+                    raise Rejected("duplicate", f"worker {w} is already sending its share for round {rnd.round_id}")
                 if not rnd.intake_open:
                     raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
+                rnd.in_flight.add(w)
             elif sender == self.peer_name:
                 rnd.peer_seq.check(env.phase)
             else:
@@ -390,6 +422,8 @@ class ServerRuntime:
         about 8nd + 8d UPLOAD_SLOTS bytes whatever n is, and shares complete one after another (their rows
         are opened while the rest upload) instead of all at the end. S0 takes a row of E only while fewer
         than ``ROW_BACKLOG`` rows wait to be added to its Gram share (S1 then sends more slowly)."""
+        if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
+            return self._reserve_upload(env)
         if self.index == 1 and env.phase == M.SHARE_MASKED:
             def room(rnd: RoundRun | None) -> bool:
                 return self._uploads < UPLOAD_SLOTS
@@ -409,6 +443,35 @@ class ServerRuntime:
                 self._cv.wait(1.0)
             self._uploads += 1
         return self._slot_release("_uploads")
+
+    def _reserve_upload(self, env: pb.Envelope) -> Callable[[], None]:
+        """An upload slot for a worker's share (``precheck`` marked it in flight): the worker is out of
+        ``in_flight`` again when its stream ends, whether it was taken or not."""
+        w = worker_index(env.sender)
+
+        def done() -> None:
+            with self._cv:
+                rnd = self.round
+                if rnd is not None and rnd.round_id == env.round_id:
+                    rnd.in_flight.discard(w)
+        try:
+            with self._cv:
+                while self._uploads >= UPLOAD_SLOTS:
+                    rnd = self.round if self.round is not None and self.round.round_id == env.round_id else None
+                    if rnd is None or rnd.finished or self.closing or not rnd.intake_open:
+                        raise Rejected("out-of-phase", f"round {env.round_id} moved on while the {env.phase} "
+                                       "message waited for its turn")
+                    self._cv.wait(1.0)
+                self._uploads += 1
+        except BaseException:
+            done()
+            raise
+        slot = self._slot_release("_uploads")
+
+        def release() -> None:
+            done()
+            slot()
+        return release
 
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
         """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
@@ -502,7 +565,7 @@ class ServerRuntime:
             if rnd is None:
                 raise Rejected("wrong-round", f"{self.party} knows no round {round_id}")
             w = worker_index(caller)
-            if caller != OPERATOR_ID and (w is None or w not in rnd.plan.worker_ids):
+            if caller != self.operator_name and (w is None or w not in rnd.plan.worker_ids):
                 raise Rejected("not-permitted", f"{caller} is not a worker of round {round_id}")
             while not rnd.finished and not self.closing and time.monotonic() < deadline:
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -555,7 +618,7 @@ class ServerRuntime:
         return msg
 
     def _keys_ready(self, rnd: RoundRun) -> bool:
-        return rnd.triple_in or not rnd.uses_triple
+        return rnd.confirmed and (rnd.triple_in or not rnd.uses_triple)
 
     def account_fetch_as(self, caller: str, env: pb.Envelope) -> Any:
         """A share key is a protocol message (counted like the in-process run's); an aggregate-share
@@ -563,11 +626,12 @@ class ServerRuntime:
         return key_traffic_key(env.round_id) if env.phase == M.SHARE_KEY else env.round_id
 
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        self.permits(caller, command)
         if command == "status":
             return self._status(caller, args)
+        if command == "confirm-request":
+            return self._confirm_request(round_id, args)
         if command == "abort-round":
-            if caller not in (self.peer_name, OPERATOR_ID):
-                raise Rejected("not-permitted", f"only {self.peer_name} or the operator may abort a round at {self.party}")
             with self._cv:
                 rnd = self.round
                 if rnd is not None and rnd.round_id == round_id and not rnd.finished:
@@ -576,15 +640,13 @@ class ServerRuntime:
                     rnd.intake_open = False
                     self._cv.notify_all()
             return {"ok": True}
-        if caller != OPERATOR_ID:
-            raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
         if command == "open-round":
             if args.get("round_id") != round_id:
                 raise Rejected("wrong-round", f"open-round call for round {round_id} carries the parameters of round "
                                f"{args.get('round_id')!r}")
             return self._open(args)
         if command == "report":
-            return self._report(round_id, float(args.get("wait_s", 0.0)))
+            return self._report(round_id, wait_seconds(args, 600.0))
         if command == "shutdown":
             self.shutdown_requested.set()
             return {"ok": True}
@@ -594,13 +656,15 @@ class ServerRuntime:
 
     def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         after = args.get("after")
-        wait_s = min(max(float(args.get("wait_s", 0.0)), 0.0), 60.0)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise Rejected("bad-request", f"status 'after' must be a round id, got {after!r}")
+        wait_s = wait_seconds(args, 60.0)
         deadline = time.monotonic() + wait_s
         w = worker_index(caller)
         with self._cv:
             while True:
                 rnd = self.round
-                ready = rnd is not None and rnd.intake_open and (after is None or rnd.round_id > int(after))
+                ready = rnd is not None and rnd.intake_open and (after is None or rnd.round_id > after)
                 if ready or self.closing or time.monotonic() >= deadline:
                     break
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -623,9 +687,13 @@ class ServerRuntime:
     def _open(self, args: dict[str, Any]) -> dict[str, Any]:
         try:
             request = RoundRequest.from_json(args)
-            run = RoundRun(request, self.index)
+            run = RoundRun(request, self.index, self.cfg.min_participants)
+            run.spec.validate(len(request.worker_ids), request.f, request.options)
         except ValueError as exc:
             raise Rejected("bad-request", str(exc)) from None
+        if request.test_seed is not None and not self.cfg.insecure_test_seeds:
+            raise Rejected("not-permitted", f"{self.party} refuses a fixed test_seed: it was not started with "
+                           "insecure_test_seeds (a known seed makes its DP noise known to the other parties)")
         bad = sorted(set(request.worker_ids) - set(self.cfg.workers))
         if bad:
             raise Rejected("unknown-party", f"workers {bad} are not admitted at {self.party}")
@@ -687,7 +755,7 @@ class ServerRuntime:
         reason of an abort, participants, weights, ``rejected`` ({worker id as a string: reason}, the
         workers the input validity check or S1's view check excluded), seconds per phase, the aggregate's
         digest, traffic and the triple used; S1 adds the view it opened."""
-        deadline = time.monotonic() + min(max(wait_s, 0.0), 600.0)
+        deadline = time.monotonic() + wait_s
         with self._cv:
             rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
             if rnd is None:
@@ -822,6 +890,8 @@ class ServerRuntime:
         rows while the shares arrive (``protocol.streaming``); any failure aborts it."""
         total = Timer()
         try:
+            if self.index == 1:
+                self._confirm_with_s0(rnd)
             if rnd.uses_triple:
                 self._wait_triple(rnd)          # S0 hands out no key before it (its shares are the triple's A0)
             if self.index == 1:
@@ -845,6 +915,47 @@ class ServerRuntime:
                     self.node.state = None      # the round's shares are not needed any more
                 self._archive(rnd)
                 self._cv.notify_all()
+
+    def _confirm_with_s0(self, rnd: RoundRun) -> None:
+        """S1, before any share is used: S0 must hold the same round request (equal digests). S0 answers
+        with its own digest and aborts on a mismatch; so does S1. An operator who opens the two servers with
+        different rules, workers or parameters gets an aborted round, not a mixed one."""
+        try:
+            reply = self.peer.control("confirm-request", rnd.round_id, {"sha256": rnd.digest},
+                                      timeout=self.cfg.peer_timeout_s + 5.0)
+        except RemoteRejected as exc:
+            raise RoundAborted(f"S0 did not confirm the request of round {rnd.round_id}: {exc}") from None
+        theirs = reply.get("sha256")
+        if theirs != rnd.digest:
+            raise RoundAborted(f"the servers hold different requests for round {rnd.round_id} "
+                               f"(S0 {str(theirs)[:12]}, S1 {rnd.digest[:12]})")
+        with self._cv:
+            rnd.confirmed = True
+            self._cv.notify_all()
+
+    def _confirm_request(self, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        """S0's side of ``_confirm_with_s0``: wait (up to the peer timeout) for its own round ``round_id``
+        to be open, compare digests, and answer with its own."""
+        theirs = args.get("sha256")
+        if not isinstance(theirs, str) or len(theirs) != 64:
+            raise Rejected("bad-request", "confirm-request carries the request's SHA-256 as 64 hex digits")
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        with self._cv:
+            while (self.round is None or self.round.round_id < round_id) and not self.closing \
+                    and time.monotonic() < deadline:
+                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            rnd = self.round
+            if rnd is None or rnd.round_id != round_id or rnd.finished:
+                raise Rejected("wrong-round", f"round {round_id} is not open at {self.party}")
+            if theirs != rnd.digest:
+                rnd.error = {"type": "PeerAborted", "party": self.peer_name}
+                rnd.reason = (f"the servers hold different requests for round {round_id} "
+                              f"(S0 {rnd.digest[:12]}, S1 {theirs[:12]})")
+                rnd.intake_open = False
+            else:
+                rnd.confirmed = True
+            self._cv.notify_all()
+            return {"sha256": rnd.digest}
 
     def _s1_share_and_open(self, rnd: RoundRun) -> None:
         """S1's steps 1-3, each done as soon as it can be:

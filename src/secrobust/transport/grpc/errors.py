@@ -29,6 +29,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "malformed-protobuf": grpc.StatusCode.INVALID_ARGUMENT,
     "malformed-stream": grpc.StatusCode.INVALID_ARGUMENT,
     "too-large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "digest": grpc.StatusCode.DATA_LOSS,
     "malformed-message": grpc.StatusCode.INVALID_ARGUMENT,
     "envelope-mismatch": grpc.StatusCode.INVALID_ARGUMENT,
