@@ -31,7 +31,7 @@ from ..certs import OPERATOR_ID, Identity, make_deployment_certs, party_paths, s
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import check_noise_std
 from ..rules.plain import split_options
-from ..rules.registry import get_rule
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .config import PartyConfig, to_toml
@@ -77,6 +77,10 @@ class LocalOptions:
     prefetch: int = 1
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    min_participants: int = DEFAULT_MIN_PARTICIPANTS
+    """Both servers' minimum cohort (``[rounds] min_participants``)."""
+    insecure_test_seeds: bool = False
+    """Tests only: the servers accept ``aggregate(insecure_test_seed=...)`` (it fixes their DP noise)."""
 
 
 class LocalDeployment:
@@ -128,7 +132,8 @@ class LocalDeployment:
                               listen=self.addresses.get(name) if name in ("S0", "S1", "dealer") else None,
                               peers=dict(self.addresses), workers=workers if name in ("S0", "S1") else (),
                               state_dir=self.workdir / "state" / tls_name(name) if name in ("S0", "S1") else None,
-                              peer_timeout_s=o.peer_timeout_s, connect_timeout_s=o.connect_timeout_s)
+                              peer_timeout_s=o.peer_timeout_s, connect_timeout_s=o.connect_timeout_s,
+                              min_participants=o.min_participants, insecure_test_seeds=o.insecure_test_seeds)
             (cfg_dir / f"{tls_name(name)}.toml").write_text(to_toml(cfg))
         self.updates_dir.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -268,13 +273,15 @@ class LocalDeployment:
                   insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                   ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
-                  share_window_s: float | None = None, absent: Any = (), **options: Any) -> api.AggregateResult:
+                  share_window_s: float | None = None, absent: Any = (), min_participants: int | None = None,
+                  **options: Any) -> api.AggregateResult:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
         Worker i (for i < n) sends row i. ``drop``, ``unchecked`` and ``ring_rows`` are simulated as
         in-process (the worker process is cut off from the named server: from S0 it gets no key and sends
         nothing, to S1 its masked share is lost / bypasses the encoder / shares the given uint64 ring
-        elements as they are). ``absent`` lists workers that get no input this round and so fetch and
+        elements as they are). ``min_participants`` asks for a larger cohort than the servers' own
+        (``LocalOptions.min_participants``), never a smaller one. ``absent`` lists workers that get no input this round and so fetch and
         send nothing at all. ``insecure_test_seed`` (tests only; the servers refuse it unless started with
         ``LocalOptions(insecure_test_seeds=True)``) makes the servers' DP noise that of
         ``secrobust.aggregate(insecure_test_seed=...)``; the result depends on no other seed (the input
@@ -283,7 +290,7 @@ class LocalDeployment:
         if self.operator is None:
             raise RuntimeError("the deployment is not running; use it as a context manager or call start()")
         api.refuse_seed_option(options)
-        spec = get_rule(rule)
+        spec = with_min_cohort(get_rule(rule), max(self.options.min_participants, min_participants or 2))
         ring.check_frac_bits(frac_bits)
         x = as_matrix(updates)
         n, d = x.shape
@@ -320,7 +327,7 @@ class LocalDeployment:
                 options=rule_options, center=center,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
                 dp_noise_std=dp_noise_std, test_seed=_test_seed(insecure_test_seed), seed_round=0,
-                check_inputs=check_inputs, norm_bound=norm_bound), statuses)
+                check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants), statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds
