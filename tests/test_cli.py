@@ -24,19 +24,13 @@ def test_aggregate_on_a_file_writes_the_result(tmp_path):
 def test_aggregate_reports_bad_parameters_without_a_traceback():
     result = runner.invoke(app, ["aggregate", "--rule", "krum", "--f", "9", "--example-d", "50"])
     assert result.exit_code == 2
-    assert "needs n >= 2f + 3" in result.output
+    assert result.stderr.startswith("error: rule 'krum' needs n >= 2f + 3") and result.stderr.count("\n") == 1
 
 
 def test_aggregate_defaults_to_a_generated_example():
     result = runner.invoke(app, ["aggregate", "--rule", "geomed", "--f", "4", "--example-d", "200"])
     assert result.exit_code == 0, result.output
     assert "generated 20 x 200 updates" in result.output
-
-
-def test_aggregate_refuses_an_unknown_transport():
-    result = runner.invoke(app, ["aggregate", "--transport", "carrier-pigeon", "--example-d", "50"])
-    assert result.exit_code == 2
-    assert "--transport must be inprocess or grpc" in result.output
 
 
 def test_aggregate_takes_the_validity_options(tmp_path):
@@ -51,4 +45,4 @@ def test_aggregate_takes_the_validity_options(tmp_path):
     unchecked = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--no-check-inputs"])
     assert unchecked.exit_code == 0 and "rejected" not in unchecked.output and "validity" not in unchecked.output
     bad = runner.invoke(app, ["aggregate", "--updates", str(updates), "--norm-bound", "-1"])
-    assert bad.exit_code == 2 and "norm_bound must be a positive finite number" in bad.output
+    assert bad.exit_code == 2 and bad.stderr == "error: norm_bound must be a positive finite number, got -1.0\n"

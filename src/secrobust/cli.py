@@ -11,20 +11,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import api, examples, ring, rules
-from .errors import RoundAborted
+from . import api, examples, ring, rules, validity
+from .cli_io import check_output_file, fail, load_array, save_npy, save_npz
+from .errors import ProtocolError
+from .protocol.server import check_noise_std
+from .rules.plain import split_options
+from .rules.registry import DEFAULT_MIN_PARTICIPANTS, with_min_cohort
+from .updates import check_ring_rows, check_unchecked, encode_center, encode_updates
 
 app = typer.Typer(help="Secure and Byzantine-robust aggregation with two non-colluding servers.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
 
+TRANSPORTS = ("inprocess", "grpc")
+ENGINE_KEYWORDS = ("dp_noise_std", "unchecked", "ring_rows", "drop", "chunk_bytes", "min_participants")
+COMMAND_ERRORS = (ValueError, ProtocolError, OSError, MemoryError, RuntimeError)
+
+
 def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``key=value`` items (value read as JSON if it parses, else as text) as a dict with ``-`` in keys as ``_``."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"options are key=value, got {item!r}")
+            raise ValueError(f"--option is key=value, got {item!r}")
         try:
             out[key.replace("-", "_")] = json.loads(raw)
         except json.JSONDecodeError:
@@ -32,21 +43,59 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_example(n: int, d: int, byzantine: int, seed: int = 0, prefix: str = "--") -> None:
+    """Raise ValueError unless n, d >= 1, 0 <= byzantine < n and seed >= 0 (options named with ``prefix``)."""
+    if n < 1:
+        raise ValueError(f"{prefix}n must be at least 1, got {n}")
+    if d < 1:
+        raise ValueError(f"{prefix}d must be at least 1, got {d}")
+    if not 0 <= byzantine < n:
+        raise ValueError(f"{prefix}byzantine must be in 0..{n - 1} (fewer than n={n}), got {byzantine}")
+    if seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {seed}")
+
+
+def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: bool, norm_bound: float | None,
+                options: dict[str, Any]) -> None:
+    """Raise ValueError for any input a round would refuse, before a party starts (the gRPC deployment's
+    processes take seconds to start and would only then see the error)."""
+    extra = {k: options[k] for k in ENGINE_KEYWORDS if k in options}
+    spec = with_min_cohort(rules.get_rule(rule), extra.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
+    ring.check_frac_bits(frac_bits)
+    n, d = x.shape
+    center, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
+    spec.validate(n, f, rule_options)
+    api.check_drop(extra.get("drop"), n)
+    check_noise_std(extra.get("dp_noise_std", 0.0), frac_bits)
+    validity.check_flag(check_inputs, d)
+    validity.scaled_bound(norm_bound, frac_bits, d)
+    rows = check_ring_rows(extra.get("ring_rows"), n, d)
+    encode_updates(x, frac_bits, check_unchecked(extra.get("unchecked", ()), n), rows)
+    if center is not None:
+        encode_center(center, d, frac_bits)
+
+
 @app.command()
-def example(out: Path = typer.Option(..., help="where to write the (n, d) float64 .npy file"),
+def example(out: Path = typer.Option(..., help="where to write the (n, d) float64 .npy file (this exact path)"),
             n: int = typer.Option(20, help="number of workers"), d: int = typer.Option(10_000, help="dimension"),
             byzantine: int = typer.Option(4, help="how many of them are Byzantine (the first rows)"),
             seed: int = typer.Option(0, help="NumPy seed for the simulated data")) -> None:
     """Write a synthetic set of updates with Byzantine outliers."""
-    np.save(out, examples.synthetic_updates(n, d, byzantine, seed))
-    console.print(f"wrote {n} x {d} updates ({byzantine} Byzantine) to {out}")
+    try:
+        check_example(n, d, byzantine, seed)
+        check_output_file(out)
+        save_npy(out, examples.synthetic_updates(n, d, byzantine, seed))
+    except COMMAND_ERRORS as exc:
+        fail(exc)
+    console.print(f"wrote {n} x {d} updates ({byzantine} Byzantine) to {out}", soft_wrap=True, markup=False)
 
 
 @app.command("aggregate")
-def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file of shape (n, d)"),
+def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file of shape (n, d) (numpy.save)"),
                   rule: str = typer.Option("krum", help=f"one of {', '.join(rules.RULES)}"),
                   f: int = typer.Option(0, help="number of Byzantine workers to tolerate"),
-                  out: Optional[Path] = typer.Option(None, help="write aggregate, weights, distances to this .npz"),
+                  out: Optional[Path] = typer.Option(None, help="write aggregate, weights, distances as an .npz "
+                                                     "archive to this exact path"),
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (testing only)"),
@@ -61,31 +110,45 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   example_d: int = typer.Option(10_000, help="with no --updates: dimension of the example"),
                   example_byzantine: int = typer.Option(4, help="with no --updates: Byzantine workers")) -> None:
     """Run one secure round in process and print the weights, the aggregate's norm and per-party bytes."""
-    if updates is None:
-        x = examples.synthetic_updates(example_n, example_d, example_byzantine)
-        console.print(f"no --updates given: generated {example_n} x {example_d} updates, "
-                      f"the first {example_byzantine} Byzantine")
-    else:
-        x = np.load(updates, allow_pickle=False)
-    if transport not in ("inprocess", "grpc"):
-        console.print(f"[red]error:[/red] --transport must be inprocess or grpc, got {transport!r}")
-        raise typer.Exit(2)
-    run = api.aggregate
-    if transport == "grpc":
-        from .deploy.local import aggregate_grpc as run
+    if transport not in TRANSPORTS:
+        fail(f"--transport must be inprocess or grpc, got {transport!r}")
     try:
-        res = run(x, rule, f, frac_bits=frac_bits, seed=seed, check_inputs=check_inputs, norm_bound=norm_bound,
-                  **_parse_options(option))
-    except (ValueError, RoundAborted) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        if out is not None:
+            check_output_file(out)
+        options = _parse_options(option)
+        x = _updates(updates, example_n, example_d, example_byzantine)
+        run = api.aggregate
+        if transport == "grpc":
+            check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options)
+            from .deploy.local import aggregate_grpc as run
+        res = run(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, check_inputs=check_inputs,
+                  norm_bound=norm_bound, **options)
+    except COMMAND_ERRORS as exc:
+        fail(exc)
     _print_result(res)
     if out is not None:
-        payload = {"aggregate": res.aggregate, "weights": res.weights}
-        if res.distances is not None:
-            payload["distances"] = res.distances
-        np.savez(out, **payload)
-        console.print(f"wrote {out}")
+        _save_result(res, out)
+
+
+def _updates(path: Path | None, n: int, d: int, byzantine: int) -> np.ndarray:
+    """The (n, d) updates from ``path``, or a generated example when no path is given."""
+    if path is not None:
+        return load_array(path, "--updates", ndim=2)
+    check_example(n, d, byzantine, prefix="--example-")
+    console.print(f"no --updates given: generated {n} x {d} updates, the first {byzantine} Byzantine")
+    return examples.synthetic_updates(n, d, byzantine)
+
+
+def _save_result(res: api.AggregateResult, out: Path) -> None:
+    """Aggregate, weights and (if revealed) distances as an .npz archive at exactly ``out``."""
+    payload = {"aggregate": res.aggregate, "weights": res.weights}
+    if res.distances is not None:
+        payload["distances"] = res.distances
+    try:
+        save_npz(out, **payload)
+    except OSError as exc:
+        fail(f"--out: cannot write {out}: {exc.strerror or exc}")
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
 
 
 def _print_result(res: api.AggregateResult) -> None:
