@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import typer
 
 from ..certs import OPERATOR_ID, make_deployment_certs, party_paths, standard_parties, worker_party
+from ..cli_io import check_output_dir, fail, load_array
+from ..errors import ProtocolError
 from .config import PartyConfig, load, parse_worker_ids
 
 _CFG = typer.Option(None, "--config", help="TOML file with this party's settings (flags override it)")
@@ -28,11 +31,27 @@ _CONNECT = typer.Option(None, help="seconds to wait for a TLS connection to a pe
 
 
 def _load(config: Optional[Path], **kw: object) -> PartyConfig:
+    """The party's settings, or a one-line error and exit code 2."""
     try:
         return load(config, **kw)
     except (ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
+
+
+def _serve(run: Callable[..., None], *args: Any, **kw: Any) -> None:
+    """Run a party; a failure to start it (a TLS file, a port in use) or to go on is one line and exit code 2."""
+    try:
+        run(*args, **kw)
+    except (ValueError, OSError, RuntimeError, ProtocolError) as exc:
+        fail(exc)
+
+
+def _worker_ids(spec: str) -> list[int | None]:
+    """The ids of ``--ids``, or a one-line error and exit code 2."""
+    try:
+        return list(parse_worker_ids(spec))
+    except ValueError as exc:
+        fail(f"--ids must look like '0-24' or '0,3,7' (distinct ids >= 0), got {spec!r}: {exc}")
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = _load(config, party="dealer" if config is None else None, listen=listen, S0=s0, S1=s1, cert=cert,
                     key=key, ca=ca, log_file=log_file, connect_timeout_s=connect_timeout)
-        run_dealer(cfg, port_file=port_file)
+        _serve(run_dealer, cfg, port_file=port_file)
 
     @app.command("server")
     def server_cmd(party: Optional[int] = typer.Option(None, "--party", help="0 for S0, 1 for S1 (the rule server)"),
@@ -83,15 +102,13 @@ def register(app: typer.Typer) -> None:
         from .process import run_server
 
         if party is not None and party not in (0, 1):
-            typer.echo("error: --party is 0 or 1", err=True)
-            raise typer.Exit(2)
+            fail("--party is 0 or 1")
         cfg = _load(config, party=None if party is None else f"S{party}", listen=listen, S0=s0, S1=s1,
                     dealer=dealer, cert=cert, key=key, ca=ca, workers=workers, state_dir=state_dir,
                     log_file=log_file, peer_timeout_s=peer_timeout, connect_timeout_s=connect_timeout)
         if cfg.role != "server":
-            typer.echo(f"error: {cfg.party} is not a server", err=True)
-            raise typer.Exit(2)
-        run_server(cfg, port_file=port_file)
+            fail(f"{cfg.party} is not a server")
+        _serve(run_server, cfg, port_file=port_file)
 
     @app.command("worker")
     def worker_cmd(worker_id: Optional[int] = typer.Option(None, "--id", help="this worker's id i (party worker:i)"),
@@ -111,9 +128,16 @@ def register(app: typer.Typer) -> None:
         from .worker import directory_source, fixed_source
 
         if (updates is None) == (update is None):
-            typer.echo("error: give exactly one of --updates DIR and --update FILE", err=True)
-            raise typer.Exit(2)
-        wids = list(parse_worker_ids(ids)) if ids else ([worker_id] if worker_id is not None else [None])
+            fail("give exactly one of --updates DIR and --update FILE")
+        try:
+            vec = load_array(update, "--update") if update is not None else None
+            if updates is not None and not updates.is_dir():
+                raise ValueError(f"--updates: {updates} is not a directory (it holds round-<r>/worker-<i>.npy)")
+            if out is not None:
+                check_output_dir(out)
+        except ValueError as exc:
+            fail(exc)
+        wids = _worker_ids(ids) if ids else ([worker_id] if worker_id is not None else [None])
         cfgs = []
         for w in wids:
             party = worker_party(w) if w is not None else None
@@ -122,15 +146,13 @@ def register(app: typer.Typer) -> None:
                               key=key or (paths.key if paths else None), ca=ca or (paths.ca if paths else None),
                               log_file=log_file, connect_timeout_s=connect_timeout))
         if any(c.role != "worker" for c in cfgs):
-            typer.echo("error: a worker's party id is worker:<i>", err=True)
-            raise typer.Exit(2)
-        if update is not None:
-            vec = np.load(update, allow_pickle=False)
+            fail("a worker's party id is worker:<i>")
+        if vec is not None:
             sources = [fixed_source(vec) for _ in cfgs]
         else:
             sources = [directory_source(updates, c.party) for c in cfgs]  # type: ignore[arg-type]
         out_dirs = [out / c.party.replace(":", "-") if out and len(cfgs) > 1 else out for c in cfgs]
-        run_workers(cfgs, sources, out_dirs=out_dirs, ready_file=ready_file, max_rounds=rounds)
+        _serve(run_workers, cfgs, sources, out_dirs=out_dirs, ready_file=ready_file, max_rounds=rounds)
 
     @app.command("round")
     def round_cmd(config: Optional[Path] = _CFG, s0: Optional[str] = _S0, s1: Optional[str] = _S1,
