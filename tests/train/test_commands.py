@@ -51,7 +51,24 @@ def test_train_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--config", str(path), "--no-progress"])
 
     assert result.exit_code == 2
-    assert "unknown key(s) ['roundz'] in [train]" in result.output
+    assert result.stderr.startswith(f"error: --config {path}: unknown key(s) ['roundz'] in [train]; allowed: ")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--transport", "pigeon"], "--transport must be one of inprocess, grpc, got 'pigeon'"),
+    (["--config", "{tmp}/none.toml"], "--config: {tmp}/none.toml does not exist"),
+    (["--config", "{tmp}"], "--config: {tmp} is a directory, not a TOML file"),
+    (["--out", "{tmp}/tiny.toml"], "--out: {tmp}/tiny.toml exists and is not a directory"),
+])
+def test_train_errors_are_one_line_on_stderr(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "tiny.toml").write_text(TINY)
+    argv = ["train", "--config", str(tmp_path / "tiny.toml"), "--no-progress", *args]
+
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in argv])
+
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {message.format(tmp=tmp_path)}\n"
 
 
 def test_demo_writes_results_summary_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

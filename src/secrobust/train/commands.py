@@ -13,15 +13,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from secrobust.cli_io import check_file, check_output_dir, fail
 
 Out = Annotated[Path, typer.Option("--out", help="Output directory.")]
 Rounds = Annotated[int | None, typer.Option("--rounds", help="Override the number of rounds.")]
 Fresh = Annotated[bool, typer.Option("--fresh", help="Rerun runs already in DIR/results.jsonl.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
-ConfigFile = Annotated[
-    Path, typer.Option("--config", exists=True, dir_okay=False, help="Experiment TOML file.")
-]
+ConfigFile = Annotated[Path, typer.Option("--config", help="Experiment TOML file.")]
 Transport = Annotated[
     str,
     typer.Option(
@@ -77,7 +76,11 @@ def register(app: typer.Typer) -> None:
         def load() -> Any:
             from secrobust.train.config import load_config
 
-            return load_config(config)
+            check_file(config, "--config", "a TOML file")
+            try:
+                return load_config(config)
+            except ValueError as exc:
+                raise ValueError(f"--config {config}: {exc}") from None
 
         _run(load, lambda cfg: out or Path("runs") / cfg.name, rounds, fresh, progress, transport)
 
@@ -92,22 +95,20 @@ def _run(
 ) -> None:
     console = Console() if Console().is_terminal else Console(width=160)
     if transport not in TRANSPORTS:
-        console.print(f"[red]error:[/] --transport must be one of {', '.join(TRANSPORTS)}, got {escape(transport)!r}")
-        raise typer.Exit(2)
+        fail(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     try:
         import torch
 
         from secrobust.train.experiment import run_grid
     except ImportError as err:
-        hint = "training needs the train extras (pip install 'secrobust\\[train]')"
-        console.print(f"[red]error:[/] {hint}: {escape(str(err))}")
-        raise typer.Exit(2) from err
-    from secrobust.errors import RoundAborted
+        fail(f"training needs the train extras (pip install 'secrobust[train]'): {err}")
+    from secrobust.errors import ProtocolError
 
     try:
         cfg = load()
         if rounds is not None:
             cfg = cfg.replace(train={"rounds": rounds})
+        check_output_dir(out_dir(cfg))
         torch.set_num_threads(1)
         with _secure_aggregate(transport, cfg, console) as secure_aggregate:
             summary = run_grid(
@@ -118,12 +119,10 @@ def _run(
                 progress=progress,
                 secure_aggregate=secure_aggregate,
             )
-    except (ValueError, OSError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}")
-        raise typer.Exit(2) from err
-    except RoundAborted as err:
-        console.print(f"[red]error:[/] a secure round over {transport} failed: {escape(str(err))}")
-        raise typer.Exit(1) from err
+    except ProtocolError as err:
+        fail(f"a secure round over {transport} failed: {err}")
+    except (ValueError, OSError, RuntimeError) as err:
+        fail(err)
     console.print(f"{summary['runs']} runs, {summary['seconds']:.0f} s")
 
 
