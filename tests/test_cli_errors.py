@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,3 +228,23 @@ def test_deployment_commands_report_bad_input_on_one_line(tmp_path: Path) -> Non
     _fails_with(runner.invoke(app, ["worker", "--ids", "a-b", "--update", str(vector)]),
                 "--ids must look like '0-24' or '0,3,7' (distinct ids >= 0), got 'a-b': "
                 "invalid literal for int() with base 10: 'a'")
+
+
+def test_grpc_servers_get_the_cohort_and_the_test_seed_flag_of_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake(updates: np.ndarray, rule: str, f: int, *, options: object, **kwargs: object) -> None:
+        seen.update(options=options, **kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("secrobust.deploy.local.aggregate_grpc", fake)
+    updates = _updates(tmp_path, n=4)
+
+    result = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--transport", "grpc",
+                                 "--seed", "3", "-o", "min_participants=3"])
+
+    _fails_with(result, "stop here")
+    assert seen["options"].min_participants == 3 and seen["options"].insecure_test_seeds is True
+    assert seen["insecure_test_seed"] == 3 and seen["min_participants"] == 3

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -109,7 +111,7 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   example_n: int = typer.Option(20, help="with no --updates: workers in the generated example"),
                   example_d: int = typer.Option(10_000, help="with no --updates: dimension of the example"),
                   example_byzantine: int = typer.Option(4, help="with no --updates: Byzantine workers")) -> None:
-    """Run one secure round in process and print the weights, the aggregate's norm and per-party bytes."""
+    """Run one secure round (in process, or over a local gRPC deployment) and print its outcome and bytes."""
     if transport not in TRANSPORTS:
         fail(f"--transport must be inprocess or grpc, got {transport!r}")
     try:
@@ -120,7 +122,7 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
         run = api.aggregate
         if transport == "grpc":
             check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options)
-            from .deploy.local import aggregate_grpc as run
+            run = _grpc_round(seed is not None, options.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
         res = run(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, check_inputs=check_inputs,
                   norm_bound=norm_bound, **options)
     except COMMAND_ERRORS as exc:
@@ -128,6 +130,14 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
     _print_result(res)
     if out is not None:
         _save_result(res, out)
+
+
+def _grpc_round(test_seed: bool, min_participants: int) -> Callable[..., api.AggregateResult]:
+    """``aggregate_grpc`` over servers started with this minimum cohort (and, with ``--seed``, for tests)."""
+    from .deploy.local import LocalOptions, aggregate_grpc
+
+    local = LocalOptions(min_participants=min_participants, insecure_test_seeds=test_seed)
+    return functools.partial(aggregate_grpc, options=local)
 
 
 def _updates(path: Path | None, n: int, d: int, byzantine: int) -> np.ndarray:

@@ -48,8 +48,9 @@ def register(app: typer.Typer) -> None:
         progress: Progress = True,
         transport: Transport = "inprocess",
     ) -> None:
-        """Robust federated training under attack, the default grid: 20 workers of which 4 are
-        Byzantine, on scikit-learn's digits; mean, Krum, Multi-Krum and geometric median, secure
+        """Robust federated training under attack: the default grid on scikit-learn's digits.
+
+        20 workers of which 4 are Byzantine; mean, Krum, Multi-Krum and geometric median, secure
         and plaintext, under no attack, six attacks from the literature and ring-overflow (exact
         ring elements that wrapped the old protocol's distances), 2 seeds. Writes DIR/results.jsonl,
         DIR/summary.json and PNG plots, and prints the final accuracy table."""
@@ -70,8 +71,9 @@ def register(app: typer.Typer) -> None:
         progress: Progress = True,
         transport: Transport = "inprocess",
     ) -> None:
-        """Run every point of a TOML grid (rules x attacks x f x seeds x secure); runs already in
-        DIR/results.jsonl are skipped, so an interrupted grid resumes."""
+        """Run every point of a TOML grid (rules x attacks x f x seeds x secure).
+
+        Runs already in DIR/results.jsonl are skipped, so an interrupted grid resumes."""
 
         def load() -> Any:
             from secrobust.train.config import load_config
