@@ -100,7 +100,8 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                                                      "archive to this exact path"),
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
-                  seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (testing only)"),
+                  seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (insecure_test_seed: "
+                                                     "tests only, one seed on two inputs reuses every mask)"),
                   check_inputs: bool = typer.Option(True, help="run the input validity check (off: benchmarks only; "
                                                     "robustness then fails against workers that wrap the ring)"),
                   norm_bound: Optional[float] = typer.Option(None, help="reject every worker whose vector has L2 norm "
