@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from secrobust.certs import Identity, make_deployment_certs, party_paths, standard_parties
+from secrobust.certs import Identity, party_dir, party_paths, standard_parties
+from secrobust.pki import make_deployment_certs
 from secrobust.transport.grpc import Endpoint, PeerClient
 from secrobust.transport.grpc.errors import Rejected
 
@@ -53,20 +54,20 @@ class RecordingHandler:
 @pytest.fixture(scope="session")
 def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
-    make_deployment_certs(out, standard_parties(2) + ["intruder"])
+    make_deployment_certs(out, standard_parties(2) + ["worker:7"])
     return out
 
 
 @pytest.fixture(scope="session")
 def rogue_cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second CA that issues certificates with the very same party names."""
+    """Two other CAs that issue certificates with the very same party names."""
     out = tmp_path_factory.mktemp("rogue")
     make_deployment_certs(out, standard_parties(2))
     return out
 
 
 def identity(cert_dir: Path, party: str) -> Identity:
-    return Identity.load(party_paths(cert_dir, party))
+    return Identity.load(party_paths(party_dir(cert_dir, party), party))
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import numpy as np
 
 import secrobust
 from secrobust import ring
-from secrobust.certs import Identity, party_paths, worker_party
+from secrobust.certs import worker_party
 from secrobust.deploy.local import LocalDeployment, in_process_reference
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
@@ -24,7 +24,7 @@ class FakeWorker:
 
     def __init__(self, dep: LocalDeployment, wid: int, party: str | None = None) -> None:
         self.wid = wid
-        ident = Identity.load(party_paths(dep.cert_dir, party or worker_party(wid)))
+        ident = dep.identity(party or worker_party(wid))
         self.s0 = PeerClient(ident, "S0", dep.addresses["S0"], connect_timeout=3.0)
         self.s1 = PeerClient(ident, "S1", dep.addresses["S1"], connect_timeout=3.0)
 

@@ -10,7 +10,8 @@ from secrobust.deploy.config import PartyConfig, load, parse_worker_ids, to_toml
 
 
 def test_toml_round_trips_and_flags_override(tmp_path):
-    cfg = PartyConfig(party="S0", cert=tmp_path / "s0.pem", key=tmp_path / "s0.key", ca=tmp_path / "ca.pem",
+    cfg = PartyConfig(party="S0", key=tmp_path / "s0.key", certs={"S0": tmp_path / "s0.s0.pem"},
+                      cas={"S0": tmp_path / "ca-s0.pem", "S1": tmp_path / "ca-s1.pem"},
                       listen="127.0.0.1:7100", peers={"S0": "127.0.0.1:7100", "S1": "127.0.0.1:7101",
                                                      "dealer": "127.0.0.1:7102"},
                       workers=(0, 1, 2), state_dir=tmp_path / "state", peer_timeout_s=12.0)
@@ -23,18 +24,26 @@ def test_toml_round_trips_and_flags_override(tmp_path):
 
 
 def test_relative_paths_are_read_from_the_toml_folder(tmp_path):
-    (tmp_path / "w.toml").write_text('party = "worker:3"\n[peers]\nS0 = "127.0.0.1:1"\nS1 = "127.0.0.1:2"\n'
-                                     '[tls]\ncert = "c/w.pem"\nkey = "c/w.key"\nca = "c/ca.pem"\n')
+    (tmp_path / "w.toml").write_text('party = "worker:3"\ninbox = "in"\n[peers]\nS0 = "127.0.0.1:1"\n'
+                                     'S1 = "127.0.0.1:2"\n[tls]\ndir = "c"\ncert_s1 = "other/w.pem"\n')
     cfg = load(tmp_path / "w.toml")
-    assert cfg.cert == tmp_path / "c" / "w.pem" and cfg.role == "worker"
+    assert cfg.role == "worker" and cfg.inbox == tmp_path / "in"
+    assert cfg.key == tmp_path / "c" / "worker-3.key"
+    assert cfg.certs == {"S0": tmp_path / "c" / "worker-3.s0.pem", "S1": tmp_path / "other" / "w.pem"}
+    assert cfg.cas == {"S0": tmp_path / "c" / "ca-s0.pem", "S1": tmp_path / "c" / "ca-s1.pem"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('party = "S0"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "listen address"),
-    ('party = "S1"\nlisten = "127.0.0.1:1"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "no address for S0"),
-    ('party = "S0"\nlisten = "x"\n', "TLS file 'cert' is missing"),
+    ('party = "S0"\n[tls]\ndir = "t"\n', "listen address"),
+    ('party = "S1"\nlisten = "127.0.0.1:1"\n[tls]\ndir = "t"\n', "no address for S0"),
+    ('party = "operator:S1"\n[peers]\nS0 = "127.0.0.1:1"\n[tls]\ndir = "t"\n', "no address for S1"),
+    ('party = "S0"\nlisten = "x"\n', "TLS key is missing"),
+    ('party = "S0"\nlisten = "x"\n[tls]\nkey = "k"\ncert_s0 = "c"\n', "CA certificate of S0 is missing"),
+    ('party = "worker:1"\n[peers]\nS0 = "a:1"\nS1 = "a:2"\n[tls]\nkey = "k"\ncert_s0 = "c"\nca_s0 = "a"\n'
+     'ca_s1 = "b"\n', "needs cert_s0 and cert_s1"),
+    ('party = "S0"\nlisten = "x"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "one CA per server organisation"),
     ('party = "S0"\nport = 3\n', "unknown keys"),
-    ('party = "boss"\n[tls]\ncert = "a"\nkey = "b"\nca = "c"\n', "none of S0, S1"),
+    ('party = "operator"\n[tls]\ndir = "t"\n', "none of S0, S1"),
 ])
 def test_incomplete_configurations_say_what_is_missing(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)
@@ -51,7 +60,7 @@ def test_worker_id_ranges():
 
 def test_the_main_cli_has_the_deployment_commands():
     result = CliRunner().invoke(app, ["--help"])
-    for command in ("certs", "dealer", "server", "worker", "round"):
+    for command in ("ca", "keygen", "sign", "certs", "init", "dealer", "server", "worker", "round"):
         assert command in result.output
     bad = CliRunner().invoke(app, ["server", "--party", "2"])
     assert bad.exit_code == 2 and "--party is 0 or 1" in bad.output

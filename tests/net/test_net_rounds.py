@@ -11,7 +11,7 @@ import pytest
 
 import secrobust
 from secrobust import ring, validity
-from secrobust.certs import make_deployment_certs
+from secrobust.pki import make_deployment_certs
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
@@ -174,14 +174,13 @@ def test_the_mean_checks_its_inputs_with_a_diag_triple_from_the_pool(dep):
 
 
 def test_protocol_messages_above_their_limits_are_refused_before_they_are_read(dep):
-    from secrobust.certs import Identity, party_paths
     from secrobust.deploy.server import HEADER_SLACK, SMALL_MESSAGE
     from secrobust.transport.grpc import PeerClient
 
     dep.aggregate(_updates(53), "krum", 1)            # S1's last round has n = 6 workers
     r = dep.operator.next_round_id() - 1
     limit = HEADER_SLACK + 16 * validity.and_words(6)
-    impostor = PeerClient(Identity.load(party_paths(dep.cert_dir, "S0")), "S1", dep.addresses["S1"],
+    impostor = PeerClient(dep.identity("S0"), "S1", dep.addresses["S1"],
                           connect_timeout=3.0)
 
     def refused(msg: Message) -> RemoteRejected:
@@ -339,7 +338,6 @@ def test_a_share_key_goes_to_its_own_worker_only_and_once(dep):
     """S0's share of worker i is PRG(k_i): S1 (or an operator it runs) holding k_i would hold both shares of
     x_i. S0 serves k_i only to the certificate worker:i, only while the share phase is open, only once; the
     request cannot name another worker, S1 serves no keys, and no key reaches a log or report."""
-    from secrobust.certs import Identity, party_paths
     from secrobust.transport.grpc import PeerClient
     from secrobust.transport.grpc import secrobust_pb2 as pb
 
@@ -347,7 +345,7 @@ def test_a_share_key_goes_to_its_own_worker_only_and_once(dep):
     _, want = oracle(dep, x, "krum", 1)
     fake = FakeWorker(dep, 3)
     other = FakeWorker(dep, 4)
-    as_party = {name: PeerClient(Identity.load(party_paths(dep.cert_dir, name)), "S0", dep.addresses["S0"],
+    as_party = {name: PeerClient(dep.identity(name), "S0", dep.addresses["S0"],
                                  connect_timeout=3.0) for name in ("S1", "dealer")}
 
     def code(fn) -> str:
@@ -387,7 +385,6 @@ def test_a_share_key_goes_to_its_own_worker_only_and_once(dep):
 def test_bad_fetch_and_control_calls_get_specific_errors_while_the_servers_keep_serving(dep):
     import grpc
 
-    from secrobust.certs import Identity, party_paths, tls_name
     from secrobust.deploy.rounds import RoundRequest
     from secrobust.transport.grpc import secrobust_pb2 as pb
     from secrobust.transport.grpc.tls import channel_credentials
@@ -441,9 +438,10 @@ def test_bad_fetch_and_control_calls_get_specific_errors_while_the_servers_keep_
             assert code(lambda: op[name].control("open-round", r + 1, {**good, "worker_ids": [0, 1, 2, 3, 4, 99]})) \
                 == "unknown-party"
             # a request above gRPC's 8 MiB limit is refused by the server's gRPC layer
-            ident = Identity.load(party_paths(dep.cert_dir, "worker:0"))
-            options = [("grpc.ssl_target_name_override", tls_name(name)), ("grpc.max_send_message_length", 32 << 20)]
-            with grpc.secure_channel(dep.addresses[name], channel_credentials(ident), options=options) as ch:
+            ident = dep.identity("worker:0")
+            options = [("grpc.ssl_target_name_override", ident.target_for(name)),
+                       ("grpc.max_send_message_length", 32 << 20)]
+            with grpc.secure_channel(dep.addresses[name], channel_credentials(ident, name), options=options) as ch:
                 call = ch.unary_unary("/secrobust.v1.Party/Control", request_serializer=lambda b: b,
                                       response_deserializer=lambda b: b)
                 with pytest.raises(grpc.RpcError) as info:
@@ -512,7 +510,7 @@ def test_structured_logs_name_party_round_phase_bytes_and_seconds(dep):
 def test_the_server_processes_refuse_plaintext_and_foreign_certificates(dep, tmp_path):
     import grpc
 
-    from secrobust.certs import Identity, party_paths
+    from secrobust.certs import Identity, party_dir, party_paths
     from secrobust.transport.grpc import PartyUnreachable, PeerClient
     from secrobust.transport.grpc import secrobust_pb2 as pb
 
@@ -525,8 +523,8 @@ def test_the_server_processes_refuse_plaintext_and_foreign_certificates(dep, tmp
                 call(pb.ControlRequest(version=M.VERSION, sender="worker:0", command="status"), timeout=3)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     make_deployment_certs(tmp_path, ["worker:0"])
-    rogue = Identity.load(party_paths(tmp_path, "worker:0"))
-    trusting = Identity("worker:0", rogue.cert_pem, rogue.key_pem, (dep.cert_dir / "ca.pem").read_bytes())
+    rogue = Identity.load(party_paths(party_dir(tmp_path, "worker:0"), "worker:0"))
+    trusting = Identity("worker:0", rogue.key_pem, rogue.certs, dep.identity("worker:0").cas)
     client = PeerClient(trusting, "S0", dep.addresses["S0"], connect_timeout=1.0)
     try:
         with pytest.raises(PartyUnreachable):
@@ -550,7 +548,8 @@ def _round_command(dep, x: np.ndarray, *args: str) -> tuple[int, dict]:
     folder.mkdir(parents=True)
     for i in range(len(x)):
         np.save(folder / f"worker-{i}.npy", x[i])
-    result = CliRunner().invoke(app, ["round", "--config", str(dep.workdir / "config" / "operator.toml"),
+    result = CliRunner().invoke(app, ["round", "--config", str(dep.config_file("operator:S0")),
+                                      "--config", str(dep.config_file("operator:S1")),
                                       "--d", str(x.shape[1]), "--workers", f"0-{len(x) - 1}", "--window", "20",
                                       *args])
     assert result.exit_code == 0, result.output

@@ -76,17 +76,17 @@ def test_a_plaintext_client_is_refused(endpoint, client_for):
 
 
 def test_a_tls_client_without_a_certificate_is_refused(endpoint, cert_dir, client_for):
-    creds = grpc.ssl_channel_credentials(root_certificates=(cert_dir / "ca.pem").read_bytes())
-    with grpc.secure_channel(endpoint[2], creds, options=channel_options("S0")) as ch:
+    worker = identity(cert_dir, "worker:0")
+    creds = grpc.ssl_channel_credentials(root_certificates=worker.roots_for("S0"))
+    with grpc.secure_channel(endpoint[2], creds, options=channel_options(worker, "S0")) as ch:
         _assert_status_call_unavailable(ch)
     _still_serving(client_for)
 
 
 def test_a_certificate_from_another_ca_is_refused_even_with_a_valid_name(rogue_cert_dir, cert_dir, client_for):
     rogue = identity(rogue_cert_dir, "worker:0")
-    trusted_ca = (cert_dir / "ca.pem").read_bytes()
     from secrobust.certs import Identity
-    mixed = Identity("worker:0", rogue.cert_pem, rogue.key_pem, trusted_ca)
+    mixed = Identity("worker:0", rogue.key_pem, rogue.certs, identity(cert_dir, "worker:0").cas)
     from secrobust.transport.grpc import PeerClient
     c = PeerClient(mixed, "S0", client_for("worker:0").address, connect_timeout=1.0)
     try:
@@ -103,8 +103,8 @@ def test_a_client_does_not_talk_to_a_server_that_is_not_the_one_it_expects(clien
 
 
 def test_a_party_the_endpoint_does_not_admit_is_refused(client_for):
-    _rejected(lambda: client_for("intruder").control("status"), "unknown-party")
-    _rejected(lambda: client_for("operator").send(_msg(sender="operator")), "unknown-party")
+    _rejected(lambda: client_for("worker:7").control("status"), "unknown-party")
+    _rejected(lambda: client_for("operator:S0").send(_msg(sender="operator:S0")), "unknown-party")
 
 
 def test_a_sender_field_that_is_not_the_certificate_is_refused(client_for):

@@ -1,21 +1,23 @@
 """Configuration of one deployed party, from a TOML file and/or command-line flags (flags win).
 
-Example ``s0.toml``::
+Example ``s0.toml`` (``secrobust init`` writes one per party)::
 
-    party = "S0"                     # S0, S1, dealer, worker:<i>, operator
+    party = "S0"                     # S0, S1, dealer, operator:S0, operator:S1, worker:<i>
     listen = "127.0.0.1:7100"        # servers and the dealer only
-    state_dir = "state/s0"           # servers: last round id survives a restart
-    log_file = "logs/s0.jsonl"       # JSON lines; stderr when absent
+    state_dir = "state"              # servers: the last round id survives a restart
+    log_file = "s0.jsonl"            # JSON lines; stderr when absent
+    inbox = "inbox"                  # workers: round-<r>/worker-<i>.npy inputs
 
     [peers]
     S0 = "127.0.0.1:7100"
     S1 = "127.0.0.1:7101"
     dealer = "127.0.0.1:7102"
 
-    [tls]
-    cert = "certs/s0.pem"
-    key = "certs/s0.key"
-    ca = "certs/ca.pem"
+    [tls]                            # or dir = "." for the conventional names below
+    key = "s0.key"
+    cert_s0 = "s0.s0.pem"            # the certificate S0's CA issued (cert_s1: S1's CA)
+    ca_s0 = "ca-s0.pem"
+    ca_s1 = "ca-s1.pem"
 
     [admission]
     workers = "0-9"                  # worker ids the servers admit: "0-9", "0,2,5" or a list
@@ -27,6 +29,10 @@ Example ``s0.toml``::
     [rounds]                         # servers only
     min_participants = 5             # abort a round that would aggregate fewer workers (never below 2)
     insecure_test_seeds = false      # true only in tests: accept a request's fixed test seed
+
+Relative paths are read from the TOML file's folder. A server or operator has one certificate (from its
+own organisation's CA), the dealer and a worker two (``secrobust.certs``); every party has both CA
+certificates.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..certs import DEALER_ID, OPERATOR_ID, SERVER_IDS, Identity, PartyPaths, check_party_id, worker_index
+from ..certs import (DEALER_ID, ORGS, ROLES, SERVER_IDS, Identity, PartyPaths, check_party_id, operator_server,
+                     orgs_of, party_paths, party_role)
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 
-ROLES = ("server", "dealer", "worker", "operator")
+TLS_KEYS = ("dir", "key", *(f"cert_{o.lower()}" for o in ORGS), *(f"ca_{o.lower()}" for o in ORGS))
+TOP_KEYS = ("party", "listen", "state_dir", "log_file", "inbox", "tls", "timeouts", "admission", "peers", "rounds")
 
 
 @dataclass(frozen=True)
@@ -47,35 +55,32 @@ class PartyConfig:
     """Everything one party process needs: who it is, where it listens, whom it talks to, its TLS files."""
 
     party: str
-    cert: Path
     key: Path
-    ca: Path
+    certs: Mapping[str, Path]
+    cas: Mapping[str, Path]
     listen: str | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
     workers: tuple[int, ...] = ()
     state_dir: Path | None = None
     log_file: Path | None = None
+    inbox: Path | None = None
     peer_timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     min_participants: int = DEFAULT_MIN_PARTICIPANTS
-    """A server aborts a round that would aggregate fewer workers (after dropouts and rejections)."""
     insecure_test_seeds: bool = False
-    """A server accepts a round request's ``test_seed`` only with this set (tests: it fixes the DP noise)."""
 
     @property
     def role(self) -> str:
-        if self.party in SERVER_IDS:
-            return "server"
-        if self.party == DEALER_ID:
-            return "dealer"
-        if self.party == OPERATOR_ID:
-            return "operator"
-        if worker_index(self.party) is not None:
-            return "worker"
-        raise ValueError(f"party {self.party!r} is none of S0, S1, dealer, operator, worker:<i>")
+        """server, operator, dealer or worker."""
+        return party_role(self.party)
+
+    @property
+    def tls(self) -> PartyPaths:
+        return PartyPaths(self.party, self.key, dict(self.certs), dict(self.cas))
 
     def identity(self) -> Identity:
-        return Identity.load(PartyPaths(self.party, self.cert, self.key, self.ca))
+        """The party's key and certificates, read and checked (ValueError names the file at fault)."""
+        return Identity.load(self.tls)
 
     def peer(self, name: str) -> str:
         if name not in self.peers:
@@ -88,9 +93,12 @@ class PartyConfig:
         if role in ("server", "dealer") and not self.listen:
             raise ValueError(f"{self.party} needs a listen address (--listen or listen = ...)")
         needed = {"server": ("S0", "S1", "dealer"), "dealer": ("S0", "S1"), "worker": ("S0", "S1"),
-                  "operator": ("S0", "S1")}[role]
+                  "operator": (SERVER_IDS[operator_server(self.party) or 0],)}[role]
         for name in needed:
             self.peer(name)
+        if set(self.certs) != set(orgs_of(self.party)):
+            want = " and ".join(f"cert_{o.lower()}" for o in orgs_of(self.party))
+            raise ValueError(f"{self.party}: [tls] needs {want} (the certificate from each CA that certifies it)")
         if self.peer_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         check_min_participants(self.min_participants)
@@ -122,28 +130,32 @@ def parse_worker_ids(spec: Any) -> tuple[int, ...]:
 
 
 def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
-    """Read ``toml_path`` (if any), apply non-None ``overrides`` (flag values), resolve relative paths
-    against the TOML file's folder, and check the result."""
+    """Read ``toml_path`` (if any), apply non-None ``overrides`` (flag values; ``tls_dir`` is a party's
+    own folder with the conventional file names), resolve relative paths against the TOML file's folder,
+    and check the result."""
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if toml_path is not None:
         with open(toml_path, "rb") as fh:
             raw = tomllib.load(fh)
         base = Path(toml_path).resolve().parent
-    tls = raw.get("tls", {})
+    unknown = set(raw) - set(TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys in {toml_path}: {sorted(unknown)}")
+    tls = dict(raw.get("tls", {}))
+    bad_tls = set(tls) - set(TLS_KEYS)
+    if bad_tls:
+        raise ValueError(f"unknown [tls] keys in {toml_path}: {sorted(bad_tls)}; one CA per server organisation: "
+                         f"give {', '.join(TLS_KEYS[1:])} or dir (see docs/deployment-setup.md)")
     timeouts = raw.get("timeouts", {})
     rounds = raw.get("rounds", {})
     values: dict[str, Any] = {
         "party": raw.get("party"), "listen": raw.get("listen"), "state_dir": raw.get("state_dir"),
-        "log_file": raw.get("log_file"), "cert": tls.get("cert"), "key": tls.get("key"), "ca": tls.get("ca"),
+        "log_file": raw.get("log_file"), "inbox": raw.get("inbox"), "tls_dir": tls.get("dir"),
         "workers": raw.get("admission", {}).get("workers"), "peers": dict(raw.get("peers", {})),
         "peer_timeout_s": timeouts.get("peer_s"), "connect_timeout_s": timeouts.get("connect_s"),
         "min_participants": rounds.get("min_participants"), "insecure_test_seeds": rounds.get("insecure_test_seeds"),
     }
-    unknown = set(raw) - {"party", "listen", "state_dir", "log_file", "tls", "timeouts", "admission", "peers",
-                          "rounds"}
-    if unknown:
-        raise ValueError(f"unknown keys in {toml_path}: {sorted(unknown)}")
     peers = dict(values["peers"])
     for name in ("S0", "S1", "dealer"):
         v = overrides.pop(name, None)
@@ -158,9 +170,7 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
     if values["party"] is None:
         raise ValueError("the party id is missing (party = ... or --party)")
     party = check_party_id(str(values["party"]))
-    for key in ("cert", "key", "ca"):
-        if values[key] is None:
-            raise ValueError(f"{party}: TLS file '{key}' is missing ([tls] {key} = ... or --{key})")
+    party_role(party)
 
     def path(v: Any) -> Path | None:
         if v is None:
@@ -168,10 +178,12 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
         p = Path(v)
         return p if p.is_absolute() else base / p
 
+    files = _tls_files(party, tls, path(values["tls_dir"]) if overrides.get("tls_dir") is None
+                       else Path(overrides["tls_dir"]).resolve(), path)
     cfg = PartyConfig(
-        party=party, cert=path(values["cert"]), key=path(values["key"]), ca=path(values["ca"]),  # type: ignore[arg-type]
+        party=party, key=files["key"], certs=files["certs"], cas=files["cas"],
         listen=values["listen"], peers=peers, workers=parse_worker_ids(values["workers"]),
-        state_dir=path(values["state_dir"]), log_file=path(values["log_file"]),
+        state_dir=path(values["state_dir"]), log_file=path(values["log_file"]), inbox=path(values["inbox"]),
         peer_timeout_s=float(values["peer_timeout_s"] if values["peer_timeout_s"] is not None else 60.0),
         connect_timeout_s=float(values["connect_timeout_s"] if values["connect_timeout_s"] is not None else 5.0),
         min_participants=(values["min_participants"] if values["min_participants"] is not None
@@ -181,19 +193,41 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
     return cfg.check()
 
 
-def to_toml(cfg: PartyConfig) -> str:
-    """The TOML text that ``load`` reads back into ``cfg``."""
+def _tls_files(party: str, tls: Mapping[str, Any], folder: Path | None, path: Any) -> dict[str, Any]:
+    """The key, certificates and CA certificates: named in [tls], else the conventional names in ``folder``."""
+    conv = party_paths(folder, party) if folder is not None else None
+    key = path(tls.get("key")) or (conv.key if conv else None)
+    if key is None:
+        raise ValueError(f"{party}: the TLS key is missing ([tls] key = ..., [tls] dir = ... or --tls-dir)")
+    certs: dict[str, Path] = {}
+    for org in ORGS:
+        given = path(tls.get(f"cert_{org.lower()}"))
+        if given is not None or (conv is not None and org in conv.certs):
+            certs[org] = given or conv.certs[org]  # type: ignore[union-attr]
+    cas: dict[str, Path] = {}
+    for org in ORGS:
+        given = path(tls.get(f"ca_{org.lower()}")) or (conv.cas[org] if conv else None)
+        if given is None:
+            raise ValueError(f"{party}: the CA certificate of {org} is missing ([tls] ca_{org.lower()} = ..., "
+                             "[tls] dir = ... or --tls-dir)")
+        cas[org] = given
+    return {"key": key, "certs": certs, "cas": cas}
+
+
+def to_toml(cfg: PartyConfig, relative_to: Path | None = None) -> str:
+    """The TOML text that ``load`` reads back into ``cfg`` (paths under ``relative_to`` written relative to it,
+    for a TOML file in that folder)."""
     def q(v: Any) -> str:
+        if isinstance(v, Path) and relative_to is not None and v.is_relative_to(relative_to):
+            v = v.relative_to(relative_to)
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
     lines = [f"party = {q(cfg.party)}"]
-    if cfg.listen:
-        lines.append(f"listen = {q(cfg.listen)}")
-    if cfg.state_dir:
-        lines.append(f"state_dir = {q(cfg.state_dir)}")
-    if cfg.log_file:
-        lines.append(f"log_file = {q(cfg.log_file)}")
+    for name in ("listen", "state_dir", "log_file", "inbox"):
+        if getattr(cfg, name):
+            lines.append(f"{name} = {q(getattr(cfg, name))}")
     lines += ["", "[peers]", *(f"{q(k)} = {q(v)}" for k, v in cfg.peers.items())]
-    lines += ["", "[tls]", f"cert = {q(cfg.cert)}", f"key = {q(cfg.key)}", f"ca = {q(cfg.ca)}"]
+    lines += ["", "[tls]", f"key = {q(cfg.key)}", *(f"cert_{o.lower()} = {q(p)}" for o, p in cfg.certs.items()),
+              *(f"ca_{o.lower()} = {q(p)}" for o, p in cfg.cas.items())]
     if cfg.workers:
         lines += ["", "[admission]", f"workers = [{', '.join(str(w) for w in cfg.workers)}]"]
     lines += ["", "[timeouts]", f"peer_s = {cfg.peer_timeout_s}", f"connect_s = {cfg.connect_timeout_s}"]
@@ -205,4 +239,4 @@ def to_toml(cfg: PartyConfig) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEALER_ID", "OPERATOR_ID", "PartyConfig", "ROLES", "load", "parse_worker_ids", "replace", "to_toml"]
+__all__ = ["DEALER_ID", "PartyConfig", "ROLES", "load", "parse_worker_ids", "replace", "to_toml"]

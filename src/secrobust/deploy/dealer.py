@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import Any
 
-from ..certs import OPERATOR_ID, Identity
+from ..certs import Identity, operator_party
 from ..dealer import TripleSeeds
 from ..nodes import DealerNode
 from ..protocol import messages as M
@@ -29,6 +29,7 @@ from .config import PartyConfig
 from .pool import triple_key
 
 REQUEST_LIMIT = 64 << 10
+OPERATORS = (operator_party(0), operator_party(1))
 
 
 class DealerRuntime:
@@ -54,7 +55,8 @@ class DealerRuntime:
         """Nothing waits at the dealer; present for symmetry with the servers."""
 
     def admitted(self, caller: str) -> bool:
-        return caller in ("S0", "S1", OPERATOR_ID)
+        """The servers and their operators (each certified by its own organisation's CA)."""
+        return caller in ("S0", "S1", *OPERATORS)
 
     def max_message_bytes(self, env: pb.Envelope) -> int:
         return REQUEST_LIMIT
@@ -96,7 +98,7 @@ class DealerRuntime:
             tid = args.get("triple_id")
             keys = [triple_key(str(tid))] if tid else []
             return {"party": self.party, "traffic": self.accounting.totals(round_id, *keys)}
-        if command == "shutdown" and caller == OPERATOR_ID:
+        if command == "shutdown" and caller in OPERATORS:
             self.shutdown_requested.set()
             return {"ok": True}
         raise Rejected("not-permitted" if command == "shutdown" else "bad-request",

@@ -1,11 +1,14 @@
 """A whole deployment on loopback: the dealer, S0, S1 and the workers, each a separate OS process.
 
-``LocalDeployment`` makes certificates, picks free ports on 127.0.0.1, writes one TOML file per
-party, starts every party with ``python -m secrobust.deploy ...`` in its own process group, and
-always terminates them (context manager, ``atexit``, and each child also exits when the launcher
-is gone). ``aggregate`` has the signature and the result of ``secrobust.aggregate``: the launcher
-writes each worker's update where only that worker process reads it, opens the round as the
-operator, and rebuilds the result from the servers' reports and aggregate shares.
+``LocalDeployment`` plays both server organisations' CAs and makes each party's key in that party's
+own folder (``secrobust.pki.make_deployment_certs``), picks free ports on 127.0.0.1, writes each party's
+TOML file into its folder, starts every party with ``python -m secrobust.deploy ... --config`` that file
+in its own process group (a process sees only its own key and the public CA certificates), and always
+terminates them (context manager, ``atexit``, and each child also exits when the launcher is gone).
+``aggregate`` has the signature and the result of ``secrobust.aggregate``: the launcher writes each
+worker's update where only that worker process reads it, opens the round as both operators
+(``operator:S0`` and ``operator:S1``), and rebuilds the result from the servers' reports and aggregate
+shares.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import api, ring, validity
-from ..certs import OPERATOR_ID, Identity, make_deployment_certs, party_paths, standard_parties, tls_name, worker_party
+from ..certs import Identity, operator_party, party_dir, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import check_noise_std
 from ..rules.plain import split_options
@@ -36,6 +39,7 @@ from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .config import PartyConfig, to_toml
 from .operator import Operator
+from ..pki import make_deployment_certs
 from .process import PARENT_ENV
 from .rounds import RoundRequest
 
@@ -94,7 +98,8 @@ class LocalDeployment:
         self.options = options or LocalOptions()
         self._own_dir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="secrobust-")) if workdir is None else Path(workdir)
-        self.cert_dir = self.workdir / "certs"
+        self.cert_dir = self.workdir / "parties"
+        """Both CAs (the launcher plays both server organisations) and one folder per party."""
         self.updates_dir = self.workdir / "updates"
         self.children: dict[str, Child] = {}
         self.addresses: dict[str, str] = {}
@@ -123,35 +128,33 @@ class LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         make_deployment_certs(self.cert_dir, standard_parties(self.n_workers))
         self.addresses = {name: f"{LOOPBACK}:{free_port()}" for name in ("S0", "S1", "dealer")}
-        cfg_dir = self.workdir / "config"
-        cfg_dir.mkdir(exist_ok=True)
         workers = tuple(range(self.n_workers))
-        for name in ("dealer", "S0", "S1", OPERATOR_ID, *(worker_party(i) for i in workers)):
-            paths = party_paths(self.cert_dir, name)
-            cfg = PartyConfig(party=name, cert=paths.cert, key=paths.key, ca=paths.ca,
+        for name in standard_parties(self.n_workers):
+            folder = self.party_dir(name)
+            paths = party_paths(folder, name)
+            cfg = PartyConfig(party=name, key=paths.key, certs=paths.certs, cas=paths.cas,
                               listen=self.addresses.get(name) if name in ("S0", "S1", "dealer") else None,
                               peers=dict(self.addresses), workers=workers if name in ("S0", "S1") else (),
                               state_dir=self.workdir / "state" / tls_name(name) if name in ("S0", "S1") else None,
                               peer_timeout_s=o.peer_timeout_s, connect_timeout_s=o.connect_timeout_s,
                               min_participants=o.min_participants, insecure_test_seeds=o.insecure_test_seeds)
-            (cfg_dir / f"{tls_name(name)}.toml").write_text(to_toml(cfg))
+            self.config_file(name).write_text(to_toml(cfg, relative_to=folder))
         self.updates_dir.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         for name, argv in (("dealer", ["dealer"]), ("S0", ["server"]), ("S1", ["server"])):
-            self._add(name, [*argv, "--config", str(cfg_dir / f"{tls_name(name)}.toml"),
+            self._add(name, [*argv, "--config", str(self.config_file(name)),
                              "--port-file", str(self.workdir / "state" / f"{tls_name(name)}.port")])
         per = max(1, o.workers_per_process)
         for lo in range(0, self.n_workers, per):
             hi = min(lo + per, self.n_workers) - 1
             name = f"workers-{lo}-{hi}" if per > 1 else tls_name(worker_party(lo))
-            argv = ["worker", "--ids", f"{lo}-{hi}", "--cert-dir", str(self.cert_dir),
-                    "--s0", self.addresses["S0"], "--s1", self.addresses["S1"],
-                    "--connect-timeout", str(o.connect_timeout_s),
-                    "--updates", str(self.updates_dir), "--ready-file", str(self.workdir / "state" / f"{name}.ready")]
+            configs = [arg for i in range(lo, hi + 1) for arg in ("--config", str(self.config_file(worker_party(i))))]
+            argv = ["worker", *configs, "--updates", str(self.updates_dir),
+                    "--ready-file", str(self.workdir / "state" / f"{name}.ready")]
             self._add(name, argv)
         for name in ("dealer", "S0", "S1"):
             self._spawn(self.children[name])
-        self.operator = Operator(Identity.load(party_paths(self.cert_dir, OPERATOR_ID)),
+        self.operator = Operator([self.identity(operator_party(0)), self.identity(operator_party(1))],
                                  self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
                                  connect_timeout=o.connect_timeout_s, prefetch=o.prefetch)
         self.wait_listening(("dealer", "S0", "S1"))
@@ -159,6 +162,18 @@ class LocalDeployment:
             if child.name not in ("dealer", "S0", "S1"):
                 self._spawn(child)
         self.wait_workers_ready()
+
+    def party_dir(self, party: str) -> Path:
+        """The folder of ``party``'s key, certificates, CA certificates and configuration (its own only)."""
+        return party_dir(self.cert_dir, party)
+
+    def config_file(self, party: str) -> Path:
+        """The TOML file ``party``'s process is started with."""
+        return self.party_dir(party) / f"{tls_name(party)}.toml"
+
+    def identity(self, party: str) -> Identity:
+        """``party``'s TLS identity, loaded from its folder (tests: play a party from the launcher)."""
+        return Identity.load(party_paths(self.party_dir(party), party))
 
     def _add(self, name: str, argv: list[str]) -> None:
         self.children[name] = Child(name, argv, self.workdir / "logs" / f"{name}.log")

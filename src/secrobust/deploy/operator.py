@@ -1,16 +1,18 @@
-"""The operator: opens rounds at both servers and reads their public outcome.
+"""The operators: open rounds at the servers and read their public outcome.
 
-The operator holds a certificate with CN ``operator``. It sends each server the same RoundRequest
-(S0 first, then S1, so S0 is ready for the dealer's part when S1 asks for the triple), waits for both
-servers' reports, fetches both aggregate shares like any worker, and rebuilds what
-``secrobust.aggregate`` returns. It sees what the servers make public (weights, aggregate, the workers
-rejected by the input validity check and why, traffic, timings) and, from S1's report, the distances
-S1 opened: in a real deployment S1's report goes to S1's own operator; the local launcher plays both
-organisations.
+Each server has its own operator, ``operator:S0`` and ``operator:S1`` (``certs.operator_party``), and
+admits control commands from its own only: S1's report, with the distances S1 opened, goes to S1's
+operator alone. An ``Operator`` holds the identities of one or both: a local launcher holds both and
+runs whole rounds; in a deployment of two organisations each runs its own side (``sides``). With both,
+it sends each server the same RoundRequest (S0 first, then S1, so S0 is ready for the dealer's part
+when S1 asks for the triple), waits for both servers' reports, fetches both aggregate shares like any
+worker, and rebuilds what ``secrobust.aggregate`` returns. It sees what the servers make public
+(weights, aggregate, the workers rejected by the input validity check and why, the workers that
+declined the round and why, traffic, timings) and, through ``operator:S1``, S1's opened view.
 
 Triples. The operator names the triple of every round and the triples to prefetch for the next
-``prefetch`` rounds (``with_triples``): it reads both servers' offline pools (``status``), reuses for
-round r the pooled triple that both servers hold for round r with the round's (n, d, kind, bit-triple
+``prefetch`` rounds (``with_triples``): it reads the servers' offline pools (``status``), reuses for
+round r the pooled triple that the servers hold for round r with the round's (n, d, kind, bit-triple
 words), and names fresh random ids for the rest. Everything the request does not name is discarded by
 the servers. The operator keeps no state of its own, so a new operator (the ``round`` command) continues
 the pool. Every rule takes a triple while the input validity check is on (the mean a "diag" one).
@@ -20,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from .. import api
-from ..certs import Identity
+from ..certs import SERVER_IDS, Identity, operator_party, operator_server
 from ..errors import RoundAborted
 from ..protocol import messages as M
 from ..rules.view import Choice, View
@@ -63,17 +65,33 @@ class RoundFailed(RoundAborted):
 
 
 class Operator:
-    """Round control over mutual TLS to S0, S1 (and the dealer, for its traffic report)."""
+    """Round control over mutual TLS: to each server whose operator identity we hold, with that identity
+    (and to the dealer, for its traffic report)."""
 
-    def __init__(self, identity: Identity, s0: str, s1: str, dealer: str | None = None, *,
-                 connect_timeout: float = 5.0, prefetch: int = 1) -> None:
+    def __init__(self, identities: Identity | Iterable[Identity], s0: str | None, s1: str | None,
+                 dealer: str | None = None, *, connect_timeout: float = 5.0, prefetch: int = 1) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
             raise ValueError(f"prefetch is the number of rounds to request triples ahead for, 0 to {MAX_PREFETCH}; "
                              f"got {prefetch!r}")
         self.prefetch = prefetch
-        self.clients = {"S0": PeerClient(identity, "S0", s0, connect_timeout=connect_timeout),
-                        "S1": PeerClient(identity, "S1", s1, connect_timeout=connect_timeout)}
-        self.dealer = PeerClient(identity, "dealer", dealer, connect_timeout=connect_timeout) if dealer else None
+        own = operator_identities(identities)
+        addresses = {"S0": s0, "S1": s1}
+        missing = [name for name in own if not addresses[name]]
+        if missing:
+            raise ValueError(f"no address for {' and '.join(missing)}")
+        self.sides = tuple(own)
+        """The servers this operator speaks for, in protocol order."""
+        self.clients = {name: PeerClient(ident, name, str(addresses[name]), connect_timeout=connect_timeout)
+                        for name, ident in own.items()}
+        self.last_reports: dict[str, dict[str, Any]] = {}
+        """The servers' reports of the last round ``collect`` or ``outcome`` read."""
+        ident = own["S1"] if "S1" in own else own["S0"]
+        self.dealer = PeerClient(ident, "dealer", dealer, connect_timeout=connect_timeout) if dealer else None
+
+    @property
+    def both(self) -> bool:
+        """Whether this operator holds both servers' operator identities (it can rebuild the result)."""
+        return self.sides == SERVER_IDS
 
     def close(self) -> None:
         for c in (*self.clients.values(), *([self.dealer] if self.dealer else [])):
@@ -83,6 +101,7 @@ class Operator:
         return {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
 
     def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
+        """One more than the last round id any of our servers opened (each keeps it in its state_dir)."""
         return max(int(s["last_round"]) for s in (statuses or self.status()).values()) + 1
 
     def with_triples(self, request: RoundRequest, statuses: dict[str, dict[str, Any]] | None = None) -> RoundRequest:
@@ -90,19 +109,22 @@ class Operator:
         return assign_triples(request, statuses or self.status(), self.prefetch)
 
     def open_round(self, request: RoundRequest) -> None:
-        """Open the round at S0, then at S1; if S1 refuses, S0's round is not left waiting for shares."""
+        """Open the round at our servers, S0 first; if S1 refuses, S0's round is not left waiting for shares."""
         args = request.to_json()
-        self.clients["S0"].control("open-round", request.round_id, args)
-        try:
-            self.clients["S1"].control("open-round", request.round_id, args)
-        except (RemoteRejected, PartyUnreachable) as exc:
-            self.abort(request.round_id, f"S1 did not open it: {exc}", skip="S1")
-            raise
+        opened: list[str] = []
+        for name in self.sides:
+            try:
+                self.clients[name].control("open-round", request.round_id, args)
+            except (RemoteRejected, PartyUnreachable) as exc:
+                if opened:
+                    self.abort(request.round_id, f"{name} did not open it: {exc}", skip=name)
+                raise
+            opened.append(name)
 
     def reports(self, round_id: int, wait_s: float) -> dict[str, dict[str, Any]]:
-        """Both servers' reports once the round is over at each. A server that does not answer raises
-        PartyUnreachable naming it, after the round is aborted at the other server, so the next round
-        can start as soon as the lost server is back."""
+        """Our servers' reports once the round is over at each. A server that does not answer raises
+        PartyUnreachable naming it, after the round is aborted at the other server (if we are its operator
+        too), so the next round can start as soon as the lost server is back."""
         out: dict[str, dict[str, Any]] = {}
         for name, client in self.clients.items():
             try:
@@ -111,6 +133,19 @@ class Operator:
                 self.abort(round_id, f"the operator cannot reach {name}: {exc.detail}", skip=name)
                 raise
         return out
+
+    def outcome(self, round_id: int, wait_s: float) -> dict[str, dict[str, Any]]:
+        """Our servers' reports once the round is over there; RoundFailed (naming the workers that declined
+        and why) unless it finished at every one of them."""
+        reps = self.reports(round_id, wait_s)
+        self.last_reports = reps
+        for name, rep in reps.items():
+            if rep["status"] == "running":
+                raise RoundFailed(f"round {round_id} is still running at {name} after {wait_s:g} s", reps)
+        failed = {name: rep for name, rep in reps.items() if rep["status"] != "done"}
+        if failed:
+            raise _failure(round_id, failed, reps)
+        return reps
 
     def abort(self, round_id: int, reason: str, *, skip: str | None = None) -> None:
         """Ask the servers (but ``skip``) to abort ``round_id`` if it is still running there (best effort)."""
@@ -125,16 +160,13 @@ class Operator:
     def collect(self, request: RoundRequest, *, n: int, wait_s: float = 600.0) -> api.AggregateResult:
         """Wait for the round and return what ``secrobust.aggregate`` returns for it.
 
-        Raises PartyUnreachable when a server could not be reached (by us or by the other server),
-        and RoundFailed (a RoundAborted) with the servers' reasons when the round aborted otherwise.
+        Needs both operator identities. Raises PartyUnreachable when a server could not be reached (by us
+        or by the other server), and RoundFailed (a RoundAborted) with the servers' reasons, and the
+        reasons of the workers that declined the round, when the round aborted otherwise.
         """
-        reps = self.reports(request.round_id, wait_s)
-        for name, rep in reps.items():
-            if rep["status"] == "running":
-                raise RoundFailed(f"round {request.round_id} is still running at {name} after {wait_s:g} s", reps)
-        failed = {name: rep for name, rep in reps.items() if rep["status"] != "done"}
-        if failed:
-            raise _failure(request.round_id, failed, reps)
+        if not self.both:
+            raise ValueError("rebuilding a round's result needs the operators of both S0 and S1")
+        reps = self.outcome(request.round_id, wait_s)
         if reps["S0"]["aggregate_sha256"] != reps["S1"]["aggregate_sha256"]:
             raise RoundFailed("the two servers reconstructed different aggregates", reps)
         m0 = self.clients["S0"].fetch(request.round_id, M.AGGREGATE_SHARE, wait_s=30.0)
@@ -197,9 +229,26 @@ class Operator:
         return stats
 
 
+def operator_identities(identities: Identity | Iterable[Identity]) -> dict[str, Identity]:
+    """{server: its operator's identity}, in protocol order; ValueError for any other party or a repeat."""
+    given = [identities] if isinstance(identities, Identity) else list(identities)
+    out: dict[str, Identity] = {}
+    for ident in given:
+        index = operator_server(ident.party)
+        if index is None:
+            raise ValueError(f"an operator is {operator_party(0)} or {operator_party(1)}, not {ident.party!r}")
+        if SERVER_IDS[index] in out:
+            raise ValueError(f"{ident.party} is given twice")
+        out[SERVER_IDS[index]] = ident
+    if not out:
+        raise ValueError(f"an operator needs the identity of {operator_party(0)}, {operator_party(1)} or both")
+    return {name: out[name] for name in SERVER_IDS if name in out}
+
+
 def assign_triples(request: RoundRequest, statuses: dict[str, dict[str, Any]], prefetch: int) -> RoundRequest:
     """``request`` with the triple of its round and ``prefetch`` triples for the next rounds: for each of
-    these round ids, the pooled triple that both servers hold (pending or delivered) for that round with
+    these round ids, the pooled triple that every server in ``statuses`` holds (pending or delivered; an
+    operator of one organisation sees its own server's pool only) for that round with
     the request's (n, d, kind, bit-triple words), else a fresh random id. A round that uses no triple (a
     mean without the input validity check) gets neither."""
     plan = request.plan()
@@ -214,10 +263,10 @@ def assign_triples(request: RoundRequest, statuses: dict[str, dict[str, Any]], p
                 if e["state"] in ("pending", "ready")
                 and (e["n"], e["d"], e["kind"], e.get("and_words", 0)) == shape}
 
-    s0, s1 = usable("S0"), usable("S1")
+    pools = [usable(name) for name in SERVER_IDS if name in statuses]
     by_round: dict[int, str] = {}
-    for tid, entry in sorted(s1.items()):
-        if tid in s0 and s0[tid]["round_id"] == entry["round_id"]:
+    for tid, entry in sorted(pools[-1].items()):
+        if all(tid in pool and pool[tid]["round_id"] == entry["round_id"] for pool in pools):
             by_round.setdefault(int(entry["round_id"]), tid)
     rid = request.round_id
     later = range(rid + 1, rid + 1 + prefetch)
@@ -232,8 +281,23 @@ def _failure(round_id: int, failed: dict[str, dict[str, Any]], reps: dict[str, A
         if err.get("type") == "PartyUnreachable":
             return PartyUnreachable(err.get("party", "?"), err.get("address", "?"),
                                     f"{err.get('detail', '')} (reported by {rep['party']} in round {round_id})")
+    why = declined_note(reps)
     for rep in failed.values():
         if (rep.get("error") or {}).get("type") not in ("PeerAborted", None):
-            return RoundFailed(f"round {round_id} aborted at {rep['party']}: {rep['reason']}", reps)
+            return RoundFailed(f"round {round_id} aborted at {rep['party']}: {rep['reason']}{why}", reps)
     first = next(iter(failed.values()))
-    return RoundFailed(f"round {round_id} aborted at {first['party']}: {first['reason']}", reps)
+    return RoundFailed(f"round {round_id} aborted at {first['party']}: {first['reason']}{why}", reps)
+
+
+def declined(reps: dict[str, dict[str, Any]]) -> dict[int, str]:
+    """{worker id: reason} of the workers that told a server why they sent nothing this round."""
+    out: dict[int, str] = {}
+    for rep in reps.values():
+        for w, reason in (rep.get("declined") or {}).items():
+            out.setdefault(int(w), str(reason))
+    return dict(sorted(out.items()))
+
+
+def declined_note(reps: dict[str, dict[str, Any]]) -> str:
+    """``; worker 3 declined: <reason>; ...`` for an error message, or "" when no worker declined."""
+    return "".join(f"; worker {w} declined: {reason}" for w, reason in declined(reps).items())

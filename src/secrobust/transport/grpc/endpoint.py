@@ -44,7 +44,7 @@ from . import wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
 from .logs import LOGGER_NAME, Timer, event
-from .tls import server_credentials, server_options, peer_common_name
+from .tls import server_credentials, server_options, peer_party
 
 SERVICE = "secrobust.v1.Party"
 REPLAY_CACHE = 1 << 20
@@ -169,9 +169,10 @@ class Endpoint:
         return self._server.wait_for_termination(timeout)
 
     def _caller(self, context: grpc.ServicerContext) -> str:
-        cn = peer_common_name(context)
+        cn = peer_party(context, self.identity)
         if cn is None:
-            raise Rejected("unauthenticated", "the call carries no verified client certificate")
+            raise Rejected("unauthenticated", "the call carries no client certificate issued for its name by the "
+                           "CA that certifies that name here")
         if not self.handler.admitted(cn):
             raise Rejected("unknown-party", f"{cn!r} is not a party of this deployment")
         return cn
