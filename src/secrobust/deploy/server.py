@@ -81,6 +81,7 @@ from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
+from .declines import COMMAND as DECLINE, parse_decline
 from .pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
 from .rounds import RoundRequest
 
@@ -243,6 +244,8 @@ class RoundRun:
         """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
         self.in_flight: set[int] = set()
         """S1: workers whose masked share is being received (one at a time each: it takes an 8d-byte buffer)."""
+        self.declined: dict[int, str] = {}
+        """Workers that said why they sit this round out (``declines``), first reason each."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
         self.peer_seq = _PeerSequence(party, self.plan)
         self.streamed = _Streamed(party, self.plan)
@@ -342,7 +345,7 @@ class ServerRuntime:
         allowed = {"status": None, "abort-round": (self.peer_name, self.operator_name),
                    "confirm-request": (self.peer_name,) if self.index == 0 else (),
                    "open-round": (self.operator_name,), "report": (self.operator_name,),
-                   "shutdown": (self.operator_name,)}
+                   "shutdown": (self.operator_name,), DECLINE: None}
         if command not in allowed:
             raise Rejected("bad-request", f"unknown command {command!r}")
         who = allowed[command]
@@ -631,6 +634,8 @@ class ServerRuntime:
             return self._status(caller, args)
         if command == "confirm-request":
             return self._confirm_request(round_id, args)
+        if command == DECLINE:
+            return self._decline(caller, round_id, args)
         if command == "abort-round":
             with self._cv:
                 rnd = self.round
@@ -653,6 +658,17 @@ class ServerRuntime:
         raise Rejected("bad-request", f"unknown command {command!r}")
 
     # rounds
+
+    def _decline(self, caller: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        """A worker of the open round says why it sits the round out (``declines``): kept for the report."""
+        w = worker_index(caller)
+        if w is None:
+            raise Rejected("not-permitted", f"only a worker declines a round; {caller} may not")
+        reason = parse_decline(args)
+        with self._cv:
+            self._current(round_id, caller).declined.setdefault(w, reason)
+        event(self.log, "worker-declined", round=round_id, worker=w, reason=reason)
+        return {"ok": True}
 
     def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         after = args.get("after")
@@ -753,8 +769,9 @@ class ServerRuntime:
     def _report(self, round_id: int, wait_s: float) -> dict[str, Any]:
         """The round's public outcome at this server once it is over (or after ``wait_s``): status, phase,
         reason of an abort, participants, weights, ``rejected`` ({worker id as a string: reason}, the
-        workers the input validity check or S1's view check excluded), seconds per phase, the aggregate's
-        digest, traffic and the triple used; S1 adds the view it opened."""
+        workers the input validity check or S1's view check excluded), ``declined`` (the same for workers that
+        said why they sent nothing), seconds per phase, the aggregate's digest, traffic and the triple used;
+        S1 adds the view it opened."""
         deadline = time.monotonic() + wait_s
         with self._cv:
             rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
@@ -767,6 +784,7 @@ class ServerRuntime:
                 "reason": rnd.reason, "error": rnd.error, "participants": list(rnd.participants),
                 "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
                 "rejected": {str(w): reason for w, reason in sorted(rnd.rejected.items())},
+                "declined": {str(w): reason for w, reason in sorted(rnd.declined.items())},
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
                 "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
                 "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),

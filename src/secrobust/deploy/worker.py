@@ -34,6 +34,7 @@ from ..rules.view import Choice
 from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
+from .declines import COMMAND as DECLINE, clean_reason
 
 SKIP_TARGETS = ("S0", "S1")
 KEY_REPLY_BYTES = 4 << 10
@@ -89,7 +90,7 @@ def directory_source(root: Path, party: str) -> UpdateSource:
             meta = json.loads(side.read_text())
         skip = tuple(meta.get("skip", ()))
         if any(s not in SKIP_TARGETS for s in skip):
-            raise ValueError(f"{side}: skip lists servers from {SKIP_TARGETS}")
+            raise ValueError(f"{side.name}: skip lists servers from {SKIP_TARGETS}")
         return WorkerInput(update, bool(meta.get("unchecked", False)), skip, bool(meta.get("ring", False)))
 
     return source
@@ -146,14 +147,17 @@ class WorkerRuntime:
         self.last_round = max(self.last_round, r)
         if not info.get("expected", False):
             return WorkerOutcome(r, "not-expected")
-        inp = self.source(r, d)
+        try:
+            inp = self.source(r, d)
+        except (OSError, ValueError) as exc:
+            return self.decline(r, f"cannot read its update: {exc.strerror if isinstance(exc, OSError) else exc}")
         if inp is None:
             return WorkerOutcome(r, "sat-out")
         timer = Timer()
         try:
             encoded = encode_input(inp, d, frac_bits)
         except ValueError as exc:
-            return WorkerOutcome(r, "error", str(exc))
+            return self.decline(r, str(exc))
         seconds = {"encode": timer.seconds}
         if "S0" in inp.skip:
             return WorkerOutcome(r, "partial", "cut off from S0: no share key, so no share", seconds=seconds)
@@ -177,6 +181,18 @@ class WorkerRuntime:
         if inp.skip:
             return WorkerOutcome(r, "partial", f"share skipped to {list(inp.skip)}", seconds=seconds)
         return self.collect(r, seconds, wait_s=float(info.get("share_deadline_in_s", 30.0)) + 120.0)
+
+    def decline(self, round_id: int, reason: str) -> WorkerOutcome:
+        """Sit round ``round_id`` out and tell both servers why (best effort: their reports carry the reason
+        to the operators, ``secrobust.deploy.declines``)."""
+        reason = clean_reason(reason)
+        event(self.log, "round-declined", level=logging.WARNING, round=round_id, reason=reason)
+        for client in (self.s0, self.s1):
+            try:
+                client.control(DECLINE, round_id, {"reason": reason}, timeout=10.0)
+            except (RemoteRejected, PartyUnreachable) as exc:
+                event(self.log, "decline-undelivered", level=logging.WARNING, round=round_id, error=str(exc))
+        return WorkerOutcome(round_id, "error", reason)
 
     def collect(self, round_id: int, seconds: dict[str, float] | None = None, *, wait_s: float = 120.0) -> WorkerOutcome:
         """Fetch both servers' aggregate shares for ``round_id`` and rebuild the aggregate."""
