@@ -72,15 +72,16 @@ def _inputs(root: Path, round_id: int, x: np.ndarray, bad: dict[int, np.ndarray]
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("by-hand")
     ports = {name: free_port() for name in ("S0", "S1", "dealer")}
-    result = CliRunner().invoke(app, ["init", "--out", str(root), "--workers", str(N), "--local-keys",
-                                      *(a for name, p in ports.items() for a in (f"--{name.lower()}", f"127.0.0.1:{p}"))])
+    addresses = [a for name, p in ports.items() for a in (f"--{name.lower()}", f"127.0.0.1:{p}")]
+    result = CliRunner().invoke(app, ["init", "--out", str(root), "--workers", str(N), "--local-keys", *addresses])
     assert result.exit_code == 0, result.output
     logs = root / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
     try:
         for role, party in (("dealer", "dealer"), ("server", "S0"), ("server", "S1")):
-            procs.append(_start(logs, role, "--config", _config(root, party), "--port-file", str(logs / f"{party}.port")))
+            procs.append(_start(logs, role, "--config", _config(root, party),
+                                "--port-file", str(logs / f"{party}.port")))
         for party in ("dealer", "S0", "S1"):
             _wait_for(logs / f"{party}.port", procs)
         configs = [a for i in range(N) for a in ("--config", _config(root, worker_party(i)))]

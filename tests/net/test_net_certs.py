@@ -122,7 +122,8 @@ def common_name_of(req: x509.CertificateSigningRequest) -> str:
 
 
 @pytest.mark.parametrize(("org", "party"), [("S0", "S0"), ("S0", "operator:S0"), ("S1", "S1"), ("S1", "operator:S1"),
-                                            ("S0", "dealer"), ("S1", "dealer"), ("S0", "worker:12"), ("S1", "worker:0")])
+                                            ("S0", "dealer"), ("S1", "dealer"), ("S0", "worker:12"),
+                                            ("S1", "worker:0")])
 def test_a_ca_signs_the_parties_its_organisation_certifies(cas, org, party):
     cert = x509.load_pem_x509_certificate(sign_csr(cas[org], _csr(party)))
     cert.verify_directly_issued_by(cas[org].cert)
@@ -137,7 +138,8 @@ def test_a_ca_signs_the_parties_its_organisation_certifies(cas, org, party):
     ("S0", lambda: _csr("intruder"), "none of S0, S1"),
     ("S0", lambda: _csr("worker:007"), "none of S0, S1"),
     ("S0", lambda: _csr("a b"), "not allowed"),
-    ("S0", lambda: _csr("worker:1", extra=[x509.NameAttribute(NameOID.ORGANIZATION_NAME, "S0")]), "CN=<party id> alone"),
+    ("S0", lambda: _csr("worker:1", extra=[x509.NameAttribute(NameOID.ORGANIZATION_NAME, "S0")]),
+     "CN=<party id> alone"),
     ("S0", lambda: _csr("worker:1", key=ec.generate_private_key(ec.SECP384R1())), "P-256"),
     ("S0", lambda: _csr("worker:1", key=rsa.generate_private_key(65537, 2048)), "P-256"),
     ("S0", lambda: b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "not a PEM"),

@@ -64,3 +64,27 @@ def test_the_main_cli_has_the_deployment_commands():
         assert command in result.output
     bad = CliRunner().invoke(app, ["server", "--party", "2"])
     assert bad.exit_code == 2 and "--party is 0 or 1" in bad.output
+
+
+def test_init_writes_loadable_files_and_the_round_command_checks_its_side_first(tmp_path):
+    result = CliRunner().invoke(app, ["init", "--out", str(tmp_path), "--workers", "6", "--s0", "s0.example.org:7100"])
+    assert result.exit_code == 0, result.output
+    s0 = load(tmp_path / "s0" / "s0.toml")
+    assert s0.listen == "0.0.0.0:7100" and s0.peers["S0"] == "s0.example.org:7100" and s0.workers == tuple(range(6))
+    assert s0.key == tmp_path / "s0" / "s0.key" and s0.certs == {"S0": tmp_path / "s0" / "s0.s0.pem"}
+    w1 = load(tmp_path / "worker-1" / "worker-1.toml")
+    assert w1.inbox == tmp_path / "worker-1" / "inbox" and set(w1.certs) == {"S0", "S1"}
+    again = CliRunner().invoke(app, ["init", "--out", str(tmp_path), "--workers", "6"])
+    assert again.exit_code == 2 and "exists" in again.stderr
+    op1 = str(tmp_path / "operator-s1" / "operator-s1.toml")
+    alone = CliRunner().invoke(app, ["round", "--config", op1, "--d", "4", "--workers", "0-5"])
+    assert alone.exit_code == 2 and "--request FILE" in alone.stderr
+    wrong = CliRunner().invoke(app, ["round", "--config", str(tmp_path / "s0" / "s0.toml"), "--d", "4",
+                                     "--workers", "0-5"])
+    assert wrong.exit_code == 2 and "not an operator's" in wrong.stderr
+    missing = CliRunner().invoke(app, ["round", "--config", str(tmp_path / "operator-s0" / "operator-s0.toml"),
+                                       "--d", "4", "--workers", "0-5"])
+    assert missing.exit_code == 2 and "cannot read" in missing.stderr     # no key made yet: keygen comes first
+    bad = CliRunner().invoke(app, ["round", "--config", str(tmp_path / "operator-s0" / "operator-s0.toml"),
+                                   "--d", "0", "--workers", "0-5"])
+    assert bad.exit_code == 2 and "d >= 1" in bad.stderr                 # checked before any key or connection

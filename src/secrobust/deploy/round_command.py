@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from .. import ring
 from ..cli_io import check_output_file, fail, save_npz
 from ..errors import ProtocolError, RoundAborted
 from ..transport.grpc import PartyUnreachable, RemoteRejected
@@ -77,13 +78,21 @@ def _read_request(path: Path) -> RoundRequest:
         fail(f"--request {path}: {exc}")
 
 
+def _request(round_id: int, wids: tuple[int, ...], d: int | None, rule: str, f: int, options: dict[str, Any],
+             window: float, check_inputs: bool, norm_bound: float | None, min_participants: int | None,
+             triple_id: str | None = None) -> RoundRequest:
+    return RoundRequest(round_id, wids, int(d or 0), rule, f, ring.DEFAULT_FRAC_BITS, options, None, triple_id,
+                        window, check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``round`` command to ``app``."""
 
     @app.command("round")
     def round_cmd(config: list[Path] = typer.Option([], "--config", help="an operator's TOML file: operator:S0's, "
                                                     "operator:S1's, or both (repeat)"),
-                  rule: str = typer.Option("krum", help="robust rule"), f: int = typer.Option(0, help="Byzantine workers"),
+                  rule: str = typer.Option("krum", help="robust rule"),
+                  f: int = typer.Option(0, help="Byzantine workers"),
                   d: Optional[int] = typer.Option(None, help="dimension of the updates"),
                   workers: Optional[str] = typer.Option(None, help="expected worker ids, e.g. '0-9'"),
                   window: float = typer.Option(30.0, help="seconds the share phase stays open"),
@@ -104,9 +113,10 @@ def register(app: typer.Typer) -> None:
                   out: Optional[Path] = typer.Option(None, help="write aggregate and weights to this .npz (needs both "
                                                      "operators)")) -> None:
         """As an operator: open one round at your server(s), wait for it, print the outcome as JSON."""
-        from .. import ring
-
         cfgs = operators(config)
+        if request is None and [c.party for c in cfgs] == ["operator:S1"]:
+            fail("S1's operator opens the request S0's operator saved (--request FILE): S0 opens a round first, "
+                 "so it is ready for the dealer's part when S1 asks for the triple")
         if request is None and (d is None or workers is None):
             fail("--d and --workers are needed to build a round request (or give --request FILE)")
         if out is not None and len(cfgs) != 2:
@@ -125,6 +135,12 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 fail(f"--workers: {exc}")
         fixed = _read_request(request) if request is not None else None
+        if fixed is None:
+            try:
+                _request(0, wids, d, rule, f, opts, window, check_inputs, norm_bound, min_participants,
+                         triple_id="unnamed").check()
+            except ValueError as exc:
+                fail(exc)
         try:
             op = Operator([c.identity() for c in cfgs], _address(cfgs, "S0"), _address(cfgs, "S1"),
                           _address(cfgs, "dealer"), connect_timeout=cfgs[0].connect_timeout_s, prefetch=prefetch)
@@ -133,10 +149,9 @@ def register(app: typer.Typer) -> None:
         try:
             if fixed is None:
                 statuses = op.status()
-                req = op.with_triples(RoundRequest(op.next_round_id(statuses), wids, int(d), rule, f,  # type: ignore[arg-type]
-                                                   ring.DEFAULT_FRAC_BITS, opts, None, None, window,
-                                                   check_inputs=check_inputs, norm_bound=norm_bound,
-                                                   min_participants=min_participants), statuses)
+                built = _request(op.next_round_id(statuses), wids, d, rule, f, opts, window, check_inputs, norm_bound,
+                                 min_participants)
+                req = op.with_triples(built, statuses)
                 req.check()
             else:
                 req = fixed
