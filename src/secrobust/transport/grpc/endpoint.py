@@ -4,7 +4,7 @@ Every call is checked in this order, and refused with a stable code (see ``error
 the server keeps serving:
 
 1. the caller's certificate is from the deployment CA (TLS handshake) and its CN is a party the
-   handler admits (``unknown-party``);
+   handler admits (``unknown-party``); the caller has a free call slot (``busy``, see ``gate``);
 2. the request parses as protobuf (``malformed-protobuf``) and the stream opens with an envelope
    (``malformed-stream``);
 3. the envelope: version, sender = certificate CN, recipient = this party, a known phase, sizes
@@ -19,7 +19,8 @@ the server keeps serving:
 ``Fetch`` and ``Control`` requests are checked the same way as far as they apply: protobuf
 (``malformed-protobuf``), version, requester/sender = certificate CN, a finite fetch timeout and a
 ``Control`` argument within the command's size limit (``bad-request``, ``too-large``), JSON arguments
-(``bad-request``), then the handler's round checks (``wrong-round``, ``not-permitted``, ...). A request
+(``bad-request``; the handler's ``permits(caller, command)`` runs before the JSON is parsed), then the
+handler's round checks (``wrong-round``, ``not-permitted``, ...). A request
 above gRPC's 8 MiB message limit is refused by gRPC itself (RESOURCE_EXHAUSTED, which the client
 reports as ``too-large``).
 """
@@ -43,6 +44,7 @@ from . import secrobust_pb2 as pb
 from . import wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
+from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .tls import server_credentials, server_options, peer_party
 
@@ -128,7 +130,7 @@ def dumps(obj: Any) -> bytes:
 class Endpoint:
     """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port."""
 
-    def __init__(self, identity: Identity, address: str, handler: PartyHandler, *, max_workers: int = 16,
+    def __init__(self, identity: Identity, address: str, handler: PartyHandler, *, limits: CallLimits | None = None,
                  accounting: Accounting | None = None) -> None:
         if identity.party != handler.party:
             raise ValueError(f"identity {identity.party!r} does not match handler {handler.party!r}")
@@ -138,7 +140,9 @@ class Endpoint:
         self.accounting = accounting or Accounting()
         self.log = logging.getLogger(LOGGER_NAME)
         self._replays = _ReplayCache()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+        limits = limits or CallLimits.for_workers(0)
+        self._gate = CallGate(limits)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.threads,
                                                               thread_name_prefix=f"{identity.party}-rpc"),
                                    options=server_options(getattr(handler, "stream_window", None)))
         handlers = {
@@ -192,9 +196,11 @@ class Endpoint:
         message_id: bytes | None = None
         accepted = False
         release: Any = None
+        leave: Any = None
         try:
             caller = self._caller(context)
             info["sender"] = caller
+            leave = self._gate.enter(caller)
 
             def precheck(env: pb.Envelope) -> None:
                 nonlocal message_id, release
@@ -227,14 +233,18 @@ class Endpoint:
                 release()
             if message_id is not None:
                 self._replays.end(message_id, accepted)
+            if leave is not None:
+                leave()
 
     def _fetch(self, request: Any, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         timer = Timer()
         release: Any = None
+        leave: Any = None
         try:
             if not isinstance(request, pb.FetchRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
             caller = self._authenticate(context, request.version, request.requester, "requester")
+            leave = self._gate.enter(caller)
             if not math.isfinite(request.timeout_s):
                 raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
             wait_s = min(max(request.timeout_s, 0.0), 600.0)
@@ -247,6 +257,8 @@ class Endpoint:
         except Exception as exc:
             if release is not None:
                 release()
+            if leave is not None:
+                leave()
             self._refuse(context, exc, requester=getattr(request, "requester", None),
                          round=getattr(request, "round_id", None), phase=getattr(request, "phase", None))
             raise
@@ -260,6 +272,7 @@ class Endpoint:
             del out
             if release is not None:
                 release()
+            leave()
         account_as = getattr(self.handler, "account_fetch_as", None)
         key = env.round_id if account_as is None else account_as(caller, env)
         self.accounting.add(key, "sent", caller, env.total_bytes, wire_bytes)
@@ -277,10 +290,15 @@ class Endpoint:
         return caller
 
     def _control(self, request: Any, context: grpc.ServicerContext) -> pb.ControlReply:
+        leave: Any = None
         try:
             if not isinstance(request, pb.ControlRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
             caller = self._authenticate(context, request.version, request.sender, "sender")
+            leave = self._gate.enter(caller)
+            permits = getattr(self.handler, "permits", None)
+            if permits is not None:
+                permits(caller, request.command)
             sizer = getattr(self.handler, "max_control_bytes", None)
             limit = CONTROL_LIMIT if sizer is None else sizer(request.command)
             if len(request.json) > limit:
@@ -298,6 +316,9 @@ class Endpoint:
             self._refuse(context, exc, sender=getattr(request, "sender", None), command=getattr(request, "command", None),
                          round=getattr(request, "round_id", None))
             raise
+        finally:
+            if leave is not None:
+                leave()
 
 
 _ABSOLUTE_LIMIT = 1 << 40
