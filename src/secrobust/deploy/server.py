@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import prg, validity
-from ..certs import DEALER_ID, Identity, worker_index
+from ..certs import DEALER_ID, Identity, operator_party, worker_index
 from ..dealer import TripleSpec
 from ..errors import ProtocolError, RoundAborted
 from ..nodes import ServerNode
@@ -281,7 +281,7 @@ class ServerRuntime:
         self.index = 0 if cfg.party == "S0" else 1
         self.stream_window = UPLOAD_WINDOW if self.index == 1 else None
         self.peer_name = "S1" if self.index == 0 else "S0"
-        self.operator_name = f"operator:{cfg.party}"
+        self.operator_name = operator_party(self.index)
         self.node = ServerNode(self.index)
         self.accounting = accounting or Accounting()
         self.peer = PeerClient(identity, self.peer_name, cfg.peer(self.peer_name), accounting=self.accounting,

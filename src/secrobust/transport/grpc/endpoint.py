@@ -3,8 +3,9 @@
 Every call is checked in this order, and refused with a stable code (see ``errors.CODES``) while
 the server keeps serving:
 
-1. the caller's certificate is from the deployment CA (TLS handshake) and its CN is a party the
-   handler admits (``unknown-party``); the caller has a free call slot (``busy``, see ``gate``);
+1. the caller's certificate is from one of the two organisations' CAs (TLS handshake), from the CA
+   that certifies its CN towards this party (``unauthenticated``), and its CN is a party the handler
+   admits (``unknown-party``); the caller has a free call slot (``busy``, see ``gate``);
 2. the request parses as protobuf (``malformed-protobuf``) and the stream opens with an envelope
    (``malformed-stream``);
 3. the envelope: version, sender = certificate CN, recipient = this party, a known phase, sizes
