@@ -252,3 +252,33 @@ def test_grpc_servers_get_the_cohort_and_the_test_seed_flag_of_the_command(
     _fails_with(result, "stop here")
     assert seen["options"].min_participants == 3 and seen["options"].insecure_test_seeds is True
     assert seen["insecure_test_seed"] == 3 and seen["min_participants"] == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["aggregate", "--f", "x"], "error: secrobust aggregate: Invalid value for '--f'"),
+    (["aggregate", "--bogus"], "error: secrobust aggregate: No such option: --bogus"),
+    (["example"], "error: secrobust example: Missing option '--out'."),
+    (["nosuchcmd"], "error: secrobust: No such command 'nosuchcmd'."),
+])
+def test_the_entry_point_turns_typers_usage_errors_into_one_line(argv, message, capsys):
+    from secrobust.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_the_entry_point_passes_help_and_success_through(capsys, tmp_path):
+    from secrobust.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["example", "--help"])
+    assert info.value.code == 0 and "--byzantine" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["example", "--n", "6", "--d", "3", "--out", str(tmp_path / "u.npy")])
+    assert info.value.code == 0 and (tmp_path / "u.npy").exists()
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 0 and "Usage" in capsys.readouterr().out

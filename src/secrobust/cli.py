@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import api, examples, ring, rules, validity
-from .cli_io import check_output_file, fail, load_array, save_npy, save_npz
+from .cli_io import check_output_file, fail, load_array, one_line, save_npy, save_npz
 from .errors import ProtocolError
 from .protocol.server import check_noise_std
 from .rules.plain import split_options
@@ -180,15 +180,39 @@ def _print_result(res: api.AggregateResult) -> None:
 
 
 def _register_optional() -> None:
+    """The training and deployment commands, when their optional dependencies are installed; a broken
+    secrobust module is an error, not a command that silently disappears."""
     for module in ("secrobust.train.commands", "secrobust.deploy.commands"):
         try:
             mod = __import__(module, fromlist=["register"])
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] == "secrobust":
+                raise
             continue
         mod.register(app)
 
 
 _register_optional()
 
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``secrobust`` entry point: typer's own usage errors (an unknown option, a missing or malformed
+    value) become one line on stderr with exit code 2, like every command's errors."""
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = typer.main.get_command(app).main(args=argv, prog_name="secrobust", standalone_mode=False)
+    except click_error as exc:
+        if not exc.format_message().strip():
+            raise SystemExit(0) from None           # no arguments: the help was shown, nothing went wrong
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        typer.echo(f"error: {where}{one_line(exc.format_message())}", err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        raise SystemExit(2) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()
