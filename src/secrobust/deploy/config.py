@@ -4,6 +4,7 @@ Example ``s0.toml`` (``secrobust init`` writes one per party)::
 
     party = "S0"                     # S0, S1, dealer, operator:S0, operator:S1, worker:<i>
     listen = "127.0.0.1:7100"        # servers and the dealer only
+    bulk_listen = "127.0.0.1:7110"   # servers: the bulk lane for 8d-byte messages ("off": gRPC only)
     state_dir = "state"              # servers: the last round id survives a restart
     log_file = "s0.jsonl"            # JSON lines; stderr when absent
     inbox = "inbox"                  # workers: round-<r>/worker-<i>.npy inputs
@@ -47,7 +48,8 @@ from ..certs import (DEALER_ID, ORGS, ROLES, SERVER_IDS, Identity, PartyPaths, c
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 
 TLS_KEYS = ("dir", "key", *(f"cert_{o.lower()}" for o in ORGS), *(f"ca_{o.lower()}" for o in ORGS))
-TOP_KEYS = ("party", "listen", "state_dir", "log_file", "inbox", "tls", "timeouts", "admission", "peers", "rounds")
+TOP_KEYS = ("party", "listen", "bulk_listen", "state_dir", "log_file", "inbox", "tls", "timeouts", "admission", "peers",
+            "rounds")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class PartyConfig:
     connect_timeout_s: float = 5.0
     min_participants: int = DEFAULT_MIN_PARTICIPANTS
     insecure_test_seeds: bool = False
+    bulk_listen: str | None = None
+    """Servers: where the bulk lane listens (``transport.grpc.bulk``); None: the host of ``listen`` on a free
+    port, announced in ``status``; "off": no bulk lane, every message over gRPC."""
 
     @property
     def role(self) -> str:
@@ -150,7 +155,8 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
     timeouts = raw.get("timeouts", {})
     rounds = raw.get("rounds", {})
     values: dict[str, Any] = {
-        "party": raw.get("party"), "listen": raw.get("listen"), "state_dir": raw.get("state_dir"),
+        "party": raw.get("party"), "listen": raw.get("listen"), "bulk_listen": raw.get("bulk_listen"),
+        "state_dir": raw.get("state_dir"),
         "log_file": raw.get("log_file"), "inbox": raw.get("inbox"), "tls_dir": tls.get("dir"),
         "workers": raw.get("admission", {}).get("workers"), "peers": dict(raw.get("peers", {})),
         "peer_timeout_s": timeouts.get("peer_s"), "connect_timeout_s": timeouts.get("connect_s"),
@@ -182,7 +188,8 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
                        else Path(overrides["tls_dir"]).resolve(), path)
     cfg = PartyConfig(
         party=party, key=files["key"], certs=files["certs"], cas=files["cas"],
-        listen=values["listen"], peers=peers, workers=parse_worker_ids(values["workers"]),
+        listen=values["listen"], bulk_listen=values["bulk_listen"], peers=peers,
+        workers=parse_worker_ids(values["workers"]),
         state_dir=path(values["state_dir"]), log_file=path(values["log_file"]), inbox=path(values["inbox"]),
         peer_timeout_s=float(values["peer_timeout_s"] if values["peer_timeout_s"] is not None else 60.0),
         connect_timeout_s=float(values["connect_timeout_s"] if values["connect_timeout_s"] is not None else 5.0),
@@ -222,7 +229,7 @@ def to_toml(cfg: PartyConfig, relative_to: Path | None = None) -> str:
             v = v.relative_to(relative_to)
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
     lines = [f"party = {q(cfg.party)}"]
-    for name in ("listen", "state_dir", "log_file", "inbox"):
+    for name in ("listen", "bulk_listen", "state_dir", "log_file", "inbox"):
         if getattr(cfg, name):
             lines.append(f"{name} = {q(getattr(cfg, name))}")
     lines += ["", "[peers]", *(f"{q(k)} = {q(v)}" for k, v in cfg.peers.items())]

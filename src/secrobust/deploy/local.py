@@ -85,6 +85,10 @@ class LocalOptions:
     """Both servers' minimum cohort (``[rounds] min_participants``)."""
     insecure_test_seeds: bool = False
     """Tests only: the servers accept ``aggregate(insecure_test_seed=...)`` (it fixes their DP noise)."""
+    bulk: bool = True
+    """The servers' bulk lane for 8d-byte messages (``transport.grpc.bulk``); off: every message over gRPC."""
+    dealer_nice: int = 10
+    """The dealer process's nice value: its triples for later rounds yield the CPU to the round running now."""
 
 
 class LocalDeployment:
@@ -137,7 +141,8 @@ class LocalDeployment:
                               peers=dict(self.addresses), workers=workers if name in ("S0", "S1") else (),
                               state_dir=self.workdir / "state" / tls_name(name) if name in ("S0", "S1") else None,
                               peer_timeout_s=o.peer_timeout_s, connect_timeout_s=o.connect_timeout_s,
-                              min_participants=o.min_participants, insecure_test_seeds=o.insecure_test_seeds)
+                              min_participants=o.min_participants, insecure_test_seeds=o.insecure_test_seeds,
+                              bulk_listen=None if o.bulk or name not in ("S0", "S1") else "off")
             self.config_file(name).write_text(to_toml(cfg, relative_to=folder))
         self.updates_dir.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -192,6 +197,9 @@ class LocalDeployment:
             child.proc = subprocess.Popen([sys.executable, "-m", "secrobust.deploy", *child.argv], stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
                                           cwd=str(self.workdir), start_new_session=True)
+            if child.name == "dealer" and self.options.dealer_nice:
+                # offline work: on one machine the next round's triple must not slow this round's online phase
+                os.setpriority(os.PRIO_PROCESS, child.proc.pid, self.options.dealer_nice)
         finally:
             log.close()
 

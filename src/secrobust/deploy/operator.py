@@ -30,9 +30,11 @@ from .. import api
 from ..certs import SERVER_IDS, Identity, operator_party, operator_server
 from ..errors import RoundAborted
 from ..protocol import messages as M
+from ..protocol.messages import Message
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
+from ..transport.grpc.bulk import BulkClient
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 from .worker import reconstruct
 
@@ -83,6 +85,8 @@ class Operator:
         """The servers this operator speaks for, in protocol order."""
         self.clients = {name: PeerClient(ident, name, str(addresses[name]), connect_timeout=connect_timeout)
                         for name, ident in own.items()}
+        self.bulk: dict[str, BulkClient] = {}
+        """The servers' bulk lanes as their ``status`` announces them, for the aggregate shares."""
         self.last_reports: dict[str, dict[str, Any]] = {}
         """The servers' reports of the last round ``collect`` or ``outcome`` read."""
         ident = own["S1"] if "S1" in own else own["S0"]
@@ -94,11 +98,33 @@ class Operator:
         return self.sides == SERVER_IDS
 
     def close(self) -> None:
-        for c in (*self.clients.values(), *([self.dealer] if self.dealer else [])):
+        for c in (*self.clients.values(), *self.bulk.values(), *([self.dealer] if self.dealer else [])):
             c.close()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
+        out = {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
+        for name, st in out.items():
+            self._note_bulk(name, st.get("bulk"))
+        return out
+
+    def _note_bulk(self, name: str, port: Any) -> None:
+        client = self.clients[name]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            lane = self.bulk.pop(name, None)
+            if lane is not None:
+                lane.close()
+            return
+        address = f"{client.address.rpartition(':')[0]}:{port}"
+        if name not in self.bulk or self.bulk[name].address != address:
+            lane = self.bulk.pop(name, None)
+            if lane is not None:
+                lane.close()
+            self.bulk[name] = BulkClient(client.identity, name, address, accounting=client.accounting,
+                                         connect_timeout=client.connect_timeout)
+
+    def _fetch_share(self, name: str, round_id: int) -> Message:
+        lane = self.bulk.get(name)
+        return (lane or self.clients[name]).fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
 
     def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
         """One more than the last round id any of our servers opened (each keeps it in its state_dir)."""
@@ -169,8 +195,8 @@ class Operator:
         reps = self.outcome(request.round_id, wait_s)
         if reps["S0"]["aggregate_sha256"] != reps["S1"]["aggregate_sha256"]:
             raise RoundFailed("the two servers reconstructed different aggregates", reps)
-        m0 = self.clients["S0"].fetch(request.round_id, M.AGGREGATE_SHARE, wait_s=30.0)
-        m1 = self.clients["S1"].fetch(request.round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+        m0 = self._fetch_share("S0", request.round_id)
+        m1 = self._fetch_share("S1", request.round_id)
         out, weights, participants = reconstruct(m0, m1)
         digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()
         if digest != reps["S0"]["aggregate_sha256"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..transport.grpc import Endpoint
+from ..transport.grpc.bulk import BulkServer
 from ..transport.grpc.gate import CallLimits
 from ..transport.grpc import logs
 from ..transport.grpc.logs import LOGGER_NAME, event
@@ -95,15 +96,23 @@ def serve_listening(cfg: PartyConfig, make: Callable[..., ServerRuntime | Dealer
     endpoint = Endpoint(identity, cfg.listen or "", runtime, limits=limits, accounting=runtime.accounting)
     stop = stop or _stop_event()
     port = endpoint.start()
+    bulk = None
+    if cfg.role == "server" and cfg.bulk_listen != "off":
+        bulk = BulkServer(endpoint, cfg.bulk_listen or f"{(cfg.listen or '').rpartition(':')[0]}:0",
+                          max_connections=limits.threads)
+        runtime.bulk_port = bulk.start()
     if port_file is not None:
         _write_atomic(Path(port_file), str(port))
-    event(log, "started", role=cfg.role, port=port, threads=threads, malloc=malloc)
+    event(log, "started", role=cfg.role, port=port, bulk_port=bulk.port if bulk else None, threads=threads,
+          malloc=malloc)
     try:
         while not stop.wait(0.2):
             if runtime.shutdown_requested.is_set():
                 break
     finally:
         runtime.close()
+        if bulk is not None:
+            bulk.stop()
         endpoint.stop(1.0)
         event(log, "stopped", role=cfg.role)
 

@@ -76,6 +76,7 @@ from ..protocol import streaming
 from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
+from ..transport.grpc.bulk import BulkClient
 from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
@@ -301,6 +302,10 @@ class ServerRuntime:
         self._senders: ThreadPoolExecutor | None = None
         self._uploads = 0
         self._fetching = 0
+        self.bulk_port: int | None = None
+        """The port of this server's bulk lane (``transport.grpc.bulk``), announced in ``status``; None: gRPC only."""
+        self.peer_bulk: BulkClient | None = None
+        """S1: the bulk lane of S0 (learnt from its answer to ``confirm-request``), for the rows of E."""
 
     # state that survives a restart
 
@@ -330,6 +335,8 @@ class ServerRuntime:
             self._cv.notify_all()
             if self._senders is not None:
                 self._senders.shutdown(wait=False, cancel_futures=True)
+            if self.peer_bulk is not None:
+                self.peer_bulk.close()
 
     # PartyHandler
 
@@ -684,7 +691,8 @@ class ServerRuntime:
                 if ready or self.closing or time.monotonic() >= deadline:
                     break
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            out: dict[str, Any] = {"party": self.party, "last_round": self.last_round, "round": None}
+            out: dict[str, Any] = {"party": self.party, "last_round": self.last_round, "round": None,
+                                   "bulk": self.bulk_port}
             if rnd is not None:
                 info: dict[str, Any] = {"round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
                                         "intake_open": rnd.intake_open, "d": rnd.plan.d,
@@ -886,7 +894,11 @@ class ServerRuntime:
     def _send(self, rnd: RoundRun, msg: Message) -> None:
         with self._cv:
             self._check_alive(rnd)
-        self.peer.send(msg)
+        bulk = self.peer_bulk
+        if bulk is not None and msg.kind in OPEN_KINDS:
+            bulk.send(msg)
+        else:
+            self.peer.send(msg)
 
     def _enter(self, rnd: RoundRun, phase: str) -> Timer:
         with self._cv:
@@ -947,9 +959,20 @@ class ServerRuntime:
         if theirs != rnd.digest:
             raise RoundAborted(f"the servers hold different requests for round {rnd.round_id} "
                                f"(S0 {str(theirs)[:12]}, S1 {rnd.digest[:12]})")
+        self._use_peer_bulk(reply.get("bulk"))
         with self._cv:
             rnd.confirmed = True
             self._cv.notify_all()
+
+    def _use_peer_bulk(self, port: Any) -> None:
+        """S1: send the rows of E over S0's bulk lane when S0 offers one (at S0's gRPC host)."""
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            self.peer_bulk = None
+            return
+        address = f"{self.cfg.peer(self.peer_name).rpartition(':')[0]}:{port}"
+        if self.peer_bulk is None or self.peer_bulk.address != address:
+            self.peer_bulk = BulkClient(self.peer.identity, self.peer_name, address, accounting=self.accounting,
+                                        connect_timeout=self.cfg.connect_timeout_s)
 
     def _confirm_request(self, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         """S0's side of ``_confirm_with_s0``: wait (up to the peer timeout) for its own round ``round_id``
@@ -973,7 +996,7 @@ class ServerRuntime:
             else:
                 rnd.confirmed = True
             self._cv.notify_all()
-            return {"sha256": rnd.digest}
+            return {"sha256": rnd.digest, "bulk": self.bulk_port}
 
     def _s1_share_and_open(self, rnd: RoundRun) -> None:
         """S1's steps 1-3, each done as soon as it can be:

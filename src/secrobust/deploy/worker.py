@@ -32,6 +32,7 @@ from ..protocol.server import finish_aggregate
 from ..protocol.worker import share_key, share_update
 from ..rules.view import Choice
 from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
+from ..transport.grpc.bulk import BulkClient
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE, clean_reason
@@ -119,8 +120,32 @@ class WorkerRuntime:
                              connect_timeout=cfg.connect_timeout_s)
         self.s1 = PeerClient(identity, "S1", cfg.peer("S1"), accounting=self.accounting,
                              connect_timeout=cfg.connect_timeout_s)
+        self.identity = identity
+        self.bulk: dict[str, BulkClient] = {}
+        """Each server's bulk lane, as its ``status`` announces it (``transport.grpc.bulk``)."""
         self.last_round = -1
         self.log = logging.getLogger(LOGGER_NAME)
+
+    def _note_bulk(self, server: str, port: Any) -> None:
+        """Use ``server``'s bulk lane (at its gRPC host) while it announces one; gRPC otherwise."""
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            old = self.bulk.pop(server, None)
+            if old is not None:
+                old.close()
+            return
+        address = f"{self.cfg.peer(server).rpartition(':')[0]}:{port}"
+        if server not in self.bulk or self.bulk[server].address != address:
+            old = self.bulk.pop(server, None)
+            if old is not None:
+                old.close()
+            self.bulk[server] = BulkClient(self.identity, server, address, accounting=self.accounting,
+                                           connect_timeout=self.cfg.connect_timeout_s)
+
+    def _fetch(self, server: str, round_id: int, phase: str, wait_s: float) -> Message:
+        lane = self.bulk.get(server)
+        if lane is not None:
+            return lane.fetch(round_id, phase, wait_s=wait_s)
+        return (self.s0 if server == "S0" else self.s1).fetch(round_id, phase, wait_s=wait_s)
 
     def ping(self) -> None:
         """Both servers answer (raises PartyUnreachable or RemoteRejected otherwise)."""
@@ -130,10 +155,12 @@ class WorkerRuntime:
     def wait_for_round(self, wait_s: float = 10.0) -> dict[str, Any] | None:
         """Public parameters of a round newer than the last one, open at both servers, or None."""
         st0 = self.s0.control("status", args={"after": self.last_round, "wait_s": wait_s}, timeout=wait_s + 15.0)
+        self._note_bulk("S0", st0.get("bulk"))
         info = st0.get("round")
         if not info or not info.get("intake_open") or info["round_id"] <= self.last_round:
             return None
         st1 = self.s1.control("status", args={"after": self.last_round, "wait_s": 5.0}, timeout=20.0)
+        self._note_bulk("S1", st1.get("bulk"))
         other = st1.get("round") or {}
         if other.get("round_id") != info["round_id"] or not other.get("intake_open"):
             return None
@@ -172,7 +199,8 @@ class WorkerRuntime:
             to_s1 = share_update(r, self.worker_id, encoded, key)
             del encoded, key
             if "S1" not in inp.skip:
-                self.s1.send(to_s1)
+                lane = self.bulk.get("S1")
+                (lane or self.s1).send(to_s1)
             del to_s1
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))
@@ -199,8 +227,8 @@ class WorkerRuntime:
         seconds = dict(seconds or {})
         timer = Timer()
         try:
-            m0 = self.s0.fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
-            m1 = self.s1.fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
+            m0 = self._fetch("S0", round_id, M.AGGREGATE_SHARE, wait_s)
+            m1 = self._fetch("S1", round_id, M.AGGREGATE_SHARE, wait_s)
             out, weights, participants = reconstruct(m0, m1)
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             return WorkerOutcome(round_id, "aborted", str(exc), seconds=seconds)
@@ -244,6 +272,8 @@ class WorkerRuntime:
     def close(self) -> None:
         self.s0.close()
         self.s1.close()
+        for lane in self.bulk.values():
+            lane.close()
 
 
 def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:

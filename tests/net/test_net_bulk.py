@@ -1,0 +1,161 @@
+"""The bulk lane (raw mutual-TLS sockets beside gRPC): the Endpoint's checks in the Endpoint's order,
+refusals before the payload is sent, bit-exact delivery, and a connection that stays usable after a
+refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from secrobust.protocol.messages import Message
+from secrobust.transport.grpc import PartyUnreachable, RemoteRejected
+from secrobust.transport.grpc.bulk import SEND, BulkClient, BulkServer, _recv_frame, _send_frame
+
+from .conftest import identity
+
+
+@pytest.fixture()
+def lane(endpoint) -> Iterator[tuple[BulkServer, str]]:
+    ep, handler, _ = endpoint
+    server = BulkServer(ep, "127.0.0.1:0")
+    port = server.start()
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def _client(cert_dir, party: str, address: str) -> BulkClient:
+    return BulkClient(identity(cert_dir, party), "S0", address, connect_timeout=1.0)
+
+
+def _msg(sender: str = "S1", round_id: int = 1, d: int = 300_000, **fields) -> Message:
+    e = np.random.default_rng(d).integers(0, 2**64, size=d, dtype=np.uint64)
+    return Message("masked-open", round_id, sender, "S0", {"worker": 0, **fields}, {"e": e})
+
+
+def test_a_large_message_arrives_bit_exact_with_the_callers_certificate_name(cert_dir, endpoint, lane):
+    _, handler, _ = endpoint
+    client = _client(cert_dir, "S1", lane[1])
+    try:
+        msg = _msg()
+        client.send(msg)
+        client.send(_msg(d=5))                     # the connection is kept and reused
+    finally:
+        client.close()
+    got = handler.received[0]
+    assert got.sender == "S1" and np.array_equal(got.arrays["e"], msg.arrays["e"])
+    assert len(handler.received) == 2
+
+
+def test_fetch_returns_the_handlers_message(cert_dir, endpoint, lane):
+    client = _client(cert_dir, "worker:0", lane[1])
+    try:
+        client.send(_msg(sender="worker:0"))
+        got = client.fetch(1, "masked-open", wait_s=1.0)
+        assert got.recipient == "worker:0" and got.arrays["e"].shape == (300_000,)
+        with pytest.raises(RemoteRejected) as info:
+            client.fetch(9, "masked-open", wait_s=0.0)
+        assert info.value.code == "not-found"
+    finally:
+        client.close()
+
+
+def test_a_certificate_from_another_ca_is_refused_at_the_handshake(rogue_cert_dir, lane):
+    client = _client(rogue_cert_dir, "S1", lane[1])
+    try:
+        with pytest.raises(PartyUnreachable):
+            client.send(_msg())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("party,code", [("operator:S0", "unknown-party"), ("worker:7", "unknown-party")])
+def test_a_party_the_handler_does_not_admit_is_refused(cert_dir, lane, party, code):
+    client = _client(cert_dir, party, lane[1])
+    try:
+        with pytest.raises(RemoteRejected) as info:
+            client.send(_msg(sender=party))
+        assert info.value.code == code
+    finally:
+        client.close()
+
+
+def test_refusals_come_before_the_payload_and_leave_the_connection_usable(cert_dir, endpoint, lane):
+    _, handler, _ = endpoint
+    client = _client(cert_dir, "S1", lane[1])
+    try:
+        for bad, code in ((_msg(sender="worker:0"), "sender-mismatch"), (_msg(round_id=2), "wrong-round")):
+            with pytest.raises(RemoteRejected) as info:
+                client.send(bad)
+            assert info.value.code == code
+        handler.limit = 1000
+        with pytest.raises(RemoteRejected) as info:
+            client.send(_msg())
+        assert info.value.code == "too-large"
+        handler.limit = 1 << 31
+        assert handler.received == []
+        mid = os.urandom(16)
+        client.send(_msg(d=7), message_id=mid)
+        with pytest.raises(RemoteRejected) as info:
+            client.send(_msg(d=7), message_id=mid)
+        assert info.value.code == "replay"
+        assert len(handler.received) == 1 and len(client._idle) == 1   # one connection served all of it
+    finally:
+        client.close()
+
+
+def test_garbage_after_the_handshake_gets_a_refusal_and_a_closed_connection(cert_dir, lane):
+    client = _client(cert_dir, "S1", lane[1])
+    try:
+        with client._connection() as sock:
+            sock.sendall(b"X")
+            assert json.loads(_recv_frame(sock))["code"] == "malformed-stream"
+            assert sock.recv(1) == b""
+    finally:
+        client._idle.clear()
+    client = _client(cert_dir, "S1", lane[1])
+    try:
+        with client._connection() as sock:
+            _send_frame(sock, b"\x00" * 100_000, SEND)              # a header above the limit
+            assert json.loads(_recv_frame(sock))["code"] == "too-large"
+            assert sock.recv(1) == b""
+    finally:
+        client._idle.clear()
+
+
+def test_a_plaintext_client_gets_nothing(lane):
+    host, port = lane[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"S\x00\x00\x00\x04abcd")
+        raw.settimeout(5)
+        try:
+            data = raw.recv(100)
+        except (ConnectionResetError, socket.timeout):
+            data = b""
+    assert b"abcd" not in data and not data.startswith(b"{")
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_deployment_gives_the_same_round_with_or_without_the_bulk_lane(tmp_path, bulk):
+    from secrobust.deploy.local import LocalDeployment, LocalOptions
+
+    from .helpers import assert_same_result, log_records, oracle
+
+    x = np.random.default_rng(3).normal(size=(5, 300_000)) * 0.05
+    with LocalDeployment(5, tmp_path, LocalOptions(bulk=bulk, share_window_s=20.0)) as dep:
+        _, want = oracle(dep, x, "krum", 1)
+        got = dep.aggregate(x, "krum", 1)
+        lanes = {(r.get("phase"), r.get("lane")) for name in ("S0", "S1") for r in log_records(dep, name)
+                 if r.get("event") in ("received", "served")}
+    assert_same_result(got, want)
+    used = {phase for phase, lane in lanes if lane == "bulk"}
+    if bulk:
+        assert {"share-masked", "masked-open", "aggregate-share"} <= used   # uploads, rows of E, downloads
+    else:
+        assert not used
