@@ -78,6 +78,10 @@ def test_the_next_rounds_triple_is_issued_before_that_round_opens_and_used_from_
     s1_open = next(r for r in log_records(dep, "S1") if r["event"] == "round-open" and r["round"] == nxt)
     assert issued[0]["ts"] < s1_open["ts"]
     assert got.stats.seconds["offline"] < 0.5         # no wait for the dealer in that round
+    # S0 expanded the pooled triple's A0 (its input shares) before the round opened, off its clock
+    assert dep.operator.clients["S0"].control("report", nxt)["triple"]["a0_ahead"] is True
+    first = dep.operator.clients["S0"].control("report", nxt - 1)["triple"]
+    assert "a0_ahead" in first
 
 
 def test_a_pooled_triple_for_another_shape_is_discarded_and_never_used(dep):

@@ -8,8 +8,9 @@ decides when a round is over. Per round:
   the triple this round uses and the triples to have ready for the next rounds; both servers update
   their offline pool with it (``secrobust.deploy.pool``), and S1 asks the dealer, one request at a
   time in the background, for every named triple the pool does not hold yet (offline: a request
-  carries only n, d, the kind and the triple id). A triple prefetched by an earlier round is usually
-  delivered before its round opens. Each server installs its part of the round's triple first: S0's
+  carries only n, d, the kind and the triple id): this round's own at once, the later rounds' once this
+  round is over, so the dealer's work falls between rounds. A triple prefetched by an earlier round is
+  usually delivered before its round opens. Each server installs its part of the round's triple first: S0's
   input shares *are* the triple's mask A0 (``protocol.server``), so S0 can hand out no key before it.
 * Share phase. S0 hands out keys: worker ``worker:<i>`` (certificate CN) fetches ``share-key`` from S0
   (``Fetch``), once per round, and only its own: the key is chosen by the caller's certificate, never
@@ -252,6 +253,8 @@ class RoundRun:
         self.streamed = _Streamed(party, self.plan)
         self.triple_in = False
         self.triple: dict[str, Any] = {}
+        self.deferred: list[str] = []
+        """S1: the triples this request prefetches for later rounds, requested from the dealer once it ends."""
         self.share_deadline = time.monotonic() + request.share_window_s
         self.seconds: dict[str, float] = defaultdict(float)
         self.participants: tuple[int, ...] = ()
@@ -302,6 +305,8 @@ class ServerRuntime:
         self._senders: ThreadPoolExecutor | None = None
         self._uploads = 0
         self._fetching = 0
+        self._ahead: dict[str, tuple[threading.Event, dict[str, np.ndarray]]] = {}
+        """S0: A0 expanded ahead of its round, by triple id (``_expand_ahead``)."""
         self.bulk_port: int | None = None
         """The port of this server's bulk lane (``transport.grpc.bulk``), announced in ``status``; None: gRPC only."""
         self.peer_bulk: BulkClient | None = None
@@ -487,8 +492,8 @@ class ServerRuntime:
         """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
         streamed at once: every worker fetches both servers' shares as soon as a round ends, and n replies
         in memory together would cost about 16nd bytes."""
-        if phase != M.AGGREGATE_SHARE:
-            return None
+        if phase != M.AGGREGATE_SHARE or caller == self.operator_name:
+            return None                         # the operator's one fetch does not queue behind n workers'
         with self._cv:
             while self._fetching >= FETCH_SLOTS and not self.closing:
                 self._cv.wait(1.0)
@@ -521,6 +526,42 @@ class ServerRuntime:
         self.node.ledger.claim(entry.triple_id)
         event(self.log, "triple-pooled", round=entry.round_id, triple_id=entry.triple_id, n=entry.spec.n,
               d=entry.spec.d, kind=entry.spec.kind, seconds=round(time.monotonic() - entry.registered_at, 6))
+        self._expand_ahead()
+
+    def _expand_ahead(self) -> None:
+        """S0 with no round running: expand the next pooled triple's A0 (S0's input shares, n x d words of
+        AES-CTR) now, so the round that uses it does not spend that time. One at a time (8nd bytes); a
+        round that finds it still running waits for it (``_take_a0``), a discarded triple drops it."""
+        if self.index != 0:
+            return
+        with self._cv:
+            if self._ahead or (self.round is not None and not self.round.finished) or self.closing:
+                return
+            ready = [e for e in self.pool.entries.values() if e.state == READY and e.part is not None
+                     and e.round_id > self.last_round]
+            if not ready:
+                return
+            entry = min(ready, key=lambda e: e.round_id)
+            done, slot = threading.Event(), {}
+            self._ahead[entry.triple_id] = (done, slot)
+
+        def work() -> None:
+            try:
+                slot["a0"] = streaming.s0_rows(entry.part, np.arange(entry.spec.n))  # type: ignore[arg-type]
+            except Exception as exc:            # the round then expands it itself
+                event(self.log, "expand-failed", level=logging.WARNING, triple_id=entry.triple_id, error=str(exc))
+            finally:
+                done.set()
+        threading.Thread(target=work, name=f"{self.party}-expand", daemon=True).start()
+
+    def _take_a0(self, triple_id: str | None) -> np.ndarray | None:
+        """The A0 ``_expand_ahead`` made for ``triple_id`` (waiting for it if it is being made), else None."""
+        with self._cv:
+            ahead = self._ahead.pop(triple_id, None) if triple_id is not None else None
+        if ahead is None:
+            return None
+        ahead[0].wait()
+        return ahead[1].get("a0")
 
     def accept(self, msg: Message, env: pb.Envelope) -> None:
         with self._cv:
@@ -735,13 +776,18 @@ class ServerRuntime:
             for gone in self.pool.commit(pool_plan):
                 event(self.log, "triple-discarded", round=gone.round_id, triple_id=gone.triple_id, state=gone.state,
                       reason=f"not named by the request of round {request.round_id}")
+            for tid in [t for t in self._ahead if t not in self.pool.entries]:
+                del self._ahead[tid]            # an A0 made ahead for a triple no longer pooled
             if run.uses_triple:
                 held = self.pool.entries[request.triple_id]  # type: ignore[index]
                 run.triple = {"triple_id": held.triple_id,
                               "prefetched": held.triple_id not in {e.triple_id for e in pool_plan.add},
                               "ready_at_open": held.state == READY}
             if self.index == 1:
-                self._to_request.extend(e.triple_id for e in pool_plan.add)
+                # this round's own triple now; the next rounds' once this one is over, so that on a shared
+                # machine the dealer's work falls between rounds instead of slowing this one
+                self._to_request.extend(e.triple_id for e in pool_plan.add if e.round_id == request.round_id)
+                run.deferred = [e.triple_id for e in pool_plan.add if e.round_id != request.round_id]
             # S0's input shares are the triple's A0; an unchecked mean has no triple, so S0 draws their master
             self.node.start_round(run.plan, prg.fresh_seed() if self.index == 0 and not run.uses_triple else None)
             self._store_last_round(request.round_id)
@@ -751,7 +797,7 @@ class ServerRuntime:
         event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, n=len(request.worker_ids),
               d=request.d, triple_id=request.triple_id, prefetch=[t for _, t in request.prefetch],
               prefetched=run.triple.get("prefetched"), ready_at_open=run.triple.get("ready_at_open"))
-        if self.index == 1 and pool_plan.add:
+        if self.index == 1 and self._to_request:
             self._start_requester()
         threading.Thread(target=self._run, args=(run,), name=f"{self.party}-round-{request.round_id}",
                          daemon=True).start()
@@ -944,7 +990,11 @@ class ServerRuntime:
                 if self.node.state is not None and self.node.state.plan is rnd.plan:
                     self.node.state = None      # the round's shares are not needed any more
                 self._archive(rnd)
+                self._to_request.extend(rnd.deferred)
                 self._cv.notify_all()
+            if rnd.deferred:
+                self._start_requester()
+            self._expand_ahead()
 
     def _confirm_with_s0(self, rnd: RoundRun) -> None:
         """S1, before any share is used: S0 must hold the same round request (equal digests). S0 answers
@@ -1129,7 +1179,10 @@ class ServerRuntime:
         open_phase = "open" if rnd.reveal else "validity"
         if rnd.uses_triple:
             with self._phase(rnd, open_phase):
-                st.a0 = streaming.s0_rows(self.node.current.triple, np.arange(len(plan.worker_ids)))
+                st.a0 = self._take_a0(rnd.request.triple_id)
+                rnd.triple["a0_ahead"] = st.a0 is not None and st.a0.shape == (len(plan.worker_ids), plan.d)
+                if not rnd.triple["a0_ahead"]:
+                    st.a0 = streaming.s0_rows(self.node.current.triple, np.arange(len(plan.worker_ids)))
         kind = plan.open_kind
         agreed = False
         projector: streaming.Projector | None = None
