@@ -19,7 +19,7 @@ from .errors import ProtocolError
 from .protocol.server import check_noise_std
 from .rules.plain import split_options
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS, with_min_cohort
-from .updates import check_ring_rows, check_unchecked, encode_center, encode_updates
+from .updates import check_ring_rows, check_unchecked, check_updates, encode_center
 
 app = typer.Typer(help="Secure and Byzantine-robust aggregation with two non-colluding servers.",
                   no_args_is_help=True, add_completion=False)
@@ -72,7 +72,7 @@ def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: 
     validity.check_flag(check_inputs, d)
     validity.scaled_bound(norm_bound, frac_bits, d)
     rows = check_ring_rows(extra.get("ring_rows"), n, d)
-    encode_updates(x, frac_bits, check_unchecked(extra.get("unchecked", ()), n), rows)
+    check_updates(x, frac_bits, check_unchecked(extra.get("unchecked", ()), n), rows)
     if center is not None:
         encode_center(center, d, frac_bits)
 

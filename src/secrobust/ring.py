@@ -81,6 +81,36 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
     return out.view(RING_DTYPE).reshape(x.shape)
 
 
+def check_encodable(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> None:
+    """Raise what ``encode(values, frac_bits)`` raises, without making the encoding: one pass of row norms
+    decides every row that is finite and clearly inside the range (rounding moves a scaled norm by at most
+    sqrt(d)/2); the encoder itself decides the others, in order, so the first bad row is named alike."""
+    check_frac_bits(frac_bits)
+    x = np.asarray(values, dtype=np.float64)
+    rows = x.reshape(1, -1) if x.ndim == 1 else x
+    if rows.ndim != 2:
+        raise ValueError(f"expected a vector or an (n, d) matrix, got shape {x.shape}")
+    sq = np.empty(rows.shape[0])
+    step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
+
+    def norms(start: int, stop: int) -> None:
+        sq[start:stop] = np.einsum("ij,ij->i", rows[start:stop], rows[start:stop])
+    for _ in ring_kernel.parallel_for(norms, rows.shape[0], step):
+        pass
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled_norm = np.sqrt(sq) * 2.0**frac_bits
+    clear = np.isfinite(scaled_norm) & (scaled_norm + math.sqrt(rows.shape[1]) / 2.0 < SCALED_NORM_BOUND * (1 - 1e-9))
+    for start in range(0, rows.shape[0], step):     # the encoder's blocks, in its order
+        if clear[start:start + step].all():
+            continue
+        try:
+            encode(rows[start:start + step], frac_bits)
+        except ValueError as exc:
+            head, _, rest = str(exc).partition(" ")
+            number, _, tail = rest.partition(" ")
+            raise ValueError(f"{head} {start + int(number)} {tail}" if number.isdigit() else str(exc)) from None
+
+
 def _exact_squared_norms(scaled: np.ndarray) -> np.ndarray:
     """Row sums of squares of integer-valued float rows, exactly (as Python ints): float64 cannot tell
     B^2 from B^2 + 1 at B = 2^27, and the validity check compares exactly."""

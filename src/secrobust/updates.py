@@ -103,6 +103,24 @@ def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = fr
     return out
 
 
+def check_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset(),
+                  ring_rows: Mapping[int, np.ndarray] | None = None) -> None:
+    """Raise what ``encode_updates`` raises, without making the encodings (``ring.check_encodable``)."""
+    ring_rows = ring_rows or {}
+    honest = np.array([i not in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
+    byz = np.array([i in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
+    if honest.any():
+        try:
+            ring.check_encodable(x if honest.all() else x[honest], frac_bits)
+        except ValueError as exc:
+            raise ValueError(_renumber(str(exc), np.flatnonzero(honest))) from None
+    if byz.any():
+        try:
+            ring.check_finite(x[byz])
+        except ValueError as exc:
+            raise ValueError(_renumber(str(exc), np.flatnonzero(byz))) from None
+
+
 def encode_center(center: Any, d: int, frac_bits: int) -> np.ndarray:
     v = as_matrix(np.asarray(center, dtype=np.float64).reshape(1, -1))[0]
     if v.shape != (d,):

@@ -29,14 +29,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import api, ring, validity
+from .. import api, ring, ring_kernel, validity
 from ..certs import Identity, operator_party, party_dir, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import check_noise_std
 from ..rules.plain import split_options
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
-from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
+from ..updates import as_matrix, check_ring_rows, check_unchecked, check_updates, encode_center
 from .config import PartyConfig, to_toml
 from .operator import Operator
 from ..pki import make_deployment_certs
@@ -328,7 +328,7 @@ class LocalDeployment:
         validity.check_flag(check_inputs, d)
         validity.scaled_bound(norm_bound, frac_bits, d)
         t0 = time.perf_counter()
-        encode_updates(x, frac_bits, byz, rows)
+        check_updates(x, frac_bits, byz, rows)
         encode_seconds = time.perf_counter() - t0
         center = None
         if center_value is not None:
@@ -341,10 +341,12 @@ class LocalDeployment:
         folder = self.updates_dir / f"round-{round_id}"
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            for i in range(n):
-                if i not in absent_set:
-                    _write_input(folder, i, rows.get(i, x[i]), unchecked=i in byz, ring_row=i in rows,
-                                 where=drop.get(i))
+            def write(start: int, stop: int) -> None:
+                for i in range(start, stop):
+                    if i not in absent_set:
+                        _write_input(folder, i, rows.get(i, x[i]), unchecked=i in byz, ring_row=i in rows,
+                                     where=drop.get(i))
+            ring_kernel.parallel_for(write, n, max(1, -(-n // ring_kernel.threads())))
             request = self.operator.with_triples(RoundRequest(
                 round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
                 options=rule_options, center=center,
