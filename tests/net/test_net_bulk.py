@@ -159,3 +159,39 @@ def test_a_deployment_gives_the_same_round_with_or_without_the_bulk_lane(tmp_pat
         assert {"share-masked", "masked-open", "aggregate-share"} <= used   # uploads, rows of E, downloads
     else:
         assert not used
+
+
+def test_a_lane_that_cannot_be_opened_says_so_and_nothing_was_sent(cert_dir, lane):
+    from secrobust.transport.grpc.bulk import LaneUnavailable
+
+    server, address = lane
+    server.stop()
+    client = _client(cert_dir, "S1", address)
+    try:
+        with pytest.raises(LaneUnavailable):
+            client.send(_msg(d=5))
+    finally:
+        client.close()
+
+
+def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
+    from secrobust.deploy.worker import WorkerRuntime
+    from secrobust.transport.grpc.bulk import LaneUnavailable
+
+    sent = []
+
+    class Closed:
+        def send(self, msg):
+            raise LaneUnavailable("S1", "127.0.0.1:1", "bulk lane: refused")
+
+    class Grpc:
+        def send(self, msg):
+            sent.append(msg)
+
+    worker = WorkerRuntime.__new__(WorkerRuntime)
+    worker.bulk, worker.s1 = {"S1": Closed()}, Grpc()
+    import logging
+    worker.log = logging.getLogger("test")
+    msg = _msg(sender="worker:0", d=3)
+    worker._send_share(msg)
+    assert sent == [msg]

@@ -34,7 +34,7 @@ from ..protocol.messages import Message
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
-from ..transport.grpc.bulk import BulkClient
+from ..transport.grpc.bulk import BulkClient, LaneUnavailable
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 from .worker import reconstruct
 
@@ -124,7 +124,12 @@ class Operator:
 
     def _fetch_share(self, name: str, round_id: int) -> Message:
         lane = self.bulk.get(name)
-        return (lane or self.clients[name]).fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+        if lane is not None:
+            try:
+                return lane.fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+            except LaneUnavailable:             # nothing asked yet: the same fetch over gRPC
+                pass
+        return self.clients[name].fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
 
     def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
         """One more than the last round id any of our servers opened (each keeps it in its state_dir)."""

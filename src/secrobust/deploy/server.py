@@ -77,7 +77,7 @@ from ..protocol import streaming
 from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
-from ..transport.grpc.bulk import BulkClient
+from ..transport.grpc.bulk import BulkClient, LaneUnavailable
 from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
@@ -942,9 +942,12 @@ class ServerRuntime:
             self._check_alive(rnd)
         bulk = self.peer_bulk
         if bulk is not None and msg.kind in OPEN_KINDS:
-            bulk.send(msg)
-        else:
-            self.peer.send(msg)
+            try:
+                bulk.send(msg)
+                return
+            except LaneUnavailable as exc:      # nothing sent yet: the same row over gRPC
+                event(self.log, "bulk-unavailable", level=logging.WARNING, peer=self.peer_name, error=str(exc))
+        self.peer.send(msg)
 
     def _enter(self, rnd: RoundRun, phase: str) -> Timer:
         with self._cv:

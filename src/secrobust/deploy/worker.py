@@ -32,7 +32,7 @@ from ..protocol.server import finish_aggregate
 from ..protocol.worker import share_key, share_update
 from ..rules.view import Choice
 from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
-from ..transport.grpc.bulk import BulkClient
+from ..transport.grpc.bulk import BulkClient, LaneUnavailable
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE, clean_reason
@@ -144,8 +144,21 @@ class WorkerRuntime:
     def _fetch(self, server: str, round_id: int, phase: str, wait_s: float) -> Message:
         lane = self.bulk.get(server)
         if lane is not None:
-            return lane.fetch(round_id, phase, wait_s=wait_s)
+            try:
+                return lane.fetch(round_id, phase, wait_s=wait_s)
+            except LaneUnavailable as exc:      # nothing asked yet: the same fetch over gRPC
+                event(self.log, "bulk-unavailable", level=logging.WARNING, server=server, error=str(exc))
         return (self.s0 if server == "S0" else self.s1).fetch(round_id, phase, wait_s=wait_s)
+
+    def _send_share(self, msg: Message) -> None:
+        lane = self.bulk.get("S1")
+        if lane is not None:
+            try:
+                lane.send(msg)
+                return
+            except LaneUnavailable as exc:      # nothing sent yet: the same share over gRPC
+                event(self.log, "bulk-unavailable", level=logging.WARNING, server="S1", error=str(exc))
+        self.s1.send(msg)
 
     def ping(self) -> None:
         """Both servers answer (raises PartyUnreachable or RemoteRejected otherwise)."""
@@ -199,8 +212,7 @@ class WorkerRuntime:
             to_s1 = share_update(r, self.worker_id, encoded, key)
             del encoded, key
             if "S1" not in inp.skip:
-                lane = self.bulk.get("S1")
-                (lane or self.s1).send(to_s1)
+                self._send_share(to_s1)
             del to_s1
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))

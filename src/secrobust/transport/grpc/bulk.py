@@ -58,6 +58,11 @@ _LEN = struct.Struct(">I")
 _NO_DIGEST = bytes(32)
 
 
+class LaneUnavailable(PartyUnreachable):
+    """The bulk lane could not be opened (no connection, handshake refused): nothing was sent, so the
+    caller may send the same message over gRPC instead."""
+
+
 # TLS contexts (the certificate and key go through an in-memory file: Python's ssl reads them from a path)
 
 @contextmanager
@@ -194,6 +199,10 @@ class BulkServer:
     def stop(self) -> None:
         self._stopping.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)   # wakes the accept() blocked in another thread
+            except OSError:
+                pass
             self._listener.close()
         with self._lock:
             socks = list(self._socks)
@@ -441,10 +450,10 @@ class BulkClient:
                 return sock
             except (ConnectionRefusedError, socket.timeout) as exc:
                 if time.monotonic() + 0.2 >= deadline:
-                    raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
+                    raise LaneUnavailable(self.peer, self.address, f"bulk lane: {exc}") from None
                 time.sleep(0.2)
             except (ssl.SSLError, OSError) as exc:
-                raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
+                raise LaneUnavailable(self.peer, self.address, f"bulk lane: {exc}") from None
 
     @contextmanager
     def _connection(self) -> Iterator[ssl.SSLSocket]:
@@ -489,7 +498,7 @@ class BulkClient:
                     self._check(verdict)
                 sock.sendall(data)
                 self._check(json.loads(_recv_frame(sock)))
-        except RemoteRejected:
+        except (RemoteRejected, LaneUnavailable):
             raise
         except (ConnectionError, ssl.SSLError, OSError, ValueError) as exc:
             raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
@@ -514,7 +523,7 @@ class BulkClient:
                     raise Rejected("sender-mismatch", f"reply from {env.sender!r}, expected {self.peer!r}")
                 buf = bytearray(env.total_bytes)
                 _recv_exact(sock, env.total_bytes, memoryview(buf))
-        except (RemoteRejected, Rejected):
+        except (RemoteRejected, Rejected, LaneUnavailable):
             raise
         except (ConnectionError, ssl.SSLError, OSError, ValueError, DecodeError) as exc:
             raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
