@@ -230,6 +230,7 @@ class BulkServer:
 
     def _serve(self, raw: socket.socket) -> None:
         caller: str | None = None
+        sock: ssl.SSLSocket | None = None
         try:
             raw.settimeout(HANDSHAKE_S)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -238,6 +239,9 @@ class BulkServer:
             except (ssl.SSLError, OSError) as exc:
                 event(self.log, "refused", level=logging.WARNING, code="unauthenticated", reason=str(exc), lane="bulk")
                 return
+            with self._lock:
+                self._socks.discard(raw)
+                self._socks.add(sock)           # raw is detached now: stop() must reach the TLS socket
             caller = self._admit(sock)
             if caller is None:
                 return
@@ -260,8 +264,12 @@ class BulkServer:
             with self._lock:
                 self._open -= 1
                 self._socks.discard(raw)
+                if sock is not None:
+                    self._socks.discard(sock)
                 if caller is not None:
                     self._per_caller[caller] -= 1
+            if sock is not None:
+                sock.close()
             raw.close()
 
     def _admit(self, sock: ssl.SSLSocket) -> str | None:
