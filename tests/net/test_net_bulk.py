@@ -205,3 +205,28 @@ def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
     msg = _msg(sender="worker:0", d=3)
     worker._send_share(msg)
     assert sent == [msg]
+
+
+def test_a_sender_that_trickles_its_payload_is_cut_off(cert_dir, endpoint, lane, monkeypatch):
+    import time as _time
+
+    from secrobust.transport.grpc import bulk, secrobust_pb2 as pb
+
+    monkeypatch.setattr(bulk, "PAYLOAD_GRACE_S", 0.5)
+    monkeypatch.setattr(bulk, "MIN_RATE", 1e9)
+    _, handler, _ = endpoint
+    client = _client(cert_dir, "S1", lane[1])
+    msg = _msg(d=1000)
+    data = msg.to_bytes()
+    env = bulk.bulk_envelope(msg, data)
+    try:
+        with client._connection() as sock:
+            _send_frame(sock, env.SerializeToString(), SEND)
+            assert json.loads(_recv_frame(sock)) == {"go": True}
+            sock.sendall(data[:10])                          # then nothing: an upload slot held hostage
+            started = _time.monotonic()
+            assert _closed(sock)                             # the server gives up at its deadline
+            assert _time.monotonic() - started < 10
+    finally:
+        client._idle.clear()
+    assert handler.received == []

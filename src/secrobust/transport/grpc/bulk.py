@@ -53,6 +53,9 @@ HEADER_LIMIT = 64 << 10
 HANDSHAKE_S = 10.0
 IDLE_S = 300.0
 IO_S = 120.0
+PAYLOAD_GRACE_S = 30.0
+MIN_RATE = 2e6
+"""Bytes per second a payload must keep up, on average, after ``PAYLOAD_GRACE_S`` seconds of grace."""
 CONNECTIONS_PER_CALLER = 4
 _LEN = struct.Struct(">I")
 _NO_DIGEST = bytes(32)
@@ -127,10 +130,22 @@ def peer_party(sock: ssl.SSLSocket, identity: Identity) -> str | None:
 
 # framing
 
-def _recv_exact(sock: ssl.SSLSocket, n: int, into: memoryview | None = None) -> memoryview:
+def payload_deadline(nbytes: int) -> float:
+    """How long a payload of ``nbytes`` may take to arrive: ``MIN_RATE`` bytes per second after a grace of
+    ``PAYLOAD_GRACE_S``. A sender that trickles its bytes (to hold an upload slot) is cut off then."""
+    return PAYLOAD_GRACE_S + nbytes / MIN_RATE
+
+
+def _recv_exact(sock: ssl.SSLSocket, n: int, into: memoryview | None = None,
+                deadline: float | None = None) -> memoryview:
     buf = into if into is not None else memoryview(bytearray(n))
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"{n - got} of {n} bytes still missing at the deadline")
+            sock.settimeout(min(left, IO_S))
         k = sock.recv_into(buf[got:], n - got)
         if k == 0:
             raise ConnectionError("the connection closed in the middle of a frame")
@@ -333,7 +348,8 @@ class BulkServer:
                 release = reserve(env)
             _verdict(sock, go=True)
             buf = bytearray(env.total_bytes)
-            _recv_exact(sock, env.total_bytes, memoryview(buf))
+            _recv_exact(sock, env.total_bytes, memoryview(buf),
+                        time.monotonic() + payload_deadline(env.total_bytes))
             msg = wire.decode(env, buf)
             del buf
             self.handler.accept(msg, env)
