@@ -114,9 +114,12 @@ def _closed(sock) -> bool:
     """The server ended the connection (cleanly, or by dropping the TCP connection under TLS)."""
     import ssl
 
+    sock.settimeout(10.0)
     try:
         return sock.recv(1) == b""
-    except (ssl.SSLEOFError, ConnectionResetError):
+    except socket.timeout:
+        return False                                    # still open: not what the server should do
+    except OSError:                                     # TLS EOF, reset, or the TLS layer's own error on close
         return True
 
 

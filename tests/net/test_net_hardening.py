@@ -224,3 +224,43 @@ def test_a_control_command_is_refused_by_caller_before_its_body_is_parsed(dep):
                 == "not-permitted"
     finally:
         fake.close()
+
+
+def test_a_stalled_grpc_upload_loses_its_slot_at_the_payload_deadline(dep):
+    """The attack: open a share upload, send the envelope (S1 reserves one of its 8 upload slots), then send
+    nothing. S1 cancels the stream at the payload deadline (30 s + 2 MB/s), and the worker can still upload."""
+    from secrobust.transport.grpc import bulk
+
+    x = _updates(7, d=300_000)
+    fake = FakeWorker(dep, 5)
+    go = threading.Event()
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[5], share_window_s=50.0)
+        info = fake.wait_open()
+        msg = fake.share(info["round_id"], x[5])
+        out = wire.encode(msg)
+
+        def stalled():
+            chunks = wire.chunks(out)
+            yield next(chunks)
+            go.wait(90.0)
+
+        def attempt(channel):
+            call = channel.stream_unary("/secrobust.v1.Party/Send", request_serializer=pb.Chunk.SerializeToString,
+                                        response_deserializer=pb.Ack.FromString)
+            return call(stalled(), timeout=120.0)
+
+        started = time.monotonic()
+        with pytest.raises(Exception):
+            fake.s1._call(attempt)          # cancelled by S1 at its deadline
+        assert time.monotonic() - started < bulk.payload_deadline(out.envelope.total_bytes) + 10
+        go.set()
+        fake.s1.send(msg)                   # the slot is free again and the round still takes the share
+        with pytest.raises(RemoteRejected) as info_err:
+            fake.s1.send(msg)
+        assert info_err.value.code == "duplicate"
+        got = run.result()
+    finally:
+        go.set()
+        fake.close()
+    assert 5 in got.participants

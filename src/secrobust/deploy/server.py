@@ -104,6 +104,8 @@ this much in gRPC's buffers."""
 ROW_BACKLOG = 16
 """Rows of E that S0 holds (received or being received) before it has added them to its Gram share."""
 FETCH_SLOTS = 4
+FETCH_WAIT_S = 60.0
+"""The longest an aggregate-share fetch waits for a slot before it is refused (``busy``)."""
 """Aggregate-share replies a server encodes and streams at once (``fetch_slot``)."""
 PHASES = ("share", "agree", "offline", "open", "validity", "distances", "rule", "aggregate", "done")
 OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
@@ -305,6 +307,8 @@ class ServerRuntime:
         self._senders: ThreadPoolExecutor | None = None
         self._uploads = 0
         self._fetching = 0
+        self._fetchers: set[str] = set()
+        """Callers holding an aggregate-share slot: one each, so a few slow readers cannot hold them all."""
         self._ahead: dict[str, tuple[threading.Event, dict[str, np.ndarray]]] = {}
         """S0: A0 expanded ahead of its round, by triple id (``_expand_ahead``)."""
         self.bulk_port: int | None = None
@@ -494,11 +498,23 @@ class ServerRuntime:
         in memory together would cost about 16nd bytes."""
         if phase != M.AGGREGATE_SHARE or caller == self.operator_name:
             return None                         # the operator's one fetch does not queue behind n workers'
+        deadline = time.monotonic() + FETCH_WAIT_S
         with self._cv:
+            if caller in self._fetchers:
+                raise Rejected("busy", f"{caller} is already fetching an aggregate share here")
             while self._fetching >= FETCH_SLOTS and not self.closing:
+                if time.monotonic() >= deadline:
+                    raise Rejected("busy", f"no aggregate-share slot came free within {FETCH_WAIT_S:g} s")
                 self._cv.wait(1.0)
             self._fetching += 1
-        return self._slot_release("_fetching")
+            self._fetchers.add(caller)
+        slot = self._slot_release("_fetching")
+
+        def release() -> None:
+            with self._cv:
+                self._fetchers.discard(caller)
+            slot()
+        return release
 
     def _slot_release(self, counter: str) -> Callable[[], None]:
         """The release of one slot counted in ``counter`` (taken under ``_cv``): give it back, wake waiters."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from google.protobuf.message import DecodeError
 
-from ...certs import Identity, common_name
+from ...certs import Identity, common_name, worker_index
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
 from . import wire
@@ -57,6 +57,9 @@ PAYLOAD_GRACE_S = 30.0
 MIN_RATE = 2e6
 """Bytes per second a payload must keep up, on average, after ``PAYLOAD_GRACE_S`` seconds of grace."""
 CONNECTIONS_PER_CALLER = 4
+CONNECTIONS_PER_WORKER = 2
+HEADER_S = 10.0
+"""A frame header must arrive within this long after its first byte."""
 _LEN = struct.Struct(">I")
 _NO_DIGEST = bytes(32)
 
@@ -128,6 +131,11 @@ def peer_party(sock: ssl.SSLSocket, identity: Identity) -> str | None:
     return cn if identity.admits(cn, pem) else None
 
 
+def connections_for(caller: str) -> int:
+    """Bulk connections a name may hold at a server: a worker makes one call at a time."""
+    return CONNECTIONS_PER_WORKER if worker_index(caller) is not None else CONNECTIONS_PER_CALLER
+
+
 # framing
 
 def payload_deadline(nbytes: int) -> float:
@@ -153,15 +161,27 @@ def _recv_exact(sock: ssl.SSLSocket, n: int, into: memoryview | None = None,
     return buf
 
 
+def _send_all(sock: ssl.SSLSocket, data: memoryview, deadline: float) -> None:
+    """``sendall`` that gives up at ``deadline``: a reader that stops reading cannot hold a reply (and the
+    fetch slot it takes) for longer than its size allows (``payload_deadline``)."""
+    sent = 0
+    while sent < len(data):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"{len(data) - sent} of {len(data)} bytes still unsent at the deadline")
+        sock.settimeout(min(left, IO_S))
+        sent += sock.send(data[sent:sent + (1 << 20)])
+
+
 def _send_frame(sock: ssl.SSLSocket, payload: bytes, kind: bytes = b"") -> None:
     sock.sendall(kind + _LEN.pack(len(payload)) + payload)
 
 
-def _recv_frame(sock: ssl.SSLSocket, limit: int = HEADER_LIMIT) -> bytes:
-    (n,) = _LEN.unpack(_recv_exact(sock, 4))
+def _recv_frame(sock: ssl.SSLSocket, limit: int = HEADER_LIMIT, deadline: float | None = None) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, 4, deadline=deadline))
     if n > limit:
         raise Rejected("too-large", f"a frame header of {n} bytes exceeds {limit}")
-    return bytes(_recv_exact(sock, n))
+    return bytes(_recv_exact(sock, n, deadline=deadline))
 
 
 def _verdict(sock: ssl.SSLSocket, **fields: Any) -> None:
@@ -233,15 +253,25 @@ class BulkServer:
         while not self._stopping.is_set():
             try:
                 raw, _ = self._listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return
+                event(self.log, "bulk-accept-failed", level=logging.WARNING, error=str(exc))
+                time.sleep(0.1)                 # e.g. out of file descriptors under a flood: retry
+                continue
             with self._lock:
                 if self._open >= self.max_connections:
                     raw.close()
                     continue
                 self._open += 1
                 self._socks.add(raw)
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+            except RuntimeError:
+                with self._lock:
+                    self._open -= 1
+                    self._socks.discard(raw)
+                raw.close()
 
     def _serve(self, raw: socket.socket) -> None:
         caller: str | None = None
@@ -257,7 +287,7 @@ class BulkServer:
             with self._lock:
                 self._socks.discard(raw)
                 self._socks.add(sock)           # raw is detached now: stop() must reach the TLS socket
-            caller = self._admit(sock)
+            caller = self._admit(sock)          # counted against the name from here on, even if the verdict fails
             if caller is None:
                 return
             while not self._stopping.is_set():
@@ -296,16 +326,22 @@ class BulkServer:
         elif not self.handler.admitted(caller):
             code = ("unknown-party", f"{caller!r} is not a party of this deployment")
         else:
+            cap = connections_for(caller)
             with self._lock:
-                if self._per_caller.get(caller, 0) >= CONNECTIONS_PER_CALLER:
-                    code = ("busy", f"{caller} already has {CONNECTIONS_PER_CALLER} bulk connections here")
+                if self._per_caller.get(caller, 0) >= cap:
+                    code = ("busy", f"{caller} already has {cap} bulk connections here")
                 else:
                     self._per_caller[caller] = self._per_caller.get(caller, 0) + 1
         if code is not None:
             event(self.log, "refused", level=logging.WARNING, code=code[0], reason=code[1], lane="bulk")
             _verdict(sock, code=code[0], message=code[1])
             return None
-        _verdict(sock, ok=True)
+        try:
+            _verdict(sock, ok=True)
+        except BaseException:
+            with self._lock:
+                self._per_caller[caller] -= 1
+            raise
         return caller
 
     def _refuse(self, sock: ssl.SSLSocket, exc: BaseException, **info: Any) -> None:
@@ -325,7 +361,7 @@ class BulkServer:
         release: Any = None
         leave: Any = None
         try:
-            header = _recv_frame(sock)
+            header = _recv_frame(sock, deadline=time.monotonic() + HEADER_S)
         except Rejected as exc:
             self._refuse(sock, exc, **info)
             raise                               # the unread header leaves the stream out of step: close it
@@ -377,7 +413,7 @@ class BulkServer:
         leave: Any = None
         release: Any = None
         try:
-            header = _recv_frame(sock)
+            header = _recv_frame(sock, deadline=time.monotonic() + HEADER_S)
         except Rejected as exc:
             self._refuse(sock, exc, requester=caller)
             raise
@@ -402,19 +438,19 @@ class BulkServer:
             data = msg.to_bytes()
             envelope = bulk_envelope(msg, data)
             del msg
-        except (ConnectionError, ssl.SSLError, OSError):
-            raise
         except Exception as exc:
             if release is not None:
                 release()
             if leave is not None:
                 leave()
+            if isinstance(exc, (ConnectionError, ssl.SSLError, OSError)):
+                raise
             self._refuse(sock, exc, requester=caller)
             return
         try:
             _verdict(sock, ok=True)
             _send_frame(sock, envelope.SerializeToString())
-            sock.sendall(data)
+            _send_all(sock, memoryview(data), time.monotonic() + payload_deadline(len(data)))
         finally:
             del data
             if release is not None:
@@ -443,14 +479,14 @@ class BulkClient:
         self.connect_timeout = connect_timeout
         self.ctx = client_context(identity, peer)
         self.log = logging.getLogger(LOGGER_NAME)
-        self._idle: list[ssl.SSLSocket] = []
+        self._idle: list[tuple[float, ssl.SSLSocket]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(CONNECTIONS_PER_CALLER)
 
     def close(self) -> None:
         with self._lock:
             socks, self._idle = self._idle, []
-        for s in socks:
+        for _, s in socks:
             s.close()
 
     def _connect(self) -> ssl.SSLSocket:
@@ -467,10 +503,15 @@ class BulkClient:
                     raise
                 try:
                     sock.settimeout(IO_S)
-                    self._check(json.loads(_recv_frame(sock)))
+                    verdict = json.loads(_recv_frame(sock))
                 except BaseException:
                     sock.close()
                     raise
+                if "code" in verdict:
+                    sock.close()
+                    if verdict["code"] == "busy":   # no room on the lane now: the caller takes gRPC
+                        raise LaneUnavailable(self.peer, self.address, f"bulk lane: {verdict.get('message')}")
+                    self._check(verdict)
                 return sock
             except (ConnectionRefusedError, socket.timeout) as exc:
                 if time.monotonic() + 0.2 >= deadline:
@@ -482,8 +523,14 @@ class BulkClient:
     @contextmanager
     def _connection(self) -> Iterator[ssl.SSLSocket]:
         with self._slots:
+            sock = None
             with self._lock:
-                sock = self._idle.pop() if self._idle else None
+                while self._idle and sock is None:
+                    since, candidate = self._idle.pop()
+                    if time.monotonic() - since < IDLE_S / 2:
+                        sock = candidate        # younger than half the server's idle limit: still open there
+                    else:
+                        candidate.close()
             if sock is None:
                 sock = self._connect()
             ok = False
@@ -496,7 +543,7 @@ class BulkClient:
             finally:
                 if ok:
                     with self._lock:
-                        self._idle.append(sock)
+                        self._idle.append((time.monotonic(), sock))
                 else:
                     sock.close()
 
@@ -513,6 +560,7 @@ class BulkClient:
         timer = Timer()
         data = msg.to_bytes()
         env = bulk_envelope(msg, data, message_id)
+        payload_out = False
         try:
             with self._connection() as sock:
                 sock.settimeout(IO_S)
@@ -520,12 +568,15 @@ class BulkClient:
                 verdict = json.loads(_recv_frame(sock))
                 if "code" in verdict:
                     self._check(verdict)
+                payload_out = True
                 sock.sendall(data)
                 self._check(json.loads(_recv_frame(sock)))
         except (RemoteRejected, LaneUnavailable):
             raise
         except (ConnectionError, ssl.SSLError, OSError, ValueError) as exc:
-            raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
+            # before "go" the peer cannot have taken the message (e.g. a kept connection it closed meanwhile)
+            lost = PartyUnreachable if payload_out else LaneUnavailable
+            raise lost(self.peer, self.address, f"bulk lane: {exc}") from None
         self.accounting.add(msg.round_id if account_as is None else account_as, "sent", self.peer, env.total_bytes,
                             env.total_bytes + env.ByteSize() + 5)
         event(self.log, "sent", recipient=self.peer, round=msg.round_id, phase=msg.kind, bytes=env.total_bytes,
@@ -536,11 +587,13 @@ class BulkClient:
         timer = Timer()
         req = pb.FetchRequest(version=VERSION, round_id=round_id, requester=self.identity.party, phase=phase,
                               timeout_s=wait_s)
+        answered = False
         try:
             with self._connection() as sock:
                 sock.settimeout(wait_s + IO_S)
                 _send_frame(sock, req.SerializeToString(), FETCH)
                 self._check(json.loads(_recv_frame(sock)))
+                answered = True
                 env = pb.Envelope.FromString(_recv_frame(sock))
                 wire.check_envelope(env, caller=None, me=self.identity.party, max_bytes=max_bytes)
                 if env.sender != self.peer:
@@ -550,7 +603,8 @@ class BulkClient:
         except (RemoteRejected, Rejected, LaneUnavailable):
             raise
         except (ConnectionError, ssl.SSLError, OSError, ValueError, DecodeError) as exc:
-            raise PartyUnreachable(self.peer, self.address, f"bulk lane: {exc}") from None
+            lost = PartyUnreachable if answered else LaneUnavailable
+            raise lost(self.peer, self.address, f"bulk lane: {exc}") from None
         msg = wire.decode(env, buf)
         self.accounting.add(round_id, "received", self.peer, env.total_bytes, env.total_bytes + env.ByteSize() + 4)
         event(self.log, "fetched", sender=self.peer, round=round_id, phase=phase, bytes=env.total_bytes,

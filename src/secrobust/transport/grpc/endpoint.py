@@ -45,6 +45,7 @@ from . import secrobust_pb2 as pb
 from . import wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
+from .bulk import payload_deadline
 from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .tls import server_credentials, server_options, peer_party
@@ -198,13 +199,14 @@ class Endpoint:
         accepted = False
         release: Any = None
         leave: Any = None
+        watchdog: threading.Timer | None = None
         try:
             caller = self._caller(context)
             info["sender"] = caller
             leave = self._gate.enter(caller)
 
             def precheck(env: pb.Envelope) -> None:
-                nonlocal message_id, release
+                nonlocal message_id, release, watchdog
                 info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes, seq=env.seq)
                 limit = self.handler.max_message_bytes(env)
                 if env.total_bytes > limit:
@@ -216,6 +218,8 @@ class Endpoint:
                 reserve = getattr(self.handler, "reserve", None)
                 if reserve is not None:
                     release = reserve(env)
+                if release is not None:     # a sender that stalls must not keep its slot
+                    watchdog = _watchdog(context, payload_deadline(env.total_bytes))
 
             msg, env, wire_bytes = wire.read_stream(requests, caller=caller, me=self.handler.party,
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
@@ -230,6 +234,8 @@ class Endpoint:
             self._refuse(context, exc, **info)
             raise
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if release is not None:
                 release()
             if message_id is not None:
@@ -265,11 +271,14 @@ class Endpoint:
             raise
         wire_bytes = 0
         env = out.envelope
+        watchdog = _watchdog(context, payload_deadline(env.total_bytes)) if release is not None else None
         try:
             for chunk in wire.chunks(out):
                 wire_bytes += chunk.ByteSize()
                 yield chunk
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             del out
             if release is not None:
                 release()
@@ -323,4 +332,12 @@ class Endpoint:
 
 
 _ABSOLUTE_LIMIT = 1 << 40
+
+
+def _watchdog(context: grpc.ServicerContext, seconds: float) -> threading.Timer:
+    """Cancel the call after ``seconds``: a peer that stops sending (or reading) releases the slot it holds."""
+    timer = threading.Timer(seconds, context.cancel)
+    timer.daemon = True
+    timer.start()
+    return timer
 
