@@ -77,6 +77,7 @@ class PeerClient:
                          and time.monotonic() + 0.2 < deadline)
                 if not retry:
                     raise self._translate(err) from None
+                self._reset()       # a fresh channel dials at once; the old one may sit in reconnect backoff
             time.sleep(0.2)
 
     def _translate(self, err: grpc.RpcError) -> Exception:
