@@ -194,6 +194,8 @@ def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
     sent = []
 
     class Closed:
+        peer, log = "S1", __import__("logging").getLogger("test")
+
         def send(self, msg):
             raise LaneUnavailable("S1", "127.0.0.1:1", "bulk lane: refused")
 

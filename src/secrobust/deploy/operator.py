@@ -34,7 +34,7 @@ from ..protocol.messages import Message
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
-from ..transport.grpc.bulk import BulkClient, LaneUnavailable
+from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 from .worker import reconstruct
 
@@ -108,28 +108,12 @@ class Operator:
         return out
 
     def _note_bulk(self, name: str, port: Any) -> None:
-        client = self.clients[name]
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            lane = self.bulk.pop(name, None)
-            if lane is not None:
-                lane.close()
-            return
-        address = f"{client.address.rpartition(':')[0]}:{port}"
-        if name not in self.bulk or self.bulk[name].address != address:
-            lane = self.bulk.pop(name, None)
-            if lane is not None:
-                lane.close()
-            self.bulk[name] = BulkClient(client.identity, name, address, accounting=client.accounting,
-                                         connect_timeout=client.connect_timeout)
+        lane = lane_beside(self.bulk.pop(name, None), self.clients[name], port)
+        if lane is not None:
+            self.bulk[name] = lane
 
     def _fetch_share(self, name: str, round_id: int) -> Message:
-        lane = self.bulk.get(name)
-        if lane is not None:
-            try:
-                return lane.fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
-            except LaneUnavailable:             # nothing asked yet: the same fetch over gRPC
-                pass
-        return self.clients[name].fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+        return fetch_over(self.bulk.get(name), self.clients[name], round_id, M.AGGREGATE_SHARE, 30.0)
 
     def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
         """One more than the last round id any of our servers opened (each keeps it in its state_dir)."""

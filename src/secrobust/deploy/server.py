@@ -77,7 +77,7 @@ from ..protocol import streaming
 from ..protocol.server import RoundPlan, noise_share
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
-from ..transport.grpc.bulk import BulkClient, LaneUnavailable
+from ..transport.grpc.bulk import BulkClient, lane_beside, send_over
 from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
@@ -956,14 +956,7 @@ class ServerRuntime:
     def _send(self, rnd: RoundRun, msg: Message) -> None:
         with self._cv:
             self._check_alive(rnd)
-        bulk = self.peer_bulk
-        if bulk is not None and msg.kind in OPEN_KINDS:
-            try:
-                bulk.send(msg)
-                return
-            except LaneUnavailable as exc:      # nothing sent yet: the same row over gRPC
-                event(self.log, "bulk-unavailable", level=logging.WARNING, peer=self.peer_name, error=str(exc))
-        self.peer.send(msg)
+        send_over(self.peer_bulk if msg.kind in OPEN_KINDS else None, self.peer, msg)
 
     def _enter(self, rnd: RoundRun, phase: str) -> Timer:
         with self._cv:
@@ -1034,14 +1027,8 @@ class ServerRuntime:
             self._cv.notify_all()
 
     def _use_peer_bulk(self, port: Any) -> None:
-        """S1: send the rows of E over S0's bulk lane when S0 offers one (at S0's gRPC host)."""
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            self.peer_bulk = None
-            return
-        address = f"{self.cfg.peer(self.peer_name).rpartition(':')[0]}:{port}"
-        if self.peer_bulk is None or self.peer_bulk.address != address:
-            self.peer_bulk = BulkClient(self.peer.identity, self.peer_name, address, accounting=self.accounting,
-                                        connect_timeout=self.cfg.connect_timeout_s)
+        """S1: send the rows of E over S0's bulk lane when S0 offers one."""
+        self.peer_bulk = lane_beside(self.peer_bulk, self.peer, port)
 
     def _confirm_request(self, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         """S0's side of ``_confirm_with_s0``: wait (up to the peer timeout) for its own round ``round_id``

@@ -32,7 +32,7 @@ from ..protocol.server import finish_aggregate
 from ..protocol.worker import share_key, share_update
 from ..rules.view import Choice
 from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
-from ..transport.grpc.bulk import BulkClient, LaneUnavailable
+from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside, send_over
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE, clean_reason
@@ -120,45 +120,25 @@ class WorkerRuntime:
                              connect_timeout=cfg.connect_timeout_s)
         self.s1 = PeerClient(identity, "S1", cfg.peer("S1"), accounting=self.accounting,
                              connect_timeout=cfg.connect_timeout_s)
-        self.identity = identity
         self.bulk: dict[str, BulkClient] = {}
         """Each server's bulk lane, as its ``status`` announces it (``transport.grpc.bulk``)."""
         self.last_round = -1
         self.log = logging.getLogger(LOGGER_NAME)
 
+    def _grpc(self, server: str) -> PeerClient:
+        return self.s0 if server == "S0" else self.s1
+
     def _note_bulk(self, server: str, port: Any) -> None:
-        """Use ``server``'s bulk lane (at its gRPC host) while it announces one; gRPC otherwise."""
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            old = self.bulk.pop(server, None)
-            if old is not None:
-                old.close()
-            return
-        address = f"{self.cfg.peer(server).rpartition(':')[0]}:{port}"
-        if server not in self.bulk or self.bulk[server].address != address:
-            old = self.bulk.pop(server, None)
-            if old is not None:
-                old.close()
-            self.bulk[server] = BulkClient(self.identity, server, address, accounting=self.accounting,
-                                           connect_timeout=self.cfg.connect_timeout_s)
+        """Use ``server``'s bulk lane while it announces one; gRPC otherwise."""
+        lane = lane_beside(self.bulk.pop(server, None), self._grpc(server), port)
+        if lane is not None:
+            self.bulk[server] = lane
 
     def _fetch(self, server: str, round_id: int, phase: str, wait_s: float) -> Message:
-        lane = self.bulk.get(server)
-        if lane is not None:
-            try:
-                return lane.fetch(round_id, phase, wait_s=wait_s)
-            except LaneUnavailable as exc:      # nothing asked yet: the same fetch over gRPC
-                event(self.log, "bulk-unavailable", level=logging.WARNING, server=server, error=str(exc))
-        return (self.s0 if server == "S0" else self.s1).fetch(round_id, phase, wait_s=wait_s)
+        return fetch_over(self.bulk.get(server), self._grpc(server), round_id, phase, wait_s)
 
     def _send_share(self, msg: Message) -> None:
-        lane = self.bulk.get("S1")
-        if lane is not None:
-            try:
-                lane.send(msg)
-                return
-            except LaneUnavailable as exc:      # nothing sent yet: the same share over gRPC
-                event(self.log, "bulk-unavailable", level=logging.WARNING, server="S1", error=str(exc))
-        self.s1.send(msg)
+        send_over(self.bulk.get("S1"), self.s1, msg)
 
     def ping(self) -> None:
         """Both servers answer (raises PartyUnreachable or RemoteRejected otherwise)."""

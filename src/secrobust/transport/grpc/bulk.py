@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -46,6 +45,7 @@ from .logs import LOGGER_NAME, Timer, event
 from .tls import CHUNK_BYTES
 
 if TYPE_CHECKING:
+    from .client import PeerClient
     from .endpoint import Endpoint
 
 SEND, FETCH = b"S", b"F"
@@ -373,26 +373,16 @@ class BulkServer:
             info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes)
             leave = self.endpoint._gate.enter(caller)
             wire.check_envelope(env, caller=caller, me=self.handler.party, max_bytes=1 << 40)
-            limit = self.handler.max_message_bytes(env)
-            if env.total_bytes > limit:
-                raise Rejected("too-large", f"{env.phase} of {env.total_bytes} bytes exceeds the limit of {limit} bytes")
-            self.endpoint._replays.begin(env.message_id)
+            release = self.endpoint.admit(env)
             message_id = env.message_id
-            self.handler.precheck(env)
-            reserve = getattr(self.handler, "reserve", None)
-            if reserve is not None:
-                release = reserve(env)
             _verdict(sock, go=True)
             buf = bytearray(env.total_bytes)
             _recv_exact(sock, env.total_bytes, memoryview(buf),
                         time.monotonic() + payload_deadline(env.total_bytes))
             msg = wire.decode(env, buf)
             del buf
-            self.handler.accept(msg, env)
+            self.endpoint.deliver(msg, env, caller, env.total_bytes + env.ByteSize() + 9)
             accepted = True
-            account_as = getattr(self.handler, "account_as", None)
-            key = env.round_id if account_as is None else account_as(msg, env)
-            self.endpoint.accounting.add(key, "received", caller, env.total_bytes, env.total_bytes + env.ByteSize() + 9)
             _verdict(sock, ok=True)
             event(self.log, "received", seconds=round(timer.seconds, 6), lane="bulk", **info)
         except (ConnectionError, ssl.SSLError, OSError):
@@ -426,13 +416,7 @@ class BulkServer:
                 raise Rejected("version", f"protocol version {req.version} is not supported")
             if req.requester != caller:
                 raise Rejected("sender-mismatch", f"requester {req.requester!r} but certificate {caller!r}")
-            if not math.isfinite(req.timeout_s):
-                raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {req.timeout_s}")
-            leave = self.endpoint._gate.enter(caller)
-            found = self.handler.fetch(caller, req.round_id, req.phase, min(max(req.timeout_s, 0.0), 600.0))
-            slot = getattr(self.handler, "fetch_slot", None)
-            if slot is not None:
-                release = slot(caller, req.phase)
+            found, leave, release = self.endpoint.take_fetch(caller, req)
             msg = found if isinstance(found, Message) else wire.decode(found.envelope, found.data)
             del found
             data = msg.to_bytes()
@@ -610,3 +594,40 @@ class BulkClient:
         event(self.log, "fetched", sender=self.peer, round=round_id, phase=phase, bytes=env.total_bytes,
               seconds=round(timer.seconds, 6), lane="bulk")
         return msg
+
+
+def lane_beside(old: BulkClient | None, grpc: "PeerClient", port: Any) -> BulkClient | None:
+    """The bulk client for the lane a peer announces at ``port`` (at the host of its gRPC address, as the
+    gRPC client's identity): ``old`` while it still fits, a new one otherwise, None without a valid port.
+    A replaced client is closed."""
+    valid = not isinstance(port, bool) and isinstance(port, int) and 0 < port < 65536
+    address = f"{grpc.address.rpartition(':')[0]}:{port}" if valid else None
+    if old is not None and old.address == address:
+        return old
+    if old is not None:
+        old.close()
+    if address is None:
+        return None
+    return BulkClient(grpc.identity, grpc.peer, address, accounting=grpc.accounting,
+                      connect_timeout=grpc.connect_timeout)
+
+
+def send_over(lane: BulkClient | None, grpc: "PeerClient", msg: Message) -> None:
+    """``msg`` over the bulk lane, or over gRPC when there is none or it cannot be opened (nothing sent)."""
+    if lane is not None:
+        try:
+            lane.send(msg)
+            return
+        except LaneUnavailable as exc:
+            event(lane.log, "bulk-unavailable", level=logging.WARNING, peer=lane.peer, error=str(exc))
+    grpc.send(msg)
+
+
+def fetch_over(lane: BulkClient | None, grpc: "PeerClient", round_id: int, phase: str, wait_s: float) -> Message:
+    """A fetch over the bulk lane, or over gRPC when there is none or it cannot be opened (nothing asked)."""
+    if lane is not None:
+        try:
+            return lane.fetch(round_id, phase, wait_s=wait_s)
+        except LaneUnavailable as exc:
+            event(lane.log, "bulk-unavailable", level=logging.WARNING, peer=lane.peer, error=str(exc))
+    return grpc.fetch(round_id, phase, wait_s=wait_s)

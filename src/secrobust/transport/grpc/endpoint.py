@@ -34,7 +34,7 @@ import math
 import threading
 from collections import OrderedDict
 from concurrent import futures
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import grpc
 import numpy as np
@@ -208,26 +208,15 @@ class Endpoint:
             def precheck(env: pb.Envelope) -> None:
                 nonlocal message_id, release, watchdog
                 info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes, seq=env.seq)
-                limit = self.handler.max_message_bytes(env)
-                if env.total_bytes > limit:
-                    raise Rejected("too-large", f"{env.phase} of {env.total_bytes} bytes exceeds the limit of "
-                                   f"{limit} bytes")
-                self._replays.begin(env.message_id)
+                release = self.admit(env)
                 message_id = env.message_id
-                self.handler.precheck(env)
-                reserve = getattr(self.handler, "reserve", None)
-                if reserve is not None:
-                    release = reserve(env)
                 if release is not None:     # a sender that stalls must not keep its slot
                     watchdog = _watchdog(context, payload_deadline(env.total_bytes))
 
             msg, env, wire_bytes = wire.read_stream(requests, caller=caller, me=self.handler.party,
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
-            self.handler.accept(msg, env)
+            self.deliver(msg, env, caller, wire_bytes)
             accepted = True
-            account_as = getattr(self.handler, "account_as", None)
-            key = env.round_id if account_as is None else account_as(msg, env)
-            self.accounting.add(key, "received", caller, env.total_bytes, wire_bytes)
             event(self.log, "received", seconds=round(timer.seconds, 6), **info)
             return pb.Ack(message_id=env.message_id, bytes_received=env.total_bytes)
         except Exception as exc:  # every failure becomes a coded refusal; the server keeps serving
@@ -251,14 +240,7 @@ class Endpoint:
             if not isinstance(request, pb.FetchRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid FetchRequest protobuf")
             caller = self._authenticate(context, request.version, request.requester, "requester")
-            leave = self._gate.enter(caller)
-            if not math.isfinite(request.timeout_s):
-                raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
-            wait_s = min(max(request.timeout_s, 0.0), 600.0)
-            found = self.handler.fetch(caller, request.round_id, request.phase, wait_s)
-            slot = getattr(self.handler, "fetch_slot", None)
-            if slot is not None:
-                release = slot(caller, request.phase)
+            found, leave, release = self.take_fetch(caller, request)
             out = found if isinstance(found, wire.Outgoing) else wire.encode(found)
             del found
         except Exception as exc:
@@ -288,6 +270,46 @@ class Endpoint:
         self.accounting.add(key, "sent", caller, env.total_bytes, wire_bytes)
         event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
               bytes=env.total_bytes, seconds=round(timer.seconds, 6))
+
+    def admit(self, env: pb.Envelope) -> Callable[[], None] | None:
+        """A message's checks before any payload is read, shared with the bulk lane: its size limit, the
+        replay cache (the id stays taken until ``_replays.end``), the handler's round checks and its slot
+        (``reserve``). Returns the slot's release; on a refusal nothing stays held."""
+        limit = self.handler.max_message_bytes(env)
+        if env.total_bytes > limit:
+            raise Rejected("too-large", f"{env.phase} of {env.total_bytes} bytes exceeds the limit of {limit} bytes")
+        self._replays.begin(env.message_id)
+        try:
+            self.handler.precheck(env)
+            reserve = getattr(self.handler, "reserve", None)
+            return reserve(env) if reserve is not None else None
+        except BaseException:
+            self._replays.end(env.message_id, False)
+            raise
+
+    def deliver(self, msg: Message, env: pb.Envelope, caller: str, wire_bytes: int) -> None:
+        """Hand a decoded message to the handler and book its bytes (under ``account_as`` if the handler
+        has one)."""
+        self.handler.accept(msg, env)
+        account_as = getattr(self.handler, "account_as", None)
+        key = env.round_id if account_as is None else account_as(msg, env)
+        self.accounting.add(key, "received", caller, env.total_bytes, wire_bytes)
+
+    def take_fetch(self, caller: str, request: pb.FetchRequest) -> tuple[Any, Any, Any]:
+        """A fetch's checks and slots, shared with the bulk lane: a finite timeout, a call-gate slot, the
+        handler's reply (waiting up to the timeout, capped at 600 s) and its fetch slot. Returns (reply,
+        release of the gate slot, release of the fetch slot or None); on a refusal nothing stays held."""
+        if not math.isfinite(request.timeout_s):
+            raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
+        leave = self._gate.enter(caller)
+        try:
+            found = self.handler.fetch(caller, request.round_id, request.phase,
+                                       min(max(request.timeout_s, 0.0), 600.0))
+            slot = getattr(self.handler, "fetch_slot", None)
+            return found, leave, slot(caller, request.phase) if slot is not None else None
+        except BaseException:
+            leave()
+            raise
 
     def _authenticate(self, context: grpc.ServicerContext, version: int, claimed: str, role: str) -> str:
         """The caller's certificate name, after checking the protocol version and that the request's
