@@ -166,9 +166,8 @@ def check_options(rule: str, n: int, f: int, bound: int) -> None:
     need = min_participants(rule, int(f))
     if n < need:
         rel = "n >= 4f + 3" if rule == "bulyan" else "n >= 2f + 1"
-        raise ValueError(f"{rule} needs {rel}: with f={f} at least {need} workers, got n={n}; "
-                         f"allowed f here: 0..{max_f(rule, n)}" if n >= min_participants(rule, 0)
-                         else f"{rule} needs {rel}: at least {need} workers, got n={n}")
+        allowed = f"f in 0..{max_f(rule, n)}" if n >= min_participants(rule, 0) else f"at least {need} workers"
+        raise ValueError(f"{rule} needs {rel}: f={f} needs at least {need} workers, got n={n} (allowed: {allowed})")
     if rule == "bulyan":
         _bulyan_widths(n, int(f), int(bound))
 
@@ -390,21 +389,27 @@ def squared_distances(encoded: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Cost:
-    """What a run took: material (dealer bytes to S1 = budget.bytes_to_s1()), rounds, bytes each party sent."""
+    """What a run took: material (dealer bytes to S1 = budget.bytes_to_s1()), the rounds of the choice (Bulyan)
+    and of one chunk's circuit (chunks are independent: sent together they would take no more rounds), the
+    rounds as run here (chunks one after the other), the bytes each party sent, and the wall-clock seconds."""
 
     budget: Budget = field(default_factory=Budget)
-    rounds: int = 0
+    choice_rounds: int = 0
+    chunk_rounds: int = 0
+    rounds_run: int = 0
+    chunks: int = 0
     sent: list[int] = field(default_factory=lambda: [0, 0])
     seconds: float = 0.0
 
-    def add(self, budget: Budget, rounds: int) -> None:
-        self.budget = self.budget + budget
-        self.rounds += rounds
+    @property
+    def rounds(self) -> int:
+        """Rounds of the circuit on all d coordinates at once: the choice, then one chunk's rounds."""
+        return self.choice_rounds + self.chunk_rounds
 
 
-def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTripleSeeds, cost: Cost
-         ) -> tuple[np.ndarray, np.ndarray]:
-    budget, rounds = arith.budget_of(circuit)
+def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTripleSeeds, cost: Cost,
+         sized: tuple[Budget, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    budget, rounds = arith.budget_of(circuit) if sized is None else sized
     src0, src1 = arith.sources(corr_id, budget, seeds)
 
     def count(a: np.ndarray, b: np.ndarray) -> None:
@@ -413,7 +418,8 @@ def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTriple
     out = compare.run_pair(circuit(0, src0), circuit(1, src1), count)
     if src0.used != budget or src1.used != budget:
         raise AssertionError(f"the circuit used {src0.used} / {src1.used}, its dry run {budget}")
-    cost.add(budget, rounds)
+    cost.budget = cost.budget + budget
+    cost.rounds_run += rounds
     return out
 
 
@@ -422,12 +428,15 @@ def run_coordinatewise(x0: np.ndarray, x1: np.ndarray, rule: str, f: int, seeds:
                        corr_id: str = "coordinatewise", chunk: int = 1 << 14
                        ) -> tuple[np.ndarray, np.ndarray, Cost]:
     """Both parties' output shares and the cost, in this process: the coordinates in chunks of ``chunk`` columns
-    (each its own dealt material, to bound memory); Bulyan's choice once, from the distance shares d0, d1."""
+    (each its own dealt material, to bound memory; chunks of one width are sized by one dry run); Bulyan's
+    choice once, from the distance shares d0, d1."""
     bound = validity.params().bound if bound is None else bound
     _check_share(x0, "x0")
     _check_share(x1, "x1", x0.shape)
     n, d = x0.shape
     check_options(rule, n, f, bound)
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     cost = Cost()
     start = time.perf_counter()
     c0 = c1 = None
@@ -438,12 +447,19 @@ def run_coordinatewise(x0: np.ndarray, x1: np.ndarray, rule: str, f: int, seeds:
         _check_share(d1, "d1", (n, n))
         c0, c1 = _run(lambda p, s: selection_circuit(p, d0 if p == 0 else d1, f, bound, s),
                       f"{corr_id}/choice", seeds, cost)
+        cost.choice_rounds = cost.rounds_run
     out0, out1 = np.empty(d, dtype=_U), np.empty(d, dtype=_U)
+    sized: dict[int, tuple[Budget, int]] = {}
     for a in range(0, d, chunk):
         b = min(d, a + chunk)
         part = (x0[:, a:b], x1[:, a:b])
-        out0[a:b], out1[a:b] = _run(
-            lambda p, s: coordinatewise_circuit(p, part[p], rule, f, bound, s, chosen=c0 if p == 0 else c1),
-            f"{corr_id}/{a}", seeds, cost)
+
+        def circuit(p: int, s: Source) -> Party:
+            return coordinatewise_circuit(p, part[p], rule, f, bound, s, chosen=c0 if p == 0 else c1)
+        if b - a not in sized:
+            sized[b - a] = arith.budget_of(circuit)
+        out0[a:b], out1[a:b] = _run(circuit, f"{corr_id}/{a}", seeds, cost, sized[b - a])
+        cost.chunk_rounds = max(cost.chunk_rounds, sized[b - a][1])
+        cost.chunks += 1
     cost.seconds = time.perf_counter() - start
     return out0, out1, cost
