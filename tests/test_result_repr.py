@@ -12,9 +12,11 @@ def test_the_repr_shows_shapes_not_values() -> None:
 
     text = repr(secrobust.aggregate(x, "krum", 2))
 
-    assert text == ("AggregateResult(rule='krum', f=2, participants=12 of 12, rejected=[], aggregate=float64(3000,), "
-                    "weights=float64(12,), distances=float64(12, 12), revealed=['distances'])")
+    assert text == ("AggregateResult(rule='krum', f=2, reveal='distances', participants=12 of 12, rejected=[], "
+                    "aggregate=float64(3000,), weights=float64(12,), distances=float64(12, 12), revealed=['distances'])")
     assert str(secrobust.aggregate(x, "mean", 0)).endswith("distances=None, revealed=[])")
+    hidden = repr(secrobust.aggregate(x, "krum", 2, reveal="aggregate"))
+    assert "reveal='aggregate', participants=12 of 12" in hidden and "weights=None, distances=None, revealed=[]" in hidden
 
 
 def test_the_repr_names_rejected_workers() -> None:

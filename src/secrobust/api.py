@@ -23,8 +23,11 @@ from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise
 from .protocol.worker import share_key, share_update, worker_name
 from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
+from .arith import Budget
+from .rules import secure
+from .rules.possible import effective_f
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
-from .rules.view import DISTANCES, NORMS, Choice
+from .rules.view import DISTANCES, NORMS, Choice, view_words
 from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates, safe_center
 
@@ -33,10 +36,11 @@ DROP_TARGETS = ("S0", "S1", "both")
 
 @dataclass(frozen=True, eq=False)
 class AggregateResult:
-    """What a round reveals. ``distances``/``revealed`` are what S1 saw; NaN rows for workers that dropped."""
+    """What a round reveals. ``distances``/``revealed`` are what S1 saw (nothing unless ``reveal="distances"``);
+    NaN rows for workers that dropped. ``weights`` is None with ``reveal="aggregate"``: nobody learns them."""
 
     aggregate: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     distances: np.ndarray | None
     stats: Stats
     revealed: dict[str, np.ndarray] = field(default_factory=dict)
@@ -46,12 +50,14 @@ class AggregateResult:
     f: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     """Workers excluded by the input validity check (or by S1's range check of the opened view), with the reason."""
+    reveal: str = secure.DEFAULT_MODE
+    n: int = 0
 
     def __repr__(self) -> str:
         """One short line: rule, f, who took part and the arrays' shapes, never their values."""
         shape = self._shape
-        return (f"AggregateResult(rule={self.rule!r}, f={self.f}, participants={len(self.participants)} of "
-                f"{len(self.weights)}, rejected={sorted(self.rejected)}, aggregate={shape(self.aggregate)}, "
+        return (f"AggregateResult(rule={self.rule!r}, f={self.f}, reveal={self.reveal!r}, participants="
+                f"{len(self.participants)} of {self.n}, rejected={sorted(self.rejected)}, aggregate={shape(self.aggregate)}, "
                 f"weights={shape(self.weights)}, distances={shape(self.distances)}, revealed={list(self.revealed)})")
 
     @staticmethod
@@ -80,7 +86,8 @@ class Cluster:
                   dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
                   drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                   check_inputs: bool = True, norm_bound: float | None = None,
-                  min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
+                  min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
+                  **options: Any) -> AggregateResult:
         refuse_seed_option(options)
         spec = with_min_cohort(get_rule(rule), min_participants)
         round_id = self.next_round
@@ -97,6 +104,9 @@ class Cluster:
         rows = check_ring_rows(ring_rows, n, d)
         check_inputs = validity.check_flag(check_inputs, d)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
+        on_shares = secure.secure_rule(rule, reveal, rule_options)
+        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound)) if on_shares is not None
+                       else Budget())
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -104,10 +114,10 @@ class Cluster:
         with _phase(stats, "encode"):
             encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
-        reveal = spec.reveals(rule_options)
-        plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, reveal, center,
-                         self.seeds.triple_id(round_id) if reveal or check_inputs else None, chunk_bytes, check_inputs,
-                         bound)
+        needs = spec.reveals(rule_options)
+        plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, needs, center,
+                         self.seeds.triple_id(round_id) if needs or check_inputs else None, chunk_bytes, check_inputs,
+                         bound, reveal if on_shares is not None else secure.DEFAULT_MODE, rule_budget)
         s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))
         s1.start_round(plan)
 
@@ -144,7 +154,7 @@ class Cluster:
                 s0.receive_validity_seed(channel.receive("S0", M.VALIDITY_SEED))
                 s1.receive_validity_seed(channel.receive("S1", M.VALIDITY_SEED))
         if plan.triple_kind is not None:
-            open_phase = "open" if reveal else "validity"
+            open_phase = "open" if needs else "validity"
             for start, stop in s1.chunks():
                 with _phase(stats, open_phase):
                     channel.send(s1.open_masked(start, stop))
@@ -160,16 +170,20 @@ class Cluster:
                 s1.check_enough(spec, f)
             participants = s1.current.participants or ()
 
-        if reveal:
-            with _phase(stats, "distances"):
-                channel.send(s0.view_share_message())
-                s1.open_view(channel.receive("S1", M.VIEW_SHARE))
+        if on_shares is not None:
+            with _phase(stats, "rule"):
+                self._run_circuit(channel, M.RULE_OPEN, lambda node: node.rule_start(on_shares, f, rule_options),
+                                  lambda node, msg: node.rule_step(msg))
         else:
-            s1.open_view(None)
-
-        with _phase(stats, "rule"):
-            channel.send(s1.choose(spec, f, rule_options))
-            s0.receive_weights(channel.receive("S0", M.WEIGHTS))
+            if needs:
+                with _phase(stats, "distances"):
+                    channel.send(s0.view_share_message())
+                    s1.open_view(channel.receive("S1", M.VIEW_SHARE))
+            else:
+                s1.open_view(None)
+            with _phase(stats, "rule"):
+                channel.send(s1.choose(spec, f, rule_options))
+                s0.receive_weights(channel.receive("S0", M.WEIGHTS))
 
         with _phase(stats, "aggregate"):
             shares = []
@@ -187,20 +201,27 @@ class Cluster:
         if s0.rejected != s1.rejected:
             raise AssertionError("the two servers rejected different workers")
         self.last_aggregate = out0
+        if plan.mode == "weights" and not np.array_equal(s0.current.choice.weights, s1.current.choice.weights):
+            raise AssertionError("the two servers opened different weights")
         choice = s1.current.choice
         view = s1.current.view
-        return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected)
+        return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected, reveal)
 
     def _run_check(self, channel: InMemoryChannel) -> None:
         """The comparisons of the validity check, round by round through the channel."""
-        msgs = [self.s0.validity_start(), self.s1.validity_start()]
+        self._run_circuit(channel, M.VALIDITY_OPEN, lambda node: node.validity_start(),
+                          lambda node, msg: node.validity_step(msg))
+
+    def _run_circuit(self, channel: InMemoryChannel, kind: str, start, step) -> None:
+        """Both servers' sides of a two-party circuit, round by round through the channel."""
+        msgs = [start(self.s0), start(self.s1)]
         while True:
             for msg in msgs:
                 channel.send(msg)
-            nxt = [node.validity_step(channel.receive(node.name, M.VALIDITY_OPEN)) for node in (self.s0, self.s1)]
+            nxt = [step(node, channel.receive(node.name, kind)) for node in (self.s0, self.s1)]
             if nxt[0] is None or nxt[1] is None:
                 if nxt[0] is not None or nxt[1] is not None:
-                    raise AssertionError("the servers' validity circuits ended at different rounds")
+                    raise AssertionError(f"the servers' {kind} circuits ended at different rounds")
                 return
             msgs = nxt
 
@@ -209,11 +230,15 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
               insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
               ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
               chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
-              min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
+              min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
+              **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
-    S1 learns the squared distances (or, for norm-clip/cclip, the squared norms) of the encoded
-    updates; both servers learn the weights and the aggregate; the dealer learns only (n, d).
+    ``reveal`` says what the servers learn besides the aggregate (docs/leakage-free.md):
+    "distances" (default): S1 learns the squared distances (or, for norm-clip/cclip, the squared norms) of
+    the encoded updates and both servers the weights; "weights": the rule runs on shares and only the
+    weights are opened; "aggregate": nothing but the aggregate is opened (``result.weights`` is None).
+    The dealer learns only (n, d) and the rule's circuit size.
     Seeds are fresh from ``secrets``; ``insecure_test_seed`` fixes every party's randomness, for tests and
     simulations only (the same seed on other data reuses every mask: S1 would learn x - x').
     ``min_participants`` (default 5, at least 2) aborts a round that would aggregate fewer workers, after
@@ -232,33 +257,62 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
     return Cluster(insecure_test_seed=insecure_test_seed).run_round(
         updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std, unchecked=unchecked, ring_rows=ring_rows,
         drop=drop, chunk_bytes=chunk_bytes, check_inputs=check_inputs, norm_bound=norm_bound,
-        min_participants=min_participants, **options)
+        min_participants=min_participants, reveal=reveal, **options)
 
 
 def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
                     insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                     ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
                     norm_bound: float | None = None, round_id: int = 0,
-                    min_participants: int = DEFAULT_MIN_PARTICIPANTS, **options: Any) -> AggregateResult:
+                    min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
+                    **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate, same
     minimum cohort; with ``insecure_test_seed``, the same DP noise and validity projections too;
-    ``round_id`` names the round of a seeded ``Cluster`` to mirror)."""
+    ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
+    "aggregate" the rule is its twin on the exact ring view (``rules.secure``)."""
     refuse_seed_option(options)
     check_noise_std(dp_noise_std, frac_bits)
+    _, rule_options = split_options(rule, options)
+    on_shares = secure.secure_rule(rule, reveal, rule_options)
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(insecure_test_seed)
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
         run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows, check_inputs=check_inputs,
-                        validity_seed=vseed, norm_bound=norm_bound, min_participants=min_participants, **options)
+                        validity_seed=vseed, norm_bound=norm_bound, min_participants=min_participants,
+                        rule_on_view=on_shares is None, **options)
         n, d = run.encoded.shape
-        total = np.matmul(ring.encode_weights(run.choice.weights), run.encoded[list(run.participants)])
+        rows = run.encoded[list(run.participants)]
+        choice = run.choice
+        if on_shares is not None:
+            choice, total = _plain_on_shares(on_shares, rows, run, f, rule_options, reveal,
+                                             validity.scaled_bound(norm_bound, frac_bits, d))
+        else:
+            total = np.matmul(ring.encode_weights(choice.weights), rows)
         if dp_noise_std:
             for party in (0, 1):
                 total += noise_share(seeds.noise(round_id, party), f"dp-noise|{round_id}|{party}", d, dp_noise_std,
                                      frac_bits)
-        out = finish_aggregate(total, frac_bits, run.center, run.choice)
-    return make_result(out, run.choice, run.view, run.participants, n, stats, rule, f, run.rejected)
+        out = finish_aggregate(total, frac_bits, run.center, choice or Choice(np.zeros(0)))
+    return make_result(out, choice, None if on_shares is not None else run.view, run.participants, n, stats, rule,
+                       f, run.rejected, reveal)
+
+
+def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,
+                     bound: int) -> tuple[Choice | None, np.ndarray]:
+    """The twin of a rule on shares: its ring weights on the exact ring view, then the public-weight sum
+    ("weights") or the ring sum with the center's part in the ring ("aggregate")."""
+    y = rows - run.center if run.center is not None else rows
+    view = view_words(np.matmul(y, y.T), rule.needs)
+    w, cw = rule.plain(view, rows.shape[0], effective_f(f, run.rejected), options, secure.dmax_for(bound))
+    if reveal == "weights":
+        values = ring.decode(np.append(w, cw), ring.WEIGHT_FRAC_BITS)
+        choice = Choice(values[:-1], float(values[-1]))
+        return choice, np.matmul(ring.encode_weights(choice.weights), rows)
+    total = np.matmul(w, rows)
+    if run.center is not None:
+        total += np.uint64(cw) * run.center
+    return None, total
 
 
 def refuse_seed_option(options: Mapping[str, Any]) -> None:
@@ -268,20 +322,24 @@ def refuse_seed_option(options: Mapping[str, Any]) -> None:
                         "fresh), since one seed on two inputs reuses every mask")
 
 
-def make_result(out: np.ndarray, choice: Choice, view: Any, participants: tuple[int, ...], n: int, stats: Stats,
-                rule: str, f: int, rejected: Mapping[int, str] | None = None) -> AggregateResult:
+def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants: tuple[int, ...], n: int,
+                stats: Stats, rule: str, f: int, rejected: Mapping[int, str] | None = None,
+                reveal: str = secure.DEFAULT_MODE) -> AggregateResult:
     idx = np.array(participants, dtype=np.int64)
-    weights = np.zeros(n)
-    weights[idx] = choice.weights
+    weights = None
+    if choice is not None and reveal != "aggregate":
+        weights = np.zeros(n)
+        weights[idx] = choice.weights
     revealed = {}
-    for key in (DISTANCES, NORMS):
+    for key in (DISTANCES, NORMS) if reveal == secure.DEFAULT_MODE and view is not None else ():
         value = getattr(view, key)
         if value is not None:
             full = np.full((n, n) if value.ndim == 2 else (n,), np.nan)
             full[np.ix_(idx, idx) if value.ndim == 2 else idx] = value
             revealed[key] = full
     return AggregateResult(out, weights, revealed.get(DISTANCES), stats, revealed, participants,
-                           choice.center_weight, rule, f, dict(sorted((rejected or {}).items())))
+                           choice.center_weight if choice is not None else 0.0, rule, f,
+                           dict(sorted((rejected or {}).items())), reveal, n)
 
 
 def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:

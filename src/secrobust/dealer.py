@@ -8,18 +8,22 @@ are the dealer's masks and only S1 opens anything (``protocol.server``). Seed-co
 only the seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no
 data: A0 is random and chosen before any worker has an update.
 With ``and_words`` > 0 the same triple carries the input-validity check's Beaver bit triples
-(``secrobust.compare``): a seed for each server and S1's correction words c1.
+(``secrobust.compare``): a seed for each server and S1's correction words c1. With a non-empty ``rule``
+budget it also carries the material of a rule run on shares (``secrobust.arith``: bit triples, daBits,
+product triples). With ``vector`` it carries the shared weighted sum's correlation (``reveal="aggregate"``):
+random u (S0's) and u' (S1's) in Z^n and shares r0 + c1 = u^T A1 + u'^T A0 in Z^d (see ``protocol.server``).
 Rows of A are labelled by a worker's position in the round's expected worker list, so the
 triple for a subset of workers (after dropouts) is the sub-matrix of the same triple.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import prg, ring_kernel, sharing
+from . import arith, prg, ring_kernel, sharing
+from .arith import Budget, Correction
 from .compare import AndTripleSeeds, make_and_triple
 from .errors import TripleReuseError
 
@@ -39,8 +43,16 @@ class TripleSpec:
     d: int
     kind: str
     and_words: int = 0
+    rule: Budget = Budget()
+    vector: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rule, Budget) or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= MAX_AND_WORDS
+                for v in (self.rule.and_words, self.rule.dabit_words, self.rule.mults)):
+            raise ValueError(f"the rule's material must be a Budget of integers in [0, {MAX_AND_WORDS}], got {self.rule!r}")
+        if not isinstance(self.vector, bool) or (self.vector and self.kind != "gram"):
+            raise ValueError("a weighted-sum correlation (vector) comes only with a gram triple")
         if self.kind not in TRIPLE_KINDS:
             raise ValueError(f"triple kind must be one of {TRIPLE_KINDS}, got {self.kind!r}")
         if isinstance(self.and_words, bool) or not isinstance(self.and_words, (int, np.integer)) \
@@ -62,10 +74,13 @@ class TripleSeeds:
     a1: bytes
     c0: bytes
     bits: AndTripleSeeds | None = None
+    rule: AndTripleSeeds | None = None
+    vector: AndTripleSeeds | None = None
 
     @classmethod
     def fresh(cls) -> "TripleSeeds":
-        return cls(prg.fresh_seed(), prg.fresh_seed(), prg.fresh_seed(), AndTripleSeeds.fresh())
+        return cls(prg.fresh_seed(), prg.fresh_seed(), prg.fresh_seed(), AndTripleSeeds.fresh(), AndTripleSeeds.fresh(),
+                   AndTripleSeeds.fresh())
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,17 @@ class TripleShare0:
     seed_a0: bytes
     seed_c0: bytes
     seed_and: bytes | None = None
+    seed_rule: bytes | None = None
+    seed_vector: bytes | None = None
+
+    def rule_source(self) -> arith.Dealt:
+        return arith.Dealt(0, rule_label(self.spec), self.spec.rule, _need(self.seed_rule, "rule"))
+
+    def vector_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(u (n,), r0 (d,)): S0's mask of its weight shares and its share of u^T A1 + u'^T A0."""
+        seed = _need(self.seed_vector, "vector")
+        return (prg.ring_stream(seed, vector_label(self.spec, "u0"), self.spec.n),
+                prg.ring_stream(seed, vector_label(self.spec, "r0"), self.spec.d))
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,32 @@ class TripleShare1:
     c1: np.ndarray
     seed_and: bytes | None = None
     and_c1: np.ndarray | None = None
+    seed_rule: bytes | None = None
+    rule_correction: Correction | None = None
+    seed_vector: bytes | None = None
+    vector_c1: np.ndarray | None = None
+
+    def rule_source(self) -> arith.Dealt:
+        return arith.Dealt(1, rule_label(self.spec), self.spec.rule, _need(self.seed_rule, "rule"), self.rule_correction)
+
+    def vector_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(u' (n,), c1 (d,)): S1's mask of its weight shares and its share of u^T A1 + u'^T A0."""
+        seed = _need(self.seed_vector, "vector")
+        return prg.ring_stream(seed, vector_label(self.spec, "u1"), self.spec.n), _need(self.vector_c1, "vector")
+
+
+def _need(value, what: str):
+    if value is None:
+        raise ValueError(f"this triple carries no {what} material")
+    return value
+
+
+def rule_label(spec: TripleSpec) -> str:
+    return prg.label("triple", spec.triple_id, "rule")
+
+
+def vector_label(spec: TripleSpec, what: str) -> str:
+    return prg.label("triple", spec.triple_id, "vector", what)
 
 
 def mask_label(spec: TripleSpec, party: int) -> str:
@@ -123,20 +175,46 @@ def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, Tri
     Only C's symmetrisation matters (the servers use H_ii and H_ij + H_ji), and that of A0 (A0 + 2 A1)^T is
     A0 A0^T + A0 A1^T + A1 A0^T: one product instead of a product and a symmetric one."""
     c = np.zeros((spec.n, spec.n) if spec.kind == "gram" else spec.n, dtype=np.uint64)
+    vec = _vector_seeds(spec, seeds)
+    if vec is not None:
+        u0 = prg.ring_stream(vec.s0, vector_label(spec, "u0"), spec.n)
+        u1 = prg.ring_stream(vec.s1, vector_label(spec, "u1"), spec.n)
+        vector_c1 = np.zeros(spec.d, dtype=np.uint64)
     for start, stop in chunk_columns(spec.n, spec.d):
         a0 = mask_columns(seeds.a0, spec, 0, start, stop)
         a1 = mask_columns(seeds.a1, spec, 1, start, stop)
+        if vec is not None:
+            vector_c1[start:stop] = np.matmul(u0, a1) + np.matmul(u1, a0)
         a1 += a1
         a1 += a0
         c += ring_kernel.matmul_t(a0, a1) if spec.kind == "gram" else ring_kernel.rowdot(a0, a1)
     c1 = c - c0_share(seeds.c0, spec)
-    if not spec.and_words:
-        return TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
-    if seeds.bits is None:
-        raise ValueError("a triple with bit triples needs their seeds")
-    and_c1 = make_and_triple(spec.triple_id, spec.and_words, seeds.bits)
-    return (TripleShare0(spec, seeds.a0, seeds.c0, seeds.bits.s0),
-            TripleShare1(spec, seeds.a1, c1, seeds.bits.s1, and_c1))
+    part0, part1 = TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
+    if spec.and_words:
+        if seeds.bits is None:
+            raise ValueError("a triple with bit triples needs their seeds")
+        and_c1 = make_and_triple(spec.triple_id, spec.and_words, seeds.bits)
+        part0 = replace(part0, seed_and=seeds.bits.s0)
+        part1 = replace(part1, seed_and=seeds.bits.s1, and_c1=and_c1)
+    if not spec.rule.is_empty():
+        if seeds.rule is None:
+            raise ValueError("a triple with a rule's material needs its seeds")
+        part0 = replace(part0, seed_rule=seeds.rule.s0)
+        part1 = replace(part1, seed_rule=seeds.rule.s1,
+                        rule_correction=arith.deal(rule_label(spec), spec.rule, seeds.rule))
+    if vec is not None:
+        vector_c1 -= prg.ring_stream(vec.s0, vector_label(spec, "r0"), spec.d)
+        part0 = replace(part0, seed_vector=vec.s0)
+        part1 = replace(part1, seed_vector=vec.s1, vector_c1=vector_c1)
+    return part0, part1
+
+
+def _vector_seeds(spec: TripleSpec, seeds: TripleSeeds) -> AndTripleSeeds | None:
+    if not spec.vector:
+        return None
+    if seeds.vector is None:
+        raise ValueError("a triple with a weighted-sum correlation needs its seeds")
+    return seeds.vector
 
 
 class TripleLedger:

@@ -37,7 +37,8 @@ class SeedSource:
     def triple(self, round_id: int) -> TripleSeeds:
         return TripleSeeds(self.seed("dealer", round_id, "a0"), self.seed("dealer", round_id, "a1"),
                            self.seed("dealer", round_id, "c0"),
-                           AndTripleSeeds(self.seed("dealer", round_id, "and0"), self.seed("dealer", round_id, "and1")))
+                           *(AndTripleSeeds(self.seed("dealer", round_id, f"{what}0"), self.seed("dealer", round_id, f"{what}1"))
+                             for what in ("and", "rule", "vector")))
 
     def validity(self, round_id: int, party: int) -> bytes:
         """A server's contribution to the joint seed of the round's validity projections."""

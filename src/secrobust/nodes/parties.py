@@ -11,9 +11,10 @@ from ..compare import Party
 from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..errors import MalformedMessage, UnexpectedMessage
 from ..protocol import offline, server
-from ..protocol.messages import VALIDITY_OPEN, Message
+from ..protocol.messages import RULE_OPEN, VALIDITY_OPEN, Message
 from ..rules.possible import choose_possible, effective_f, require_passed
 from ..rules.registry import RuleSpec
+from ..rules.secure import SecureRule
 
 
 class DealerNode:
@@ -34,13 +35,14 @@ class ServerNode:
         self.name = server.SERVER_NAMES[party]
         self.ledger = TripleLedger()
         self.state: server.ServerState | None = None
-        self._check: Party | None = None
-        self._check_step = 0
+        self._circuit: Party | None = None
+        self._circuit_kind = ""
+        self._step = 0
 
     def start_round(self, plan: server.RoundPlan, share_master: bytes | None = None) -> None:
         """``share_master``: S0's seed for the workers' share keys when the round has no triple."""
         self.state = server.new_round(self.party, plan, share_master)
-        self._check, self._check_step = None, 0
+        self._circuit, self._step = None, 0
 
     @property
     def current(self) -> server.ServerState:
@@ -95,36 +97,50 @@ class ServerNode:
 
     def validity_start(self) -> Message:
         """The first round of this server's comparisons."""
-        self._check = server.validity_party(self.current)
-        self._check_step = 0
-        return self._validity_message(next(self._check))
+        return self._start(VALIDITY_OPEN, server.validity_party(self.current))
 
     def validity_step(self, peer_msg: Message) -> Message | None:
         """Feed the peer's opening of the current round; the next message, or None once the flags are applied."""
+        return self._feed(VALIDITY_OPEN, peer_msg, server.accept_workers)
+
+    def rule_start(self, rule: SecureRule, f: int, options: dict) -> Message:
+        """The first round of the rule on shares (reveal="weights" or "aggregate")."""
         st = self.current
-        if self._check is None:
-            raise UnexpectedMessage(f"{self.name}: no validity check in progress")
-        server._expect(st, peer_msg, VALIDITY_OPEN, st.peer)
-        if peer_msg.fields.get("step") != self._check_step:
-            raise UnexpectedMessage(f"{self.name}: validity opening {peer_msg.fields.get('step')!r}, expected "
-                                    f"{self._check_step}")
+        return self._start(RULE_OPEN, server.rule_party(st, rule, effective_f(f, st.rejected), options))
+
+    def rule_step(self, peer_msg: Message) -> Message | None:
+        """Feed the peer's opening; the next message, or None once the weights (or their shares) are in."""
+        return self._feed(RULE_OPEN, peer_msg, server.apply_rule_output)
+
+    def _start(self, kind: str, circuit: Party) -> Message:
+        self._circuit, self._circuit_kind, self._step = circuit, kind, 0
+        return self._circuit_message(next(circuit))
+
+    def _feed(self, kind: str, peer_msg: Message, finish) -> Message | None:
+        st = self.current
+        if self._circuit is None or self._circuit_kind != kind:
+            raise UnexpectedMessage(f"{self.name}: no {kind} circuit in progress")
+        server._expect(st, peer_msg, kind, st.peer)
+        if peer_msg.fields.get("step") != self._step:
+            raise UnexpectedMessage(f"{self.name}: {kind.split('-')[0]} opening {peer_msg.fields.get('step')!r}, "
+                                    f"expected {self._step}")
         arr = peer_msg.arrays.get("x")
         if arr is None:
-            raise MalformedMessage(f"{self.name}: validity opening without its array")
+            raise MalformedMessage(f"{self.name}: {kind} opening without its array")
         try:
-            out = self._check.send(arr)
+            out = self._circuit.send(arr)
         except StopIteration as stop:
-            self._check = None
-            self.state = server.accept_workers(st, stop.value)
+            self._circuit = None
+            self.state = finish(st, stop.value)
             return None
         except ValueError as exc:
             raise MalformedMessage(f"{self.name}: {exc}") from None
-        self._check_step += 1
-        return self._validity_message(out)
+        self._step += 1
+        return self._circuit_message(out)
 
-    def _validity_message(self, arr) -> Message:
+    def _circuit_message(self, arr) -> Message:
         st = self.current
-        return Message(VALIDITY_OPEN, st.plan.round_id, self.name, st.peer, fields={"step": self._check_step},
+        return Message(self._circuit_kind, st.plan.round_id, self.name, st.peer, fields={"step": self._step},
                        arrays={"x": arr})
 
     @property

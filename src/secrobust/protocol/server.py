@@ -21,10 +21,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import dealer, prg, ring, ring_kernel, sharing, validity
+from .. import arith, dealer, prg, ring, ring_kernel, sharing, validity
+from ..arith import Budget
 from ..compare import AndSource, Party
 from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
+from ..rules import secure
 from ..rules.view import DISTANCES, Choice, View, view_words
 from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_KEY, SHARE_MASKED, VALIDITY_MASKED_OPEN,
                        VALIDITY_SEED, VIEW_SHARE, WEIGHTS, Message)
@@ -49,6 +51,19 @@ class RoundPlan:
     validity: bool = True
     norm_bound: int | None = None
     """The validity check's norm bound in scaled units (``validity.scaled_bound``); None is B = 2^27."""
+    mode: str = secure.DEFAULT_MODE
+    """What the round reveals (``rules.secure.MODES``): the view to S1, only the weights, or only the aggregate."""
+    rule_budget: Budget = Budget()
+    """The dealer material of the rule's circuit on shares (modes "weights" and "aggregate")."""
+
+    @property
+    def on_shares(self) -> bool:
+        """The rule runs in 2PC on the shared view instead of S1 opening it."""
+        return self.mode != secure.DEFAULT_MODE
+
+    @property
+    def bound(self) -> int:
+        return validity.params().bound if self.norm_bound is None else self.norm_bound
 
     @property
     def triple_kind(self) -> str | None:
@@ -70,7 +85,8 @@ class RoundPlan:
         if self.triple_id is None:
             raise ValueError("a round that opens distances or norms, or checks its inputs, needs a triple id")
         n = len(self.worker_ids)
-        return TripleSpec(self.triple_id, n, self.d, kind, validity.and_words(n) if self.validity else 0)
+        return TripleSpec(self.triple_id, n, self.d, kind, validity.and_words(n) if self.validity else 0,
+                          self.rule_budget, self.mode == "aggregate")
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +109,13 @@ class ServerState:
     proj: np.ndarray | None = None
     checked: bool = False
     rejected: Mapping[int, str] = field(default_factory=dict)
+    agreed: tuple[int, ...] | None = None
+    """The participants of the masked opening (before the validity check removes any)."""
+    u_dot_e: np.ndarray | None = None
+    """S0, reveal="aggregate": u^T E over the opened rows, accumulated chunk by chunk."""
+    shared_weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """reveal="aggregate": this server's weight shares over the plan's rows, its center-weight share, and
+    the peer's masked weights delta (= w_peer - u_peer)."""
 
     @property
     def name(self) -> str:
@@ -207,7 +230,7 @@ def agree_participants(state: ServerState, s1_msg: Message | None, min_n: int, r
     if len(agreed) < min_n:
         raise RoundAborted(f"round {state.plan.round_id}: only {len(agreed)} workers reached both servers; "
                            f"the rule needs {requirement or f'at least {min_n}'}")
-    return replace(state, participants=agreed)
+    return replace(state, participants=agreed, agreed=agreed)
 
 
 # Step 0 (delivered): the triple.
@@ -304,7 +327,16 @@ def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
     a0 = input_columns(state, start, stop)
     part = ring_kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, e)
     part += part
+    if state.plan.mode == "aggregate":
+        state = _add_u_dot_e(state, e, start, stop)
     return _add_h(state, part, stop, a0)
+
+
+def _add_u_dot_e(state: ServerState, e: np.ndarray, start: int, stop: int) -> ServerState:
+    u, _ = state.triple.vector_parts()
+    acc = np.zeros(state.plan.d, dtype=np.uint64) if state.u_dot_e is None else state.u_dot_e
+    acc[start:stop] = np.matmul(u[state.positions()], e)
+    return replace(state, u_dot_e=acc)
 
 
 def _c_share(state: ServerState) -> np.ndarray:
@@ -425,6 +457,44 @@ def empty_view(state: ServerState) -> ServerState:
     return replace(state, view=View())
 
 
+# Steps 4-5 on shares (reveal="weights" or "aggregate"): the rule's circuit replaces S1's opening.
+
+def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dict) -> Party:
+    """This server's side of the rule on the shared view (``rules.secure``). Returns the opened ring weights
+    and center weight (n + 1,) with reveal="weights"; with reveal="aggregate" (weights (plan rows,), center
+    weight, the peer's w - u), after one more exchange: each server's weight shares over the plan's rows,
+    masked by the dealer's uniform u (S0) or u' (S1)."""
+    plan = state.plan
+    if not plan.on_shares or state.triple is None or state.triple.spec.rule.is_empty():
+        raise UnexpectedMessage(f"{state.name}: round {plan.round_id} runs no rule on shares")
+    view = view_words(gram_share(state), rule.needs)
+    n = len(state._participants())
+    w, cw = yield from rule.circuit(state.party, view, n, f, options, secure.dmax_for(plan.bound),
+                                    state.triple.rule_source())
+    if plan.mode == "weights":
+        return (yield from arith.open_ring(state.party, np.append(w, cw)))
+    full = np.zeros(len(plan.worker_ids), dtype=np.uint64)
+    full[state.positions()] = w
+    u, _ = state.triple.vector_parts()
+    mine = full - u
+    peer = yield mine
+    if not isinstance(peer, np.ndarray) or peer.dtype != np.uint64 or peer.shape != mine.shape:
+        raise ValueError(f"masked weights must be uint64 of shape {mine.shape}")
+    return full, np.uint64(cw), peer
+
+
+def apply_rule_output(state: ServerState, out) -> ServerState:
+    """Take the rule circuit's result: public weights ("weights") or this server's shares ("aggregate")."""
+    if state.plan.mode == "weights":
+        n = len(state._participants())
+        opened = np.asarray(out, dtype=np.uint64)
+        if opened.shape != (n + 1,):
+            raise MalformedMessage(f"{state.name}: {opened.size} opened weights for {n} participants")
+        values = ring.decode(opened, ring.WEIGHT_FRAC_BITS)
+        return replace(state, choice=Choice(values[:n], float(values[n])))
+    return replace(state, shared_weights=out)
+
+
 # Step 5: the public weights.
 
 def weights_message(state: ServerState, choice: Choice, dropped: tuple[int, ...] = ()) -> tuple[ServerState, Message]:
@@ -472,6 +542,9 @@ def receive_weights(state: ServerState, msg: Message) -> ServerState:
 def aggregate_share(state: ServerState, noise: np.ndarray | None = None) -> np.ndarray:
     """Share of sum_i w_i x_i at scale 2^(F+W) (plus this server's noise, already at that scale); only the
     rows with a non-zero weight are read."""
+    if state.plan.mode == "aggregate":
+        out = _shared_weights_sum(state)
+        return out if noise is None else out + noise
     if state.choice is None:
         raise UnexpectedMessage(f"{state.name}: no weights yet")
     w = ring.encode_weights(state.choice.weights)
@@ -485,6 +558,54 @@ def aggregate_share(state: ServerState, noise: np.ndarray | None = None) -> np.n
     return out
 
 
+def _shared_weights_sum(state: ServerState) -> np.ndarray:
+    """reveal="aggregate": this server's share of sum_i w_i x_i + w_v v with w shared.
+
+    X = X0 + X1 with X0 = A0 (S0's) and E = X1 - v - A1 opened to S0; a worker outside the opening counts as
+    x1_i = a1_i + v, e_i = 0, w_i = 0. With the dealer's u, u' and r0 + c1 = u^T A1 + u'^T A0:
+      S0: (w0 + w1 - u')^T X0 + u^T E + (sum u) v + r0 + w_v0 v
+      S1: (w1 + w0 - u)^T X1 + c1 + w_v1 v
+    These add up to w^T X + w_v v: -u'^T X0 + u'^T A0 = 0 and u^T (E + A1 - X1) = -(sum u) v."""
+    if state.shared_weights is None:
+        raise UnexpectedMessage(f"{state.name}: no shared weights yet")
+    full, cw, peer_delta = state.shared_weights
+    coef = full + peer_delta
+    plan = state.plan
+    n, d = len(plan.worker_ids), plan.d
+    center = plan.center
+    out = np.zeros(d, dtype=np.uint64)
+    if state.party == 0:
+        master = _input_master(state)
+        for start, stop in dealer.chunk_columns(n, d, plan.chunk_bytes):
+            out[start:stop] = np.matmul(coef, sharing.input_rows(master, np.arange(n), start, stop))
+        u, r0 = state.triple.vector_parts()
+        out += r0
+        if state.u_dot_e is not None:
+            out += state.u_dot_e
+        if center is not None:
+            out += u.sum(dtype=np.uint64) * center
+    else:
+        _, c1 = state.triple.vector_parts()
+        out += c1
+        order = {w: i for i, w in enumerate(plan.worker_ids)}
+        opened = [order[w] for w in state.agreed or ()]
+        for pos in opened:
+            if coef[pos]:
+                out += coef[pos] * state.inputs[plan.worker_ids[pos]]
+        missing = np.setdiff1d(np.arange(n), opened)
+        rows = missing[coef[missing] != 0]
+        if rows.size:
+            t = state.triple
+            for start, stop in dealer.chunk_columns(rows.size, d, plan.chunk_bytes):
+                a1 = dealer.mask_columns(t.seed_a1, t.spec, 1, start, stop, rows)
+                out[start:stop] += np.matmul(coef[rows], a1)
+            if center is not None:
+                out += coef[rows].sum(dtype=np.uint64) * center
+    if center is not None:
+        out += cw * center
+    return out
+
+
 def aggregate_message(state: ServerState, share: np.ndarray) -> Message:
     return Message(AGGREGATE_SHARE, state.plan.round_id, state.name, state.peer, arrays={"share": share})
 
@@ -495,7 +616,8 @@ def reveal_aggregate(state: ServerState, own_share: np.ndarray, peer_msg: Messag
     theirs = peer_msg.arrays.get("share")
     if theirs is None or theirs.dtype != np.uint64 or theirs.shape != own_share.shape:
         raise MalformedMessage(f"{state.name}: aggregate share must be uint64 of shape {own_share.shape}")
-    return finish_aggregate(own_share + theirs, state.plan.frac_bits, state.plan.center, state.choice)
+    choice = state.choice if state.choice is not None else Choice(np.zeros(0))
+    return finish_aggregate(own_share + theirs, state.plan.frac_bits, state.plan.center, choice)
 
 
 def finish_aggregate(total: np.ndarray, frac_bits: int, center: np.ndarray | None, choice: Choice) -> np.ndarray:

@@ -22,7 +22,7 @@ from .view import DISTANCES, Choice, View, view_words
 class PlainRun:
     """``choice`` and ``view`` are over ``participants`` (the workers that passed the validity check)."""
 
-    choice: Choice
+    choice: Choice | None
     view: View
     encoded: np.ndarray
     center: np.ndarray | None
@@ -54,10 +54,11 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               unchecked: Any = (), ring_rows: Any = None, check_inputs: bool = False,
               validity_seed: bytes | None = None, norm_bound: float | None = None,
-              min_participants: int | None = None, **options: Any) -> PlainRun:
+              min_participants: int | None = None, rule_on_view: bool = True, **options: Any) -> PlainRun:
     """The rule on the encodings of the workers that pass the validity check (with ``check_inputs``: the
     projections of ``validity_seed`` and the bound ``norm_bound``, real units), with S1's range filter of
-    the opened view, like the servers; ``min_participants`` adds the servers' minimum cohort."""
+    the opened view, like the servers; ``min_participants`` adds the servers' minimum cohort.
+    ``rule_on_view=False`` stops before the rule (its twin on shares runs on the ring view instead)."""
     spec = get_rule(rule) if min_participants is None else with_min_cohort(get_rule(rule), min_participants)
     x = as_matrix(updates)
     n, d = x.shape
@@ -75,6 +76,8 @@ def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRA
     participants = tuple(np.flatnonzero(ok).tolist())
     require_passed(spec, len(participants), f, rejected)
     view = plain_view(encoded[list(participants)], spec.reveals(rule_options), frac_bits, center)
+    if not rule_on_view:
+        return PlainRun(None, view, encoded, center, participants, rejected)
     choice, dropped = choose_possible(spec, view, len(participants), effective_f(f, rejected), frac_bits, rule_options)
     rejected.update({participants[i]: validity.VIEW_REASON for i in dropped})
     return PlainRun(choice, view, encoded, center, participants, rejected)

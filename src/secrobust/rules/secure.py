@@ -1,0 +1,131 @@
+"""Reveal modes, and the rules that run on shares when the view stays secret.
+
+``reveal="distances"`` (default): S1 opens the rule's view (distances or norms) and runs the rule itself.
+``reveal="weights"``: the view stays shared; the rule runs in 2PC and only the weights are opened.
+``reveal="aggregate"``: the weights stay shared too; only the aggregate is opened.
+A rule on shares is a circuit from each server's share of the view to its ring share of the weights
+(n,) and of the center weight, both at scale 2^W (W = ``ring.WEIGHT_FRAC_BITS``), so that the
+aggregate sum_i w_i x_i + w_v v lands at the scale of the public-weight path.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import arith, ring
+from ..compare import Party
+from .view import DISTANCES
+
+MODES = ("distances", "weights", "aggregate")
+DEFAULT_MODE = "distances"
+_U = np.uint64
+PUBLIC_WEIGHTS = ("mean",)
+"""Rules whose weights follow from n alone: they open nothing in any mode."""
+
+
+@dataclass(frozen=True)
+class SecureRule:
+    """``circuit(party, view_shares, n, f, options, dmax, src) -> (weights (n,), center weight ())`` ring shares;
+    ``plain`` is its twin on the opened ring view; ``options`` lists what it accepts."""
+
+    name: str
+    needs: tuple[str, ...]
+    circuit: Callable[..., Party]
+    plain: Callable[..., tuple[np.ndarray, np.ndarray]]
+    options: tuple[str, ...] = ()
+    limits: str = ""
+
+
+_SECURE: dict[str, SecureRule] = {}
+
+
+def register_secure(rule: SecureRule) -> SecureRule:
+    _SECURE[rule.name] = rule
+    return rule
+
+
+def check_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ValueError(f"reveal must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
+    return mode
+
+
+def secure_rule(name: str, mode: str, options: dict[str, Any] | None = None) -> SecureRule | None:
+    """The rule's circuit for a leakage-free mode (None for ``"distances"``); a clear error if it has none."""
+    if check_mode(mode) == DEFAULT_MODE or name in PUBLIC_WEIGHTS:
+        return None
+    rule = _SECURE.get(name)
+    if rule is None:
+        on_shares = ", ".join(_SECURE) or "none"
+        raise ValueError(f"rule {name!r} runs only with reveal='distances' (S1 opens its view); rules with "
+                         f"reveal={mode!r}: {on_shares}")
+    unknown = sorted(set(options or {}) - set(rule.options))
+    if unknown:
+        raise ValueError(f"rule {name!r} with reveal={mode!r} does not take option(s) {unknown}; it takes: "
+                         f"{', '.join(rule.options) or 'none'}{rule.limits}")
+    return rule
+
+
+def secure_rules() -> tuple[str, ...]:
+    return tuple(_SECURE)
+
+
+def dmax_for(bound: int) -> int:
+    """The largest squared distance between two vectors of norm at most ``bound`` (scaled units)."""
+    return (2 * int(bound)) ** 2
+
+
+@functools.lru_cache(maxsize=128)
+def _budget(name: str, n: int, f: int, options: tuple, dmax: int) -> tuple[arith.Budget, int]:
+    rule = _SECURE[name]
+    zeros = {k: np.zeros((n, n) if k == DISTANCES else n, dtype=_U) for k in rule.needs}
+    return arith.budget_of(lambda p, s: rule.circuit(p, zeros, n, f, dict(options), dmax, s))
+
+
+def budget(name: str, n: int, f: int, options: dict[str, Any], dmax: int) -> arith.Budget:
+    """The dealer material the rule's circuit takes for n workers (enough for any fewer, after dropouts)."""
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax)[0]
+
+
+def rounds(name: str, n: int, f: int, options: dict[str, Any], dmax: int) -> int:
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax)[1]
+
+
+def weights_scale() -> int:
+    return 1 << ring.WEIGHT_FRAC_BITS
+
+
+# Krum and Multi-Krum.
+
+def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) -> int:
+    m = options.get("m")
+    m = (n - f if default_all else 1) if m is None else m
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
+        raise ValueError(f"multi-krum needs 1 <= m <= n = {n}, got m={m!r}")
+    return int(m)
+
+
+def _krum_family(default_all: bool):
+    from .. import selection2pc as S
+
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source) -> Party:
+        m = _multi_krum_m(n, f, options, default_all)
+        plane = yield from S.krum_circuit(party, view[DISTANCES], f, m, dmax, src)
+        chosen = yield from arith.to_ring(party, plane, n, src)
+        return chosen * ring.encode_weights(np.array([1.0 / m]))[0], _U(0)
+
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int) -> tuple[np.ndarray, np.ndarray]:
+        m = _multi_krum_m(n, f, options, default_all)
+        chosen = S.plain_krum_chosen(view[DISTANCES], f, m).astype(_U)
+        return chosen * ring.encode_weights(np.array([1.0 / m]))[0], _U(0)
+
+    return circuit, plain
+
+
+register_secure(SecureRule("krum", (DISTANCES,), *_krum_family(False),
+                           limits=" (scores are exact; n - f - 2 must stay below 2^63 / (2b)^2, b the norm bound)"))
+register_secure(SecureRule("multi-krum", (DISTANCES,), *_krum_family(True), options=("m",)))

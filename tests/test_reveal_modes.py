@@ -1,0 +1,139 @@
+"""reveal="weights" and reveal="aggregate": the rule runs on shares; the round equals its plaintext twin bit for
+bit (weights, aggregate, rejections, dropouts, DP noise), it resists the ring attacks, and bad options are refused."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import secrobust
+from secrobust import arith, compare, ring, selection2pc, validity
+from secrobust.api import Cluster
+from secrobust.rules import secure
+
+from datagen import updates_with_outliers
+from test_ring_attacks import ATTACKS, BYZ, X
+
+MODES = ("weights", "aggregate")
+SHARED_RULES = ("krum", "multi-krum")
+
+
+def check_same(res, twin, mode):
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    assert res.participants == twin.participants and res.rejected == twin.rejected
+    assert res.distances is None and res.revealed == {} and res.reveal == mode
+    if mode == "aggregate":
+        assert res.weights is None and twin.weights is None
+    else:
+        np.testing.assert_array_equal(res.weights, twin.weights)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(5, 13), data=st.data(), mode=st.sampled_from(MODES), rule=st.sampled_from(SHARED_RULES),
+       seed=st.integers(0, 2**16))
+def test_secure_equals_the_twin_for_any_n_f_and_m(n, data, mode, rule, seed):
+    f = data.draw(st.integers(0, (n - 3) // 2))
+    options = {}
+    if rule == "multi-krum" and data.draw(st.booleans()):
+        options["m"] = data.draw(st.integers(1, n))
+    x = updates_with_outliers(seed, n, 40, f) * 0.05
+    if data.draw(st.booleans()):
+        x[1] = x[0]  # exact ties in the scores
+    res = secrobust.aggregate(x, rule, f, reveal=mode, insecure_test_seed=seed, min_participants=2, **options)
+    twin = secrobust.plain_aggregate(x, rule, f, reveal=mode, insecure_test_seed=seed, min_participants=2, **options)
+    check_same(res, twin, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rule", SHARED_RULES)
+def test_the_modes_pick_what_distances_mode_picks_on_separated_data(rule, mode):
+    x = updates_with_outliers(3, 15, 200, 4) * 0.05
+    open_ = secrobust.aggregate(x, rule, 4)
+    hidden = secrobust.aggregate(x, rule, 4, reveal=mode)
+    np.testing.assert_array_equal(hidden.aggregate, open_.aggregate)
+    if mode == "weights":  # the opened weights are the fixed-point values the sum used (W fractional bits)
+        np.testing.assert_allclose(hidden.weights, open_.weights, rtol=0, atol=2.0**-ring.WEIGHT_FRAC_BITS)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropouts_rejections_and_dp_noise_keep_the_twin(mode):
+    x = updates_with_outliers(8, 14, 64, 3) * 0.05
+    drop = {2: "S1", 5: "S0", 9: "both"}
+    kept = [i for i in range(14) if i not in drop]
+    rows = {kept[0]: np.full(64, np.uint64(1) << np.uint64(63))}
+    res = secrobust.aggregate(x, "multi-krum", 3, reveal=mode, drop=drop, ring_rows=rows, dp_noise_std=0.01,
+                              insecure_test_seed=4)
+    twin = secrobust.plain_aggregate(x[kept], "multi-krum", 3, reveal=mode, ring_rows={0: rows[kept[0]]},
+                                     dp_noise_std=0.01, insecure_test_seed=4)
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    assert res.rejected == {kept[0]: validity.REASON}
+    assert res.participants == tuple(kept[i] for i in twin.participants)
+    if mode == "weights":
+        np.testing.assert_array_equal(res.weights[kept], twin.weights)
+        assert (res.weights[list(drop)] == 0).all()
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rule", SHARED_RULES)
+def test_every_ring_attack_is_rejected_in_the_hidden_modes(rule, mode, attack):
+    res = secrobust.aggregate(X, rule, 2, reveal=mode, ring_rows={BYZ: ATTACKS[attack]}, insecure_test_seed=11)
+    honest = secrobust.plain_aggregate(np.delete(X, BYZ, axis=0), rule, 1, reveal=mode)
+    assert res.rejected == {BYZ: validity.REASON} and BYZ not in res.participants
+    np.testing.assert_array_equal(res.aggregate, honest.aggregate)
+
+
+def test_a_cluster_runs_modes_in_turn_and_never_reuses_material():
+    cluster = Cluster(insecure_test_seed=2)
+    x = updates_with_outliers(1, 9, 30, 2) * 0.05
+    got = [cluster.run_round(x, "krum", 2, reveal=mode) for mode in ("distances", "weights", "aggregate", "weights")]
+    for r in got[1:]:
+        np.testing.assert_array_equal(r.aggregate, got[0].aggregate)
+
+
+def test_the_circuit_is_the_exact_krum_of_the_ring_distances():
+    rng = np.random.default_rng(0)
+    for n, f in [(5, 1), (9, 3), (16, 2)]:
+        pts = rng.integers(-2**26, 2**26, size=(n, 6))
+        pts[2] = pts[3]
+        dist = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1).astype(np.uint64)
+        d0 = rng.integers(0, 2**64 - 1, size=dist.shape, dtype=np.uint64, endpoint=True)
+        for m in (1, 2, n - f):
+            p0, p1 = arith.run_both(lambda p, s: selection2pc.krum_circuit(p, d0 if p == 0 else dist - d0, f, m,
+                                                                              secure.dmax_for(2**27), s),
+                                    "t", compare.AndTripleSeeds.fresh())
+            chosen = compare.plane_bits(p0 ^ p1, n)
+            scores = np.sort(np.where(np.eye(n, dtype=bool), np.inf, dist.astype(float)), axis=1)[:, :n - f - 2].sum(1)
+            np.testing.assert_array_equal(np.flatnonzero(chosen), np.sort(np.argsort(scores, kind="stable")[:m]))
+
+
+def test_scores_that_could_wrap_the_ring_are_refused_up_front():
+    with pytest.raises(ValueError, match="n - f - 2 must be below"):
+        selection2pc.score_width(300, 1, secure.dmax_for(2**27))
+
+
+@pytest.mark.parametrize("rule", ["mda", "geomed"])
+def test_a_rule_without_a_circuit_names_the_modes_and_rules_it_can_use(rule):
+    x = updates_with_outliers(0, 9, 10, 1)
+    with pytest.raises(ValueError, match=f"rule '{rule}' runs only with reveal='distances'.*krum"):
+        secrobust.aggregate(x, rule, 1, reveal="weights")
+
+
+def test_bad_reveal_values_and_options_are_refused_before_any_work():
+    x = updates_with_outliers(0, 9, 10, 1)
+    with pytest.raises(ValueError, match="reveal must be one of 'distances', 'weights', 'aggregate'"):
+        secrobust.aggregate(x, "krum", 1, reveal="everything")
+    with pytest.raises(ValueError, match="multi-krum needs 1 <= m <= n"):
+        secrobust.aggregate(x, "multi-krum", 1, reveal="aggregate", m=0)
+    with pytest.raises(ValueError, match="unknown option"):
+        secrobust.aggregate(x, "krum", 1, reveal="weights", m=2)
+    with pytest.raises(ValueError, match="reveal must be one of"):
+        secrobust.plain_aggregate(x, "krum", 1, reveal=None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_mean_opens_nothing_in_any_mode(mode):
+    x = updates_with_outliers(0, 6, 10, 0)
+    res = secrobust.aggregate(x, "mean", 0, reveal=mode)
+    np.testing.assert_allclose(res.aggregate, x.mean(axis=0), atol=2.0**-ring.DEFAULT_FRAC_BITS)
+    assert (res.weights is None) == (mode == "aggregate")
