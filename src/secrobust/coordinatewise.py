@@ -28,7 +28,8 @@ Rules (f public):
                  coordinate the trimmed mean of the theta chosen values dropping their f largest and f smallest
                  (beta = theta - 2f = n - 4f values kept), as issue 10 words it (El Mhamdi et al. 2018 keep the
                  beta values closest to the median instead). Needs n >= 4f + 3 and shares of the pairwise squared
-                 distances D (n, n) at scale 2^(2F). The choice stays shared: each of the 2f workers not chosen has
+                 distances D (n, n) at scale 2^(2F); the Krum steps reuse ``selection2pc`` (constant-round scores
+                 by all-pairs ranks), see ``selection_circuit``. The choice stays shared: each of the 2f workers not chosen has
                  its values replaced by the public sentinel -(bound + 1) (the first f of them, in index order) or
                  +(bound + 1) (the others), so the sorted values are f low sentinels, the theta chosen values, f high
                  sentinels, and the kept values are the sorted wires [2f, n - 2f).
@@ -48,7 +49,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import arith, compare, ring, validity
+from . import arith, compare, ring, selection2pc, validity
 from .arith import Budget, Source
 from .compare import AndTripleSeeds, Party
 
@@ -189,19 +190,17 @@ def _check_share(x: np.ndarray, what: str, shape: tuple[int, ...] | None = None)
 @dataclass(frozen=True)
 class _Widths:
     dmax: int        # largest squared distance (2 bound)^2
-    big_d: int       # sentinel added to excluded distances
-    big_s: int       # sentinel added to the scores of chosen workers
-    dist: int        # comparison width of distances
-    score: int       # comparison width of scores
-    rank: int        # comparison width of ranks among the unchosen
+    big_d: int       # added to the distances to chosen workers
+    big_s: int       # added to the scores of chosen workers
+    dist: int        # comparison width of the distances so pushed
+    score: int       # comparison width of the scores so pushed
 
 
 def _bulyan_widths(n: int, f: int, bound: int) -> _Widths:
     dmax = (2 * bound) ** 2
     kmax = max(0, n - f - 2)
     big_d, big_s = dmax + 1, kmax * dmax + 1
-    w = _Widths(dmax, big_d, big_s, arith.signed_width(dmax + big_d), arith.signed_width(2 * big_s - 1),
-                arith.signed_width(n))
+    w = _Widths(dmax, big_d, big_s, arith.signed_width(dmax + big_d), arith.signed_width(2 * big_s - 1))
     if max(w.dist, w.score) > 64:
         raise ValueError(f"bulyan's Krum scores at n={n}, f={f} and bound={bound} do not fit 64-bit comparisons "
                          f"({max(w.dist, w.score)} bits); use fewer workers or a smaller bound")
@@ -237,48 +236,33 @@ def sum_ranks(party: int, v: np.ndarray, lo: int, hi: int, width: int, src: Sour
     return v.sum(axis=0, dtype=_U) - part if p.complement else part
 
 
-def argmin_onehot(party: int, scores: np.ndarray, width: int, src: Source) -> Party:
-    """Ring shares (n,) of the one-hot vector of argmin of the shared scores (ties to the lower index): a
-    tournament of ceil(log2 n) levels, each one comparison and one batched product per pair."""
-    s = np.asarray(scores, dtype=_U).copy()
-    n = s.size
-    oh = _public(party, np.eye(n, dtype=_U))
-    while s.size > 1:
-        h = s.size // 2
-        a, b = s[0:2 * h:2], s[1:2 * h:2]
-        lt = yield from arith.less_than(party, b, a, width, src)
-        bit = yield from arith.to_ring(party, lt, h, src)
-        diff = np.concatenate([(b - a)[:, None], oh[1:2 * h:2] - oh[0:2 * h:2]], axis=1)
-        prod = (yield from arith.mul(party, np.repeat(bit, n + 1), diff, src)).reshape(h, n + 1)
-        new_s, new_oh = a + prod[:, 0], oh[0:2 * h:2] + prod[:, 1:]
-        if s.size % 2:
-            new_s, new_oh = np.concatenate([new_s, s[-1:]]), np.concatenate([new_oh, oh[-1:]])
-        s, oh = new_s, new_oh
-    return oh[0]
-
-
 # Bulyan's selection.
 
 def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: Source) -> Party:
     """Ring shares (n,) of Bulyan's choice (1 for the theta = n - 2f workers chosen by iterated Krum), from
-    shares of the pairwise squared distances (n, n) at scale 2^(2F), each at most (2 bound)^2."""
+    shares of the pairwise squared distances (n, n) at scale 2^(2F), each at most Dmax = (2 bound)^2.
+
+    Step t (t workers chosen, r = n - t left): the chosen workers' columns get + (Dmax + 1), so they are beyond
+    every real distance and the k = r - f - 2 smallest of a row are real ones; those sums are
+    ``selection2pc.krum_scores`` with f + t in place of f (k = n - (f + t) - 2). The chosen workers' scores get
+    + (k_max Dmax + 1), so ``selection2pc.smallest`` (m = 1, ties to the lower index) picks the unchosen worker
+    with the lowest score; one daBit conversion makes its one-hot vector a ring vector. When k < 1 every score
+    is 0 and the lowest unchosen index wins, like the twin. About 27 rounds per step."""
     n = d_share.shape[0]
     w = _bulyan_widths(n, f, bound)
     theta = n - 2 * f
-    chosen = np.zeros(n, dtype=_U)
     if theta == n:
         return _public(party, np.ones(n, dtype=_U))
     off = ~np.eye(n, dtype=bool)
-    base = np.where(off, d_share, _public(party, np.full((n, n), w.big_d, dtype=_U)))
+    chosen = np.zeros(n, dtype=_U)
     for t in range(theta):
-        k = max(0, n - t - f - 2)
-        if k:
-            excluded = base + np.where(off, chosen[None, :] * _U(w.big_d), _U(0))
-            scores = yield from sum_ranks(party, excluded.T, 0, k, w.dist, src)
+        if n - t - f - 2 >= 1:
+            pushed = d_share + np.where(off, chosen[None, :] * _U(w.big_d), _U(0))
+            scores = yield from selection2pc.krum_scores(party, pushed, f + t, w.dmax + w.big_d, src)
         else:
             scores = np.zeros(n, dtype=_U)
-        onehot = yield from argmin_onehot(party, scores + chosen * _U(w.big_s), w.score, src)
-        chosen = chosen + onehot
+        plane = yield from selection2pc.smallest(party, scores + chosen * _U(w.big_s), 1, w.score, src)
+        chosen = chosen + (yield from arith.to_ring(party, plane, n, src))
     return chosen
 
 
@@ -391,7 +375,8 @@ def squared_distances(encoded: np.ndarray) -> np.ndarray:
 class Cost:
     """What a run took: material (dealer bytes to S1 = budget.bytes_to_s1()), the rounds of the choice (Bulyan)
     and of one chunk's circuit (chunks are independent: sent together they would take no more rounds), the
-    rounds as run here (chunks one after the other), the bytes each party sent, and the wall-clock seconds."""
+    rounds as run here (chunks one after the other), the bytes each party sent, the wall-clock seconds and their
+    split: sizing by dry runs, the dealer's expansion and corrections, running both parties."""
 
     budget: Budget = field(default_factory=Budget)
     choice_rounds: int = 0
@@ -400,6 +385,7 @@ class Cost:
     chunks: int = 0
     sent: list[int] = field(default_factory=lambda: [0, 0])
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=lambda: {"size": 0.0, "deal": 0.0, "run": 0.0})
 
     @property
     def rounds(self) -> int:
@@ -409,8 +395,11 @@ class Cost:
 
 def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTripleSeeds, cost: Cost,
          sized: tuple[Budget, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    t0 = time.perf_counter()
     budget, rounds = arith.budget_of(circuit) if sized is None else sized
+    t1 = time.perf_counter()
     src0, src1 = arith.sources(corr_id, budget, seeds)
+    t2 = time.perf_counter()
 
     def count(a: np.ndarray, b: np.ndarray) -> None:
         cost.sent[0] += a.nbytes
@@ -420,6 +409,8 @@ def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTriple
         raise AssertionError(f"the circuit used {src0.used} / {src1.used}, its dry run {budget}")
     cost.budget = cost.budget + budget
     cost.rounds_run += rounds
+    for phase, seconds in (("size", t1 - t0), ("deal", t2 - t1), ("run", time.perf_counter() - t2)):
+        cost.phases[phase] += seconds
     return out
 
 
@@ -457,7 +448,9 @@ def run_coordinatewise(x0: np.ndarray, x1: np.ndarray, rule: str, f: int, seeds:
         def circuit(p: int, s: Source) -> Party:
             return coordinatewise_circuit(p, part[p], rule, f, bound, s, chosen=c0 if p == 0 else c1)
         if b - a not in sized:
+            t0 = time.perf_counter()
             sized[b - a] = arith.budget_of(circuit)
+            cost.phases["size"] += time.perf_counter() - t0
         out0[a:b], out1[a:b] = _run(circuit, f"{corr_id}/{a}", seeds, cost, sized[b - a])
         cost.chunk_rounds = max(cost.chunk_rounds, sized[b - a][1])
         cost.chunks += 1
