@@ -82,7 +82,7 @@ def test_demo_config_ships_in_the_package_and_meets_the_issue() -> None:
     cfg = demo_config()
 
     assert cfg.train.workers == 20 and cfg.grid.f == (4,)
-    assert {"mean", "krum", "multi-krum", "geomed"} <= set(cfg.grid.rules)
+    assert {"mean", "krum", "krum@aggregate", "multi-krum", "geomed"} <= set(cfg.grid.rules)
     assert {"sign-flip", "alie", "ring-overflow"} <= set(cfg.grid.attacks)
     assert set(cfg.grid.secure) == {True, False}
     assert cfg.data.dataset == "digits"

@@ -105,3 +105,27 @@ def test_the_engine_rejects_bad_rules_before_any_training(
 
     with pytest.raises(ValueError, match=message):
         run_grid(cfg, tmp_path, console=_quiet()[0], progress=False)
+
+
+def test_a_rule_label_with_a_mode_trains_on_shares_and_hides_the_weights(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path
+) -> None:
+    # "krum@aggregate" runs secure Krum with reveal="aggregate": same model as Krum, weights never revealed
+    config = small_config(train={"rounds": 3, "eval_every": 1},
+                          grid={"rules": ["krum", "krum@aggregate", "multi-krum@weights"], "attacks": ["sign-flip"],
+                                "seeds": [0], "secure": [True]},
+                          attack_options={"sign-flip": {"scale": 8.0}})
+    summary = run_grid(config, tmp_path, console=_quiet()[0], progress=False)
+    records = {r["rule"]: r for r in read_results(tmp_path / "results.jsonl").values()}
+    assert [h["accuracy"] for h in records["krum@aggregate"]["history"]] == \
+        [h["accuracy"] for h in records["krum"]["history"]]
+    assert records["krum@aggregate"]["byzantine_weight"] is None
+    assert records["multi-krum@weights"]["byzantine_weight"] == 0.0
+    rows = {r["rule"]: r for r in summary["final_accuracy"]}
+    assert rows["krum@aggregate"]["byzantine_weight"] is None
+    assert rows["krum@aggregate"]["final_accuracy"] == rows["krum"]["final_accuracy"]
+
+
+def test_an_unknown_mode_in_a_rule_label_is_refused(small_config: Callable[..., ExperimentConfig]) -> None:
+    with pytest.raises(ValueError, match="the mode after '@' must be one of"):
+        small_config(grid={"rules": ["krum@everything"]})

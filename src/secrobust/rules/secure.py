@@ -70,6 +70,14 @@ def secure_rule(name: str, mode: str, options: dict[str, Any] | None = None) -> 
     return rule
 
 
+def split_label(label: str) -> tuple[str, str]:
+    """"krum@aggregate" -> ("krum", "aggregate"); a bare rule name runs with the default mode."""
+    rule, sep, mode = str(label).partition("@")
+    if sep and mode not in MODES:
+        raise ValueError(f"{label!r}: the mode after '@' must be one of {', '.join(MODES)}")
+    return rule, mode if sep else DEFAULT_MODE
+
+
 def secure_rules() -> tuple[str, ...]:
     return tuple(_SECURE)
 

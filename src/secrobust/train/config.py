@@ -32,7 +32,7 @@ Format (every table and key is optional; defaults shown)::
     delta = 1e-5
 
     [grid]                   # each key takes a value or a list; lists expand into a product
-    rules = ["mean", "krum"]
+    rules = ["mean", "krum"]  # "krum@aggregate": the rule on shares with that reveal mode
     attacks = ["sign-flip"]
     f = [4]                  # Byzantine workers (also the rule's f)
     seeds = [0]              # training seeds: init, batches, Byzantine set, attacks, engine
@@ -62,6 +62,7 @@ from typing import Any
 
 import tomllib
 
+from secrobust.rules.secure import split_label
 from secrobust.train.attacks import attack_options as _attack_option_names
 from secrobust.train.data import DATASETS, PARTITIONS
 from secrobust.train.models import MODELS
@@ -159,6 +160,8 @@ class GridConfig:
                 raise ValueError(f"grid.{key} must not be empty")
         for attack in self.attacks:
             _attack_option_names(attack)
+        for rule in self.rules:
+            split_label(rule)
         if min(self.f) < 0:
             raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
 
@@ -182,6 +185,16 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def base_rule(self) -> str:
+        """The engine's rule name: ``rule`` without an "@mode" suffix."""
+        return split_label(self.rule)[0]
+
+    @property
+    def reveal(self) -> str:
+        """The reveal mode of a "rule@mode" label ("distances" for a bare rule name)."""
+        return split_label(self.rule)[1]
 
     @property
     def run_id(self) -> str:
@@ -216,7 +229,7 @@ class ExperimentConfig:
                 seed=seed,
                 data_seed=data_seed,
                 secure=secure,
-                rule_options=dict(self.rule_options.get(rule, {})),
+                rule_options=dict(self.rule_options.get(split_label(rule)[0], {})),
                 attack_options=dict(self.attack_options.get(attack, {})),
             )
             for rule, attack, f, seed, data_seed, secure in itertools.product(

@@ -54,10 +54,12 @@ def validate(specs: Iterable[RunSpec]) -> None:
             continue
         seen.add(key)
         options = dict(spec.rule_options)
-        if spec.rule == "cclip":
+        if spec.reveal != "distances":
+            options["reveal"] = spec.reveal
+        if spec.base_rule == "cclip":
             options["center"] = np.zeros(2)
         try:
-            engine_aggregate(np.zeros((spec.train.workers, 2)), spec.rule, spec.f, secure=False, **options)
+            engine_aggregate(np.zeros((spec.train.workers, 2)), spec.base_rule, spec.f, secure=False, **options)
         except ValueError as err:
             raise ValueError(f"rule {spec.rule!r} with f={spec.f}, n={spec.train.workers}: {err}") from err
 
@@ -178,7 +180,7 @@ def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[s
                 "final_accuracy": float(acc.mean()),
                 "final_accuracy_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
                 "runs": int(acc.size),
-                "byzantine_weight": float(np.mean([r["byzantine_weight"] for r in rs])),
+                "byzantine_weight": _mean_known([r["byzantine_weight"] for r in rs]),
                 "rejected_per_round": float(np.mean([r.get("rejected_total", 0) / r["rounds"] for r in rs])),
                 "rejected_honest": int(sum(r.get("rejected_honest", 0) for r in rs)),
                 "diverged": int(sum(r["diverged"] for r in rs)),
@@ -243,10 +245,21 @@ def rejection_notes(summary: dict[str, Any]) -> list[str]:
             if chosen and max(rejected) > 0:
                 lines.append(
                     f"input validity check, f = {f}, {attack}: {min(rejected):.2f}-{max(rejected):.2f} workers "
-                    f"rejected per round, Byzantine weight at most {max(r['byzantine_weight'] for r in chosen):.3f}, "
+                    f"rejected per round, Byzantine weight at most {_max_known(chosen)}, "
                     f"{sum(r.get('rejected_honest', 0) for r in chosen)} honest workers rejected"
                 )
     return lines
+
+
+def _mean_known(values: list[float | None]) -> float | None:
+    """Mean of the values that were revealed (reveal="aggregate" runs have no weights), or None."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _max_known(rows: list[dict[str, Any]]) -> str:
+    known = [r["byzantine_weight"] for r in rows if r["byzantine_weight"] is not None]
+    return f"{max(known):.3f}" if known else "unrevealed"
 
 
 def _fmt(row: dict[str, Any] | None) -> str:

@@ -79,10 +79,12 @@ class RunResult:
 
     @property
     def byzantine_weight(self) -> float:
-        """Mean over rounds of the total weight the rule gave to Byzantine rows."""
+        """Mean over rounds of the total weight the rule gave to Byzantine rows (None if the weights were
+        never revealed: reveal="aggregate")."""
         if not self.byzantine or len(self.weights) == 0:
             return 0.0
-        return float(self.weights[:, self.byzantine].sum(axis=1).mean())
+        value = float(self.weights[:, self.byzantine].sum(axis=1).mean())
+        return None if np.isnan(value) else value
 
     def record(self) -> dict[str, Any]:
         """The JSON-lines record of this run."""
@@ -106,7 +108,7 @@ class RunResult:
             "weights_sha256": hashlib.sha256(np.ascontiguousarray(self.weights).tobytes()).hexdigest(),
             "epsilon": self.epsilon,
             "delta": s.dp.delta if self.epsilon is not None else None,
-            "dp_formal": is_formal(s.rule) if self.epsilon is not None else None,
+            "dp_formal": is_formal(s.base_rule) if self.epsilon is not None else None,
             "diverged": self.diverged,
             "rescaled_rows": self.rescaled_rows,
             "clipped_rows": self.clipped_rows,
@@ -246,7 +248,7 @@ def run(
     encoder_bound = ENCODER_MARGIN * engine_max_norm(tc.frac_bits, d)
 
     dp = spec.dp
-    sigma = server_noise_std(spec.rule, n, dp.clip, dp.noise_multiplier) if dp.enabled else 0.0
+    sigma = server_noise_std(spec.base_rule, n, dp.clip, dp.noise_multiplier) if dp.enabled else 0.0
     accountant = PrivacyAccountant(dp.noise_multiplier) if sigma > 0 else None
 
     weights = np.zeros((tc.rounds, n))
@@ -264,7 +266,8 @@ def run(
             "round": t,
             "accuracy": acc,
             "loss": loss if np.isfinite(loss) else None,
-            "byzantine_weight": float(np.mean(byz_since_eval)) if byz_since_eval else None,
+            "byzantine_weight": (float(np.mean(byz_since_eval)) if byz_since_eval and not np.isnan(byz_since_eval).any()
+                                 else None),
             "rejected": int(sum(rejected_since_eval)),
         }
         if accountant is not None:
@@ -293,15 +296,17 @@ def run(
         byz_inputs = byzantine_inputs(attack, spec.attack, sent, byzantine, honest, attack_rng, tc.frac_bits)
 
         options = dict(spec.rule_options)
-        if spec.rule == "cclip":
+        if spec.base_rule == "cclip":
             options["center"] = center
+        if spec.reveal != "distances":
+            options["reveal"] = spec.reveal
         if dp.enabled:
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
         tick = time.perf_counter()
         result = engine_aggregate(
             sent,
-            spec.rule,
+            spec.base_rule,
             f,
             secure=spec.secure,
             frac_bits=tc.frac_bits,
@@ -313,7 +318,8 @@ def run(
         )
         aggregate_seconds += time.perf_counter() - tick
         agg = np.asarray(result.aggregate, dtype=np.float64)
-        weights[t] = np.asarray(result.weights, dtype=np.float64)
+        # reveal="aggregate": nobody learns the weights, so the run records NaN for them
+        weights[t] = np.nan if result.weights is None else np.asarray(result.weights, dtype=np.float64)
         byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
         now_rejected = dict(getattr(result, "rejected", None) or {})
         rejected[t] = len(now_rejected)
