@@ -319,10 +319,8 @@ def coordinatewise_circuit(party: int, x_share: np.ndarray, rule: str, f: int, b
 
 def plain_bulyan_choice(encoded: np.ndarray, f: int) -> np.ndarray:
     """Bulyan's iterated Krum on exact ring distances: bool (n,) of the theta = n - 2f chosen workers."""
-    x = np.asarray(encoded, dtype=_U)
-    n = x.shape[0]
-    sq = np.einsum("ij,ij->i", x, x)
-    dist = (sq[:, None] + sq[None, :] - _U(2) * np.matmul(x, x.T)).view(np.int64)
+    dist = squared_distances(encoded).view(np.int64)
+    n = dist.shape[0]
     chosen = np.zeros(n, dtype=bool)
     for t in range(n - 2 * f):
         rest = np.flatnonzero(~chosen)
