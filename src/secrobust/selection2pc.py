@@ -117,3 +117,70 @@ def plain_krum_chosen(dist: np.ndarray, f: int, m: int) -> np.ndarray:
     chosen = np.zeros(n, dtype=bool)
     chosen[np.argsort(scores, kind="stable")[:m]] = True
     return chosen
+
+
+# Minimum-diameter averaging (small n): every subset's diameter on shares, then the first smallest.
+
+MAX_MDA_VALUES = 200_000
+"""Cap on C(n, f) * C(n - f, 2), the pairwise distances the circuit reads over all subsets."""
+
+
+@functools.lru_cache(maxsize=32)
+def mda_subsets(n: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(membership (s, n) bool, pair rows, pair cols (s, p)) for the s = C(n, f) subsets of n - f workers, in
+    the order ``rules.selection.choose_mda`` visits them (by the removed workers, lexicographically)."""
+    from itertools import combinations
+    keeps = [np.setdiff1d(np.arange(n), removed) for removed in combinations(range(n), f)]
+    member = np.zeros((len(keeps), n), dtype=bool)
+    for s, keep in enumerate(keeps):
+        member[s, keep] = True
+    a, b = np.triu_indices(n - f, 1)
+    kept = np.array(keeps)
+    return member, kept[:, a], kept[:, b]
+
+
+def check_mda_size(n: int, f: int) -> None:
+    import math
+    values = math.comb(n, f) * math.comb(n - f, 2)
+    if values > MAX_MDA_VALUES:
+        raise ValueError(f"mda on shares would compare C({n}, {f}) x C({n - f}, 2) = {values} distances, more than "
+                         f"{MAX_MDA_VALUES}: use it for small n (or reveal='distances')")
+
+
+def column_max(party: int, values: np.ndarray, width: int, src: arith.Source) -> Party:
+    """Ring shares of the maximum of each row of (s, p) shared values, by a tournament over the columns:
+    max(a, b) = a + [a < b](b - a), one comparison, one conversion and one product per level."""
+    cur = np.asarray(values, dtype=_U)
+    while cur.shape[1] > 1:
+        h = cur.shape[1] // 2
+        a, b = cur[:, :h], cur[:, h:2 * h]
+        plane = yield from arith.less_than(party, a.ravel(), b.ravel(), width, src)
+        lt = yield from arith.to_ring(party, plane, a.size, src)
+        step = yield from arith.mul(party, lt, (b - a).ravel(), src)
+        top = a + step.reshape(a.shape)
+        cur = np.concatenate([top, cur[:, 2 * h:]], axis=1) if cur.shape[1] % 2 else top
+    return cur[:, 0]
+
+
+def mda_circuit(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Source) -> Party:
+    """Ring shares of the one-hot choice over subsets (first subset of smallest diameter) and the weights
+    w_i = [i in the chosen subset], both as ring bits: (subset choice (s,), membership bits (n,))."""
+    n = dist.shape[0]
+    check_mda_size(n, f)
+    member, rows, cols = mda_subsets(n, f)
+    width = arith.signed_width(dmax)
+    if rows.shape[1]:
+        diam = yield from column_max(party, dist[rows, cols], width, src)
+    else:
+        diam = np.zeros(member.shape[0], dtype=_U)
+    plane = yield from smallest(party, diam, 1, width, src)
+    chosen = yield from arith.to_ring(party, plane, member.shape[0], src)
+    return np.matmul(chosen, member.astype(_U))
+
+
+def plain_mda_members(dist: np.ndarray, f: int) -> np.ndarray:
+    """The twin: membership of the first subset of smallest exact (ring) diameter."""
+    d = np.asarray(dist, dtype=_U)
+    member, rows, cols = mda_subsets(d.shape[0], f)
+    diam = d[rows, cols].max(axis=1) if rows.shape[1] else np.zeros(member.shape[0], dtype=_U)
+    return member[int(np.argmin(diam))]

@@ -134,6 +134,23 @@ def _krum_family(default_all: bool):
     return circuit, plain
 
 
+def _mda_family():
+    from .. import selection2pc as S
+
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source) -> Party:
+        member = yield from S.mda_circuit(party, view[DISTANCES], f, dmax, src)
+        return member * ring.encode_weights(np.array([1.0 / (n - f)]))[0], _U(0)
+
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int) -> tuple[np.ndarray, np.ndarray]:
+        S.check_mda_size(n, f)
+        member = S.plain_mda_members(view[DISTANCES], f).astype(_U)
+        return member * ring.encode_weights(np.array([1.0 / (n - f)]))[0], _U(0)
+
+    return circuit, plain
+
+
 register_secure(SecureRule("krum", (DISTANCES,), *_krum_family(False),
                            limits=" (scores are exact; n - f - 2 must stay below 2^63 / (2b)^2, b the norm bound)"))
 register_secure(SecureRule("multi-krum", (DISTANCES,), *_krum_family(True), options=("m",)))
+register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
+                           limits=" (exact search over all C(n, f) subsets: small n only)"))
