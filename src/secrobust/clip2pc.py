@@ -16,9 +16,9 @@ so ``plain_clip_weights`` reproduces the shared result bit for bit. The algorith
     the ring bits: sum_b [lead = b] c_b = c_{-1} + sum_k B_k (c_k - c_{k-1}).
  2. Normalise: m = N / 4^floor(b/2) in [1, 4) (N = 0 is treated as N = 1), M = N * 4^(E - floor(b/2)) exact,
     then m at scale 2^30 by an exact truncation.
- 3. Newton on rsqrt(m): y <- (3 y - m y^3) / 2 from the per-parity constant guess 2/(1 + sqrt 2) (b even) or
-    sqrt 2/(1 + sqrt 2) (b odd), relative error <= 0.172; ``ITERATIONS`` = 4 steps, 2 products and 2
-    truncations each (y^2 and m y in parallel, then their product).
+ 3. rsqrt(m): a quadratic guess a_p - m (b_p - c_p m) whose coefficients depend on the parity p of b
+    (relative error <= 0.0032; two products), then ``ITERATIONS`` = 2 Newton steps y <- (3 y - (y^2)(m y)) / 2,
+    two product rounds each (y^2 and m y side by side, then their product), every product truncated.
  4. c = T 2^-floor(b/2) rsqrt(m). Public T: G = (T/n) 2^(31 - floor(b/2)) is again a per-lane constant, times
     s = [N > T^2] (one product, in parallel with step 2); w = trunc(G y) + (1 - s) round(2^W / n).
     Median: S_i = sqrt(N_i) 2^30 = trunc(m y) 2^floor(b/2); T 2^31 = sum_i sel_i S_i (x2 for odd n) with
@@ -55,9 +55,11 @@ WEIGHT_BITS = ring.WEIGHT_FRAC_BITS
 DEFAULT_NMAX = int(2 * ring.SCALED_NORM_BOUND) ** 2      # 2^56
 MAX_NMAX = 1 << 58
 FRAC = 30                  # fixed-point bits of the mantissa iteration
-ITERATIONS = 4             # Newton steps; the guess's relative error 0.172 falls to 4e-10
-G_EVEN = 889516852         # round(2 / (1 + sqrt 2) * 2^30): rsqrt guess for m in [1, 2)
-G_ODD = 628983398          # round(sqrt 2 / (1 + sqrt 2) * 2^30): for m in [2, 4)
+ITERATIONS = 2             # Newton steps; the guess's relative error 0.0032 falls to 1.5e-5, then 3.5e-10
+# The guess: the relative-minimax quadratic a - b m + c m^2 for rsqrt on [1, 2] (error 0.0032) for an even
+# leading bit (m in [1, 2)); for an odd one (m in [2, 4)) the same in m/2, divided by sqrt 2. Scale 2^30.
+GUESS_EVEN = (1696124562, 784383784, 158578338)   # round((1.57963909, 0.73051433, 0.14768759) 2^30)
+GUESS_ODD = (1199341180, 277321546, 28032954)     # round((a / sqrt 2, b / (2 sqrt 2), c / (4 sqrt 2)) 2^30)
 Q_PUBLIC = 31              # (T/n) 2^-floor(b/2) at scale 2^(31 + L), L = floor(log2 n), on the public path
 KN_BITS = 32               # y 2^L / n = trunc(y * round(2^(32 + L) / n), 32) on the median path
 
@@ -91,7 +93,7 @@ class Plan:
     kn: int                       # round(2^(32 + L) / n)
     p4: tuple[int, ...]           # 4^(E - floor(b/2)): M = N p4 in [4^E, 4^(E+1))
     zero_fix: tuple[int, ...]     # 4^E for b = -1 (N = 0 is treated as N = 1), else 0
-    guess: tuple[int, ...]        # initial rsqrt(m) guess at scale 2^30
+    guess: tuple[tuple[int, ...], ...]   # (a, b, c) of the initial guess a - m (b - c m), each at scale 2^30
     down: tuple[int, ...]         # 2^(E - floor(b/2))
     up: tuple[int, ...]           # 2^floor(b/2) (0 for N = 0, so that its square root is 0)
     lane: tuple[int, ...]         # public tau: round((T/n) 2^(31 + L - floor(b/2))), 0 where N > T^2 is impossible
@@ -150,7 +152,7 @@ def plan(n: int, tau: float | None, rule: str, frac_bits: int = ring.DEFAULT_FRA
         c1=c1, log_n=log_n, kn=kn,
         p4=tuple(4 ** (half - _floor_half(b)) for b in lanes),
         zero_fix=tuple(4 ** half if b < 0 else 0 for b in lanes),
-        guess=tuple(G_ODD if b >= 0 and b % 2 else G_EVEN for b in lanes),
+        guess=tuple(tuple(GUESS_ODD[j] if b >= 0 and b % 2 else GUESS_EVEN[j] for b in lanes) for j in range(3)),
         down=tuple(2 ** (half - _floor_half(b)) for b in lanes),
         up=tuple(2 ** _floor_half(b) if b >= 0 else 0 for b in lanes),
         lane=lane,
@@ -198,14 +200,9 @@ def parallel(*gens: Party) -> Party:
 
 def ring_bits(party: int, planes: list[np.ndarray], sizes: list[int], src: arith.Source) -> Party:
     """Ring shares of several XOR-shared planes (plane j holds sizes[j] bits) in one daBit round."""
-    words = [compare.words_for(m) for m in sizes]
-    flat = np.concatenate([np.asarray(p, dtype=_U)[:w] for p, w in zip(planes, words)])
-    bits = yield from arith.to_ring(party, flat, flat.size * compare.WORD, src)
-    out, at = [], 0
-    for m, w in zip(sizes, words):
-        out.append(bits[at * compare.WORD: at * compare.WORD + m])
-        at += w
-    return out
+    packed = np.concatenate([compare.plane_bits(p, m) for p, m in zip(planes, sizes)])   # a local bit permutation
+    bits = yield from arith.to_ring(party, compare.bits_plane(packed), packed.size, src)
+    return np.split(bits, np.cumsum(sizes)[:-1])
 
 
 def trunc(party: int, x: np.ndarray, k: int, src: arith.Source) -> Party:
@@ -246,7 +243,17 @@ def _lin(party: int, bits: np.ndarray, table: tuple[int, ...]) -> np.ndarray:
     return out + _const(party, table[0], bits.shape[1])
 
 
+def _rsqrt(party: int, m_f: np.ndarray, bits: np.ndarray, p: Plan, src: arith.Source) -> Party:
+    """rsqrt(m) at scale 2^30 for m in [1, 4) at scale 2^30: the lane's quadratic guess by Horner,
+    a - m (b - c m) (two products and truncations; b - c m > 0), then ``ITERATIONS`` Newton steps."""
+    a, b, c = (_lin(party, bits, t) for t in p.guess)
+    cm = yield from mul_trunc(party, c, m_f, FRAC, src)
+    y = a - (yield from mul_trunc(party, m_f, b - cm, FRAC, src))
+    return (yield from _newton(party, m_f, y, src))
+
+
 def _newton(party: int, m_f: np.ndarray, y: np.ndarray, src: arith.Source) -> Party:
+    """y <- (3 y - (y^2)(m y)) / 2: y^2 and m y in one product round and one truncation, then their product."""
     n = m_f.size
     for _ in range(ITERATIONS):
         ab = yield from mul_trunc(party, np.concatenate([y, m_f]), np.concatenate([y, y]), FRAC, src)
@@ -307,10 +314,9 @@ def clip_weights_circuit(party: int, norms_share: np.ndarray, tau: float | None,
     shift = 2 * p.half - FRAC
     m_f = (yield from trunc(party, big_m, shift, src)) if shift >= 0 else big_m * _U(1 << -shift)
 
-    # 3. Newton on rsqrt(m).
-    y0 = _lin(party, bits, p.guess)
+    # 3. rsqrt(m).
     if not p.median:
-        y = yield from _newton(party, m_f, y0, src)
+        y = yield from _rsqrt(party, m_f, bits, p, src)
         # 4. w = (T/n) 2^-floor(b/2) rsqrt(m) at scale 2^(31 + L + 30 - (29 + L)) = 2^32.
         out = yield from mul_trunc(party, g_sel, y, Q_PUBLIC + p.log_n + FRAC - WEIGHT_BITS, src)
         return _finish(party, p, out, s)
@@ -321,21 +327,27 @@ def clip_weights_circuit(party: int, norms_share: np.ndarray, tau: float | None,
     np.add.at(ranks, b_idx, _const(party, 1, pair.size) - pair)      # a < b precedes b unless N_b < N_a
     np.add.at(ranks, a_idx, pair)                                     # b > a precedes a iff N_b < N_a
     up = _lin(party, bits, p.up)
-    y, sel_up = yield from parallel(_newton(party, m_f, y0, src), _middle(party, ranks, up, p, src))
+    y, sel_up = yield from parallel(_rsqrt(party, m_f, bits, p, src), _middle(party, ranks, up, p, src))
     root, yn = yield from parallel(mul_trunc(party, m_f, y, FRAC, src),
                                    trunc(party, y * _U(p.kn), KN_BITS, src))
     prod = yield from arith.mul(party, np.concatenate([root, root]), np.concatenate([up, sel_up]), src)
     sq, mid = prod[:n], prod[n:]                                      # S = sqrt(N) 2^30; sel S
     _, _, factor = _median_ranks(n)
     t31 = np.full(n, mid.sum(dtype=_U), dtype=_U) * _U(factor)       # T 2^31
-    s_plane, g0 = yield from parallel(
-        arith.less_than(party, t31, sq * _U(2), p.root_width, src),
-        arith.mul(party, t31, _lin(party, bits, p.down), src))
-    (s,) = yield from ring_bits(party, [s_plane], [n], src)
-    g = yield from arith.mul(party, s, g0, src)                       # s T 2^(31 + E - floor(b/2))
-    g = yield from trunc(party, g, p.half + 1, src)                   # T 2^-floor(b/2) at 2^30
-    out = yield from mul_trunc(party, g, yn, 2 * FRAC + p.log_n - WEIGHT_BITS, src)
+    (s, s_yn), g = yield from parallel(_select_lanes(party, t31, sq, yn, p, src),
+                                       mul_trunc(party, t31, _lin(party, bits, p.down), p.half + 1, src))
+    # g = T 2^-floor(b/2) at scale 2^30 where s = 1; where s = 0 the product T 2^(31 + E - floor(b/2)) may
+    # exceed 2^63 and g is then arbitrary, but it is multiplied by s y 2^L / n = 0 there.
+    out = yield from mul_trunc(party, g, s_yn, 2 * FRAC + p.log_n - WEIGHT_BITS, src)
     return _finish(party, p, out, s)
+
+
+def _select_lanes(party: int, t31: np.ndarray, sq: np.ndarray, yn: np.ndarray, p: Plan,
+                  src: arith.Source) -> Party:
+    """(s, s * yn) with s_i = [T < sqrt(N_i)] as ring bits, compared at scale 2^31: [T 2^31 < 2 S_i]."""
+    s_plane = yield from arith.less_than(party, t31, sq * _U(2), p.root_width, src)
+    (s,) = yield from ring_bits(party, [s_plane], [p.n], src)
+    return s, (yield from arith.mul(party, s, yn, src))
 
 
 def _finish(party: int, p: Plan, out: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -372,7 +384,9 @@ def plain_rsqrt(norms: np.ndarray, nmax: int = DEFAULT_NMAX) -> tuple[list[int],
     big_m = [a + z for a, z in zip(_pmul(vals, tab(p.p4)), tab(p.zero_fix))]
     shift = 2 * p.half - FRAC
     m_f = _ptrunc(big_m, shift) if shift >= 0 else [v << -shift for v in big_m]
-    y = tab(p.guess)
+    a, b, c = (tab(t) for t in p.guess)
+    v = [bb - cm for bb, cm in zip(b, _ptrunc(_pmul(c, m_f), FRAC))]
+    y = [aa - w for aa, w in zip(a, _ptrunc(_pmul(m_f, v), FRAC))]
     for _ in range(ITERATIONS):
         a, b = _ptrunc(_pmul(y, y), FRAC), _ptrunc(_pmul(m_f, y), FRAC)
         c = _pmul(a, b)
