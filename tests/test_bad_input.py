@@ -70,7 +70,8 @@ def test_n_too_small_for_f(rule, n, f, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"rule": "median"}, r"unknown rule 'median'; choose one of mean, .*krum"),
+    ({"rule": "medoid"}, r"unknown rule 'medoid'; choose one of mean, .*krum"),
+    ({"rule": "median"}, r"rule 'median' runs only with reveal='aggregate'"),
     ({"rule": "krum", "f": -1}, r"f must be a non-negative integer"),
     ({"rule": "krum", "f": 1.5}, r"f must be a non-negative integer"),
     ({"rule": "krum", "f": 1, "m": 3}, r"unknown option\(s\) \['m'\]; allowed: none"),

@@ -85,12 +85,13 @@ def test_engine_errors_go_to_stderr_as_one_line(tmp_path: Path) -> None:
     updates = str(_updates(tmp_path))
 
     bad_f = runner.invoke(app, ["aggregate", "--updates", updates, "--rule", "krum", "--f", "5"])
-    bad_rule = runner.invoke(app, ["aggregate", "--updates", updates, "--rule", "median"])
+    bad_rule = runner.invoke(app, ["aggregate", "--updates", updates, "--rule", "medoid"])
     bad_option = runner.invoke(app, ["aggregate", "--updates", updates, "-o", "m"])
 
     assert bad_f.exit_code == 2 and bad_f.stdout == ""
     assert bad_f.stderr.startswith("error: rule 'krum' needs n >= 2f + 3") and bad_f.stderr.count("\n") == 1
-    _fails_with(bad_rule, "unknown rule 'median'; choose one of mean, norm-clip, cclip, krum, multi-krum, mda, geomed")
+    _fails_with(bad_rule, "unknown rule 'medoid'; choose one of mean, norm-clip, cclip, krum, multi-krum, mda, geomed, "
+                          "median, trimmed-mean, bulyan")
     _fails_with(bad_option, "--option is key=value, got 'm'")
 
 
@@ -177,7 +178,8 @@ def _must_not_run(*args: object, **kwargs: object) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--rule", "krum", "--f", "5"], "rule 'krum' needs n >= 2f + 3; got n=8, f=5 (n must be at least 13)"),
-    (["--rule", "nope"], "unknown rule 'nope'; choose one of mean, norm-clip, cclip, krum, multi-krum, mda, geomed"),
+    (["--rule", "nope"], "unknown rule 'nope'; choose one of mean, norm-clip, cclip, krum, multi-krum, mda, geomed, "
+                         "median, trimmed-mean, bulyan"),
     (["--rule", "krum", "-o", "m=3"], "rule 'krum' got unknown option(s) ['m']; allowed: none"),
     (["--norm-bound", "-1"], "norm_bound must be a positive finite number, got -1.0"),
     (["--frac-bits", "40"], "frac_bits must be an integer in [0, 28], got 40"),

@@ -143,3 +143,63 @@ def test_the_mean_opens_nothing_in_any_mode(mode):
     res = secrobust.aggregate(x, "mean", 0, reveal=mode)
     np.testing.assert_allclose(res.aggregate, x.mean(axis=0), atol=2.0**-ring.DEFAULT_FRAC_BITS)
     assert (res.weights is None) == (mode == "aggregate")
+
+
+COORDINATEWISE = ("median", "trimmed-mean", "bulyan")
+
+
+def _max_f(rule: str, n: int) -> int:
+    return (n - 3) // 4 if rule == "bulyan" else (n - 1) // 2
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rule=st.sampled_from(COORDINATEWISE), data=st.data(), seed=st.integers(0, 2**16))
+def test_coordinatewise_rules_equal_their_twin_through_the_round(rule, data, seed):
+    n = data.draw(st.integers(3 if rule == "bulyan" else 2, 11))
+    f = data.draw(st.integers(0, _max_f(rule, n)))
+    x = updates_with_outliers(seed, n, 70, f) * 0.05
+    if data.draw(st.booleans()):
+        x[-1] = x[0]
+    res = secrobust.aggregate(x, rule, f, reveal="aggregate", insecure_test_seed=seed, min_participants=2)
+    twin = secrobust.plain_aggregate(x, rule, f, reveal="aggregate", insecure_test_seed=seed, min_participants=2)
+    check_same(res, twin, "aggregate")
+
+
+def test_coordinatewise_rules_match_numpy_within_the_fixed_point_error():
+    x = updates_with_outliers(2, 11, 500, 2) * 0.05
+    step = 2.0 ** -ring.DEFAULT_FRAC_BITS
+    med = secrobust.aggregate(x, "median", 2, reveal="aggregate").aggregate
+    np.testing.assert_allclose(med, np.median(x, axis=0), rtol=0, atol=step)
+    trimmed = secrobust.aggregate(x, "trimmed-mean", 2, reveal="aggregate").aggregate
+    np.testing.assert_allclose(trimmed, np.sort(x, axis=0)[2:-2].mean(axis=0), rtol=0, atol=step)
+
+
+def test_coordinatewise_rules_with_dropouts_a_rejected_attacker_and_noise():
+    x = updates_with_outliers(6, 13, 40, 2) * 0.05
+    drop = {3: "S1", 7: "both"}
+    kept = [i for i in range(13) if i not in drop]
+    rows = {kept[1]: ATTACKS["high-bits"][:1].repeat(40)}
+    for rule in COORDINATEWISE:
+        res = secrobust.aggregate(x, rule, 2, reveal="aggregate", drop=drop, ring_rows=rows, dp_noise_std=0.01,
+                                  insecure_test_seed=9, min_participants=2)
+        twin = secrobust.plain_aggregate(x[kept], rule, 2, reveal="aggregate", ring_rows={1: rows[kept[1]]},
+                                         dp_noise_std=0.01, insecure_test_seed=9, min_participants=2)
+        np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+        assert res.rejected == {kept[1]: validity.REASON} and res.weights is None
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.parametrize("rule", COORDINATEWISE)
+def test_every_ring_attack_is_rejected_by_the_coordinatewise_rules(rule, attack):
+    res = secrobust.aggregate(X, rule, 2, reveal="aggregate", ring_rows={BYZ: ATTACKS[attack]}, insecure_test_seed=11)
+    honest = secrobust.plain_aggregate(np.delete(X, BYZ, axis=0), rule, 1, reveal="aggregate")
+    assert res.rejected == {BYZ: validity.REASON}
+    np.testing.assert_array_equal(res.aggregate, honest.aggregate)
+
+
+@pytest.mark.parametrize("mode", ["distances", "weights"])
+@pytest.mark.parametrize("rule", COORDINATEWISE)
+def test_coordinatewise_rules_name_the_one_mode_they_run_in(rule, mode):
+    x = updates_with_outliers(0, 11, 10, 1)
+    with pytest.raises(ValueError, match=f"rule '{rule}' runs only with reveal='aggregate'"):
+        secrobust.aggregate(x, rule, 1, reveal=mode)

@@ -22,8 +22,11 @@ def circuit_words(msgs: list[Message], drop_last: bool) -> np.ndarray:
     return np.concatenate([m.arrays["x"].ravel() for m in kept])
 
 
-@pytest.mark.parametrize("rule", ["krum", "multi-krum"])
-@pytest.mark.parametrize("mode", ["weights", "aggregate"])
+CASES = [(rule, mode) for rule in ("krum", "multi-krum", "mda") for mode in ("weights", "aggregate")] + \
+    [(rule, "aggregate") for rule in ("median", "trimmed-mean", "bulyan")]
+
+
+@pytest.mark.parametrize("rule, mode", CASES)
 @pytest.mark.parametrize("party", ["S0", "S1"])
 def test_the_rule_on_shares_shows_each_server_only_uniform_words(party, mode, rule):
     views = {name: [view_of(record(x, mode, rule, seed), party) for seed in (7, 8, 9)] for name, x in INPUTS.items()}

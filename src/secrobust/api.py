@@ -105,7 +105,7 @@ class Cluster:
         check_inputs = validity.check_flag(check_inputs, d)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
         on_shares = secure.secure_rule(rule, reveal, rule_options)
-        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound)) if on_shares is not None
+        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound), d) if on_shares is not None
                        else Budget())
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
@@ -117,7 +117,8 @@ class Cluster:
         needs = spec.reveals(rule_options)
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, needs, center,
                          self.seeds.triple_id(round_id) if needs or check_inputs else None, chunk_bytes, check_inputs,
-                         bound, reveal if on_shares is not None else secure.DEFAULT_MODE, rule_budget)
+                         bound, reveal if on_shares is not None else secure.DEFAULT_MODE, rule_budget,
+                         on_shares is None or on_shares.output == "weights")
         s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))
         s1.start_round(plan)
 
@@ -303,8 +304,11 @@ def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int
     """The twin of a rule on shares: its ring weights on the exact ring view, then the public-weight sum
     ("weights") or the ring sum with the center's part in the ring ("aggregate")."""
     y = rows - run.center if run.center is not None else rows
-    view = view_words(np.matmul(y, y.T), rule.needs)
-    w, cw = rule.plain(view, rows.shape[0], effective_f(f, run.rejected), options, secure.dmax_for(bound))
+    view = view_words(np.matmul(y, y.T), rule.needs) if rule.needs else {}
+    f_eff = effective_f(f, run.rejected)
+    if rule.output == "aggregate":
+        return None, rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), rows=rows)
+    w, cw = rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound))
     if reveal == "weights":
         values = ring.decode(np.append(w, cw), ring.WEIGHT_FRAC_BITS)
         choice = Choice(values[:-1], float(values[-1]))

@@ -71,59 +71,100 @@ class Correction:
                 and all(a.dtype == _U for a in (self.and_c1, self.dabit_ra1, self.mult_c1)))
 
 
+_PIECE = 1 << 20
+"""Words the dealer expands at a time, so its memory stays bounded whatever the budget."""
+
+
+def _stream(seed: bytes, corr_id: str, what: str, count: int, offset: int = 0) -> np.ndarray:
+    return prg.ring_stream(seed, _label(corr_id, what), count, offset)
+
+
+def _and_stream(seed: bytes, corr_id: str, what: str, count: int, offset: int = 0) -> np.ndarray:
+    return prg.ring_stream(seed, compare._and_label(_label(corr_id, "and"), what), count, offset)
+
+
 def deal(corr_id: str, budget: Budget, seeds: AndTripleSeeds) -> Correction:
-    """Dealer: S1's corrections for the material expanded from ``seeds`` (S0 needs only seeds.s0)."""
-    and_c1 = compare.make_and_triple(_label(corr_id, "and"), budget.and_words, seeds)
-    r0 = prg.ring_stream(seeds.s0, _label(corr_id, "dabit-x0"), budget.dabit_words)
-    r1 = prg.ring_stream(seeds.s1, _label(corr_id, "dabit-x1"), budget.dabit_words)
-    ra0 = prg.ring_stream(seeds.s0, _label(corr_id, "dabit-a0"), budget.dabits)
-    bits = np.unpackbits((r0 ^ r1).astype("<u8").view(np.uint8), bitorder="little").astype(_U)
-    a0, b0, c0 = (prg.ring_stream(seeds.s0, _label(corr_id, k), budget.mults) for k in ("mul-a0", "mul-b0", "mul-c0"))
-    a1, b1 = (prg.ring_stream(seeds.s1, _label(corr_id, k), budget.mults) for k in ("mul-a1", "mul-b1"))
-    return Correction(and_c1, bits - ra0, (a0 + a1) * (b0 + b1) - c0)
+    """Dealer: S1's corrections for the material expanded from ``seeds`` (S0 needs only seeds.s0), made
+    piece by piece: c1 = (a0^a1)&(b0^b1)^c0 for AND words, ra1 = r - ra0 for daBits (r = r0 ^ r1 bitwise),
+    c1 = (a0+a1)(b0+b1) - c0 for products."""
+    s0, s1 = seeds.s0, seeds.s1
+    and_c1 = np.empty(budget.and_words, dtype=_U)
+    for a in range(0, budget.and_words, _PIECE):
+        k = min(_PIECE, budget.and_words - a)
+        a0, b0, c0 = (_and_stream(s0, corr_id, w, k, a) for w in ("a0", "b0", "c0"))
+        a1, b1 = (_and_stream(s1, corr_id, w, k, a) for w in ("a1", "b1"))
+        and_c1[a:a + k] = ((a0 ^ a1) & (b0 ^ b1)) ^ c0
+    ra1 = np.empty(budget.dabits, dtype=_U)
+    step = _PIECE // compare.WORD
+    for w in range(0, budget.dabit_words, step):
+        k = min(step, budget.dabit_words - w)
+        r = _stream(s0, corr_id, "dabit-x0", k, w) ^ _stream(s1, corr_id, "dabit-x1", k, w)
+        bits = np.unpackbits(r.astype("<u8").view(np.uint8), bitorder="little").astype(_U)
+        ra1[w * compare.WORD:(w + k) * compare.WORD] = bits - _stream(s0, corr_id, "dabit-a0", k * compare.WORD,
+                                                                         w * compare.WORD)
+    mult_c1 = np.empty(budget.mults, dtype=_U)
+    for a in range(0, budget.mults, _PIECE):
+        k = min(_PIECE, budget.mults - a)
+        a0, b0, c0 = (_stream(s0, corr_id, w, k, a) for w in ("mul-a0", "mul-b0", "mul-c0"))
+        a1, b1 = (_stream(s1, corr_id, w, k, a) for w in ("mul-a1", "mul-b1"))
+        mult_c1[a:a + k] = (a0 + a1) * (b0 + b1) - c0
+    return Correction(and_c1, ra1, mult_c1)
 
 
 class Dealt:
-    """One party's material, handed out in order. Passes for a ``compare.Source`` (``take`` = AND triples)."""
+    """One party's material, handed out in order and expanded from the seed only when taken (so a large
+    circuit run in pieces never holds all of it). Passes for a ``compare.Source`` (``take`` = AND triples)."""
 
     def __init__(self, party: int, corr_id: str, budget: Budget, seed: bytes,
                  correction: Correction | None = None) -> None:
         if party == 1 and (correction is None or not correction.matches(budget)):
             raise ValueError(f"S1's correlated randomness needs corrections sized for {budget}")
-        c1 = correction.and_c1 if correction is not None else None
-        self.ands = compare.AndSource.for_party(party, _label(corr_id, "and"), budget.and_words, seed, c1)
-        self.r = prg.ring_stream(seed, _label(corr_id, f"dabit-x{party}"), budget.dabit_words)
-        self.ra = (prg.ring_stream(seed, _label(corr_id, "dabit-a0"), budget.dabits) if party == 0
-                   else correction.dabit_ra1)
-        names = ("mul-a0", "mul-b0", "mul-c0") if party == 0 else ("mul-a1", "mul-b1")
-        self.mult = [prg.ring_stream(seed, _label(corr_id, k), budget.mults) for k in names]
-        if party == 1:
-            self.mult.append(correction.mult_c1)
+        self.party, self.corr_id, self.seed = party, corr_id, seed
+        self.correction = correction
         self.budget = budget
         self.used = Budget()
 
+    @classmethod
+    def empty(cls, party: int) -> "Dealt":
+        """The material of a circuit that needs none (e.g. the median of two values is their mean)."""
+        nothing = np.zeros(0, dtype=_U)
+        return cls(party, "empty", Budget(), bytes(16), Correction(nothing, nothing, nothing))
+
+    def _need(self, what: str, used: int, k: int, have: int) -> None:
+        if used + k > have:
+            raise ValueError(f"{what} exhausted: need {used + k}, have {have}")
+
     def take(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.ands.take(shape)
-        self.used = self.used + Budget(and_words=int(np.prod(shape)))
-        return out
+        k = int(np.prod(shape))
+        at = self.used.and_words
+        self._need("bit triples", at, k, self.budget.and_words)
+        p = self.party
+        a, b = (_and_stream(self.seed, self.corr_id, f"{w}{p}", k, at) for w in ("a", "b"))
+        c = _and_stream(self.seed, self.corr_id, "c0", k, at) if p == 0 else self.correction.and_c1[at:at + k]
+        self.used = self.used + Budget(and_words=k)
+        return a.reshape(shape), b.reshape(shape), c.reshape(shape)
 
     def take_dabits(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(XOR share as a plane of words_for(m) words, ring shares (m,)) of m fresh daBits: bit p of the
         plane words taken is the daBit whose ring share is entry p (the rest of the last word goes unused)."""
         w = compare.words_for(m)
-        if self.used.dabit_words + w > self.r.size:
-            raise ValueError(f"daBits exhausted: need {self.used.dabit_words + w} plane words, have {self.r.size}")
-        plane = self.r[self.used.dabit_words: self.used.dabit_words + w]
-        start = self.used.dabits
+        at = self.used.dabit_words
+        self._need("daBits", at, w, self.budget.dabit_words)
+        plane = _stream(self.seed, self.corr_id, f"dabit-x{self.party}", w, at)
+        start = at * compare.WORD
+        ring_half = (_stream(self.seed, self.corr_id, "dabit-a0", m, start) if self.party == 0
+                     else self.correction.dabit_ra1[start:start + m])
         self.used = self.used + Budget(dabit_words=w)
-        return plane, self.ra[start: start + m]
+        return plane, ring_half
 
     def take_mults(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.used.mults + m > self.mult[0].size:
-            raise ValueError(f"product triples exhausted: need {self.used.mults + m}, have {self.mult[0].size}")
-        sl = slice(self.used.mults, self.used.mults + m)
+        at = self.used.mults
+        self._need("product triples", at, m, self.budget.mults)
+        p = self.party
+        a, b = (_stream(self.seed, self.corr_id, f"mul-{w}{p}", m, at) for w in ("a", "b"))
+        c = _stream(self.seed, self.corr_id, "mul-c0", m, at) if p == 0 else self.correction.mult_c1[at:at + m]
         self.used = self.used + Budget(mults=m)
-        return self.mult[0][sl], self.mult[1][sl], self.mult[2][sl]
+        return a, b, c
 
 
 class Counter:

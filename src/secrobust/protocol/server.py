@@ -55,6 +55,9 @@ class RoundPlan:
     """What the round reveals (``rules.secure.MODES``): the view to S1, only the weights, or only the aggregate."""
     rule_budget: Budget = Budget()
     """The dealer material of the rule's circuit on shares (modes "weights" and "aggregate")."""
+    weighted_sum: bool = True
+    """With mode "aggregate": the rule's circuit yields shared weights, summed with the dealer's vector
+    correlation; False when it yields the aggregate share itself (coordinate-wise rules)."""
 
     @property
     def on_shares(self) -> bool:
@@ -71,7 +74,7 @@ class RoundPlan:
         input validity check needs the workers' squared norms; none for an unchecked mean."""
         if DISTANCES in self.reveal:
             return "gram"
-        return "diag" if self.reveal or self.validity else None
+        return "diag" if self.reveal or self.validity or not self.rule_budget.is_empty() else None
 
     @property
     def open_kind(self) -> str:
@@ -86,7 +89,7 @@ class RoundPlan:
             raise ValueError("a round that opens distances or norms, or checks its inputs, needs a triple id")
         n = len(self.worker_ids)
         return TripleSpec(self.triple_id, n, self.d, kind, validity.and_words(n) if self.validity else 0,
-                          self.rule_budget, self.mode == "aggregate")
+                          self.rule_budget, self.mode == "aggregate" and self.weighted_sum)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +119,8 @@ class ServerState:
     shared_weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     """reveal="aggregate": this server's weight shares over the plan's rows, its center-weight share, and
     the peer's masked weights delta (= w_peer - u_peer)."""
+    rule_aggregate: np.ndarray | None = None
+    """A coordinate-wise rule's output: this server's share of the aggregate at scale 2^(F+W)."""
 
     @property
     def name(self) -> str:
@@ -327,7 +332,7 @@ def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
     a0 = input_columns(state, start, stop)
     part = ring_kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, e)
     part += part
-    if state.plan.mode == "aggregate":
+    if state.plan.mode == "aggregate" and state.plan.weighted_sum:
         state = _add_u_dot_e(state, e, start, stop)
     return _add_h(state, part, stop, a0)
 
@@ -465,12 +470,23 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
     weight, the peer's w - u), after one more exchange: each server's weight shares over the plan's rows,
     masked by the dealer's uniform u (S0) or u' (S1)."""
     plan = state.plan
-    if not plan.on_shares or state.triple is None or state.triple.spec.rule.is_empty():
+    if not plan.on_shares:
         raise UnexpectedMessage(f"{state.name}: round {plan.round_id} runs no rule on shares")
-    view = view_words(gram_share(state), rule.needs)
+    if plan.rule_budget.is_empty():
+        src = arith.Dealt.empty(state.party)
+    elif state.triple is None:
+        raise UnexpectedMessage(f"{state.name}: round {plan.round_id} has no triple for its rule on shares")
+    else:
+        src = state.triple.rule_source()
+    view = view_words(gram_share(state), rule.needs) if rule.needs else {}
     n = len(state._participants())
-    w, cw = yield from rule.circuit(state.party, view, n, f, options, secure.dmax_for(plan.bound),
-                                    state.triple.rule_source())
+    rows = np.arange(n)
+    out = yield from _at_least_one_round(rule.circuit(state.party, view, n, f, options, secure.dmax_for(plan.bound),
+                                                      src, inputs=lambda a, b: _weighted_rows(state, rows, a, b),
+                                                      d=plan.d))
+    if rule.output == "aggregate":
+        return out
+    w, cw = out
     if plan.mode == "weights":
         return (yield from arith.open_ring(state.party, np.append(w, cw)))
     full = np.zeros(len(plan.worker_ids), dtype=np.uint64)
@@ -483,6 +499,30 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
     return full, np.uint64(cw), peer
 
 
+def rule_rounds(plan: RoundPlan, rule: secure.SecureRule, n: int, f: int, options: dict) -> int:
+    """The messages each server sends in ``rule_party`` for n participants: the circuit's rounds (at least
+    one), plus the opening of the weights ("weights") or the exchange of masked weights ("aggregate")."""
+    circuit = secure.rounds(rule.name, n, f, options, secure.dmax_for(plan.bound), plan.d)
+    return max(1, circuit) + (rule.output == "weights")
+
+
+def _at_least_one_round(circuit: Party) -> Party:
+    """``circuit``, or one exchange of empty arrays if it needs no round, so both servers always step."""
+    try:
+        msg = next(circuit)
+    except StopIteration as stop:
+        peer = yield np.zeros(0, dtype=np.uint64)
+        if not isinstance(peer, np.ndarray) or peer.size:
+            raise ValueError("expected an empty opening")
+        return stop.value
+    while True:
+        peer = yield msg
+        try:
+            msg = circuit.send(peer)
+        except StopIteration as stop:
+            return stop.value
+
+
 def apply_rule_output(state: ServerState, out) -> ServerState:
     """Take the rule circuit's result: public weights ("weights") or this server's shares ("aggregate")."""
     if state.plan.mode == "weights":
@@ -492,6 +532,11 @@ def apply_rule_output(state: ServerState, out) -> ServerState:
             raise MalformedMessage(f"{state.name}: {opened.size} opened weights for {n} participants")
         values = ring.decode(opened, ring.WEIGHT_FRAC_BITS)
         return replace(state, choice=Choice(values[:n], float(values[n])))
+    if not state.plan.weighted_sum:
+        share = np.asarray(out, dtype=np.uint64)
+        if share.shape != (state.plan.d,):
+            raise MalformedMessage(f"{state.name}: the rule's aggregate share has shape {share.shape}")
+        return replace(state, rule_aggregate=share)
     return replace(state, shared_weights=out)
 
 
@@ -543,7 +588,9 @@ def aggregate_share(state: ServerState, noise: np.ndarray | None = None) -> np.n
     """Share of sum_i w_i x_i at scale 2^(F+W) (plus this server's noise, already at that scale); only the
     rows with a non-zero weight are read."""
     if state.plan.mode == "aggregate":
-        out = _shared_weights_sum(state)
+        out = state.rule_aggregate if not state.plan.weighted_sum else _shared_weights_sum(state)
+        if out is None:
+            raise UnexpectedMessage(f"{state.name}: the rule on shares has not finished")
         return out if noise is None else out + noise
     if state.choice is None:
         raise UnexpectedMessage(f"{state.name}: no weights yet")

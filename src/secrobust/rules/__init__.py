@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from . import clipping, secure, selection, weiszfeld  # noqa: F401  (registers the rules)
+from . import clipping, selection, weiszfeld  # noqa: F401  (registers the rules)
+from . import coordinate, secure  # noqa: F401,I001  (after the rules S1 can run on a view)
 from .plain import plain_run
 from .registry import RuleSpec, get_rule, rule_names
 from .view import Choice, View

@@ -29,15 +29,22 @@ PUBLIC_WEIGHTS = ("mean",)
 
 @dataclass(frozen=True)
 class SecureRule:
-    """``circuit(party, view_shares, n, f, options, dmax, src) -> (weights (n,), center weight ())`` ring shares;
-    ``plain`` is its twin on the opened ring view; ``options`` lists what it accepts."""
+    """``circuit(party, view_shares, n, f, options, dmax, src, inputs=, d=)`` returns ring shares of
+    (weights (n,), center weight ()) at scale 2^W, or with ``output="aggregate"`` this server's share (d,) of
+    the aggregate at scale 2^(F+W) itself, reading its input share through ``inputs(start, stop)``.
+    ``plain`` is its twin on the ring view (and, for an aggregate, the encoded rows ``rows=``); ``options``
+    lists what it accepts; ``sizer(n, d, f, options, dmax) -> (Budget, rounds)`` replaces the dry run when
+    the circuit's size depends on d."""
 
     name: str
     needs: tuple[str, ...]
     circuit: Callable[..., Party]
-    plain: Callable[..., tuple[np.ndarray, np.ndarray]]
+    plain: Callable[..., Any]
     options: tuple[str, ...] = ()
     limits: str = ""
+    modes: tuple[str, ...] = ("weights", "aggregate")
+    output: str = "weights"
+    sizer: Callable[..., tuple[arith.Budget, int]] | None = None
 
 
 _SECURE: dict[str, SecureRule] = {}
@@ -56,9 +63,13 @@ def check_mode(mode: Any) -> str:
 
 def secure_rule(name: str, mode: str, options: dict[str, Any] | None = None) -> SecureRule | None:
     """The rule's circuit for a leakage-free mode (None for ``"distances"``); a clear error if it has none."""
-    if check_mode(mode) == DEFAULT_MODE or name in PUBLIC_WEIGHTS:
-        return None
+    check_mode(mode)
     rule = _SECURE.get(name)
+    if rule is not None and mode not in rule.modes and (mode != DEFAULT_MODE or name in ONLY_ON_SHARES):
+        raise ValueError(f"rule {name!r} runs only with reveal={' or '.join(repr(m) for m in rule.modes)} (it runs "
+                         f"on shares{'' if name not in ONLY_ON_SHARES else ' only'}); got reveal={mode!r}")
+    if mode == DEFAULT_MODE or name in PUBLIC_WEIGHTS:
+        return None
     if rule is None:
         on_shares = ", ".join(_SECURE) or "none"
         raise ValueError(f"rule {name!r} runs only with reveal='distances' (S1 opens its view); rules with "
@@ -78,6 +89,10 @@ def split_label(label: str) -> tuple[str, str]:
     return rule, mode if sep else DEFAULT_MODE
 
 
+ONLY_ON_SHARES: set[str] = set()
+"""Rules with no opened-view form (coordinate-wise rules need the updates themselves)."""
+
+
 def secure_rules() -> tuple[str, ...]:
     return tuple(_SECURE)
 
@@ -88,19 +103,25 @@ def dmax_for(bound: int) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _budget(name: str, n: int, f: int, options: tuple, dmax: int) -> tuple[arith.Budget, int]:
+def _budget(name: str, n: int, f: int, options: tuple, dmax: int, d: int | None) -> tuple[arith.Budget, int]:
     rule = _SECURE[name]
+    if rule.sizer is not None:
+        if d is None:
+            raise ValueError(f"sizing rule {name!r} on shares needs the dimension d")
+        return rule.sizer(n, d, f, dict(options), dmax)
     zeros = {k: np.zeros((n, n) if k == DISTANCES else n, dtype=_U) for k in rule.needs}
     return arith.budget_of(lambda p, s: rule.circuit(p, zeros, n, f, dict(options), dmax, s))
 
 
-def budget(name: str, n: int, f: int, options: dict[str, Any], dmax: int) -> arith.Budget:
-    """The dealer material the rule's circuit takes for n workers (enough for any fewer, after dropouts)."""
-    return _budget(name, n, f, tuple(sorted(options.items())), dmax)[0]
+def budget(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None) -> arith.Budget:
+    """The dealer material the rule's circuit takes for n workers (enough for any fewer, after dropouts);
+    coordinate-wise rules also need d."""
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d)[0]
 
 
-def rounds(name: str, n: int, f: int, options: dict[str, Any], dmax: int) -> int:
-    return _budget(name, n, f, tuple(sorted(options.items())), dmax)[1]
+def rounds(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None) -> int:
+    """The circuit's messages per server (its 2PC rounds)."""
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d)[1]
 
 
 def weights_scale() -> int:
@@ -120,13 +141,14 @@ def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) ->
 def _krum_family(default_all: bool):
     from .. import selection2pc as S
 
-    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source) -> Party:
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
+                **_: Any) -> Party:
         m = _multi_krum_m(n, f, options, default_all)
         plane = yield from S.krum_circuit(party, view[DISTANCES], f, m, dmax, src)
         chosen = yield from arith.to_ring(party, plane, n, src)
         return chosen * ring.encode_weights(np.array([1.0 / m]))[0], _U(0)
 
-    def plain(view: dict, n: int, f: int, options: dict, dmax: int) -> tuple[np.ndarray, np.ndarray]:
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, **_: Any) -> tuple[np.ndarray, np.ndarray]:
         m = _multi_krum_m(n, f, options, default_all)
         chosen = S.plain_krum_chosen(view[DISTANCES], f, m).astype(_U)
         return chosen * ring.encode_weights(np.array([1.0 / m]))[0], _U(0)
@@ -137,11 +159,12 @@ def _krum_family(default_all: bool):
 def _mda_family():
     from .. import selection2pc as S
 
-    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source) -> Party:
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
+                **_: Any) -> Party:
         member = yield from S.mda_circuit(party, view[DISTANCES], f, dmax, src)
         return member * ring.encode_weights(np.array([1.0 / (n - f)]))[0], _U(0)
 
-    def plain(view: dict, n: int, f: int, options: dict, dmax: int) -> tuple[np.ndarray, np.ndarray]:
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, **_: Any) -> tuple[np.ndarray, np.ndarray]:
         S.check_mda_size(n, f)
         member = S.plain_mda_members(view[DISTANCES], f).astype(_U)
         return member * ring.encode_weights(np.array([1.0 / (n - f)]))[0], _U(0)
@@ -154,3 +177,75 @@ register_secure(SecureRule("krum", (DISTANCES,), *_krum_family(False),
 register_secure(SecureRule("multi-krum", (DISTANCES,), *_krum_family(True), options=("m",)))
 register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
                            limits=" (exact search over all C(n, f) subsets: small n only)"))
+
+
+# Coordinate-wise rules (``secrobust.coordinatewise``): the circuit returns the aggregate share itself.
+
+COORDINATE_CHUNK = 1 << 14
+"""Columns sorted at a time: bounds the circuit's memory; every chunk takes fresh material in turn."""
+
+
+def _bound_of(dmax: int) -> int:
+    import math
+    return math.isqrt(dmax) // 2
+
+
+def _coordinate_family(name: str):
+    from .. import coordinatewise as C
+
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
+                inputs: Callable[[int, int], np.ndarray], d: int) -> Party:
+        bound = _bound_of(dmax)
+        chosen = None
+        if name == "bulyan":
+            chosen = yield from C.selection_circuit(party, view[DISTANCES], f, bound, src)
+        out = np.empty(d, dtype=_U)
+        for a in range(0, d, COORDINATE_CHUNK):
+            b = min(d, a + COORDINATE_CHUNK)
+            out[a:b] = yield from C.coordinatewise_circuit(party, inputs(a, b), name, f, bound, src, chosen=chosen)
+        return out
+
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, rows: np.ndarray) -> np.ndarray:
+        return C.plain_coordinatewise(rows, name, f, _bound_of(dmax))
+
+    def sizer(n: int, d: int, f: int, options: dict, dmax: int) -> tuple[arith.Budget, int]:
+        bound = _bound_of(dmax)
+        C.check_options(name, n, f, bound)
+        total, rounds_ = arith.Budget(), 0
+        if name == "bulyan":
+            zeros = np.zeros((n, n), dtype=_U)
+            b, r = arith.budget_of(lambda p, s: C.selection_circuit(p, zeros, f, bound, s))
+            total, rounds_ = total + b, rounds_ + r
+            chosen = np.zeros(n, dtype=_U)
+        else:
+            chosen = None
+        widths = [min(d, a + COORDINATE_CHUNK) - a for a in range(0, d, COORDINATE_CHUNK)]
+        for w in sorted(set(widths)):
+            b, r = _chunk_size(name, n, f, w, bound, chosen is not None)
+            k = widths.count(w)
+            total = total + arith.Budget(b.and_words * k, b.dabit_words * k, b.mults * k)
+            rounds_ += r * k
+        return total, rounds_
+
+    return circuit, plain, sizer
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_size(name: str, n: int, f: int, w: int, bound: int, with_choice: bool) -> tuple[arith.Budget, int]:
+    from .. import coordinatewise as C
+    x = np.zeros((n, w), dtype=_U)
+    chosen = np.zeros(n, dtype=_U) if with_choice else None
+    return arith.budget_of(lambda p, s: C.coordinatewise_circuit(p, x, name, f, bound, s, chosen=chosen))
+
+
+def _register_coordinatewise() -> None:
+    from .. import coordinatewise as C
+    for name in C.COORDINATEWISE_RULES:
+        circuit, plain, sizer = _coordinate_family(name)
+        register_secure(SecureRule(name, (DISTANCES,) if name == "bulyan" else (), circuit, plain,
+                                   modes=("aggregate",), output="aggregate", sizer=sizer,
+                                   limits=" (coordinate-wise: sorting networks on the shares)"))
+        ONLY_ON_SHARES.add(name)
+
+
+_register_coordinatewise()
