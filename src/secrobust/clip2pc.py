@@ -19,11 +19,15 @@ so ``plain_clip_weights`` reproduces the shared result bit for bit. The algorith
  3. rsqrt(m): a quadratic guess a_p - m (b_p - c_p m) whose coefficients depend on the parity p of b
     (relative error <= 0.0032; two products), then ``ITERATIONS`` = 2 Newton steps y <- (3 y - (y^2)(m y)) / 2,
     two product rounds each (y^2 and m y side by side, then their product), every product truncated.
- 4. c = T 2^-floor(b/2) rsqrt(m). Public T: G = (T/n) 2^(31 - floor(b/2)) is again a per-lane constant, times
-    s = [N > T^2] (one product, in parallel with step 2); w = trunc(G y) + (1 - s) round(2^W / n).
+ 4. c = T 2^-floor(b/2) rsqrt(m). Public T: G = (T/n) 2^(31 + L - floor(b/2)) (L = floor(log2 n)) is again a
+    per-lane constant, times s = [N > T^2] (one product, beside step 2); w = trunc(G y) + (1 - s) round(2^W / n).
     Median: S_i = sqrt(N_i) 2^30 = trunc(m y) 2^floor(b/2); T 2^31 = sum_i sel_i S_i (x2 for odd n) with
-    sel_i = [rank_i in the middle]; s_i = [T < S_i]; w = trunc(trunc(s T 2^(E - floor(b/2))) * trunc(y/n))
-    + (1 - s) round(2^W / n).
+    sel_i = [rank_i in the middle]; s_i = [T < S_i] (computed values: equal norms give equal S, so s = 0);
+    w = trunc(trunc(T 2^(31 + E - floor(b/2))) * s trunc(y 2^(1+L) / n)) + (1 - s) round(2^W / n).
+
+Error (docs/clip2pc.md): |w_i - w_i*| <= rho w_i* + alpha 2^-32 against the exact w_i* = min(1, tau/||x_i||)/n,
+with (rho, alpha) = (2^-28, 2) for a public tau and (2^-25, 5) for the median; the center weight's error is
+at most the sum of the weights' errors. rsqrt itself is within 2^-28 relative (measured 2^-28.75).
 
 Exact truncation of x = x0 + x1 mod 2^64 with x in [0, 2^63):
     floor(x / 2^k) = (x0 >> k) + (x1 >> k) + [x0 mod 2^k + x1 mod 2^k >= 2^k] - 2^(64-k) [x0 + x1 >= 2^64]
@@ -61,7 +65,7 @@ ITERATIONS = 2             # Newton steps; the guess's relative error 0.0032 fal
 GUESS_EVEN = (1696124562, 784383784, 158578338)   # round((1.57963909, 0.73051433, 0.14768759) 2^30)
 GUESS_ODD = (1199341180, 277321546, 28032954)     # round((a / sqrt 2, b / (2 sqrt 2), c / (4 sqrt 2)) 2^30)
 Q_PUBLIC = 31              # (T/n) 2^-floor(b/2) at scale 2^(31 + L), L = floor(log2 n), on the public path
-KN_BITS = 32               # y 2^L / n = trunc(y * round(2^(32 + L) / n), 32) on the median path
+KN_BITS = 32               # kn = round(2^(32 + L) / n); y 2^(L+1) / n = trunc(y kn, 31) on the median path
 
 
 def _floor_half(b: int) -> int:
@@ -329,7 +333,7 @@ def clip_weights_circuit(party: int, norms_share: np.ndarray, tau: float | None,
     up = _lin(party, bits, p.up)
     y, sel_up = yield from parallel(_rsqrt(party, m_f, bits, p, src), _middle(party, ranks, up, p, src))
     root, yn = yield from parallel(mul_trunc(party, m_f, y, FRAC, src),
-                                   trunc(party, y * _U(p.kn), KN_BITS, src))
+                                   trunc(party, y * _U(p.kn), KN_BITS - 1, src))
     prod = yield from arith.mul(party, np.concatenate([root, root]), np.concatenate([up, sel_up]), src)
     sq, mid = prod[:n], prod[n:]                                      # S = sqrt(N) 2^30; sel S
     _, _, factor = _median_ranks(n)
@@ -337,8 +341,8 @@ def clip_weights_circuit(party: int, norms_share: np.ndarray, tau: float | None,
     (s, s_yn), g = yield from parallel(_select_lanes(party, t31, sq, yn, p, src),
                                        mul_trunc(party, t31, _lin(party, bits, p.down), p.half + 1, src))
     # g = T 2^-floor(b/2) at scale 2^30 where s = 1; where s = 0 the product T 2^(31 + E - floor(b/2)) may
-    # exceed 2^63 and g is then arbitrary, but it is multiplied by s y 2^L / n = 0 there.
-    out = yield from mul_trunc(party, g, s_yn, 2 * FRAC + p.log_n - WEIGHT_BITS, src)
+    # exceed 2^63 and g is then arbitrary, but it is multiplied by s rsqrt(m) 2^(31 + L) / n = 0 there.
+    out = yield from mul_trunc(party, g, s_yn, 2 * FRAC + 1 + p.log_n - WEIGHT_BITS, src)
     return _finish(party, p, out, s)
 
 
@@ -422,7 +426,7 @@ def plain_clip_weights(norms: np.ndarray, tau: float | None, rule: str, *,
             rank[i] = r_
         lo, hi, factor = _median_ranks(n)
         root = _ptrunc(_pmul(m_f, y), FRAC)
-        yn = _ptrunc(_pmul(y, [p.kn] * n), KN_BITS)
+        yn = _ptrunc(_pmul(y, [p.kn] * n), KN_BITS - 1)
         sq = _pmul(root, tab(p.up))
         t31 = factor * sum(sq[i] for i in range(n) if lo <= rank[i] < hi)
         if not 0 <= t31 < _LIMIT or any(abs(t31 - 2 * v) >= 1 << (p.root_width - 1) for v in sq):
@@ -430,7 +434,7 @@ def plain_clip_weights(norms: np.ndarray, tau: float | None, rule: str, *,
         s = [int(t31 < 2 * v) for v in sq]
         g = _pmul([t31 * si for si in s], [d if si else 0 for d, si in zip(tab(p.down), s)])
         g = _ptrunc(g, p.half + 1)
-        out = _ptrunc(_pmul(g, yn), 2 * FRAC + p.log_n - WEIGHT_BITS)
+        out = _ptrunc(_pmul(g, yn), 2 * FRAC + 1 + p.log_n - WEIGHT_BITS)
     return _finish(0, p, np.array(out, dtype=_U), np.array(s, dtype=_U))
 
 
