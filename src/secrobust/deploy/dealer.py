@@ -3,8 +3,14 @@
 What crosses the wire: S1's TRIPLE_REQUEST (public sizes n, d, the triple kind and a fresh triple
 id; no data), then the dealer's TRIPLE_S0 to S0 (two seeds) and TRIPLE_S1 to S1 (a seed and the
 n x n correction C1); a triple for a round with the input validity check also carries its bit triples
-(a seed each, and S1's correction words: 8 bytes per word, ``validity.and_words(n)`` words). The dealer learns only (n, d) and the id of the round the triple is for (a
-prefetched triple is requested during an earlier round). Each request gets fresh
+(a seed each, and S1's correction words: 8 bytes per word, ``validity.and_words(n)`` words). With the
+rule on shares (``reveal`` "weights" or "aggregate") the request also states the rule circuit's material
+(AND words, daBit words, product triples: public sizes that depend on n, f and the rule) and, for
+"aggregate", the weighted-sum correlation; S0 gets one more seed for each, S1 a seed and its correction
+words (8 (AND words + 64 daBit words + products) bytes, and 8d for the correlation). The dealer
+learns only (n, d), the size of the rule's circuit (so which rule family and mode the round runs) and
+the id of the round the triple is for (a prefetched triple is requested during an earlier round). Each
+request gets fresh
 seeds from the operating system; a triple id the dealer has issued before is refused (``duplicate``).
 The request call returns once both servers accepted their part, so S1 knows at once whether the
 offline phase worked; if a server is unreachable the request is refused with ``round-aborted``.
@@ -69,6 +75,7 @@ class DealerRuntime:
     def accept(self, msg: Message, env: pb.Envelope) -> None:
         timer = Timer()
         info = {k: msg.fields.get(k) for k in ("triple_id", "n", "d", "kind")}
+        info.update({k: msg.fields[k] for k in ("rule", "vector") if k in msg.fields})
         with self._lock:
             self.making = info["triple_id"]
             event(self.log, "triple-making", round=msg.round_id, phase=M.TRIPLE_REQUEST, **info)

@@ -33,6 +33,7 @@ from .. import api, ring, ring_kernel, validity
 from ..certs import Identity, operator_party, party_dir, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import check_noise_std
+from ..rules import secure
 from ..rules.plain import split_options
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
@@ -297,7 +298,7 @@ class LocalDeployment:
                   ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
                   share_window_s: float | None = None, absent: Any = (), min_participants: int | None = None,
-                  **options: Any) -> api.AggregateResult:
+                  reveal: str = secure.DEFAULT_MODE, **options: Any) -> api.AggregateResult:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
         Worker i (for i < n) sends row i. ``drop``, ``unchecked`` and ``ring_rows`` are simulated as
@@ -305,7 +306,9 @@ class LocalDeployment:
         nothing, to S1 its masked share is lost / bypasses the encoder / shares the given uint64 ring
         elements as they are). ``min_participants`` asks for a larger cohort than the servers' own
         (``LocalOptions.min_participants``), never a smaller one. ``absent`` lists workers that get no input this round and so fetch and
-        send nothing at all. ``insecure_test_seed`` (tests only; the servers refuse it unless started with
+        send nothing at all. ``reveal`` ("distances", "weights" or "aggregate") is what the round makes
+        public, as in process: with the rule on shares S1 opens no view and the servers run the rule's circuit
+        between them. ``insecure_test_seed`` (tests only; the servers refuse it unless started with
         ``LocalOptions(insecure_test_seeds=True)``) makes the servers' DP noise that of
         ``secrobust.aggregate(insecure_test_seed=...)``; the result depends on no other seed (the input
         validity check's decisions hold for any projections, except with probability 2^-40).
@@ -321,6 +324,7 @@ class LocalDeployment:
             raise ValueError(f"{n} updates but the deployment has {self.n_workers} workers")
         center_value, rule_options = split_options(rule, options)
         spec.validate(n, f, rule_options)
+        secure.secure_rule(rule, secure.check_mode(reveal), rule_options)
         drop = api.check_drop(drop, n)
         check_noise_std(dp_noise_std, frac_bits)
         byz = check_unchecked(unchecked, n)
@@ -352,7 +356,8 @@ class LocalDeployment:
                 options=rule_options, center=center,
                 share_window_s=share_window_s or self.options.share_window_s, chunk_bytes=chunk_bytes,
                 dp_noise_std=dp_noise_std, test_seed=_test_seed(insecure_test_seed), seed_round=0,
-                check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants), statuses)
+                check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants, reveal=reveal),
+                statuses)
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds

@@ -7,13 +7,14 @@ runs whole rounds; in a deployment of two organisations each runs its own side (
 it sends each server the same RoundRequest (S0 first, then S1, so S0 is ready for the dealer's part
 when S1 asks for the triple), waits for both servers' reports, fetches both aggregate shares like any
 worker, and rebuilds what ``secrobust.aggregate`` returns. It sees what the servers make public
-(weights, aggregate, the workers rejected by the input validity check and why, the workers that
-declined the round and why, traffic, timings) and, through ``operator:S1``, S1's opened view.
+(the weights unless the round's ``reveal`` is "aggregate", the aggregate, the workers rejected by the input validity check and why, the workers that
+declined the round and why, traffic, timings) and, through ``operator:S1``, S1's opened view (only with
+``reveal="distances"``: in the other modes S1 opens none).
 
 Triples. The operator names the triple of every round and the triples to prefetch for the next
 ``prefetch`` rounds (``with_triples``): it reads the servers' offline pools (``status``), reuses for
 round r the pooled triple that the servers hold for round r with the round's (n, d, kind, bit-triple
-words), and names fresh random ids for the rest. Everything the request does not name is discarded by
+words, rule material, weighted-sum correlation), and names fresh random ids for the rest. Everything the request does not name is discarded by
 the servers. The operator keeps no state of its own, so a new operator (the ``round`` command) continues
 the pool. Every rule takes a triple while the input validity check is on (the mean a "diag" one).
 """
@@ -35,6 +36,7 @@ from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
 from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside
+from .pool import rule_words
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 from .worker import reconstruct
 
@@ -191,17 +193,23 @@ class Operator:
         if digest != reps["S0"]["aggregate_sha256"]:
             raise RoundFailed("the rebuilt aggregate differs from the servers' own", reps)
         rep1 = reps["S1"]
-        if rep1["participants"] != participants or not np.array_equal(np.array(rep1["weights"]), weights):
+        if rep1["participants"] != participants or (rep1["weights"] is None) != (weights is None) or (
+                weights is not None and not np.array_equal(np.array(rep1["weights"]), weights)):
             raise RoundFailed("S1's report and the aggregate shares disagree on weights or participants", reps)
         if reps["S0"]["rejected"] != rep1["rejected"]:
             raise RoundFailed("the two servers rejected different workers", reps)
+        if any(rep.get("reveal") != request.reveal for rep in reps.values()):
+            raise RoundFailed(f"the servers ran another reveal mode than the request's {request.reveal!r}", reps)
+        hidden = request.reveal == "aggregate"
+        if hidden and (weights is not None or any(rep["weights"] is not None for rep in reps.values())):
+            raise RoundFailed("a server published weights in a round with reveal='aggregate'", reps)
         view = View(**{k: np.array(v, dtype=np.float64) for k, v in rep1.get("view", {}).items()})
         positions = {w: i for i, w in enumerate(request.worker_ids)}
         idx = tuple(positions[w] for w in participants)
         rejected = {positions[int(w)]: reason for w, reason in rep1["rejected"].items()}
         stats = self._stats(request.round_id, self.reports(request.round_id, 0.0), request.triple_id)
-        choice = Choice(weights, float(rep1["center_weight"]))
-        return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f, rejected)
+        choice = None if weights is None else Choice(weights, float(rep1["center_weight"]))
+        return api.make_result(out, choice, view, idx, n, stats, request.rule, request.f, rejected, request.reveal)
 
     def _stats(self, round_id: int, reps: dict[str, dict[str, Any]], triple_id: str | None = None) -> NetworkStats:
         stats = NetworkStats()
@@ -264,19 +272,21 @@ def assign_triples(request: RoundRequest, statuses: dict[str, dict[str, Any]], p
     """``request`` with the triple of its round and ``prefetch`` triples for the next rounds: for each of
     these round ids, the pooled triple that every server in ``statuses`` holds (pending or delivered; an
     operator of one organisation sees its own server's pool only) for that round with
-    the request's (n, d, kind, bit-triple words), else a fresh random id. A round that uses no triple (a
+    the request's (n, d, kind, bit-triple words, rule material, weighted-sum correlation), else a fresh
+    random id: a triple made for another reveal mode, rule circuit or cohort size is never named. A round that uses no triple (a
     mean without the input validity check) gets neither."""
     plan = request.plan()
     if plan.triple_kind is None:
         return replace(request, triple_id=None, prefetch=())
     spec = replace(plan, triple_id="unnamed").triple_spec()
     assert spec is not None
-    shape = (spec.n, spec.d, spec.kind, spec.and_words)
+    shape = (spec.n, spec.d, spec.kind, spec.and_words, rule_words(spec), spec.vector)
 
     def usable(name: str) -> dict[str, dict[str, Any]]:
         return {e["triple_id"]: e for e in statuses[name].get("triples", ())
                 if e["state"] in ("pending", "ready")
-                and (e["n"], e["d"], e["kind"], e.get("and_words", 0)) == shape}
+                and (e["n"], e["d"], e["kind"], e.get("and_words", 0), e.get("rule", [0, 0, 0]),
+                     e.get("vector", False)) == shape}
 
     pools = [usable(name) for name in SERVER_IDS if name in statuses]
     by_round: dict[int, str] = {}

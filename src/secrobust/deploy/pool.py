@@ -4,7 +4,8 @@ Who decides what. The operator names, in every ``open-round`` request, the tripl
 (``triple_id``) and the triples to have ready for the next rounds (``prefetch``: pairs (round id, triple
 id), at most ``MAX_PREFETCH``). Both servers receive the same request, so they agree on which triple a
 round uses by construction; no extra message between the servers is needed. A prefetched triple has
-the same (n, d, kind, and_words) as the round whose request named it, and is *for* one later round id: its
+the same spec as the round whose request named it ((n, d, kind, and_words), and with the rule on shares
+the rule circuit's material and the weighted-sum correlation: ``TripleSpec.rule``, ``vector``), and is *for* one later round id: its
 request and its two deliveries carry that round id, so the traffic is accounted to the round that
 uses it, exactly as in the in-process run.
 
@@ -30,7 +31,7 @@ with that error (``PartyUnreachable(party="dealer")`` when the dealer was down).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..dealer import TripleShare0, TripleShare1, TripleSpec
@@ -47,7 +48,15 @@ def triple_key(triple_id: str) -> str:
 
 
 def _shape(spec: TripleSpec) -> str:
-    return f"n={spec.n}, d={spec.d}, {spec.kind}, {spec.and_words} bit-triple words"
+    out = f"n={spec.n}, d={spec.d}, {spec.kind}, {spec.and_words} bit-triple words"
+    if not spec.rule.is_empty():
+        out += f", rule material {rule_words(spec)}"
+    return out + (", a weighted-sum correlation" if spec.vector else "")
+
+
+def rule_words(spec: TripleSpec) -> list[int]:
+    """The rule circuit's material as it travels (``protocol.offline``): [AND words, daBit words, products]."""
+    return [spec.rule.and_words, spec.rule.dabit_words, spec.rule.mults]
 
 
 PENDING, READY, FAILED = "pending", "ready", "failed"
@@ -69,7 +78,8 @@ class PoolEntry:
 
     def public(self) -> dict[str, Any]:
         return {"triple_id": self.triple_id, "round_id": self.round_id, "n": self.spec.n, "d": self.spec.d,
-                "kind": self.spec.kind, "and_words": self.spec.and_words, "state": self.state}
+                "kind": self.spec.kind, "and_words": self.spec.and_words, "rule": rule_words(self.spec),
+                "vector": self.spec.vector, "state": self.state}
 
 
 @dataclass
@@ -97,7 +107,7 @@ class TriplePool:
             return []
         out = [(spec.triple_id, request.round_id, spec)]
         for round_id, triple_id in request.prefetch:
-            out.append((triple_id, round_id, TripleSpec(triple_id, spec.n, spec.d, spec.kind, spec.and_words)))
+            out.append((triple_id, round_id, replace(spec, triple_id=triple_id)))
         return out
 
     def plan(self, request: RoundRequest, now: float) -> PoolPlan:

@@ -5,7 +5,8 @@ F, the rule with f and its options, the public center (cclip), whether the round
 validity check (``check_inputs``, on by default: every rule then needs a triple, the mean a "diag"
 one), the id of the triple this round uses, the triples to request ahead for the next rounds
 (``prefetch``, see ``secrobust.deploy.pool``), the share deadline, a minimum cohort above the servers'
-own, and, for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
+own, what the round reveals (``reveal``: "distances", "weights" or "aggregate", ``rules.secure``), and,
+for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
 ``secrobust.aggregate(insecure_test_seed=...)`` does (a server refuses it unless started with
 ``insecure_test_seeds``). It crosses the wire as the JSON argument of the ``open-round`` control command;
 each server validates it with the rule registry before it opens the round, and the two servers compare
@@ -18,14 +19,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import hashlib
+import inspect
 import json
 
 import numpy as np
 
 from .. import ring, validity
+from ..arith import Budget
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import RoundPlan, check_noise_std
 from ..randomness import SeedSource
+from ..rules import secure
 from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_min_cohort
 from ..updates import encode_center
 
@@ -57,6 +61,9 @@ class RoundRequest:
     norm_bound: float | None = None
     min_participants: int | None = None
     """A larger minimum cohort than the servers' configured ones (which a request cannot lower)."""
+    reveal: str = secure.DEFAULT_MODE
+    """What the round reveals besides the aggregate (``rules.secure.MODES``): with "weights" or "aggregate"
+    the rule runs on shares between S0 and S1 (``rule-open`` messages) and S1 opens no view."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -91,6 +98,7 @@ class RoundRequest:
                 norm_bound=None if raw.get("norm_bound") is None else float(raw["norm_bound"]),
                 min_participants=(None if raw.get("min_participants") is None
                                   else _int(raw["min_participants"], "min_participants")),
+                reveal=_str(raw.get("reveal", secure.DEFAULT_MODE), "reveal"),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -111,12 +119,16 @@ class RoundRequest:
         if self.min_participants is not None:
             check_min_participants(self.min_participants)
         self.cohort_spec(2).validate(len(self.worker_ids), self.f, self.options)
+        self.secure_rule()
         if self.center is not None and self.rule != "cclip":
             raise ValueError("only cclip takes a public center")
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
         validity.check_flag(self.check_inputs, self.d)
-        kind = self.plan().triple_kind
+        try:
+            kind = self.plan().triple_kind
+        except TypeError as exc:                # an option value the rule's circuit cannot take (e.g. a list)
+            raise ValueError(f"bad options for rule {self.rule!r} with reveal={self.reveal!r}: {exc}") from None
         if kind is not None and not self.triple_id:
             raise ValueError(f"rule {self.rule!r} with check_inputs={self.check_inputs} uses a {kind} triple: "
                              "the round needs a triple id")
@@ -146,6 +158,15 @@ class RoundRequest:
     def _master(self) -> bytes | int | None:
         return bytes.fromhex(self.test_seed) if isinstance(self.test_seed, str) else self.test_seed
 
+    def secure_rule(self) -> secure.SecureRule | None:
+        """The rule's circuit on shares for this round's ``reveal`` (None: S1 opens the view, or the weights
+        are public); ValueError for an unknown mode or a rule without a circuit for it."""
+        return secure.secure_rule(self.rule, secure.check_mode(self.reveal), self.options)
+
+    @property
+    def on_shares(self) -> bool:
+        return self.secure_rule() is not None
+
     @property
     def spec(self) -> RuleSpec:
         return get_rule(self.rule)
@@ -161,12 +182,24 @@ class RoundRequest:
 
     def plan(self) -> RoundPlan:
         """The protocol's RoundPlan for this request (both servers build the same one); the triple id is
-        dropped when the round uses no triple (a mean without the input validity check)."""
-        reveal = self.spec.reveals(self.options)
+        dropped when the round uses no triple (a mean without the input validity check). With the rule on
+        shares, the plan's mode and the dealer material of the rule's circuit for all the expected workers
+        (enough for fewer), as ``secrobust.api.Cluster.run_round`` makes them."""
+        needs = self.spec.reveals(self.options)
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
-        triple_id = self.triple_id if reveal or self.check_inputs else None
-        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, reveal, center, triple_id,
-                         self.chunk_bytes, self.check_inputs, validity.scaled_bound(self.norm_bound, self.frac_bits, self.d))
+        on_shares = self.secure_rule()
+        triple_id = self.triple_id if needs or self.check_inputs or on_shares is not None else None
+        bound = validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
+        mode, rule_budget, extra = secure.DEFAULT_MODE, Budget(), {}
+        if on_shares is not None:
+            mode = self.reveal
+            rule_budget = sized(secure.budget, self.rule, len(self.worker_ids), self.f, self.options,
+                                secure.dmax_for(bound), d=self.d)
+        if "weighted_sum" in RoundPlan.__dataclass_fields__:
+            # a rule whose circuit yields the aggregate share itself needs no weighted-sum correlation
+            extra["weighted_sum"] = on_shares is None or getattr(on_shares, "output", "weights") == "weights"
+        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, needs, center, triple_id,
+                         self.chunk_bytes, self.check_inputs, bound, mode, rule_budget, **extra)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""
@@ -174,6 +207,14 @@ class RoundRequest:
             return SeedSource(None).noise(self.round_id, party), f"dp-noise|{self.round_id}|{party}"
         src = SeedSource(self._master())
         return src.noise(self.seed_round, party), f"dp-noise|{self.seed_round}|{party}"
+
+
+def sized(fn: Any, *args: Any, d: int) -> Any:
+    """``secure.budget`` or ``secure.rounds`` on ``args``, with the dimension d where the rules take it (the
+    coordinate-wise circuits' size depends on d)."""
+    if "d" in inspect.signature(fn).parameters:
+        return fn(*args, d=d)
+    return fn(*args)
 
 
 def fresh_triple_id(round_id: int, seed: bytes | int | None = None) -> str:

@@ -38,13 +38,22 @@ decides when a round is over. Per round:
   from the peer must be the next one of the protocol's sequence (rows of E are taken from the share
   phase until the comparisons, or the weights, begin; after the participant list only rows of listed
   workers, each once), or it is refused as ``out-of-phase`` (``duplicate``, ``wrong-size``).
-* Workers (and the operator) then fetch this server's aggregate share with the public weights
-  (``FETCH_SLOTS`` replies encoded at a time).
+* With ``reveal`` "weights" or "aggregate" (``rules.secure``) there is no view share and no weights
+  message: the rule's circuit runs between the servers on their shares of the view (``rule-open``, one
+  numbered message each way per round, as the check's comparisons; their count depends on the
+  participants left, so each server takes at most a cap until its own circuit has ended, then exactly
+  as many as it had), and ends with the public weights ("weights") or each server's share of them
+  ("aggregate", summed with the dealer's weighted-sum correlation). The request's ``reveal`` is part of
+  its digest, so servers opened with different modes abort before any share is used.
+* Workers (and the operator) then fetch this server's aggregate share with the public weights (none
+  with reveal="aggregate") (``FETCH_SLOTS`` replies encoded at a time).
 
 What this server learns is what its ServerNode learns: S0 the triple's seeds (so its own input
 shares), the masked openings E = Y1 - A1 (uniform), the weights and the aggregate; S1 the masked
 vectors, the opened distances/norms, the weights and the aggregate; both also the openings of the
-check's comparisons (uniformly random) and its accept bit per worker. A round that cannot finish (peer
+check's comparisons (uniformly random) and its accept bit per worker. With the rule on shares S1 opens
+no distances or norms, the rule circuit's openings are uniformly random to both, and with "aggregate"
+neither server learns the weights (the report and the fetched shares carry none). A round that cannot finish (peer
 or dealer unreachable, peer timeout, too few workers) is marked aborted with its reason, the peer is
 told, and the next round starts from a clean state.
 """
@@ -66,6 +75,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import prg, validity
+from ..arith import Budget
 from ..certs import DEALER_ID, Identity, operator_party, worker_index
 from ..dealer import TripleSpec
 from ..errors import ProtocolError, RoundAborted
@@ -75,6 +85,7 @@ from ..protocol.messages import Message
 from ..protocol.offline import request_triple, triple_from_message
 from ..protocol import streaming
 from ..protocol.server import RoundPlan, noise_share
+from ..rules import secure
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.bulk import BulkClient, lane_beside, send_over
@@ -85,7 +96,7 @@ from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE, parse_decline
 from .pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
-from .rounds import RoundRequest
+from .rounds import RoundRequest, sized
 
 HEADER_SLACK = 64 << 10
 SMALL_MESSAGE = 4 << 10
@@ -125,11 +136,37 @@ class PeerAborted(RoundAborted):
 
 
 def _triple_bytes(kind: str, spec: TripleSpec) -> int:
-    """Payload bound of a dealer delivery: S0's part is seeds only; S1's also holds C1 (n x n at most)
-    and the check's bit-triple words."""
+    """Payload bound of a dealer delivery: S0's part is seeds only; S1's also holds C1 (n x n at most),
+    the check's bit-triple words, the rule circuit's correction words and the weighted-sum correction
+    (8d bytes, reveal="aggregate")."""
     if kind == M.TRIPLE_S0:
         return 16 * spec.n
-    return 16 * spec.n * spec.n + 8 * spec.and_words
+    return (16 * spec.n * spec.n + 8 * spec.and_words + spec.rule.bytes_to_s1()
+            + (8 * spec.d if spec.vector else 0))
+
+
+RULE_SLACK_STEPS = 8
+"""Rule openings a peer may send beyond the circuit's round count for all the expected workers (the
+last exchange of the weights, or of their masked shares, comes on top; fewer workers take no more)."""
+
+
+def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
+    """The most ``rule-open`` messages a peer may send before this server's own circuit has ended and so
+    fixed the exact count (``_PeerSequence.rule_finished``)."""
+    if not plan.on_shares:
+        return 0
+    return sized(secure.rounds, request.rule, len(plan.worker_ids), request.f, dict(request.options),
+                 secure.dmax_for(plan.bound), d=plan.d) + RULE_SLACK_STEPS
+
+
+def rule_open_bytes(plan: RoundPlan) -> int:
+    """Payload bound of one ``rule-open`` message. Every opening of the rule's gates consumes dealer
+    material (a bit triple word opens 2 words, a daBit plane word 1, a product triple 2 ring values), and the
+    circuit for fewer workers takes no more than the plan's budget, so one step opens at most
+    8 (2 AND words + daBit words + 2 products) bytes; the last step opens the n + 1 weights or the n masked
+    weight shares."""
+    b: Budget = plan.rule_budget
+    return 8 * (2 * b.and_words + b.dabit_words + 2 * b.mults) + 8 * (len(plan.worker_ids) + 1)
 
 
 def wait_seconds(args: dict[str, Any], limit: float) -> float:
@@ -147,14 +184,23 @@ class _PeerSequence:
     aggregate share; and S1's rows of E (``open_kind``, one per worker whose share S1 took, in any order,
     from the share phase until the comparisons, or the weights without the check, begin; after the
     participant list only rows of listed workers). To S1: the validity seed, the comparison steps, S0's
-    view share (rules that open one), the aggregate share."""
+    view share (rules that open one), the aggregate share.
 
-    def __init__(self, receiver: int, plan: RoundPlan) -> None:
+    With the rule on shares (``reveal`` "weights" or "aggregate") the rule circuit's openings
+    (``rule-open``, numbered steps) take the place of the view share and the weights, both ways. Their
+    number depends on the participants left after dropouts and the check, which a server knows only once
+    its own check has ended, so until its own circuit ends (``rule_finished``) a server takes at most
+    ``rule_cap`` of them; then exactly as many as its circuit had."""
+
+    def __init__(self, receiver: int, plan: RoundPlan, rule_cap: int = 0) -> None:
         checks = plan.validity
+        if plan.on_shares:
+            rule = [M.RULE_OPEN]
+        else:
+            rule = [*([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []), *([M.WEIGHTS] if receiver == 0 else [])]
         self.kinds = [*([M.PARTICIPANTS] if receiver == 0 else []), *([M.VALIDITY_SEED] if checks else []),
                       *([M.VALIDITY_OPEN] * validity.rounds(len(plan.worker_ids)) if checks else []),
-                      *([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []),
-                      *([M.WEIGHTS] if receiver == 0 else []), M.AGGREGATE_SHARE]
+                      *rule, M.AGGREGATE_SHARE]
         self.pos = 0
         self.step = 0
         self.d = plan.d
@@ -162,17 +208,41 @@ class _PeerSequence:
         self.rows_until = 2 if checks else 1       # rows until kinds[rows_until] (comparisons or weights)
         self.allowed = set(plan.worker_ids)
         self.rows: set[int] = set()
+        self.rule_cap = rule_cap
+        self.rule_steps = 0
+        """``rule-open`` messages taken so far."""
+        self.rule_total: int | None = None
+        """The exact number of rule openings, once this server's own circuit has ended."""
 
     def expected(self) -> str | None:
         return self.kinds[self.pos] if self.pos < len(self.kinds) else None
 
     def _rows_open(self) -> bool:
-        return self.open_kind is not None and self.pos <= self.rows_until
+        return self.open_kind is not None and self.pos <= self.rows_until and not self.rule_steps
+
+    def _in_rule(self) -> bool:
+        return self.expected() == M.RULE_OPEN
+
+    @property
+    def rule_over(self) -> bool:
+        """The peer has sent the message after its last rule opening (its circuit has ended)."""
+        return M.RULE_OPEN in self.kinds and self.pos > self.kinds.index(M.RULE_OPEN)
 
     def check(self, kind: str) -> None:
         if kind == self.open_kind and self._rows_open():
             return
         want = self.expected()
+        if want == M.RULE_OPEN:
+            limit = self.rule_cap if self.rule_total is None else self.rule_total
+            after = self.kinds[self.pos + 1]
+            if kind == M.RULE_OPEN and self.rule_steps < limit:
+                return
+            if kind == after and self.rule_steps and (self.rule_total is None or self.rule_steps == self.rule_total):
+                return
+            if kind == M.RULE_OPEN:
+                raise Rejected("out-of-phase", f"a rule opening beyond the {limit} the rule's circuit has")
+            need = "rule openings" if self.rule_total is None else f"{self.rule_total - self.rule_steps} more rule openings"
+            raise Rejected("out-of-phase", f"expected {need} from the peer server, got {kind}")
         if kind != want:
             also = f" or {self.open_kind}" if self._rows_open() else ""
             raise Rejected("out-of-phase", f"expected {want or 'nothing more'}{also} from the peer server, got {kind}")
@@ -199,7 +269,21 @@ class _PeerSequence:
             if step != self.step:
                 raise Rejected("out-of-phase", f"validity opening {step!r}; step {self.step} was due")
             self.step += 1
+        if msg.kind == M.RULE_OPEN:
+            step = msg.fields.get("step")
+            if step != self.rule_steps:
+                raise Rejected("out-of-phase", f"rule opening {step!r}; step {self.rule_steps} was due")
+            self.rule_steps += 1
+            return                              # the block goes on until the message after it
+        if self._in_rule():
+            self.pos += 1                       # the rule block is over: this is the message after it
         self.pos += 1
+
+    def rule_finished(self, steps: int) -> None:
+        """This server's circuit ended after ``steps`` openings each way: the peer sends exactly as many."""
+        if self.rule_steps > steps:
+            raise RoundAborted(f"the peer server sent {self.rule_steps} rule openings; the circuit has {steps}")
+        self.rule_total = steps
 
 
 class _Streamed:
@@ -221,9 +305,12 @@ class _Streamed:
         self.row_gram = streaming.RowGram(n, kind) if party == 1 and kind else None
         self.col_gram = streaming.ColumnGram(n, kind) if party == 0 and kind else None
         self.u = np.zeros(n, dtype=np.uint64) if party == 1 and plan.center is not None else None
+        self.weighted: streaming.WeightedRows | None = None
+        """S0, reveal="aggregate": u^T E over the rows of E taken so far."""
 
     def release(self) -> None:
         self.rows = self.a0 = None
+        self.weighted = None
 
 
 class RoundRun:
@@ -237,6 +324,11 @@ class RoundRun:
         self.confirmed = False
         """The other server holds a request with the same digest (``confirm-request``): no share is used before."""
         self.reveal = bool(self.plan.reveal)
+        """The round opens a masked E: the rule needs distances or norms (S1 opens them, or the rule runs on
+        their shares)."""
+        self.on_shares = request.secure_rule()
+        """The rule's circuit when it runs on shares (``reveal`` "weights" or "aggregate"), else None."""
+        self.mode = request.reveal
         self.uses_triple = self.plan.triple_kind is not None
         self.phase = "share"
         self.status = "running"
@@ -251,7 +343,7 @@ class RoundRun:
         self.declined: dict[int, str] = {}
         """Workers that said why they sit this round out (``declines``), first reason each."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
-        self.peer_seq = _PeerSequence(party, self.plan)
+        self.peer_seq = _PeerSequence(party, self.plan, rule_step_cap(request, self.plan))
         self.streamed = _Streamed(party, self.plan)
         self.triple_in = False
         self.triple: dict[str, Any] = {}
@@ -394,6 +486,8 @@ class ServerRuntime:
             return SMALL_MESSAGE
         if env.phase == M.VALIDITY_OPEN:
             return HEADER_SLACK + (16 * validity.and_words(n) if rnd and rnd.plan.validity else 0)
+        if env.phase == M.RULE_OPEN:
+            return HEADER_SLACK + (rule_open_bytes(rnd.plan) if rnd and rnd.plan.on_shares else 0)
         if env.phase == M.PARTICIPANTS:
             return HEADER_SLACK + 16 * n if self.index == 0 else SMALL_MESSAGE
         if env.phase == M.SHARE_MASKED:
@@ -640,14 +734,16 @@ class ServerRuntime:
                 raise Rejected("not-found", f"round {round_id} has not finished at {self.party} yet")
             if rnd.status != "done":
                 raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
-            if rnd.own_share is None or rnd.weights is None:
+            if rnd.own_share is None:
                 raise Rejected("not-found", f"the aggregate share of round {round_id} is no longer kept")
-            arrays = {"share": rnd.own_share, "weights": rnd.weights}
+            arrays = {"share": rnd.own_share}
+            if rnd.weights is not None:         # none with reveal="aggregate": nobody learns them
+                arrays["weights"] = rnd.weights
             if rnd.plan.center is not None:
                 arrays["center"] = rnd.plan.center
             return Message(M.AGGREGATE_SHARE, round_id, self.party, caller, arrays=arrays,
                            fields={"participants": list(rnd.participants), "center_weight": rnd.center_weight,
-                                   "frac_bits": rnd.plan.frac_bits})
+                                   "frac_bits": rnd.plan.frac_bits, "reveal": rnd.mode})
 
     def _fetch_key(self, caller: str, round_id: int, wait_s: float) -> Message:
         """S0 -> worker: the key of S0's share of the *caller's* update, once per round.
@@ -810,7 +906,8 @@ class ServerRuntime:
             self.last_round = request.round_id
             self.round = run
             self._cv.notify_all()
-        event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, n=len(request.worker_ids),
+        event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, reveal=request.reveal,
+              n=len(request.worker_ids),
               d=request.d, triple_id=request.triple_id, prefetch=[t for _, t in request.prefetch],
               prefetched=run.triple.get("prefetched"), ready_at_open=run.triple.get("ready_at_open"))
         if self.index == 1 and self._to_request:
@@ -841,7 +938,8 @@ class ServerRuntime:
         reason of an abort, participants, weights, ``rejected`` ({worker id as a string: reason}, the
         workers the input validity check or S1's view check excluded), ``declined`` (the same for workers that
         said why they sent nothing), seconds per phase, the aggregate's digest, traffic and the triple used;
-        S1 adds the view it opened."""
+        S1 adds the view it opened. ``reveal`` says what the round made public: with "aggregate" the weights
+        are None (nobody learnt them), and only with "distances" is there a view."""
         deadline = time.monotonic() + wait_s
         with self._cv:
             rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
@@ -851,6 +949,7 @@ class ServerRuntime:
                 self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             out: dict[str, Any] = {
                 "party": self.party, "round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
+                "reveal": rnd.mode,
                 "reason": rnd.reason, "error": rnd.error, "participants": list(rnd.participants),
                 "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
                 "rejected": {str(w): reason for w, reason in sorted(rnd.rejected.items())},
@@ -859,16 +958,21 @@ class ServerRuntime:
                 "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
                 "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),
             }
-            if self.index == 1:
+            if self.index == 1 and rnd.mode == secure.DEFAULT_MODE:
                 out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
             return out
 
-    def _wait(self, rnd: RoundRun, kind: str, timeout: float | None = None) -> Message:
+    def _wait(self, rnd: RoundRun, kind: str, timeout: float | None = None,
+              gone: Callable[[], bool] | None = None) -> Message:
+        """The peer's next ``kind`` message; PeerTimeout after the peer timeout, RoundAborted at once if
+        ``gone()`` says none will come."""
         limit = self.cfg.peer_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._cv:
             while not rnd.inbox[kind]:
                 self._check_alive(rnd)
+                if gone is not None and gone():
+                    raise RoundAborted(f"{self.peer_name} moved on without sending the next {kind}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PeerTimeout(f"{self.peer_name} sent no {kind} within {limit:g} s")
@@ -988,8 +1092,11 @@ class ServerRuntime:
                 self._s0_share_and_open(rnd)
             if rnd.plan.validity:
                 self._check_inputs(rnd)
-            self._open_view(rnd)
-            self._rule(rnd)
+            if rnd.on_shares is not None:
+                self._rule_on_shares(rnd)       # instead of S1 opening the view and choosing the weights
+            else:
+                self._open_view(rnd)
+                self._rule(rnd)
             share, out = self._aggregate(rnd)
             self._finish(rnd, share, out)
             event(self.log, "round-done", round=rnd.round_id, phase="done", participants=len(rnd.participants),
@@ -1189,6 +1296,8 @@ class ServerRuntime:
                 rnd.triple["a0_ahead"] = st.a0 is not None and st.a0.shape == (len(plan.worker_ids), plan.d)
                 if not rnd.triple["a0_ahead"]:
                     st.a0 = streaming.s0_rows(self.node.current.triple, np.arange(len(plan.worker_ids)))
+                if streaming.weighted_sum(plan):
+                    st.weighted = streaming.WeightedRows(self.node.current.triple)
         kind = plan.open_kind
         agreed = False
         projector: streaming.Projector | None = None
@@ -1254,6 +1363,8 @@ class ServerRuntime:
                     if agreed and not {w for w, _ in opened} <= set(rnd.participants):
                         raise RoundAborted("S1 opened the row of a worker it did not list as a participant")
                     st.col_gram.add(st.a0, [st.position[w] for w, _ in opened], [e for _, e in opened])
+                    if st.weighted is not None:
+                        st.weighted.add([st.position[w] for w, _ in opened], [e for _, e in opened])
                     st.order.extend(w for w, _ in opened)
                     del opened
             elif projector is not None and not projector.done:
@@ -1308,7 +1419,8 @@ class ServerRuntime:
                 assert st.col_gram is not None
                 h = st.col_gram.share(state.positions())
                 st.a0 = None                    # S0's aggregate share re-expands the few weighted rows
-            self.node.state = streaming.complete(state, h, None if projector is None else projector.proj)
+            self.node.state = streaming.complete(state, h, None if projector is None else projector.proj,
+                                                 None if st.weighted is None else st.weighted.total)
 
     def _check_inputs(self, rnd: RoundRun) -> None:
         """The check's comparison rounds, one message each way per round, until both servers hold the
@@ -1365,6 +1477,28 @@ class ServerRuntime:
                     self.node.receive_weights(weights_msg)
         self._record_rejected(rnd)
 
+    def _rule_on_shares(self, rnd: RoundRun) -> None:
+        """reveal="weights" or "aggregate": the rule's circuit on the shared view, one ``rule-open`` message
+        each way per round (as the check's comparisons), until both servers hold the public weights
+        ("weights") or their shares of them ("aggregate"). No view share and no weights message: S1 opens
+        nothing. The number of rounds depends on the participants left, so the peer's count is fixed when
+        this server's own circuit ends (``_PeerSequence.rule_finished``); a peer that ends its circuit
+        earlier (its next message arrives instead of an opening) aborts the round at once."""
+        req = rnd.request
+        with self._phase(rnd, "rule"):
+            with self._cv:
+                msg = self.node.rule_start(rnd.on_shares, req.f, dict(req.options))
+            steps = 0
+            while msg is not None:
+                self._send(rnd, msg)
+                steps += 1
+                peer_msg = self._wait(rnd, M.RULE_OPEN, gone=lambda: rnd.peer_seq.rule_over)
+                with self._cv:
+                    msg = self.node.rule_step(peer_msg)
+            with self._cv:
+                rnd.peer_seq.rule_finished(steps)
+        event(self.log, "rule-done", round=rnd.round_id, phase="rule", reveal=rnd.mode, steps=steps)
+
     def _aggregate(self, rnd: RoundRun) -> tuple[np.ndarray, np.ndarray]:
         """This server's aggregate share (plus its DP noise), exchanged with the peer's: (share, aggregate)."""
         req = rnd.request
@@ -1386,10 +1520,12 @@ class ServerRuntime:
         st = self.node.current
         with self._cv:
             choice = st.choice
-            assert choice is not None
-            rnd.weights = np.asarray(choice.weights, dtype=np.float64)
-            rnd.center_weight = float(choice.center_weight)
-            if st.view is not None:
+            assert choice is not None or rnd.plan.mode == "aggregate"
+            if choice is not None and rnd.mode != "aggregate":
+                rnd.weights = np.asarray(choice.weights, dtype=np.float64)
+            # with the weights shared, the center's part is inside the aggregate shares already
+            rnd.center_weight = float(choice.center_weight) if choice is not None else 0.0
+            if st.view is not None and rnd.mode == secure.DEFAULT_MODE:
                 rnd.view = {k: v for k in ("distances", "norms") if (v := getattr(st.view, k)) is not None}
             rnd.own_share = share
             rnd.aggregate_digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()

@@ -285,16 +285,20 @@ def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
         raise ValueError(f"encoder refused the update: {exc}") from None
 
 
-def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The aggregate from the two servers' AGGREGATE_SHARE messages; both must state the same public data."""
+def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """The aggregate from the two servers' AGGREGATE_SHARE messages; both must state the same public data.
+    The weights are None when the round kept them shared (``reveal="aggregate"``): the servers send none."""
     if (m0.sender, m1.sender) != ("S0", "S1") or m0.round_id != m1.round_id:
         raise ProtocolError("aggregate shares must come from S0 and S1 for the same round")
-    for key in ("participants", "center_weight", "frac_bits"):
+    for key in ("participants", "center_weight", "frac_bits", "reveal"):
         if m0.fields.get(key) != m1.fields.get(key):
             raise ProtocolError(f"S0 and S1 disagree on the round's {key}")
     w0, w1 = m0.arrays.get("weights"), m1.arrays.get("weights")
     s0, s1 = m0.arrays.get("share"), m1.arrays.get("share")
-    if w0 is None or w1 is None or not np.array_equal(w0, w1):
+    hidden = m0.fields.get("reveal") == "aggregate"
+    if hidden and (w0 is not None or w1 is not None):
+        raise ProtocolError("a round with reveal='aggregate' publishes no weights")
+    if not hidden and (w0 is None or w1 is None or not np.array_equal(w0, w1)):
         raise ProtocolError("S0 and S1 disagree on the public weights")
     if s0 is None or s1 is None or s0.dtype != np.uint64 or s1.dtype != np.uint64 or s0.shape != s1.shape:
         raise ProtocolError("aggregate shares must be two uint64 vectors of one shape")
@@ -305,8 +309,9 @@ def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray, list[
     cw = m0.fields["center_weight"]
     if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not isinstance(cw, (int, float)):
         raise ProtocolError("aggregate share fields frac_bits/center_weight have the wrong type")
-    out = finish_aggregate(s0 + s1, frac_bits, c0, Choice(np.array(w0, dtype=np.float64), float(cw)))
-    return out, np.array(w0, dtype=np.float64), list(m0.fields["participants"])
+    weights = None if hidden else np.array(w0, dtype=np.float64)
+    out = finish_aggregate(s0 + s1, frac_bits, c0, Choice(np.zeros(0) if weights is None else weights, float(cw)))
+    return out, weights, list(m0.fields["participants"])
 
 
 def wait_ready(path: Path, timeout: float) -> bool:

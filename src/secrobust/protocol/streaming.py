@@ -185,6 +185,26 @@ class ColumnGram:
         return self.g[np.ix_(positions, positions)] if self.kind == "gram" else self.g[positions].copy()
 
 
+def weighted_sum(plan) -> bool:
+    """reveal="aggregate" with shared weights: S0 needs u^T E (not when the rule's circuit yields the aggregate
+    share itself, as the coordinate-wise rules' do)."""
+    return plan.mode == "aggregate" and getattr(plan, "weighted_sum", True)
+
+
+class WeightedRows:
+    """S0, reveal="aggregate": u^T E over the rows of E as they arrive, u the dealer's mask of S0's weight
+    shares (``TripleShare0.vector_parts``); what ``protocol.server.accumulate`` sums chunk by chunk."""
+
+    def __init__(self, t: TripleShare0) -> None:
+        self.u, _ = t.vector_parts()
+        self.total = np.zeros(t.spec.d, dtype=np.uint64)
+
+    def add(self, positions: list[int], e_rows: list[np.ndarray]) -> None:
+        for p, e in zip(positions, e_rows):
+            if self.u[p]:
+                self.total += self.u[p] * e
+
+
 def s0_rows(t: TripleShare0, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """A0's rows at ``positions`` (= S0's input shares of those workers), whole rows."""
     rows = dealer.mask_columns(t.seed_a0, t.spec, 0, 0, t.spec.d, positions)
@@ -234,9 +254,13 @@ def project_rows(x: np.ndarray, rows: np.ndarray, seed: bytes, center: np.ndarra
     return Projector(x, rows, seed, center, chunk_bytes).run()
 
 
-def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None) -> ServerState:
+def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None,
+             u_dot_e: np.ndarray | None = None) -> ServerState:
     """The server state after steps 2-3 (and the check's projections) for the agreed participants: what
-    ``open_masked``/``accumulate`` and ``project_pending`` leave after the last column chunk."""
+    ``open_masked``/``accumulate`` and ``project_pending`` leave after the last column chunk (with
+    reveal="aggregate", S0's u^T E from ``WeightedRows``)."""
+    if (u_dot_e is not None) != (state.party == 0 and weighted_sum(state.plan)):
+        raise ValueError(f"{state.name}: u^T E is S0's, with reveal='aggregate' only")
     n = len(state._participants())
     want = (n, n) if state.plan.triple_kind == "gram" else (n,)
     if h.shape != want or (state.plan.validity and (proj is None or proj.shape[0] != n)):
@@ -246,4 +270,4 @@ def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None) -> Serv
     if state.h is not None or state.done_until:
         raise UnexpectedMessage(f"{state.name}: the masked openings were already taken")
     return replace(state, h=h, done_until=state.plan.d, pending=None,
-                   proj=proj if state.plan.validity else None)
+                   proj=proj if state.plan.validity else None, u_dot_e=u_dot_e)
