@@ -18,6 +18,7 @@ from .cli_io import check_output_file, fail, load_array, one_line, save_npy, sav
 from .errors import ProtocolError
 from .protocol.server import check_noise_std
 from .rules.plain import split_options
+from .rules import secure
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS, with_min_cohort
 from .updates import check_ring_rows, check_unchecked, check_updates, encode_center
 
@@ -57,8 +58,18 @@ def check_example(n: int, d: int, byzantine: int, seed: int = 0, prefix: str = "
         raise ValueError(f"--seed must be non-negative, got {seed}")
 
 
+def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
+    """Raise ValueError (naming --reveal) for an unknown mode or a rule with no circuit for it."""
+    rules.get_rule(rule)                        # an unknown rule is named as such first
+    _, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
+    try:
+        secure.secure_rule(rule, secure.check_mode(reveal), rule_options)
+    except ValueError as exc:
+        raise ValueError(f"--reveal: {exc}") from None
+
+
 def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: bool, norm_bound: float | None,
-                options: dict[str, Any]) -> None:
+                options: dict[str, Any], reveal: str = secure.DEFAULT_MODE) -> None:
     """Raise ValueError for any input a round would refuse, before a party starts (the gRPC deployment's
     processes take seconds to start and would only then see the error)."""
     extra = {k: options[k] for k in ENGINE_KEYWORDS if k in options}
@@ -67,6 +78,7 @@ def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: 
     n, d = x.shape
     center, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
     spec.validate(n, f, rule_options)
+    check_reveal(rule, reveal, options)
     api.check_drop(extra.get("drop"), n)
     check_noise_std(extra.get("dp_noise_std", 0.0), frac_bits)
     validity.check_flag(check_inputs, d)
@@ -96,8 +108,8 @@ def example(out: Path = typer.Option(..., help="where to write the (n, d) float6
 def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file of shape (n, d) (numpy.save)"),
                   rule: str = typer.Option("krum", help=f"one of {', '.join(rules.RULES)}"),
                   f: int = typer.Option(0, help="number of Byzantine workers to tolerate"),
-                  out: Optional[Path] = typer.Option(None, help="write aggregate, weights, distances as an .npz "
-                                                     "archive to this exact path"),
+                  out: Optional[Path] = typer.Option(None, help="write aggregate, weights, distances (what the "
+                                                     "round revealed) as an .npz archive to this exact path"),
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
                   frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (insecure_test_seed: "
@@ -107,6 +119,10 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   norm_bound: Optional[float] = typer.Option(None, help="reject every worker whose vector has L2 norm "
                                                              "above this (e.g. the DP clipping norm); default: the "
                                                              "encoder's range"),
+                  reveal: str = typer.Option(secure.DEFAULT_MODE, help="what the round reveals besides the "
+                                             "aggregate: distances (S1 opens the distances or norms), weights (the "
+                                             "rule runs on shares, only the weights are opened) or aggregate (the "
+                                             "weights stay shared too; krum, multi-krum)"),
                   transport: str = typer.Option("inprocess", help="inprocess (one process) or grpc (a local "
                                                 "deployment: every party its own OS process, mutual TLS)"),
                   example_n: int = typer.Option(20, help="with no --updates: workers in the generated example"),
@@ -119,13 +135,14 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
         if out is not None:
             check_output_file(out)
         options = _parse_options(option)
+        check_reveal(rule, reveal, options)
         x = _updates(updates, example_n, example_d, example_byzantine)
         run = api.aggregate
         if transport == "grpc":
-            check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options)
+            check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options, reveal)
             run = _grpc_round(seed is not None, options.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
         res = run(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, check_inputs=check_inputs,
-                  norm_bound=norm_bound, **options)
+                  norm_bound=norm_bound, reveal=reveal, **options)
     except COMMAND_ERRORS as exc:
         fail(exc)
     _print_result(res)
@@ -151,8 +168,11 @@ def _updates(path: Path | None, n: int, d: int, byzantine: int) -> np.ndarray:
 
 
 def _save_result(res: api.AggregateResult, out: Path) -> None:
-    """Aggregate, weights and (if revealed) distances as an .npz archive at exactly ``out``."""
-    payload = {"aggregate": res.aggregate, "weights": res.weights}
+    """The aggregate and what else the round revealed (the weights unless reveal="aggregate", the distances
+    only with reveal="distances") as an .npz archive at exactly ``out``."""
+    payload = {"aggregate": res.aggregate}
+    if res.weights is not None:
+        payload["weights"] = res.weights
     if res.distances is not None:
         payload["distances"] = res.distances
     try:
@@ -164,12 +184,12 @@ def _save_result(res: api.AggregateResult, out: Path) -> None:
 
 def _print_result(res: api.AggregateResult) -> None:
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
-    console.print(f"rule {res.rule}, f={res.f}, {len(res.participants)} participants")
-    console.print(f"weights: {res.weights}")
+    console.print(f"rule {res.rule}, f={res.f}, reveal={res.reveal}, {len(res.participants)} participants")
+    console.print(f"weights: {'hidden (they stayed secret-shared)' if res.weights is None else res.weights}")
     for worker, reason in res.rejected.items():
         console.print(f"rejected worker {worker}: {reason}")
     console.print(f"revealed aggregate: L2 norm {np.linalg.norm(res.aggregate):.6g}")
-    console.print(f"S1 learned: {', '.join(res.revealed) or 'nothing beyond the weights'}")
+    console.print(learned(res), soft_wrap=True, markup=False)
     table = Table(title="bytes per party")
     for col in ("party", "sent", "received"):
         table.add_column(col, justify="right")
@@ -177,6 +197,17 @@ def _print_result(res: api.AggregateResult) -> None:
         table.add_row(party, f"{b['sent']:,}", f"{b['received']:,}")
     console.print(table)
     console.print("seconds per phase: " + ", ".join(f"{k} {v:.3f}" for k, v in res.stats.seconds.items()))
+
+
+def learned(res: api.AggregateResult) -> str:
+    """One line: what S1 and the servers learnt in this round's reveal mode."""
+    how = "the mean's weights follow from the participants" if res.rule in secure.PUBLIC_WEIGHTS else \
+        "the rule ran on shares"
+    if res.reveal == "weights":
+        return f"S1 learned: no distances or norms ({how}); the servers learned the weights and the aggregate"
+    if res.reveal == "aggregate":
+        return f"S1 learned: no distances or norms ({how}); the servers learned only the aggregate, not the weights"
+    return f"S1 learned: {', '.join(res.revealed) or 'nothing beyond the weights'}"
 
 
 def _register_optional() -> None:

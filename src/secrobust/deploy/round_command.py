@@ -11,7 +11,9 @@ organisations can each run their own operator:
 * S1's operator: ``round --config operator-s1.toml --request req.json`` opens exactly that request at S1.
 
 The servers compare the request's SHA-256 before any share is used, so a mismatch aborts the round.
-Each side then prints its own server's report (S1's carries the view S1 opened). The output's
+Each side then prints its own server's report (S1's carries the view S1 opened, with ``--reveal
+distances``; with ``weights`` or ``aggregate`` the rule runs on shares and S1 opens none, and with
+``aggregate`` no report or output holds the weights). The output's
 ``declined`` names the workers that sat the round out and why (e.g. an update with the wrong d).
 """
 
@@ -32,7 +34,7 @@ from .config import PartyConfig, load, parse_worker_ids
 from .operator import Operator, declined
 from .rounds import RoundRequest
 
-REPORT_KEYS = ("round_id", "party", "status", "reason", "participants", "weights", "rejected", "declined",
+REPORT_KEYS = ("round_id", "party", "status", "reason", "reveal", "participants", "weights", "rejected", "declined",
                "aggregate_sha256")
 
 
@@ -80,9 +82,10 @@ def _read_request(path: Path) -> RoundRequest:
 
 def _request(round_id: int, wids: tuple[int, ...], d: int | None, rule: str, f: int, options: dict[str, Any],
              window: float, check_inputs: bool, norm_bound: float | None, min_participants: int | None,
-             triple_id: str | None = None) -> RoundRequest:
+             reveal: str, triple_id: str | None = None) -> RoundRequest:
     return RoundRequest(round_id, wids, int(d or 0), rule, f, ring.DEFAULT_FRAC_BITS, options, None, triple_id,
-                        window, check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants)
+                        window, check_inputs=check_inputs, norm_bound=norm_bound, min_participants=min_participants,
+                        reveal=reveal)
 
 
 def register(app: typer.Typer) -> None:
@@ -106,6 +109,9 @@ def register(app: typer.Typer) -> None:
                                                              "norm above this (e.g. the DP clipping norm)"),
                   min_participants: Optional[int] = typer.Option(None, help="a larger minimum cohort than the "
                                                                  "servers' own for this round"),
+                  reveal: str = typer.Option("distances", help="what the round reveals besides the aggregate: "
+                                             "distances (S1 opens them), weights (the rule runs on shares between "
+                                             "the servers) or aggregate (the weights stay shared too)"),
                   request: Optional[Path] = typer.Option(None, help="open exactly this request (JSON written by the "
                                                          "other operator's --save-request)"),
                   save_request: Optional[Path] = typer.Option(None, help="write the request opened here, for the "
@@ -137,7 +143,7 @@ def register(app: typer.Typer) -> None:
         fixed = _read_request(request) if request is not None else None
         if fixed is None:
             try:
-                _request(0, wids, d, rule, f, opts, window, check_inputs, norm_bound, min_participants,
+                _request(0, wids, d, rule, f, opts, window, check_inputs, norm_bound, min_participants, reveal,
                          triple_id="unnamed").check()
             except ValueError as exc:
                 fail(exc)
@@ -150,7 +156,7 @@ def register(app: typer.Typer) -> None:
             if fixed is None:
                 statuses = op.status()
                 built = _request(op.next_round_id(statuses), wids, d, rule, f, opts, window, check_inputs, norm_bound,
-                                 min_participants)
+                                 min_participants, reveal)
                 req = op.with_triples(built, statuses)
                 req.check()
             else:
@@ -162,7 +168,8 @@ def register(app: typer.Typer) -> None:
             if op.both:
                 res = op.collect(req, n=len(req.worker_ids), wait_s=wait_s)
                 printed: dict[str, Any] = {
-                    "round_id": req.round_id, "participants": list(res.participants), "weights": res.weights.tolist(),
+                    "round_id": req.round_id, "reveal": req.reveal, "participants": list(res.participants),
+                    "weights": None if res.weights is None else res.weights.tolist(),
                     "aggregate_norm": float(np.linalg.norm(res.aggregate)),
                     "rejected": {str(req.worker_ids[i]): reason for i, reason in res.rejected.items()},
                     "declined": {str(w): r for w, r in declined(op.last_reports).items()},
@@ -178,7 +185,10 @@ def register(app: typer.Typer) -> None:
             op.close()
         typer.echo(json.dumps(printed, default=str))
         if out is not None:
-            save_npz(out, aggregate=res.aggregate, weights=res.weights)
+            arrays = {"aggregate": res.aggregate}
+            if res.weights is not None:         # none with reveal="aggregate": nobody learnt them
+                arrays["weights"] = res.weights
+            save_npz(out, **arrays)
 
 
 __all__ = ["operators", "register"]
