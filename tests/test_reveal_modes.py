@@ -203,3 +203,33 @@ def test_coordinatewise_rules_name_the_one_mode_they_run_in(rule, mode):
     x = updates_with_outliers(0, 11, 10, 1)
     with pytest.raises(ValueError, match=f"rule '{rule}' runs only with reveal='aggregate'"):
         secrobust.aggregate(x, rule, 1, reveal=mode)
+
+
+CLIPPING = ("norm-clip", "cclip")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rule=st.sampled_from(CLIPPING), mode=st.sampled_from(MODES), data=st.data(), seed=st.integers(0, 2**16))
+def test_clipping_on_shares_equals_its_twin_and_the_opened_rule_within_the_bound(rule, mode, data, seed):
+    n = data.draw(st.integers(5, 12))
+    x = updates_with_outliers(seed, n, 30, 2) * 0.05
+    options = {}
+    if data.draw(st.booleans()):
+        options["tau"] = data.draw(st.floats(0.01, 2.0))
+    if rule == "cclip" and data.draw(st.booleans()):
+        options["center"] = np.full(30, 0.01)
+    res = secrobust.aggregate(x, rule, 2, reveal=mode, insecure_test_seed=seed, **options)
+    twin = secrobust.plain_aggregate(x, rule, 2, reveal=mode, insecure_test_seed=seed, **options)
+    check_same(res, twin, mode)
+    opened = secrobust.aggregate(x, rule, 2, **options)
+    # the clip factors' error (docs/clip2pc.md): 2^-25 relative (median tau) plus 5 units of 2^-32 per weight
+    if mode == "weights":
+        np.testing.assert_allclose(res.weights, opened.weights, rtol=2.0**-25, atol=5 * 2.0**-32)
+    scale = np.abs(x).max() * n
+    np.testing.assert_allclose(res.aggregate, opened.aggregate, rtol=0, atol=scale * (2.0**-25 + 2.0**-28) + 2.0**-19)
+
+
+def test_cclip_on_shares_runs_one_iteration_and_says_so():
+    x = updates_with_outliers(0, 9, 10, 1)
+    with pytest.raises(ValueError, match="cclip on shares runs one iteration"):
+        secrobust.aggregate(x, "cclip", 1, reveal="aggregate", iterations=2)

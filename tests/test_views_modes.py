@@ -22,7 +22,8 @@ def circuit_words(msgs: list[Message], drop_last: bool) -> np.ndarray:
     return np.concatenate([m.arrays["x"].ravel() for m in kept])
 
 
-CASES = [(rule, mode) for rule in ("krum", "multi-krum", "mda") for mode in ("weights", "aggregate")] + \
+CASES = [(rule, mode) for rule in ("krum", "multi-krum", "mda", "norm-clip", "cclip")
+         for mode in ("weights", "aggregate")] + \
     [(rule, "aggregate") for rule in ("median", "trimmed-mean", "bulyan")]
 
 

@@ -105,8 +105,8 @@ class Cluster:
         check_inputs = validity.check_flag(check_inputs, d)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
         on_shares = secure.secure_rule(rule, reveal, rule_options)
-        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound), d) if on_shares is not None
-                       else Budget())
+        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound), d, frac_bits)
+                       if on_shares is not None else Budget())
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -287,7 +287,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
         choice = run.choice
         if on_shares is not None:
             choice, total = _plain_on_shares(on_shares, rows, run, f, rule_options, reveal,
-                                             validity.scaled_bound(norm_bound, frac_bits, d))
+                                             validity.scaled_bound(norm_bound, frac_bits, d), frac_bits)
         else:
             total = np.matmul(ring.encode_weights(choice.weights), rows)
         if dp_noise_std:
@@ -300,7 +300,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
 
 
 def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,
-                     bound: int) -> tuple[Choice | None, np.ndarray]:
+                     bound: int, frac_bits: int) -> tuple[Choice | None, np.ndarray]:
     """The twin of a rule on shares: its ring weights on the exact ring view, then the public-weight sum
     ("weights") or the ring sum with the center's part in the ring ("aggregate")."""
     y = rows - run.center if run.center is not None else rows
@@ -308,7 +308,7 @@ def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int
     f_eff = effective_f(f, run.rejected)
     if rule.output == "aggregate":
         return None, rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), rows=rows)
-    w, cw = rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound))
+    w, cw = rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), frac_bits=frac_bits)
     if reveal == "weights":
         values = ring.decode(np.append(w, cw), ring.WEIGHT_FRAC_BITS)
         choice = Choice(values[:-1], float(values[-1]))

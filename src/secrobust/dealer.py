@@ -51,8 +51,8 @@ class TripleSpec:
                 isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= MAX_AND_WORDS
                 for v in (self.rule.and_words, self.rule.dabit_words, self.rule.mults)):
             raise ValueError(f"the rule's material must be a Budget of integers in [0, {MAX_AND_WORDS}], got {self.rule!r}")
-        if not isinstance(self.vector, bool) or (self.vector and self.kind != "gram"):
-            raise ValueError("a weighted-sum correlation (vector) comes only with a gram triple")
+        if not isinstance(self.vector, bool):
+            raise ValueError(f"vector must be True or False, got {self.vector!r}")
         if self.kind not in TRIPLE_KINDS:
             raise ValueError(f"triple kind must be one of {TRIPLE_KINDS}, got {self.kind!r}")
         if isinstance(self.and_words, bool) or not isinstance(self.and_words, (int, np.integer)) \

@@ -483,7 +483,7 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
     rows = np.arange(n)
     out = yield from _at_least_one_round(rule.circuit(state.party, view, n, f, options, secure.dmax_for(plan.bound),
                                                       src, inputs=lambda a, b: _weighted_rows(state, rows, a, b),
-                                                      d=plan.d))
+                                                      d=plan.d, frac_bits=plan.frac_bits))
     if rule.output == "aggregate":
         return out
     w, cw = out
@@ -502,7 +502,7 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
 def rule_rounds(plan: RoundPlan, rule: secure.SecureRule, n: int, f: int, options: dict) -> int:
     """The messages each server sends in ``rule_party`` for n participants: the circuit's rounds (at least
     one), plus the opening of the weights ("weights") or the exchange of masked weights ("aggregate")."""
-    circuit = secure.rounds(rule.name, n, f, options, secure.dmax_for(plan.bound), plan.d)
+    circuit = secure.rounds(rule.name, n, f, options, secure.dmax_for(plan.bound), plan.d, plan.frac_bits)
     return max(1, circuit) + (rule.output == "weights")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import arith, ring
 from ..compare import Party
-from .view import DISTANCES
+from .view import DISTANCES, NORMS
 
 MODES = ("distances", "weights", "aggregate")
 DEFAULT_MODE = "distances"
@@ -103,25 +103,28 @@ def dmax_for(bound: int) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _budget(name: str, n: int, f: int, options: tuple, dmax: int, d: int | None) -> tuple[arith.Budget, int]:
+def _budget(name: str, n: int, f: int, options: tuple, dmax: int, d: int | None,
+            frac_bits: int) -> tuple[arith.Budget, int]:
     rule = _SECURE[name]
     if rule.sizer is not None:
         if d is None:
             raise ValueError(f"sizing rule {name!r} on shares needs the dimension d")
         return rule.sizer(n, d, f, dict(options), dmax)
     zeros = {k: np.zeros((n, n) if k == DISTANCES else n, dtype=_U) for k in rule.needs}
-    return arith.budget_of(lambda p, s: rule.circuit(p, zeros, n, f, dict(options), dmax, s))
+    return arith.budget_of(lambda p, s: rule.circuit(p, zeros, n, f, dict(options), dmax, s, frac_bits=frac_bits))
 
 
-def budget(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None) -> arith.Budget:
+def budget(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None,
+           frac_bits: int = ring.DEFAULT_FRAC_BITS) -> arith.Budget:
     """The dealer material the rule's circuit takes for n workers (enough for any fewer, after dropouts);
-    coordinate-wise rules also need d."""
-    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d)[0]
+    coordinate-wise rules also need d, clipping rules F (their public tau is scaled by 2^F)."""
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d, frac_bits)[0]
 
 
-def rounds(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None) -> int:
+def rounds(name: str, n: int, f: int, options: dict[str, Any], dmax: int, d: int | None = None,
+           frac_bits: int = ring.DEFAULT_FRAC_BITS) -> int:
     """The circuit's messages per server (its 2PC rounds)."""
-    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d)[1]
+    return _budget(name, n, f, tuple(sorted(options.items())), dmax, d, frac_bits)[1]
 
 
 def weights_scale() -> int:
@@ -179,6 +182,41 @@ register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
                            limits=" (exact search over all C(n, f) subsets: small n only)"))
 
 
+# Clipping rules (``secrobust.clip2pc``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
+
+def _clip_family(name: str):
+    from .. import clip2pc
+
+    def _tau(options: dict) -> float | None:
+        iterations = options.get("iterations", 1)
+        if iterations != 1:
+            raise ValueError(f"cclip on shares runs one iteration (more would open or multiply the distances); "
+                             f"got iterations={iterations!r}: use reveal='distances' for more")
+        return options.get("tau")
+
+    def split(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (w[:-1], w[-1]) if name == "cclip" else (w, _U(0))
+
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
+                frac_bits: int = ring.DEFAULT_FRAC_BITS, **_: Any) -> Party:
+        w = yield from clip2pc.clip_weights_circuit(party, view[NORMS], _tau(options), name, src, frac_bits=frac_bits,
+                                                    nmax=dmax)
+        return split(w)
+
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+              **_: Any) -> tuple[np.ndarray, np.ndarray]:
+        return split(clip2pc.plain_clip_weights(view[NORMS], _tau(options), name, frac_bits=frac_bits, nmax=dmax))
+
+    return circuit, plain
+
+
+for _clip in ("norm-clip", "cclip"):
+    register_secure(SecureRule(_clip, (NORMS,), *_clip_family(_clip),
+                               options=("tau",) if _clip == "norm-clip" else ("tau", "iterations"),
+                               limits=" (clip factors by a 2PC reciprocal square root, error <= 2^-28 relative "
+                                      "for a public tau, 2^-25 for the median: docs/clip2pc.md)"))
+
+
 # Coordinate-wise rules (``secrobust.coordinatewise``): the circuit returns the aggregate share itself.
 
 COORDINATE_CHUNK = 1 << 14
@@ -194,7 +232,7 @@ def _coordinate_family(name: str):
     from .. import coordinatewise as C
 
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
-                inputs: Callable[[int, int], np.ndarray], d: int) -> Party:
+                inputs: Callable[[int, int], np.ndarray], d: int, **_: Any) -> Party:
         bound = _bound_of(dmax)
         chosen = None
         if name == "bulyan":
@@ -205,7 +243,7 @@ def _coordinate_family(name: str):
             out[a:b] = yield from C.coordinatewise_circuit(party, inputs(a, b), name, f, bound, src, chosen=chosen)
         return out
 
-    def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, rows: np.ndarray) -> np.ndarray:
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, rows: np.ndarray, **_: Any) -> np.ndarray:
         return C.plain_coordinatewise(rows, name, f, _bound_of(dmax))
 
     def sizer(n: int, d: int, f: int, options: dict, dmax: int) -> tuple[arith.Budget, int]:
