@@ -57,7 +57,8 @@ def _s1_round(dep: LocalDeployment, r: int) -> list[str]:
 
 
 CASES = [("krum", "weights", {}), ("krum", "aggregate", {"dp_noise_std": 0.01}),
-         ("multi-krum", "weights", {"m": 3}), ("multi-krum", "aggregate", {})]
+         ("multi-krum", "weights", {"m": 3}), ("multi-krum", "aggregate", {}),
+         ("norm-clip", "aggregate", {"tau": 0.8})]     # any rule on shares runs with no deployment change
 
 
 @pytest.mark.parametrize(("rule", "reveal", "kw"), CASES, ids=[f"{r}-{m}" for r, m, _ in CASES])
