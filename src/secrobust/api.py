@@ -116,7 +116,8 @@ class Cluster:
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
         plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, needs, center,
-                         self.seeds.triple_id(round_id) if needs or check_inputs else None, chunk_bytes, check_inputs,
+                         self.seeds.triple_id(round_id) if needs or check_inputs or on_shares is not None else None,
+                         chunk_bytes, check_inputs,
                          bound, reveal if on_shares is not None else secure.DEFAULT_MODE, rule_budget,
                          on_shares is None or on_shares.output == "weights")
         s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))

@@ -58,7 +58,9 @@ def _s1_round(dep: LocalDeployment, r: int) -> list[str]:
 
 CASES = [("krum", "weights", {}), ("krum", "aggregate", {"dp_noise_std": 0.01}),
          ("multi-krum", "weights", {"m": 3}), ("multi-krum", "aggregate", {}),
-         ("norm-clip", "aggregate", {"tau": 0.8})]     # any rule on shares runs with no deployment change
+         ("norm-clip", "aggregate", {"tau": 0.8}), ("cclip", "weights", {}),
+         ("median", "aggregate", {}), ("trimmed-mean", "aggregate", {}),
+         ("mda", "aggregate", {})]     # any rule on shares runs with no deployment change
 
 
 @pytest.mark.parametrize(("rule", "reveal", "kw"), CASES, ids=[f"{r}-{m}" for r, m, _ in CASES])

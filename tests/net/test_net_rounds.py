@@ -218,7 +218,7 @@ def test_bad_parameters_raise_the_in_process_errors_before_anything_starts(dep):
     with pytest.raises(ValueError, match="needs n >= 2f \\+ 3"):
         dep.aggregate(_updates(1), "krum", 2)
     with pytest.raises(ValueError, match="unknown rule"):
-        dep.aggregate(_updates(1), "median", 0)
+        dep.aggregate(_updates(1), "medoid", 0)
     with pytest.raises(ValueError, match="NaN"):
         dep.aggregate(np.full((6, 4), np.nan), "mean", 0)
 

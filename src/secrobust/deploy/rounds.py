@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import hashlib
-import inspect
 import json
 
 import numpy as np
@@ -190,16 +189,15 @@ class RoundRequest:
         on_shares = self.secure_rule()
         triple_id = self.triple_id if needs or self.check_inputs or on_shares is not None else None
         bound = validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
-        mode, rule_budget, extra = secure.DEFAULT_MODE, Budget(), {}
+        mode, rule_budget = secure.DEFAULT_MODE, Budget()
         if on_shares is not None:
             mode = self.reveal
-            rule_budget = sized(secure.budget, self.rule, len(self.worker_ids), self.f, self.options,
-                                secure.dmax_for(bound), d=self.d)
-        if "weighted_sum" in RoundPlan.__dataclass_fields__:
-            # a rule whose circuit yields the aggregate share itself needs no weighted-sum correlation
-            extra["weighted_sum"] = on_shares is None or getattr(on_shares, "output", "weights") == "weights"
+            rule_budget = secure.budget(self.rule, len(self.worker_ids), self.f, self.options, secure.dmax_for(bound),
+                                        self.d, self.frac_bits)
+        # a rule whose circuit yields the aggregate share itself needs no weighted-sum correlation
+        weighted_sum = on_shares is None or on_shares.output == "weights"
         return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, needs, center, triple_id,
-                         self.chunk_bytes, self.check_inputs, bound, mode, rule_budget, **extra)
+                         self.chunk_bytes, self.check_inputs, bound, mode, rule_budget, weighted_sum)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""
@@ -207,14 +205,6 @@ class RoundRequest:
             return SeedSource(None).noise(self.round_id, party), f"dp-noise|{self.round_id}|{party}"
         src = SeedSource(self._master())
         return src.noise(self.seed_round, party), f"dp-noise|{self.seed_round}|{party}"
-
-
-def sized(fn: Any, *args: Any, d: int) -> Any:
-    """``secure.budget`` or ``secure.rounds`` on ``args``, with the dimension d where the rules take it (the
-    coordinate-wise circuits' size depends on d)."""
-    if "d" in inspect.signature(fn).parameters:
-        return fn(*args, d=d)
-    return fn(*args)
 
 
 def fresh_triple_id(round_id: int, seed: bytes | int | None = None) -> str:

@@ -96,7 +96,7 @@ from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE, parse_decline
 from .pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
-from .rounds import RoundRequest, sized
+from .rounds import RoundRequest
 
 HEADER_SLACK = 64 << 10
 SMALL_MESSAGE = 4 << 10
@@ -155,8 +155,8 @@ def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
     fixed the exact count (``_PeerSequence.rule_finished``)."""
     if not plan.on_shares:
         return 0
-    return sized(secure.rounds, request.rule, len(plan.worker_ids), request.f, dict(request.options),
-                 secure.dmax_for(plan.bound), d=plan.d) + RULE_SLACK_STEPS
+    return secure.rounds(request.rule, len(plan.worker_ids), request.f, dict(request.options),
+                         secure.dmax_for(plan.bound), plan.d, plan.frac_bits) + RULE_SLACK_STEPS
 
 
 def rule_open_bytes(plan: RoundPlan) -> int:
