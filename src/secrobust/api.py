@@ -26,6 +26,7 @@ from .rules.plain import plain_run, split_options
 from .arith import Budget
 from .rules import secure
 from .rules.possible import effective_f
+from .rules.pre import check_pre_mode, split_pre, with_pre
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from .rules.view import DISTANCES, NORMS, Choice, view_words
 from .transport.channel import InMemoryChannel, Stats, Tap
@@ -96,6 +97,8 @@ class Cluster:
         x = as_matrix(updates)
         n, d = x.shape
         center_value, rule_options = split_options(rule, options)
+        step, rule_options = split_pre(rule_options)
+        spec = with_pre(spec, check_pre_mode(step, reveal), self.seeds.seed("bucketing", round_id))
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
             center_value = safe_center(self.last_aggregate, frac_bits)
         spec.validate(n, f, rule_options)
@@ -254,6 +257,8 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
     ``norm_bound`` (real units) tightens the check's bound from the encoder's range to C (plus rounding):
     with DP, set it to the clipping norm so that no worker, malicious or not, contributes more.
     ``check_inputs=False`` skips the check (benchmarks only: robustness then fails against ring attacks).
+    ``pre="nnm"``, ``"bucketing"`` (with ``s=``, the bucket size, default 2) or ``"arc"`` mixes the updates
+    before the rule, from the opened view alone (``rules.pre``; with reveal="distances").
     """
     refuse_seed_option(options)
     return Cluster(insecure_test_seed=insecure_test_seed).run_round(
@@ -275,6 +280,8 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     refuse_seed_option(options)
     check_noise_std(dp_noise_std, frac_bits)
     _, rule_options = split_options(rule, options)
+    step, rule_options = split_pre(rule_options)
+    check_pre_mode(step, reveal)
     on_shares = secure.secure_rule(rule, reveal, rule_options)
     stats = Stats()
     with _phase(stats, "plain"):
@@ -282,7 +289,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
         vseed = validity.joint_seed(round_id, seeds.validity(round_id, 0), seeds.validity(round_id, 1))
         run = plain_run(updates, rule, f, frac_bits, unchecked, ring_rows=ring_rows, check_inputs=check_inputs,
                         validity_seed=vseed, norm_bound=norm_bound, min_participants=min_participants,
-                        rule_on_view=on_shares is None, **options)
+                        rule_on_view=on_shares is None, pre_seed=seeds.seed("bucketing", round_id), **options)
         n, d = run.encoded.shape
         rows = run.encoded[list(run.participants)]
         choice = run.choice

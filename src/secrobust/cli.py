@@ -18,6 +18,7 @@ from .cli_io import check_output_file, fail, load_array, one_line, save_npy, sav
 from .errors import ProtocolError
 from .protocol.server import check_noise_std
 from .rules.plain import split_options
+from .rules.pre import prepare
 from .rules import secure
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS, with_min_cohort
 from .updates import check_ring_rows, check_unchecked, check_updates, encode_center
@@ -63,7 +64,8 @@ def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
     rules.get_rule(rule)                        # an unknown rule is named as such first
     _, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
     try:
-        secure.secure_rule(rule, secure.check_mode(reveal), rule_options)
+        _, rule_options = prepare(rules.get_rule(rule), rule_options, secure.check_mode(reveal))
+        secure.secure_rule(rule, reveal, rule_options)
     except ValueError as exc:
         raise ValueError(f"--reveal: {exc}") from None
 
@@ -77,8 +79,9 @@ def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: 
     ring.check_frac_bits(frac_bits)
     n, d = x.shape
     center, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
-    spec.validate(n, f, rule_options)
     check_reveal(rule, reveal, options)
+    spec, rule_options = prepare(spec, rule_options)
+    spec.validate(n, f, rule_options)
     api.check_drop(extra.get("drop"), n)
     check_noise_std(extra.get("dp_noise_std", 0.0), frac_bits)
     validity.check_flag(check_inputs, d)

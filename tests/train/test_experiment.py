@@ -129,3 +129,23 @@ def test_a_rule_label_with_a_mode_trains_on_shares_and_hides_the_weights(
 def test_an_unknown_mode_in_a_rule_label_is_refused(small_config: Callable[..., ExperimentConfig]) -> None:
     with pytest.raises(ValueError, match="the mode after '@' must be one of"):
         small_config(grid={"rules": ["krum@everything"]})
+
+
+def test_a_rule_label_with_a_pre_step_runs_it_before_the_rule(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path
+) -> None:
+    config = small_config(train={"rounds": 2, "eval_every": 1},
+                          grid={"rules": ["krum+nnm", "mean+bucketing"], "attacks": ["sign-flip"], "seeds": [0],
+                                "secure": [True, False]},
+                          rule_options={"mean": {"s": 3}})
+    run_grid(config, tmp_path, console=_quiet()[0], progress=False)
+    records = list(read_results(tmp_path / "results.jsonl").values())
+    assert {r["rule"] for r in records} == {"krum+nnm", "mean+bucketing"}
+    by = {(r["rule"], r["secure"]): r for r in records}
+    for rule in ("krum+nnm", "mean+bucketing"):
+        assert by[(rule, True)]["weights_sha256"] == by[(rule, False)]["weights_sha256"]
+
+
+def test_an_unknown_pre_step_in_a_rule_label_is_refused(small_config: Callable[..., ExperimentConfig]) -> None:
+    with pytest.raises(ValueError, match="the step after '\\+' must be one of"):
+        small_config(grid={"rules": ["krum+median"]})

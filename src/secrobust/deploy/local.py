@@ -35,6 +35,7 @@ from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import check_noise_std
 from ..rules import secure
 from ..rules.plain import split_options
+from ..rules.pre import prepare
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import as_matrix, check_ring_rows, check_unchecked, check_updates, encode_center
@@ -323,8 +324,9 @@ class LocalDeployment:
         if n > self.n_workers:
             raise ValueError(f"{n} updates but the deployment has {self.n_workers} workers")
         center_value, rule_options = split_options(rule, options)
+        spec, rule_options = prepare(spec, rule_options, secure.check_mode(reveal))
         spec.validate(n, f, rule_options)
-        secure.secure_rule(rule, secure.check_mode(reveal), rule_options)
+        secure.secure_rule(rule, reveal, rule_options)
         drop = api.check_drop(drop, n)
         check_noise_std(dp_noise_std, frac_bits)
         byz = check_unchecked(unchecked, n)

@@ -23,12 +23,13 @@ import json
 
 import numpy as np
 
-from .. import ring, validity
+from .. import prg, ring, validity
 from ..arith import Budget
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import RoundPlan, check_noise_std
 from ..randomness import SeedSource
 from ..rules import secure
+from ..rules.pre import check_pre_mode, split_pre, with_pre
 from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_min_cohort
 from ..updates import encode_center
 
@@ -160,7 +161,9 @@ class RoundRequest:
     def secure_rule(self) -> secure.SecureRule | None:
         """The rule's circuit on shares for this round's ``reveal`` (None: S1 opens the view, or the weights
         are public); ValueError for an unknown mode or a rule without a circuit for it."""
-        return secure.secure_rule(self.rule, secure.check_mode(self.reveal), self.options)
+        step, rule_options = split_pre(self.options)
+        check_pre_mode(step, secure.check_mode(self.reveal))
+        return secure.secure_rule(self.rule, self.reveal, rule_options)
 
     @property
     def on_shares(self) -> bool:
@@ -168,7 +171,12 @@ class RoundRequest:
 
     @property
     def spec(self) -> RuleSpec:
-        return get_rule(self.rule)
+        """The rule, after the round's pre-aggregation step if any (bucketing: S1's permutation is fresh, or
+        derived from the test seed like the in-process run's)."""
+        step, _ = split_pre(self.options)
+        seed = (SeedSource(self._master()).seed("bucketing", self.seed_round) if self.test_seed is not None
+                else prg.fresh_seed())
+        return with_pre(get_rule(self.rule), step, seed)
 
     def cohort_spec(self, server_minimum: int) -> RuleSpec:
         """The rule with the round's minimum cohort: the larger of the server's and the request's."""

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import ring, validity
+from .. import prg, ring, validity
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .possible import choose_possible, effective_f, require_passed
+from .pre import split_pre, with_pre
 from .registry import get_rule, with_min_cohort
 from .view import DISTANCES, Choice, View, view_words
 
@@ -54,15 +55,19 @@ def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               unchecked: Any = (), ring_rows: Any = None, check_inputs: bool = False,
               validity_seed: bytes | None = None, norm_bound: float | None = None,
-              min_participants: int | None = None, rule_on_view: bool = True, **options: Any) -> PlainRun:
+              min_participants: int | None = None, rule_on_view: bool = True, pre_seed: bytes | None = None,
+              **options: Any) -> PlainRun:
     """The rule on the encodings of the workers that pass the validity check (with ``check_inputs``: the
     projections of ``validity_seed`` and the bound ``norm_bound``, real units), with S1's range filter of
     the opened view, like the servers; ``min_participants`` adds the servers' minimum cohort.
-    ``rule_on_view=False`` stops before the rule (its twin on shares runs on the ring view instead)."""
+    ``rule_on_view=False`` stops before the rule (its twin on shares runs on the ring view instead);
+    ``pre=``/``s=`` in ``options`` mix the updates first (``rules.pre``; bucketing draws from ``pre_seed``)."""
     spec = get_rule(rule) if min_participants is None else with_min_cohort(get_rule(rule), min_participants)
     x = as_matrix(updates)
     n, d = x.shape
     center_value, rule_options = split_options(rule, options)
+    step, rule_options = split_pre(rule_options)
+    spec = with_pre(spec, step, pre_seed if pre_seed is not None else prg.fresh_seed())
     spec.validate(n, f, rule_options)
     bound = validity.scaled_bound(norm_bound, frac_bits, d)
     encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), check_ring_rows(ring_rows, n, d))

@@ -20,6 +20,8 @@ class RuleSpec:
     requirement: str
     cohort: int = 1
     """The servers' minimum number of participants (``with_min_cohort``), on top of the rule's own."""
+    option_names: tuple[str, ...] | None = None
+    """The options ``choose`` takes, when it is a wrapper whose signature does not say (``rules.pre``)."""
 
     def minimum(self, f: int) -> int:
         """The fewest participants a round with this f may aggregate."""
@@ -32,6 +34,8 @@ class RuleSpec:
         return self.requirement
 
     def options(self) -> tuple[str, ...]:
+        if self.option_names is not None:
+            return self.option_names
         params = inspect.signature(self.choose).parameters
         return tuple(p for p in params if p not in ("view", "n", "f"))
 
@@ -42,7 +46,7 @@ class RuleSpec:
         if n < self.minimum(f):
             raise ValueError(f"rule {self.name!r} needs {self.needs(f)}; got n={n}, f={f} "
                              f"(n must be at least {self.minimum(f)})")
-        unknown = sorted(set(options) - set(self.options()))
+        unknown = sorted(set(options) - set(self.options()) - set(PRE_KEYS))
         if unknown:
             allowed = ", ".join(self.options()) or "none"
             raise ValueError(f"rule {self.name!r} got unknown option(s) {unknown}; allowed: {allowed}")
@@ -84,6 +88,11 @@ def rule_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+PRE_KEYS = ("pre", "s")
+"""Options that name a pre-aggregation step (``rules.pre``): bound into the spec, not passed to the rule."""
+
+
 def apply(spec: RuleSpec, view: View, n: int, f: int, options: dict[str, Any]) -> Choice:
+    options = {k: v for k, v in options.items() if k not in PRE_KEYS}
     spec.validate(n, f, options)
     return spec.choose(view, n, f, **options)

@@ -32,7 +32,7 @@ Format (every table and key is optional; defaults shown)::
     delta = 1e-5
 
     [grid]                   # each key takes a value or a list; lists expand into a product
-    rules = ["mean", "krum"]  # "krum@aggregate": the rule on shares with that reveal mode
+    rules = ["mean", "krum"]  # "krum+nnm": after a pre-aggregation step; "krum@aggregate": on shares
     attacks = ["sign-flip"]
     f = [4]                  # Byzantine workers (also the rule's f)
     seeds = [0]              # training seeds: init, batches, Byzantine set, attacks, engine
@@ -62,6 +62,7 @@ from typing import Any
 
 import tomllib
 
+from secrobust.rules.pre import PRE_STEPS
 from secrobust.rules.secure import split_label
 from secrobust.train.attacks import attack_options as _attack_option_names
 from secrobust.train.data import DATASETS, PARTITIONS
@@ -145,6 +146,16 @@ class DPConfig:
         return self.clip > 0
 
 
+def parse_label(label: str) -> tuple[str, str | None, str]:
+    """A grid's rule label "rule[+pre][@mode]" -> (rule, pre-aggregation step or None, reveal mode), e.g.
+    "krum+nnm" or "krum@aggregate"; ValueError for an unknown step or mode."""
+    head, mode = split_label(label)
+    rule, sep, pre = head.partition("+")
+    if sep and pre not in PRE_STEPS:
+        raise ValueError(f"{label!r}: the step after '+' must be one of {', '.join(PRE_STEPS)}")
+    return rule, pre if sep else None, mode
+
+
 @dataclass(frozen=True)
 class GridConfig:
     rules: tuple[str, ...] = ("mean", "krum")
@@ -161,7 +172,7 @@ class GridConfig:
         for attack in self.attacks:
             _attack_option_names(attack)
         for rule in self.rules:
-            split_label(rule)
+            parse_label(rule)
         if min(self.f) < 0:
             raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
 
@@ -188,13 +199,18 @@ class RunSpec:
 
     @property
     def base_rule(self) -> str:
-        """The engine's rule name: ``rule`` without an "@mode" suffix."""
-        return split_label(self.rule)[0]
+        """The engine's rule name: ``rule`` without its "+pre" and "@mode" parts."""
+        return parse_label(self.rule)[0]
+
+    @property
+    def pre(self) -> str | None:
+        """The pre-aggregation step of a "rule+pre" label (None for none)."""
+        return parse_label(self.rule)[1]
 
     @property
     def reveal(self) -> str:
         """The reveal mode of a "rule@mode" label ("distances" for a bare rule name)."""
-        return split_label(self.rule)[1]
+        return parse_label(self.rule)[2]
 
     @property
     def run_id(self) -> str:
@@ -229,7 +245,7 @@ class ExperimentConfig:
                 seed=seed,
                 data_seed=data_seed,
                 secure=secure,
-                rule_options=dict(self.rule_options.get(split_label(rule)[0], {})),
+                rule_options=dict(self.rule_options.get(parse_label(rule)[0], {})),
                 attack_options=dict(self.attack_options.get(attack, {})),
             )
             for rule, attack, f, seed, data_seed, secure in itertools.product(

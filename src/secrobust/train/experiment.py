@@ -56,6 +56,8 @@ def validate(specs: Iterable[RunSpec]) -> None:
         options = dict(spec.rule_options)
         if spec.reveal != "distances":
             options["reveal"] = spec.reveal
+        if spec.pre is not None:
+            options["pre"] = spec.pre
         if spec.base_rule == "cclip":
             options["center"] = np.zeros(2)
         try:

@@ -300,6 +300,8 @@ def run(
             options["center"] = center
         if spec.reveal != "distances":
             options["reveal"] = spec.reveal
+        if spec.pre is not None:
+            options["pre"] = spec.pre
         if dp.enabled:
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
