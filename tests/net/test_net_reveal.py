@@ -236,3 +236,20 @@ def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_
         assert not seq.rule_over
         seq.advance(msg(M.AGGREGATE_SHARE))
         assert seq.rule_over and seq.expected() is None
+
+
+@pytest.mark.parametrize("kw", [{"pre": "nnm"}, {"pre": "bucketing", "s": 2}, {"pre": "arc"}],
+                         ids=["nnm", "bucketing", "arc"])
+def test_pre_aggregation_over_the_network_equals_the_in_process_run(dep, kw):
+    x = _updates(7, n=7)
+    rule, f = ("krum", 1) if kw["pre"] != "bucketing" else ("mean", 1)
+    want = secrobust.aggregate(x, rule, f, insecure_test_seed=SEED, **kw)
+    got = dep.aggregate(x, rule, f, insecure_test_seed=SEED, **kw)
+    np.testing.assert_array_equal(got.weights, want.weights)
+    np.testing.assert_array_equal(got.aggregate, want.aggregate)
+    assert set(got.revealed) == set(want.revealed), (list(got.revealed), list(want.revealed))
+
+
+def test_pre_aggregation_with_a_hidden_mode_is_refused_before_any_work(dep):
+    with pytest.raises(ValueError, match="runs with reveal='distances' only"):
+        dep.aggregate(_updates(1), "krum", 1, pre="nnm", reveal="weights")

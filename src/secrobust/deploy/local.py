@@ -324,9 +324,9 @@ class LocalDeployment:
         if n > self.n_workers:
             raise ValueError(f"{n} updates but the deployment has {self.n_workers} workers")
         center_value, rule_options = split_options(rule, options)
-        spec, rule_options = prepare(spec, rule_options, secure.check_mode(reveal))
-        spec.validate(n, f, rule_options)
-        secure.secure_rule(rule, reveal, rule_options)
+        spec, own_options = prepare(spec, rule_options, secure.check_mode(reveal))
+        spec.validate(n, f, own_options)
+        secure.secure_rule(rule, reveal, own_options)
         drop = api.check_drop(drop, n)
         check_noise_std(dp_noise_std, frac_bits)
         byz = check_unchecked(unchecked, n)
