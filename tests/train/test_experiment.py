@@ -149,3 +149,17 @@ def test_a_rule_label_with_a_pre_step_runs_it_before_the_rule(
 def test_an_unknown_pre_step_in_a_rule_label_is_refused(small_config: Callable[..., ExperimentConfig]) -> None:
     with pytest.raises(ValueError, match="the step after '\\+' must be one of"):
         small_config(grid={"rules": ["krum+median"]})
+
+
+def test_two_jobs_give_the_serial_records(small_config: Callable[..., ExperimentConfig], tmp_path: Path) -> None:
+    config = _grid(small_config)
+    run_grid(config, tmp_path / "serial", console=_quiet()[0], progress=False, plots=False)
+    run_grid(config, tmp_path / "jobs", console=_quiet()[0], progress=False, plots=False, jobs=2)
+    serial = read_results(tmp_path / "serial" / "results.jsonl")
+    parallel = read_results(tmp_path / "jobs" / "results.jsonl")
+    assert serial.keys() == parallel.keys()
+    for run_id, record in serial.items():
+        assert parallel[run_id]["weights_sha256"] == record["weights_sha256"]
+        assert parallel[run_id]["history"] == record["history"]
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        run_grid(config, tmp_path / "bad", console=_quiet()[0], progress=False, jobs=0)

@@ -6,6 +6,8 @@ the train extras (torch, scikit-learn, matplotlib, opacus) are missing they say 
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,12 @@ Transport = Annotated[
     ),
 ]
 TRANSPORTS = ("inprocess", "grpc")
+DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
+Jobs = Annotated[
+    int,
+    typer.Option("--jobs", help="Runs at once, each in its own process with torch on one thread (default: up to "
+                 "2 cores). The grpc transport runs one at a time."),
+]
 WORKERS_PER_PROCESS = 5
 OutOrDefault = Annotated[
     Path | None, typer.Option("--out", help="Output directory (default: runs/NAME, NAME from the config).")
@@ -47,6 +55,7 @@ def register(app: typer.Typer) -> None:
         fresh: Fresh = False,
         progress: Progress = True,
         transport: Transport = "inprocess",
+        jobs: Jobs = DEFAULT_JOBS,
     ) -> None:
         """Robust federated training under attack: the default grid on scikit-learn's digits.
 
@@ -60,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
             return demo_config()
 
-        _run(load, lambda cfg: out, rounds, fresh, progress, transport)
+        _run(load, lambda cfg: out, rounds, fresh, progress, transport, jobs)
 
     @app.command()
     def train(
@@ -70,6 +79,7 @@ def register(app: typer.Typer) -> None:
         fresh: Fresh = False,
         progress: Progress = True,
         transport: Transport = "inprocess",
+        jobs: Jobs = DEFAULT_JOBS,
     ) -> None:
         """Run every point of a TOML grid (rules x attacks x f x seeds x secure).
 
@@ -84,7 +94,7 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise ValueError(f"--config {config}: {exc}") from None
 
-        _run(load, lambda cfg: out or Path("runs") / cfg.name, rounds, fresh, progress, transport)
+        _run(load, lambda cfg: out or Path("runs") / cfg.name, rounds, fresh, progress, transport, jobs)
 
 
 def _run(
@@ -94,10 +104,15 @@ def _run(
     fresh: bool,
     progress: bool,
     transport: str = "inprocess",
+    jobs: int = 1,
 ) -> None:
     console = Console() if Console().is_terminal else Console(width=160)
     if transport not in TRANSPORTS:
         fail(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if jobs < 1:
+        fail(f"--jobs must be a positive integer, got {jobs}")
+    if transport != "inprocess":
+        jobs = 1
     try:
         import torch
 
@@ -120,6 +135,7 @@ def _run(
                 console=console,
                 progress=progress,
                 secure_aggregate=secure_aggregate,
+                jobs=jobs,
             )
     except ProtocolError as err:
         fail(f"a secure round over {transport} failed: {err}")

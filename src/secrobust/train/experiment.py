@@ -14,9 +14,11 @@ interrupted grid resumes where it stopped and a changed setting reruns only what
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +92,14 @@ def run_grid(
     progress: bool = True,
     plots: bool = True,
     secure_aggregate: SecureAggregate | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every spec of ``config`` not already in ``out_dir/results.jsonl``; write the summary,
     the plots and print the table. Returns the summary.
+
+    ``jobs`` > 1 runs that many specs at once, each in its own process with torch on one thread (every run
+    is a pure function of its spec, so the records are those of a serial grid, in completion order on disk);
+    a shared ``secure_aggregate`` (one deployment) needs ``jobs=1``.
 
     ``secure_aggregate`` is handed to every secure run (see ``runner.run``): by default the secure runs
     call ``secrobust.aggregate`` in this process; ``secrobust demo --transport grpc`` passes the
@@ -123,9 +130,20 @@ def run_grid(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if jobs > 1 and secure_aggregate is not None:
+        raise ValueError("a grid over one shared deployment runs one job at a time (jobs=1)")
     with Progress(*columns, console=console, disable=not progress, transient=False) as bars:
         runs_task = bars.add_task("runs", total=len(specs), completed=len(specs) - len(todo))
         rounds_task = bars.add_task("rounds", total=config.train.rounds)
+        if jobs > 1 and len(todo) > 1:
+            for record in _run_parallel(todo, jobs):
+                with results_path.open("a") as fh:
+                    fh.write(json.dumps(record, allow_nan=False) + "\n")
+                done[record["run_id"]] = record
+                bars.advance(runs_task)
+            todo = []
         for spec in todo:
             key = (spec.data.dataset, spec.data_seed, spec.data.test_fraction, spec.data.fallback)
             if key not in datasets:
@@ -161,6 +179,25 @@ def run_grid(
         paths = plot_all(records, summary, out)
         console.print(f"wrote {out / RESULTS}, {out / SUMMARY} and {len(paths)} plots in {out}")
     return summary
+
+
+def _run_one(spec: RunSpec) -> dict[str, Any]:
+    """One run in a worker process: its own dataset copy, torch on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(spec.data.dataset, seed=spec.data_seed, test_fraction=spec.data.test_fraction,
+                           fallback=None if spec.data.fallback == "none" else spec.data.fallback)
+    return run(spec, dataset=dataset).record()
+
+
+def _run_parallel(specs: list[RunSpec], jobs: int) -> Iterator[dict[str, Any]]:
+    """Records of ``specs`` as they finish, ``jobs`` processes at a time (spawned: no state shared with torch)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_run_one, spec) for spec in specs]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
