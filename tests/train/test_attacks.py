@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from secrobust.train import attacks
-from secrobust.train.attacks import ATTACKS, alie_z, flips_labels, make_attack
+from secrobust.train.attacks import ATTACKS, alie_z, flips_labels, make_attack, rule_context
 from secrobust.train.data import flip_labels
 
 
@@ -16,13 +16,19 @@ def _rows(h: int = 7, f: int = 3, d: int = 5, seed: int = 0) -> tuple[np.ndarray
     return rng.normal(1.0, 0.5, size=(h, d)), rng.normal(1.0, 0.5, size=(f, d))
 
 
+def _context(name: str) -> dict:
+    """What the runner passes a rule-aware attack (Krum with f = 3 over the 10 rows of ``_rows``)."""
+    return {"rule": "krum", "f": 3} if rule_context(name) else {}
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_returns_f_rows_of_dimension_d_for_numpy_and_torch(name: str) -> None:
     honest, own = _rows()
     attack = make_attack(name)
 
-    from_numpy = attack(honest, own, np.random.default_rng(1))
-    from_torch = attack(torch.from_numpy(honest), torch.from_numpy(own), np.random.default_rng(1))
+    from_numpy = attack(honest, own, np.random.default_rng(1), **_context(name))
+    from_torch = make_attack(name)(torch.from_numpy(honest), torch.from_numpy(own), np.random.default_rng(1),
+                                   **_context(name))
 
     assert from_numpy.shape == (3, 5) and from_numpy.dtype == np.float64
     assert np.all(np.isfinite(from_numpy))
@@ -33,10 +39,8 @@ def test_every_attack_returns_f_rows_of_dimension_d_for_numpy_and_torch(name: st
 def test_every_attack_is_deterministic_under_a_seed_and_leaves_its_inputs_alone(name: str) -> None:
     honest, own = _rows()
     before = honest.copy(), own.copy()
-    attack = make_attack(name)
-
-    first = attack(honest, own, np.random.default_rng(42))
-    second = attack(honest, own, np.random.default_rng(42))
+    first = make_attack(name)(honest, own, np.random.default_rng(42), **_context(name))
+    second = make_attack(name)(honest, own, np.random.default_rng(42), **_context(name))
 
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(honest, before[0])
@@ -76,16 +80,27 @@ def test_alie_z_is_the_papers_z_max() -> None:
     assert alie_z(50, 24) == pytest.approx(1.750686, abs=1e-6)
 
 
-def test_alie_sends_mean_minus_z_sigma_in_every_coordinate() -> None:
+def test_alie_sends_mean_minus_z_sigma_with_byzfls_default_z_and_the_papers_as_an_option() -> None:
     honest, own = _rows(h=16, f=4, d=30)
     mu, sigma = honest.mean(axis=0), honest.std(axis=0, ddof=1)
 
     out = attacks.alie(honest, own, np.random.default_rng(0))
-    custom = attacks.alie(honest, own, np.random.default_rng(0), z=1.5)
+    paper = attacks.alie(honest, own, np.random.default_rng(0), z="paper")
+    custom = make_attack("alie", z=0.5)(honest, own, np.random.default_rng(0))
 
-    np.testing.assert_allclose(out, np.tile(mu - alie_z(20, 4) * sigma, (4, 1)))
-    np.testing.assert_allclose(custom[0], mu - 1.5 * sigma)
-    assert np.all(np.abs(out[0] - mu) <= sigma)
+    assert attacks.attack_options("alie") == {"z": 1.5}
+    np.testing.assert_allclose(out, np.tile(mu - 1.5 * sigma, (4, 1)))
+    np.testing.assert_allclose(paper, np.tile(mu - alie_z(20, 4) * sigma, (4, 1)))
+    np.testing.assert_allclose(custom[0], mu - 0.5 * sigma)
+    assert np.all(np.abs(paper[0] - mu) <= sigma)
+
+
+@pytest.mark.parametrize("z", ["max", float("nan"), float("inf"), True, None])
+def test_alie_refuses_a_z_that_is_neither_a_finite_number_nor_paper(z: object) -> None:
+    honest, own = _rows()
+
+    with pytest.raises(ValueError, match="alie z must be a finite number or 'paper'"):
+        attacks.alie(honest, own, np.random.default_rng(0), z=z)
 
 
 def test_mimic_copies_the_honest_worker_farthest_along_the_principal_direction() -> None:
@@ -94,13 +109,13 @@ def test_mimic_copies_the_honest_worker_farthest_along_the_principal_direction()
     honest[6] += 5.0 * np.eye(8)[2]
     own = np.zeros((3, 8))
 
-    chosen = attacks.mimic(honest, own, np.random.default_rng(0))
-    fixed = attacks.mimic(honest, own, np.random.default_rng(0), target=1)
+    chosen = make_attack("mimic")(honest, own, np.random.default_rng(0))
+    fixed = make_attack("mimic", target=1)(honest, own, np.random.default_rng(0))
 
     np.testing.assert_array_equal(chosen, np.tile(honest[6], (3, 1)))
     np.testing.assert_array_equal(fixed, np.tile(honest[1], (3, 1)))
     with pytest.raises(ValueError, match="target"):
-        attacks.mimic(honest, own, np.random.default_rng(0), target=10)
+        make_attack("mimic", target=10)(honest, own, np.random.default_rng(0))
 
 
 def test_gaussian_rows_have_zero_mean_and_the_requested_std() -> None:
@@ -146,3 +161,5 @@ def test_make_attack_rejects_unknown_names_and_options() -> None:
         make_attack("sign-flip", scael=2.0)
     with pytest.raises(ValueError, match="allowed: none"):
         make_attack("zero", scale=2.0)
+    with pytest.raises(ValueError, match=r"option\(s\) \['rule'\] of attack 'optimal-alie' come from the run"):
+        make_attack("optimal-alie", rule="krum")

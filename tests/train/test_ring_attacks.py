@@ -151,7 +151,7 @@ def test_ring_attacks_have_options_only_where_documented() -> None:
     assert attacks.attack_options("high-bits") == {"scale": 10.0}
     assert all(attacks.attack_options(name) == {} for name in RING_ATTACKS if name != "high-bits")
     assert not is_ring_attack("large-norm")
-    with pytest.raises(ValueError, match=r"allowed: none, .*large-norm, zero-wrap, high-bits, norm-wrap"):
+    with pytest.raises(ValueError, match=r"allowed: none, .*large-norm, .*zero-wrap, high-bits, norm-wrap"):
         make_attack("high-bit")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['frac_bits'\]"):
         make_attack("zero-wrap", frac_bits=20)

@@ -112,42 +112,413 @@ def alie_z(n: int, f: int) -> float:
     return float(_normal.ppf((n - s) / n))
 
 
-def alie(honest: Any, own: Any, rng: np.random.Generator, *, z: float | None = None) -> np.ndarray:
+ALIE_Z = 1.5
+"""ALIE's default z: ByzFL's ``ALittleIsEnough(tau=1.5)``. ``z="paper"`` is Baruch et al.'s z_max (``alie_z``)."""
+
+
+def _alie_factor(z: float | str, n: int, f: int) -> float:
+    if isinstance(z, str):
+        if z != "paper":
+            raise ValueError(f"alie z must be a finite number or 'paper' (Baruch et al.'s z_max), got {z!r}")
+        return alie_z(n, f)
+    if isinstance(z, bool) or not isinstance(z, (int, float, np.integer, np.floating)) or not math.isfinite(z):
+        raise ValueError(f"alie z must be a finite number or 'paper' (Baruch et al.'s z_max), got {z!r}")
+    return float(z)
+
+
+def _sigma(h: np.ndarray) -> np.ndarray:
+    return h.std(axis=0, ddof=1) if h.shape[0] > 1 else np.zeros(h.shape[1])
+
+
+def alie(honest: Any, own: Any, rng: np.random.Generator, *, z: float | str = ALIE_Z) -> np.ndarray:
     r"""A little is enough: every Byzantine row is :math:`\mu - z\,\sigma` (coordinate-wise).
 
     Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses for Distributed
-    Learning" (NeurIPS 2019). By default z = ``alie_z(n, f)`` with n = h + f, the paper's
-    z_max (0.385 for n = 20, f = 4). sigma uses ddof = 1. The shift hides inside the honest
-    spread in every coordinate, so distance- and median-based rules accept it.
+    Learning" (NeurIPS 2019). z defaults to 1.5, ByzFL's default (``byzfl.ALittleIsEnough``, which sends
+    :math:`\mu + \tau\sigma`: the same attack with the opposite sign, z = -tau). ``z="paper"`` is the
+    paper's z_max = ``alie_z(n, f)`` with n = h + f (0.385 for n = 20, f = 4, too small to hurt Krum).
+    sigma uses ddof = 1. The shift hides inside the honest spread in every coordinate, so distance- and
+    median-based rules accept it.
     """
     h, o = _rows(honest, own)
     f = o.shape[0]
-    zz = alie_z(h.shape[0] + f, f) if z is None else float(z)
-    sigma = h.std(axis=0, ddof=1) if h.shape[0] > 1 else np.zeros(h.shape[1])
-    return np.tile(h.mean(axis=0) - zz * sigma, (f, 1))
+    zz = _alie_factor(z, h.shape[0] + f, f)
+    return np.tile(h.mean(axis=0) - zz * _sigma(h), (f, 1))
 
 
-def mimic(honest: Any, own: Any, rng: np.random.Generator, *, target: int | None = None) -> np.ndarray:
-    r"""Mimic: every Byzantine worker copies one honest worker's update :math:`x_{i^*}`.
+class Mimic:
+    r"""Mimic with a target fixed after a warm-up: every Byzantine worker copies one honest worker's update
+    :math:`x_{i^*}`.
 
-    Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing"
-    (ICLR 2022). Over-weighting one honest worker biases the aggregate toward its data under
-    heterogeneity while every Byzantine row looks honest. Unless ``target`` fixes i*, it is
-    :math:`\arg\max_i |\langle z, x_i - \mu\rangle|` with z the top principal direction of the
-    honest rows (the paper's heuristic, here recomputed each round rather than fixed after a
-    warm-up phase). Those projections are :math:`s_1 u_1`, so i* is read off the top eigenvector
-    u_1 of the h x h Gram matrix of the centred rows.
+    Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing" (ICLR 2022),
+    as their code runs it (``MimicVariantAttacker`` in epfml/byzantine-robust-noniid-optimizer, whose warm-up
+    defaults to 1 round). Over-weighting one honest worker biases the aggregate toward its data under
+    heterogeneity while every Byzantine row looks honest. The attacker estimates the top principal direction
+    z of the honest updates by an averaged power iteration: in round 0, :math:`\mu = \bar x`, z drawn from
+    N(0, I) with ``rng`` and replaced by :math:`\sum_i \langle x_i - \mu, z\rangle (x_i - \mu)` normalised; in
+    warm-up round t < ``warmup``, :math:`\mu \leftarrow \frac{t}{t+1}\mu + \frac{1}{t+1}\bar x` and
+    :math:`z \leftarrow` the normalised :math:`\frac{t}{t+1} z + \frac{1}{t+1} \hat c` with :math:`\hat c`
+    the same sum normalised. In every warm-up round the target is :math:`i^* = \arg\max_i \langle x_i, z\rangle`;
+    from round ``warmup`` on, i* is the last warm-up round's and stays fixed. ``target`` fixes i* (an index into
+    the honest rows) from the start, with no warm-up. Stateful: ``make_attack`` builds one per run, and the honest
+    rows must come in the same order every round (the runner's do).
+    """
+
+    def __init__(self, *, warmup: int = 1, target: int | None = None) -> None:
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 1:
+            raise ValueError(f"mimic warmup must be an integer >= 1 (rounds), got {warmup!r}")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
+                                   or target < 0):
+            raise ValueError(f"mimic target must be None or a non-negative integer, got {target!r}")
+        self.warmup, self.target = int(warmup), target
+        self.t = 0
+        self.mu: np.ndarray | None = None
+        self.z: np.ndarray | None = None
+        self.chosen: int | None = None
+
+    def _power_step(self, h: np.ndarray) -> np.ndarray | None:
+        dev = h - self.mu
+        cumulative = (dev @ self.z) @ dev
+        length = float(np.linalg.norm(cumulative))
+        return cumulative / length if length > 0 else None
+
+    def __call__(self, honest: Any, own: Any, rng: np.random.Generator) -> np.ndarray:
+        h, o = _rows(honest, own)
+        if self.target is not None:
+            if not int(self.target) < h.shape[0]:
+                raise ValueError(f"mimic target must be in [0, {h.shape[0]}), got {self.target}")
+            return np.tile(h[int(self.target)], (o.shape[0], 1))
+        if self.t < self.warmup:
+            avg = h.mean(axis=0)
+            if self.t == 0:
+                self.mu, self.z = avg, rng.standard_normal(h.shape[1])
+                step = self._power_step(h)
+                if step is not None:
+                    self.z = step
+            else:
+                w = self.t / (self.t + 1.0)
+                self.mu = w * self.mu + avg / (self.t + 1.0)
+                step = self._power_step(h)
+                if step is not None:
+                    self.z = w * self.z + step / (self.t + 1.0)
+            length = float(np.linalg.norm(self.z))
+            if length > 0:
+                self.z = self.z / length
+            self.chosen = int(np.argmax(h @ self.z))
+        self.t += 1
+        if not self.chosen < h.shape[0]:
+            raise ValueError(f"mimic's fixed target {self.chosen} is not among the {h.shape[0]} honest rows")
+        return np.tile(h[self.chosen], (o.shape[0], 1))
+
+
+RULE_CONTEXT = ("rule", "f", "rule_options", "norm_bound")
+"""What a rule-aware attack gets from the runner, not from the config: the rule's base name (``spec.base_rule``),
+its f, the run's rule options (with cclip's ``center``, the previous aggregate) and the norm bound of the input
+validity check (rows above it get weight 0, so the attacker never sends them)."""
+
+SEARCHES = ("grid", "byzfl")
+GRID_POINTS = 10
+"""The grid search's first phase: 0 and max_scale * 2^-8, ..., max_scale * 2^0."""
+BYZFL_START, BYZFL_DELTA, BYZFL_RATIO = 0.0, 10.0, 0.8
+"""ByzFL 0.0.11's line search (``Optimal_ALittleIsEnough``, ``Optimal_InnerProductManipulation``) defaults."""
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+TIE = 1e-9
+"""Relative margin below which two objective values count as equal: the oracle's float noise (about 1e-15) on a
+plateau, where the rule ignores the Byzantine rows, must not look like progress."""
+
+
+def _better(y: float, best: float) -> bool:
+    return y > best + TIE * abs(best)
+
+
+def _check_search(search: str, evals: int, max_scale: float) -> None:
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    least = GRID_POINTS if search == "grid" else 1
+    if isinstance(evals, bool) or not isinstance(evals, (int, np.integer)) or evals < least:
+        raise ValueError(f"evals must be an integer >= {least} for search={search!r}, got {evals!r}")
+    if isinstance(max_scale, bool) or not isinstance(max_scale, (int, float)) or not (
+            math.isfinite(max_scale) and max_scale > 0):
+        raise ValueError(f"max_scale must be a positive finite number, got {max_scale!r}")
+
+
+def line_search(objective: Callable[[float], float], *, search: str = "grid", evals: int = 20,
+                max_scale: float = 32.0) -> tuple[float, float]:
+    r"""(s, objective(s)) for the best scale s >= 0 found in ``evals`` evaluations.
+
+    ``"grid"``: the 10 points 0, max_scale * 2^k (k = -8..0), then golden-section search with the remaining
+    evaluations on the interval between the best grid point's two neighbours (the objective jumps where the
+    rule's choice changes, so the best point evaluated is kept, not the last). ``"byzfl"``: ByzFL 0.0.11's line
+    search exactly (start 0, step 10, doubled on success during expansion; after the first failure the step
+    shrinks by 0.8 per evaluation and only s_best + step is tried), which never looks below its first success
+    (s = 10 when it already beats s = 0) and so misses the small scales that beat Krum; ``max_scale`` is not used.
+    Values within a relative ``TIE`` (1e-9) of each other count as equal, and ties keep the earliest point (the
+    smaller scale on the grid).
+    """
+    _check_search(search, evals, max_scale)
+    if search == "byzfl":
+        best_x, best_y, delta, left = BYZFL_START, objective(BYZFL_START), BYZFL_DELTA, evals - 1
+        while left > 0:
+            x = best_x + delta
+            y = objective(x)
+            left -= 1
+            if _better(y, best_y):
+                best_x, best_y, delta = x, y, delta * 2
+            else:
+                delta *= BYZFL_RATIO
+                break
+        while left > 0:
+            x = best_x + delta
+            y = objective(x)
+            left -= 1
+            if _better(y, best_y):
+                best_x, best_y = x, y
+            delta *= BYZFL_RATIO
+        return best_x, best_y
+    grid = [0.0] + [float(max_scale) * 2.0**k for k in range(-(GRID_POINTS - 2), 1)]
+    values = [objective(s) for s in grid]
+    top = max(values)
+    k = next(i for i, y in enumerate(values) if not _better(top, y))
+    best_x, best_y = grid[k], values[k]
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    left = evals - GRID_POINTS
+    c, d = hi - GOLDEN * (hi - lo), lo + GOLDEN * (hi - lo)
+    fc = fd = None
+    while left > 0:
+        if fc is None:
+            fc, left = objective(c), left - 1
+            if _better(fc, best_y):
+                best_x, best_y = c, fc
+            continue
+        if fd is None:
+            fd, left = objective(d), left - 1
+            if _better(fd, best_y):
+                best_x, best_y = d, fd
+            continue
+        if fc >= fd:
+            hi, d, fd = d, c, fc
+            c, fc = hi - GOLDEN * (hi - lo), None
+        else:
+            lo, c, fc = c, d, fd
+            d, fd = lo + GOLDEN * (hi - lo), None
+    return best_x, best_y
+
+
+def _need_rule(name: str, rule: str | None) -> str:
+    if rule is None:
+        raise ValueError(f"attack {name!r} needs the aggregation rule (rule=, f=, rule_options=): the training "
+                         "runner passes them; called directly, pass them yourself")
+    return rule
+
+
+def _capped(objective: Callable[[float], float], a: np.ndarray, p: np.ndarray,
+            norm_bound: float | None) -> Callable[[float], float]:
+    """The objective with -inf where the Byzantine row a + s p would fail the input validity check."""
+    if norm_bound is None:
+        return objective
+    aa, ap, pp, bound = float(a @ a), float(a @ p), float(p @ p), float(norm_bound) ** 2
+
+    def capped(s: float) -> float:
+        return objective(s) if aa + 2 * s * ap + s * s * pp <= bound else -math.inf
+    return capped
+
+
+def _optimal(name: str, h: np.ndarray, o: np.ndarray, a: np.ndarray, p: np.ndarray, rule: str | None,
+             f: int | None, rule_options: dict | None, norm_bound: float | None, search: str, evals: int,
+             max_scale: float) -> tuple[np.ndarray, float]:
+    from secrobust.train.oracle import RuleOracle
+
+    _check_search(search, evals, max_scale)
+    rule = _need_rule(name, rule)
+    if not o.shape[0] or not h.shape[0]:
+        return np.tile(a, (o.shape[0], 1)), 0.0
+    oracle = RuleOracle(h, a, p, o.shape[0], rule, o.shape[0] if f is None else f, rule_options)
+    s, _ = line_search(_capped(oracle.deviation, a, p, norm_bound), search=search, evals=evals,
+                       max_scale=max_scale)
+    return np.tile(a + s * p, (o.shape[0], 1)), s
+
+
+def optimal_alie(honest: Any, own: Any, rng: np.random.Generator, *, search: str = "grid", evals: int = 20,
+                 max_scale: float = 32.0, rule: str | None = None, f: int | None = None,
+                 rule_options: dict | None = None, norm_bound: float | None = None) -> np.ndarray:
+    r"""Optimal ALIE: every Byzantine row is :math:`\mu - z^*\sigma`, z* the scale in [0, max_scale] that
+    maximises :math:`\lVert \mathrm{rule}(\text{honest}, \text{Byzantine}) - \mu\rVert`.
+
+    ByzFL's ``Optimal_ALittleIsEnough`` (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by
+    Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023) on the ALIE of Baruch et al.
+    (NeurIPS 2019); ByzFL sends :math:`\mu + \tau\sigma`, the same family with the opposite sign. The attacker
+    knows the rule, its f and options (``RULE_CONTEXT``, filled by the runner) and evaluates the rule in float
+    (``oracle.RuleOracle``: no fixed-point encoding and no pre-aggregation step). ``line_search`` says what
+    ``search`` and ``evals`` do; scales whose rows would exceed ``norm_bound`` are not considered.
     """
     h, o = _rows(honest, own)
-    if target is None:
-        centred = h - h.mean(axis=0)
-        _, vectors = np.linalg.eigh(centred @ centred.T)
-        i_star = int(np.argmax(np.abs(vectors[:, -1])))
-    else:
-        if not 0 <= int(target) < h.shape[0]:
-            raise ValueError(f"mimic target must be in [0, {h.shape[0]}), got {target}")
-        i_star = int(target)
-    return np.tile(h[i_star], (o.shape[0], 1))
+    rows, _ = _optimal("optimal-alie", h, o, h.mean(axis=0) if h.shape[0] else np.zeros(o.shape[1]),
+                       -_sigma(h) if h.shape[0] else np.zeros(o.shape[1]), rule, f, rule_options, norm_bound,
+                       search, evals, max_scale)
+    return rows
+
+
+def optimal_ipm(honest: Any, own: Any, rng: np.random.Generator, *, search: str = "grid", evals: int = 20,
+                max_scale: float = 32.0, rule: str | None = None, f: int | None = None,
+                rule_options: dict | None = None, norm_bound: float | None = None) -> np.ndarray:
+    r"""Optimal IPM: every Byzantine row is :math:`-\varepsilon^*\mu`, epsilon* the scale in [0, max_scale] that
+    maximises :math:`\lVert \mathrm{rule}(\text{honest}, \text{Byzantine}) - \mu\rVert`.
+
+    ByzFL's ``Optimal_InnerProductManipulation`` (Allouah et al., AISTATS 2023) on the IPM of Xie, Koyejo,
+    Gupta (UAI 2019); ByzFL's factor tau is epsilon here. Rule knowledge, evaluation and search as in
+    ``optimal_alie``.
+    """
+    h, o = _rows(honest, own)
+    mu = h.mean(axis=0) if h.shape[0] else np.zeros(o.shape[1])
+    rows, _ = _optimal("optimal-ipm", h, o, np.zeros(o.shape[1]), -mu, rule, f, rule_options, norm_bound,
+                       search, evals, max_scale)
+    return rows
+
+
+PERTURBATIONS = ("std", "unit-vec", "sign")
+
+
+def _perturbation(h: np.ndarray, kind: str) -> np.ndarray:
+    """Shejwalkar and Houmansadr's p: -sigma ("std"), -mu/||mu|| ("unit-vec") or -sign(mu) ("sign")."""
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {kind!r}")
+    mu = h.mean(axis=0)
+    if kind == "std":
+        return -_sigma(h)
+    if kind == "sign":
+        return -np.sign(mu)
+    length = float(np.linalg.norm(mu))
+    return -mu / length if length > 0 else np.zeros_like(mu)
+
+
+def min_max_gamma(honest: np.ndarray, p: np.ndarray) -> float:
+    r"""The largest :math:`\gamma \ge 0` with :math:`\max_i \lVert \mu + \gamma p - x_i\rVert^2 \le
+    \max_{i,j} \lVert x_i - x_j\rVert^2`, in closed form: each constraint is a convex quadratic in gamma
+    that holds at 0 (:math:`\lVert x_i - \mu\rVert \le \max_j \lVert x_i - x_j\rVert`), so the feasible set
+    is [0, min_i gamma_i] with gamma_i the larger root of constraint i (what the paper's binary search
+    converges to). inf when p = 0."""
+    dev = honest - honest.mean(axis=0)
+    sq = np.einsum("ij,ij->i", honest, honest)
+    bound = float(np.max(sq[:, None] + sq[None, :] - 2.0 * (honest @ honest.T)))
+    pp = float(p @ p)
+    if pp == 0:
+        return math.inf
+    q = dev @ p
+    c = np.einsum("ij,ij->i", dev, dev) - bound
+    return float(np.min((q + np.sqrt(np.maximum(q * q - pp * c, 0.0))) / pp))
+
+
+def min_sum_gamma(honest: np.ndarray, p: np.ndarray) -> float:
+    r"""The largest :math:`\gamma \ge 0` with :math:`\sum_i \lVert \mu + \gamma p - x_i\rVert^2 \le \max_i
+    \sum_j \lVert x_i - x_j\rVert^2`, in closed form: the cross term vanishes (the x_i - mu sum to 0), so
+    :math:`\gamma^2 h \lVert p\rVert^2 \le \max_i S_i - \sum_i \lVert x_i - \mu\rVert^2`. inf when p = 0."""
+    dev = honest - honest.mean(axis=0)
+    sq = np.einsum("ij,ij->i", honest, honest)
+    sums = (sq[:, None] + sq[None, :] - 2.0 * (honest @ honest.T)).sum(axis=1)
+    pp = float(p @ p)
+    if pp == 0:
+        return math.inf
+    slack = float(np.max(sums)) - float(np.einsum("ij,ij->", dev, dev))
+    return math.sqrt(max(slack, 0.0) / (honest.shape[0] * pp))
+
+
+def _agr_agnostic(h: np.ndarray, o: np.ndarray, perturbation: str,
+                  gamma: Callable[[np.ndarray, np.ndarray], float]) -> np.ndarray:
+    if h.shape[0] < 2:
+        return np.tile(h.mean(axis=0) if h.shape[0] else np.zeros(o.shape[1]), (o.shape[0], 1))
+    p = _perturbation(h, perturbation)
+    g = gamma(h, p)
+    mu = h.mean(axis=0)
+    return np.tile(mu if not math.isfinite(g) else mu + g * p, (o.shape[0], 1))
+
+
+def min_max(honest: Any, own: Any, rng: np.random.Generator, *, perturbation: str = "std") -> np.ndarray:
+    r"""Min-max: every Byzantine row is :math:`\mu + \gamma p` with the largest gamma whose row is no farther
+    from any honest row than the two farthest honest rows are from each other (``min_max_gamma``).
+
+    Shejwalkar, Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses for
+    Federated Learning" (NDSS 2021), the AGR-agnostic attack: the attacker knows the honest updates but not
+    the rule. p (``perturbation``) is -sigma ("std", the default), -mu/||mu|| ("unit-vec") or -sign(mu)
+    ("sign"). gamma is exact (closed form), where the paper binary-searches it.
+    """
+    h, o = _rows(honest, own)
+    return _agr_agnostic(h, o, perturbation, min_max_gamma)
+
+
+def min_sum(honest: Any, own: Any, rng: np.random.Generator, *, perturbation: str = "std") -> np.ndarray:
+    r"""Min-sum: every Byzantine row is :math:`\mu + \gamma p` with the largest gamma whose sum of squared
+    distances to the honest rows is at most the largest such sum of an honest row (``min_sum_gamma``).
+
+    Shejwalkar, Houmansadr (NDSS 2021), AGR-agnostic, as ``min_max``.
+    """
+    h, o = _rows(honest, own)
+    return _agr_agnostic(h, o, perturbation, min_sum_gamma)
+
+
+DIRECTIONS = ("mean", "std", "sign")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    length = float(np.linalg.norm(v))
+    return v / length if length > 0 else np.full(v.shape, 1.0 / math.sqrt(max(v.size, 1)))
+
+
+def cclip_radius(honest_distances: np.ndarray, f: int, tau: float | None) -> float:
+    r"""How far from the center the attacker puts its f rows: tau if it is fixed, else the largest clipping
+    radius it can get from cclip's default tau (the median of all n distances to the center): with its rows
+    at distance r that median is :math:`\tau(r)` and each row moves the next center by
+    :math:`\min(r, \tau(r))/n`, at most :math:`\tau_{hi} = \tau(\infty)`; r is the smallest candidate that
+    attains it (:math:`\tau_{hi}` itself, or the next honest distance when n is even)."""
+    if tau is not None:
+        return float(tau)
+    if not f:
+        return 0.0
+
+    def median_with(r: float) -> float:
+        return float(np.median(np.concatenate([honest_distances, np.full(f, r)])))
+
+    high = median_with(math.inf)
+    for r in [high, *np.sort(honest_distances[honest_distances > high]).tolist()]:
+        if min(r, median_with(r)) >= high * (1.0 - 1e-12):
+            return r
+    return float(np.max(honest_distances))
+
+
+def cclip_adaptive(honest: Any, own: Any, rng: np.random.Generator, *, direction: str = "mean",
+                   rule: str | None = None, f: int | None = None, rule_options: dict | None = None,
+                   norm_bound: float | None = None) -> np.ndarray:
+    r"""Adaptive attack on centered clipping: every Byzantine row is :math:`v + r u`, at distance r from the
+    clipping center v (the previous aggregate: the runner's cclip ``center``) along u, the unit vector of -mu
+    ("mean", the default), -sigma ("std") or -sign(mu) ("sign").
+
+    Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust Optimization" (ICML 2021), Section 4:
+    a Byzantine row moves the clipped step :math:`\frac1n\sum_i \min(1, \tau/\lVert x_i - v\rVert)(x_i - v)` by at
+    most :math:`\tau/n`, so the strongest attack on one round puts every Byzantine row at distance tau, where
+    it is not clipped, all in one direction: a bias of :math:`f\tau/n` per round that the analysis bounds and
+    that adds up over rounds when the direction stays the same (the Byzantines are consistent where honest noise
+    is not). Assumes an omniscient attacker that knows tau and v; with a fixed ``tau`` in the rule options r is
+    tau, with cclip's default tau (the median distance, which the Byzantine rows shift) r is ``cclip_radius``.
+    With ``iterations`` > 1 it targets the first clipping step. Against another rule it sends the same rows
+    (center 0 unless the options name one). r shrinks, if needed, so that the rows pass the validity check
+    (``norm_bound``).
+    """
+    from secrobust.train.oracle import rule_arguments
+
+    h, o = _rows(honest, own)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if not o.shape[0] or not h.shape[0]:
+        return np.zeros(o.shape)
+    options, center = rule_arguments(rule or "cclip", rule_options)
+    v = np.zeros(h.shape[1]) if center is None else center
+    u = _unit(-h.mean(axis=0) if direction == "mean" else -_sigma(h) if direction == "std"
+              else -np.sign(h.mean(axis=0)))
+    r = cclip_radius(np.linalg.norm(h - v, axis=1), o.shape[0], options.get("tau"))
+    if norm_bound is not None:
+        vu, vv, bound = float(v @ u), float(v @ v), float(norm_bound) ** 2
+        if vv + 2 * r * vu + r * r > bound:  # the largest r' <= r with ||v + r' u|| <= bound (0 if none)
+            r = max(0.0, -vu + math.sqrt(max(vu * vu - vv + bound, 0.0)))
+    return np.tile(v + r * u, (o.shape[0], 1))
 
 
 def zero(honest: Any, own: Any, rng: np.random.Generator) -> np.ndarray:
@@ -337,10 +708,16 @@ ATTACKS: dict[str, Callable[..., np.ndarray]] = {
     "gaussian": gaussian,
     "ipm": ipm,
     "alie": alie,
-    "mimic": mimic,
+    "mimic": Mimic,
     "zero": zero,
     "large-norm": large_norm,
+    "optimal-alie": optimal_alie,
+    "optimal-ipm": optimal_ipm,
+    "min-max": min_max,
+    "min-sum": min_sum,
+    "cclip-adaptive": cclip_adaptive,
 }
+"""Float attacks by name: functions, or classes (``Mimic``) whose instances keep state for one run."""
 
 RING_ATTACKS: dict[str, Callable[..., np.ndarray]] = {
     "zero-wrap": zero_wrap,
@@ -363,25 +740,43 @@ def is_ring_attack(name: str) -> bool:
     return name in RING_ATTACKS
 
 
-def attack_options(name: str) -> dict[str, Any]:
-    """The keyword options of attack ``name`` and their defaults."""
+def _keyword_only(name: str) -> dict[str, Any]:
     fn = _lookup(name)
+    target = fn.__init__ if isinstance(fn, type) else fn
     return {
         p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
+        for p in inspect.signature(target).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
 
 
+def rule_context(name: str) -> tuple[str, ...]:
+    """The ``RULE_CONTEXT`` keys attack ``name`` takes at call time (empty unless it is rule-aware): the runner
+    passes them as keyword arguments every round."""
+    return tuple(k for k in RULE_CONTEXT if k in _keyword_only(name))
+
+
+def attack_options(name: str) -> dict[str, Any]:
+    """The keyword options of attack ``name`` and their defaults (without the runner's ``rule_context``)."""
+    return {k: v for k, v in _keyword_only(name).items() if k not in RULE_CONTEXT}
+
+
 def make_attack(name: str, **options: Any) -> Attack | RingAttack:
-    """Bind ``options`` to attack ``name``; ValueError on an unknown name or option."""
+    """Bind ``options`` to attack ``name``; ValueError on an unknown name or option. A stateful attack (a class
+    in ``ATTACKS``) is a fresh instance: build one per run."""
     fn = _lookup(name)
     allowed = attack_options(name)
+    context = sorted(set(options) & set(rule_context(name)))
+    if context:
+        raise ValueError(f"option(s) {context} of attack {name!r} come from the run (the rule, its f and options, "
+                         f"the validity bound), not from the config; allowed: {sorted(allowed) or 'none'}")
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for attack {name!r}; allowed: {sorted(allowed) or 'none'}"
         )
+    if isinstance(fn, type):
+        return fn(**options)
     return functools.partial(fn, **options) if options else fn
 
 
