@@ -11,6 +11,8 @@ Round t, with global parameters :math:`\theta_t \in \mathbb R^d`:
 2. The f Byzantine workers (a random subset fixed for the run) compute the same thing on their
    own data (labels flipped for the label-flip attack), then replace it by
    ``attack(honest_rows, own_rows, rng)``; their float rows are marked ``unchecked`` for the engine.
+   A rule-aware attack also gets the rule (``spec.base_rule``), f, this round's rule options (cclip's center
+   included) and the validity check's norm bound (``attacks.RULE_CONTEXT``).
    A ring attack (``attacks.is_ring_attack``) returns uint64 ring elements instead,
    ``attack(honest_rows, own_rows, rng, F)``, sent as ``ring_rows`` (secure and plaintext alike).
 3. ``secrobust.aggregate`` (secure) or ``secrobust.plain_aggregate`` (plaintext) applies the
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from secrobust.train.attacks import flips_labels, is_ring_attack, make_attack
+from secrobust.train.attacks import flips_labels, is_ring_attack, make_attack, rule_context
 from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
 from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
@@ -158,15 +160,20 @@ def byzantine_inputs(
     honest: np.ndarray,
     rng: np.random.Generator,
     frac_bits: int,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Put the attack's rows in place and return the engine's keyword arguments for them.
 
     A float attack overwrites ``sent[byzantine]`` and the rows go ``unchecked``; a ring attack's uint64 rows
-    go as ``ring_rows`` {worker: row} (the engine ignores those workers' float rows, zeroed here)."""
+    go as ``ring_rows`` {worker: row} (the engine ignores those workers' float rows, zeroed here). ``context``
+    (``attacks.RULE_CONTEXT``: rule, f, rule options, validity bound) goes to a rule-aware float attack, whose
+    ``attacks.rule_context(name)`` names the keys it takes."""
     if not byzantine:
         return {"unchecked": ()}
     if not is_ring_attack(name):
-        sent[byzantine] = attack(sent[honest], sent[byzantine], rng)
+        wanted = rule_context(name)
+        extra = {k: v for k, v in (context or {}).items() if k in wanted}
+        sent[byzantine] = attack(sent[honest], sent[byzantine], rng, **extra)
         return {"unchecked": tuple(byzantine)}
     rows = attack(sent[honest], sent[byzantine], rng, frac_bits)
     sent[byzantine] = 0.0
@@ -293,8 +300,6 @@ def run(
         if too_long.any():
             sent[too_long] *= (encoder_bound / norms[too_long])[:, None]
             rescaled += int(too_long.sum())
-        byz_inputs = byzantine_inputs(attack, spec.attack, sent, byzantine, honest, attack_rng, tc.frac_bits)
-
         options = dict(spec.rule_options)
         if spec.base_rule == "cclip":
             options["center"] = center
@@ -305,6 +310,10 @@ def run(
         if dp.enabled:
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
+        # a rule-aware attack (optimal-alie/-ipm, cclip-adaptive) knows the rule, f, these options and the bound
+        context = {"rule": spec.base_rule, "f": f, "rule_options": options,
+                   "norm_bound": dp.clip if dp.enabled else encoder_bound}
+        byz_inputs = byzantine_inputs(attack, spec.attack, sent, byzantine, honest, attack_rng, tc.frac_bits, context)
         tick = time.perf_counter()
         result = engine_aggregate(
             sent,
