@@ -82,8 +82,10 @@ def test_demo_config_ships_in_the_package_and_meets_the_issue() -> None:
     cfg = demo_config()
 
     assert cfg.train.workers == 20 and cfg.grid.f == (4,)
-    assert {"mean", "krum", "krum@aggregate", "multi-krum", "geomed"} <= set(cfg.grid.rules)
-    assert {"sign-flip", "alie", "ring-overflow"} <= set(cfg.grid.attacks)
+    assert {"mean", "krum", "krum@aggregate", "krum+nnm", "multi-krum", "geomed"} <= set(cfg.grid.rules)
+    assert {"sign-flip", "alie", "min-max", "ring-overflow"} <= set(cfg.grid.attacks)
+    assert cfg.attack_options.get("sign-flip", {}).get("scale", 1.0) == 1.0     # the unscaled sign flip
+    assert cfg.attack_options.get("alie", {}).get("z", 1.5) == 1.5                # ByzFL's default
     assert set(cfg.grid.secure) == {True, False}
     assert cfg.data.dataset == "digits"
 
