@@ -318,7 +318,7 @@ def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int
         return None, rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), rows=rows)
     w, cw = rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), frac_bits=frac_bits)
     if reveal == "weights":
-        values = ring.decode(np.append(w, cw), ring.WEIGHT_FRAC_BITS)
+        values = rule.publish(np.append(w, cw), rows.shape[0], f_eff, options)
         choice = Choice(values[:-1], float(values[-1]))
         return choice, np.matmul(ring.encode_weights(choice.weights), rows)
     total = np.matmul(w, rows)

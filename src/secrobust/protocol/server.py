@@ -488,7 +488,8 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
         return out
     w, cw = out
     if plan.mode == "weights":
-        return (yield from arith.open_ring(state.party, np.append(w, cw)))
+        opened = yield from arith.open_ring(state.party, np.append(w, cw))
+        return rule.publish(opened, n, f, options)
     full = np.zeros(len(plan.worker_ids), dtype=np.uint64)
     full[state.positions()] = w
     u, _ = state.triple.vector_parts()
@@ -527,10 +528,9 @@ def apply_rule_output(state: ServerState, out) -> ServerState:
     """Take the rule circuit's result: public weights ("weights") or this server's shares ("aggregate")."""
     if state.plan.mode == "weights":
         n = len(state._participants())
-        opened = np.asarray(out, dtype=np.uint64)
-        if opened.shape != (n + 1,):
-            raise MalformedMessage(f"{state.name}: {opened.size} opened weights for {n} participants")
-        values = ring.decode(opened, ring.WEIGHT_FRAC_BITS)
+        values = np.asarray(out, dtype=np.float64)
+        if values.shape != (n + 1,):
+            raise MalformedMessage(f"{state.name}: {values.size} opened weights for {n} participants")
         return replace(state, choice=Choice(values[:n], float(values[n])))
     if not state.plan.weighted_sum:
         share = np.asarray(out, dtype=np.uint64)

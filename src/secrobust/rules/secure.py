@@ -45,6 +45,15 @@ class SecureRule:
     modes: tuple[str, ...] = ("weights", "aggregate")
     output: str = "weights"
     sizer: Callable[..., tuple[arith.Budget, int]] | None = None
+    exact: Callable[[np.ndarray, int, int, dict], np.ndarray] | None = None
+    """Opened ring weights (n + 1,) -> the exact public weights, for rules whose weights are a chosen set
+    times 1/m (so ``reveal="weights"`` reports 1/m, not its 32-bit rounding; the sum uses the same ring value)."""
+
+    def publish(self, opened: np.ndarray, n: int, f: int, options: dict) -> np.ndarray:
+        """The public weights and center weight (n + 1,) from their opened ring values at scale 2^W."""
+        if self.exact is not None:
+            return self.exact(np.asarray(opened, dtype=_U), n, f, options)
+        return ring.decode(np.asarray(opened, dtype=_U), ring.WEIGHT_FRAC_BITS)
 
 
 _SECURE: dict[str, SecureRule] = {}
@@ -175,11 +184,23 @@ def _mda_family():
     return circuit, plain
 
 
+def _chosen_over(count: Callable[[int, int, dict], int]):
+    """Exact weights of a rule that puts 1/count on each chosen worker (and nothing on the center)."""
+    def exact(opened: np.ndarray, n: int, f: int, options: dict) -> np.ndarray:
+        out = np.zeros(n + 1)
+        out[:n] = (opened[:n] != 0) / count(n, f, options)
+        return out
+    return exact
+
+
 register_secure(SecureRule("krum", (DISTANCES,), *_krum_family(False),
-                           limits=" (scores are exact; n - f - 2 must stay below 2^63 / (2b)^2, b the norm bound)"))
-register_secure(SecureRule("multi-krum", (DISTANCES,), *_krum_family(True), options=("m",)))
+                           limits=" (scores are exact; n - f - 2 must stay below 2^63 / (2b)^2, b the norm bound)",
+                           exact=_chosen_over(lambda n, f, o: 1)))
+register_secure(SecureRule("multi-krum", (DISTANCES,), *_krum_family(True), options=("m",),
+                           exact=_chosen_over(lambda n, f, o: _multi_krum_m(n, f, o, True))))
 register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
-                           limits=" (exact search over all C(n, f) subsets: small n only)"))
+                           limits=" (exact search over all C(n, f) subsets: small n only)",
+                           exact=_chosen_over(lambda n, f, o: n - f)))
 
 
 # Clipping rules (``secrobust.clip2pc``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
