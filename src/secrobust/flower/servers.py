@@ -1,0 +1,59 @@
+"""S0, S1 and the dealer as OS processes on loopback, for Flower clients to act as the workers.
+
+``FlowerServers`` is ``deploy.local.LocalDeployment`` without worker processes: it makes every party's
+key and certificate in that party's own folder (both server CAs played by the launcher), writes each
+party's TOML file, starts the dealer, S0 and S1 (each its own process, mutual TLS), and leaves the
+workers to the Flower ClientApps: virtual client ``i`` (Flower's ``partition-id``) is ``worker:i`` and
+reads ``worker_config(i)``; the ServerApp acts as both operators with ``operator_configs()``. Nothing
+here imports Flower.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..certs import operator_party, tls_name, worker_party
+from ..deploy.local import Child, LocalDeployment, LocalOptions
+
+SERVER_PARTIES = ("dealer", "S0", "S1")
+WORKER_CONFIG_TEMPLATE = "worker-{partition-id}"
+"""How a worker's folder and TOML stem are named: ``tls_name(worker_party(i))``."""
+
+
+class FlowerServers(LocalDeployment):
+    """The dealer, S0 and S1 as processes; ``n_workers`` worker identities whose keys the Flower
+    clients use (no worker process is started)."""
+
+    def __init__(self, n_workers: int, workdir: str | os.PathLike[str] | None = None,
+                 options: LocalOptions | None = None) -> None:
+        super().__init__(n_workers, workdir, options)
+
+    def _spawn(self, child: Child) -> None:
+        if child.name in SERVER_PARTIES:
+            super()._spawn(child)
+
+    def wait_workers_ready(self, timeout: float | None = None) -> None:
+        """No worker process: a Flower client reaches the servers when its first round asks it to share."""
+
+    def worker_config(self, worker_id: int) -> Path:
+        """The TOML file of ``worker:<worker_id>`` (its key, certificates and the servers' addresses)."""
+        return self.config_file(worker_party(worker_id))
+
+    def worker_config_template(self) -> str:
+        """``worker_config(i)`` with ``{partition-id}`` for i: what ``SecRobustMod(worker_config=...)`` takes."""
+        sample = str(self.worker_config(0))
+        stem = tls_name(worker_party(0))
+        return sample.replace(stem, WORKER_CONFIG_TEMPLATE)
+
+    def operator_configs(self) -> list[Path]:
+        """The TOML files of ``operator:S0`` and ``operator:S1``, for ``SecRobust(operators=...)``."""
+        return [self.config_file(operator_party(0)), self.config_file(operator_party(1))]
+
+    def server_pids(self) -> dict[str, int]:
+        """{dealer, S0, S1: process id} of the running server processes."""
+        return {name: self.children[name].proc.pid for name in SERVER_PARTIES
+                if self.children.get(name) is not None and self.children[name].proc is not None}
+
+
+__all__ = ["FlowerServers", "SERVER_PARTIES", "WORKER_CONFIG_TEMPLATE"]

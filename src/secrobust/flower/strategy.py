@@ -1,0 +1,278 @@
+"""The server side: a Flower strategy whose ServerApp is the round's operator towards S0, S1 and the dealer.
+
+``SecRobust`` is Flower's ``FedAvg`` (same sampling, evaluation and metric aggregation) with its training
+round replaced. Each round:
+
+1. ``configure_train`` samples the nodes as FedAvg does and sends them the global model, marked as
+   secrobust's train stage; each client's ``secrobust_mod`` trains, keeps its update, answers with its
+   worker id and metrics (no arrays).
+2. ``aggregate_train`` opens a round at S0 and S1 (both operator identities, ``deploy.operator.Operator``)
+   for the workers that answered, in worker-id order, with the rule, f, options and reveal mode given
+   here; sends those nodes the share stage; each shares its update with S0 and S1 directly; the strategy
+   then fetches the two aggregate shares and the public weights (none with ``reveal="aggregate"``),
+   rebuilds the robust aggregate of the updates, and adds it to the global model.
+
+The AggregateResult of every round is kept in ``history`` (and passed to ``on_round``): on the same
+updates it is what ``secrobust.aggregate`` returns (tests/flower). The strategy never holds an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from .. import api, ring, validity
+from ..deploy.config import load as load_config
+from ..deploy.operator import Operator
+from ..deploy.rounds import RoundRequest
+from ..errors import ProtocolError, RoundAborted
+from ..protocol.server import check_noise_std
+from ..rules import secure
+from ..rules.plain import split_options
+from ..rules.pre import prepare
+from ..rules.registry import get_rule
+from ..transport.grpc import PartyUnreachable, RemoteRejected
+from ..updates import encode_center
+from . import keys as K
+from .client import flatten, unflatten
+
+log = logging.getLogger("secrobust.flower")
+ROUND_ERRORS = (RoundAborted, RemoteRejected, PartyUnreachable, ProtocolError, ValueError)
+
+
+@dataclass
+class RoundRecord:
+    """One training round as the strategy saw it."""
+
+    server_round: int
+    round_id: int | None
+    worker_ids: tuple[int, ...]
+    """The round's rows, in order: row i of the result is worker ``worker_ids[i]``."""
+    node_ids: tuple[int, ...]
+    result: api.AggregateResult | None
+    error: str | None = None
+    declined: dict[int, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SecRobust(FedAvg):
+    """FedAvg's sampling and evaluation; training rounds aggregated by secrobust's S0 and S1.
+
+    ``operators``: the TOML files of ``operator:S0`` and ``operator:S1`` (the ServerApp rebuilds the
+    result, so it holds both), or an ``Operator`` made by the caller. ``rule``, ``f``, ``reveal``,
+    ``options`` (rule options, pre-aggregation ``pre=``/``s=``, cclip's ``center``) and the keywords after
+    them mean what they mean in ``secrobust.aggregate``; ``insecure_test_seed`` is for tests only (the
+    servers must run with ``insecure_test_seeds``). ``share_window_s`` is how long the servers wait for the
+    shares once a round is open. Other keywords go to FedAvg (``fraction_train``, ``min_train_nodes``,
+    ``fraction_evaluate``, ...). ``weighted_by_key`` only weighs the metrics: the rule decides the weights
+    of the updates."""
+
+    def __init__(self, operators: Sequence[str | Path] | Operator, rule: str = "krum", f: int = 0, *,
+                 reveal: str = secure.DEFAULT_MODE, options: dict[str, Any] | None = None,
+                 frac_bits: int = ring.DEFAULT_FRAC_BITS, dp_noise_std: float = 0.0, check_inputs: bool = True,
+                 norm_bound: float | None = None, min_participants: int | None = None,
+                 share_window_s: float = 60.0, insecure_test_seed: bytes | int | None = None, prefetch: int = 1,
+                 share_timeout_s: float | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None, **fedavg: Any) -> None:
+        super().__init__(**fedavg)
+        self.rule, self.f, self.reveal = rule, int(f), secure.check_mode(reveal)
+        self.options = dict(options or {})
+        api.refuse_seed_option(self.options)
+        get_rule(rule)
+        self.center, self.rule_options = split_options(rule, self.options)
+        _, own = prepare(get_rule(rule), self.rule_options, self.reveal)
+        secure.secure_rule(rule, self.reveal, own)
+        ring.check_frac_bits(frac_bits)
+        check_noise_std(dp_noise_std, frac_bits)
+        validity.check_flag(check_inputs, 1)
+        self.frac_bits, self.dp_noise_std, self.check_inputs = frac_bits, dp_noise_std, check_inputs
+        self.norm_bound, self.min_participants = norm_bound, min_participants
+        self.share_window_s = float(share_window_s)
+        self.share_timeout_s = share_timeout_s
+        self.insecure_test_seed = insecure_test_seed
+        self.prefetch = prefetch
+        self.on_round = on_round
+        self.history: list[RoundRecord] = []
+        self._operators = operators
+        self._op: Operator | None = operators if isinstance(operators, Operator) else None
+        self._grid: Grid | None = None
+        self._arrays: ArrayRecord | None = None
+        self._config: ConfigRecord | None = None
+
+    # the operator
+
+    @property
+    def operator(self) -> Operator:
+        if self._op is None:
+            cfgs = [load_config(Path(p)) for p in self._operators]  # type: ignore[union-attr]
+            bad = [c.party for c in cfgs if c.role != "operator"]
+            if bad or len(cfgs) != 2:
+                raise ValueError("SecRobust needs the TOML files of operator:S0 and operator:S1")
+            peers = {k: v for c in cfgs for k, v in c.peers.items()}
+            self._op = Operator([c.identity() for c in cfgs], peers.get("S0"), peers.get("S1"), peers.get("dealer"),
+                                connect_timeout=cfgs[0].connect_timeout_s, prefetch=self.prefetch)
+        return self._op
+
+    def close(self) -> None:
+        if self._op is not None and not isinstance(self._operators, Operator):
+            self._op.close()
+            self._op = None
+
+    def summary(self) -> None:
+        super().summary()
+        log.info("secrobust: rule %s, f=%d, reveal=%s, options %s", self.rule, self.f, self.reveal, self.options)
+
+    # stage 1: train
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._grid, self._arrays, self._config = grid, arrays, config
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.content.config_records[K.RECORD] = ConfigRecord(
+                {"stage": K.STAGE_TRAIN, "server-round": server_round, "arrays-key": self.arrayrecord_key})
+        return messages
+
+    # stage 2: the secure round
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        t0 = time.perf_counter()
+        assert self._grid is not None and self._arrays is not None, "configure_train runs first"
+        base = flatten(self._arrays)
+        cohort = self._cohort(list(replies), base.size)
+        wids = tuple(sorted(cohort))
+        nodes = tuple(cohort[w][0] for w in wids)
+        record = RoundRecord(server_round, None, wids, nodes, None)
+        metrics = self._metrics([cohort[w][1] for w in wids])
+        seconds = record.seconds
+        try:
+            request = self._request(wids, base.size)
+            self.operator.open_round(request)
+            record.round_id = request.round_id
+            t1 = time.perf_counter()
+            shared = self._share(server_round, request, cohort)
+            seconds["share"] = time.perf_counter() - t1
+            record.declined = {w: why for w, why in shared.items() if why}
+            t1 = time.perf_counter()
+            result = self.operator.collect(request, n=len(wids), wait_s=request.share_window_s + 600.0)
+            seconds["collect"] = time.perf_counter() - t1
+        except ROUND_ERRORS as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            log.warning("secrobust round for server round %d failed, the global model stays: %s",
+                        server_round, record.error)
+            self._done(record, t0)
+            return None, metrics
+        record.result = result
+        self._done(record, t0)
+        new = unflatten(base + result.aggregate, self._arrays)
+        out = dict(metrics or {})
+        out.update({"secrobust-participants": len(result.participants), "secrobust-rejected": len(result.rejected)})
+        return new, MetricRecord(out)
+
+    def _done(self, record: RoundRecord, t0: float) -> None:
+        record.seconds["round"] = time.perf_counter() - t0
+        self.history.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _cohort(self, replies: list[Message], d: int) -> dict[int, tuple[int, RecordDict]]:
+        """{worker id: (node id, reply content)} of the nodes that trained and kept an update of dimension d."""
+        out: dict[int, tuple[int, RecordDict]] = {}
+        claimed: set[int] = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log.info("node %d: %s", node, msg.error.reason)
+                continue
+            cfg = msg.content.config_records.get(K.RECORD)
+            if cfg is None or cfg.get("stage") != K.STAGE_TRAINED:
+                log.warning("node %d answered without secrobust_mod's trained stage; left out", node)
+                continue
+            wid, dim = int(cfg["worker"]), int(cfg["d"])
+            if dim != d:
+                log.warning("node %d (worker %d) kept an update of dimension %d, the model has %d; left out",
+                            node, wid, dim, d)
+                continue
+            if wid in claimed:      # two nodes claim one worker: neither can be told apart, both sit out
+                out.pop(wid, None)
+                continue
+            claimed.add(wid)
+            out[wid] = (node, msg.content)
+        return out
+
+    def _metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
+        with_weight = [c for c in contents if any(self.weighted_by_key in m for m in c.metric_records.values())]
+        if not with_weight:
+            return None
+        try:
+            return self.train_metrics_aggr_fn(with_weight, self.weighted_by_key)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("train metrics not aggregated: %s", exc)
+            return None
+
+    def _request(self, wids: tuple[int, ...], d: int) -> RoundRequest:
+        center = None
+        if self.center is not None:
+            encode_center(self.center, d, self.frac_bits)
+            center = [float(v) for v in np.asarray(self.center, dtype=np.float64).reshape(-1)]
+        validity.check_flag(self.check_inputs, d)
+        validity.scaled_bound(self.norm_bound, self.frac_bits, d)
+        op = self.operator
+        statuses = op.status()
+        request = op.with_triples(RoundRequest(
+            round_id=op.next_round_id(statuses), worker_ids=wids, d=d, rule=self.rule, f=self.f,
+            frac_bits=self.frac_bits, options=self.rule_options, center=center, share_window_s=self.share_window_s,
+            dp_noise_std=self.dp_noise_std, test_seed=_test_seed(self.insecure_test_seed), seed_round=0,
+            check_inputs=self.check_inputs, norm_bound=self.norm_bound, min_participants=self.min_participants,
+            reveal=self.reveal), statuses)
+        request.check()
+        return request
+
+    def _share(self, server_round: int, request: RoundRequest,
+               cohort: dict[int, tuple[int, RecordDict]]) -> dict[int, str]:
+        """Send the share stage to the cohort's nodes; {worker id: "" if it shared, else why not}."""
+        assert self._grid is not None
+        messages = []
+        for wid in request.worker_ids:
+            content = RecordDict({K.RECORD: ConfigRecord({"stage": K.STAGE_SHARE, "round": request.round_id,
+                                                          "server-round": server_round})})
+            messages.append(Message(content=content, dst_node_id=cohort[wid][0], message_type=MessageType.TRAIN,
+                                    group_id=str(server_round)))
+        timeout = self.share_timeout_s if self.share_timeout_s is not None else request.share_window_s + 30.0
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        out = {wid: "no reply" for wid in request.worker_ids}
+        by_node = {cohort[w][0]: w for w in request.worker_ids}
+        for msg in replies:
+            wid = by_node.get(msg.metadata.src_node_id)
+            if wid is None:
+                continue
+            if msg.has_error():
+                out[wid] = msg.error.reason
+                continue
+            cfg = msg.content.config_records.get(K.RECORD)
+            out[wid] = "" if cfg is not None and cfg.get("stage") == K.STAGE_SHARED else \
+                str(cfg.get("detail", "declined") if cfg is not None else "no secrobust record")
+        for wid, why in out.items():
+            if why:
+                log.warning("worker %d did not share in round %d: %s", wid, request.round_id, why)
+        return out
+
+
+def _test_seed(seed: bytes | int | None) -> int | str | None:
+    """The master seed as a RoundRequest carries it: an int as is, bytes as hex."""
+    if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
+        return seed
+    return bytes(seed).hex()
+
+
+__all__ = ["RoundRecord", "SecRobust"]
