@@ -215,8 +215,9 @@ def learned(res: api.AggregateResult) -> str:
 
 def _register_optional() -> None:
     """The training and deployment commands, when their optional dependencies are installed; a broken
-    secrobust module is an error, not a command that silently disappears."""
-    for module in ("secrobust.train.commands", "secrobust.deploy.commands"):
+    secrobust module is an error, not a command that silently disappears. ``flower-sim`` is always listed:
+    without the flower extra it says how to install it (exit 2)."""
+    for module in ("secrobust.train.commands", "secrobust.deploy.commands", "secrobust.flower.commands"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

