@@ -1,0 +1,41 @@
+"""ServerApp: FedAvg replaced by SecRobust, which runs every training round at S0 and S1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from secrobust.flower import SecRobust
+
+from .task import app_config, model, test
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = app_config(context)
+    folder = Path(str(cfg.get("secrobust-dir") or os.environ["SECROBUST_DIR"]))
+    operators = [folder / name / f"{name}.toml" for name in ("operator-s0", "operator-s1")]
+    net = model()
+    # was: strategy = FedAvg(fraction_evaluate=0.0)
+    strategy = SecRobust(operators, rule=str(cfg.get("rule", "krum")), f=int(cfg.get("f", 0)),
+                         reveal=str(cfg.get("reveal", "distances")), fraction_evaluate=0.0)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        net.load_state_dict(arrays.to_torch_state_dict())
+        acc, loss = test(net)
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    try:
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(net.state_dict()),
+                                num_rounds=int(cfg.get("num-server-rounds", 3)), evaluate_fn=evaluate)
+    finally:
+        strategy.close()
+    for rec in strategy.history:
+        print(f"round {rec.server_round}: secrobust round {rec.round_id}, weights "
+              f"{None if rec.result is None or rec.result.weights is None else rec.result.weights.round(3)}")
+    print("final accuracy", result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]["accuracy"])
