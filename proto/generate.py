@@ -1,6 +1,8 @@
 """Regenerate src/secrobust/transport/grpc/secrobust_pb2*.py from proto/secrobust.proto.
 
-Run from the repository root with the project's venv: ``.venv/bin/python proto/generate.py``.
+Run from the repository root with the project's venv: ``.venv/bin/python proto/generate.py``, with
+grpcio-tools 1.76.0 (``pip install grpcio-tools==1.76.0``): its code loads on protobuf 6 and 7; a newer
+grpcio-tools emits code that needs protobuf 7, which Flower 1.42 (the ``flower`` extra) refuses.
 The generated gRPC module imports its sibling with a package-relative import.
 """
 
