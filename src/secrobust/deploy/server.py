@@ -711,8 +711,7 @@ class ServerRuntime:
                                         {"x1": st.rows[slot]}))
         st.order.append(w)
         rnd.received.add(w)
-        if len(rnd.received) == len(rnd.plan.worker_ids):
-            rnd.intake_open = False
+        self._close_when_all_answered(rnd)
 
     def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
         if phase == M.SHARE_KEY and self.index == 0:
@@ -826,9 +825,21 @@ class ServerRuntime:
             raise Rejected("not-permitted", f"only a worker declines a round; {caller} may not")
         reason = parse_decline(args)
         with self._cv:
-            self._current(round_id, caller).declined.setdefault(w, reason)
+            rnd = self._current(round_id, caller)
+            rnd.declined.setdefault(w, reason)
+            if self.index == 1:
+                self._close_when_all_answered(rnd)
+                self._cv.notify_all()
         event(self.log, "worker-declined", round=round_id, worker=w, reason=reason)
         return {"ok": True}
+
+    @staticmethod
+    def _close_when_all_answered(rnd: RoundRun) -> None:
+        """S1's intake closes once every expected worker has either sent its share or declined the round: no
+        one else can still arrive, so the round need not wait out its share window. (A worker declines only
+        for itself, under its own certificate, so no worker can close the window for another.)"""
+        if rnd.received | set(rnd.declined) >= set(rnd.plan.worker_ids):
+            rnd.intake_open = False
 
     def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         after = args.get("after")
