@@ -138,9 +138,7 @@ class Dealt:
         k = int(np.prod(shape))
         at = self.used.and_words
         self._need("bit triples", at, k, self.budget.and_words)
-        p = self.party
-        a, b = (_and_stream(self.seed, self.corr_id, f"{w}{p}", k, at) for w in ("a", "b"))
-        c = _and_stream(self.seed, self.corr_id, "c0", k, at) if p == 0 else self.correction.and_c1[at:at + k]
+        a, b, c = self._triple(_and_stream, "", k, at, self.correction.and_c1 if self.correction else None)
         self.used = self.used + Budget(and_words=k)
         return a.reshape(shape), b.reshape(shape), c.reshape(shape)
 
@@ -160,10 +158,16 @@ class Dealt:
     def take_mults(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         at = self.used.mults
         self._need("product triples", at, m, self.budget.mults)
-        p = self.party
-        a, b = (_stream(self.seed, self.corr_id, f"mul-{w}{p}", m, at) for w in ("a", "b"))
-        c = _stream(self.seed, self.corr_id, "mul-c0", m, at) if p == 0 else self.correction.mult_c1[at:at + m]
+        out = self._triple(_stream, "mul-", m, at, self.correction.mult_c1 if self.correction else None)
         self.used = self.used + Budget(mults=m)
+        return out
+
+    def _triple(self, stream, prefix: str, k: int, at: int,
+                c1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items [at, at + k) of a triple's halves: a, b from this party's seed; c from S0's seed, or S1's
+        explicit correction words."""
+        a, b = (stream(self.seed, self.corr_id, f"{prefix}{w}{self.party}", k, at) for w in ("a", "b"))
+        c = stream(self.seed, self.corr_id, f"{prefix}c0", k, at) if self.party == 0 else c1[at:at + k]
         return a, b, c
 
 
@@ -195,15 +199,7 @@ Source = Dealt | Counter
 def budget_of(circuit) -> tuple[Budget, int]:
     """(material, rounds) of circuit(party, src), from a dry run of party 0 with zero openings."""
     src = Counter()
-    gen = circuit(0, src)
-    rounds = 0
-    try:
-        out = next(gen)
-        while True:
-            rounds += 1
-            out = gen.send(np.zeros_like(out))
-    except StopIteration:
-        pass
+    rounds = compare.dry_rounds(circuit, src)
     return src.used, rounds
 
 

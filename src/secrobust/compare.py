@@ -290,9 +290,8 @@ def _finish(gen: Party) -> np.ndarray:
     raise RuntimeError("the two parties' circuits have different numbers of rounds")
 
 
-def count_words(circuit: Callable[[int, Source], Party]) -> tuple[int, int]:
-    """(AND words, rounds) of circuit(party, src), from a dry run of party 0 with zero openings."""
-    src = CountingSource()
+def dry_rounds(circuit: Callable[[int, object], Party], src: object) -> int:
+    """Rounds of circuit(0, src), run with zero openings; ``src`` counts the material it takes."""
     gen = circuit(0, src)
     rounds = 0
     try:
@@ -302,6 +301,13 @@ def count_words(circuit: Callable[[int, Source], Party]) -> tuple[int, int]:
             out = gen.send(np.zeros_like(out))
     except StopIteration:
         pass
+    return rounds
+
+
+def count_words(circuit: Callable[[int, Source], Party]) -> tuple[int, int]:
+    """(AND words, rounds) of circuit(party, src), from a dry run of party 0 with zero openings."""
+    src = CountingSource()
+    rounds = dry_rounds(circuit, src)
     return src.used, rounds
 
 

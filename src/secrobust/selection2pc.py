@@ -17,10 +17,12 @@ n (n-1)(n-2)/2 + n (n-1)/2 of about 3 log2(Dmax) AND gates each.
 from __future__ import annotations
 
 import functools
+import math
+from itertools import combinations
 
 import numpy as np
 
-from . import arith, compare
+from . import arith
 from .compare import Party
 
 _U = np.uint64
@@ -76,7 +78,7 @@ def krum_scores(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Sour
         before = np.zeros(0, dtype=_U)
     rank = _ranks(party, before, a, b, (n, n), (rows,))
     off = ~np.eye(n, dtype=bool)
-    kept = rank[off] if party else rank[off]
+    kept = rank[off]
     limit = np.full(kept.size, k if party == 0 else 0, dtype=_U)
     plane = yield from arith.less_than(party, kept, limit, arith.signed_width(n), src)
     sel = yield from arith.to_ring(party, plane, kept.size, src)
@@ -129,7 +131,6 @@ MAX_MDA_VALUES = 200_000
 def mda_subsets(n: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(membership (s, n) bool, pair rows, pair cols (s, p)) for the s = C(n, f) subsets of n - f workers, in
     the order ``rules.selection.choose_mda`` visits them (by the removed workers, lexicographically)."""
-    from itertools import combinations
     keeps = [np.setdiff1d(np.arange(n), removed) for removed in combinations(range(n), f)]
     member = np.zeros((len(keeps), n), dtype=bool)
     for s, keep in enumerate(keeps):
@@ -140,7 +141,6 @@ def mda_subsets(n: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def check_mda_size(n: int, f: int) -> None:
-    import math
     values = math.comb(n, f) * math.comb(n - f, 2)
     if values > MAX_MDA_VALUES:
         raise ValueError(f"mda on shares would compare C({n}, {f}) x C({n - f}, 2) = {values} distances, more than "

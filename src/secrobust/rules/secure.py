@@ -11,12 +11,15 @@ aggregate sum_i w_i x_i + w_v v lands at the scale of the public-weight path.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import arith, ring
+from .. import arith, clip2pc, ring
+from .. import coordinatewise as C
+from .. import selection2pc as S
 from ..compare import Party
 from .view import DISTANCES, NORMS
 
@@ -151,8 +154,6 @@ def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) ->
 
 
 def _krum_family(default_all: bool):
-    from .. import selection2pc as S
-
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
                 **_: Any) -> Party:
         m = _multi_krum_m(n, f, options, default_all)
@@ -169,8 +170,6 @@ def _krum_family(default_all: bool):
 
 
 def _mda_family():
-    from .. import selection2pc as S
-
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
                 **_: Any) -> Party:
         member = yield from S.mda_circuit(party, view[DISTANCES], f, dmax, src)
@@ -206,8 +205,6 @@ register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
 # Clipping rules (``secrobust.clip2pc``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
 
 def _clip_family(name: str):
-    from .. import clip2pc
-
     def _tau(options: dict) -> float | None:
         iterations = options.get("iterations", 1)
         if iterations != 1:
@@ -245,13 +242,10 @@ COORDINATE_CHUNK = 1 << 14
 
 
 def _bound_of(dmax: int) -> int:
-    import math
     return math.isqrt(dmax) // 2
 
 
 def _coordinate_family(name: str):
-    from .. import coordinatewise as C
-
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
                 inputs: Callable[[int, int], np.ndarray], d: int, **_: Any) -> Party:
         bound = _bound_of(dmax)
@@ -291,14 +285,12 @@ def _coordinate_family(name: str):
 
 @functools.lru_cache(maxsize=64)
 def _chunk_size(name: str, n: int, f: int, w: int, bound: int, with_choice: bool) -> tuple[arith.Budget, int]:
-    from .. import coordinatewise as C
     x = np.zeros((n, w), dtype=_U)
     chosen = np.zeros(n, dtype=_U) if with_choice else None
     return arith.budget_of(lambda p, s: C.coordinatewise_circuit(p, x, name, f, bound, s, chosen=chosen))
 
 
 def _register_coordinatewise() -> None:
-    from .. import coordinatewise as C
     for name in C.COORDINATEWISE_RULES:
         circuit, plain, sizer = _coordinate_family(name)
         register_secure(SecureRule(name, (DISTANCES,) if name == "bulyan" else (), circuit, plain,
