@@ -7,7 +7,8 @@ import pytest
 from secrobust.api import Cluster
 from secrobust.protocol.messages import Message
 
-from test_views import INPUTS, same_distribution_pvalue, uniform_pvalue, view_of, words
+from test_views import INPUTS, view_of
+from viewstats import same_distribution_pvalue, uniform_pvalue
 
 
 def record(x: np.ndarray, mode: str, rule: str = "krum", seed: int = 7) -> list:

@@ -7,22 +7,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
 
 from secrobust import arith, ring
 from secrobust import clip2pc as K
 from secrobust import compare as C
+
+from ringgen import split
+from viewstats import same_distribution_pvalue, uniform_pvalue
 
 M64 = 2**64
 F = ring.DEFAULT_FRAC_BITS
 NMAX = K.DEFAULT_NMAX
 U = 2.0**-32                       # one unit of the weights' fixed point
 BOUND = {"public": (2.0**-28, 2.0), "median": (2.0**-25, 5.0)}   # |w - w*| <= rho w* + alpha U
-
-
-def split(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    x0 = np.random.default_rng(seed).integers(0, M64 - 1, size=x.shape, dtype=np.uint64, endpoint=True)
-    return x0, x - x0
 
 
 def secure(norms: np.ndarray, tau, rule: str, seed: int = 0, nmax: int = NMAX) -> np.ndarray:
@@ -171,20 +168,6 @@ def test_the_dry_run_sizes_the_material_exactly_and_does_not_depend_on_the_norms
         C.run_pair(circuit(0, src0), circuit(1, src1))
         assert src0.used == budget and src1.used == budget
     assert len(sizes) == 1
-
-
-def byte_histograms(w: np.ndarray) -> np.ndarray:
-    b = w.view(np.uint8).reshape(-1, 8)
-    return np.stack([np.bincount(b[:, k], minlength=256) for k in range(8)])
-
-
-def uniform_pvalue(w: np.ndarray) -> float:
-    return min(stats.chisquare(h).pvalue for h in byte_histograms(w))
-
-
-def same_distribution_pvalue(w1: np.ndarray, w2: np.ndarray) -> float:
-    h1, h2 = byte_histograms(w1), byte_histograms(w2)
-    return min(stats.chi2_contingency(np.stack([a, b]))[1] for a, b in zip(h1, h2))
 
 
 def opened_words(norms: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:

@@ -15,14 +15,12 @@ from secrobust import coordinatewise as CW
 from secrobust import ring
 from secrobust.rules.selection import krum_scores
 
+from ringgen import split
+from viewstats import same_distribution_pvalue, uniform_pvalue
+
 M64 = 2**64
 B = 2**27                          # validity.params().bound
 F, W = ring.DEFAULT_FRAC_BITS, ring.WEIGHT_FRAC_BITS
-
-
-def split(x: np.ndarray, mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    x0 = np.random.default_rng(mask_seed).integers(0, M64 - 1, size=x.shape, dtype=np.uint64, endpoint=True)
-    return x0, x - x0
 
 
 def secure(enc: np.ndarray, rule: str, f: int, bound: int = B, mask: int = 0, chunk: int = 1 << 14,
@@ -256,20 +254,6 @@ def record(enc: np.ndarray, rule: str, f: int, seeds: C.AndTripleSeeds) -> tuple
     src0, src1 = A.sources("view", budget, seeds)
     C.run_pair(circuit(0, src0), circuit(1, src1), lambda a, b: (views[1].append(a.copy()), views[0].append(b.copy())))
     return views
-
-
-def byte_histograms(w: np.ndarray) -> np.ndarray:
-    b = w.view(np.uint8).reshape(-1, 8)
-    return np.stack([np.bincount(b[:, k], minlength=256) for k in range(8)])
-
-
-def uniform_pvalue(w: np.ndarray) -> float:
-    return min(stats.chisquare(h).pvalue for h in byte_histograms(w))
-
-
-def same_distribution_pvalue(w1: np.ndarray, w2: np.ndarray) -> float:
-    h1, h2 = byte_histograms(w1), byte_histograms(w2)
-    return min(stats.chi2_contingency(np.stack([h1[k], h2[k]]))[1] for k in range(8))
 
 
 @pytest.mark.parametrize("rule,f", [("median", 2), ("trimmed-mean", 1), ("bulyan", 1)])
