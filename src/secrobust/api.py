@@ -23,7 +23,6 @@ from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise
 from .protocol.worker import share_key, share_update, worker_name
 from .randomness import SeedSource
 from .rules.plain import plain_run, split_options
-from .arith import Budget
 from .rules import secure
 from .rules.possible import effective_f
 from .rules.pre import check_pre_mode, split_pre, with_pre
@@ -108,8 +107,6 @@ class Cluster:
         check_inputs = validity.check_flag(check_inputs, d)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
         on_shares = secure.secure_rule(rule, reveal, rule_options)
-        rule_budget = (secure.budget(rule, n, f, rule_options, secure.dmax_for(bound), d, frac_bits)
-                       if on_shares is not None else Budget())
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -118,11 +115,8 @@ class Cluster:
             encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
-        plan = RoundPlan(round_id, tuple(range(n)), d, frac_bits, needs, center,
-                         self.seeds.triple_id(round_id) if needs or check_inputs or on_shares is not None else None,
-                         chunk_bytes, check_inputs,
-                         bound, reveal if on_shares is not None else secure.DEFAULT_MODE, rule_budget,
-                         on_shares is None or on_shares.output == "weights")
+        plan = RoundPlan.build(round_id, tuple(range(n)), d, frac_bits, needs, center, self.seeds.triple_id(round_id),
+                               chunk_bytes, check_inputs, bound, reveal, on_shares, f, rule_options)
         s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))
         s1.start_round(plan)
 

@@ -24,7 +24,6 @@ import json
 import numpy as np
 
 from .. import prg, ring, validity
-from ..arith import Budget
 from ..dealer import DEFAULT_CHUNK_BYTES
 from ..protocol.server import RoundPlan, check_noise_std
 from ..randomness import SeedSource
@@ -192,20 +191,11 @@ class RoundRequest:
         dropped when the round uses no triple (a mean without the input validity check). With the rule on
         shares, the plan's mode and the dealer material of the rule's circuit for all the expected workers
         (enough for fewer), as ``secrobust.api.Cluster.run_round`` makes them."""
-        needs = self.spec.reveals(self.options)
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
-        on_shares = self.secure_rule()
-        triple_id = self.triple_id if needs or self.check_inputs or on_shares is not None else None
         bound = validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
-        mode, rule_budget = secure.DEFAULT_MODE, Budget()
-        if on_shares is not None:
-            mode = self.reveal
-            rule_budget = secure.budget(self.rule, len(self.worker_ids), self.f, self.options, secure.dmax_for(bound),
-                                        self.d, self.frac_bits)
-        # a rule whose circuit yields the aggregate share itself needs no weighted-sum correlation
-        weighted_sum = on_shares is None or on_shares.output == "weights"
-        return RoundPlan(self.round_id, self.worker_ids, self.d, self.frac_bits, needs, center, triple_id,
-                         self.chunk_bytes, self.check_inputs, bound, mode, rule_budget, weighted_sum)
+        return RoundPlan.build(self.round_id, self.worker_ids, self.d, self.frac_bits, self.spec.reveals(self.options),
+                               center, self.triple_id, self.chunk_bytes, self.check_inputs, bound, self.reveal,
+                               self.secure_rule(), self.f, self.options)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""

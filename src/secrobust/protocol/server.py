@@ -59,6 +59,22 @@ class RoundPlan:
     """With mode "aggregate": the rule's circuit yields shared weights, summed with the dealer's vector
     correlation; False when it yields the aggregate share itself (coordinate-wise rules)."""
 
+    @classmethod
+    def build(cls, round_id: int, worker_ids: tuple[int, ...], d: int, frac_bits: int, needs: tuple[str, ...],
+              center: np.ndarray | None, triple_id: str | None, chunk_bytes: int, validity: bool, bound: int,
+              reveal: str, rule: "secure.SecureRule | None", f: int, options: dict) -> "RoundPlan":
+        """The plan both servers (and the in-process run) derive from a round's public parameters: the triple
+        id only when the round uses a triple, and with the rule on shares (``rule``, from
+        ``secure.secure_rule``) the mode and the dealer material of its circuit for all ``worker_ids``
+        (enough for fewer, after dropouts)."""
+        budget = Budget()
+        if rule is not None:
+            budget = secure.budget(rule.name, len(worker_ids), f, options, secure.dmax_for(bound), d, frac_bits)
+        return cls(round_id, worker_ids, d, frac_bits, needs, center,
+                   triple_id if needs or validity or rule is not None else None, chunk_bytes, validity, bound,
+                   reveal if rule is not None else secure.DEFAULT_MODE, budget,
+                   rule is None or rule.output == "weights")
+
     @property
     def on_shares(self) -> bool:
         """The rule runs in 2PC on the shared view instead of S1 opening it."""
