@@ -516,13 +516,6 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
     return full, np.uint64(cw), peer
 
 
-def rule_rounds(plan: RoundPlan, rule: secure.SecureRule, n: int, f: int, options: dict) -> int:
-    """The messages each server sends in ``rule_party`` for n participants: the circuit's rounds (at least
-    one), plus the opening of the weights ("weights") or the exchange of masked weights ("aggregate")."""
-    circuit = secure.rounds(rule.name, n, f, options, secure.dmax_for(plan.bound), plan.d, plan.frac_bits)
-    return max(1, circuit) + (rule.output == "weights")
-
-
 def _at_least_one_round(circuit: Party) -> Party:
     """``circuit``, or one exchange of empty arrays if it needs no round, so both servers always step."""
     try:
