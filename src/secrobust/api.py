@@ -277,6 +277,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     step, rule_options = split_pre(rule_options)
     check_pre_mode(step, reveal)
     on_shares = secure.secure_rule(rule, reveal, rule_options)
+    secure.check_checked(on_shares, validity.check_flag(check_inputs, as_matrix(updates).shape[1]))
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(insecure_test_seed)
@@ -308,9 +309,10 @@ def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int
     y = rows - run.center if run.center is not None else rows
     view = view_words(np.matmul(y, y.T), rule.needs) if rule.needs else {}
     f_eff = effective_f(f, run.rejected)
+    dmax = secure.view_range(bound, run.center)
     if rule.output == "aggregate":
-        return None, rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), rows=rows)
-    w, cw = rule.plain(view, rows.shape[0], f_eff, options, secure.dmax_for(bound), frac_bits=frac_bits)
+        return None, rule.plain(view, rows.shape[0], f_eff, options, dmax, rows=rows)
+    w, cw = rule.plain(view, rows.shape[0], f_eff, options, dmax, frac_bits=frac_bits)
     if reveal == "weights":
         values = rule.publish(np.append(w, cw), rows.shape[0], f_eff, options)
         choice = Choice(values[:-1], float(values[-1]))

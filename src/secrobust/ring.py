@@ -118,6 +118,28 @@ def _exact_squared_norms(scaled: np.ndarray) -> np.ndarray:
     return np.array([sum(int(v) * int(v) for v in row) for row in ints], dtype=object)
 
 
+def signed_squared_norm(x: np.ndarray) -> int:
+    """sum_j x~_j^2 exactly, x~ the signed representative of each ring word of x (d,) in [-2^31, 2^31): the
+    squares are split into 16-bit limbs so that every partial sum is an exact int64 (d < 2^24 words per
+    block). Raises ValueError for a word outside [-2^31, 2^31) (no honest encoding is that large)."""
+    a = np.ascontiguousarray(np.asarray(x, dtype=RING_DTYPE)).view(np.int64).ravel()
+    if a.size and (int(a.max()) >= 1 << 31 or int(a.min()) < -(1 << 31)):
+        raise ValueError("a ring vector has a word outside [-2^31, 2^31): not an honest encoding")
+    hi, lo = a >> 16, a & 0xFFFF
+    total = 0
+    for s in range(0, a.size, 1 << 24):
+        h, l_ = hi[s:s + (1 << 24)], lo[s:s + (1 << 24)]
+        total += (int(np.dot(h, h)) << 32) + (int(np.dot(h, l_)) << 17) + int(np.dot(l_, l_))
+    return total
+
+
+def ceil_norm(x: np.ndarray) -> int:
+    """ceil(||x~||) of a ring vector (``signed_squared_norm``), exactly."""
+    sq = signed_squared_norm(x)
+    r = math.isqrt(sq)
+    return r if r * r == sq else r + 1
+
+
 def encode_unchecked(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
     """What a Byzantine worker can send: any ring element. Finite values are saturated to +-2^62.
 

@@ -69,12 +69,18 @@ def check_ring_rows(ring_rows: Mapping[int, Any] | None, n: int, d: int) -> dict
 def safe_center(center: np.ndarray, frac_bits: int) -> np.ndarray:
     """A previous aggregate made usable as cclip's next center: non-finite -> 0, and scaled into the honest
     encoder's range, so one bad round (e.g. large DP noise) can never stop the rounds after it."""
+    return carried_center(center, frac_bits)[0]
+
+
+def carried_center(center: np.ndarray, frac_bits: int) -> tuple[np.ndarray, bool]:
+    """``safe_center`` and whether it had to change the center (zeroed or scaled down to the encoder's range
+    max_norm(F, d)): a caller that carries aggregates over as centers records the rounds where it did."""
     v = np.asarray(center, dtype=np.float64)
     if not np.isfinite(v).all():
-        return np.zeros_like(v)
+        return np.zeros_like(v), True
     limit = ring.max_norm(frac_bits, v.size)
     norm = float(np.linalg.norm(v))
-    return v * (limit / norm) if norm > limit else v
+    return (v * (limit / norm), True) if norm > limit else (v, False)
 
 
 def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset(),

@@ -156,7 +156,7 @@ def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
     if not plan.on_shares:
         return 0
     return secure.rounds(request.rule, len(plan.worker_ids), request.f, dict(request.options),
-                         secure.dmax_for(plan.bound), plan.d, plan.frac_bits) + RULE_SLACK_STEPS
+                         plan.view_range, plan.d, plan.frac_bits) + RULE_SLACK_STEPS
 
 
 def rule_open_bytes(plan: RoundPlan) -> int:

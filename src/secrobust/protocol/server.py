@@ -15,6 +15,8 @@ samples randomness or does I/O.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
@@ -67,9 +69,11 @@ class RoundPlan:
         id only when the round uses a triple, and with the rule on shares (``rule``, from
         ``secure.secure_rule``) the mode and the dealer material of its circuit for all ``worker_ids``
         (enough for fewer, after dropouts)."""
+        secure.check_checked(rule, validity)
         budget = Budget()
         if rule is not None:
-            budget = secure.budget(rule.name, len(worker_ids), f, options, secure.dmax_for(bound), d, frac_bits)
+            budget = secure.budget(rule.name, len(worker_ids), f, options, secure.view_range(bound, center), d,
+                                    frac_bits)
         return cls(round_id, worker_ids, d, frac_bits, needs, center,
                    triple_id if needs or validity or rule is not None else None, chunk_bytes, validity, bound,
                    reveal if rule is not None else secure.DEFAULT_MODE, budget,
@@ -83,6 +87,11 @@ class RoundPlan:
     @property
     def bound(self) -> int:
         return validity.params().bound if self.norm_bound is None else self.norm_bound
+
+    @functools.cached_property
+    def view_range(self) -> int:
+        """The largest entry of the rule's view for accepted inputs (``rules.secure.view_range``)."""
+        return secure.view_range(self.bound, self.center)
 
     @property
     def triple_kind(self) -> str | None:
@@ -497,7 +506,7 @@ def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dic
     view = view_words(gram_share(state), rule.needs) if rule.needs else {}
     n = len(state._participants())
     rows = np.arange(n)
-    out = yield from _at_least_one_round(rule.circuit(state.party, view, n, f, options, secure.dmax_for(plan.bound),
+    out = yield from _at_least_one_round(rule.circuit(state.party, view, n, f, options, plan.view_range,
                                                       src, inputs=lambda a, b: _weighted_rows(state, rows, a, b),
                                                       d=plan.d, frac_bits=plan.frac_bits))
     if rule.output == "aggregate":

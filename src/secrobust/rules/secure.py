@@ -93,6 +93,14 @@ def secure_rule(name: str, mode: str, options: dict[str, Any] | None = None) -> 
     return rule
 
 
+def check_checked(rule: SecureRule | None, check_inputs: bool) -> None:
+    """A rule on shares needs the input validity check: every circuit's range (docs/ranges.md) holds only for
+    accepted inputs, so without the check a ring element could take a comparison past its width."""
+    if rule is not None and not check_inputs:
+        raise ValueError(f"rule {rule.name!r} on shares assumes the input validity check's range (docs/ranges.md): "
+                         "check_inputs=False is allowed only with reveal='distances'")
+
+
 def split_label(label: str) -> tuple[str, str]:
     """"krum@aggregate" -> ("krum", "aggregate"); a bare rule name runs with the default mode."""
     rule, sep, mode = str(label).partition("@")
@@ -112,6 +120,22 @@ def secure_rules() -> tuple[str, ...]:
 def dmax_for(bound: int) -> int:
     """The largest squared distance between two vectors of norm at most ``bound`` (scaled units)."""
     return (2 * int(bound)) ** 2
+
+
+def view_range(bound: int, center: np.ndarray | None = None) -> int:
+    """The largest entry of a rule's view (squared distances, norms, or cclip's ||x_i - v||^2) for accepted
+    inputs: every accepted x_i has ||x_i|| <= b (the validity check), so ||x_i - x_j||^2 <= (2b)^2 and, for a
+    public center v, ||x_i - v||^2 <= (b + ||v||)^2. Returns max((2b)^2, (b + ceil ||v||)^2): a center of
+    norm at most b keeps (2b)^2, so those rounds are unchanged. Raises ValueError when the range would
+    pass the clip circuit's 2^58 (docs/ranges.md)."""
+    dmax = dmax_for(bound)
+    if center is None:
+        return dmax
+    reach = (int(bound) + ring.ceil_norm(center)) ** 2
+    if reach > clip2pc.MAX_NMAX:
+        raise ValueError(f"the center's norm plus the norm bound reaches 2^{reach.bit_length() - 1} squared scaled "
+                         "units, beyond the clip circuit's range 2^58: lower frac_bits or the center")
+    return max(dmax, reach)
 
 
 @functools.lru_cache(maxsize=128)

@@ -50,6 +50,7 @@ from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
 from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
 from secrobust.train.models import FlatAdapter, build_model
+from secrobust.updates import carried_center
 
 ENCODER_MARGIN = 0.999
 
@@ -72,6 +73,8 @@ class RunResult:
     diverged: bool
     rescaled_rows: int = 0
     clipped_rows: int = 0
+    rescaled_centers: int = 0
+    """Rounds whose cclip center (the previous aggregate) had to be scaled into the encoder's range."""
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rejected_honest: int = 0
 
@@ -114,6 +117,7 @@ class RunResult:
             "diverged": self.diverged,
             "rescaled_rows": self.rescaled_rows,
             "clipped_rows": self.clipped_rows,
+            "rescaled_centers": self.rescaled_centers,
             "rejected_total": int(self.rejected.sum()),
             "rejected_honest": self.rejected_honest,
             "seconds": round(self.seconds, 3),
@@ -264,6 +268,7 @@ def run(
     history: list[dict[str, Any]] = []
     center = np.zeros(d)
     aggregate_seconds, rescaled, clipped, diverged = 0.0, 0, 0, False
+    rescaled_centers = 0
     byz_since_eval: list[float] = []
     rejected_since_eval: list[int] = []
 
@@ -338,7 +343,8 @@ def run(
         rejected_since_eval.append(len(now_rejected))
         if accountant is not None:
             accountant.step()
-        center = agg
+        center, moved = carried_center(agg, tc.frac_bits)
+        rescaled_centers += int(moved and spec.base_rule == "cclip")
         theta = theta - tc.lr * agg
         adapter.set(theta)
         if not np.all(np.isfinite(theta)):
@@ -369,6 +375,7 @@ def run(
         diverged=diverged,
         rescaled_rows=rescaled,
         clipped_rows=clipped,
+        rescaled_centers=rescaled_centers,
         rejected=rejected,
         rejected_honest=int(rejected_honest),
     )
