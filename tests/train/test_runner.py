@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -157,3 +158,36 @@ def test_a_diverged_run_stops_and_keeps_its_evaluation_grid(
     assert len(result.weights) == 3
     assert [h["round"] for h in result.history] == [0, 3, 5, 10]
     assert result.final_accuracy <= 0.2
+
+
+@pytest.mark.parametrize("reveal", ["weights", "aggregate"])
+def test_dp_cclip_on_shares_carries_a_noisy_center_above_the_clip_norm(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, reveal: str
+) -> None:
+    """With DP the bound is the clip norm C and the center the previous noisy aggregate, whose norm soon
+    passes C: every round must still equal its twin (it used to return an unclipped answer)."""
+    spy = Spy(monkeypatch)
+
+    result = train("cclip@" + reveal, "sign-flip", True, train={"rounds": 3},
+                   dp={"clip": 0.05, "noise_multiplier": 0.5}, rule_options={"cclip": {"tau": 0.02}})
+
+    assert not result.diverged
+    assert any(np.linalg.norm(call["center"]) > 0.05 for call in spy.calls[1:])
+    for call in spy.calls:
+        options = {k: call[k] for k in ("center", "tau", "norm_bound", "reveal", "dp_noise_std", "unchecked",
+                                        "frac_bits", "insecure_test_seed") if k in call}
+        twin = secrobust.plain_aggregate(call["updates"], "cclip", 4, **options)
+        np.testing.assert_array_equal(call["aggregate"], twin.aggregate)
+
+
+def test_a_center_past_the_encoders_range_is_scaled_and_recorded(
+    train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A noise-carrying aggregate beyond the encoder's range would make the next round refuse its center:
+    the runner scales it into range and says so in the record."""
+    huge = lambda i, result: replace(result, aggregate=np.full_like(result.aggregate, 1e6))  # noqa: E731
+    Spy(monkeypatch, replace=huge)
+
+    result = train("cclip", "none", False, train={"rounds": 3}, rule_options={"cclip": {"tau": 1.0}})
+
+    assert result.record()["rescaled_centers"] == 3
