@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -211,6 +212,30 @@ def make_deployment_certs(root: str | os.PathLike[str], parties: list[str], *, d
     return out
 
 
+def sign_with_key(key_pem: bytes, data: bytes) -> bytes:
+    """ECDSA P-256 / SHA-256 signature (DER) of ``data`` with a party's PEM key (the key ``make_key`` wrote);
+    ValueError if it is not an unencrypted P-256 key."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError("a party's key is ECDSA P-256")
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def signed_by(cert: x509.Certificate, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``sign_with_key``'s signature of ``data`` by the P-256 key of ``cert``."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        return False
+    try:
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
 def _csr(key: ec.EllipticCurvePrivateKey, party: str) -> bytes:
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
@@ -242,4 +267,4 @@ def _now() -> dt.datetime:
 
 
 __all__ = ["CA", "CA_DAYS", "CERT_DAYS", "ca_files", "csr_party", "key_files", "load_ca", "make_ca",
-           "make_deployment_certs", "make_key", "sign_csr"]
+           "make_deployment_certs", "make_key", "sign_csr", "sign_with_key", "signed_by"]
