@@ -18,6 +18,7 @@ import secrobust  # noqa: E402
 from secrobust.deploy.local import LocalOptions, in_process_reference  # noqa: E402
 from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
 from secrobust.flower import keys as K  # noqa: E402
+from secrobust.flower.binding import CHALLENGE_FIELD, Challenge, WorkerBinding  # noqa: E402
 
 N = 7
 D = 60
@@ -144,12 +145,18 @@ def test_the_mod_refuses_a_plain_fedavg_train_message(servers):
                       dst_node_id=1, message_type="train")
         with pytest.raises(ValueError, match="never sent to the Flower server"):
             app(msg, ctx)
-        msg.content.config_records[K.RECORD] = ConfigRecord({"stage": K.STAGE_TRAIN, "server-round": 1})
+        challenge = Challenge.fresh(1, 1)
+        msg.content.config_records[K.RECORD] = ConfigRecord({"stage": K.STAGE_TRAIN, "server-round": 1,
+                                                             CHALLENGE_FIELD: challenge.encode()})
         reply = app(msg, ctx)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     assert not reply.content.array_records                          # the update stayed on the client
-    assert reply.content.config_records[K.RECORD]["worker"] == 0
+    record = reply.content.config_records[K.RECORD]
+    assert record["worker"] == 0
+    # the reply proves worker 0 for node 1 in this round, under the CAs the operators hold
+    binding = WorkerBinding(servers.identity("operator:S0").cas)
+    assert binding.bind(1, record, challenge) == 0
     assert np.array_equal(ctx.state.array_records[K.STATE]["update"].numpy(), x[0, 0])
 
 

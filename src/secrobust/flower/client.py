@@ -7,7 +7,9 @@ two stages, as ``secaggplus_mod`` handles SecAgg+'s:
 1. **train** (the global model in an ArrayRecord): the mod calls the ClientApp's own train function,
    takes the ArrayRecord it returns, computes the update (returned arrays minus the global ones, in the
    record's order, flattened to float64), keeps it in ``Context.state`` (the node's own state, which
-   Flower never sends) and answers with the ClientApp's metrics, no arrays, and its worker id.
+   Flower never sends) and answers with the ClientApp's metrics, no arrays, its worker id, and its proof
+   of that id for this node and round: its two worker certificates and its signature of the strategy's
+   challenge (``binding.sign_binding``; the strategy trusts the proof, not the stated id).
 2. **share** (round ``r`` is now open at S0 and S1 with the clients that answered): the mod encodes the
    kept update with the honest encoder and shares it over secrobust's own gRPC with mutual TLS, as the
    worker it is (``worker:<i>``, its key and certificates from its TOML file): S0 hands it the 16-byte
@@ -37,6 +39,7 @@ from ..protocol.worker import share_key, share_update
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..transport.grpc.bulk import send_over
 from . import keys as K
+from .binding import CHALLENGE_FIELD, Challenge, sign_binding
 
 ClientAppCallable = Callable[[Message, Context], Message]
 WorkerConfig = "str | os.PathLike[str] | Callable[[Context], str | os.PathLike[str]] | None"
@@ -149,7 +152,8 @@ class SecRobustMod:
         if key not in msg.content.array_records:
             raise ValueError(f"secrobust_mod: the train message has no ArrayRecord {key!r}")
         sent = msg.content.array_records[key]
-        worker = self.runtime(context).worker_id
+        rt = self.runtime(context)
+        challenge = Challenge.from_record(cfg) if CHALLENGE_FIELD in cfg else None
         out = call_next(msg, context)
         if out.has_error():
             return out
@@ -173,8 +177,10 @@ class SecRobustMod:
         reply = RecordDict()
         for name, rec in content.metric_records.items():
             reply.metric_records[name] = rec
-        reply.config_records[K.RECORD] = ConfigRecord(
-            {"stage": K.STAGE_TRAINED, "worker": worker, "d": int(update.size)})
+        fields: dict[str, Any] = {"stage": K.STAGE_TRAINED, "worker": rt.worker_id, "d": int(update.size)}
+        if challenge is not None:
+            fields.update(sign_binding(rt.s0.identity, challenge, msg.metadata.dst_node_id))
+        reply.config_records[K.RECORD] = ConfigRecord(fields)
         return Message(reply, reply_to=msg)
 
     def _share(self, msg: Message, context: Context, cfg: ConfigRecord) -> Message:

@@ -4,16 +4,20 @@
 key and certificate in that party's own folder (both server CAs played by the launcher), writes each
 party's TOML file, starts the dealer, S0 and S1 (each its own process, mutual TLS), and leaves the
 workers to the Flower ClientApps: virtual client ``i`` (Flower's ``partition-id``) is ``worker:i`` and
-reads ``worker_config(i)``; the ServerApp acts as both operators with ``operator_configs()``. Nothing
-here imports Flower.
+reads ``worker_config(i)``; the ServerApp acts as both operators with ``operator_configs()``, whose
+``[admission] workers`` lists the worker ids S0 and S1 admit (``SecRobust`` drops a reply bound to any
+other worker instead of opening a round the servers refuse). Nothing here imports Flower.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from ..certs import operator_party, tls_name, worker_party
+from ..deploy.config import load as load_config
+from ..deploy.config import to_toml
 from ..deploy.local import Child, LocalDeployment, LocalOptions
 
 SERVER_PARTIES = ("dealer", "S0", "S1")
@@ -28,6 +32,14 @@ class FlowerServers(LocalDeployment):
     def __init__(self, n_workers: int, workdir: str | os.PathLike[str] | None = None,
                  options: LocalOptions | None = None) -> None:
         super().__init__(n_workers, workdir, options)
+
+    def _start(self) -> None:
+        super()._start()
+        admitted = tuple(range(self.n_workers))
+        for server in (0, 1):
+            path = self.config_file(operator_party(server))
+            cfg = dataclasses.replace(load_config(path), workers=admitted)
+            path.write_text(to_toml(cfg, relative_to=path.parent))
 
     def _spawn(self, child: Child) -> None:
         if child.name in SERVER_PARTIES:

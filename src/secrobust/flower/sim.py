@@ -304,7 +304,8 @@ def run(cfg: SimConfig, out_dir: Path | None = None, *, progress: Any = None) ->
                        "participants": None if res is None else len(res.participants),
                        "rejected": None if res is None else {str(rec.worker_ids[i]): why
                                                              for i, why in res.rejected.items()},
-                       "declined": {str(k): v for k, v in rec.declined.items()}, "error": rec.error,
+                       "declined": {str(k): v for k, v in rec.declined.items()},
+                       "dropped": {str(k): v for k, v in rec.dropped.items()}, "error": rec.error,
                        "byzantine_weight": byz, "weights": weights,
                        "seconds": {"train": round(time.perf_counter() - train_start.get(rec.server_round, 0.0)
                                                   - rec.seconds.get("round", 0.0), 4),

@@ -4,13 +4,16 @@
 round replaced. Each round:
 
 1. ``configure_train`` samples the nodes as FedAvg does and sends them the global model, marked as
-   secrobust's train stage; each client's ``secrobust_mod`` trains, keeps its update, answers with its
-   worker id and metrics (no arrays).
-2. ``aggregate_train`` opens a round at S0 and S1 (both operator identities, ``deploy.operator.Operator``)
-   for the workers that answered, in worker-id order, with the rule, f, options and reveal mode given
-   here; sends those nodes the share stage; each shares its update with S0 and S1 directly; the strategy
-   then fetches the two aggregate shares and the public weights (none with ``reveal="aggregate"``),
-   rebuilds the robust aggregate of the updates, and adds it to the global model.
+   secrobust's train stage, with a fresh binding challenge; each client's ``secrobust_mod`` trains, keeps
+   its update, answers with its metrics (no arrays) and its worker certificates and signature binding its
+   worker id to its node for this round (``binding``).
+2. ``aggregate_train`` binds each reply to a worker (``binding.WorkerBinding``: the id its certificates
+   prove, never the id it states; a reply without a valid binding, or otherwise malformed, is dropped
+   alone with a logged reason), opens a round at S0 and S1 (both operator identities,
+   ``deploy.operator.Operator``) for the bound workers, in worker-id order, with the rule, f, options and
+   reveal mode given here; sends those nodes the share stage; each shares its update with S0 and S1
+   directly; the strategy then fetches the two aggregate shares and the public weights (none with
+   ``reveal="aggregate"``), rebuilds the robust aggregate of the updates, and adds it to the global model.
 
 The AggregateResult of every round is kept in ``history`` (and passed to ``on_round``): on the same
 updates it is what ``secrobust.aggregate`` returns (tests/flower). The strategy never holds an update.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +46,13 @@ from ..rules.registry import get_rule
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import encode_center
 from . import keys as K
+from .binding import CHALLENGE_FIELD, BindingRefused, Challenge, WorkerBinding, check_node_workers
 from .client import flatten, unflatten
 
 log = logging.getLogger("secrobust.flower")
 ROUND_ERRORS = (RoundAborted, RemoteRejected, PartyUnreachable, ProtocolError, ValueError)
+REPLY_ERRORS = (BindingRefused, ValueError, TypeError, KeyError, OverflowError)
+"""What reading one train reply may raise on a Byzantine client's content: that reply is dropped."""
 
 
 @dataclass
@@ -61,6 +67,9 @@ class RoundRecord:
     result: api.AggregateResult | None
     error: str | None = None
     declined: dict[int, str] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    """{node id: why} of the train replies left out before the round opened (no valid binding, malformed,
+    another dimension, a worker answering from two nodes)."""
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -74,16 +83,29 @@ class SecRobust(FedAvg):
     servers must run with ``insecure_test_seeds``). ``share_window_s`` is how long the servers wait for the
     shares once a round is open. Other keywords go to FedAvg (``fraction_train``, ``min_train_nodes``,
     ``fraction_evaluate``, ...). ``weighted_by_key`` only weighs the metrics: the rule decides the weights
-    of the updates."""
+    of the updates.
+
+    A reply's worker is the one its certificates and signature prove (``binding``), checked against the
+    CA certificates the two operators hold. ``workers``: the worker ids the servers admit (default: the
+    operator TOML files' ``[admission] workers`` if they list any, else every certified worker); a
+    certified worker outside it is dropped rather than make ``open-round`` fail. ``node_workers``: {Flower
+    node id: worker id} from provisioning; when given, a node is accepted only as its pinned worker."""
 
     def __init__(self, operators: Sequence[str | Path] | Operator, rule: str = "krum", f: int = 0, *,
                  reveal: str = secure.DEFAULT_MODE, options: dict[str, Any] | None = None,
                  frac_bits: int = ring.DEFAULT_FRAC_BITS, dp_noise_std: float = 0.0, check_inputs: bool = True,
                  norm_bound: float | None = None, min_participants: int | None = None,
                  share_window_s: float = 60.0, insecure_test_seed: bytes | int | None = None, prefetch: int = 1,
-                 share_timeout_s: float | None = None,
+                 share_timeout_s: float | None = None, workers: Iterable[int] | None = None,
+                 node_workers: Mapping[int, int] | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None, **fedavg: Any) -> None:
         super().__init__(**fedavg)
+        self.workers = None if workers is None else tuple(workers)
+        self.node_workers = None if node_workers is None else check_node_workers(node_workers)
+        self._binding: WorkerBinding | None = None
+        self._admitted: tuple[int, ...] | None = None
+        self._challenge: Challenge | None = None
+        self._asked: frozenset[int] = frozenset()
         self.rule, self.f, self.reveal = rule, int(f), secure.check_mode(reveal)
         self.options = dict(options or {})
         api.refuse_seed_option(self.options)
@@ -118,9 +140,27 @@ class SecRobust(FedAvg):
             if bad or len(cfgs) != 2:
                 raise ValueError("SecRobust needs the TOML files of operator:S0 and operator:S1")
             peers = {k: v for c in cfgs for k, v in c.peers.items()}
+            lists = [set(c.workers) for c in cfgs if c.workers]
+            self._admitted = tuple(sorted(set.intersection(*lists))) if lists else None
             self._op = Operator([c.identity() for c in cfgs], peers.get("S0"), peers.get("S1"), peers.get("dealer"),
                                 connect_timeout=cfgs[0].connect_timeout_s, prefetch=self.prefetch)
         return self._op
+
+    @property
+    def binding(self) -> WorkerBinding:
+        """How a train reply is bound to a worker: the operators' CA certificates, ``workers`` (or the
+        operator files' admission list) and ``node_workers``."""
+        return self._worker_binding()
+
+    def _worker_binding(self) -> WorkerBinding:
+        if self._binding is None:
+            op = self.operator
+            if not op.both:
+                raise ValueError("SecRobust needs the identities of operator:S0 and operator:S1")
+            cas = {name: op.clients[name].identity.cas[name] for name in op.sides}
+            workers = self.workers if self.workers is not None else self._admitted
+            self._binding = WorkerBinding(cas, workers=workers, node_workers=self.node_workers)
+        return self._binding
 
     def close(self) -> None:
         if self._op is not None and not isinstance(self._operators, Operator):
@@ -136,10 +176,14 @@ class SecRobust(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._grid, self._arrays, self._config = grid, arrays, config
+        self._worker_binding()      # a configuration error stops the run here, before any node is asked
+        self._challenge = Challenge.fresh(_run_id(grid), server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._asked = frozenset(msg.metadata.dst_node_id for msg in messages)
         for msg in messages:
             msg.content.config_records[K.RECORD] = ConfigRecord(
-                {"stage": K.STAGE_TRAIN, "server-round": server_round, "arrays-key": self.arrayrecord_key})
+                {"stage": K.STAGE_TRAIN, "server-round": server_round, "arrays-key": self.arrayrecord_key,
+                 CHALLENGE_FIELD: self._challenge.encode()})
         return messages
 
     # stage 2: the secure round
@@ -149,10 +193,11 @@ class SecRobust(FedAvg):
         t0 = time.perf_counter()
         assert self._grid is not None and self._arrays is not None, "configure_train runs first"
         base = flatten(self._arrays)
-        cohort = self._cohort(list(replies), base.size)
+        dropped: dict[int, str] = {}
+        cohort = self._cohort(server_round, list(replies), base.size, dropped)
         wids = tuple(sorted(cohort))
         nodes = tuple(cohort[w][0] for w in wids)
-        record = RoundRecord(server_round, None, wids, nodes, None)
+        record = RoundRecord(server_round, None, wids, nodes, None, dropped=dropped)
         metrics = self._metrics([cohort[w][1] for w in wids])
         seconds = record.seconds
         try:
@@ -185,30 +230,52 @@ class SecRobust(FedAvg):
         if self.on_round is not None:
             self.on_round(record)
 
-    def _cohort(self, replies: list[Message], d: int) -> dict[int, tuple[int, RecordDict]]:
-        """{worker id: (node id, reply content)} of the nodes that trained and kept an update of dimension d."""
+    def _cohort(self, server_round: int, replies: list[Message], d: int,
+                dropped: dict[int, str]) -> dict[int, tuple[int, RecordDict]]:
+        """{worker id: (node id, reply content)} of the nodes that trained, kept an update of dimension d and
+        proved which worker they are; each other reply is dropped alone, its reason logged (WARNING) and
+        put in ``dropped`` under its node id."""
         out: dict[int, tuple[int, RecordDict]] = {}
-        claimed: set[int] = set()
+        nodes_of: dict[int, list[int]] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 log.info("node %d: %s", node, msg.error.reason)
                 continue
-            cfg = msg.content.config_records.get(K.RECORD)
-            if cfg is None or cfg.get("stage") != K.STAGE_TRAINED:
-                log.warning("node %d answered without secrobust_mod's trained stage; left out", node)
+            try:
+                wid = self._admit(server_round, node, msg, d)
+            except REPLY_ERRORS as exc:
+                dropped[node] = str(exc) or type(exc).__name__
+                log.warning("node %s: train reply of server round %d dropped: %s", node, server_round,
+                            dropped[node])
                 continue
-            wid, dim = int(cfg["worker"]), int(cfg["d"])
-            if dim != d:
-                log.warning("node %d (worker %d) kept an update of dimension %d, the model has %d; left out",
-                            node, wid, dim, d)
-                continue
-            if wid in claimed:      # two nodes claim one worker: neither can be told apart, both sit out
-                out.pop(wid, None)
-                continue
-            claimed.add(wid)
+            nodes_of.setdefault(wid, []).append(node)
             out[wid] = (node, msg.content)
+        for wid, nodes in nodes_of.items():
+            if len(nodes) > 1:      # one key on two nodes: neither can be told apart, both sit out
+                out.pop(wid)
+                for node in nodes:
+                    dropped[node] = f"worker {wid}'s binding came from nodes {sorted(nodes)}"
+                    log.warning("node %s: train reply of server round %d dropped: %s", node, server_round,
+                                dropped[node])
         return out
+
+    def _admit(self, server_round: int, node: int, msg: Message, d: int) -> int:
+        """The worker id node ``node``'s train reply ``msg`` is bound to; one of REPLY_ERRORS, with the
+        reason, for a reply that is not an honest mod's answer to this round's train message."""
+        if node not in self._asked:
+            raise BindingRefused("the node was not sent this round's train message")
+        cfg = msg.content.config_records.get(K.RECORD)
+        if cfg is None or cfg.get("stage") != K.STAGE_TRAINED:
+            raise BindingRefused("it is not secrobust_mod's trained stage")
+        dim = cfg.get("d")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise BindingRefused(f"its dimension is not an integer: {dim!r}")
+        if dim != d:
+            raise BindingRefused(f"it kept an update of dimension {dim}, the model has {d}")
+        assert self._challenge is not None and self._challenge.server_round == server_round, \
+            "configure_train runs first"
+        return self.binding.bind(node, cfg, self._challenge)
 
     def _metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
         with_weight = [c for c in contents if any(self.weighted_by_key in m for m in c.metric_records.values())]
@@ -266,6 +333,15 @@ class SecRobust(FedAvg):
             if why:
                 log.warning("worker %d did not share in round %d: %s", wid, request.round_id, why)
         return out
+
+
+def _run_id(grid: Grid) -> int:
+    """The run the grid serves (0 if it names none): part of what each binding is signed for."""
+    try:
+        run_id = getattr(grid.run, "run_id", 0)
+    except (AssertionError, AttributeError):
+        return 0
+    return run_id if isinstance(run_id, int) and 0 <= run_id < 1 << 64 else 0
 
 
 def _test_seed(seed: bytes | int | None) -> int | str | None:
