@@ -26,6 +26,8 @@ Example ``s0.toml`` (``secrobust init`` writes one per party)::
     [timeouts]
     peer_s = 60                      # longest wait for the other server's next message
     connect_s = 5                    # longest wait for a TLS connection to a peer
+    upload_grace_s = 5               # S1: a worker's share may send nothing for this long after "go" ...
+    upload_min_rate = 1000000        # ... then must average this many bytes/s, or it is cut and dropped
 
     [rounds]                         # servers only
     min_participants = 5             # abort a round that would aggregate fewer workers (never below 2)
@@ -46,6 +48,7 @@ from typing import Any, Mapping
 from ..certs import (DEALER_ID, ORGS, ROLES, SERVER_IDS, Identity, PartyPaths, check_party_id, operator_server,
                      orgs_of, party_paths, party_role)
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
+from ..transport.grpc.bulk import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
 
 TLS_KEYS = ("dir", "key", *(f"cert_{o.lower()}" for o in ORGS), *(f"ca_{o.lower()}" for o in ORGS))
 TOP_KEYS = ("party", "listen", "bulk_listen", "state_dir", "log_file", "inbox", "tls", "timeouts", "admission", "peers",
@@ -70,6 +73,11 @@ class PartyConfig:
     connect_timeout_s: float = 5.0
     min_participants: int = DEFAULT_MIN_PARTICIPANTS
     insecure_test_seeds: bool = False
+    upload_grace_s: float = UPLOAD_GRACE_S
+    upload_min_rate: float = UPLOAD_MIN_RATE
+    """S1: a worker's share upload is cut off, and the worker dropped from the round, once it falls behind
+    ``upload_min_rate`` bytes per second on average after ``upload_grace_s`` seconds from "go"
+    (``transport.grpc.bulk.Pace``; docs/deployment.md weighs it against slow honest links)."""
     bulk_listen: str | None = None
     """Servers: where the bulk lane listens (``transport.grpc.bulk``); None: the host of ``listen`` on a free
     port, announced in ``status``; "off": no bulk lane, every message over gRPC."""
@@ -106,6 +114,10 @@ class PartyConfig:
             raise ValueError(f"{self.party}: [tls] needs {want} (the certificate from each CA that certifies it)")
         if self.peer_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        for name in ("upload_grace_s", "upload_min_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         check_min_participants(self.min_participants)
         if not isinstance(self.insecure_test_seeds, bool):
             raise ValueError("insecure_test_seeds is true or false")
@@ -160,6 +172,7 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
         "log_file": raw.get("log_file"), "inbox": raw.get("inbox"), "tls_dir": tls.get("dir"),
         "workers": raw.get("admission", {}).get("workers"), "peers": dict(raw.get("peers", {})),
         "peer_timeout_s": timeouts.get("peer_s"), "connect_timeout_s": timeouts.get("connect_s"),
+        "upload_grace_s": timeouts.get("upload_grace_s"), "upload_min_rate": timeouts.get("upload_min_rate"),
         "min_participants": rounds.get("min_participants"), "insecure_test_seeds": rounds.get("insecure_test_seeds"),
     }
     peers = dict(values["peers"])
@@ -193,11 +206,21 @@ def load(toml_path: Path | None = None, **overrides: Any) -> PartyConfig:
         state_dir=path(values["state_dir"]), log_file=path(values["log_file"]), inbox=path(values["inbox"]),
         peer_timeout_s=float(values["peer_timeout_s"] if values["peer_timeout_s"] is not None else 60.0),
         connect_timeout_s=float(values["connect_timeout_s"] if values["connect_timeout_s"] is not None else 5.0),
+        upload_grace_s=_number(values["upload_grace_s"], UPLOAD_GRACE_S, "upload_grace_s"),
+        upload_min_rate=_number(values["upload_min_rate"], UPLOAD_MIN_RATE, "upload_min_rate"),
         min_participants=(values["min_participants"] if values["min_participants"] is not None
                           else DEFAULT_MIN_PARTICIPANTS),
         insecure_test_seeds=bool(values["insecure_test_seeds"]) if values["insecure_test_seeds"] is not None else False,
     )
     return cfg.check()
+
+
+def _number(value: Any, default: float, name: str) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def _tls_files(party: str, tls: Mapping[str, Any], folder: Path | None, path: Any) -> dict[str, Any]:
@@ -238,6 +261,8 @@ def to_toml(cfg: PartyConfig, relative_to: Path | None = None) -> str:
     if cfg.workers:
         lines += ["", "[admission]", f"workers = [{', '.join(str(w) for w in cfg.workers)}]"]
     lines += ["", "[timeouts]", f"peer_s = {cfg.peer_timeout_s}", f"connect_s = {cfg.connect_timeout_s}"]
+    if (cfg.upload_grace_s, cfg.upload_min_rate) != (UPLOAD_GRACE_S, UPLOAD_MIN_RATE):
+        lines += [f"upload_grace_s = {cfg.upload_grace_s!r}", f"upload_min_rate = {cfg.upload_min_rate!r}"]
     if cfg.role == "server":
         lines += ["", "[rounds]", f"min_participants = {cfg.min_participants}"]
         if cfg.insecure_test_seeds:

@@ -88,7 +88,7 @@ from ..protocol.server import RoundPlan, noise_share
 from ..rules import secure
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
-from ..transport.grpc.bulk import BulkClient, lane_beside, send_over
+from ..transport.grpc.bulk import BulkClient, Pace, lane_beside, send_over
 from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
@@ -108,7 +108,8 @@ ROW_IDLE_S = 0.25
 SEND_THREADS = 2
 """S1's rows of E in flight to S0 at once."""
 UPLOAD_SLOTS = 8
-"""Masked shares S1 receives at once (``reserve``)."""
+"""Masked shares S1 receives at once (``reserve``), at least; more in a round of more than 15 workers
+(``upload_slots``)."""
 UPLOAD_WINDOW = 1 << 20
 """S1's HTTP/2 receive window per stream (``tls.server_options``): uploads that wait for a slot hold at most
 this much in gRPC's buffers."""
@@ -148,6 +149,12 @@ def _triple_bytes(kind: str, spec: TripleSpec) -> int:
 RULE_SLACK_STEPS = 8
 """Rule openings a peer may send beyond the circuit's round count for all the expected workers (the
 last exchange of the weights, or of their masked shares, comes on top; fewer workers take no more)."""
+
+
+def upload_slots(n: int) -> int:
+    """S1's upload slots in a round of n workers: more than any k < n/2 worker certificates can hold (each
+    has one share in flight at a time), so theirs never keep an honest share waiting for a slot."""
+    return max(UPLOAD_SLOTS, n // 2 + 1)
 
 
 def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
@@ -340,6 +347,10 @@ class RoundRun:
         """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
         self.in_flight: set[int] = set()
         """S1: workers whose masked share is being received (one at a time each: it takes an 8d-byte buffer)."""
+        self.dropped: dict[int, str] = {}
+        """S1: workers whose upload took a slot and ended without a share (stalled, cut off, refused): out of
+        this round, so that no certificate holds a slot twice."""
+        self.upload_slots = upload_slots(len(self.plan.worker_ids))
         self.declined: dict[int, str] = {}
         """Workers that said why they sit this round out (``declines``), first reason each."""
         self.inbox: dict[str, deque[Message]] = defaultdict(deque)
@@ -520,6 +531,9 @@ class ServerRuntime:
                     raise Rejected("duplicate", f"worker {w} already sent its share for round {rnd.round_id}")
                 if w in rnd.in_flight:
                     raise Rejected("duplicate", f"worker {w} is already sending its share for round {rnd.round_id}")
+                if w in rnd.dropped:
+                    raise Rejected("out-of-phase", f"worker {w} was dropped from round {rnd.round_id}: "
+                                   f"{rnd.dropped[w]}")
                 if not rnd.intake_open:
                     raise Rejected("out-of-phase", f"the share phase of round {rnd.round_id} is closed")
                 rnd.in_flight.add(w)
@@ -530,10 +544,11 @@ class ServerRuntime:
 
     def reserve(self, env: pb.Envelope) -> Callable[[], None] | None:
         """Bounds on the 8d-byte messages a server holds at once (``Endpoint`` calls this once ``precheck``
-        passed; a stream that waits is held back by flow control). S1 receives at most ``UPLOAD_SLOTS``
-        masked shares at once (each is a buffer until it is copied into the round's matrix): so S1 needs
-        about 8nd + 8d UPLOAD_SLOTS bytes whatever n is, and shares complete one after another (their rows
-        are opened while the rest upload) instead of all at the end. S0 takes a row of E only while fewer
+        passed; a stream that waits is held back by flow control). S1 receives at most ``upload_slots(n)``
+        masked shares at once (each is a buffer, committed as its bytes arrive, until it is copied into the
+        round's matrix; a worker with its share in flight has no row there yet): so S1 needs about 8nd bytes
+        for the shares, and they complete one after another (their rows are opened while the rest upload)
+        instead of all at the end. S0 takes a row of E only while fewer
         than ``ROW_BACKLOG`` rows wait to be added to its Gram share (S1 then sends more slowly)."""
         if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
             return self._reserve_upload(env)
@@ -558,33 +573,58 @@ class ServerRuntime:
         return self._slot_release("_uploads")
 
     def _reserve_upload(self, env: pb.Envelope) -> Callable[[], None]:
-        """An upload slot for a worker's share (``precheck`` marked it in flight): the worker is out of
-        ``in_flight`` again when its stream ends, whether it was taken or not."""
+        """An upload slot for a worker's share (``precheck`` marked it in flight; ``upload_slots`` of them per
+        round): the worker is out of ``in_flight`` again when its stream ends, and if that stream took a slot
+        and brought no share, the worker is dropped from the round (``RoundRun.dropped``)."""
         w = worker_index(env.sender)
+        assert w is not None
 
-        def done() -> None:
+        def current() -> RoundRun | None:
+            rnd = self.round
+            return rnd if rnd is not None and rnd.round_id == env.round_id else None
+
+        def done(slot_taken: bool) -> None:
+            dropped = False
             with self._cv:
-                rnd = self.round
-                if rnd is not None and rnd.round_id == env.round_id:
-                    rnd.in_flight.discard(w)
+                rnd = current()
+                if rnd is None:
+                    return
+                rnd.in_flight.discard(w)
+                if slot_taken and w not in rnd.received and rnd.intake_open and not rnd.finished:
+                    rnd.dropped.setdefault(w, "its upload took a slot and ended without a share (stalled, cut off "
+                                              "or refused)")
+                    self._close_when_all_answered(rnd)
+                    self._cv.notify_all()
+                    dropped = True
+            if dropped:
+                event(self.log, "upload-dropped", level=logging.WARNING, round=env.round_id, phase="share", worker=w)
         try:
             with self._cv:
-                while self._uploads >= UPLOAD_SLOTS:
-                    rnd = self.round if self.round is not None and self.round.round_id == env.round_id else None
+                while True:
+                    rnd = current()
                     if rnd is None or rnd.finished or self.closing or not rnd.intake_open:
                         raise Rejected("out-of-phase", f"round {env.round_id} moved on while the {env.phase} "
                                        "message waited for its turn")
+                    if self._uploads < rnd.upload_slots:
+                        break
                     self._cv.wait(1.0)
                 self._uploads += 1
         except BaseException:
-            done()
+            done(False)
             raise
         slot = self._slot_release("_uploads")
 
         def release() -> None:
-            done()
             slot()
+            done(True)
         return release
+
+    def upload_pace(self, env: pb.Envelope) -> Pace | None:
+        """The pace a worker's share upload must keep at S1 (``transport.grpc.bulk.Pace``; the configured
+        ``upload_grace_s`` and ``upload_min_rate``); other payloads keep the lanes' default."""
+        if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
+            return Pace(self.cfg.upload_grace_s, self.cfg.upload_min_rate)
+        return None
 
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
         """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
@@ -835,10 +875,11 @@ class ServerRuntime:
 
     @staticmethod
     def _close_when_all_answered(rnd: RoundRun) -> None:
-        """S1's intake closes once every expected worker has either sent its share or declined the round: no
-        one else can still arrive, so the round need not wait out its share window. (A worker declines only
-        for itself, under its own certificate, so no worker can close the window for another.)"""
-        if rnd.received | set(rnd.declined) >= set(rnd.plan.worker_ids):
+        """S1's intake closes once every expected worker has sent its share, declined the round or been
+        dropped: no one else can still arrive, so the round need not wait out its share window. (A worker
+        declines, or is dropped, only for itself, under its own certificate, so no worker can close the
+        window for another.)"""
+        if rnd.received | set(rnd.declined) | set(rnd.dropped) >= set(rnd.plan.worker_ids):
             rnd.intake_open = False
 
     def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -948,7 +989,8 @@ class ServerRuntime:
         """The round's public outcome at this server once it is over (or after ``wait_s``): status, phase,
         reason of an abort, participants, weights, ``rejected`` ({worker id as a string: reason}, the
         workers the input validity check or S1's view check excluded), ``declined`` (the same for workers that
-        said why they sent nothing), seconds per phase, the aggregate's digest, traffic and the triple used;
+        said why they sent nothing), ``dropped`` (S1: the same for workers whose upload took a slot and brought
+        no share), seconds per phase, the aggregate's digest, traffic and the triple used;
         S1 adds the view it opened. ``reveal`` says what the round made public: with "aggregate" the weights
         are None (nobody learnt them), and only with "distances" is there a view."""
         deadline = time.monotonic() + wait_s
@@ -965,6 +1007,7 @@ class ServerRuntime:
                 "weights": None if rnd.weights is None else rnd.weights.tolist(), "center_weight": rnd.center_weight,
                 "rejected": {str(w): reason for w, reason in sorted(rnd.rejected.items())},
                 "declined": {str(w): reason for w, reason in sorted(rnd.declined.items())},
+                "dropped": {str(w): reason for w, reason in sorted(rnd.dropped.items())},
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
                 "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
                 "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),

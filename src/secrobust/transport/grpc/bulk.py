@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -31,6 +32,7 @@ import struct
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from google.protobuf.message import DecodeError
@@ -55,7 +57,11 @@ IDLE_S = 300.0
 IO_S = 120.0
 PAYLOAD_GRACE_S = 30.0
 MIN_RATE = 2e6
-"""Bytes per second a payload must keep up, on average, after ``PAYLOAD_GRACE_S`` seconds of grace."""
+"""Bytes per second a payload must keep up, on average, after ``PAYLOAD_GRACE_S`` seconds of grace (every
+payload but a worker's share, whose receiver sets its own ``Pace``: ``upload_pace``)."""
+UPLOAD_GRACE_S = 5.0
+UPLOAD_MIN_RATE = 1e6
+"""A worker's share upload at S1, by default: 1 MB/s on average from its first byte after 5 s of grace."""
 CONNECTIONS_PER_CALLER = 4
 CONNECTIONS_PER_WORKER = 2
 HEADER_S = 10.0
@@ -138,10 +144,64 @@ def connections_for(caller: str) -> int:
 
 # framing
 
+@dataclass(frozen=True)
+class Pace:
+    """The least pace of a payload: ``grace_s`` seconds from the moment the sender may start, then ``rate``
+    bytes per second on average. With ``got`` bytes in, the sender is cut off at ``due(start, got)`` unless
+    more arrive: a sender of nothing at ``start + grace_s``, a trickle soon after, and any sender by
+    ``start + grace_s + total / rate``. Bytes sent ahead of the pace are credit, never a debt."""
+
+    grace_s: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.grace_s) and self.grace_s > 0 and math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"a pace needs a positive grace and rate, got {self.grace_s!r} s, {self.rate!r} B/s")
+
+    def due(self, start: float, got: int) -> float:
+        return start + self.grace_s + got / self.rate
+
+    def limit(self, nbytes: int) -> float:
+        """The longest a payload of ``nbytes`` can take: ``due`` with every byte but the last in."""
+        return self.grace_s + nbytes / self.rate
+
+
+def default_pace() -> Pace:
+    return Pace(PAYLOAD_GRACE_S, MIN_RATE)
+
+
+def pace_for(handler: Any, env: pb.Envelope) -> Pace:
+    """The pace the handler asks of this payload (``upload_pace(env)``), else ``default_pace()``."""
+    own = getattr(handler, "upload_pace", None)
+    pace = own(env) if own is not None else None
+    return pace if pace is not None else default_pace()
+
+
 def payload_deadline(nbytes: int) -> float:
-    """How long a payload of ``nbytes`` may take to arrive: ``MIN_RATE`` bytes per second after a grace of
-    ``PAYLOAD_GRACE_S``. A sender that trickles its bytes (to hold an upload slot) is cut off then."""
-    return PAYLOAD_GRACE_S + nbytes / MIN_RATE
+    """How long a payload of ``nbytes`` may take to arrive or be read: ``default_pace().limit``."""
+    return default_pace().limit(nbytes)
+
+
+class Stalled(socket.timeout):
+    """A payload fell behind its ``Pace``."""
+
+
+def _recv_paced(sock: ssl.SSLSocket, into: memoryview, pace: Pace) -> None:
+    start = time.monotonic()
+    got, n = 0, len(into)
+    while got < n:
+        left = pace.due(start, got) - time.monotonic()
+        if left <= 0:
+            raise Stalled(f"{got} of {n} bytes after {time.monotonic() - start:.1f} s, below {pace.rate:g} B/s "
+                          f"after {pace.grace_s:g} s of grace")
+        sock.settimeout(min(left, IO_S))
+        try:
+            k = sock.recv_into(into[got:], n - got)
+        except socket.timeout:
+            continue
+        if k == 0:
+            raise ConnectionError(f"the connection closed after {got} of {n} payload bytes")
+        got += k
 
 
 def _recv_exact(sock: ssl.SSLSocket, n: int, into: memoryview | None = None,
@@ -375,16 +435,19 @@ class BulkServer:
             wire.check_envelope(env, caller=caller, me=self.handler.party, max_bytes=1 << 40)
             release = self.endpoint.admit(env)
             message_id = env.message_id
+            pace = pace_for(self.handler, env)
             _verdict(sock, go=True)
-            buf = bytearray(env.total_bytes)
-            _recv_exact(sock, env.total_bytes, memoryview(buf),
-                        time.monotonic() + payload_deadline(env.total_bytes))
+            buf = wire.lazy_buffer(env.total_bytes)
+            _recv_paced(sock, memoryview(buf), pace)
             msg = wire.decode(env, buf)
             del buf
             self.endpoint.deliver(msg, env, caller, env.total_bytes + env.ByteSize() + 9)
             accepted = True
             _verdict(sock, ok=True)
             event(self.log, "received", seconds=round(timer.seconds, 6), lane="bulk", **info)
+        except Stalled as exc:
+            event(self.log, "payload-cut", level=logging.WARNING, reason=str(exc), lane="bulk", **info)
+            raise
         except (ConnectionError, ssl.SSLError, OSError):
             raise
         except Exception as exc:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from concurrent import futures
 from typing import Any, Callable, Iterator, Protocol
@@ -45,7 +46,7 @@ from . import secrobust_pb2 as pb
 from . import wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
-from .bulk import payload_deadline
+from .bulk import Pace, pace_for, payload_deadline
 from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .tls import server_credentials, server_options, peer_party
@@ -199,7 +200,14 @@ class Endpoint:
         accepted = False
         release: Any = None
         leave: Any = None
-        watchdog: threading.Timer | None = None
+        watchdog: _PaceWatch | None = None
+        got = [0]
+
+        def counted() -> Iterator[Any]:
+            for chunk in requests:
+                if isinstance(chunk, pb.Chunk):
+                    got[0] += len(chunk.data)
+                yield chunk
         try:
             caller = self._caller(context)
             info["sender"] = caller
@@ -211,9 +219,9 @@ class Endpoint:
                 release = self.admit(env)
                 message_id = env.message_id
                 if release is not None:     # a sender that stalls must not keep its slot
-                    watchdog = _watchdog(context, payload_deadline(env.total_bytes))
+                    watchdog = _PaceWatch(context, pace_for(self.handler, env), lambda: got[0], self.log, info)
 
-            msg, env, wire_bytes = wire.read_stream(requests, caller=caller, me=self.handler.party,
+            msg, env, wire_bytes = wire.read_stream(counted(), caller=caller, me=self.handler.party,
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
             self.deliver(msg, env, caller, wire_bytes)
             accepted = True
@@ -354,6 +362,49 @@ class Endpoint:
 
 
 _ABSOLUTE_LIMIT = 1 << 40
+
+
+class _PaceWatch:
+    """Cancels a call whose payload falls behind ``pace`` (``got()``: payload bytes in so far), from now on."""
+
+    def __init__(self, context: grpc.ServicerContext, pace: Pace, got: Callable[[], int], log: logging.Logger,
+                 info: dict[str, Any]) -> None:
+        self.context, self.pace, self.got, self.log, self.info = context, pace, got, log, info
+        self.start = time.monotonic()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._over = False
+        self._arm()
+
+    def _arm(self) -> None:
+        timer = threading.Timer(max(0.0, self.pace.due(self.start, self.got()) - time.monotonic()), self._check)
+        timer.daemon = True
+        with self._lock:
+            if self._over:
+                return
+            self._timer = timer
+        timer.start()
+
+    def _check(self) -> None:
+        got = self.got()
+        if time.monotonic() < self.pace.due(self.start, got):
+            self._arm()
+            return
+        with self._lock:
+            if self._over:
+                return
+            self._over = True
+        event(self.log, "payload-cut", level=logging.WARNING, lane="grpc", **self.info,
+              reason=f"{got} payload bytes after {time.monotonic() - self.start:.1f} s, below {self.pace.rate:g} B/s "
+                     f"after {self.pace.grace_s:g} s of grace")
+        self.context.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._over = True
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
 
 
 def _watchdog(context: grpc.ServicerContext, seconds: float) -> threading.Timer:

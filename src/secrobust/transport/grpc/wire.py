@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from ...errors import MalformedMessage
@@ -110,13 +111,20 @@ def check_envelope(env: pb.Envelope, *, caller: str | None, me: str, max_bytes: 
                        f"envelope says {env.chunk_count}")
 
 
+def lazy_buffer(nbytes: int) -> np.ndarray:
+    """A receive buffer whose pages the kernel commits only as bytes are written into it (``bytearray(n)``
+    zeroes, and so commits, all n at once): a sender that announces 8d bytes and sends none costs nothing."""
+    return np.empty(nbytes, dtype=np.uint8)
+
+
 class Reassembler:
     """Collects the payload of one stream into a preallocated buffer, checking order and sizes."""
 
     def __init__(self, env: pb.Envelope, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.env = env
         self.chunk_bytes = chunk_bytes
-        self.buffer = bytearray(env.total_bytes)
+        self.buffer = lazy_buffer(env.total_bytes)
+        self._view = memoryview(self.buffer)
         self.pos = 0
         self.next_index = 0
         self.wire_bytes = 0
@@ -133,12 +141,12 @@ class Reassembler:
         if self.next_index + 1 < self.env.chunk_count and n != self.chunk_bytes:
             raise Rejected("malformed-stream", f"chunk {chunk.index} has {n} bytes; all but the last carry "
                            f"{self.chunk_bytes}")
-        self.buffer[self.pos:self.pos + n] = chunk.data
+        self._view[self.pos:self.pos + n] = chunk.data
         self.pos += n
         self.next_index += 1
         self.wire_bytes += chunk.ByteSize()
 
-    def finish(self) -> bytearray:
+    def finish(self) -> np.ndarray:
         if self.next_index != self.env.chunk_count or self.pos != self.env.total_bytes:
             raise Rejected("malformed-stream", f"stream ended after {self.next_index} of {self.env.chunk_count} "
                            f"chunks ({self.pos} of {self.env.total_bytes} bytes)")
@@ -147,7 +155,7 @@ class Reassembler:
         return self.buffer
 
 
-def decode(env: pb.Envelope, data: bytes | bytearray) -> Message:
+def decode(env: pb.Envelope, data: bytes | bytearray | np.ndarray) -> Message:
     """Decode the reassembled bytes and check the message header against the envelope."""
     try:
         msg = Message.from_bytes(data)
