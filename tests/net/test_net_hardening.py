@@ -265,3 +265,20 @@ def test_a_stalled_grpc_upload_loses_its_slot_and_its_worker_is_dropped(dep):
         go.set()
         fake.close()
     assert 5 not in got.participants and len(got.participants) == N - 1
+
+
+def test_the_dealer_learns_nothing_from_the_servers_status(dep):
+    """The dealer is to learn n, d, the triple kind and id only; a server's ``status`` would tell it each
+    round's timing and participant counts, so the servers refuse it to the dealer (it never needs it)."""
+    dep.aggregate(_updates(8), "krum", 1)
+    for name in ("S0", "S1"):
+        client = PeerClient(dep.identity("dealer"), name, dep.addresses[name], connect_timeout=2.0)
+        try:
+            assert _code(lambda: client.control("status", args={"wait_s": 0.0})) == "not-permitted"
+            assert _code(lambda: client.call_raw("Control", _control("status", b"{not json", "dealer"))) \
+                == "not-permitted"
+        finally:
+            client.close()
+    x = _updates(9)
+    _, want = oracle(dep, x, "krum", 1)
+    assert_same_result(dep.aggregate(x, "krum", 1), want)        # the dealer still serves the next round

@@ -460,7 +460,9 @@ class ServerRuntime:
         return w is not None and w in self.cfg.workers
 
     def permits(self, caller: str, command: str) -> None:
-        """Who may run which control command, checked before its arguments are even parsed."""
+        """Who may run which control command, checked before its arguments are even parsed. The dealer runs
+        none: it only answers S1's triple requests, and a server's ``status`` would tell it each round's
+        timing and participant counts, more than the n, d, triple kind and id it is meant to learn."""
         allowed = {"status": None, "abort-round": (self.peer_name, self.operator_name),
                    "confirm-request": (self.peer_name,) if self.index == 0 else (),
                    "open-round": (self.operator_name,), "report": (self.operator_name,),
@@ -468,7 +470,7 @@ class ServerRuntime:
         if command not in allowed:
             raise Rejected("bad-request", f"unknown command {command!r}")
         who = allowed[command]
-        if who is not None and caller not in who:
+        if (who is not None and caller not in who) or caller == DEALER_ID:
             raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
 
     def _current(self, round_id: int, sender: str) -> RoundRun:
