@@ -30,6 +30,8 @@ def _check(summary: dict, rounds: int) -> None:
     assert 0.0 <= summary["final_accuracy"] <= 1.0
     assert summary["failed_rounds"] == 0 and len(summary["rounds"]) == rounds
     assert all(r["participants"] == r["workers"] for r in summary["rounds"])
+    # every client's binding held (Flower's node ids, random on Ray, are what each worker signed)
+    assert all(r["workers"] == summary["config"]["clients"] and not r["dropped"] for r in summary["rounds"])
 
 
 def test_an_inprocess_simulation_trains_and_multi_krum_gives_byzantine_clients_no_weight(tmp_path):
