@@ -19,17 +19,17 @@ from .dealer import DEFAULT_CHUNK_BYTES
 from .nodes import DealerNode, ServerNode
 from .protocol import messages as M
 from .protocol.offline import request_triple
-from .protocol.server import RoundPlan, check_noise_std, finish_aggregate, noise_share
+from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.worker import share_key, share_update, worker_name
+from .params import RoundParams
 from .randomness import SeedSource
-from .rules.plain import plain_run, split_options
+from .rules.plain import plain_run
 from .rules import secure
 from .rules.possible import effective_f
-from .rules.pre import check_pre_mode, split_pre, with_pre
-from .rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
+from .rules.registry import DEFAULT_MIN_PARTICIPANTS
 from .rules.view import DISTANCES, NORMS, Choice, view_words
 from .transport.channel import InMemoryChannel, Stats, Tap
-from .updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates, safe_center
+from .updates import encode_center, encode_updates, safe_center
 
 DROP_TARGETS = ("S0", "S1", "both")
 
@@ -89,30 +89,25 @@ class Cluster:
                   min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
                   **options: Any) -> AggregateResult:
         refuse_seed_option(options)
-        spec = with_min_cohort(get_rule(rule), min_participants)
         round_id = self.next_round
         self.next_round += 1
-        ring.check_frac_bits(frac_bits)
-        x = as_matrix(updates)
-        n, d = x.shape
-        center_value, rule_options = split_options(rule, options)
-        step, rule_options = split_pre(rule_options)
-        spec = with_pre(spec, check_pre_mode(step, reveal), self.seeds.seed("bucketing", round_id))
+        params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+                                   min_participants=min_participants, dp_noise_std=dp_noise_std,
+                                   check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
+                                   options=options)
+        x, n, d = params.x, params.n, params.d
+        spec = params.spec_with_pre(self.seeds.seed("bucketing", round_id))
+        rule_options, center_value, rows = params.options, params.center, params.ring_rows
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
             center_value = safe_center(self.last_aggregate, frac_bits)
-        spec.validate(n, f, rule_options)
         drop = check_drop(drop, n)
-        check_noise_std(dp_noise_std, frac_bits)
-        rows = check_ring_rows(ring_rows, n, d)
-        check_inputs = validity.check_flag(check_inputs, d)
-        bound = validity.scaled_bound(norm_bound, frac_bits, d)
-        on_shares = secure.secure_rule(rule, reveal, rule_options)
+        check_inputs, bound, on_shares = params.check_inputs, params.bound, params.on_shares
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
 
         with _phase(stats, "encode"):
-            encoded = encode_updates(x, frac_bits, check_unchecked(unchecked, n), rows)
+            encoded = encode_updates(x, frac_bits, params.unchecked, rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
         plan = RoundPlan.build(round_id, tuple(range(n)), d, frac_bits, needs, center, self.seeds.triple_id(round_id),
@@ -272,12 +267,11 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
     "aggregate" the rule is its twin on the exact ring view (``rules.secure``)."""
     refuse_seed_option(options)
-    check_noise_std(dp_noise_std, frac_bits)
-    _, rule_options = split_options(rule, options)
-    step, rule_options = split_pre(rule_options)
-    check_pre_mode(step, reveal)
-    on_shares = secure.secure_rule(rule, reveal, rule_options)
-    secure.check_checked(on_shares, validity.check_flag(check_inputs, as_matrix(updates).shape[1]))
+    params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+                               min_participants=min_participants, dp_noise_std=dp_noise_std,
+                               check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
+                               options=options)
+    rule_options, on_shares = params.options, params.on_shares
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(insecure_test_seed)

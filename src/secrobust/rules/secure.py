@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import arith, clip2pc, ring
+from .. import arith, clip2pc, compare, ring
 from .. import coordinatewise as C
 from .. import selection2pc as S
 from ..compare import Party
@@ -288,26 +288,65 @@ def _coordinate_family(name: str):
     def sizer(n: int, d: int, f: int, options: dict, dmax: int) -> tuple[arith.Budget, int]:
         bound = _bound_of(dmax)
         C.check_options(name, n, f, bound)
-        total, rounds_ = arith.Budget(), 0
-        if name == "bulyan":
-            zeros = np.zeros((n, n), dtype=_U)
-            b, r = arith.budget_of(lambda p, s: C.selection_circuit(p, zeros, f, bound, s))
-            total, rounds_ = total + b, rounds_ + r
-            chosen = np.zeros(n, dtype=_U)
-        else:
-            chosen = None
-        widths = [min(d, a + COORDINATE_CHUNK) - a for a in range(0, d, COORDINATE_CHUNK)]
-        for w in sorted(set(widths)):
-            b, r = _chunk_size(name, n, f, w, bound, chosen is not None)
-            k = widths.count(w)
-            total = total + arith.Budget(b.and_words * k, b.dabit_words * k, b.mults * k)
-            rounds_ += r * k
-        return total, rounds_
+        return _cohort_envelope(name, n, f, d, bound)
 
     return circuit, plain, sizer
 
 
+def _envelope(a: arith.Budget, b: arith.Budget) -> arith.Budget:
+    return arith.Budget(max(a.and_words, b.and_words), max(a.dabit_words, b.dabit_words), max(a.mults, b.mults))
+
+
 @functools.lru_cache(maxsize=64)
+def _cohort_envelope(name: str, n: int, f: int, d: int, bound: int) -> tuple[arith.Budget, int]:
+    """The most material and rounds the rule's circuit takes over every cohort a round planned for (n, f) can
+    end with: n' = n - dropouts - rejections workers with f' = f - rejections (rejections count against f).
+    The pruned sorting networks are not monotone in n (trimmed-mean takes fewer AND words at n = 8 than at
+    n = 7), so sizing for n alone let one dropout exhaust the dealer's material and abort the round."""
+    total, most = arith.Budget(), 0
+    for n2 in range(1, n + 1):
+        for f2 in range(max(0, f - (n - n2)), f + 1):
+            try:
+                C.check_options(name, n2, f2, bound)
+            except ValueError:
+                continue
+            b, r = _cohort_size(name, n2, f2, d, bound)
+            total, most = _envelope(total, b), max(most, r)
+    return total, most
+
+
+def _cohort_size(name: str, n: int, f: int, d: int, bound: int) -> tuple[arith.Budget, int]:
+    """Material and rounds of the whole circuit for one cohort (n, f) over d columns in chunks."""
+    total, rounds_ = arith.Budget(), 0
+    if name == "bulyan":
+        zeros = np.zeros((n, n), dtype=_U)
+        b, r = arith.budget_of(lambda p, s: C.selection_circuit(p, zeros, f, bound, s))
+        total, rounds_ = total + b, rounds_ + r
+    widths = [min(d, a + COORDINATE_CHUNK) - a for a in range(0, d, COORDINATE_CHUNK)]
+    for w in sorted(set(widths)):
+        b, r = _chunk_size_by_words(name, n, f, w, bound, name == "bulyan")
+        k = widths.count(w)
+        total = total + arith.Budget(b.and_words * k, b.dabit_words * k, b.mults * k)
+        rounds_ += r * k
+    return total, rounds_
+
+
+def _chunk_size_by_words(name: str, n: int, f: int, w: int, bound: int, with_choice: bool) -> tuple[arith.Budget, int]:
+    """``_chunk_size`` from dry runs of at most 64 columns: every gate packs its columns 64 to a bit word, so
+    w = 64 q + r columns take q times the material of 64 plus that of r, in the same rounds (a unit test
+    holds this against the full dry run)."""
+    q, r = divmod(w, compare.WORD)
+    total, rounds_ = arith.Budget(), 0
+    if q:
+        b, rounds_ = _chunk_size(name, n, f, compare.WORD, bound, with_choice)
+        total = arith.Budget(b.and_words * q, b.dabit_words * q, b.mults * q)
+    if r:
+        b, rounds_ = _chunk_size(name, n, f, r, bound, with_choice)
+        total = total + b
+    return total, rounds_
+
+
+@functools.lru_cache(maxsize=4096)
 def _chunk_size(name: str, n: int, f: int, w: int, bound: int, with_choice: bool) -> tuple[arith.Budget, int]:
     x = np.zeros((n, w), dtype=_U)
     chosen = np.zeros(n, dtype=_U) if with_choice else None
