@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -236,3 +238,116 @@ def test_a_sender_that_trickles_its_payload_is_cut_off(cert_dir, endpoint, lane,
     finally:
         client._idle.clear()
     assert handler.received == []
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) << 10 for line in fh if line.startswith("VmRSS:"))
+
+
+def _envelope(total: int, sender: str = "S1"):
+    from secrobust.transport.grpc import secrobust_pb2 as pb
+    from secrobust.transport.grpc.tls import CHUNK_BYTES
+
+    return pb.Envelope(version=1, round_id=1, sender=sender, recipient="S0", phase="masked-open", seq=1,
+                       message_id=os.urandom(16), total_bytes=total, chunk_count=-(-total // CHUNK_BYTES),
+                       sha256=bytes(32))
+
+
+ANNOUNCED = 256 << 20
+
+
+def test_a_payload_announced_on_the_bulk_lane_commits_no_memory_until_its_bytes_arrive(cert_dir, endpoint, lane):
+    """A stalled sender cannot hold memory: the receive buffer's pages are committed as bytes arrive."""
+    client = _client(cert_dir, "S1", lane[1])
+    try:
+        with client._connection() as sock:
+            before = _rss()
+            _send_frame(sock, _envelope(ANNOUNCED).SerializeToString(), SEND)
+            assert json.loads(_recv_frame(sock)) == {"go": True}
+            time.sleep(0.5)
+            grown = _rss() - before
+            sock.close()
+    finally:
+        client._idle.clear()
+    assert grown < ANNOUNCED // 4, f"{grown >> 20} MiB committed for an announced {ANNOUNCED >> 20} MiB"
+
+
+def test_a_payload_announced_on_grpc_commits_no_memory_until_its_bytes_arrive(endpoint, client_for):
+    from secrobust.transport.grpc import secrobust_pb2 as pb
+    from secrobust.transport.grpc.tls import CHUNK_BYTES
+
+    client = client_for("S1")
+    ep, handler, _ = endpoint
+    started, hold = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def stream():
+        yield pb.Chunk(envelope=_envelope(ANNOUNCED), index=0, data=bytes(CHUNK_BYTES))
+        started.set()
+        hold.wait(30.0)
+
+    def attempt(channel):
+        call = channel.stream_unary("/secrobust.v1.Party/Send", request_serializer=pb.Chunk.SerializeToString,
+                                    response_deserializer=pb.Ack.FromString)
+        return call(stream(), timeout=60.0)
+
+    before = _rss()
+    sending = threading.Thread(target=lambda: pytest.raises(Exception, client._call, attempt), daemon=True)
+    sending.start()
+    try:
+        assert started.wait(10.0)
+        time.sleep(0.5)
+        sizes.append(_rss() - before)
+    finally:
+        hold.set()
+        sending.join(30.0)
+    assert sizes[0] < ANNOUNCED // 4, f"{sizes[0] >> 20} MiB committed for an announced {ANNOUNCED >> 20} MiB"
+    assert handler.received == []
+
+
+def test_a_slow_but_steady_upload_gets_in_and_a_trickle_is_cut_after_the_grace(cert_dir, endpoint, lane):
+    """The pace a receiver asks (here 1 s of grace, then 200 kB/s): a sender that pauses within the grace
+    and then keeps about 3 times the floor finishes, long after the grace; one that sends 5 bytes a second
+    after its header is cut off soon after the grace, and nothing of it is taken."""
+    from secrobust.transport.grpc import bulk
+
+    _, handler, _ = endpoint
+    handler.upload_pace = lambda env: bulk.Pace(1.0, 2e5)
+    client = _client(cert_dir, "S1", lane[1])
+    msg = _msg(d=125_000)                                # 1 MB: 5 s at the floor
+    data = msg.to_bytes()
+    try:
+        with client._connection() as sock:
+            _send_frame(sock, bulk.bulk_envelope(msg, data).SerializeToString(), SEND)
+            assert json.loads(_recv_frame(sock)) == {"go": True}
+            started = time.monotonic()
+            time.sleep(0.5)
+            for i in range(0, len(data), 32 << 10):
+                sock.sendall(data[i:i + (32 << 10)])
+                time.sleep(0.05)                         # 640 kB/s at most
+            assert json.loads(_recv_frame(sock)) == {"ok": True}
+            assert time.monotonic() - started > 1.5      # it ran well past the grace
+        assert len(handler.received) == 1 and np.array_equal(handler.received[0].arrays["e"], msg.arrays["e"])
+        with client._connection() as sock:
+            _send_frame(sock, bulk.bulk_envelope(msg, data).SerializeToString(), SEND)
+            assert json.loads(_recv_frame(sock)) == {"go": True}
+            started = time.monotonic()
+            cut = False
+            for b in data[:100]:
+                try:
+                    sock.send(bytes([b]))
+                    sock.settimeout(0.2)
+                    if sock.recv(1) == b"":
+                        cut = True
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    cut = True
+                    break
+            assert cut and time.monotonic() - started < 15.0
+    finally:
+        client._idle.clear()
+        client.close()
+    assert len(handler.received) == 1
