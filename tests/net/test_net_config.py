@@ -88,3 +88,29 @@ def test_init_writes_loadable_files_and_the_round_command_checks_its_side_first(
     bad = CliRunner().invoke(app, ["round", "--config", str(tmp_path / "operator-s0" / "operator-s0.toml"),
                                    "--d", "0", "--workers", "0-5"])
     assert bad.exit_code == 2 and "d >= 1" in bad.stderr                 # checked before any key or connection
+
+
+def test_the_upload_pace_is_read_from_timeouts_round_trips_and_must_be_positive(tmp_path):
+    from dataclasses import replace
+
+    from secrobust.transport.grpc.bulk import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
+
+    base = ('party = "S1"\nlisten = "127.0.0.1:1"\n[peers]\nS0 = "127.0.0.1:1"\nS1 = "127.0.0.1:2"\n'
+            'dealer = "127.0.0.1:3"\n[tls]\ndir = "c"\n[timeouts]\n')
+    path = tmp_path / "s1.toml"
+    path.write_text(base)
+    cfg = load(path)
+    assert (cfg.upload_grace_s, cfg.upload_min_rate) == (UPLOAD_GRACE_S, UPLOAD_MIN_RATE)
+    assert "upload_grace_s =" not in to_toml(cfg)           # defaults are not written out
+    path.write_text(base + "upload_grace_s = 12\nupload_min_rate = 250000\n")
+    slow = load(path)
+    assert (slow.upload_grace_s, slow.upload_min_rate) == (12.0, 250000.0)
+    path.write_text(to_toml(slow))
+    assert load(path) == slow
+    for bad in ("upload_grace_s = 0", "upload_min_rate = -1", "upload_min_rate = inf", 'upload_grace_s = "5"',
+                "upload_grace_s = true"):
+        path.write_text(base + bad + "\n")
+        with pytest.raises(ValueError, match="upload_"):
+            load(path)
+    with pytest.raises(ValueError, match="upload_min_rate"):
+        replace(cfg, upload_min_rate=float("nan")).check()
