@@ -283,7 +283,8 @@ class SecRobust(FedAvg):
             return None
         try:
             return self.train_metrics_aggr_fn(with_weight, self.weighted_by_key)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:   # a client's metrics are its own: e.g.
+            # counts of +1e308 and -1e308 sum to 0.0 and FedAvg's average divides by it
             log.warning("train metrics not aggregated: %s", exc)
             return None
 
