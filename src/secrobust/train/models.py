@@ -86,11 +86,22 @@ def build_model(
 
 
 class FlatAdapter:
-    """View a model's parameters as one flat float64 vector theta in R^d.
+    """View a model's parameters as one flat float64 vector theta in R^d (``from secrobust.train import FlatAdapter``).
 
-    ``get`` returns theta, ``set`` writes a vector back into the parameters, ``grad`` returns the
-    flattened gradients (zeros for parameters without one), and ``unflatten`` splits a vector into
-    tensors shaped like the parameters. The order is that of ``model.parameters()``.
+    The contract:
+
+    - theta holds the trainable parameters (``requires_grad``, as they are when the adapter is made) in
+      the order of ``model.parameters()``, each flattened row-major; ``dim`` is d, the sum of their sizes.
+      Buffers (batch-norm statistics) are not parameters and are not in theta.
+    - ``get()`` returns a new float64 numpy copy of theta; ``grad()`` the flattened gradients in the same
+      layout (zeros for a parameter without a gradient).
+    - ``set(v)`` writes a length-d vector into the parameters in place (under ``no_grad``, cast to their
+      dtype, so ``set(get())`` is exact for float32/float64 models), and ``unflatten(v)`` splits one into
+      tensors shaped like the parameters. A vector of another length raises ValueError.
+
+    So a worker's update is ``adapter.get()`` after local training minus ``get()`` before, an (n, d)
+    stack of them goes to ``secrobust.aggregate`` or ``Cluster.run_round``, and the global model takes
+    ``adapter.set(theta + result.aggregate)`` (docs/quickstart-pytorch.md).
     """
 
     def __init__(self, model: nn.Module) -> None:
