@@ -349,7 +349,9 @@ class LocalDeployment:
         try:
             def write(start: int, stop: int) -> None:
                 for i in range(start, stop):
-                    if i not in absent_set:
+                    if i in absent_set:
+                        _write_absent(folder, i)
+                    else:
                         _write_input(folder, i, rows.get(i, x[i]), unchecked=i in byz, ring_row=i in rows,
                                      where=drop.get(i))
             ring_kernel.parallel_for(write, n, max(1, -(-n // ring_kernel.threads())))
@@ -382,6 +384,12 @@ def _write_input(folder: Path, i: int, row: np.ndarray, *, unchecked: bool, ring
     if meta:
         (folder / f"{stem}.json").write_text(json.dumps(meta))
     np.save(folder / f"{stem}.npy", row)
+
+
+def _write_absent(folder: Path, i: int) -> None:
+    """Worker i sits the round out and contacts nobody: no update file, a side file skipping both servers
+    (without it, a missing file makes the worker decline the round and name the file it expected)."""
+    (folder / f"{tls_name(worker_party(i))}.json").write_text(json.dumps({"skip": ["S0", "S1"]}))
 
 
 def _test_seed(seed: bytes | int | None) -> int | str | None:

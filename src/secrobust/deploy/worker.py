@@ -12,6 +12,7 @@ key can only come from S0 and the masked update only go to S1.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections import deque
@@ -74,24 +75,34 @@ class WorkerOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class MissingUpdate(FileNotFoundError):
+    """The inbox has no update file for a round the worker is expected in; the message names the path."""
+
+    def __init__(self, path: Path, round_id: int) -> None:
+        super().__init__(errno.ENOENT, f"no update file {path} (it must exist when round {round_id} opens)", str(path))
+        self.path = Path(path)
+
+
 def directory_source(root: Path, party: str) -> UpdateSource:
     """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector, or uint64 ring elements
     with "ring") and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
-    "skip": ["S0"|"S1", ...]}. No file: sit out."""
+    "skip": ["S0"|"S1", ...]}. No ``.npy`` file raises ``MissingUpdate`` (the worker declines the round,
+    naming the path), unless the ``.json`` alone says {"skip": ["S0", "S1"]}: then the worker sits the round
+    out and sends nothing at all (simulated absence, ``LocalDeployment.aggregate(absent=...)``)."""
     stem = tls_name(party)
 
     def source(round_id: int, d: int) -> WorkerInput | None:
         path = Path(root) / f"round-{round_id}" / f"{stem}.npy"
-        if not path.exists():
-            return None
-        update = np.load(path, allow_pickle=False)
-        meta: dict[str, Any] = {}
         side = path.with_suffix(".json")
-        if side.exists():
-            meta = json.loads(side.read_text())
+        meta: dict[str, Any] = json.loads(side.read_text()) if side.exists() else {}
         skip = tuple(meta.get("skip", ()))
         if any(s not in SKIP_TARGETS for s in skip):
             raise ValueError(f"{side.name}: skip lists servers from {SKIP_TARGETS}")
+        if not path.exists():
+            if set(skip) == set(SKIP_TARGETS):
+                return None
+            raise MissingUpdate(path, round_id)
+        update = np.load(path, allow_pickle=False)
         return WorkerInput(update, bool(meta.get("unchecked", False)), skip, bool(meta.get("ring", False)))
 
     return source
@@ -169,8 +180,11 @@ class WorkerRuntime:
             return WorkerOutcome(r, "not-expected")
         try:
             inp = self.source(r, d)
+        except MissingUpdate as exc:
+            event(self.log, "update-missing", level=logging.WARNING, round=r, path=str(exc.path))
+            return self.decline(r, f"cannot read its update: {exc.strerror}")
         except (OSError, ValueError) as exc:
-            return self.decline(r, f"cannot read its update: {exc.strerror if isinstance(exc, OSError) else exc}")
+            return self.decline(r, f"cannot read its update: {_os_reason(exc) if isinstance(exc, OSError) else exc}")
         if inp is None:
             return WorkerOutcome(r, "sat-out")
         timer = Timer()
@@ -266,6 +280,12 @@ class WorkerRuntime:
         self.s1.close()
         for lane in self.bulk.values():
             lane.close()
+
+
+def _os_reason(exc: OSError) -> str:
+    """``strerror: filename`` of a failed read (the file named, so its owner can find it)."""
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
 
 
 def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
