@@ -23,8 +23,6 @@ def _honest(n: int, d: int, scale: float = 0.01, seed: int = 7) -> np.ndarray:
 # findings
 
 
-@pytest.mark.xfail(strict=True, reason="medium: with norm_bound, an honest update above the bound is rejected "
-                   "and counted against f, so f Byzantine workers face a rule run with a smaller f")
 def test_an_honest_worker_over_norm_bound_does_not_lower_f():
     """norm_bound × rejections × f. "A rejected worker is provably malformed, so it counts against f" holds
     for the encoder's range, which the honest encoder enforces; with a tighter ``norm_bound`` the honest
@@ -44,8 +42,14 @@ def test_an_honest_worker_over_norm_bound_does_not_lower_f():
     except ValueError as exc:       # a fix may refuse the honest worker's update up front, naming it
         assert "7" in str(exc)
         return
-    honest = x[2:7, 0]
+    # fixed: by default (over_bound="clip") the honest encoder clips to the public bound, so worker 7 is not
+    # rejected, f stays 2, and the trimmed mean stays within the honest values (worker 7's clipped one included)
+    assert res.rejected == {}
+    honest = np.append(x[2:7, 0], x[7, 0] * bound / np.linalg.norm(x[7]))
     assert honest.min() - 1e-3 <= res.aggregate[0] <= honest.max() + 1e-3, (res.rejected, res.aggregate[0])
+    excluded = secrobust.aggregate(x, "trimmed-mean", f, reveal="aggregate", norm_bound=bound, over_bound="exclude",
+                                   insecure_test_seed=SEED)
+    assert 7 in excluded.rejected and "over_bound='exclude'" in excluded.rejected[7]
 
 
 @pytest.mark.xfail(strict=True, reason="low: multi-krum with an explicit m aborts with a ValueError mid-round "

@@ -39,9 +39,15 @@ def test_aggregate_takes_the_validity_options(tmp_path):
     x[2] *= 3.0
     updates = tmp_path / "u.npy"
     np.save(updates, x)
-    result = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--norm-bound", "1.0"])
+    result = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--norm-bound", "1.0",
+                                 "--over-bound", "exclude"])
     assert result.exit_code == 0, result.output
-    assert "rejected worker 2: failed the input validity check" in result.output
+    assert "rejected worker 2: update norm 3 is above the bound 1 (over_bound='exclude')" in result.output
+    clipped = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--norm-bound", "1.0"])
+    assert clipped.exit_code == 0 and "rejected" not in clipped.output
+    error = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--norm-bound", "1.0",
+                                "--over-bound", "error"])
+    assert error.exit_code == 2 and error.stderr.startswith("error: 1 update(s) above the bound 1 at frac_bits=20: 2 (3)")
     unchecked = runner.invoke(app, ["aggregate", "--updates", str(updates), "--rule", "mean", "--no-check-inputs"])
     assert unchecked.exit_code == 0 and "rejected" not in unchecked.output and "validity" not in unchecked.output
     bad = runner.invoke(app, ["aggregate", "--updates", str(updates), "--norm-bound", "-1"])

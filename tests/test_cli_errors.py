@@ -64,7 +64,7 @@ def _bad_file(tmp_path: Path, kind: str) -> Path:
     ("csv", "is not a .npy file (no NumPy header; a CSV or text file must be converted with "
             "numpy.save(path, array))"),
     ("empty", "is empty, not a .npy file"),
-    ("npz", "is an .npz archive; save a single array with numpy.save(path, array)"),
+    ("npz", "is an .npz archive (or a torch.save file: name it .pt); save a single array with numpy.save(path, array)"),
     ("pickle", "is not a .npy file (no NumPy header; a CSV or text file must be converted with "
                "numpy.save(path, array))"),
     ("object", "holds a pickled object array; save a numeric array (pickles are never loaded)"),

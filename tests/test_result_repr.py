@@ -24,6 +24,6 @@ def test_the_repr_names_rejected_workers() -> None:
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x[2] *= 3.0
 
-    result = secrobust.aggregate(x, "mean", 0, norm_bound=1.0)
+    result = secrobust.aggregate(x, "mean", 0, norm_bound=1.0, over_bound="exclude")
 
     assert "participants=7 of 8, rejected=[2]," in repr(result)

@@ -134,7 +134,7 @@ def test_bad_reveal_values_and_options_are_refused_before_any_work():
     with pytest.raises(ValueError, match="unknown option"):
         secrobust.aggregate(x, "krum", 1, reveal="weights", m=2)
     with pytest.raises(ValueError, match="reveal must be one of"):
-        secrobust.plain_aggregate(x, "krum", 1, reveal=None)
+        secrobust.plain_aggregate(x, "krum", 1, reveal="")
 
 
 @pytest.mark.parametrize("mode", MODES)

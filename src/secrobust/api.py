@@ -22,6 +22,7 @@ from .protocol.offline import request_triple
 from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.worker import share_key, share_update, worker_name
 from .params import RoundParams
+from .scale import Scale
 from .randomness import SeedSource
 from .rules.plain import plain_run
 from .rules import secure
@@ -52,6 +53,17 @@ class AggregateResult:
     """Workers excluded by the input validity check (or by S1's range check of the opened view), with the reason."""
     reveal: str = secure.DEFAULT_MODE
     n: int = 0
+    frac_bits: int | None = None
+    """F, the fixed point's fractional bits this round used (derived from the bound unless given)."""
+    norm_bound: float | None = None
+    """The public bound (real units) every accepted update had: the caller's, or the encoder's range at F."""
+    bound_from_data: bool = False
+    """True when F was lowered to fit the largest honest update: the bound then depends on the data."""
+
+    @property
+    def resolution(self) -> float | None:
+        """The encoding's step 2^-F: the precision of every update and of the aggregate."""
+        return None if self.frac_bits is None else 2.0 ** -self.frac_bits
 
     def __repr__(self) -> str:
         """One short line: rule, f, who took part and the arrays' shapes, never their values."""
@@ -82,20 +94,21 @@ class Cluster:
         self.next_round = 0
         self.last_aggregate: np.ndarray | None = None
 
-    def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+    def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,
                   dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
                   drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                   check_inputs: bool = True, norm_bound: float | None = None,
-                  min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
-                  **options: Any) -> AggregateResult:
+                  min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
+                  over_bound: str = "clip", **options: Any) -> AggregateResult:
         refuse_seed_option(options)
         round_id = self.next_round
         self.next_round += 1
         params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                    min_participants=min_participants, dp_noise_std=dp_noise_std,
                                    check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
-                                   options=options)
+                                   options=options, over_bound=over_bound)
         x, n, d = params.x, params.n, params.d
+        frac_bits, reveal = params.frac_bits, params.reveal
         spec = params.spec_with_pre(self.seeds.seed("bucketing", round_id))
         rule_options, center_value, rows = params.options, params.center, params.ring_rows
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
@@ -199,7 +212,8 @@ class Cluster:
             raise AssertionError("the two servers opened different weights")
         choice = s1.current.choice
         view = s1.current.view
-        return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected, reveal)
+        return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected, reveal,
+                           params.scale, params.excluded)
 
     def _run_check(self, channel: InMemoryChannel) -> None:
         """The comparisons of the validity check, round by round through the channel."""
@@ -220,12 +234,12 @@ class Cluster:
             msgs = nxt
 
 
-def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,
               insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
               ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
               chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
-              min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
-              **options: Any) -> AggregateResult:
+              min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
+              over_bound: str = "clip", **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
     ``reveal`` says what the servers learn besides the aggregate (docs/leakage-free.md):
@@ -253,15 +267,15 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = 
     return Cluster(insecure_test_seed=insecure_test_seed).run_round(
         updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std, unchecked=unchecked, ring_rows=ring_rows,
         drop=drop, chunk_bytes=chunk_bytes, check_inputs=check_inputs, norm_bound=norm_bound,
-        min_participants=min_participants, reveal=reveal, **options)
+        min_participants=min_participants, reveal=reveal, over_bound=over_bound, **options)
 
 
-def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,
                     insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                     ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
                     norm_bound: float | None = None, round_id: int = 0,
-                    min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str = secure.DEFAULT_MODE,
-                    **options: Any) -> AggregateResult:
+                    min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
+                    over_bound: str = "clip", **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate, same
     minimum cohort; with ``insecure_test_seed``, the same DP noise and validity projections too;
     ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
@@ -270,8 +284,9 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                min_participants=min_participants, dp_noise_std=dp_noise_std,
                                check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
-                               options=options)
+                               options=options, over_bound=over_bound)
     rule_options, on_shares = params.options, params.on_shares
+    frac_bits, reveal, updates, unchecked = params.frac_bits, params.reveal, params.x, params.unchecked
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(insecure_test_seed)
@@ -293,7 +308,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                                      frac_bits)
         out = finish_aggregate(total, frac_bits, run.center, choice or Choice(np.zeros(0)))
     return make_result(out, choice, None if on_shares is not None else run.view, run.participants, n, stats, rule,
-                       f, run.rejected, reveal)
+                       f, run.rejected, reveal, params.scale, params.excluded)
 
 
 def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,
@@ -326,7 +341,8 @@ def refuse_seed_option(options: Mapping[str, Any]) -> None:
 
 def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants: tuple[int, ...], n: int,
                 stats: Stats, rule: str, f: int, rejected: Mapping[int, str] | None = None,
-                reveal: str = secure.DEFAULT_MODE) -> AggregateResult:
+                reveal: str = secure.DEFAULT_MODE, scale: Scale | None = None,
+                excluded: Mapping[int, str] | None = None) -> AggregateResult:
     idx = np.array(participants, dtype=np.int64)
     weights = None
     if choice is not None and reveal != "aggregate":
@@ -341,7 +357,10 @@ def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants:
             revealed[key] = full
     return AggregateResult(out, weights, revealed.get(DISTANCES), stats, revealed, participants,
                            choice.center_weight if choice is not None else 0.0, rule, f,
-                           dict(sorted((rejected or {}).items())), reveal, n)
+                           dict(sorted({**(rejected or {}), **{i: r for i, r in (excluded or {}).items()
+                                                               if i in (rejected or {})}}.items())), reveal, n,
+                           scale.frac_bits if scale else None, scale.norm_bound if scale else None,
+                           scale.from_data if scale else False)
 
 
 def check_drop(drop: Mapping[int, str] | None, n: int) -> dict[int, str]:

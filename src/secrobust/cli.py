@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .params import RoundParams
 from . import api, examples, ring, rules, validity
 from .cli_io import check_output_file, fail, load_array, one_line, save_npy, save_npz
 from .errors import ProtocolError
@@ -70,11 +71,22 @@ def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
         raise ValueError(f"--reveal: {exc}") from None
 
 
-def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: bool, norm_bound: float | None,
-                options: dict[str, Any], reveal: str = secure.DEFAULT_MODE) -> None:
+def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int | None, check_inputs: bool,
+                norm_bound: float | None, options: dict[str, Any], reveal: str | None = None,
+                over_bound: str = "clip") -> RoundParams:
     """Raise ValueError for any input a round would refuse, before a party starts (the gRPC deployment's
-    processes take seconds to start and would only then see the error)."""
+    processes take seconds to start and would only then see the error); the round's checked parameters."""
     extra = {k: options[k] for k in ENGINE_KEYWORDS if k in options}
+    params = RoundParams.check(x, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+                               min_participants=extra.get("min_participants", DEFAULT_MIN_PARTICIPANTS),
+                               dp_noise_std=extra.get("dp_noise_std", 0.0), check_inputs=check_inputs,
+                               unchecked=extra.get("unchecked", ()), ring_rows=extra.get("ring_rows"),
+                               options={k: v for k, v in options.items() if k not in ENGINE_KEYWORDS},
+                               over_bound=over_bound)
+    if params.excluded:
+        raise ValueError(f"updates {sorted(params.excluded)} are above the bound {params.scale.norm_bound:.6g}; a "
+                         "deployed worker encodes its own update, so over gRPC use --over-bound clip or error")
+    frac_bits, reveal, x = params.frac_bits, params.reveal, params.x
     spec = with_min_cohort(rules.get_rule(rule), extra.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
     ring.check_frac_bits(frac_bits)
     n, d = x.shape
@@ -90,6 +102,7 @@ def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int, check_inputs: 
     check_updates(x, frac_bits, check_unchecked(extra.get("unchecked", ()), n), rows)
     if center is not None:
         encode_center(center, d, frac_bits)
+    return params
 
 
 @app.command()
@@ -114,7 +127,11 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   out: Optional[Path] = typer.Option(None, help="write aggregate, weights, distances (what the "
                                                      "round revealed) as an .npz archive to this exact path"),
                   option: list[str] = typer.Option([], "--option", "-o", help="rule option key=value (repeatable)"),
-                  frac_bits: int = typer.Option(ring.DEFAULT_FRAC_BITS, help="fixed-point fractional bits F"),
+                  frac_bits: Optional[int] = typer.Option(None, help="fixed-point fractional bits F (default: the "
+                                                          "largest F <= 20 whose range holds the bound, or the "
+                                                          "largest honest update)"),
+                  over_bound: str = typer.Option("clip", help="an honest update above the bound: clip (scaled to the bound, the default), exclude "
+                                                 "(rejected, with the reason; counts against f) or error"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (insecure_test_seed: "
                                                      "tests only, one seed on two inputs reuses every mask)"),
                   check_inputs: bool = typer.Option(True, help="run the input validity check (off: benchmarks only; "
@@ -122,10 +139,11 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   norm_bound: Optional[float] = typer.Option(None, help="reject every worker whose vector has L2 norm "
                                                              "above this (e.g. the DP clipping norm); default: the "
                                                              "encoder's range"),
-                  reveal: str = typer.Option(secure.DEFAULT_MODE, help="what the round reveals besides the "
+                  reveal: Optional[str] = typer.Option(None, help="what the round reveals besides the "
                                              "aggregate: distances (S1 opens the distances or norms), weights (the "
                                              "rule runs on shares, only the weights are opened) or aggregate (the "
-                                             "weights stay shared too; krum, multi-krum)"),
+                                             "weights stay shared too); default: distances, or the only "
+                                             "mode the rule has"),
                   transport: str = typer.Option("inprocess", help="inprocess (one process) or grpc (a local "
                                                 "deployment: every party its own OS process, mutual TLS)"),
                   example_n: int = typer.Option(20, help="with no --updates: workers in the generated example"),
@@ -138,14 +156,17 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
         if out is not None:
             check_output_file(out)
         options = _parse_options(option)
+        rules.get_rule(rule)
+        reveal = secure.default_mode(rule) if reveal is None else reveal
         check_reveal(rule, reveal, options)
         x = _updates(updates, example_n, example_d, example_byzantine)
-        run = api.aggregate
+        run, extra = api.aggregate, {"over_bound": over_bound}
         if transport == "grpc":
-            check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options, reveal)
+            params = check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options, reveal, over_bound)
+            x, frac_bits, extra = params.x, params.frac_bits, {}
             run = _grpc_round(seed is not None, options.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
         res = run(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, check_inputs=check_inputs,
-                  norm_bound=norm_bound, reveal=reveal, **options)
+                  norm_bound=norm_bound, reveal=reveal, **extra, **options)
     except COMMAND_ERRORS as exc:
         fail(exc)
     _print_result(res)
@@ -188,6 +209,10 @@ def _save_result(res: api.AggregateResult, out: Path) -> None:
 def _print_result(res: api.AggregateResult) -> None:
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     console.print(f"rule {res.rule}, f={res.f}, reveal={res.reveal}, {len(res.participants)} participants")
+    if res.frac_bits is not None:
+        origin = " (from the largest update: a data-dependent bound)" if res.bound_from_data else ""
+        console.print(f"scale: frac_bits={res.frac_bits}, resolution {res.resolution:.3g}, bound "
+                      f"{res.norm_bound:.6g}{origin}", soft_wrap=True, markup=False)
     console.print(f"weights: {'hidden (they stayed secret-shared)' if res.weights is None else res.weights}")
     for worker, reason in res.rejected.items():
         console.print(f"rejected worker {worker}: {reason}")

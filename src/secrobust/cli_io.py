@@ -48,8 +48,10 @@ def check_input_file(path: Path, option: str) -> None:
         raise ValueError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
     if not head:
         raise ValueError(f"{option}: {path} is empty, not a .npy file")
+    if head.startswith(ZIP_MAGIC) and path.suffix in (".pt", ".pth"):
+        return
     if head.startswith(ZIP_MAGIC):
-        raise ValueError(f"{option}: {path} is an .npz archive; save a single array with numpy.save(path, array)")
+        raise ValueError(f"{option}: {path} is an .npz archive (or a torch.save file: name it .pt); save a single array with numpy.save(path, array)")
     if head != NPY_MAGIC:
         raise ValueError(f"{option}: {path} is not a .npy file (no NumPy header; a CSV or text file must be "
                          "converted with numpy.save(path, array))")
@@ -61,8 +63,36 @@ def load_array(path: Path, option: str, ndim: int | None = None) -> np.ndarray:
     With ``ndim``, the array must have that many dimensions, each of length at least 1.
     """
     check_input_file(path, option)
+    if Path(path).suffix in (".pt", ".pth"):
+        arr = _load_torch(path, option)
+    else:
+        arr = _load_npy(path, option)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{option}: {path} has dtype {arr.dtype}; need real numbers (float or int)")
+    if ndim is not None and (arr.ndim != ndim or min(arr.shape, default=0) < 1):
+        raise ValueError(f"{option}: {path} has shape {arr.shape}; need {_shape_words(ndim)}")
+    return arr
+
+
+def _load_torch(path: Path, option: str) -> np.ndarray:
+    """A tensor saved with ``torch.save``, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        import torch
+    except ImportError:
+        raise ValueError(f"{option}: {path} is a torch file; install the train extra (pip install "
+                         "'secrobust[train]') or save it with numpy.save(path, tensor.numpy())") from None
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise ValueError(f"{option}: {path} is not a readable torch tensor file: {one_line(exc)}") from None
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{option}: {path} holds a {type(value).__name__}, not one tensor; save the (n, d) tensor")
+    return value.detach().cpu().numpy()
+
+
+def _load_npy(path: Path, option: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise ValueError(f"{option}: {path} holds a pickled object array; save a numeric array "
@@ -70,11 +100,6 @@ def load_array(path: Path, option: str, ndim: int | None = None) -> np.ndarray:
         raise ValueError(f"{option}: {path} is not a readable .npy file: {one_line(exc)}") from None
     except (OSError, EOFError) as exc:
         raise ValueError(f"{option}: {path} is not a readable .npy file: {one_line(exc)}") from None
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{option}: {path} has dtype {arr.dtype}; need real numbers (float or int)")
-    if ndim is not None and (arr.ndim != ndim or min(arr.shape, default=0) < 1):
-        raise ValueError(f"{option}: {path} has shape {arr.shape}; need {_shape_words(ndim)}")
-    return arr
 
 
 def _shape_words(ndim: int) -> str:

@@ -9,6 +9,8 @@ then the simulated Byzantine rows.
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -20,7 +22,35 @@ from .rules import secure
 from .rules.plain import split_options
 from .rules.pre import PreStep, check_pre_mode, split_pre, with_pre
 from .rules.registry import RuleSpec, get_rule, with_min_cohort
+from .scale import Scale
+from .scale import resolve as resolve_scale
 from .updates import as_matrix, check_ring_rows, check_unchecked
+
+API_KEYWORDS = ("frac_bits", "insecure_test_seed", "dp_noise_std", "unchecked", "ring_rows", "drop", "chunk_bytes",
+                "check_inputs", "norm_bound", "min_participants", "reveal", "over_bound", "center", "pre", "s")
+"""Every keyword a round call takes besides rule options: the pool for "did you mean"."""
+
+
+def _check_keywords(rule: str, options: Mapping[str, Any]) -> None:
+    """An unknown keyword gets a did-you-mean over every keyword of the call (the rule's options included)."""
+    known = set(get_rule(rule).options()) | {"center", "pre", "s"}
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return
+    pool = sorted(known | set(API_KEYWORDS))
+    hints = []
+    for word in unknown:
+        close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+        hints.append(f"{word!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    close = [h for h in hints if "did you mean" in h]
+    raise ValueError(f"rule {rule!r} got unknown option(s) {unknown}; allowed: "
+                     f"{', '.join(get_rule(rule).options()) or 'none'}" + (f" ({'; '.join(close)})" if close else ""))
+
+
+def _warn_transposed(n: int, d: int) -> None:
+    if n > d and n > 1000:
+        warnings.warn(f"updates have shape ({n}, {d}): {n} workers of dimension {d}. Rows are workers; if you "
+                      "passed (d, n), pass updates.T", UserWarning, stacklevel=4)
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +76,12 @@ class RoundParams:
     """cclip's public center as given (real units), or None."""
     x: np.ndarray
     unchecked: frozenset[int]
+    """Rows that bypass the honest encoder: simulated Byzantine workers, and honest rows excluded as over
+    the bound (the validity check then rejects them)."""
     ring_rows: dict[int, np.ndarray]
+    scale: Scale
+    excluded: dict[int, str]
+    """Honest rows above the bound under over_bound='exclude', with their reason."""
 
     @property
     def n(self) -> int:
@@ -60,15 +95,30 @@ class RoundParams:
         return with_pre(self.spec, self.pre, seed)
 
     @classmethod
-    def check(cls, updates: Any, rule: str, f: int, *, frac_bits: int, reveal: str, norm_bound: float | None,
-              min_participants: int, dp_noise_std: float, check_inputs: bool, unchecked: Any = (),
-              ring_rows: Mapping[int, Any] | None = None, options: Mapping[str, Any] | None = None) -> "RoundParams":
+    def check(cls, updates: Any, rule: str, f: int, *, frac_bits: int | None, reveal: str | None,
+              norm_bound: float | None, min_participants: int, dp_noise_std: float, check_inputs: bool,
+              unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
+              options: Mapping[str, Any] | None = None, over_bound: str = "clip") -> "RoundParams":
         """Every check of a round's parameters, in the one order both paths share; ValueError (or TypeError)
-        with the first problem found."""
+        with the first problem found. ``frac_bits`` None derives F from the bound (``scale.resolve``);
+        ``reveal`` None is the rule's default mode (the only one it has, or "distances")."""
         spec = with_min_cohort(get_rule(rule), min_participants)
-        ring.check_frac_bits(frac_bits)
+        if frac_bits is not None:
+            ring.check_frac_bits(frac_bits)
         x = as_matrix(updates)
         n, d = x.shape
+        _warn_transposed(n, d)
+        _check_keywords(rule, options or {})
+        rows = check_ring_rows(ring_rows, n, d)
+        byz = check_unchecked(unchecked, n)
+        honest = np.array([i not in byz and i not in rows for i in range(n)], dtype=bool)
+        scale, x, excluded = resolve_scale(x, honest, frac_bits, norm_bound, over_bound)
+        frac_bits = scale.frac_bits
+        if excluded and not (isinstance(check_inputs, bool) and check_inputs):
+            raise ValueError(f"over_bound='exclude' rejects updates {sorted(excluded)} through the input validity "
+                             "check, which check_inputs=False turns off: use over_bound='clip' or 'error'")
+        byz = byz | frozenset(excluded)
+        reveal = secure.default_mode(rule) if reveal is None else reveal
         center, rule_options = split_options(rule, dict(options or {}))
         step, rule_options = split_pre(rule_options)
         check_pre_mode(step, reveal)
@@ -78,7 +128,5 @@ class RoundParams:
         checked = validity.check_flag(check_inputs, d)
         secure.check_checked(on_shares, checked)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
-        rows = check_ring_rows(ring_rows, n, d)
-        byz = check_unchecked(unchecked, n)
         return cls(rule, f, spec, rule_options, step, reveal, on_shares, frac_bits, bound, norm_bound,
-                   float(dp_noise_std), checked, center, x, byz, rows)
+                   float(dp_noise_std), checked, center, x, byz, rows, scale, excluded)

@@ -101,6 +101,11 @@ def check_checked(rule: SecureRule | None, check_inputs: bool) -> None:
                          "check_inputs=False is allowed only with reveal='distances'")
 
 
+def default_mode(name: str) -> str:
+    """A rule's default reveal mode: the only one it has (coordinate-wise rules: "aggregate"), else "distances"."""
+    return "aggregate" if name in ONLY_ON_SHARES else DEFAULT_MODE
+
+
 def split_label(label: str) -> tuple[str, str]:
     """"krum@aggregate" -> ("krum", "aggregate"); a bare rule name runs with the default mode."""
     rule, sep, mode = str(label).partition("@")
