@@ -544,7 +544,7 @@ class ServerRuntime:
             else:
                 raise Rejected("not-permitted", f"{sender} sends no protocol messages to {self.party}")
 
-    def reserve(self, env: pb.Envelope) -> Callable[[], None] | None:
+    def reserve(self, env: pb.Envelope) -> Callable[..., None] | None:
         """Bounds on the 8d-byte messages a server holds at once (``Endpoint`` calls this once ``precheck``
         passed; a stream that waits is held back by flow control). S1 receives at most ``upload_slots(n)``
         masked shares at once (each is a buffer, committed as its bytes arrive, until it is copied into the
@@ -574,10 +574,13 @@ class ServerRuntime:
             self._uploads += 1
         return self._slot_release("_uploads")
 
-    def _reserve_upload(self, env: pb.Envelope) -> Callable[[], None]:
+    def _reserve_upload(self, env: pb.Envelope) -> Callable[..., None]:
         """An upload slot for a worker's share (``precheck`` marked it in flight; ``upload_slots`` of them per
         round): the worker is out of ``in_flight`` again when its stream ends, and if that stream took a slot
-        and brought no share, the worker is dropped from the round (``RoundRun.dropped``)."""
+        and did not bring its payload in full (stalled, cut off by its pace, disconnected), the worker is
+        dropped from the round (``RoundRun.dropped``). A payload that arrived whole and was refused for its
+        content leaves the worker free to send again: it paid its bytes at the pace, and a worker holds one
+        slot at a time whatever it does."""
         w = worker_index(env.sender)
         assert w is not None
 
@@ -585,16 +588,16 @@ class ServerRuntime:
             rnd = self.round
             return rnd if rnd is not None and rnd.round_id == env.round_id else None
 
-        def done(slot_taken: bool) -> None:
+        def done(stalled: bool) -> None:
             dropped = False
             with self._cv:
                 rnd = current()
                 if rnd is None:
                     return
                 rnd.in_flight.discard(w)
-                if slot_taken and w not in rnd.received and rnd.intake_open and not rnd.finished:
-                    rnd.dropped.setdefault(w, "its upload took a slot and ended without a share (stalled, cut off "
-                                              "or refused)")
+                if stalled and w not in rnd.received and rnd.intake_open and not rnd.finished:
+                    rnd.dropped.setdefault(w, "its upload took a slot and did not bring its payload in full "
+                                              "(stalled, cut off by the upload pace, or disconnected)")
                     self._close_when_all_answered(rnd)
                     self._cv.notify_all()
                     dropped = True
@@ -616,9 +619,9 @@ class ServerRuntime:
             raise
         slot = self._slot_release("_uploads")
 
-        def release() -> None:
+        def release(arrived: bool = False) -> None:
             slot()
-            done(True)
+            done(not arrived)
         return release
 
     def upload_pace(self, env: pb.Envelope) -> Pace | None:
@@ -652,9 +655,10 @@ class ServerRuntime:
             slot()
         return release
 
-    def _slot_release(self, counter: str) -> Callable[[], None]:
-        """The release of one slot counted in ``counter`` (taken under ``_cv``): give it back, wake waiters."""
-        def release() -> None:
+    def _slot_release(self, counter: str) -> Callable[..., None]:
+        """The release of one slot counted in ``counter`` (taken under ``_cv``): give it back, wake waiters
+        (``arrived``, passed by the lanes for a reserved payload, changes nothing here)."""
+        def release(arrived: bool = False) -> None:
             with self._cv:
                 setattr(self, counter, getattr(self, counter) - 1)
                 self._cv.notify_all()

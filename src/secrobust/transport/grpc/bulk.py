@@ -417,7 +417,7 @@ class BulkServer:
         timer = Timer()
         info: dict[str, Any] = {"sender": caller}
         message_id: bytes | None = None
-        accepted = False
+        accepted = arrived = False
         release: Any = None
         leave: Any = None
         try:
@@ -439,6 +439,7 @@ class BulkServer:
             _verdict(sock, go=True)
             buf = wire.lazy_buffer(env.total_bytes)
             _recv_paced(sock, memoryview(buf), pace)
+            arrived = True
             msg = wire.decode(env, buf)
             del buf
             self.endpoint.deliver(msg, env, caller, env.total_bytes + env.ByteSize() + 9)
@@ -454,7 +455,7 @@ class BulkServer:
             self._refuse(sock, exc, **info)
         finally:
             if release is not None:
-                release()
+                release(arrived=arrived)
             if message_id is not None:
                 self.endpoint._replays.end(message_id, accepted)
             if leave is not None:

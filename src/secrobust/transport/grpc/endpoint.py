@@ -85,7 +85,8 @@ class PartyHandler(Protocol):
     # ``release()`` is called when the reply is streamed or the call ends;
     # ``reserve(env) -> release | None`` runs after ``precheck`` and may block until the
     # receiver has room for the payload (a bound on buffers received at once); the endpoint calls the
-    # returned ``release()`` once the stream is over, accepted or not;
+    # returned ``release(arrived=...)`` once the stream is over, accepted or not (``arrived``: every byte
+    # of the payload came in, so a refusal was for its content, not a stall);
     # ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
     # instead of ``env.round_id`` (see ``Accounting``); ``account_fetch_as(caller, env) -> key`` does the
     # same for a fetched reply; ``max_control_bytes(command) -> int`` is the largest JSON argument a
@@ -202,12 +203,14 @@ class Endpoint:
         leave: Any = None
         watchdog: _PaceWatch | None = None
         got = [0]
+        ended = [False]
 
         def counted() -> Iterator[Any]:
             for chunk in requests:
                 if isinstance(chunk, pb.Chunk):
                     got[0] += len(chunk.data)
                 yield chunk
+            ended[0] = True
         try:
             caller = self._caller(context)
             info["sender"] = caller
@@ -234,7 +237,8 @@ class Endpoint:
             if watchdog is not None:
                 watchdog.cancel()
             if release is not None:
-                release()
+                cut = watchdog is not None and watchdog.fired
+                release(arrived=ended[0] and not cut and got[0] >= info.get("bytes", 0))
             if message_id is not None:
                 self._replays.end(message_id, accepted)
             if leave is not None:
@@ -279,7 +283,7 @@ class Endpoint:
         event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
               bytes=env.total_bytes, seconds=round(timer.seconds, 6))
 
-    def admit(self, env: pb.Envelope) -> Callable[[], None] | None:
+    def admit(self, env: pb.Envelope) -> Callable[..., None] | None:
         """A message's checks before any payload is read, shared with the bulk lane: its size limit, the
         replay cache (the id stays taken until ``_replays.end``), the handler's round checks and its slot
         (``reserve``). Returns the slot's release; on a refusal nothing stays held."""
@@ -374,6 +378,8 @@ class _PaceWatch:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._over = False
+        self.fired = False
+        """The call was cut for falling behind its pace."""
         self._arm()
 
     def _arm(self) -> None:
@@ -393,7 +399,7 @@ class _PaceWatch:
         with self._lock:
             if self._over:
                 return
-            self._over = True
+            self._over = self.fired = True
         event(self.log, "payload-cut", level=logging.WARNING, lane="grpc", **self.info,
               reason=f"{got} payload bytes after {time.monotonic() - self.start:.1f} s, below {self.pace.rate:g} B/s "
                      f"after {self.pace.grace_s:g} s of grace")
