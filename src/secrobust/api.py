@@ -99,7 +99,7 @@ class Cluster:
                   drop: Mapping[int, str] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                   check_inputs: bool = True, norm_bound: float | None = None,
                   min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
-                  over_bound: str = "clip", **options: Any) -> AggregateResult:
+                  over_bound: str = "exclude", **options: Any) -> AggregateResult:
         refuse_seed_option(options)
         round_id = self.next_round
         self.next_round += 1
@@ -239,7 +239,7 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | 
               ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
               chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
               min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
-              over_bound: str = "clip", **options: Any) -> AggregateResult:
+              over_bound: str = "exclude", **options: Any) -> AggregateResult:
     """Run one secure round on (n, d) updates and return the revealed robust aggregate.
 
     ``reveal`` says what the servers learn besides the aggregate (docs/leakage-free.md):
@@ -275,7 +275,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                     ring_rows: Mapping[int, Any] | None = None, check_inputs: bool = True,
                     norm_bound: float | None = None, round_id: int = 0,
                     min_participants: int = DEFAULT_MIN_PARTICIPANTS, reveal: str | None = None,
-                    over_bound: str = "clip", **options: Any) -> AggregateResult:
+                    over_bound: str = "exclude", **options: Any) -> AggregateResult:
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate, same
     minimum cohort; with ``insecure_test_seed``, the same DP noise and validity projections too;
     ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
@@ -357,8 +357,7 @@ def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants:
             revealed[key] = full
     return AggregateResult(out, weights, revealed.get(DISTANCES), stats, revealed, participants,
                            choice.center_weight if choice is not None else 0.0, rule, f,
-                           dict(sorted({**(rejected or {}), **{i: r for i, r in (excluded or {}).items()
-                                                               if i in (rejected or {})}}.items())), reveal, n,
+                           dict(sorted((rejected or {}).items())), reveal, n,
                            scale.frac_bits if scale else None, scale.norm_bound if scale else None,
                            scale.from_data if scale else False)
 

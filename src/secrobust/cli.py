@@ -73,7 +73,7 @@ def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
 
 def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int | None, check_inputs: bool,
                 norm_bound: float | None, options: dict[str, Any], reveal: str | None = None,
-                over_bound: str = "clip") -> RoundParams:
+                over_bound: str = "exclude") -> RoundParams:
     """Raise ValueError for any input a round would refuse, before a party starts (the gRPC deployment's
     processes take seconds to start and would only then see the error); the round's checked parameters."""
     extra = {k: options[k] for k in ENGINE_KEYWORDS if k in options}
@@ -130,8 +130,8 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
                   frac_bits: Optional[int] = typer.Option(None, help="fixed-point fractional bits F (default: the "
                                                           "largest F <= 20 whose range holds the bound, or the "
                                                           "largest honest update)"),
-                  over_bound: str = typer.Option("clip", help="an honest update above the bound: clip (scaled to the bound, the default), exclude "
-                                                 "(rejected, with the reason; counts against f) or error"),
+                  over_bound: str = typer.Option("exclude", help="an honest update above the bound: exclude (the default), clip (scaled to the bound), "
+                                                 "or error (naming every such row)"),
                   seed: Optional[int] = typer.Option(None, help="fix all protocol randomness (insecure_test_seed: "
                                                      "tests only, one seed on two inputs reuses every mask)"),
                   check_inputs: bool = typer.Option(True, help="run the input validity check (off: benchmarks only; "

@@ -98,7 +98,7 @@ class RoundParams:
     def check(cls, updates: Any, rule: str, f: int, *, frac_bits: int | None, reveal: str | None,
               norm_bound: float | None, min_participants: int, dp_noise_std: float, check_inputs: bool,
               unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
-              options: Mapping[str, Any] | None = None, over_bound: str = "clip") -> "RoundParams":
+              options: Mapping[str, Any] | None = None, over_bound: str = "exclude") -> "RoundParams":
         """Every check of a round's parameters, in the one order both paths share; ValueError (or TypeError)
         with the first problem found. ``frac_bits`` None derives F from the bound (``scale.resolve``);
         ``reveal`` None is the rule's default mode (the only one it has, or "distances")."""

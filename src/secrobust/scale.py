@@ -15,11 +15,11 @@ import numpy as np
 
 from . import ring
 
-OVER_BOUND = ("clip", "exclude", "error")
-"""What an honest row above the public bound gets: scaled down to the bound (the default: the honest encoder
-enforces the public bound, so an honest worker is never rejected and never lowers f), rejected like any
-out-of-range vector (its reason in ``result.rejected``; it then counts against f, as every rejection does,
-which weakens the rule), or an error naming every such row."""
+OVER_BOUND = ("exclude", "clip", "error")
+"""What an honest row above the public bound gets: rejected like any out-of-range vector (the default, as in
+a deployment; it then counts against f, as every rejection does, which weakens the rule: docs/ranges.md),
+scaled down to the bound (an honest worker is then never rejected and never lowers f), or an error naming
+every such row."""
 _SHOWN = 8
 
 
