@@ -133,3 +133,21 @@ def log_records(dep: LocalDeployment, name: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in dep.children[name].log.read_text().splitlines() if line.startswith("{")]
+
+
+def refusal_after_the_call_ends(send: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The refusal of ``send()`` once the server has ended the worker's earlier upload: a client sees its
+    call cut a moment before the server's handler lets go of it, and until then a new upload of the same
+    worker is refused as ``duplicate`` (already sending)."""
+    from secrobust.transport.grpc import RemoteRejected
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            send()
+        except RemoteRejected as exc:
+            if exc.code != "duplicate" or time.monotonic() > deadline:
+                return exc
+            time.sleep(0.1)
+            continue
+        raise AssertionError("the server took the upload")
