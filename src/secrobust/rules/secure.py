@@ -83,7 +83,7 @@ def secure_rule(name: str, mode: str, options: dict[str, Any] | None = None) -> 
     if mode == DEFAULT_MODE or name in PUBLIC_WEIGHTS:
         return None
     if rule is None:
-        on_shares = ", ".join(_SECURE) or "none"
+        on_shares = ", ".join(r for r, spec in _SECURE.items() if mode in spec.modes) or "none"
         raise ValueError(f"rule {name!r} runs only with reveal='distances' (S1 opens its view); rules with "
                          f"reveal={mode!r}: {on_shares}")
     unknown = sorted(set(options or {}) - set(rule.options))
