@@ -88,7 +88,7 @@ def test_finished_runs_are_skipped_on_resume_and_changed_ones_rerun(
     ("grid", "options", "message"),
     [
         ({"rules": ["krum"], "f": [9]}, {}, "needs n >= 2f"),
-        ({"rules": ["median"]}, {}, "median"),
+        ({"rules": ["median@weights"]}, {}, "median"),
         ({"rules": ["geomed"]}, {"geomed": {"iterashuns": 3}}, "iterashuns"),
     ],
 )
@@ -163,3 +163,56 @@ def test_two_jobs_give_the_serial_records(small_config: Callable[..., Experiment
         assert parallel[run_id]["history"] == record["history"]
     with pytest.raises(ValueError, match="jobs must be a positive integer"):
         run_grid(config, tmp_path / "bad", console=_quiet()[0], progress=False, jobs=0)
+
+
+def test_piped_output_prints_a_line_per_finished_run_as_it_ends(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    console, printed = _quiet()             # not a terminal: what `secrobust train ... | tee log` gets
+    assert not console.is_terminal
+    seen: list[str] = []                    # what had been printed when each run started
+    real_run = experiment.run
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        seen.append(printed.getvalue())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run", run)
+    run_grid(_grid(small_config), tmp_path, console=console, progress=True, plots=False)
+    seen.append(printed.getvalue().split("final test accuracy")[0])
+
+    assert len(seen) == 5
+    for k, text in enumerate(seen):
+        assert [f"run {i}/4: " in text for i in range(1, 5)] == [i <= k for i in range(1, 5)]
+    assert "run 1/4: mean / sign-flip / f 4 / plain / seed 0: final accuracy " in seen[1]
+    drawn = [line for line in printed.getvalue().splitlines() if line.startswith(("runs ", "rounds"))]
+    assert drawn == []                      # no progress bar drawn into a pipe
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_rounds_bar_counts_every_round_of_the_grid(
+    small_config: Callable[..., ExperimentConfig], tmp_path: Path, jobs: int
+) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, force_terminal=True, color_system=None)
+
+    run_grid(_grid(small_config), tmp_path, console=console, progress=True, plots=False, jobs=jobs)
+
+    final = [line for line in buffer.getvalue().splitlines() if line.lstrip().startswith("rounds")]
+    assert final and final[-1].split()[-2] == "12/12"        # 4 runs of 3 rounds, with 1 or 2 jobs
+
+
+@pytest.mark.parametrize(("rejected", "expected"), [
+    ([4.0, 4.0, 4.0], "4 workers rejected per round"),
+    ([3.5, 4.0, 4.0], "3.5-4 workers rejected per round"),
+    ([1.0, 1.0], "1 worker rejected per round"),
+])
+def test_the_rejection_footer_prints_a_count_not_a_range_of_equal_floats(
+    rejected: list[float], expected: str
+) -> None:
+    rows = [{"f": 4, "attack": "ring-overflow", "rule": f"r{i}", "secure": True, "rejected_per_round": x,
+             "byzantine_weight": 0.0, "rejected_honest": 0} for i, x in enumerate(rejected)]
+
+    (line,) = experiment.rejection_notes({"final_accuracy": rows, "attacks": ["ring-overflow"]})
+
+    assert f"ring-overflow: {expected}, Byzantine weight at most 0.000" in line

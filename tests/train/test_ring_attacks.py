@@ -242,6 +242,6 @@ def test_the_grid_summary_and_table_report_the_rejections(
         assert rows[(rule, "none", True)]["rejected_per_round"] == 0.0
     printed = buffer.getvalue()
     assert "ring-overflow" in printed
-    assert ("input validity check, f = 4, ring-overflow: 4.00-4.00 workers rejected per round, "
+    assert ("input validity check, f = 4, ring-overflow: 4 workers rejected per round, "
             "Byzantine weight at most 0.000, 0 honest workers rejected") in printed
     assert "f = 4, none" not in printed

@@ -6,8 +6,11 @@ the train extras (torch, scikit-learn, matplotlib, opacus) are missing they say 
 
 from __future__ import annotations
 
+import atexit
 import os
-
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,6 +108,55 @@ def _run(
     progress: bool,
     transport: str = "inprocess",
     jobs: int = 1,
+) -> None:
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    try:
+        _run_grid_command(load, out_dir, rounds, fresh, progress, transport, jobs)
+    except KeyboardInterrupt as stop:
+        # Ctrl-C (or SIGTERM, e.g. from `timeout`): the grid has already ended its worker processes and kept
+        # every finished run. One line, no traceback; a further Ctrl-C while we exit is ignored.
+        if main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        kept = getattr(stop, "kept", None)
+        if kept is None:
+            kept = _kept_runs(load, out_dir)
+        print(f"stopped; {kept} runs kept; rerun to resume", file=sys.stderr, flush=True)
+        # Every run kept is on disk and no worker is left. The exit handlers run (multiprocessing's release its
+        # semaphores); the interpreter's teardown of torch, about a second on its own, is skipped.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if terminated else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _kept_runs(load: Callable[[], Any], out_dir: Callable[[Any], Path]) -> int:
+    """Runs in the output directory's results.jsonl, for a Ctrl-C that came before the grid started."""
+    try:
+        from secrobust.train.experiment import RESULTS, read_results
+
+        return len(read_results(out_dir(load()) / RESULTS))
+    except (ImportError, OSError, ValueError):
+        return 0
+
+
+def _run_grid_command(
+    load: Callable[[], Any],
+    out_dir: Callable[[Any], Path],
+    rounds: int | None,
+    fresh: bool,
+    progress: bool,
+    transport: str,
+    jobs: int,
 ) -> None:
     console = Console() if Console().is_terminal else Console(width=160)
     if transport not in TRANSPORTS:

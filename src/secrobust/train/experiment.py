@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -103,7 +108,10 @@ def run_grid(
 
     ``secure_aggregate`` is handed to every secure run (see ``runner.run``): by default the secure runs
     call ``secrobust.aggregate`` in this process; ``secrobust demo --transport grpc`` passes the
-    ``aggregate`` of one ``LocalDeployment`` shared by the whole grid. Plaintext runs never use it."""
+    ``aggregate`` of one ``LocalDeployment`` shared by the whole grid. Plaintext runs never use it.
+
+    Ctrl-C (KeyboardInterrupt) stops the grid at once and raises ``GridInterrupted`` (a KeyboardInterrupt)
+    saying how many runs are kept; a run in flight is lost, a finished one never is."""
     from secrobust.train.plots import plot_all
 
     console = console or Console()
@@ -123,49 +131,28 @@ def run_grid(
         console.print(f"resuming: {len(specs) - len(todo)} of {len(specs)} runs already in {results_path}")
 
     started = time.perf_counter()
-    datasets: dict[tuple[Any, ...], Dataset] = {}
-    columns = (
-        TextColumn("{task.description:<44}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     if jobs > 1 and secure_aggregate is not None:
         raise ValueError("a grid over one shared deployment runs one job at a time (jobs=1)")
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bars:
-        runs_task = bars.add_task("runs", total=len(specs), completed=len(specs) - len(todo))
-        rounds_task = bars.add_task("rounds", total=config.train.rounds)
-        if jobs > 1 and len(todo) > 1:
-            for record in _run_parallel(todo, jobs):
-                with results_path.open("a") as fh:
-                    fh.write(json.dumps(record, allow_nan=False) + "\n")
-                done[record["run_id"]] = record
-                bars.advance(runs_task)
-            todo = []
-        for spec in todo:
-            key = (spec.data.dataset, spec.data_seed, spec.data.test_fraction, spec.data.fallback)
-            if key not in datasets:
-                datasets[key] = load_dataset(
-                    spec.data.dataset,
-                    seed=spec.data_seed,
-                    test_fraction=spec.data.test_fraction,
-                    fallback=None if spec.data.fallback == "none" else spec.data.fallback,
-                )
-            label = f"{spec.rule} / {spec.attack} / {'secure' if spec.secure else 'plain'} / seed {spec.seed}"
-            bars.reset(rounds_task, total=spec.train.rounds, description=label)
-            result = run(
-                spec,
-                dataset=datasets[key],
-                on_round=lambda t: bars.update(rounds_task, completed=t),
-                secure_aggregate=secure_aggregate,
-            )
-            record = result.record()
-            with results_path.open("a") as fh:
-                fh.write(json.dumps(record, allow_nan=False) + "\n")
-            done[record["run_id"]] = record
-            bars.advance(runs_task)
+    report = _Report(console, progress, total_runs=len(specs), done_runs=len(specs) - len(todo),
+                     rounds=sum(s.train.rounds for s in todo))
+
+    def keep(spec: RunSpec, record: dict[str, Any]) -> None:
+        with results_path.open("a") as fh:
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
+        done[record["run_id"]] = record
+        report.finished(spec, record)
+
+    try:
+        with report.bars:
+            if jobs > 1 and len(todo) > 1:
+                _run_parallel(todo, jobs, keep, report.round)
+            else:
+                _run_serial(todo, keep, report, secure_aggregate)
+    except KeyboardInterrupt:
+        kept = read_results(results_path)      # what is on disk, a record written just now included
+        raise GridInterrupted(sum(1 for s in specs if s.run_id in kept), len(specs)) from None
 
     records = [done[s.run_id] for s in specs]
     summary = summarize(config, records)
@@ -181,23 +168,170 @@ def run_grid(
     return summary
 
 
-def _run_one(spec: RunSpec) -> dict[str, Any]:
-    """One run in a worker process: its own dataset copy, torch on one thread."""
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped ``run_grid``: ``kept`` of the grid's ``total`` runs are in results.jsonl and
+    a rerun resumes after them. No run is still going: the worker processes of ``jobs`` > 1 are ended."""
+
+    def __init__(self, kept: int, total: int) -> None:
+        super().__init__(f"stopped; {kept} runs kept; rerun to resume")
+        self.kept = kept
+        self.total = total
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (in the main thread): a process started inside inherits the ignored
+    signal, so Python never installs its KeyboardInterrupt handler there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Report:
+    """What the grid shows while it runs. On a terminal: a bar of runs and a bar of all the rounds still to
+    train (every job's rounds count). Elsewhere (piped, a log file): one line per finished run, as it ends.
+    Nothing with ``progress=False``."""
+
+    def __init__(self, console: Console, progress: bool, *, total_runs: int, done_runs: int, rounds: int) -> None:
+        self.console = console
+        self.total_runs = total_runs
+        self.done_runs = done_runs
+        self.lines = progress and not console.is_terminal
+        self.bars = Progress(
+            TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, disable=not progress or self.lines, transient=False,
+        )
+        self.runs_task = self.bars.add_task("runs", total=total_runs, completed=done_runs)
+        self.rounds_task = self.bars.add_task("rounds", total=max(rounds, 1))
+        self._rounds: dict[int, int] = {}          # key of a run in flight -> rounds it has trained
+
+    def running(self, label: str) -> None:
+        self.bars.update(self.rounds_task, description=f"rounds ({label})")
+
+    def round(self, key: int, t: int) -> None:
+        """Run ``key`` has trained ``t`` rounds."""
+        advance = t - self._rounds.get(key, 0)
+        if advance > 0:
+            self._rounds[key] = t
+            self.bars.advance(self.rounds_task, advance)
+
+    def finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        self.round(id(spec), spec.train.rounds)     # a diverged run stops early: its rounds count as done
+        self.done_runs += 1
+        self.bars.advance(self.runs_task)
+        if self.lines:
+            self.console.print(
+                f"run {self.done_runs}/{self.total_runs}: {_label(spec)}: final accuracy "
+                f"{100 * record['final_accuracy']:.1f}% ({record['seconds']:.1f} s)",
+                highlight=False, soft_wrap=True,
+            )
+
+
+def _label(spec: RunSpec) -> str:
+    return f"{spec.rule} / {spec.attack} / f {spec.f} / {'secure' if spec.secure else 'plain'} / seed {spec.seed}"
+
+
+def _run_serial(
+    todo: list[RunSpec], keep: Callable[[RunSpec, dict[str, Any]], None], report: _Report,
+    secure_aggregate: SecureAggregate | None,
+) -> None:
+    datasets: dict[tuple[Any, ...], Dataset] = {}
+    for spec in todo:
+        key = (spec.data.dataset, spec.data_seed, spec.data.test_fraction, spec.data.fallback)
+        if key not in datasets:
+            datasets[key] = load_dataset(
+                spec.data.dataset,
+                seed=spec.data_seed,
+                test_fraction=spec.data.test_fraction,
+                fallback=None if spec.data.fallback == "none" else spec.data.fallback,
+            )
+        report.running(_label(spec))
+        result = run(
+            spec,
+            dataset=datasets[key],
+            on_round=partial(report.round, id(spec)),
+            secure_aggregate=secure_aggregate,
+        )
+        keep(spec, result.record())
+
+
+_progress_queue: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    """Worker start-up: rounds are reported on ``queue``; SIGINT is the parent's to handle (ignored here)."""
+    global _progress_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _progress_queue = queue
+
+
+def _run_one(key: int, spec: RunSpec) -> dict[str, Any]:
+    """One run in a worker process: its own dataset copy, torch on one thread, its rounds sent to the parent."""
     import torch
 
     torch.set_num_threads(1)
     dataset = load_dataset(spec.data.dataset, seed=spec.data_seed, test_fraction=spec.data.test_fraction,
                            fallback=None if spec.data.fallback == "none" else spec.data.fallback)
-    return run(spec, dataset=dataset).record()
+    queue = _progress_queue
+
+    def on_round(t: int) -> None:
+        if queue is not None:
+            queue.put((key, t))
+
+    return run(spec, dataset=dataset, on_round=on_round).record()
 
 
-def _run_parallel(specs: list[RunSpec], jobs: int) -> Iterator[dict[str, Any]]:
-    """Records of ``specs`` as they finish, ``jobs`` processes at a time (spawned: no state shared with torch)."""
+def _run_parallel(
+    specs: list[RunSpec], jobs: int, keep: Callable[[RunSpec, dict[str, Any]], None],
+    on_round: Callable[[int, int], None],
+) -> None:
+    """Run ``specs``, ``jobs`` processes at a time (spawned: no state shared with torch), handing each record to
+    ``keep`` as it finishes. The workers ignore SIGINT; if anything stops the parent (Ctrl-C), they are killed
+    at once and the runs they had in flight are lost (a rerun redoes them)."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_run_one, spec) for spec in specs]
-        for future in as_completed(futures):
-            yield future.result()
+    queue = ctx.Queue()
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+    try:
+        with _sigint_ignored():     # the workers start inside: they inherit SIGINT ignored from the first byte
+            futures = {pool.submit(_run_one, id(spec), spec): spec for spec in specs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(queue, on_round)
+            for future in finished:
+                keep(futures[future], future.result())
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    finally:
+        queue.close()
+    pool.shutdown(wait=True)
+
+
+def _drain(queue: Any, on_round: Callable[[int, int], None]) -> None:
+    while True:
+        try:
+            key, t = queue.get_nowait()
+        except Empty:
+            return
+        on_round(key, t)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """End every worker process of ``pool`` now (SIGKILL: torch may be deep in a kernel) and reap them."""
+    with _sigint_ignored():
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for process in processes:
+            process.join(timeout=10)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -273,7 +407,7 @@ def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
 
 def rejection_notes(summary: dict[str, Any]) -> list[str]:
     """One line per (f, attack) whose workers the input validity check rejected: the range over
-    (rule, mode) of the workers rejected per round, the largest weight given to Byzantine rows, and
+    (rule, mode) of the workers rejected per round (one number when they agree), the largest weight given to Byzantine rows, and
     how many honest workers were rejected."""
     rows = summary["final_accuracy"]
     lines = []
@@ -282,12 +416,19 @@ def rejection_notes(summary: dict[str, Any]) -> list[str]:
             chosen = [r for r in rows if r["f"] == f and r["attack"] == attack]
             rejected = [r.get("rejected_per_round", 0.0) for r in chosen]
             if chosen and max(rejected) > 0:
+                low, high = _count(min(rejected)), _count(max(rejected))
+                many = f"{low}-{high} workers" if low != high else f"{low} worker{'' if high == '1' else 's'}"
                 lines.append(
-                    f"input validity check, f = {f}, {attack}: {min(rejected):.2f}-{max(rejected):.2f} workers "
+                    f"input validity check, f = {f}, {attack}: {many} "
                     f"rejected per round, Byzantine weight at most {_max_known(chosen)}, "
                     f"{sum(r.get('rejected_honest', 0) for r in chosen)} honest workers rejected"
                 )
     return lines
+
+
+def _count(x: float) -> str:
+    """A mean count of workers: "4" when whole, else to two decimals without trailing zeros ("3.5")."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
 def _mean_known(values: list[float | None]) -> float | None:
