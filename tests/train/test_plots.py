@@ -70,3 +70,22 @@ def test_plot_all_writes_the_pngs(tmp_path: Path) -> None:
 
     assert [p.name for p in paths] == ["accuracy_ipm_f4.png", "table_f4.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_rules_with_the_same_curve_share_one_line_that_names_them_all() -> None:
+    # krum@aggregate trains exactly as krum (only who learns the weights differs): drawn second, in its own
+    # colour, it used to hide krum's line completely
+    same = [0.1, 0.4, 0.6]
+    records = [_record("mean", True, [0.1, 0.5, 0.7]), _record("mean", False, [0.1, 0.5, 0.7]),
+               _record("krum", True, same), _record("krum", False, same),
+               _record("krum@aggregate", True, same), _record("krum@aggregate", False, same),
+               _record("krum+nnm", True, [0.1, 0.3, 0.5])]
+
+    ax = plots.accuracy_figure(records).axes[0]
+
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["mean (secure = plaintext)", "krum = krum@aggregate (secure = plaintext)", "krum+nnm (secure)"]
+    drawn = [tuple(line.get_ydata()) for line in ax.get_lines()]
+    assert len(drawn) == len(set(drawn)) == 3          # no line lies on top of another
+    colours = [line.get_color() for line in ax.get_lines()]
+    assert len(set(colours)) == 3

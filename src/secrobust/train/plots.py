@@ -45,14 +45,24 @@ def accuracy_figure(records: list[dict[str, Any]], *, title: str = "") -> Figure
 
     Where a rule's secure and plaintext curves agree to ``MATCH_TOLERANCE`` (what the engine promises) they
     are one line labelled "secure = plaintext"; otherwise secure is solid and plaintext dashed with markers.
+    Rules whose lines all agree (e.g. "krum" and "krum@aggregate", which differ only in who learns the weights)
+    share one line labelled "krum = krum@aggregate", instead of the later one hiding the earlier.
     """
     curves = _mean_curves(records)
     rules = list(dict.fromkeys(rule for rule, _ in curves))
+    groups: list[tuple[list[str], list[tuple[str, Curve]]]] = []
+    for rule in rules:
+        lines = _rule_lines(curves.get((rule, True)), curves.get((rule, False)))
+        same = next((g for g in groups if _same_lines(g[1], lines)), None)
+        if same is not None:
+            same[0].append(rule)
+        else:
+            groups.append(([rule], lines))
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for i, rule in enumerate(rules):
-        _plot_rule(ax, rule, curves.get((rule, True)), curves.get((rule, False)), f"C{i}")
+    for i, (names, lines) in enumerate(groups):
+        _plot_lines(ax, " = ".join(names), lines, f"C{i}")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
@@ -87,16 +97,26 @@ def curves_match(a: Curve | None, b: Curve | None) -> bool:
     return bool(np.allclose(a[1], b[1], rtol=0.0, atol=MATCH_TOLERANCE))
 
 
-def _plot_rule(ax: Any, rule: str, secure: Curve | None, plain: Curve | None, colour: str) -> None:
-    """One rule's curves on ``ax``: one line when secure and plaintext coincide, else each its own style."""
+def _rule_lines(secure: Curve | None, plain: Curve | None) -> list[tuple[str, Curve]]:
+    """A rule's lines as (kind, curve): one "secure = plaintext" line when the two coincide, else each its own."""
     if curves_match(secure, plain):
-        ax.plot(*secure, color=colour, linewidth=2.0, label=f"{rule} (secure = plaintext)")
-        return
-    if secure is not None:
-        ax.plot(*secure, color=colour, linestyle="-", linewidth=2.0, label=f"{rule} (secure)")
-    if plain is not None:
-        ax.plot(*plain, color=colour, linestyle="--", linewidth=1.2, marker="o", markersize=3,
-                markerfacecolor="none", label=f"{rule} (plaintext)")
+        assert secure is not None
+        return [("secure = plaintext", secure)]
+    return [(kind, c) for kind, c in (("secure", secure), ("plaintext", plain)) if c is not None]
+
+
+def _same_lines(a: list[tuple[str, Curve]], b: list[tuple[str, Curve]]) -> bool:
+    return [k for k, _ in a] == [k for k, _ in b] and all(curves_match(x, y) for (_, x), (_, y) in zip(a, b))
+
+
+def _plot_lines(ax: Any, name: str, lines: list[tuple[str, Curve]], colour: str) -> None:
+    """One rule's (or group of equal rules') lines on ``ax``: secure solid, plaintext dashed with markers."""
+    for kind, curve in lines:
+        if kind == "plaintext":
+            ax.plot(*curve, color=colour, linestyle="--", linewidth=1.2, marker="o", markersize=3,
+                    markerfacecolor="none", label=f"{name} (plaintext)")
+        else:
+            ax.plot(*curve, color=colour, linestyle="-", linewidth=2.0, label=f"{name} ({kind})")
 
 
 def plot_table(summary: dict[str, Any], f: int, path: Path) -> Path:
