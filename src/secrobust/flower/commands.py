@@ -1,4 +1,4 @@
-"""The ``flower-sim`` command. Imports neither Flower nor torch until the command runs, so the CLI lists it
+"""The ``flower-sim`` and ``flower-servers`` commands. Imports neither Flower nor torch until the command runs, so the CLI lists it
 (and explains how to install the extra) even where the ``flower`` extra is missing."""
 
 from __future__ import annotations
@@ -43,7 +43,27 @@ def _options(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``flower-sim`` to ``app``."""
+    """Add ``flower-sim`` and ``flower-servers`` to ``app``."""
+
+    @app.command("flower-servers")
+    def flower_servers(dir: Path = typer.Option(..., "--dir", help="the provisioned folder: 'secrobust init --out DIR "
+                                                "--workers N --local-keys' (one machine) or by hand"),
+                       party: list[str] = typer.Option([], "--party", help="start only this party (dealer, S0 or "
+                                                       "S1; repeatable): each organisation starts its own"),
+                       ready_file: Optional[Path] = typer.Option(None, help="write the parties' addresses and pids "
+                                                                 "here (JSON) once all listen; removed at exit"),
+                       start_timeout: float = typer.Option(120.0, help="seconds to wait for each to listen")) -> None:
+        """Start the dealer, S0 and S1 of a provisioned folder (mutual TLS) for a Flower deployment; stop
+        them all with Ctrl-C or SIGTERM."""
+        from .launch import serve
+
+        try:
+            code = serve(dir, party or ("dealer", "S0", "S1"), ready_file=ready_file, start_timeout_s=start_timeout,
+                         echo=lambda text: typer.echo(text, err=True))
+        except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
+            fail(f"{type(exc).__name__}: {exc}")
+        if code:
+            raise typer.Exit(code)
 
     @app.command("flower-sim")
     def flower_sim(clients: int = typer.Option(10, help="virtual Flower clients (SuperNodes)"),

@@ -69,3 +69,16 @@ class FlowerServers(LocalDeployment):
 
 
 __all__ = ["FlowerServers", "SERVER_PARTIES", "WORKER_CONFIG_TEMPLATE"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m secrobust.flower.servers --dir DIR``: the same as ``secrobust flower-servers``."""
+    import sys
+
+    from ..cli import main as cli_main
+
+    cli_main(["flower-servers", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

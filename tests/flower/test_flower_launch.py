@@ -1,0 +1,110 @@
+"""``secrobust flower-servers`` / ``python -m secrobust.flower.servers``: the dealer, S0 and S1 of a folder
+``secrobust init --local-keys`` made start with mutual TLS, answer the operators, and all stop on SIGTERM;
+a folder that is not provisioned is one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from secrobust.deploy.config import load as load_config
+from secrobust.deploy.operator import Operator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def provision(folder: Path, workers: int) -> None:
+    """``secrobust init --local-keys`` with S0, S1 and the dealer on free loopback ports."""
+    s0, s1, dealer = free_ports(3)
+    subprocess.run([sys.executable, "-m", "secrobust.cli", "init", "--out", str(folder), "--workers", str(workers),
+                    "--local-keys", "--s0", f"127.0.0.1:{s0}", "--s1", f"127.0.0.1:{s1}",
+                    "--dealer", f"127.0.0.1:{dealer}"], check=True, capture_output=True, timeout=120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:        # a zombie of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_flower_servers_start_answer_and_stop(tmp_path):
+    folder = tmp_path / "dep"
+    provision(folder, 3)
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "secrobust.flower.servers", "--dir", str(folder),
+                             "--ready-file", str(ready)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "flower-servers did not get ready"
+            time.sleep(0.2)
+        info = json.loads(ready.read_text())
+        assert set(info["parties"]) == {"dealer", "S0", "S1"}
+        pids = [p["pid"] for p in info["parties"].values()]
+        assert all(_alive(pid) for pid in pids)
+        # the operators reach all three over mutual TLS at the addresses of the folder's files
+        cfgs = [load_config(folder / name / f"{name}.toml") for name in ("operator-s0", "operator-s1")]
+        peers = cfgs[0].peers
+        op = Operator([c.identity() for c in cfgs], peers["S0"], peers["S1"], peers["dealer"])
+        try:
+            assert set(op.status()) == {"S0", "S1"}
+            op.dealer.control("status", timeout=10.0)
+        finally:
+            op.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "ready: secrobust-dir" in out
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+        assert not ready.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for pid in pids:
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_flower_servers_on_a_folder_that_is_not_provisioned_is_one_clear_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "secrobust.cli", "flower-servers", "--dir", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "not a provisioned folder" in res.stderr and "secrobust init" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_flower_servers_refuses_a_party_it_does_not_start(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "secrobust.cli", "flower-servers", "--dir", str(tmp_path),
+                          "--party", "worker:0"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "dealer, S0 and/or S1" in res.stderr
