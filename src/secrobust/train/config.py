@@ -25,10 +25,12 @@ Format (every table and key is optional; defaults shown)::
     momentum = 0.0           # worker momentum beta: m <- beta m + (1 - beta) u; m is sent
     eval_every = 10          # test accuracy every k rounds (and at rounds 0 and T)
     frac_bits = 20           # fixed-point precision F of the engine
+    sample_rate = 1.0        # q: each worker joins a round independently with probability q (Poisson)
 
     [dp]
     clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP
     noise_multiplier = 0.0   # z; each server adds N(0, (z * sensitivity)^2) to its share
+                             # (sensitivity per rule: secrobust.privacy; a rule without one is refused)
     delta = 1e-5
 
     [grid]                   # each key takes a value or a list; lists expand into a product
@@ -117,6 +119,7 @@ class TrainConfig:
     momentum: float = 0.0
     eval_every: int = 10
     frac_bits: int = 20
+    sample_rate: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("workers", "rounds", "batch_size", "lr", "local_steps", "local_lr", "eval_every"):
@@ -125,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.frac_bits <= 28:
             raise ValueError(f"train.frac_bits must be in [0, 28], got {self.frac_bits}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"train.sample_rate must be in (0, 1], got {self.sample_rate}")
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,10 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """Hash of the canonical JSON of the spec: equal specs, equal ids, across processes."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        spec = self.to_dict()
+        if spec["train"]["sample_rate"] == 1.0:  # settings added later leave the ids of earlier runs unchanged
+            del spec["train"]["sample_rate"]
+        blob = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

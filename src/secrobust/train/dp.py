@@ -10,27 +10,34 @@ Mechanism, per round:
    dishonest, so it is accounted with the noise of one server alone: std sigma.
 
 Adjacency is *zero-out* at the worker level (Kairouz et al., ICML 2021): neighbouring inputs
-differ in one worker's row being replaced by zero, in every round. The L2 sensitivity Delta of
-the aggregate :math:`\sum_i w_i x_i` is
-
-- ``mean`` (fixed weights 1/n): :math:`\Delta = C/n`. Formal end to end: the weights are public
-  constants and Byzantine rows do not change the bound.
-- any other rule (weights chosen from the data, in the simplex): :math:`\Delta = 2C`, the
-  diameter of the ball of radius C, *if* every row, Byzantine ones included, has norm <= C (and,
-  for ``cclip``, whose output gives weight to the public centre, the centre too). The
-  rule's weights (and S1's distances) are released without noise, so the epsilon reported for
-  these rules covers the noisy aggregate vector only, not the weights.
+differ in one worker's row being replaced by zero, in every round. The L2 sensitivity Delta of each
+rule's aggregate is ``secrobust.privacy.sensitivity`` (proofs in docs/privacy.md): C/n for the mean,
+min(C, tau)/n for norm-clip and min(C, 2 tau)/n for cclip with a public tau (and the public center,
+one iteration), C/(n - 2f) for the trimmed mean, C for the median, 2C for Krum, Multi-Krum, MDA,
+geomed and any rule after a pre-aggregation step. A rule without a bound (a data-dependent tau,
+several cclip iterations) is refused under DP, naming the rules that have one. n is a lower bound on
+the number of rows the servers aggregate: with every worker in the round, n - f (only a Byzantine
+row can be rejected: an honest one is clipped to the validity check's bound C).
 
 A run is configured by the noise multiplier z; the servers then use :math:`\sigma = z \Delta`.
-T rounds with every worker in every round are T compositions of the Gaussian mechanism with
-noise multiplier z (sample rate 1); the privacy spent, epsilon at a given delta, comes from
-Opacus' RDP accountant (Mironov 2017; Balle et al. 2020 conversion), not from hand-written
-formulas.
+With client sampling (``train.sample_rate = q < 1``) each worker joins a round independently with
+probability q (Poisson sampling, the one the accountant's theorem covers: Mironov, Talwar, Zhang
+2019), and only rules whose aggregate is a fixed-denominator sum of bounded per-worker terms
+(``secrobust.privacy.sum_form``: mean, norm-clip with a public tau) are accepted: the runner releases
+(1/(qN)) sum_{i in cohort} g(x_i) plus noise of std z Delta_g/(qN), whatever the cohort's size
+(``cohort_noise_std``). Epsilon at delta comes from Opacus' RDP accountant with that sample rate
+(Mironov 2017; Balle et al. 2020 conversion), not from hand-written formulas. Against a server, who
+sees the cohort, there is no amplification: ``epsilon_server`` composes the Gaussian mechanism over
+the rounds a worker actually took part in.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from secrobust.privacy import covers_everything, per_worker_bound, rule_sensitivity, sum_form
 
 
 def clip_rows(updates: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,23 +53,63 @@ def clip_rows(updates: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]
     return x * scale, (norms[..., 0] > clip)
 
 
-def sensitivity(rule: str, n: int, clip: float) -> float:
-    """L2 sensitivity of the aggregate under zero-out adjacency (see the module docstring)."""
-    if n < 1 or clip <= 0:
-        raise ValueError(f"need n >= 1 and clip > 0, got n={n}, clip={clip}")
-    return clip / n if rule == "mean" else 2.0 * clip
+def sensitivity(rule: str, n: int, clip: float, *, f: int = 0, options: dict[str, Any] | None = None,
+                pre: str | None = None, reveal: str = "distances") -> float:
+    """L2 sensitivity of the aggregate under zero-out adjacency: ``secrobust.privacy.rule_sensitivity``
+    (raises ``NoSensitivityBound``, a ValueError naming the rules with a bound, for a rule without one).
+    ``n`` is a lower bound on the number of aggregated rows."""
+    return rule_sensitivity(rule, n, clip, f=f, options=options, pre=pre, reveal=reveal)
 
 
-def is_formal(rule: str) -> bool:
-    """True if the reported epsilon covers everything the rule reveals (only fixed weights do)."""
-    return rule == "mean"
+def is_formal(rule: str, reveal: str = "distances", pre: str | None = None) -> bool:
+    """True if the reported epsilon covers everything the round releases: the mean (public weights 1/n, nothing
+    opened), or any rule with ``reveal="aggregate"``, without a pre-aggregation step."""
+    return covers_everything(rule, reveal=reveal, pre=pre)
 
 
-def server_noise_std(rule: str, n: int, clip: float, noise_multiplier: float) -> float:
-    r"""Per-server noise std :math:`\sigma = z\,\Delta` passed to the engine as ``dp_noise_std``."""
+def server_noise_std(rule: str, n: int, clip: float, noise_multiplier: float, **kwargs: Any) -> float:
+    r"""Per-server noise std :math:`\sigma = z\,\Delta` passed to the engine as ``dp_noise_std``.
+
+    Each of the two servers adds this much to its share; the accountant is told z, i.e. the noise of
+    *one* server, so the guarantee survives the other server removing or revealing its own."""
     if noise_multiplier < 0:
         raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier}")
-    return noise_multiplier * sensitivity(rule, n, clip)
+    return noise_multiplier * sensitivity(rule, n, clip, **kwargs)
+
+
+def check_sampled_rule(rule: str, options: dict[str, Any] | None = None, pre: str | None = None) -> None:
+    """Refuse, under DP with client sampling, a rule whose aggregate is not a fixed-denominator sum of bounded
+    per-worker terms (the sampled Gaussian mechanism's form)."""
+    if not sum_form(rule, options=options, pre=pre):
+        label = rule if pre is None else f"{rule}+{pre}"
+        raise ValueError(
+            f"client sampling under DP needs a rule whose aggregate is a sum of bounded per-worker terms with a "
+            f"fixed denominator (mean, or norm-clip with a public tau, without a pre-aggregation step); "
+            f"{label!r} is not (docs/privacy.md). Use train.sample_rate = 1 for it.")
+
+
+def cohort_noise_std(rule: str, clip: float, noise_multiplier: float, cohort: int,
+                     options: dict[str, Any] | None = None, reveal: str = "distances") -> float:
+    r"""Per-server noise std for a sampled round whose engine call averages ``cohort`` rows.
+
+    The engine returns (1/k) sum g(x_i) + noise; the runner multiplies it by k/(qN), so the released
+    aggregate is (1/(qN)) sum g(x_i) plus noise of std z Delta_g/(qN) per server, the same whatever k:
+    the sampled Gaussian mechanism with sensitivity Delta_g/(qN) and multiplier z."""
+    if cohort < 1:
+        raise ValueError(f"cohort must be >= 1, got {cohort}")
+    opts = options or {}
+    bound = per_worker_bound(rule, clip, tau=opts.get("tau"), iterations=int(opts.get("iterations", 1)),
+                             reveal=reveal)
+    return noise_multiplier * bound / cohort
+
+
+def poisson_cohort(n: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """The workers of one round under Poisson sampling: each joins independently with probability q."""
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if sample_rate == 1:
+        return np.arange(n)
+    return np.flatnonzero(rng.random(n) < sample_rate)
 
 
 class PrivacyAccountant:

@@ -48,7 +48,17 @@ import torch.nn.functional as F
 from secrobust.train.attacks import flips_labels, is_ring_attack, make_attack, rule_context
 from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
-from secrobust.train.dp import PrivacyAccountant, clip_rows, is_formal, server_noise_std
+from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule
+from secrobust.train.dp import (
+    PrivacyAccountant,
+    check_sampled_rule,
+    clip_rows,
+    cohort_noise_std,
+    epsilon_after,
+    is_formal,
+    poisson_cohort,
+    server_noise_std,
+)
 from secrobust.train.models import FlatAdapter, build_model
 from secrobust.updates import carried_center
 
@@ -77,6 +87,11 @@ class RunResult:
     """Rounds whose cclip center (the previous aggregate) had to be scaled into the encoder's range."""
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rejected_honest: int = 0
+    epsilon_server: float | None = None
+    """Epsilon against each server, who sees the cohort: no amplification by sampling (equal to ``epsilon``
+    when every worker takes part in every round)."""
+    cohort_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """How many workers took part in each round (all of them unless ``train.sample_rate < 1``)."""
 
     @property
     def final_accuracy(self) -> float:
@@ -112,8 +127,11 @@ class RunResult:
             "byzantine_weight": self.byzantine_weight,
             "weights_sha256": hashlib.sha256(np.ascontiguousarray(self.weights).tobytes()).hexdigest(),
             "epsilon": self.epsilon,
+            "epsilon_server": self.epsilon_server,
             "delta": s.dp.delta if self.epsilon is not None else None,
-            "dp_formal": is_formal(s.base_rule) if self.epsilon is not None else None,
+            "dp_formal": is_formal(s.base_rule, s.reveal, s.pre) if self.epsilon is not None else None,
+            "sample_rate": s.train.sample_rate,
+            "mean_cohort": float(self.cohort_sizes.mean()) if len(self.cohort_sizes) else None,
             "diverged": self.diverged,
             "rescaled_rows": self.rescaled_rows,
             "clipped_rows": self.clipped_rows,
@@ -230,13 +248,15 @@ def run(
 
     data_rng = np.random.default_rng(spec.data_seed)
     parts = partition(dataset.y_train, n, spec.data.partition, data_rng, alpha=spec.data.alpha)
-    init_seq, byz_seq, batch_seq, attack_seq = np.random.SeedSequence(spec.seed).spawn(4)
+    # spawn(5)[:4] equals spawn(4): adding the cohort's stream left the other streams of earlier runs unchanged
+    init_seq, byz_seq, batch_seq, attack_seq, cohort_seq = np.random.SeedSequence(spec.seed).spawn(5)
     byzantine = sorted(int(i) for i in np.random.default_rng(byz_seq).choice(n, size=f, replace=False))
     is_byz = np.zeros(n, dtype=bool)
     is_byz[byzantine] = True
     honest = np.flatnonzero(~is_byz)
     batch_rng = np.random.default_rng(batch_seq)
     attack_rng = np.random.default_rng(attack_seq)
+    cohort_rng = np.random.default_rng(cohort_seq)
     attack = make_attack(spec.attack, **spec.attack_options)
 
     x_train = torch.from_numpy(dataset.x_train)
@@ -259,8 +279,27 @@ def run(
     encoder_bound = ENCODER_MARGIN * engine_max_norm(tc.frac_bits, d)
 
     dp = spec.dp
-    sigma = server_noise_std(spec.base_rule, n, dp.clip, dp.noise_multiplier) if dp.enabled else 0.0
-    accountant = PrivacyAccountant(dp.noise_multiplier) if sigma > 0 else None
+    q = tc.sample_rate
+    noisy = dp.enabled and dp.noise_multiplier > 0
+    # with sampling under DP the aggregate is a fixed-denominator sum over the cohort (docs/privacy.md)
+    fixed_denominator = noisy and q < 1
+    sigma = 0.0
+    if noisy and not fixed_denominator:
+        # every worker takes part; only a Byzantine row can be rejected (an honest one is clipped to the bound C),
+        # so the servers aggregate at least n - f rows: the denominator of the per-worker bounds
+        sigma = server_noise_std(spec.base_rule, n - f, dp.clip, dp.noise_multiplier, f=f,
+                                 options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
+    if fixed_denominator:
+        check_sampled_rule(spec.base_rule, dict(spec.rule_options), spec.pre)
+        if f and is_ring_attack(spec.attack):
+            raise ValueError(f"attack {spec.attack!r} sends ring elements the validity check rejects, which would change "
+                             "the fixed denominator of a sampled DP round; use train.sample_rate = 1 for ring attacks")
+    accountant = PrivacyAccountant(dp.noise_multiplier, q) if noisy else None
+    # the smallest cohort the rule and the servers accept: a sampled DP round is padded with zero rows up to it
+    # (a zero row adds nothing to a fixed-denominator sum); a sampled round without DP below it is skipped
+    min_cohort = max(DEFAULT_MIN_PARTICIPANTS, get_rule(spec.base_rule).minimum(f))
+    participation = np.zeros(n, dtype=np.int64)
+    cohort_sizes = np.zeros(tc.rounds, dtype=np.int64)
 
     weights = np.zeros((tc.rounds, n))
     rejected = np.zeros(tc.rounds, dtype=np.int64)
@@ -291,8 +330,10 @@ def run(
     injected = {} if secure_aggregate is None else {"secure_aggregate": secure_aggregate}
     log_eval(0)
     for t in range(tc.rounds):
-        sent = np.empty((n, d))
-        for i in range(n):
+        members = poisson_cohort(n, q, cohort_rng)
+        cohort_sizes[t] = len(members)
+        sent = np.zeros((n, d))
+        for i in members:
             labels = y_flipped if (is_byz[i] and flips_labels(spec.attack)) else y_honest
             u = _local_update(model, adapter, theta, x_train, labels, parts[i], tc, batch_rng)
             momentum[i] = tc.momentum * momentum[i] + (1.0 - tc.momentum) * u
@@ -318,10 +359,41 @@ def run(
         # a rule-aware attack (optimal-alie/-ipm, cclip-adaptive) knows the rule, f, these options and the bound
         context = {"rule": spec.base_rule, "f": f, "rule_options": options,
                    "norm_bound": dp.clip if dp.enabled else encoder_bound}
-        byz_inputs = byzantine_inputs(attack, spec.attack, sent, byzantine, honest, attack_rng, tc.frac_bits, context)
+        screened = 0
+        if q == 1:
+            rows, local_byz, local_honest, scale = sent, byzantine, honest, 1.0
+        else:
+            if len(members) < min_cohort and not fixed_denominator:
+                # too few workers for the rule or the servers: nobody aggregates, the model stays
+                weights[t] = 0.0
+                byz_since_eval.append(0.0)
+                rejected_since_eval.append(0)
+                if on_round is not None:
+                    on_round(t + 1)
+                if (t + 1) % tc.eval_every == 0 or t + 1 == tc.rounds:
+                    log_eval(t + 1)
+                continue
+            rows = np.zeros((max(len(members), min_cohort if fixed_denominator else 0), d))
+            rows[: len(members)] = sent[members]
+            local_byz = [j for j, w in enumerate(members) if is_byz[w]]
+            local_honest = np.array([j for j, w in enumerate(members) if not is_byz[w]], dtype=np.int64)
+            if not len(local_honest):
+                local_byz = []  # an attack needs honest rows to work from: alone, Byzantine workers send their own
+            scale = len(rows) / (q * n) if fixed_denominator else 1.0
+        byz_inputs = byzantine_inputs(attack, spec.attack, rows, local_byz, local_honest, attack_rng, tc.frac_bits,
+                                      context)
+        if fixed_denominator and local_byz:
+            # A row over the bound adds nothing, as the validity check's rejection would, but the denominator stays:
+            # the engine would divide by the rows it kept, breaking the sampled Gaussian mechanism's form
+            over = [j for j in local_byz if np.linalg.norm(rows[j]) > dp.clip]
+            rows[over] = 0.0
+            screened = len(over)
+        if fixed_denominator:
+            sigma = cohort_noise_std(spec.base_rule, dp.clip, dp.noise_multiplier, len(rows),
+                                     dict(spec.rule_options), spec.reveal)
         tick = time.perf_counter()
         result = engine_aggregate(
-            sent,
+            rows,
             spec.base_rule,
             f,
             secure=spec.secure,
@@ -333,14 +405,29 @@ def run(
             **options,
         )
         aggregate_seconds += time.perf_counter() - tick
-        agg = np.asarray(result.aggregate, dtype=np.float64)
-        # reveal="aggregate": nobody learns the weights, so the run records NaN for them
-        weights[t] = np.nan if result.weights is None else np.asarray(result.weights, dtype=np.float64)
-        byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
         now_rejected = dict(getattr(result, "rejected", None) or {})
-        rejected[t] = len(now_rejected)
-        rejected_honest += sum(not is_byz[w] for w in now_rejected)
-        rejected_since_eval.append(len(now_rejected))
+        if fixed_denominator and now_rejected:
+            raise RuntimeError(f"round {t}: the engine rejected rows {sorted(now_rejected)} of a sampled DP round, which "
+                               "changes its denominator; the privacy accounting would not hold")
+        if noisy and q == 1 and len(rows) - len(now_rejected) < n - f:
+            raise RuntimeError(f"round {t}: the engine aggregated {len(rows) - len(now_rejected)} rows, fewer than the "
+                               f"n - f = {n - f} the noise was calibrated for")
+        # the released aggregate: with sampling under DP, (1/(qN)) sum over the cohort (see dp.cohort_noise_std)
+        agg = scale * np.asarray(result.aggregate, dtype=np.float64)
+        # reveal="aggregate": nobody learns the weights, so the run records NaN for them
+        if result.weights is None:
+            weights[t] = np.nan
+        elif q == 1:
+            weights[t] = np.asarray(result.weights, dtype=np.float64)
+        else:
+            weights[t] = 0.0
+            weights[t, members] = scale * np.asarray(result.weights, dtype=np.float64)[: len(members)]
+        participation[members] += 1
+        byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
+        workers_of = (lambda j: j) if q == 1 else (lambda j: int(members[j]))
+        rejected[t] = len(now_rejected) + screened
+        rejected_honest += sum(not is_byz[workers_of(w)] for w in now_rejected)
+        rejected_since_eval.append(len(now_rejected) + screened)
         if accountant is not None:
             accountant.step()
         center, moved = carried_center(agg, tc.frac_bits)
@@ -351,6 +438,7 @@ def run(
             diverged = True
             weights = weights[: t + 1]
             rejected = rejected[: t + 1]
+            cohort_sizes = cohort_sizes[: t + 1]
             log_eval(t + 1)
             last = history[-1]
             for r in _eval_rounds(tc.rounds, tc.eval_every):
@@ -378,7 +466,17 @@ def run(
         rescaled_centers=rescaled_centers,
         rejected=rejected,
         rejected_honest=int(rejected_honest),
+        epsilon_server=(server_epsilon(dp.noise_multiplier, participation[honest], dp.delta)
+                        if accountant is not None else None),
+        cohort_sizes=cohort_sizes,
     )
+
+
+def server_epsilon(noise_multiplier: float, participation: np.ndarray, delta: float) -> float:
+    """Epsilon against a server, who knows the cohort: each worker's rounds are Gaussian mechanisms with multiplier
+    z, composed over the rounds it took part in (the largest count among the honest workers), no sampling."""
+    rounds = int(participation.max()) if len(participation) else 0
+    return epsilon_after(noise_multiplier, rounds, delta) if rounds else 0.0
 
 
 def _eval_rounds(rounds: int, every: int) -> list[int]:

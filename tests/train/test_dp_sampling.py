@@ -1,0 +1,160 @@
+"""Client sampling under DP (issue 22, point 2): Poisson cohorts, the fixed-denominator aggregate, and the
+privacy spent, checked against Opacus' RDP accountant called directly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from secrobust.privacy import NoSensitivityBound
+from secrobust.train import runner
+from secrobust.train.config import RunSpec
+from secrobust.train.data import Dataset
+from secrobust.train.dp import PrivacyAccountant, epsilon_after, poisson_cohort
+from secrobust.train.runner import RunResult, run
+
+Z, C, Q = 1.0, 0.05, 0.3
+
+
+def _opacus(z: float, q: float, rounds: int, delta: float = 1e-5) -> float:
+    direct = RDPAccountant()
+    for _ in range(rounds):
+        direct.step(noise_multiplier=z, sample_rate=q)
+    return direct.get_epsilon(delta=delta)
+
+
+def test_accountant_with_a_sample_rate_is_opacus_and_amplifies() -> None:
+    ours = PrivacyAccountant(1.1, 0.05)
+    ours.step(200)
+
+    assert ours.epsilon(1e-5) == pytest.approx(_opacus(1.1, 0.05, 200), rel=1e-12)
+    assert ours.epsilon(1e-5) < epsilon_after(1.1, 200, 1e-5) / 5
+
+
+def test_poisson_cohorts_are_independent_draws_at_rate_q() -> None:
+    rng = np.random.default_rng(5)
+    sizes = [len(poisson_cohort(50, 0.2, rng)) for _ in range(2000)]
+
+    assert np.mean(sizes) == pytest.approx(10.0, abs=0.3)  # Binomial(50, 0.2): mean 10, sd 2.83/sqrt(2000)
+    assert np.var(sizes) == pytest.approx(8.0, rel=0.15)   # variance Nq(1-q) = 8: not a fixed size
+    assert list(poisson_cohort(7, 1.0, rng)) == list(range(7))
+
+
+class Spy:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.real = runner.engine_aggregate
+        monkeypatch.setattr(runner, "engine_aggregate", self)
+
+    def __call__(self, updates: np.ndarray, rule: str, f: int, **kwargs: Any) -> Any:
+        result = self.real(updates, rule, f, **kwargs)
+        self.calls.append({"updates": updates.copy(), "aggregate": np.array(result.aggregate), **kwargs})
+        return result
+
+
+@pytest.fixture
+def train(digits: Dataset, one_spec: Callable[..., RunSpec]) -> Callable[..., RunResult]:
+    def go(rule: str, attack: str = "none", rounds: int = 6, q: float = Q, **sections: Any) -> RunResult:
+        grid = {"rules": [rule], "attacks": [attack], **sections.pop("grid", {})}
+        train = {"rounds": rounds, "sample_rate": q, "eval_every": 3, **sections.pop("train", {})}
+        spec = one_spec(grid=grid, train=train, dp={"clip": C, "noise_multiplier": Z}, **sections)
+        return run(spec, dataset=digits)
+
+    return go
+
+
+@pytest.mark.parametrize("rule", ["mean", "norm-clip"])
+def test_a_sampled_run_reports_opacus_epsilon_for_the_observer_and_no_amplification_for_a_server(
+        train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
+    spy = Spy(monkeypatch)
+    tau = 0.02
+    result = train(rule, rounds=8, rule_options={"norm-clip": {"tau": tau}})
+
+    assert result.epsilon == pytest.approx(_opacus(Z, Q, 8), rel=1e-12)
+    assert result.history[-1]["epsilon"] == pytest.approx(result.epsilon)
+    honest = [i for i in range(20) if i not in result.byzantine]
+    took_part = (result.weights[:, honest] > 0).sum(axis=0)
+    assert result.epsilon_server == pytest.approx(_opacus(Z, 1.0, int(took_part.max())), rel=1e-12)
+    assert result.epsilon_server > result.epsilon
+    record = result.record()
+    assert record["sample_rate"] == Q and record["epsilon_server"] == result.epsilon_server
+    # the cohort varies; workers outside it get no weight; each call's noise is z Delta_g / k for its k rows
+    assert len(set(result.cohort_sizes.tolist())) > 1
+    assert ((result.weights > 0).sum(axis=1) == result.cohort_sizes).all()
+    per_worker = C if rule == "mean" else tau
+    for call, size in zip(spy.calls, result.cohort_sizes, strict=True):
+        k = len(call["updates"])
+        assert k == max(size, 5 if rule == "mean" else 2 * 4 + 1)  # zero rows up to the smallest cohort allowed
+        assert not call["updates"][size:].any()
+        assert call["dp_noise_std"] == pytest.approx(Z * per_worker / k)
+        assert call["norm_bound"] == C
+
+
+def test_a_sampled_round_releases_the_fixed_denominator_sum(train: Callable[..., RunResult],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(monkeypatch)
+    released: list[np.ndarray] = []
+    real = runner.carried_center
+    monkeypatch.setattr(runner, "carried_center", lambda agg, bits: (released.append(agg.copy()), real(agg, bits))[1])
+
+    result = train("mean", rounds=4)
+
+    # what the model moves by is (k / (qN)) times the engine's cohort average: (1/(qN)) sum over the cohort
+    assert len(released) == len(spy.calls) == 4
+    for agg, call, size in zip(released, spy.calls, result.cohort_sizes, strict=True):
+        k = len(call["updates"])
+        np.testing.assert_allclose(agg, k / (Q * 20) * call["aggregate"], rtol=1e-12)
+        noiseless = call["updates"].sum(axis=0) / (Q * 20)
+        assert np.linalg.norm(agg - noiseless) < 6 * np.sqrt(2 * agg.size) * Z * C / (Q * 20)
+        assert size <= k
+
+
+def test_byzantine_rows_over_the_bound_add_nothing_and_keep_the_denominator(
+        train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(monkeypatch)
+    result = train("mean", "sign-flip", rounds=4, attack_options={"sign-flip": {"scale": 8.0}})
+
+    assert result.rejected.sum() > 0
+    for call in spy.calls:
+        norms = np.linalg.norm(call["updates"], axis=1)
+        assert norms.max() <= C * (1 + 1e-12)  # every row passes: the engine divides by the rows it was given
+
+
+@pytest.mark.parametrize(("rule", "options"), [("krum", {}), ("cclip", {"cclip": {"tau": 0.02}}),
+                                               ("norm-clip", {}), ("mean+nnm", {})])
+def test_sampling_under_dp_refuses_rules_without_a_fixed_denominator_sum(
+        train: Callable[..., RunResult], rule: str, options: dict) -> None:
+    with pytest.raises(ValueError, match="fixed denominator"):
+        train(rule, rounds=1, rule_options=options)
+
+
+def test_ring_attacks_are_refused_with_sampling_under_dp(train: Callable[..., RunResult]) -> None:
+    with pytest.raises(ValueError, match="ring elements"):
+        train("mean", "random-ring", rounds=1)
+
+
+@pytest.mark.parametrize(("rule", "options", "match"), [
+    ("cclip", {}, "median distance"),
+    ("norm-clip", {}, "median norm"),
+    ("cclip", {"cclip": {"tau": 0.02, "iterations": 2}}, "iterations = 2"),
+])
+def test_dp_refuses_a_rule_without_a_bound_naming_those_with_one(
+        train: Callable[..., RunResult], rule: str, options: dict, match: str) -> None:
+    with pytest.raises(NoSensitivityBound, match=match) as info:
+        train(rule, rounds=1, q=1.0, rule_options=options)
+    assert "norm-clip with a public tau" in str(info.value)
+
+
+def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
+        train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, one_spec: Callable[..., RunSpec]) -> None:
+    spy = Spy(monkeypatch)
+    result = train("trimmed-mean", rounds=2, q=1.0)
+
+    assert all(call["dp_noise_std"] == pytest.approx(Z * C / (20 - 4 - 2 * 4)) for call in spy.calls)
+    assert result.epsilon == result.epsilon_server == pytest.approx(epsilon_after(Z, 2, 1e-5))
+    assert "sample_rate" not in str(one_spec().to_dict()["train"]) or one_spec().run_id == one_spec(
+        train={"sample_rate": 1.0}).run_id
