@@ -103,14 +103,15 @@ class Cluster:
         refuse_seed_option(options)
         round_id = self.next_round
         self.next_round += 1
-        params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+        inputs = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                    min_participants=min_participants, dp_noise_std=dp_noise_std,
                                    check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
                                    options=options, over_bound=over_bound)
-        x, n, d = params.x, params.n, params.d
+        params = inputs.params
+        x, n, d = inputs.x, params.n, params.d
         frac_bits, reveal = params.frac_bits, params.reveal
         spec = params.spec_with_pre(self.seeds.seed("bucketing", round_id))
-        rule_options, center_value, rows = params.options, params.center, params.ring_rows
+        rule_options, center_value, rows = params.options, params.center, inputs.ring_rows
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
             center_value = safe_center(self.last_aggregate, frac_bits)
         drop = check_drop(drop, n)
@@ -120,7 +121,7 @@ class Cluster:
         s0, s1 = self.s0, self.s1
 
         with _phase(stats, "encode"):
-            encoded = encode_updates(x, frac_bits, params.unchecked, rows)
+            encoded = encode_updates(x, frac_bits, inputs.unchecked, rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
         plan = RoundPlan.build(round_id, tuple(range(n)), d, frac_bits, needs, center, self.seeds.triple_id(round_id),
@@ -213,7 +214,7 @@ class Cluster:
         choice = s1.current.choice
         view = s1.current.view
         return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected, reveal,
-                           params.scale, params.excluded)
+                           inputs.scale, inputs.excluded)
 
     def _run_check(self, channel: InMemoryChannel) -> None:
         """The comparisons of the validity check, round by round through the channel."""
@@ -281,12 +282,13 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
     "aggregate" the rule is its twin on the exact ring view (``rules.secure``)."""
     refuse_seed_option(options)
-    params = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+    inputs = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                min_participants=min_participants, dp_noise_std=dp_noise_std,
                                check_inputs=check_inputs, unchecked=unchecked, ring_rows=ring_rows,
                                options=options, over_bound=over_bound)
+    params = inputs.params
     rule_options, on_shares = params.options, params.on_shares
-    frac_bits, reveal, updates, unchecked = params.frac_bits, params.reveal, params.x, params.unchecked
+    frac_bits, reveal, updates, unchecked = params.frac_bits, params.reveal, inputs.x, inputs.unchecked
     stats = Stats()
     with _phase(stats, "plain"):
         seeds = SeedSource(insecure_test_seed)
@@ -308,7 +310,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                                      frac_bits)
         out = finish_aggregate(total, frac_bits, run.center, choice or Choice(np.zeros(0)))
     return make_result(out, choice, None if on_shares is not None else run.view, run.participants, n, stats, rule,
-                       f, run.rejected, reveal, params.scale, params.excluded)
+                       f, run.rejected, reveal, inputs.scale, inputs.excluded)
 
 
 def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,

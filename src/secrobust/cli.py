@@ -13,16 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .params import RoundParams
-from . import api, examples, ring, rules, validity
+from .params import Inputs, RoundParams
+from . import api, examples, rules
 from .cli_io import check_output_file, fail, load_array, one_line, save_npy, save_npz
 from .errors import ProtocolError
-from .protocol.server import check_noise_std
 from .rules.plain import split_options
 from .rules.pre import prepare
 from .rules import secure
-from .rules.registry import DEFAULT_MIN_PARTICIPANTS, with_min_cohort
-from .updates import check_ring_rows, check_unchecked, check_updates, encode_center
+from .rules.registry import DEFAULT_MIN_PARTICIPANTS
+from .updates import check_updates, encode_center
 
 app = typer.Typer(help="Secure and Byzantine-robust aggregation with two non-colluding servers.",
                   no_args_is_help=True, add_completion=False)
@@ -73,36 +72,21 @@ def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
 
 def check_round(x: np.ndarray, rule: str, f: int, frac_bits: int | None, check_inputs: bool,
                 norm_bound: float | None, options: dict[str, Any], reveal: str | None = None,
-                over_bound: str = "exclude") -> RoundParams:
+                over_bound: str = "exclude") -> Inputs:
     """Raise ValueError for any input a round would refuse, before a party starts (the gRPC deployment's
     processes take seconds to start and would only then see the error); the round's checked parameters."""
     extra = {k: options[k] for k in ENGINE_KEYWORDS if k in options}
-    params = RoundParams.check(x, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+    inputs = RoundParams.check(x, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                min_participants=extra.get("min_participants", DEFAULT_MIN_PARTICIPANTS),
                                dp_noise_std=extra.get("dp_noise_std", 0.0), check_inputs=check_inputs,
                                unchecked=extra.get("unchecked", ()), ring_rows=extra.get("ring_rows"),
                                options={k: v for k, v in options.items() if k not in ENGINE_KEYWORDS},
                                over_bound=over_bound)
-    if params.excluded:
-        raise ValueError(f"updates {sorted(params.excluded)} are above the bound {params.scale.norm_bound:.6g}; a "
-                         "deployed worker encodes its own update, so over gRPC use --over-bound clip or error")
-    frac_bits, reveal, x = params.frac_bits, params.reveal, params.x
-    spec = with_min_cohort(rules.get_rule(rule), extra.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
-    ring.check_frac_bits(frac_bits)
-    n, d = x.shape
-    center, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
-    check_reveal(rule, reveal, options)
-    spec, rule_options = prepare(spec, rule_options)
-    spec.validate(n, f, rule_options)
-    api.check_drop(extra.get("drop"), n)
-    check_noise_std(extra.get("dp_noise_std", 0.0), frac_bits)
-    validity.check_flag(check_inputs, d)
-    validity.scaled_bound(norm_bound, frac_bits, d)
-    rows = check_ring_rows(extra.get("ring_rows"), n, d)
-    check_updates(x, frac_bits, check_unchecked(extra.get("unchecked", ()), n), rows)
-    if center is not None:
-        encode_center(center, d, frac_bits)
-    return params
+    api.check_drop(extra.get("drop"), inputs.params.n)
+    check_updates(inputs.x, inputs.params.frac_bits, inputs.unchecked, inputs.ring_rows)
+    if inputs.params.center is not None:
+        encode_center(inputs.params.center, inputs.params.d, inputs.params.frac_bits)
+    return inputs
 
 
 @app.command()
@@ -160,13 +144,12 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
         reveal = secure.default_mode(rule) if reveal is None else reveal
         check_reveal(rule, reveal, options)
         x = _updates(updates, example_n, example_d, example_byzantine)
-        run, extra = api.aggregate, {"over_bound": over_bound}
+        run = api.aggregate
         if transport == "grpc":
-            params = check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options, reveal, over_bound)
-            x, frac_bits, extra = params.x, params.frac_bits, {}
+            check_round(x, rule, f, frac_bits, check_inputs, norm_bound, options, reveal, over_bound)
             run = _grpc_round(seed is not None, options.get("min_participants", DEFAULT_MIN_PARTICIPANTS))
         res = run(x, rule, f, frac_bits=frac_bits, insecure_test_seed=seed, check_inputs=check_inputs,
-                  norm_bound=norm_bound, reveal=reveal, **extra, **options)
+                  norm_bound=norm_bound, reveal=reveal, over_bound=over_bound, **options)
     except COMMAND_ERRORS as exc:
         fail(exc)
     _print_result(res)

@@ -55,11 +55,14 @@ def _warn_transposed(n: int, d: int) -> None:
 
 @dataclass(frozen=True, eq=False)
 class RoundParams:
-    """One round's validated parameters. ``spec`` is the rule with its minimum cohort, before any
-    pre-aggregation (``spec_with_pre`` adds it with the round's bucketing seed)."""
+    """One round's validated public parameters: what both servers, the twin and every entry point agree on
+    before any data moves. ``spec`` is the rule with its minimum cohort, before any pre-aggregation
+    (``spec_with_pre`` adds it with the round's bucketing seed)."""
 
     rule: str
     f: int
+    n: int
+    d: int
     spec: RuleSpec
     options: dict[str, Any]
     """The rule's own options (no center, no pre)."""
@@ -74,50 +77,23 @@ class RoundParams:
     check_inputs: bool
     center: Any
     """cclip's public center as given (real units), or None."""
-    x: np.ndarray
-    unchecked: frozenset[int]
-    """Rows that bypass the honest encoder: simulated Byzantine workers, and honest rows excluded as over
-    the bound (the validity check then rejects them)."""
-    ring_rows: dict[int, np.ndarray]
-    scale: Scale
-    excluded: dict[int, str]
-    """Honest rows above the bound under over_bound='exclude', with their reason."""
-
-    @property
-    def n(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def d(self) -> int:
-        return self.x.shape[1]
 
     def spec_with_pre(self, seed: bytes | None) -> RuleSpec:
         return with_pre(self.spec, self.pre, seed)
 
+    def needs(self) -> tuple[str, ...]:
+        """What the rule opens to S1 with reveal="distances" (distances, norms or nothing)."""
+        return with_pre(self.spec, self.pre).reveals(self.options)
+
     @classmethod
-    def check(cls, updates: Any, rule: str, f: int, *, frac_bits: int | None, reveal: str | None,
+    def build(cls, rule: str, f: int, n: int, d: int, *, frac_bits: int, reveal: str | None,
               norm_bound: float | None, min_participants: int, dp_noise_std: float, check_inputs: bool,
-              unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
-              options: Mapping[str, Any] | None = None, over_bound: str = "exclude") -> "RoundParams":
-        """Every check of a round's parameters, in the one order both paths share; ValueError (or TypeError)
-        with the first problem found. ``frac_bits`` None derives F from the bound (``scale.resolve``);
-        ``reveal`` None is the rule's default mode (the only one it has, or "distances")."""
+              options: Mapping[str, Any] | None = None) -> "RoundParams":
+        """Every check of a round's public parameters, in the one order all entry points share; ValueError
+        (or TypeError) with the first problem found. ``reveal`` None is the rule's default mode."""
         spec = with_min_cohort(get_rule(rule), min_participants)
-        if frac_bits is not None:
-            ring.check_frac_bits(frac_bits)
-        x = as_matrix(updates)
-        n, d = x.shape
-        _warn_transposed(n, d)
+        ring.check_frac_bits(frac_bits)
         _check_keywords(rule, options or {})
-        rows = check_ring_rows(ring_rows, n, d)
-        byz = check_unchecked(unchecked, n)
-        honest = np.array([i not in byz and i not in rows for i in range(n)], dtype=bool)
-        scale, x, excluded = resolve_scale(x, honest, frac_bits, norm_bound, over_bound)
-        frac_bits = scale.frac_bits
-        if excluded and not (isinstance(check_inputs, bool) and check_inputs):
-            raise ValueError(f"over_bound='exclude' rejects updates {sorted(excluded)} through the input validity "
-                             "check, which check_inputs=False turns off: use over_bound='clip' or 'error'")
-        byz = byz | frozenset(excluded)
         reveal = secure.default_mode(rule) if reveal is None else reveal
         center, rule_options = split_options(rule, dict(options or {}))
         step, rule_options = split_pre(rule_options)
@@ -128,5 +104,45 @@ class RoundParams:
         checked = validity.check_flag(check_inputs, d)
         secure.check_checked(on_shares, checked)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
-        return cls(rule, f, spec, rule_options, step, reveal, on_shares, frac_bits, bound, norm_bound,
-                   float(dp_noise_std), checked, center, x, byz, rows, scale, excluded)
+        return cls(rule, f, n, d, spec, rule_options, step, reveal, on_shares, frac_bits, bound, norm_bound,
+                   float(dp_noise_std), checked, center)
+
+    @classmethod
+    def check(cls, updates: Any, rule: str, f: int, *, frac_bits: int | None, reveal: str | None,
+              norm_bound: float | None, min_participants: int, dp_noise_std: float, check_inputs: bool,
+              unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
+              options: Mapping[str, Any] | None = None, over_bound: str = "exclude") -> "Inputs":
+        """The round's parameters for these updates (``frac_bits`` None derives F from the bound or the data:
+        ``scale.resolve``) and the updates as they will be sent (``Inputs``)."""
+        get_rule(rule)
+        if frac_bits is not None:
+            ring.check_frac_bits(frac_bits)
+        x = as_matrix(updates)
+        n, d = x.shape
+        _warn_transposed(n, d)
+        rows = check_ring_rows(ring_rows, n, d)
+        byz = check_unchecked(unchecked, n)
+        honest = np.array([i not in byz and i not in rows for i in range(n)], dtype=bool)
+        scale, x, excluded = resolve_scale(x, honest, frac_bits, norm_bound, over_bound)
+        if excluded and not (isinstance(check_inputs, bool) and check_inputs):
+            raise ValueError(f"over_bound='exclude' rejects updates {sorted(excluded)} through the input validity "
+                             "check, which check_inputs=False turns off: use over_bound='clip' or 'error'")
+        params = cls.build(rule, f, n, d, frac_bits=scale.frac_bits, reveal=reveal, norm_bound=norm_bound,
+                           min_participants=min_participants, dp_noise_std=dp_noise_std, check_inputs=check_inputs,
+                           options=options)
+        return Inputs(params, x, byz | frozenset(excluded), rows, scale, excluded)
+
+
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    """A round's checked parameters and the updates it will send (in process, or written to the workers)."""
+
+    params: RoundParams
+    x: np.ndarray
+    unchecked: frozenset[int]
+    """Rows that bypass the honest encoder: simulated Byzantine workers, and honest rows excluded as over
+    the bound (the validity check then rejects them)."""
+    ring_rows: dict[int, np.ndarray]
+    scale: Scale
+    excluded: dict[int, str]
+    """Honest rows above the bound under over_bound='exclude', with their reason."""

@@ -23,22 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .. import api, ring, ring_kernel, validity
+from .. import api, ring_kernel
 from ..certs import Identity, operator_party, party_dir, party_paths, standard_parties, tls_name, worker_party
 from ..dealer import DEFAULT_CHUNK_BYTES
-from ..protocol.server import check_noise_std
-from ..rules import secure
-from ..rules.plain import split_options
-from ..rules.pre import prepare
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
+from ..params import RoundParams
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
 from ..transport.grpc import PartyUnreachable, RemoteRejected
-from ..updates import as_matrix, check_ring_rows, check_unchecked, check_updates, encode_center
+from ..updates import as_matrix, check_updates, encode_center
 from .config import PartyConfig, to_toml
 from .operator import Operator
 from ..pki import make_deployment_certs
@@ -294,12 +291,12 @@ class LocalDeployment:
 
     # rounds
 
-    def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+    def aggregate(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,
                   insecure_test_seed: bytes | int | None = None, dp_noise_std: float = 0.0, unchecked: Any = (),
                   ring_rows: Mapping[int, Any] | None = None, drop: Mapping[int, str] | None = None,
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, check_inputs: bool = True, norm_bound: float | None = None,
                   share_window_s: float | None = None, absent: Any = (), min_participants: int | None = None,
-                  reveal: str = secure.DEFAULT_MODE, **options: Any) -> api.AggregateResult:
+                  reveal: str | None = None, over_bound: str = "exclude", **options: Any) -> api.AggregateResult:
         """One round over the deployment; same arguments and result as ``secrobust.aggregate``.
 
         Worker i (for i < n) sends row i. ``drop``, ``unchecked`` and ``ring_rows`` are simulated as
@@ -317,26 +314,21 @@ class LocalDeployment:
         if self.operator is None:
             raise RuntimeError("the deployment is not running; use it as a context manager or call start()")
         api.refuse_seed_option(options)
-        spec = with_min_cohort(get_rule(rule), max(self.options.min_participants, min_participants or 2))
-        ring.check_frac_bits(frac_bits)
-        x = as_matrix(updates)
-        n, d = x.shape
+        inputs = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
+                                   min_participants=max(self.options.min_participants, min_participants or 2),
+                                   dp_noise_std=dp_noise_std, check_inputs=check_inputs, unchecked=unchecked,
+                                   ring_rows=ring_rows, options=options, over_bound=over_bound)
+        params, x, byz, rows = inputs.params, inputs.x, inputs.unchecked, inputs.ring_rows
+        n, d, frac_bits, reveal = params.n, params.d, params.frac_bits, params.reveal
         if n > self.n_workers:
             raise ValueError(f"{n} updates but the deployment has {self.n_workers} workers")
-        center_value, rule_options = split_options(rule, options)
-        spec, own_options = prepare(spec, rule_options, secure.check_mode(reveal))
-        spec.validate(n, f, own_options)
-        secure.secure_rule(rule, reveal, own_options)
+        rule_options = {k: v for k, v in options.items() if not (rule == "cclip" and k == "center")}
         drop = api.check_drop(drop, n)
-        check_noise_std(dp_noise_std, frac_bits)
-        byz = check_unchecked(unchecked, n)
-        rows = check_ring_rows(ring_rows, n, d)
-        validity.check_flag(check_inputs, d)
-        validity.scaled_bound(norm_bound, frac_bits, d)
         t0 = time.perf_counter()
         check_updates(x, frac_bits, byz, rows)
         encode_seconds = time.perf_counter() - t0
         center = None
+        center_value = params.center
         if center_value is not None:
             encode_center(center_value, d, frac_bits)
             center = [float(v) for v in np.asarray(center_value, dtype=np.float64).reshape(-1)]
@@ -365,7 +357,8 @@ class LocalDeployment:
             self.operator.open_round(request)
             result = self.operator.collect(request, n=n, wait_s=request.share_window_s + 600.0)
             result.stats.seconds["encode"] = encode_seconds
-            return result
+            return replace(result, frac_bits=frac_bits, norm_bound=inputs.scale.norm_bound,
+                           bound_from_data=inputs.scale.from_data)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

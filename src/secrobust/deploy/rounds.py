@@ -25,11 +25,12 @@ import numpy as np
 
 from .. import prg, ring, validity
 from ..dealer import DEFAULT_CHUNK_BYTES
-from ..protocol.server import RoundPlan, check_noise_std
+from ..protocol.server import RoundPlan
 from ..randomness import SeedSource
 from ..rules import secure
 from ..rules.pre import check_pre_mode, split_pre, with_pre
 from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_min_cohort
+from ..params import RoundParams
 from ..updates import encode_center
 
 DEFAULT_SHARE_WINDOW_S = 30.0
@@ -113,17 +114,13 @@ class RoundRequest:
             raise ValueError("worker ids must be distinct non-negative integers")
         if not (np.isfinite(self.share_window_s) and self.share_window_s > 0):
             raise ValueError("share_window_s must be a positive number of seconds")
-        check_noise_std(self.dp_noise_std, self.frac_bits)
-        ring.check_frac_bits(self.frac_bits)
         if self.min_participants is not None:
             check_min_participants(self.min_participants)
-        self.cohort_spec(2).validate(len(self.worker_ids), self.f, self.options)
-        self.secure_rule()
         if self.center is not None and self.rule != "cclip":
             raise ValueError("only cclip takes a public center")
+        self.params()
         if self.center is not None and len(self.center) != self.d:
             raise ValueError(f"center has dimension {len(self.center)}, the round has d={self.d}")
-        validity.check_flag(self.check_inputs, self.d)
         try:
             kind = self.plan().triple_kind
         except TypeError as exc:                # an option value the rule's circuit cannot take (e.g. a list)
@@ -156,6 +153,15 @@ class RoundRequest:
 
     def _master(self) -> bytes | int | None:
         return bytes.fromhex(self.test_seed) if isinstance(self.test_seed, str) else self.test_seed
+
+    def params(self, server_minimum: int = 2) -> RoundParams:
+        """The round's public parameters, checked as every entry point checks them (``params.RoundParams``),
+        with the larger of the server's and the request's minimum cohort."""
+        return RoundParams.build(self.rule, self.f, len(self.worker_ids), self.d, frac_bits=self.frac_bits,
+                                 reveal=self.reveal, norm_bound=self.norm_bound,
+                                 min_participants=max(server_minimum, self.min_participants or 0),
+                                 dp_noise_std=self.dp_noise_std, check_inputs=self.check_inputs,
+                                 options=self.options)
 
     def secure_rule(self) -> secure.SecureRule | None:
         """The rule's circuit on shares for this round's ``reveal`` (None: S1 opens the view, or the weights
