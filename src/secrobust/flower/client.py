@@ -154,7 +154,12 @@ class SecRobustMod:
         sent = msg.content.array_records[key]
         rt = self.runtime(context)
         challenge = Challenge.from_record(cfg) if CHALLENGE_FIELD in cfg else None
-        out = call_next(msg, context)
+        try:
+            out = call_next(msg, context)
+        except KeyError as exc:
+            if "fitins." in str(exc):       # Flower's legacy client_fn path looks for FitIns' records
+                raise ValueError(f"secrobust_mod: {K.NUMPY_CLIENT_HINT}") from exc
+            raise
         if out.has_error():
             return out
         content = out.content

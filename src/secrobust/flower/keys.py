@@ -29,3 +29,9 @@ WORKER_CONFIG_KEY = "secrobust-worker-config"
 """node_config / run_config key (or the environment variable ``SECROBUST_WORKER_CONFIG``): the worker's
 TOML file; ``{partition-id}`` in it is replaced by the node's partition id (simulations)."""
 WORKER_CONFIG_ENV = "SECROBUST_WORKER_CONFIG"
+
+NUMPY_CLIENT_HINT = (  # the KeyError: 'fitins.parameters' of a NumPyClient app under secrobust_mod
+    "this ClientApp is a legacy NumPyClient / client_fn app (it looks for 'fitins.parameters'); SecRobust "
+    "sends Flower's Message API: write the train function as @app.train() def train(msg, context) that "
+    "reads msg.content['arrays'] and msg.content['config'] and returns Message(RecordDict({'arrays': ..., "
+    "'metrics': MetricRecord({... 'num-examples': n})}), reply_to=msg) (docs/flower.md, \"From a NumPyClient app\")")

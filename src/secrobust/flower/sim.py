@@ -327,7 +327,8 @@ def run(cfg: SimConfig, out_dir: Path | None = None, *, progress: Any = None) ->
         strategy = Timed(servers.operator_configs(), cfg.rule, cfg.tolerated, reveal=cfg.reveal, options=cfg.options,
                          frac_bits=_frac_bits(cfg), share_window_s=cfg.share_window_s, on_round=on_round,
                          fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg.clients,
-                         min_available_nodes=cfg.clients)
+                         min_available_nodes=cfg.clients, min_participants=opts.min_participants,
+                         skip_failed_rounds=True)   # summary.json counts failed rounds (failed_rounds)
         server = ServerApp()
 
         @server.main()

@@ -21,7 +21,9 @@ updates it is what ``secrobust.aggregate`` returns (tests/flower). The strategy 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ from ..protocol.server import check_noise_std
 from ..rules import secure
 from ..rules.plain import split_options
 from ..rules.pre import prepare
-from ..rules.registry import get_rule
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import encode_center
 from . import keys as K
@@ -50,6 +52,42 @@ from .binding import CHALLENGE_FIELD, BindingRefused, Challenge, WorkerBinding, 
 from .client import flatten, unflatten
 
 log = logging.getLogger("secrobust.flower")
+
+
+def _to_flower_console() -> None:
+    """Send this logger's INFO lines where Flower's own go (its console handler: the ServerApp's output,
+    which ``flwr log`` and ``flwr run --stream`` show), unless the application configured it."""
+    if log.handlers:
+        return
+    try:
+        from flwr.common.logger import console_handler
+    except ImportError:     # pragma: no cover - flwr without it
+        return
+    log.addHandler(console_handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+class SecRobustError(RuntimeError):
+    """The run cannot go on (settings, servers, nodes, or a round that could not run): the ServerApp stops
+    with it, so the run ends ``finished:failed`` with this message."""
+
+
+OPERATOR_FILES = ("operator-s0/operator-s0.toml", "operator-s1/operator-s1.toml")
+"""Where the operators' TOML files are in a folder ``secrobust init`` (or ``FlowerServers``) made."""
+DIR_KEY, DIR_ENV = "secrobust-dir", "SECROBUST_DIR"
+RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
+    "rule": ("rule", str), "f": ("f", int), "reveal": ("reveal", str),
+    "share-window-s": ("share_window_s", float), "min-participants": ("min_participants", int),
+    "check-inputs": ("check_inputs", bool), "norm-bound": ("norm_bound", float),
+    "rule-options": ("options", dict), "skip-failed-rounds": ("skip_failed_rounds", bool),
+    "node-wait-s": ("node_wait_s", float), "fraction-train": ("fraction_train", float),
+    "min-train-nodes": ("min_train_nodes", int), "fraction-evaluate": ("fraction_evaluate", float),
+    "hide-weights": ("hide_weights", bool),
+}
+"""``[tool.flwr.app.config]`` key -> (``SecRobust`` keyword, type) that ``SecRobust.from_run_config`` reads.
+``min-participants`` and ``norm-bound`` of 0 mean unset; ``rule-options`` is a JSON object as a string."""
+NUMPY_CLIENT_HINT = K.NUMPY_CLIENT_HINT
 ROUND_ERRORS = (RoundAborted, RemoteRejected, PartyUnreachable, ProtocolError, ValueError)
 REPLY_ERRORS = (BindingRefused, ValueError, TypeError, KeyError, OverflowError)
 """What reading one train reply may raise on a Byzantine client's content: that reply is dropped."""
@@ -98,8 +136,14 @@ class SecRobust(FedAvg):
                  share_window_s: float = 60.0, insecure_test_seed: bytes | int | None = None, prefetch: int = 1,
                  share_timeout_s: float | None = None, workers: Iterable[int] | None = None,
                  node_workers: Mapping[int, int] | None = None,
-                 on_round: Callable[[RoundRecord], None] | None = None, **fedavg: Any) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None, skip_failed_rounds: bool = False,
+                 node_wait_s: float = 120.0, hide_weights: bool = False, **fedavg: Any) -> None:
         super().__init__(**fedavg)
+        _to_flower_console()
+        self.skip_failed_rounds = bool(skip_failed_rounds)
+        self.node_wait_s = float(node_wait_s)
+        self.hide_weights = bool(hide_weights)
+        self.round_metrics: dict[int, MetricRecord] = {}
         self.workers = None if workers is None else tuple(workers)
         self.node_workers = None if node_workers is None else check_node_workers(node_workers)
         self._binding: WorkerBinding | None = None
@@ -129,6 +173,97 @@ class SecRobust(FedAvg):
         self._grid: Grid | None = None
         self._arrays: ArrayRecord | None = None
         self._config: ConfigRecord | None = None
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], **overrides: Any) -> "SecRobust":
+        """The strategy ``[tool.flwr.app.config]`` (``context.run_config``) describes: the operators' files
+        in ``secrobust-dir`` (else ``$SECROBUST_DIR``) and each key of ``RUN_CONFIG_KEYS`` present; keywords
+        given here win (e.g. ``on_round``). One ``SecRobustError`` for a missing folder or a mistyped value."""
+        kw: dict[str, Any] = {}
+        for key, (name, kind) in RUN_CONFIG_KEYS.items():
+            if key not in run_config:
+                continue
+            raw = run_config[key]
+            try:
+                if kind is bool:
+                    if not isinstance(raw, bool):
+                        raise TypeError("true or false")
+                    value: Any = raw
+                elif kind is dict:
+                    value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
+                    if not isinstance(value, dict):
+                        raise TypeError("a JSON object in a string, e.g. '{\"m\": 3}'")
+                elif kind is int:
+                    if isinstance(raw, bool) or not isinstance(raw, int):
+                        raise TypeError("an integer")
+                    value = raw
+                else:
+                    value = kind(raw)
+            except (TypeError, ValueError) as exc:
+                raise SecRobustError(f"run config {key} = {raw!r}: expected {exc if isinstance(exc, TypeError) else kind.__name__}") from None
+            if name in ("min_participants", "norm_bound") and not value:
+                value = None
+            kw[name] = value
+        kw.update(overrides)
+        if "operators" not in kw:
+            kw["operators"] = operator_files(run_config.get(DIR_KEY))
+        try:
+            return cls(**kw)
+        except (ValueError, TypeError) as exc:
+            raise SecRobustError(f"SecRobust settings from the run config: {exc}") from exc
+
+    def minimum_nodes(self) -> tuple[int, str]:
+        """(the fewest participants a round may have, why): the rule's minimum at this f, its options and
+        ``min_participants`` (the servers' default when unset)."""
+        spec, _ = prepare(get_rule(self.rule), self.rule_options, self.reveal)
+        spec = with_min_cohort(spec, self.min_participants or DEFAULT_MIN_PARTICIPANTS)
+        need = spec.minimum(self.f)
+        return need, f"rule {self.rule!r} with f={self.f} needs {spec.needs(self.f)} ({need} participants)"
+
+    def preflight(self, grid: Grid) -> None:
+        """Check what a run needs before any node trains; one ``SecRobustError`` naming what is wrong."""
+        try:
+            binding = self._worker_binding()
+        except (OSError, ValueError, KeyError) as exc:
+            raise SecRobustError(f"secrobust: cannot load the operators' files {self._operators}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        op = self.operator
+        parties = [(name, op.clients[name]) for name in op.sides]
+        if op.dealer is not None:
+            parties.append(("dealer", op.dealer))
+        for name, client in parties:
+            try:
+                client.control("status", timeout=10.0)
+            except (PartyUnreachable, RemoteRejected, ProtocolError) as exc:
+                raise SecRobustError(f"secrobust: {name} does not answer over mutual TLS ({exc}); start the servers "
+                                     "('secrobust flower-servers --dir DIR') and check the addresses in the "
+                                     "operators' files") from exc
+        need, why = self.minimum_nodes()
+        admitted = binding.workers
+        if admitted is not None and len(admitted) < need:
+            raise SecRobustError(f"secrobust: {why}, but the servers admit only {len(admitted)} workers; lower f "
+                                 "or admit more workers")
+        self.min_available_nodes = max(self.min_available_nodes, need)
+        self.min_train_nodes = max(self.min_train_nodes, need)
+        deadline = time.monotonic() + self.node_wait_s
+        while True:
+            connected = len(list(grid.get_node_ids()))
+            if connected >= need:
+                break
+            if time.monotonic() >= deadline:
+                raise SecRobustError(f"secrobust: {why}, but only {connected} SuperNodes connected within "
+                                     f"{self.node_wait_s:g} s (node-wait-s); lower f or start more SuperNodes")
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        log.info("secrobust: %s; %d SuperNodes connected; S0, S1 and the dealer answer", why, connected)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
+        """``preflight``, then FedAvg's ``start``; with no round aggregated (every one skipped), the result
+        holds the initial arrays rather than Flower's empty ArrayRecord."""
+        self.preflight(grid)
+        result = super().start(grid, initial_arrays, *args, **kwargs)
+        if not list(result.arrays.keys()):
+            result.arrays = initial_arrays
+        return result
 
     # the operator
 
@@ -200,6 +335,16 @@ class SecRobust(FedAvg):
         record = RoundRecord(server_round, None, wids, nodes, None, dropped=dropped)
         metrics = self._metrics([cohort[w][1] for w in wids])
         seconds = record.seconds
+        need, why = self.minimum_nodes()
+        if len(wids) < need:
+            by_reason: dict[str, list[int]] = {}
+            for node, reason in sorted(dropped.items()):
+                by_reason.setdefault(reason, []).append(node)
+            record.error = (f"{why}, but only {len(wids)} of the {len(self._asked)} nodes asked gave a usable train "
+                            f"reply" + "".join(f"; node{'s' if len(nodes) > 1 else ''} "
+                                               f"{', '.join(map(str, nodes))}: {reason}"
+                                               for reason, nodes in by_reason.items()))
+            return self._failed(record, t0, metrics)
         try:
             request = self._request(wids, base.size)
             self.operator.open_round(request)
@@ -213,16 +358,63 @@ class SecRobust(FedAvg):
             seconds["collect"] = time.perf_counter() - t1
         except ROUND_ERRORS as exc:
             record.error = f"{type(exc).__name__}: {exc}"
-            log.warning("secrobust round for server round %d failed, the global model stays: %s",
-                        server_round, record.error)
-            self._done(record, t0)
-            return None, metrics
+            return self._failed(record, t0, metrics)
         record.result = result
         self._done(record, t0)
         new = unflatten(base + result.aggregate, self._arrays)
         out = dict(metrics or {})
-        out.update({"secrobust-participants": len(result.participants), "secrobust-rejected": len(result.rejected)})
+        mine = self.round_metric(record)
+        out.update(mine)
+        self.round_metrics[server_round] = MetricRecord(mine)
         return new, MetricRecord(out)
+
+    def _failed(self, record: RoundRecord, t0: float,
+                metrics: MetricRecord | None) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """A round that could not run: a WARNING and, unless ``skip_failed_rounds``, ``SecRobustError``."""
+        self._done(record, t0)
+        if not self.skip_failed_rounds:
+            log.error("secrobust: server round %d failed: %s", record.server_round, record.error)
+            raise SecRobustError(f"secrobust: server round {record.server_round} failed: {record.error} "
+                                 "(skip-failed-rounds = true goes on with the global model unchanged)")
+        log.warning("secrobust: server round %d failed, the global model stays (skip-failed-rounds): %s",
+                    record.server_round, record.error)
+        self.round_metrics[record.server_round] = MetricRecord({"secrobust-failed": 1,
+                                                               "secrobust-seconds": record.seconds["round"]})
+        return None, metrics
+
+    def round_metric(self, record: RoundRecord) -> dict[str, Any]:
+        """A successful round as MetricRecord values (lists of worker ids in the round's row order, weights
+        in the same order), logged on one line."""
+        res = record.result
+        assert res is not None
+        wids = record.worker_ids
+        worker = lambda row: wids[row] if 0 <= row < len(wids) else row   # noqa: E731
+        out: dict[str, Any] = {
+            "secrobust-round-id": int(record.round_id or 0),
+            "secrobust-participants": len(res.participants),
+            "secrobust-rejected": len(res.rejected),
+            "secrobust-seconds": float(record.seconds.get("round", 0.0)),
+            "secrobust-workers": [int(w) for w in wids],
+            "secrobust-declined-workers": sorted(int(w) for w in record.declined),
+            "secrobust-rejected-workers": sorted(int(worker(r)) for r in res.rejected),
+            "secrobust-dropped-nodes": len(record.dropped),
+        }
+        weights = None if self.hide_weights or res.weights is None else np.asarray(res.weights, dtype=np.float64)
+        if weights is not None:
+            out["secrobust-weights"] = [float(v) for v in weights]
+            out["secrobust-selected-workers"] = [int(wids[i]) for i in range(min(len(wids), weights.size))
+                                                 if weights[i] > 0]
+            out["secrobust-excluded-workers"] = [int(wids[i]) for i in range(min(len(wids), weights.size))
+                                                 if weights[i] <= 0 and i not in res.rejected]
+        out = {k: v for k, v in out.items() if not (isinstance(v, list) and not v)}  # Flower cannot type []
+        log.info("secrobust: server round %d (secrobust round %s): %d participants; workers %s; weights %s; "
+                 "selected %s; declined %s; rejected %s; %.2f s", record.server_round, record.round_id,
+                 len(res.participants), list(wids),
+                 "hidden" if weights is None else [round(float(v), 4) for v in weights],
+                 out.get("secrobust-selected-workers", "hidden" if weights is None else []),
+                 {int(w): why for w, why in record.declined.items()} or "none",
+                 {int(worker(r)): why for r, why in res.rejected.items()} or "none", record.seconds.get("round", 0.0))
+        return out
 
     def _done(self, record: RoundRecord, t0: float) -> None:
         record.seconds["round"] = time.perf_counter() - t0
@@ -240,7 +432,11 @@ class SecRobust(FedAvg):
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                log.info("node %d: %s", node, msg.error.reason)
+                reason = msg.error.reason
+                if "fitins.parameters" in reason and NUMPY_CLIENT_HINT not in reason:
+                    reason = f"{reason} ({NUMPY_CLIENT_HINT})"
+                dropped[node] = f"its ClientApp failed: {reason}"
+                log.warning("node %s: train failed in server round %d: %s", node, server_round, reason)
                 continue
             try:
                 wid = self._admit(server_round, node, msg, d)
@@ -336,6 +532,23 @@ class SecRobust(FedAvg):
         return out
 
 
+def operator_files(folder: Any = None) -> list[Path]:
+    """The two operators' TOML files in ``folder`` (``secrobust-dir``; empty or None: ``$SECROBUST_DIR``);
+    ``SecRobustError`` saying what to set when there is none or they are missing."""
+    raw = str(folder or "") or os.environ.get(DIR_ENV, "")
+    if not raw:
+        raise SecRobustError(f"secrobust: no {DIR_KEY}: set it to the folder 'secrobust init' made (the one "
+                             f"'secrobust flower-servers --dir' runs), in [tool.flwr.app.config] or with "
+                             f"flwr run --run-config \"{DIR_KEY}='/path/to/dir'\" (or ${DIR_ENV} where the ServerApp runs)")
+    root = Path(raw).expanduser()
+    files = [root / name for name in OPERATOR_FILES]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise SecRobustError(f"secrobust: {DIR_KEY} = {raw!r} has no {' and no '.join(missing)}; it must be the "
+                             "folder 'secrobust init --out DIR' made")
+    return files
+
+
 def _run_id(grid: Grid) -> int:
     """The run the grid serves (0 if it names none): part of what each binding is signed for."""
     try:
@@ -352,4 +565,4 @@ def _test_seed(seed: bytes | int | None) -> int | str | None:
     return bytes(seed).hex()
 
 
-__all__ = ["RoundRecord", "SecRobust"]
+__all__ = ["RUN_CONFIG_KEYS", "RoundRecord", "SecRobust", "SecRobustError", "operator_files"]

@@ -1,0 +1,190 @@
+"""SecRobust's settings from the run config, its checks at start, rounds that cannot run, per-node errors,
+a NumPyClient app's message, and each round's outcome as a MetricRecord (issue 21): against real S0, S1
+and dealer processes, with the ServerApp and ClientApps in this process (``run_inprocess``)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.client import NumPyClient  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from secrobust.deploy.local import LocalOptions  # noqa: E402
+from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
+from secrobust.flower import keys as K  # noqa: E402
+from secrobust.flower.strategy import SecRobustError, operator_files  # noqa: E402
+
+N = 6
+D = 12
+BYZ = 0
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    srv = FlowerServers(N, tmp_path_factory.mktemp("failfast"),
+                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0))
+    with srv:
+        yield srv
+
+
+def _client(srv: FlowerServers, *before) -> ClientApp:
+    app = ClientApp(mods=[*before, SecRobustMod(worker_config=srv.worker_config_template())])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        w = msg.content["arrays"].to_numpy_ndarrays()[0]
+        step = np.ones(D) + 0.01 * pid
+        if pid == BYZ:
+            step = -30.0 * step
+        return Message(RecordDict({"arrays": ArrayRecord([w + step]),
+                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+
+    return app
+
+
+def _numpy_client_app(srv: FlowerServers) -> ClientApp:
+    class Client(NumPyClient):
+        def fit(self, parameters, config):
+            return [p + 1.0 for p in parameters], 10, {}
+
+    return ClientApp(client_fn=lambda context: Client().to_client(),
+                     mods=[SecRobustMod(worker_config=srv.worker_config_template())])
+
+
+def _run(srv: FlowerServers, client: ClientApp, nodes: int = N, rounds: int = 2, **kw):
+    strategy = SecRobust(srv.operator_configs(), kw.pop("rule", "krum"), kw.pop("f", 1), fraction_evaluate=0.0,
+                         **kw)
+    server = ServerApp()
+    out = {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        out["result"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(D)]), num_rounds=rounds)
+
+    try:
+        run_inprocess(server, client, nodes)
+    finally:
+        strategy.close()
+    return strategy, out.get("result")
+
+
+# settings from the run config
+
+
+def test_without_secrobust_dir_the_error_says_what_to_set(monkeypatch):
+    monkeypatch.delenv("SECROBUST_DIR", raising=False)
+    with pytest.raises(SecRobustError, match="secrobust-dir") as err:
+        SecRobust.from_run_config({"rule": "krum", "f": 1, "secrobust-dir": ""})
+    assert "--run-config" in str(err.value) and "secrobust init" in str(err.value)
+    with pytest.raises(SecRobustError, match="no .*operator-s0"):
+        operator_files("/nonexistent/folder")
+
+
+def test_settings_come_from_the_run_config(servers):
+    cfg = {"secrobust-dir": str(servers.cert_dir), "rule": "multi-krum", "f": 1, "reveal": "weights",
+           "rule-options": '{"m": 2}', "share-window-s": 33.0, "min-participants": 0, "skip-failed-rounds": True,
+           "node-wait-s": 7.5, "hide-weights": True, "unrelated-key": 3}
+    s = SecRobust.from_run_config(cfg, fraction_evaluate=0.0)
+    assert (s.rule, s.f, s.reveal, s.rule_options, s.share_window_s) == ("multi-krum", 1, "weights", {"m": 2}, 33.0)
+    assert s.min_participants is None and s.skip_failed_rounds and s.node_wait_s == 7.5 and s.hide_weights
+    assert [p.resolve() for p in s._operators] == [p.resolve() for p in servers.operator_configs()]
+    for bad in ({"f": "2"}, {"skip-failed-rounds": "yes"}, {"rule-options": "[1]"}, {"rule": "krumm"}):
+        with pytest.raises(SecRobustError, match="run config|settings"):
+            SecRobust.from_run_config({**cfg, **bad})
+
+
+# checks at start
+
+
+def test_unreachable_servers_stop_the_run_before_any_node_trains(tmp_path):
+    from tests.flower.test_flower_launch import provision
+
+    provision(tmp_path / "dep", 3)          # provisioned, nothing started
+    s = SecRobust.from_run_config({"secrobust-dir": str(tmp_path / "dep"), "f": 1})
+    try:
+        with pytest.raises(SecRobustError, match="S0 does not answer over mutual TLS.*flower-servers"):
+            s.preflight(grid=None)          # type: ignore[arg-type]  # the servers are checked first
+    finally:
+        s.close()
+
+
+def test_too_few_nodes_for_the_rule_is_one_error_at_start(servers):
+    trained = []
+    app = _client(servers, lambda msg, ctx, nxt: (trained.append(1), nxt(msg, ctx))[1])
+    with pytest.raises(SecRobustError, match=r"f=1 needs n >= 2f \+ 3 \(5 participants\), but only 4 SuperNodes "
+                       r"connected within 0.5 s"):
+        _run(servers, app, nodes=4, f=1, node_wait_s=0.5)
+    # more than the servers admit: no need to wait for nodes
+    with pytest.raises(SecRobustError, match=r"f=2 .*\(7 participants\), but the servers admit only 6 workers"):
+        _run(servers, app, f=2)
+    assert trained == []                    # no node was asked to train
+
+
+def test_min_available_nodes_follows_the_rule_and_min_participants(servers):
+    s = SecRobust(servers.operator_configs(), "krum", 1, min_participants=6, fraction_evaluate=0.0)
+    assert s.minimum_nodes()[0] == 6
+    s = SecRobust(servers.operator_configs(), "krum", 1, fraction_evaluate=0.0)
+    assert s.minimum_nodes()[0] == 5        # krum's 2f + 3, and the servers' default of 5
+    strategy, result = _run(servers, _client(servers), rounds=1)
+    assert strategy.min_available_nodes == 5 and strategy.min_train_nodes == 5
+
+
+# a round that cannot run, per-node errors, the NumPyClient app
+
+
+def test_a_numpy_client_app_fails_the_run_with_what_to_change(servers, caplog):
+    caplog.set_level(logging.WARNING, logger="secrobust.flower")
+    with pytest.raises(SecRobustError) as err:
+        _run(servers, _numpy_client_app(servers))
+    text = str(err.value)
+    assert "server round 1 failed" in text and "only 0 of the 6 nodes" in text
+    assert "NumPyClient" in text and "@app.train()" in text
+    assert "multi-krum needs" not in text and "skip-failed-rounds" in text
+    warned = [r for r in caplog.records if r.name == "secrobust.flower" and r.levelno == logging.WARNING]
+    assert len({r.getMessage().split(":")[0] for r in warned if "train failed" in r.getMessage()}) == N  # each node
+
+
+def test_skip_failed_rounds_goes_on_with_the_model_unchanged(servers, caplog):
+    caplog.set_level(logging.WARNING, logger="secrobust.flower")
+    strategy, result = _run(servers, _numpy_client_app(servers), skip_failed_rounds=True)
+    assert [r.error is not None for r in strategy.history] == [True, True]
+    assert np.array_equal(result.arrays.to_numpy_ndarrays()[0], np.zeros(D))
+    assert strategy.round_metrics[1]["secrobust-failed"] == 1
+    assert any("skip-failed-rounds" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+# results in Flower's channels
+
+
+def test_each_round_is_a_metric_record_and_a_log_line(servers, caplog):
+    caplog.set_level(logging.INFO, logger="secrobust.flower")
+    strategy, result = _run(servers, _client(servers), reveal="weights")
+    for r in (1, 2):
+        m = strategy.round_metrics[r]
+        assert m["secrobust-workers"] == list(range(N))
+        weights = m["secrobust-weights"]
+        assert len(weights) == N and weights[BYZ] == 0.0 and sum(weights) == pytest.approx(1.0)
+        assert BYZ not in m["secrobust-selected-workers"] and BYZ in m["secrobust-excluded-workers"]
+        assert m["secrobust-participants"] == N and m["secrobust-seconds"] > 0
+        assert "secrobust-declined-workers" not in m        # none declined
+        # in the train metrics Flower keeps (and logs as "Aggregated MetricRecord")
+        assert result.train_metrics_clientapp[r]["secrobust-weights"] == weights
+    lines = [r.getMessage() for r in caplog.records if r.name == "secrobust.flower" and "server round" in r.getMessage()]
+    assert len(lines) == 2 and all("weights [0.0," in line and "selected" in line for line in lines)
+    assert not np.array_equal(result.arrays.to_numpy_ndarrays()[0], np.zeros(D))
+
+
+def test_hidden_weights_stay_out_of_metrics_and_logs(servers, caplog):
+    caplog.set_level(logging.INFO, logger="secrobust.flower")
+    strategy, _ = _run(servers, _client(servers), rounds=1, reveal="weights", hide_weights=True)
+    m = strategy.round_metrics[1]
+    assert "secrobust-weights" not in m and "secrobust-selected-workers" not in m
+    assert any("weights hidden" in r.getMessage() for r in caplog.records if r.name == "secrobust.flower")
