@@ -1,0 +1,232 @@
+"""The real thing (issue 21): Flower 1.42's Deployment Engine on 127.0.0.1 with secrobust's servers.
+
+One ``flower-superlink``, five ``flower-supernode`` processes (each its own ``$FLWR_HOME``, its worker's
+TOML file in ``--node-config``), ``secrobust flower-servers`` (dealer, S0, S1 from a folder
+``secrobust init --local-keys`` made, mutual TLS between them and with every worker), and ``flwr run``
+of the numpy app in ``flwr_app/`` through a connection in ``$FLWR_HOME/config.toml``:
+
+* a 2-round Krum run with worker 0 Byzantine ends ``finished:completed``, worker 0 has weight 0 in both
+  rounds, the model changed, and the rounds' lines reach ``flwr log``;
+* a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error.
+
+Flower's own links run with ``--insecure`` (the test is about secrobust's links, which keep mutual TLS).
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: the SuperLink would otherwise ``uv sync`` the app's
+dependencies into a fresh environment, which needs the network and a published secrobust; the app runs in
+this venv instead (docs/flower.md). Readiness is waited on, never slept for: the servers' ready file, the
+SuperLink's port, and the strategy's own check that the rule's five nodes are connected (``node-wait-s``).
+Every process started here, and every process they started, is killed at the end, even on failure.
+Slow (about 2-3 minutes on a loaded 2-core machine): ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from tests.flower.test_flower_launch import free_ports, provision  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+APP = Path(__file__).resolve().parent / "flwr_app"
+NODES = 5
+BYZANTINE = 0           # worker 0 (partition id 0) sends -20 x its honest step
+RUN_TIMEOUT_S = 900.0
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[-1].split()
+        out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and every process below it, now."""
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+class Processes:
+    """What the test starts; ``kill_all`` ends each of them and everything they started."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.seen: set[int] = set()
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")
+        try:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env or self.env, cwd=str(self.root), start_new_session=True)
+        finally:
+            log.close()
+        self.procs[name] = proc
+        return proc
+
+    def note(self) -> None:
+        """Remember every descendant alive now (Flower's SuperExec and app processes leave the group)."""
+        for proc in self.procs.values():
+            self.seen.update(_tree(proc.pid))
+
+    def log(self, name: str, lines: int = 40) -> str:
+        path = self.root / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def kill_all(self) -> None:
+        self.note()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.note()
+        for pid in self.seen:
+            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    if pid != os.getpid() and pid != os.getpgrp():
+                        kill()
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _wait(what: str, ok, timeout: float, procs: Processes, names: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        for name in names:
+            if procs.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited while waiting for {what}:\n{procs.log(name)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(procs.log(n) for n in names))
+        time.sleep(0.2)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    if not (BIN / "flower-superlink").exists() or not (BIN / "flower-supernode").exists():
+        pytest.skip("flwr's flower-superlink / flower-supernode are not in this venv")
+    root = tmp_path_factory.mktemp("flower-deployment")
+    sec = root / "secrobust"
+    provision(sec, NODES)
+    link, *runtime = free_ports(1 + NODES)
+    env = dict(os.environ)
+    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",    # flower-superexec must be on PATH
+                "FLWR_HOME": str(root / "flwr"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"})
+    (root / "flwr").mkdir()
+    (root / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "ci"\n\n[superlink.ci]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    procs = Processes(root, env)
+    try:
+        ready = root / "servers.ready"
+        procs.start("servers", [str(BIN / "secrobust"), "flower-servers", "--dir", str(sec), "--ready-file",
+                                str(ready), "--start-timeout", "300"])
+        procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                                  "--port", str(link)])
+        for i in range(NODES):
+            node_env = {**env, "FLWR_HOME": str(root / f"flwr-node-{i}")}
+            worker = sec / f"worker-{i}" / f"worker-{i}.toml"
+            procs.start(f"node-{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                                      "--port", str(runtime[i]), "--node-config",
+                                      f"partition-id={i} num-partitions={NODES} secrobust-worker-config='{worker}'"],
+                        env=node_env)
+        _wait("the SuperLink's port", lambda: _listening(link), 300, procs, ("superlink",))
+        _wait("secrobust's servers", ready.exists, 300, procs, ("servers",))
+        yield {"root": root, "env": env, "sec": sec, "procs": procs}
+    finally:
+        procs.kill_all()
+    leftover = [p for p in procs.seen if Path(f"/proc/{p}").exists()
+                and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"]
+    assert not leftover, f"processes left running: {leftover}"
+
+
+def _flwr(dep, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flwr"), *args], env=dep["env"], cwd=str(dep["root"]), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _run(dep, overrides: str) -> str:
+    res = _flwr(dep, "run", str(APP), "ci", "--format", "json", "--run-config",
+                f"secrobust-dir='{dep['sec']}' {overrides}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["success"], out
+    dep["procs"].note()
+    return str(out["run-id"])
+
+
+def _finished(dep, run_id: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        res = _flwr(dep, "ls", "ci", "--run-id", run_id, "--format", "json", timeout=120)
+        if res.returncode == 0:
+            runs = json.loads(res.stdout).get("runs", [])
+            if runs and str(runs[0]["status"]).startswith("finished"):
+                return runs[0]
+        dep["procs"].note()
+        assert time.monotonic() < deadline, f"run {run_id} did not finish: {res.stdout}{res.stderr}\n" + \
+            dep["procs"].log("superlink")
+        time.sleep(2.0)
+
+
+def test_flwr_run_completes_and_the_byzantine_node_gets_weight_0(deployment):
+    summary = deployment["root"] / "summary.json"
+    run_id = _run(deployment, f"num-server-rounds=2 f=1 byzantine=1 node-wait-s=600.0 summary-file='{summary}'")
+    run = _finished(deployment, run_id)
+    assert run["status"] == "finished:completed", run
+    got = json.loads(summary.read_text())
+    assert [r["server_round"] for r in got["rounds"]] == [1, 2]
+    for rnd in got["rounds"]:
+        assert rnd["error"] is None and rnd["workers"] == list(range(NODES))
+        assert rnd["weights"][BYZANTINE] == 0.0 and sum(rnd["weights"]) == pytest.approx(1.0)
+    initial, final = got["initial"], got["final"]
+    assert final != initial and all(v > 0.5 for v in final)     # the honest nodes' direction, not -20x
+    logs = _flwr(deployment, "log", run_id, "ci", "--show", timeout=120)
+    assert "secrobust: server round 2" in logs.stdout + logs.stderr
+
+
+def test_flwr_run_with_an_f_the_nodes_cannot_meet_ends_as_an_error(deployment):
+    run_id = _run(deployment, "num-server-rounds=2 f=2 node-wait-s=5.0")
+    run = _finished(deployment, run_id)
+    assert run["status"] == "finished:failed", run
+    assert "f=2" in run["status-details"] and "7 participants" in run["status-details"], run
