@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -18,12 +15,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = app_config(context)
-    folder = Path(str(cfg.get("secrobust-dir") or os.environ["SECROBUST_DIR"]))
-    operators = [folder / name / f"{name}.toml" for name in ("operator-s0", "operator-s1")]
     net = model()
-    # was: strategy = FedAvg(fraction_evaluate=0.0)
-    strategy = SecRobust(operators, rule=str(cfg.get("rule", "krum")), f=int(cfg.get("f", 0)),
-                         reveal=str(cfg.get("reveal", "distances")), fraction_evaluate=0.0)
+    # was: strategy = FedAvg(fraction_evaluate=0.0); rule, f, reveal, servers (secrobust-dir), ... come from
+    # [tool.flwr.app.config]; a missing secrobust-dir or unreachable servers stop the run with one clear error
+    strategy = SecRobust.from_run_config(cfg, fraction_evaluate=0.0)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         net.load_state_dict(arrays.to_torch_state_dict())
