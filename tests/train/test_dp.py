@@ -33,8 +33,18 @@ def test_clipping_bounds_every_norm_and_keeps_short_rows_and_directions() -> Non
 def test_sensitivity_and_server_noise_are_calibrated_per_rule() -> None:
     assert sensitivity("mean", 20, 2.0) == pytest.approx(0.1)
     assert sensitivity("krum", 20, 2.0) == pytest.approx(4.0)
+    assert sensitivity("norm-clip", 20, 2.0, options={"tau": 0.5}) == pytest.approx(0.025)
     assert server_noise_std("mean", 20, 2.0, 1.5) == pytest.approx(0.15)
+    assert server_noise_std("cclip", 16, 1.0, 2.0, options={"tau": 0.25}) == pytest.approx(2.0 * 0.5 / 16)
+    with pytest.raises(ValueError, match="no sensitivity bound"):
+        server_noise_std("cclip", 16, 1.0, 2.0)  # no silent 2C: the median tau moves with one worker
+
+
+def test_epsilon_covers_everything_only_when_nothing_else_is_released() -> None:
     assert is_formal("mean") and not is_formal("geomed")
+    assert is_formal("krum", reveal="aggregate") and not is_formal("krum", reveal="weights")
+    assert not is_formal("norm-clip") and is_formal("norm-clip", reveal="aggregate")
+    assert not is_formal("mean", pre="nnm")  # NNM opens the distances
 
 
 def test_epsilon_matches_opacus_called_directly() -> None:
