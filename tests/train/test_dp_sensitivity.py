@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust.privacy import NoSensitivityBound, rule_sensitivity, sensitivity, sum_form
+from secrobust.privacy import (
+    NoSensitivityBound,
+    rule_sensitivity,
+    sensitivity,
+    sum_form,
+)
 
 C = 1.0
 SLACK = 1e-5  # fixed-point encoding of the rows and weights (F = 20: about 1e-6 per coordinate)

@@ -37,7 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from secrobust.privacy import covers_everything, per_worker_bound, rule_sensitivity, sum_form
+from secrobust.privacy import (
+    covers_everything,
+    per_worker_bound,
+    rule_sensitivity,
+    sum_form,
+)
 
 
 def clip_rows(updates: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:

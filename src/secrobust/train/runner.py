@@ -45,10 +45,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from secrobust.train.attacks import flips_labels, is_ring_attack, make_attack, rule_context
+from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule
+from secrobust.train.attacks import (
+    flips_labels,
+    is_ring_attack,
+    make_attack,
+    rule_context,
+)
 from secrobust.train.config import RunSpec, TrainConfig
 from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
-from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule
 from secrobust.train.dp import (
     PrivacyAccountant,
     check_sampled_rule,
@@ -424,9 +429,8 @@ def run(
             weights[t, members] = scale * np.asarray(result.weights, dtype=np.float64)[: len(members)]
         participation[members] += 1
         byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
-        workers_of = (lambda j: j) if q == 1 else (lambda j: int(members[j]))
         rejected[t] = len(now_rejected) + screened
-        rejected_honest += sum(not is_byz[workers_of(w)] for w in now_rejected)
+        rejected_honest += sum(not is_byz[w if q == 1 else int(members[w])] for w in now_rejected)
         rejected_since_eval.append(len(now_rejected) + screened)
         if accountant is not None:
             accountant.step()
