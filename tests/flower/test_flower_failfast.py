@@ -188,3 +188,18 @@ def test_hidden_weights_stay_out_of_metrics_and_logs(servers, caplog):
     m = strategy.round_metrics[1]
     assert "secrobust-weights" not in m and "secrobust-selected-workers" not in m
     assert any("weights hidden" in r.getMessage() for r in caplog.records if r.name == "secrobust.flower")
+
+
+def test_each_round_is_a_json_line_in_the_history_file(servers, tmp_path):
+    import json
+
+    path = tmp_path / "history.jsonl"
+    strategy, _ = _run(servers, _client(servers), reveal="weights", history_file=str(path))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["server_round"] for r in lines] == [1, 2]
+    for line, rec in zip(lines, strategy.history):
+        assert line["workers"] == list(range(N)) and line["nodes"] == list(rec.node_ids)
+        assert line["weights"] == [float(v) for v in rec.result.weights] and line["weights"][BYZ] == 0.0
+        assert line["error"] is None and line["seconds"]["round"] > 0
+    s = SecRobust.from_run_config({"secrobust-dir": str(servers.cert_dir), "history-file": str(path)})
+    assert s.history_file == path

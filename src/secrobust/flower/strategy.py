@@ -83,7 +83,7 @@ RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
     "rule-options": ("options", dict), "skip-failed-rounds": ("skip_failed_rounds", bool),
     "node-wait-s": ("node_wait_s", float), "fraction-train": ("fraction_train", float),
     "min-train-nodes": ("min_train_nodes", int), "fraction-evaluate": ("fraction_evaluate", float),
-    "hide-weights": ("hide_weights", bool),
+    "hide-weights": ("hide_weights", bool), "history-file": ("history_file", str),
 }
 """``[tool.flwr.app.config]`` key -> (``SecRobust`` keyword, type) that ``SecRobust.from_run_config`` reads.
 ``min-participants`` and ``norm-bound`` of 0 mean unset; ``rule-options`` is a JSON object as a string."""
@@ -137,9 +137,11 @@ class SecRobust(FedAvg):
                  share_timeout_s: float | None = None, workers: Iterable[int] | None = None,
                  node_workers: Mapping[int, int] | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None, skip_failed_rounds: bool = False,
-                 node_wait_s: float = 120.0, hide_weights: bool = False, **fedavg: Any) -> None:
+                 node_wait_s: float = 120.0, hide_weights: bool = False,
+                 history_file: str | Path | None = None, **fedavg: Any) -> None:
         super().__init__(**fedavg)
         _to_flower_console()
+        self.history_file = Path(history_file).expanduser() if history_file else None
         self.skip_failed_rounds = bool(skip_failed_rounds)
         self.node_wait_s = float(node_wait_s)
         self.hide_weights = bool(hide_weights)
@@ -416,9 +418,28 @@ class SecRobust(FedAvg):
                  {int(worker(r)): why for r, why in res.rejected.items()} or "none", record.seconds.get("round", 0.0))
         return out
 
+    def history_line(self, record: RoundRecord) -> dict[str, Any]:
+        """What ``history_file`` keeps of a round: what it made public (no weights with ``hide_weights``)."""
+        res = record.result
+        weights = None if res is None or res.weights is None or self.hide_weights else \
+            [float(v) for v in res.weights]
+        return {"server_round": record.server_round, "round_id": record.round_id,
+                "workers": [int(w) for w in record.worker_ids], "nodes": [int(n) for n in record.node_ids],
+                "rule": self.rule, "f": self.f, "reveal": self.reveal, "weights": weights,
+                "participants": None if res is None else [int(record.worker_ids[i]) for i in res.participants
+                                                          if 0 <= i < len(record.worker_ids)],
+                "rejected": {} if res is None else {str(record.worker_ids[i] if 0 <= i < len(record.worker_ids)
+                                                        else i): why for i, why in res.rejected.items()},
+                "declined": {str(w): why for w, why in record.declined.items()},
+                "dropped": {str(n): why for n, why in record.dropped.items()}, "error": record.error,
+                "seconds": {k: round(v, 4) for k, v in record.seconds.items()}}
+
     def _done(self, record: RoundRecord, t0: float) -> None:
         record.seconds["round"] = time.perf_counter() - t0
         self.history.append(record)
+        if self.history_file is not None:
+            with open(self.history_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(self.history_line(record)) + "\n")
         if self.on_round is not None:
             self.on_round(record)
 
