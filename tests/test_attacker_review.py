@@ -52,8 +52,6 @@ def test_an_honest_worker_over_norm_bound_does_not_lower_f():
     assert 7 in excluded.rejected
 
 
-@pytest.mark.xfail(strict=True, reason="low: multi-krum with an explicit m aborts with a ValueError mid-round "
-                   "(after the triple is spent) once dropouts and rejections leave fewer than m workers")
 @pytest.mark.parametrize("reveal", ["distances", "weights"])
 def test_multi_krum_explicit_m_after_rejections_is_a_round_abort(reveal):
     """rule options × dropouts × rejections. ``m`` is checked against the planned n when the round opens,

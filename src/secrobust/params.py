@@ -21,7 +21,7 @@ from .protocol.server import check_noise_std
 from .rules import secure
 from .rules.plain import split_options
 from .rules.pre import PreStep, check_pre_mode, split_pre, with_pre
-from .rules.registry import RuleSpec, get_rule, with_min_cohort
+from .rules.registry import RuleSpec, check_min_participants, get_rule, with_cohort
 from .scale import Scale
 from .scale import resolve as resolve_scale
 from .updates import as_matrix, check_ring_rows, check_unchecked
@@ -91,7 +91,8 @@ class RoundParams:
               options: Mapping[str, Any] | None = None) -> "RoundParams":
         """Every check of a round's public parameters, in the one order all entry points share; ValueError
         (or TypeError) with the first problem found. ``reveal`` None is the rule's default mode."""
-        spec = with_min_cohort(get_rule(rule), min_participants)
+        check_min_participants(min_participants)
+        spec = with_cohort(get_rule(rule), min_participants, options or {})
         ring.check_frac_bits(frac_bits)
         _check_keywords(rule, options or {})
         reveal = secure.default_mode(rule) if reveal is None else reveal

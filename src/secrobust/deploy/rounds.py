@@ -29,7 +29,7 @@ from ..protocol.server import RoundPlan
 from ..randomness import SeedSource
 from ..rules import secure
 from ..rules.pre import check_pre_mode, split_pre, with_pre
-from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_min_cohort
+from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_cohort
 from ..params import RoundParams
 from ..updates import encode_center
 
@@ -185,7 +185,7 @@ class RoundRequest:
 
     def cohort_spec(self, server_minimum: int) -> RuleSpec:
         """The rule with the round's minimum cohort: the larger of the server's and the request's."""
-        return with_min_cohort(self.spec, max(server_minimum, self.min_participants or 0))
+        return with_cohort(self.spec, max(server_minimum, self.min_participants or 0), self.options)
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the request: equal at both servers iff they run the same round."""

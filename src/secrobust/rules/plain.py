@@ -15,7 +15,7 @@ from .. import prg, ring, validity
 from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
 from .possible import choose_possible, effective_f, require_passed
 from .pre import split_pre, with_pre
-from .registry import get_rule, with_min_cohort
+from .registry import get_rule, with_cohort
 from .view import DISTANCES, Choice, View, view_words
 
 
@@ -62,7 +62,7 @@ def plain_run(updates: Any, rule: str, f: int, frac_bits: int = ring.DEFAULT_FRA
     the opened view, like the servers; ``min_participants`` adds the servers' minimum cohort.
     ``rule_on_view=False`` stops before the rule (its twin on shares runs on the ring view instead);
     ``pre=``/``s=`` in ``options`` mix the updates first (``rules.pre``; bucketing draws from ``pre_seed``)."""
-    spec = get_rule(rule) if min_participants is None else with_min_cohort(get_rule(rule), min_participants)
+    spec = with_cohort(get_rule(rule), min_participants, options)
     x = as_matrix(updates)
     n, d = x.shape
     center_value, rule_options = split_options(rule, options)

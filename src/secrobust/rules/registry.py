@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .view import Choice, View
 
@@ -22,6 +22,8 @@ class RuleSpec:
     """The servers' minimum number of participants (``with_min_cohort``), on top of the rule's own."""
     option_names: tuple[str, ...] | None = None
     """The options ``choose`` takes, when it is a wrapper whose signature does not say (``rules.pre``)."""
+    cohort_reason: str = "min_participants"
+    """What set ``cohort``: the servers' minimum, or an option of the rule (multi-krum's m)."""
 
     def minimum(self, f: int) -> int:
         """The fewest participants a round with this f may aggregate."""
@@ -30,7 +32,7 @@ class RuleSpec:
     def needs(self, f: int) -> str:
         """What ``minimum(f)`` asks for, in words."""
         if self.cohort > self.min_n(f):
-            return f"at least {self.cohort} participants (min_participants)"
+            return f"at least {self.cohort} participants ({self.cohort_reason})"
         return self.requirement
 
     def options(self) -> tuple[str, ...]:
@@ -68,6 +70,22 @@ def with_min_cohort(spec: RuleSpec, m: int) -> RuleSpec:
     """``spec`` that also needs at least m participants, wherever the servers count them: when the
     participants are fixed (after dropouts), after the input validity check, and before the rule runs."""
     return replace(spec, cohort=check_min_participants(m))
+
+
+def option_floor(rule: str, options: Mapping[str, Any]) -> int:
+    """Participants the rule's own options need: multi-krum averages m workers, so a round left with fewer
+    (after dropouts and rejections) cannot run and aborts like any too-small cohort."""
+    m = options.get("m") if rule == "multi-krum" else None
+    return m if isinstance(m, int) and not isinstance(m, bool) and m >= 2 else 0
+
+
+def with_cohort(spec: RuleSpec, min_participants: int | None, options: Mapping[str, Any]) -> RuleSpec:
+    """``spec`` with the servers' minimum cohort (None: none) and the floor its options set, whichever is
+    larger; the one place every path (secure round, twin, deployment) sets a round's minimum."""
+    floor = option_floor(spec.name, options)
+    if floor > (min_participants or 1):
+        return replace(spec, cohort=floor, cohort_reason=f"{spec.name}'s m = {floor}")
+    return spec if min_participants is None else with_min_cohort(spec, min_participants)
 
 
 _REGISTRY: dict[str, RuleSpec] = {}
