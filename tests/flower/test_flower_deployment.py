@@ -1,15 +1,19 @@
 """The real thing (issue 21): Flower 1.42's Deployment Engine on 127.0.0.1 with secrobust's servers.
 
-One ``flower-superlink``, five ``flower-supernode`` processes (each its own ``$FLWR_HOME``, its worker's
-TOML file in ``--node-config``), ``secrobust flower-servers`` (dealer, S0, S1 from a folder
+One ``flower-superlink`` with TLS and SuperNode authentication, five ``flower-supernode`` processes
+(each its own ``$FLWR_HOME``, its Flower node key registered and pinned to its worker by ``secrobust
+flower-nodes``, the command line that wrote), ``secrobust flower-servers`` (dealer, S0, S1 from a folder
 ``secrobust init --local-keys`` made, mutual TLS between them and with every worker), and ``flwr run``
 of the numpy app in ``flwr_app/`` through a connection in ``$FLWR_HOME/config.toml``:
 
 * a 2-round Krum run with worker 0 Byzantine ends ``finished:completed``, worker 0 has weight 0 in both
   rounds, the model changed, and the rounds' lines reach ``flwr log``;
-* a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error.
+* a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error;
+* a registered node that brings another worker's secrobust key (a stolen key) is refused as that worker:
+  its reply is dropped, and with four usable replies for Krum's five the run ends as an error naming it.
 
-Flower's own links run with ``--insecure`` (the test is about secrobust's links, which keep mutual TLS).
+Flower's TLS certificates come from a throwaway CA made here (Flower's links need TLS for SuperNode
+authentication; secrobust's links keep their own mutual TLS).
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: the SuperLink would otherwise ``uv sync`` the app's
 dependencies into a fresh environment, which needs the network and a published secrobust; the app runs in
 this venv instead (docs/flower.md). Readiness is waited on, never slept for: the servers' ready file, the
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -42,6 +47,38 @@ APP = Path(__file__).resolve().parent / "flwr_app"
 NODES = 5
 BYZANTINE = 0           # worker 0 (partition id 0) sends -20 x its honest step
 RUN_TIMEOUT_S = 900.0
+
+
+def flower_tls(out: Path) -> dict[str, Path]:
+    """A throwaway CA and the SuperLink's certificate for 127.0.0.1 (Flower's links, not secrobust's)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flower test CA")])
+
+    def cert(subject, public, extension, critical):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=2)).add_extension(extension, critical=critical)
+                .sign(ca_key, hashes.SHA256()))
+
+    ca = cert(ca_name, ca_key.public_key(), x509.BasicConstraints(ca=True, path_length=None), True)
+    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key(),
+                  x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+    paths = {"ca": out / "ca.crt", "cert": out / "server.pem", "key": out / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
 
 
 def _children() -> dict[int, list[int]]:
@@ -154,25 +191,35 @@ def deployment(tmp_path_factory):
                 "FLWR_HOME": str(root / "flwr"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"})
     (root / "flwr").mkdir()
+    tls = flower_tls(root / "flower-tls")
     (root / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "ci"\n\n[superlink.ci]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "ci"\n\n[superlink.ci]\naddress = "127.0.0.1:{link}"\n'
+        f'root-certificates = "{tls["ca"]}"\n')
     procs = Processes(root, env)
     try:
         ready = root / "servers.ready"
         procs.start("servers", [str(BIN / "secrobust"), "flower-servers", "--dir", str(sec), "--ready-file",
                                 str(ready), "--start-timeout", "300"])
-        procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                  "--port", str(link)])
-        for i in range(NODES):
-            node_env = {**env, "FLWR_HOME": str(root / f"flwr-node-{i}")}
-            worker = sec / f"worker-{i}" / f"worker-{i}.toml"
-            procs.start(f"node-{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                                      "--port", str(runtime[i]), "--node-config",
-                                      f"partition-id={i} num-partitions={NODES} secrobust-worker-config='{worker}'"],
-                        env=node_env)
+        procs.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]),
+                                  "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
+                                  "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(link)])
         _wait("the SuperLink's port", lambda: _listening(link), 300, procs, ("superlink",))
+        # each worker's Flower node key, registered at the SuperLink and pinned to the worker
+        res = subprocess.run([str(BIN / "secrobust"), "flower-nodes", "--dir", str(sec), "--connection", "ci",
+                              "--superlink", f"127.0.0.1:{link}", "--workers", f"0-{NODES - 1}",
+                              "--root-certificates", str(tls["ca"]), "--node-config", f"num-partitions={NODES}"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        pins = json.loads((sec / "node-workers.json").read_text())
+        assert sorted(pins.values()) == list(range(NODES))
+        for i in range(NODES):
+            line = (sec / f"worker-{i}" / "flower-supernode.txt").read_text()
+            argv = shlex.split(line)
+            assert argv[0] == "flower-supernode" and "--auth-supernode-private-key" in argv
+            procs.start(f"node-{i}", [str(BIN / argv[0]), *argv[1:], "--port", str(runtime[i])],
+                        env={**env, "FLWR_HOME": str(root / f"flwr-node-{i}")})
         _wait("secrobust's servers", ready.exists, 300, procs, ("servers",))
-        yield {"root": root, "env": env, "sec": sec, "procs": procs}
+        yield {"root": root, "env": env, "sec": sec, "procs": procs, "link": link, "runtime": runtime, "tls": tls}
     finally:
         procs.kill_all()
     leftover = [p for p in procs.seen if Path(f"/proc/{p}").exists()
@@ -230,3 +277,24 @@ def test_flwr_run_with_an_f_the_nodes_cannot_meet_ends_as_an_error(deployment):
     run = _finished(deployment, run_id)
     assert run["status"] == "finished:failed", run
     assert "f=2" in run["status-details"] and "7 participants" in run["status-details"], run
+
+
+def test_a_registered_node_with_another_workers_key_is_refused(deployment):
+    """Node 4 (authenticated by its own Flower key) runs with worker 3's secrobust files, as a thief of
+    worker 3's key would: node 4 is pinned to worker 4, so its reply is dropped, not counted as worker 3."""
+    procs, sec = deployment["procs"], deployment["sec"]
+    procs.note()
+    node = procs.procs["node-4"]
+    os.killpg(node.pid, signal.SIGTERM)
+    node.wait(timeout=60)
+    argv = shlex.split((sec / "worker-4" / "flower-supernode.txt").read_text())
+    stolen = str(sec / "worker-3" / "worker-3.toml")
+    argv[argv.index("--node-config") + 1] = f"partition-id=4 secrobust-worker-config='{stolen}' num-partitions={NODES}"
+    procs.start("node-4-stolen", [str(BIN / argv[0]), *argv[1:], "--port", str(deployment["runtime"][4])],
+                env={**deployment["env"], "FLWR_HOME": str(deployment["root"] / "flwr-node-4b")})
+    node4 = next(int(n) for n, w in json.loads((sec / "node-workers.json").read_text()).items() if w == 4)
+    run = _finished(deployment, _run(deployment, "num-server-rounds=1 f=1 byzantine=0 node-wait-s=600.0"))
+    assert run["status"] == "finished:failed", run
+    details = run["status-details"]
+    assert f"node {node4} is provisioned as worker 4, its binding proves worker 3" in details, details
+    assert "only 4 of the 5 nodes" in details, details

@@ -203,3 +203,41 @@ def test_each_round_is_a_json_line_in_the_history_file(servers, tmp_path):
         assert line["error"] is None and line["seconds"]["round"] > 0
     s = SecRobust.from_run_config({"secrobust-dir": str(servers.cert_dir), "history-file": str(path)})
     assert s.history_file == path
+
+
+def test_flower_nodes_pins_each_node_and_the_strategy_enforces_it(tmp_path):
+    """secrobust flower-nodes' provisioning with a stand-in for the SuperLink's registration: one key per
+    worker (0600, OpenSSH), registered once, node-workers.json read by from_run_config as node_workers."""
+    import json
+    import shlex
+    import stat
+
+    from secrobust.flower.nodes import provision_nodes
+    from tests.flower.test_flower_launch import provision
+
+    folder = tmp_path / "dep"
+    provision(folder, 3)
+    registered = []
+
+    def register(pub):
+        registered.append(pub.read_text())
+        return 7000 + len(registered)
+
+    mapping = provision_nodes(folder, [0, 1, 2], register, "127.0.0.1:9093", root_certificates=tmp_path / "ca.crt")
+    assert mapping == {7001: 0, 7002: 1, 7003: 2} and len(set(registered)) == 3
+    assert all(p.startswith("ecdsa-sha2-nistp384 ") for p in registered)
+    key = folder / "worker-1" / "flower-node"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    argv = shlex.split((folder / "worker-1" / "flower-supernode.txt").read_text())
+    assert argv[:2] == ["flower-supernode", "--root-certificates"] and argv[argv.index("--superlink") + 1] == \
+        "127.0.0.1:9093" and argv[argv.index("--auth-supernode-private-key") + 1] == str(key.resolve())
+    assert argv[argv.index("--node-config") + 1] == \
+        f"partition-id=1 secrobust-worker-config='{(folder / 'worker-1' / 'worker-1.toml').resolve()}'"
+    # again: the keys and their registration are kept (the SuperLink refuses a key twice)
+    assert provision_nodes(folder, [0, 1, 2], register, "127.0.0.1:9093") == mapping and len(registered) == 3
+    s = SecRobust.from_run_config({"secrobust-dir": str(folder), "f": 1})
+    assert s.node_workers == mapping
+    assert SecRobust.from_run_config({"secrobust-dir": str(folder)}, node_workers=None).node_workers is None
+    (folder / "node-workers.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(SecRobustError, match="node pinning"):
+        SecRobust.from_run_config({"secrobust-dir": str(folder)})

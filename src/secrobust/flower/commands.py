@@ -45,6 +45,33 @@ def _options(items: list[str], flag: str) -> dict[str, Any]:
 def register(app: typer.Typer) -> None:
     """Add ``flower-sim`` and ``flower-servers`` to ``app``."""
 
+    @app.command("flower-nodes")
+    def flower_nodes(dir: Path = typer.Option(..., "--dir", help="the provisioned folder ('secrobust init')"),
+                     connection: str = typer.Option(..., help="the SuperLink connection in $FLWR_HOME/config.toml "
+                                                    "(flwr supernode register uses it)"),
+                     superlink: str = typer.Option(..., help="host:port the SuperNodes reach the SuperLink at"),
+                     workers: str = typer.Option(..., help="worker ids, e.g. '0-5' or '0,3,7'"),
+                     root_certificates: Optional[Path] = typer.Option(None, help="the CA certificate of the "
+                                                                      "SuperLink's TLS (SuperNode auth needs TLS)"),
+                     node_config: str = typer.Option("", help="more --node-config entries for every node"),
+                     flwr: Optional[str] = typer.Option(None, help="the flwr command (default: beside this "
+                                                        "Python)")) -> None:
+        """Give each worker a Flower node key, register it at the SuperLink (SuperNode authentication) and
+        pin the node to the worker: writes node-workers.json, which SecRobust enforces, and each node's
+        flower-supernode command line."""
+        from ..deploy.config import parse_worker_ids
+        from .nodes import default_flwr, flwr_register, provision_nodes
+
+        try:
+            ids = list(parse_worker_ids(workers))
+            mapping = provision_nodes(dir, ids, flwr_register(flwr or default_flwr(), connection), superlink,
+                                      root_certificates=root_certificates, extra_node_config=node_config)
+        except (ValueError, OSError, RuntimeError) as exc:
+            fail(f"{type(exc).__name__}: {one_line(exc)}")
+        for node, wid in sorted(mapping.items(), key=lambda kv: kv[1]):
+            typer.echo(f"worker {wid}: node {node}: {dir / f'worker-{wid}' / 'flower-supernode.txt'}")
+        typer.echo(f"wrote {dir / 'node-workers.json'} (SecRobust pins each node to its worker)", err=True)
+
     @app.command("flower-servers")
     def flower_servers(dir: Path = typer.Option(..., "--dir", help="the provisioned folder: 'secrobust init --out DIR "
                                                 "--workers N --local-keys' (one machine) or by hand"),

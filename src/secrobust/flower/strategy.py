@@ -209,6 +209,12 @@ class SecRobust(FedAvg):
         kw.update(overrides)
         if "operators" not in kw:
             kw["operators"] = operator_files(run_config.get(DIR_KEY))
+            if "node_workers" not in kw:        # secrobust flower-nodes: each Flower node pinned to its worker
+                from .nodes import read_node_workers
+                try:
+                    kw["node_workers"] = read_node_workers(kw["operators"][0].parent.parent)
+                except (ValueError, OSError) as exc:
+                    raise SecRobustError(f"secrobust: the node pinning in {DIR_KEY}: {exc}") from exc
         try:
             return cls(**kw)
         except (ValueError, TypeError) as exc:
@@ -256,7 +262,9 @@ class SecRobust(FedAvg):
                 raise SecRobustError(f"secrobust: {why}, but only {connected} SuperNodes connected within "
                                      f"{self.node_wait_s:g} s (node-wait-s); lower f or start more SuperNodes")
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-        log.info("secrobust: %s; %d SuperNodes connected; S0, S1 and the dealer answer", why, connected)
+        log.info("secrobust: %s; %d SuperNodes connected; S0, S1 and the dealer answer; %s", why, connected,
+                 "each node pinned to its worker (node-workers)" if self.node_workers is not None
+                 else "nodes not pinned: a worker's key is accepted from any node")
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
         """``preflight``, then FedAvg's ``start``; with no round aggregated (every one skipped), the result
