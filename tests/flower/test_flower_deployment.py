@@ -38,7 +38,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from tests.flower.test_flower_launch import free_ports, provision  # noqa: E402
+from tests.flower.test_flower_launch import free_ports, provision
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ class Processes:
         self.seen: set[int] = set()
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed below, once the child has it
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env or self.env, cwd=str(self.root), start_new_session=True)
@@ -146,7 +146,7 @@ class Processes:
                 pass
         self.note()
         for pid in self.seen:
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            for kill in (lambda p=pid: os.killpg(p, signal.SIGKILL), lambda p=pid: os.kill(p, signal.SIGKILL)):
                 try:
                     if pid != os.getpid() and pid != os.getpgrp():
                         kill()
@@ -208,7 +208,7 @@ def deployment(tmp_path_factory):
         res = subprocess.run([str(BIN / "secrobust"), "flower-nodes", "--dir", str(sec), "--connection", "ci",
                               "--superlink", f"127.0.0.1:{link}", "--workers", f"0-{NODES - 1}",
                               "--root-certificates", str(tls["ca"]), "--node-config", f"num-partitions={NODES}"],
-                             env=env, capture_output=True, text=True, timeout=600)
+                             env=env, capture_output=True, text=True, timeout=600, check=False)
         assert res.returncode == 0, res.stdout + res.stderr
         pins = json.loads((sec / "node-workers.json").read_text())
         assert sorted(pins.values()) == list(range(NODES))
@@ -229,7 +229,7 @@ def deployment(tmp_path_factory):
 
 def _flwr(dep, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "flwr"), *args], env=dep["env"], cwd=str(dep["root"]), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def _run(dep, overrides: str) -> str:

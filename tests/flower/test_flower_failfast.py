@@ -11,15 +11,14 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.client import NumPyClient  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
 
-from secrobust.deploy.local import LocalOptions  # noqa: E402
-from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
-from secrobust.flower import keys as K  # noqa: E402
-from secrobust.flower.strategy import SecRobustError, operator_files  # noqa: E402
+from secrobust.deploy.local import LocalOptions
+from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess
+from secrobust.flower.strategy import SecRobustError, operator_files
 
 N = 6
 D = 12
@@ -133,7 +132,10 @@ def test_min_available_nodes_follows_the_rule_and_min_participants(servers):
     assert s.minimum_nodes()[0] == 6
     s = SecRobust(servers.operator_configs(), "krum", 1, fraction_evaluate=0.0)
     assert s.minimum_nodes()[0] == 5        # krum's 2f + 3, and the servers' default of 5
-    strategy, result = _run(servers, _client(servers), rounds=1)
+    s = SecRobust(servers.operator_configs(), "multi-krum", 1, options={"m": 6}, fraction_evaluate=0.0)
+    assert s.minimum_nodes() == (6, "rule 'multi-krum' with f=1 needs at least 6 participants (multi-krum's m = 6) "
+                                    "(6 participants)")
+    strategy, _ = _run(servers, _client(servers), rounds=1)
     assert strategy.min_available_nodes == 5 and strategy.min_train_nodes == 5
 
 

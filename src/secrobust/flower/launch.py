@@ -17,8 +17,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..certs import operator_party, tls_name
 from ..deploy.config import load as load_config
@@ -132,4 +132,4 @@ def serve(folder: Path, parties: Iterable[str] = SERVER_PARTIES, *, ready_file: 
             signal.signal(sig, handler)
 
 
-__all__ = ["ProvisionedServers", "SERVER_PARTIES", "serve"]
+__all__ = ["SERVER_PARTIES", "ProvisionedServers", "serve"]

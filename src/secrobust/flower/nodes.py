@@ -26,8 +26,8 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,7 +61,8 @@ def flwr_register(flwr: str, connection: str, env: Mapping[str, str] | None = No
 
     def register(pub: Path) -> int:
         res = subprocess.run([flwr, "supernode", "register", str(pub), connection, "--format", "json"],
-                             capture_output=True, text=True, timeout=120, env=None if env is None else dict(env))
+                             capture_output=True, text=True, timeout=120, env=None if env is None else dict(env),
+                             check=False)
         try:
             out = json.loads(res.stdout)
         except json.JSONDecodeError:
@@ -116,7 +117,7 @@ def read_node_workers(folder: Path) -> dict[int, int] | None:
         return None
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} is not a JSON object of node id -> worker id")
+        raise TypeError(f"{path} is not a JSON object of node id -> worker id")
     return {int(k): int(v) for k, v in raw.items()}
 
 

@@ -44,7 +44,7 @@ from ..protocol.server import check_noise_std
 from ..rules import secure
 from ..rules.plain import split_options
 from ..rules.pre import prepare
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_min_cohort
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import encode_center
 from . import keys as K
@@ -213,7 +213,7 @@ class SecRobust(FedAvg):
                 from .nodes import read_node_workers
                 try:
                     kw["node_workers"] = read_node_workers(kw["operators"][0].parent.parent)
-                except (ValueError, OSError) as exc:
+                except (ValueError, TypeError, OSError) as exc:
                     raise SecRobustError(f"secrobust: the node pinning in {DIR_KEY}: {exc}") from exc
         try:
             return cls(**kw)
@@ -221,10 +221,10 @@ class SecRobust(FedAvg):
             raise SecRobustError(f"SecRobust settings from the run config: {exc}") from exc
 
     def minimum_nodes(self) -> tuple[int, str]:
-        """(the fewest participants a round may have, why): the rule's minimum at this f, its options and
-        ``min_participants`` (the servers' default when unset)."""
+        """(the fewest participants a round may have, why): the rule's minimum at this f, its options (multi-krum's
+        m) and ``min_participants`` (the servers' default when unset)."""
         spec, _ = prepare(get_rule(self.rule), self.rule_options, self.reveal)
-        spec = with_min_cohort(spec, self.min_participants or DEFAULT_MIN_PARTICIPANTS)
+        spec = with_cohort(spec, self.min_participants or DEFAULT_MIN_PARTICIPANTS, self.rule_options)
         need = spec.minimum(self.f)
         return need, f"rule {self.rule!r} with f={self.f} needs {spec.needs(self.f)} ({need} participants)"
 
