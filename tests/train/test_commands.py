@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,18 @@ def test_demo_writes_results_summary_and_plots(tmp_path: Path, monkeypatch: pyte
         "table_f4.png",
     ]
     assert "final test accuracy" in result.output
+
+
+def test_a_grid_with_dp_noise_and_no_opacus_names_the_dp_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "opacus", None)       # as if the dp extra were not installed
+    path = tmp_path / "dp.toml"
+    path.write_text(TINY + "[dp]\nclip = 1.0\nnoise_multiplier = 1.0\n")
+
+    result = runner.invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "o"), "--no-progress"])
+
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == ("error: differential privacy's accounting needs Opacus, the dp extra: "
+                             "pip install 'secrobust[dp]'\n")
+    assert not (tmp_path / "o" / "results.jsonl").exists()

@@ -1,7 +1,8 @@
 """The ``secrobust demo`` and ``secrobust train`` commands (added to the main CLI by ``register``).
 
 Importing this module needs only typer and rich, so the commands always show in ``--help``; if
-the train extras (torch, scikit-learn, matplotlib, opacus) are missing they say so and exit 2.
+the train extra (torch, scikit-learn, matplotlib) is missing, or the dp extra (opacus) for a grid with DP
+noise, they say so and exit 2.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -178,6 +180,8 @@ def _run_grid_command(
         if rounds is not None:
             cfg = cfg.replace(train={"rounds": rounds})
         check_output_dir(out_dir(cfg))
+        if any(s.dp.enabled and s.dp.noise_multiplier > 0 for s in cfg.runs()) and find_spec("opacus") is None:
+            raise ValueError("differential privacy's accounting needs Opacus, the dp extra: pip install 'secrobust[dp]'")
         torch.set_num_threads(1)
         with _secure_aggregate(transport, cfg, console) as secure_aggregate:
             summary = run_grid(
