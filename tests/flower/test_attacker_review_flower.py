@@ -20,8 +20,8 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 import secrobust  # noqa: E402
-from secrobust.deploy.local import LocalOptions  # noqa: E402
 from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
+from deployments import running  # noqa: E402
 
 N = 7
 D = 24
@@ -33,11 +33,7 @@ HUGE = {0: 1e308, N - 1: -1e308}
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    srv = FlowerServers(N, tmp_path_factory.mktemp("flower-review"),
-                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0,
-                                     insecure_test_seeds=True))
-    with srv:
-        yield srv
+    yield from running(FlowerServers, N, tmp_path_factory.mktemp("flower-review"))
 
 
 def test_byzantine_metrics_do_not_stop_the_server_app(servers, caplog):

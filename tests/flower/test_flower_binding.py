@@ -22,10 +22,10 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 import secrobust  # noqa: E402
-from secrobust.deploy.local import LocalOptions  # noqa: E402
 from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
 from secrobust.flower import keys as K  # noqa: E402
 from secrobust.flower.inprocess import FIRST_NODE_ID  # noqa: E402
+from deployments import running  # noqa: E402
 
 N = 9
 D = 40
@@ -38,11 +38,7 @@ Tamper = Callable[[int, Message, dict[str, Any]], "dict[str, Any] | None"]
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    srv = FlowerServers(N, tmp_path_factory.mktemp("flower-binding"),
-                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0,
-                                     insecure_test_seeds=True))
-    with srv:
-        yield srv
+    yield from running(FlowerServers, N, tmp_path_factory.mktemp("flower-binding"))
 
 
 def _updates(seed: int, rounds: int) -> np.ndarray:

@@ -15,10 +15,11 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 import secrobust  # noqa: E402
-from secrobust.deploy.local import LocalOptions, in_process_reference  # noqa: E402
+from secrobust.deploy.local import in_process_reference  # noqa: E402
 from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
 from secrobust.flower import keys as K  # noqa: E402
 from secrobust.flower.binding import CHALLENGE_FIELD, Challenge, WorkerBinding  # noqa: E402
+from deployments import running  # noqa: E402
 
 N = 7
 D = 60
@@ -27,12 +28,7 @@ SEED = 4321
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    srv = FlowerServers(N, tmp_path_factory.mktemp("flower"),
-                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0,
-                                     insecure_test_seeds=True))
-    with srv:
-        yield srv
-    assert all(not c.alive for c in srv.children.values())
+    yield from running(FlowerServers, N, tmp_path_factory.mktemp("flower"))
 
 
 def _updates(seed: int, rounds: int = 2, n: int = N, d: int = D) -> np.ndarray:

@@ -13,10 +13,11 @@ import pytest
 
 import secrobust
 from secrobust import ring, validity
-from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.deploy.local import LocalDeployment
 from secrobust.deploy.rounds import RoundRequest
 from secrobust.protocol import messages as M
 from secrobust.transport.grpc import RemoteRejected
+from deployments import running
 
 from .helpers import assert_same_result, log_records, oracle
 
@@ -26,12 +27,7 @@ SEED = 1234
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory):
-    d = LocalDeployment(N_WORKERS, tmp_path_factory.mktemp("dep"),
-                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0,
-                                     insecure_test_seeds=True))
-    with d:
-        yield d
-    assert all(not c.alive for c in d.children.values())
+    yield from running(LocalDeployment, N_WORKERS, tmp_path_factory.mktemp("dep"))
 
 
 def _updates(seed: int, n: int = 6, d: int = 40) -> np.ndarray:

@@ -12,12 +12,13 @@ import pytest
 import secrobust
 from secrobust import ring, validity
 from secrobust.pki import make_deployment_certs
-from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.deploy.local import LocalDeployment
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.worker import share_update
 from secrobust.transport.grpc import RemoteRejected
 from secrobust.transport.grpc import wire
+from deployments import running
 
 from .helpers import Background, FakeWorker, assert_same_result, log_records, oracle, pooled
 
@@ -27,12 +28,7 @@ WINDOW = 3.0
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory):
-    d = LocalDeployment(N_WORKERS, tmp_path_factory.mktemp("dep"),
-                        LocalOptions(share_window_s=20.0, peer_timeout_s=15.0, connect_timeout_s=2.0,
-                                     insecure_test_seeds=True))   # the DP-noise test below fixes a seed
-    with d:
-        yield d
-    assert all(not c.alive for c in d.children.values())
+    yield from running(LocalDeployment, N_WORKERS, tmp_path_factory.mktemp("dep"))
 
 
 def _updates(seed: int, n: int = 6, d: int = 40) -> np.ndarray:
