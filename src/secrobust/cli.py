@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from .params import Inputs, RoundParams
 from . import api, examples, rules
-from .cli_io import check_output_file, fail, load_array, one_line, save_npy, save_npz
+from .cli_io import check_output_file, parse_key_values, fail, load_array, one_line, save_npy, save_npz
 from .errors import ProtocolError
 from .rules.plain import split_options
 from .rules.pre import prepare
@@ -31,20 +30,6 @@ console = Console()
 TRANSPORTS = ("inprocess", "grpc")
 ENGINE_KEYWORDS = ("dp_noise_std", "unchecked", "ring_rows", "drop", "chunk_bytes", "min_participants")
 COMMAND_ERRORS = (ValueError, ProtocolError, OSError, MemoryError, RuntimeError)
-
-
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    """``key=value`` items (value read as JSON if it parses, else as text) as a dict with ``-`` in keys as ``_``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option is key=value, got {item!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = raw
-    return out
 
 
 def check_example(n: int, d: int, byzantine: int, seed: int = 0, prefix: str = "--") -> None:
@@ -139,7 +124,7 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
     try:
         if out is not None:
             check_output_file(out)
-        options = _parse_options(option)
+        options = parse_key_values(option)
         rules.get_rule(rule)
         reveal = secure.default_mode(rule) if reveal is None else reveal
         check_reveal(rule, reveal, options)

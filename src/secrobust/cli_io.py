@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
+import json
+from typing import Any, NoReturn
 
 import numpy as np
 import typer
@@ -145,3 +146,17 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 __all__ = ["EXIT_ERROR", "check_file", "check_input_file", "check_output_dir", "check_output_file", "fail", "load_array",
            "one_line", "save_npy", "save_npz"]
 
+
+def parse_key_values(items: list[str], flag: str = "--option") -> dict[str, Any]:
+    """``key=value`` items (the value read as JSON if it parses, else as text) as a dict, ``-`` in keys as
+    ``_``; ValueError naming ``flag`` for an item without ``=`` or a key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} is key=value, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from ..cli_io import EXIT_ERROR, check_output_dir, fail, one_line
+from ..cli_io import EXIT_ERROR, check_output_dir, fail, one_line, parse_key_values
 from .keys import FLWR_VERSION, INSTALL_HINT
 
 
@@ -27,19 +27,6 @@ def _missing_extra() -> str | None:
     except ModuleNotFoundError:
         return "flower-sim trains a PyTorch model: pip install 'secrobust[train,flower]' 'torch==2.13.0'"
     return None
-
-
-def _options(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} is key=value, got {item!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = raw
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -122,8 +109,8 @@ def register(app: typer.Typer) -> None:
         try:
             check_output_dir(out)
             cfg = SimConfig(clients=clients, byzantine=byzantine, rounds=rounds, rule=rule, f=f, attack=attack,
-                            attack_options=_options(attack_option, "--attack-option"), reveal=reveal,
-                            options=_options(option, "--option"), dataset=dataset, model=model,
+                            attack_options=parse_key_values(attack_option, "--attack-option"), reveal=reveal,
+                            options=parse_key_values(option, "--option"), dataset=dataset, model=model,
                             local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, backend=backend).check()
         except (ValueError, TypeError) as exc:
             fail(exc)
