@@ -60,6 +60,57 @@ def test_flowers_simulation_engine_on_ray(tmp_path):
     assert s["byzantine_weight"] == 0.0
 
 
+class _FlakyRay:
+    """Stands in for the ray module: ``ray.init`` fails ``failures`` times the way a loaded machine made it fail."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[str] = []
+
+    def init(self, **kwargs):
+        from ray._private import node
+
+        self.calls.append(f"init {node.wait_for_persisted_port.__name__}")
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y")
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+
+def test_rays_start_alone_is_retried_with_a_patient_port_wait(capsys):
+    pytest.importorskip("ray")
+    from ray._private import node
+
+    from secrobust.flower.sim import start_ray
+
+    original = node.wait_for_persisted_port
+    ray = _FlakyRay(failures=2)
+    start_ray(ray, {"num_cpus": 1})
+    assert ray.calls == ["init patient", "shutdown", "init patient", "shutdown", "init patient"]
+    assert node.wait_for_persisted_port is original
+    assert capsys.readouterr().out.count("starting it again") == 2
+
+    with pytest.raises(RuntimeError, match="Ray did not start in 3 attempts: Timed out waiting for file"):
+        start_ray(_FlakyRay(failures=3), {})
+    assert node.wait_for_persisted_port is original
+
+
+def test_the_patient_wait_lengthens_rays_port_file_timeout(monkeypatch):
+    pytest.importorskip("ray")
+    from ray._private import node
+
+    from secrobust.flower.sim import _patient_port_wait
+
+    seen = []
+    monkeypatch.setattr(node, "wait_for_persisted_port", lambda *a, timeout_ms=30_000, **k: seen.append(timeout_ms))
+    with _patient_port_wait(300_000):
+        node.wait_for_persisted_port("dir", "node", "gcs_server")         # Ray's call: its 30 s default
+        node.wait_for_persisted_port("dir", "node", "gcs", timeout_ms=0)  # a look without waiting stays one
+    assert seen == [300_000, 0]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--clients", "5", "--byzantine", "2", "--rule", "krum"], "needs n >= 2f + 3"),
     (["--attack", "nope"], "unknown attack 'nope'"),

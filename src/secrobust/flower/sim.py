@@ -375,17 +375,96 @@ def run(cfg: SimConfig, out_dir: Path | None = None, *, progress: Any = None) ->
     return summary
 
 
+RAY_START_ATTEMPTS = 3
+RAY_PORT_WAIT_MS = 300_000
+"""How long Ray's start may wait for its GCS server to write its port file (Ray's own default, 30 s, is what
+ran out on a loaded 2-core machine: "Timed out waiting for file .../gcs_server_port_...")."""
+
+
 def _run_ray(server: Any, client: Any, cfg: SimConfig) -> None:
-    """Flower's Simulation Engine on Ray; the ClientApp actors import secrobust from this process's path."""
+    """Flower's Simulation Engine on Ray; the ClientApp actors import secrobust from this process's path.
+
+    Ray is started here rather than by Flower (which uses a running Ray as it is and shuts it down at the end):
+    in its own temporary directory, with its workers at normal priority, a patient wait for its GCS server and,
+    should its start still fail, up to ``RAY_START_ATTEMPTS`` times. Only the start is retried; the simulation
+    runs once."""
+    import shutil
+    import sys
+    import tempfile
+
+    import ray
     from flwr.simulation import run_simulation
 
     src = str(Path(__file__).resolve().parents[2])
     os.environ["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    backend = {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "logging_level": "ERROR"}}
-    run_simulation(server_app=server, client_app=client, num_supernodes=cfg.clients, backend_config=backend)
+    pythonpath = os.pathsep.join([*sys.path, os.environ["PYTHONPATH"]])
+    # short: Ray's socket paths live under it and a Unix socket path has at most 107 bytes
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    # Ray runs its workers (the ClientApps) at niceness 15: on a machine busy with anything else they got a few
+    # per cent of a core and a 2-round test took over 10 minutes; at 0 they get their fair share
+    init_args = {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "logging_level": "ERROR",
+                 "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, "_temp_dir": temp_dir,
+                 "_system_config": {"worker_niceness": 0}}
+    try:
+        start_ray(ray, init_args)
+        backend = {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0}, "init_args": {}}
+        run_simulation(server_app=server, client_app=client, num_supernodes=cfg.clients, backend_config=backend)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def start_ray(ray: Any, init_args: dict[str, Any], attempts: int = RAY_START_ATTEMPTS,
+              port_wait_ms: int = RAY_PORT_WAIT_MS) -> None:
+    """``ray.init(**init_args)``, waiting up to ``port_wait_ms`` for each port file Ray's start waits for, and
+    tried again (after ``ray.shutdown()``, which ends what the failed start had started) up to ``attempts``
+    times in all. The last failure is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with _patient_port_wait(port_wait_ms):
+                ray.init(**init_args)
+            return
+        except Exception as err:  # Ray's start fails with RuntimeError, TimeoutError, ConnectionError, ...
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(f"Ray did not start in {attempts} attempts: {err}") from err
+            print(f"Ray's start failed ({err}); starting it again ({attempt + 1} of {attempts})", flush=True)
+
+
+class _patient_port_wait:
+    """Within the block, Ray's start waits up to ``timeout_ms`` for a port file instead of its 30 s default
+    (``ray._private.node.wait_for_persisted_port``; a Ray without it is left as it is)."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        self.original: Any = None
+
+    def __enter__(self) -> None:
+        try:
+            from ray._private import node
+        except ImportError:
+            return
+        original = getattr(node, "wait_for_persisted_port", None)
+        if original is None:
+            return
+        limit = self.timeout_ms
+
+        def patient(*args: Any, timeout_ms: int = 30_000, **kwargs: Any) -> Any:
+            # timeout 0 is a look without waiting (a restarted GCS): kept as it is
+            return original(*args, timeout_ms=max(timeout_ms, limit) if timeout_ms > 0 else timeout_ms, **kwargs)
+
+        self.original = original
+        node.wait_for_persisted_port = patient
+
+    def __exit__(self, *exc: object) -> None:
+        if self.original is not None:
+            from ray._private import node
+
+            node.wait_for_persisted_port = self.original
+            self.original = None
 
 
 __all__ = ["BACKENDS", "SimConfig", "client_app", "run"]
