@@ -218,10 +218,10 @@ def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
 def test_a_sender_that_trickles_its_payload_is_cut_off(cert_dir, endpoint, lane, monkeypatch):
     import time as _time
 
-    from secrobust.transport.grpc import bulk, secrobust_pb2 as pb
+    from secrobust.transport.grpc import bulk, pace, secrobust_pb2 as pb
 
-    monkeypatch.setattr(bulk, "PAYLOAD_GRACE_S", 0.5)
-    monkeypatch.setattr(bulk, "MIN_RATE", 1e9)
+    monkeypatch.setattr(pace, "PAYLOAD_GRACE_S", 0.5)
+    monkeypatch.setattr(pace, "MIN_RATE", 1e9)
     _, handler, _ = endpoint
     client = _client(cert_dir, "S1", lane[1])
     msg = _msg(d=1000)

@@ -93,7 +93,7 @@ def test_init_writes_loadable_files_and_the_round_command_checks_its_side_first(
 def test_the_upload_pace_is_read_from_timeouts_round_trips_and_must_be_positive(tmp_path):
     from dataclasses import replace
 
-    from secrobust.transport.grpc.bulk import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
+    from secrobust.transport.grpc.pace import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
 
     base = ('party = "S1"\nlisten = "127.0.0.1:1"\n[peers]\nS0 = "127.0.0.1:1"\nS1 = "127.0.0.1:2"\n'
             'dealer = "127.0.0.1:3"\n[tls]\ndir = "c"\n[timeouts]\n')

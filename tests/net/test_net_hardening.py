@@ -231,7 +231,7 @@ def test_a_stalled_grpc_upload_loses_its_slot_and_its_worker_is_dropped(dep):
     nothing. S1 cancels the stream once it falls behind the upload pace (5 s of grace, then 1 MB/s), drops
     the worker from the round (a second try is refused: no certificate holds a slot twice), and the round
     goes on without it."""
-    from secrobust.transport.grpc import bulk
+    from secrobust.transport.grpc import pace
 
     x = _updates(7, d=300_000)
     fake = FakeWorker(dep, 5)
@@ -255,7 +255,7 @@ def test_a_stalled_grpc_upload_loses_its_slot_and_its_worker_is_dropped(dep):
         started = time.monotonic()
         with pytest.raises(Exception):
             fake.s1._call(attempt)          # cancelled by S1 once it fell behind
-        assert time.monotonic() - started < bulk.UPLOAD_GRACE_S + 30
+        assert time.monotonic() - started < pace.UPLOAD_GRACE_S + 30
         go.set()
         again = refusal_after_the_call_ends(lambda: fake.s1.send(msg))
         assert again.code == "out-of-phase" and "dropped" in str(again)

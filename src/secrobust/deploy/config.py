@@ -48,7 +48,7 @@ from typing import Any, Mapping
 from ..certs import (DEALER_ID, ORGS, ROLES, SERVER_IDS, Identity, PartyPaths, check_party_id, operator_server,
                      orgs_of, party_paths, party_role)
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
-from ..transport.grpc.bulk import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
+from ..transport.grpc.pace import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
 
 TLS_KEYS = ("dir", "key", *(f"cert_{o.lower()}" for o in ORGS), *(f"ca_{o.lower()}" for o in ORGS))
 TOP_KEYS = ("party", "listen", "bulk_listen", "state_dir", "log_file", "inbox", "tls", "timeouts", "admission", "peers",
@@ -77,7 +77,7 @@ class PartyConfig:
     upload_min_rate: float = UPLOAD_MIN_RATE
     """S1: a worker's share upload is cut off, and the worker dropped from the round, once it falls behind
     ``upload_min_rate`` bytes per second on average after ``upload_grace_s`` seconds from "go"
-    (``transport.grpc.bulk.Pace``; docs/deployment.md weighs it against slow honest links)."""
+    (``transport.grpc.pace.Pace``; docs/deployment.md weighs it against slow honest links)."""
     bulk_listen: str | None = None
     """Servers: where the bulk lane listens (``transport.grpc.bulk``); None: the host of ``listen`` on a free
     port, announced in ``status``; "off": no bulk lane, every message over gRPC."""

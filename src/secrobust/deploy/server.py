@@ -88,7 +88,8 @@ from ..protocol.server import RoundPlan, noise_share
 from ..rules import secure
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
-from ..transport.grpc.bulk import BulkClient, Pace, lane_beside, send_over
+from ..transport.grpc.bulk import BulkClient, lane_beside, send_over
+from ..transport.grpc.pace import Pace
 from ..transport.grpc.endpoint import CONTROL_LIMIT
 from ..transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
@@ -625,7 +626,7 @@ class ServerRuntime:
         return release
 
     def upload_pace(self, env: pb.Envelope) -> Pace | None:
-        """The pace a worker's share upload must keep at S1 (``transport.grpc.bulk.Pace``; the configured
+        """The pace a worker's share upload must keep at S1 (``transport.grpc.pace.Pace``; the configured
         ``upload_grace_s`` and ``upload_min_rate``); other payloads keep the lanes' default."""
         if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
             return Pace(self.cfg.upload_grace_s, self.cfg.upload_min_rate)

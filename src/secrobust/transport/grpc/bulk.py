@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -32,7 +31,6 @@ import struct
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from google.protobuf.message import DecodeError
@@ -44,6 +42,7 @@ from . import wire
 from .accounting import Accounting
 from .errors import PartyUnreachable, Rejected, RemoteRejected, rejection_for
 from .logs import LOGGER_NAME, Timer, event
+from .pace import Pace, pace_for, payload_deadline
 from .tls import CHUNK_BYTES
 
 if TYPE_CHECKING:
@@ -55,13 +54,6 @@ HEADER_LIMIT = 64 << 10
 HANDSHAKE_S = 10.0
 IDLE_S = 300.0
 IO_S = 120.0
-PAYLOAD_GRACE_S = 30.0
-MIN_RATE = 2e6
-"""Bytes per second a payload must keep up, on average, after ``PAYLOAD_GRACE_S`` seconds of grace (every
-payload but a worker's share, whose receiver sets its own ``Pace``: ``upload_pace``)."""
-UPLOAD_GRACE_S = 5.0
-UPLOAD_MIN_RATE = 1e6
-"""A worker's share upload at S1, by default: 1 MB/s on average from its first byte after 5 s of grace."""
 CONNECTIONS_PER_CALLER = 4
 CONNECTIONS_PER_WORKER = 2
 HEADER_S = 10.0
@@ -143,44 +135,6 @@ def connections_for(caller: str) -> int:
 
 
 # framing
-
-@dataclass(frozen=True)
-class Pace:
-    """The least pace of a payload: ``grace_s`` seconds from the moment the sender may start, then ``rate``
-    bytes per second on average. With ``got`` bytes in, the sender is cut off at ``due(start, got)`` unless
-    more arrive: a sender of nothing at ``start + grace_s``, a trickle soon after, and any sender by
-    ``start + grace_s + total / rate``. Bytes sent ahead of the pace are credit, never a debt."""
-
-    grace_s: float
-    rate: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.grace_s) and self.grace_s > 0 and math.isfinite(self.rate) and self.rate > 0):
-            raise ValueError(f"a pace needs a positive grace and rate, got {self.grace_s!r} s, {self.rate!r} B/s")
-
-    def due(self, start: float, got: int) -> float:
-        return start + self.grace_s + got / self.rate
-
-    def limit(self, nbytes: int) -> float:
-        """The longest a payload of ``nbytes`` can take: ``due`` with every byte but the last in."""
-        return self.grace_s + nbytes / self.rate
-
-
-def default_pace() -> Pace:
-    return Pace(PAYLOAD_GRACE_S, MIN_RATE)
-
-
-def pace_for(handler: Any, env: pb.Envelope) -> Pace:
-    """The pace the handler asks of this payload (``upload_pace(env)``), else ``default_pace()``."""
-    own = getattr(handler, "upload_pace", None)
-    pace = own(env) if own is not None else None
-    return pace if pace is not None else default_pace()
-
-
-def payload_deadline(nbytes: int) -> float:
-    """How long a payload of ``nbytes`` may take to arrive or be read: ``default_pace().limit``."""
-    return default_pace().limit(nbytes)
-
 
 class Stalled(socket.timeout):
     """A payload fell behind its ``Pace``."""

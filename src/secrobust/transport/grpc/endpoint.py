@@ -46,9 +46,9 @@ from . import secrobust_pb2 as pb
 from . import wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
-from .bulk import Pace, pace_for, payload_deadline
 from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
+from .pace import Pace, pace_for, payload_deadline
 from .tls import server_credentials, server_options, peer_party
 
 SERVICE = "secrobust.v1.Party"
