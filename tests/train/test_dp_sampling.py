@@ -126,11 +126,12 @@ def test_byzantine_rows_over_the_bound_add_nothing_and_keep_the_denominator(
         assert norms.max() <= C * (1 + 1e-12)  # every row passes: the engine divides by the rows it was given
 
 
-@pytest.mark.parametrize(("rule", "options"), [("krum", {}), ("cclip", {"cclip": {"tau": 0.02}}),
-                                               ("norm-clip", {}), ("mean+nnm", {})])
+@pytest.mark.parametrize(("rule", "options", "match"), [
+    ("krum", {}, "fixed denominator"), ("cclip", {"cclip": {"tau": 0.02}}, "fixed denominator"),
+    ("norm-clip", {}, "median norm"), ("mean+nnm", {}, "fixed denominator")])
 def test_sampling_under_dp_refuses_rules_without_a_fixed_denominator_sum(
-        train: Callable[..., RunResult], rule: str, options: dict) -> None:
-    with pytest.raises(ValueError, match="fixed denominator"):
+        train: Callable[..., RunResult], rule: str, options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         train(rule, rounds=1, rule_options=options)
 
 
@@ -165,3 +166,15 @@ def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert one_spec(train={"sample_rate": 0.5}).run_id != spec.run_id
+
+
+@pytest.mark.parametrize(("sections", "match"), [
+    ({"grid": {"rules": ["mean", "cclip"]}}, "median distance"),
+    ({"grid": {"rules": ["mean", "krum"]}, "train": {"sample_rate": 0.5}}, "fixed denominator"),
+    ({"grid": {"attacks": ["random-ring"]}, "train": {"sample_rate": 0.5}}, "ring attacks"),
+])
+def test_a_dp_grid_with_a_rule_it_cannot_bound_is_refused_before_any_run(
+        small_config: Callable[..., Any], sections: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        small_config(dp={"clip": 1.0, "noise_multiplier": 1.0}, **sections)
+    small_config(**sections)  # without noise the same grid is fine

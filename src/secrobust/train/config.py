@@ -238,6 +238,29 @@ class ExperimentConfig:
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.dp.enabled and self.dp.noise_multiplier > 0:
+            self._check_dp_rules()
+
+    def _check_dp_rules(self) -> None:
+        """Under DP every rule of the grid needs a sensitivity bound (and, with client sampling, a fixed-denominator
+        sum): refuse the grid before any run, naming the rules that have one (docs/privacy.md)."""
+        from secrobust.train.attacks import is_ring_attack
+        from secrobust.train.dp import check_sampled_rule, sensitivity
+
+        for label in self.grid.rules:
+            rule, pre, reveal = parse_label(label)
+            options = dict(self.rule_options.get(rule, {}))
+            for f in self.grid.f:
+                if 0 <= f < self.train.workers:
+                    sensitivity(rule, self.train.workers - f, self.dp.clip, f=f, options=options, pre=pre,
+                                reveal=reveal)
+            if self.train.sample_rate < 1:
+                check_sampled_rule(rule, options, pre)
+        if self.train.sample_rate < 1 and any(map(is_ring_attack, self.grid.attacks)) and max(self.grid.f) > 0:
+            raise ValueError("ring attacks send ring elements the validity check rejects, which would change the fixed "
+                             "denominator of a sampled DP round; use train.sample_rate = 1 for them")
+
     def runs(self) -> list[RunSpec]:
         """The grid rules x attacks x f x seeds x data_seeds x secure, in that nesting order."""
         g = self.grid
