@@ -133,12 +133,26 @@ def _run(
         # Every run kept is on disk and no worker is left. The exit handlers run (multiprocessing's release its
         # semaphores); the interpreter's teardown of torch, about a second on its own, is skipped.
         atexit._run_exitfuncs()
+        _stop_resource_tracker()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(143 if terminated else 130)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_resource_tracker() -> None:
+    """End multiprocessing's resource tracker (started with --jobs' pool) and reap it, rather than leave it to
+    notice our exit a moment later (``_stop`` is CPython's own, present since 3.8; skipped where absent)."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
 
 
 def _kept_runs(load: Callable[[], Any], out_dir: Callable[[Any], Path]) -> int:
