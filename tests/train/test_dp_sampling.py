@@ -178,3 +178,13 @@ def test_a_dp_grid_with_a_rule_it_cannot_bound_is_refused_before_any_run(
     with pytest.raises(ValueError, match=match):
         small_config(dp={"clip": 1.0, "noise_multiplier": 1.0}, **sections)
     small_config(**sections)  # without noise the same grid is fine
+
+
+def test_sampling_over_an_injected_deployment_is_refused(digits: Dataset, one_spec: Callable[..., RunSpec]) -> None:
+    spec = one_spec(grid={"secure": [True]}, train={"rounds": 1, "sample_rate": 0.5})
+
+    def deployment(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match="in-process engine only"):
+        run(spec, dataset=digits, secure_aggregate=deployment)

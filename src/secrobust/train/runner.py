@@ -299,6 +299,9 @@ def run(
         if f and is_ring_attack(spec.attack):
             raise ValueError(f"attack {spec.attack!r} sends ring elements the validity check rejects, which would change "
                              "the fixed denominator of a sampled DP round; use train.sample_rate = 1 for ring attacks")
+    if q < 1 and secure_aggregate is not None and spec.secure:
+        raise ValueError("client sampling (train.sample_rate < 1) runs on the in-process engine only: a deployment "
+                         "would need the cohort's absent workers named each round, which is not wired yet")
     accountant = PrivacyAccountant(dp.noise_multiplier, q) if noisy else None
     # the smallest cohort the rule and the servers accept: a sampled DP round is padded with zero rows up to it
     # (a zero row adds nothing to a fixed-denominator sum); a sampled round without DP below it is skipped
