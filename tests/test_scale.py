@@ -104,7 +104,7 @@ def test_unknown_keywords_get_a_did_you_mean() -> None:
 
 
 def test_a_transposed_input_warns_and_names_dot_t() -> None:
-    x = np.random.default_rng(5).normal(0, 0.01, (2000, 6))
+    x = np.random.default_rng(5).normal(0, 0.01, (30, 6))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         secrobust.plain_aggregate(x, "mean", 0)

@@ -48,7 +48,7 @@ def _check_keywords(rule: str, options: Mapping[str, Any]) -> None:
 
 
 def _warn_transposed(n: int, d: int) -> None:
-    if n > d and n > 1000:
+    if n > d:
         warnings.warn(f"updates have shape ({n}, {d}): {n} workers of dimension {d}. Rows are workers; if you "
                       "passed (d, n), pass updates.T", UserWarning, stacklevel=4)
 
