@@ -47,10 +47,15 @@ def _check_keywords(rule: str, options: Mapping[str, Any]) -> None:
                      f"{', '.join(get_rule(rule).options()) or 'none'}" + (f" ({'; '.join(close)})" if close else ""))
 
 
+class LikelyTransposed(UserWarning):
+    """More workers than coordinates: often a (d, n) array passed as (n, d). A caller that knows its shape
+    (the training harness, whose tiny models can have d < n) filters this class."""
+
+
 def _warn_transposed(n: int, d: int) -> None:
     if n > d:
         warnings.warn(f"updates have shape ({n}, {d}): {n} workers of dimension {d}. Rows are workers; if you "
-                      "passed (d, n), pass updates.T", UserWarning, stacklevel=4)
+                      "passed (d, n), pass updates.T", LikelyTransposed, stacklevel=4)
 
 
 @dataclass(frozen=True, eq=False)

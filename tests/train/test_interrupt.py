@@ -51,6 +51,12 @@ def _group(pgid: int) -> list[int]:
     return pids
 
 
+def _as_in_a_terminal() -> None:
+    """A terminal's foreground command starts with SIGINT at its default; a test run from a background job
+    (``cmd &`` in a script, as CI may be) would otherwise hand it SIGINT ignored, and Ctrl-C could not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path: Path, out: Path, jobs: int, tag: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     config = tmp_path / "interrupt.toml"
     config.write_text(TINY)
@@ -60,6 +66,7 @@ def _start(tmp_path: Path, out: Path, jobs: int, tag: str) -> tuple[subprocess.P
             [sys.executable, "-m", "secrobust.cli", "train", "--config", str(config), "--out", str(out),
              "--jobs", str(jobs)],
             stdout=so, stderr=se, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )
     return proc, stdout, stderr
 

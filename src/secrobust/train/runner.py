@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,13 +164,16 @@ def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool,
     """Call ``secure_aggregate`` (default ``secrobust.aggregate``) for a secure run, or
     ``secrobust.plain_aggregate`` for a plaintext one (``secure_aggregate`` is then not used)."""
     import secrobust
+    from secrobust.params import LikelyTransposed
 
-    if not secure:
-        return secrobust.plain_aggregate(updates, rule=rule, f=f, **kwargs)
-    if secure_aggregate is None:
-        return secrobust.aggregate(updates, rule, f, **kwargs)
-    kwargs.pop("insecure_test_seed", None)  # a deployment draws every seed fresh; only simulations fix them
-    return secure_aggregate(updates, rule, f, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LikelyTransposed)      # rows are workers here by construction
+        if not secure:
+            return secrobust.plain_aggregate(updates, rule=rule, f=f, **kwargs)
+        if secure_aggregate is None:
+            return secrobust.aggregate(updates, rule, f, **kwargs)
+        kwargs.pop("insecure_test_seed", None)  # a deployment draws every seed fresh; only simulations fix them
+        return secure_aggregate(updates, rule, f, **kwargs)
 
 
 def engine_max_norm(frac_bits: int, d: int) -> float:
