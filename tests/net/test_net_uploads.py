@@ -174,9 +174,12 @@ def test_a_trickled_bulk_upload_and_a_stalled_grpc_upload_are_cut_and_dropped(de
         stop.set()
         lane.close()
         fake.close()
-    assert got.participants == tuple(w for w in range(N) if w not in (trickler, staller))
-    assert set(rep["dropped"]) == {str(trickler), str(staller)}
-    assert rep["seconds"]["share"] < TRICKLE_WINDOW                # closed once both were dropped
+    # the staller's share fits one chunk: on a loaded machine S1 can take it whole a moment before the pace
+    # cuts the still-open stream (seen once in 10 loaded runs); it then took part, and was not dropped
+    dropped = set(rep["dropped"])
+    assert str(trickler) in dropped and dropped <= {str(trickler), str(staller)}
+    assert got.participants == tuple(w for w in range(N) if w != trickler and str(w) not in dropped)
+    assert rep["seconds"]["share"] < TRICKLE_WINDOW                # closed once both were in or dropped
 
 
 def test_many_connections_under_one_certificate_hold_one_upload_at_most(dep):
