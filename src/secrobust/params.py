@@ -86,10 +86,6 @@ class RoundParams:
     def spec_with_pre(self, seed: bytes | None) -> RuleSpec:
         return with_pre(self.spec, self.pre, seed)
 
-    def needs(self) -> tuple[str, ...]:
-        """What the rule opens to S1 with reveal="distances" (distances, norms or nothing)."""
-        return with_pre(self.spec, self.pre).reveals(self.options)
-
     @classmethod
     def build(cls, rule: str, f: int, n: int, d: int, *, frac_bits: int, reveal: str | None,
               norm_bound: float | None, min_participants: int, dp_noise_std: float, check_inputs: bool,
