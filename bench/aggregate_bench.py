@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import secrobust
-from secrobust import ring_kernel
+from secrobust.primitives import kernel
 from secrobust.rules.selection import krum_scores
 
 
@@ -103,11 +103,11 @@ def main() -> None:
     ap.add_argument("--d", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--extra", nargs="*", default=["10x10000000"], help="more n x d points, e.g. 10x10000000")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=ring_kernel.default_threads())
+    ap.add_argument("--threads", type=int, default=kernel.default_threads())
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    ring_kernel.set_threads(args.threads)
+    kernel.set_threads(args.threads)
     points = [(n, d) for n in args.n for d in args.d] + [tuple(int(v) for v in e.split("x")) for e in args.extra]
     print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
           f"{platform.python_version()}; {args.threads} threads for BLAS and the ring kernel; best of {args.repeat} "

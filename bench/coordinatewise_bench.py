@@ -27,7 +27,9 @@ import sys
 import numpy as np
 
 import secrobust
-from secrobust import compare, coordinatewise as CW, validity
+from secrobust.circuits import coordinatewise as CW
+from secrobust.circuits import validity
+from secrobust.gates import compare
 
 
 def default_f(rule: str, n: int) -> int:

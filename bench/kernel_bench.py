@@ -12,19 +12,19 @@ import argparse
 import platform
 
 import numpy as np
-
 from aggregate_bench import best_of  # bench/ is on the path when this runs as a script
-from secrobust import ring_kernel
+
+from secrobust.primitives import kernel
 
 
 def candidates(a: np.ndarray, b: np.ndarray) -> dict:
     out = {
         "numpy matmul": lambda: np.matmul(a, b.T),
         "numpy einsum (unblocked)": lambda: np.einsum("ik,jk->ij", a, b),
-        "ring_kernel.matmul_t, 1 thread": lambda: _threads(1, ring_kernel.matmul_t, a, b),
-        "ring_kernel.matmul_t, all threads": lambda: _threads(None, ring_kernel.matmul_t, a, b),
-        "ring_kernel.gram (A A^T), 1 thread": lambda: _threads(1, ring_kernel.gram, a),
-        "ring_kernel.gram (A A^T), all threads": lambda: _threads(None, ring_kernel.gram, a),
+        "kernel.matmul_t, 1 thread": lambda: _threads(1, kernel.matmul_t, a, b),
+        "kernel.matmul_t, all threads": lambda: _threads(None, kernel.matmul_t, a, b),
+        "kernel.gram (A A^T), 1 thread": lambda: _threads(1, kernel.gram, a),
+        "kernel.gram (A A^T), all threads": lambda: _threads(None, kernel.gram, a),
     }
     try:
         import torch
@@ -42,17 +42,17 @@ def candidates(a: np.ndarray, b: np.ndarray) -> dict:
         return acc.numpy().view(np.uint64)
 
     out[f"torch {torch.__version__} int64 mm, 1 thread"] = lambda: torch_mm(None, 1)
-    out[f"torch {torch.__version__} int64 mm, all threads"] = lambda: torch_mm(None, ring_kernel.default_threads())
+    out[f"torch {torch.__version__} int64 mm, all threads"] = lambda: torch_mm(None, kernel.default_threads())
     out[f"torch {torch.__version__} int64 mm, 8192-column blocks"] = lambda: torch_mm(8192, 1)
     return out
 
 
 def _threads(count, fn, *args):
-    ring_kernel.set_threads(count)
+    kernel.set_threads(count)
     try:
         return fn(*args)
     finally:
-        ring_kernel.set_threads(None)
+        kernel.set_threads(None)
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
     a = rng.integers(0, 2**64, size=(args.n, args.k), dtype=np.uint64)
     b = rng.integers(0, 2**64, size=(args.n, args.k), dtype=np.uint64)
     print(f"# {args.n} x {args.k} by {args.k} x {args.n} in Z_2^64; numpy {np.__version__}, {platform.machine()}, "
-          f"{ring_kernel.default_threads()} CPUs; best of {args.repeat}")
+          f"{kernel.default_threads()} CPUs; best of {args.repeat}")
     ref_ab, ref_aa = np.matmul(a, b.T), np.matmul(a, a.T)
     base = None
     for name, fn in candidates(a, b).items():

@@ -22,9 +22,9 @@ from collections import defaultdict
 import numpy as np
 
 import secrobust
-from secrobust import compare
 from secrobust.api import Cluster
-from secrobust.validity import params
+from secrobust.circuits.validity import params
+from secrobust.gates import compare
 
 ONLINE = ("share", "agree", "open", "distances", "rule", "aggregate")
 

@@ -4,15 +4,20 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import MalformedMessage, RoundAborted, TripleReuseError, UnexpectedMessage
+from secrobust import (
+    MalformedMessage,
+    RoundAborted,
+    TripleReuseError,
+    UnexpectedMessage,
+)
 from secrobust.errors import DuplicateWorker, UnknownWorker
-from secrobust.nodes import DealerNode, ServerNode
+from secrobust.gates.dealer import TripleSeeds
+from secrobust.primitives import ring, sharing
 from secrobust.protocol import messages as M
+from secrobust.protocol.nodes import DealerNode, ServerNode
 from secrobust.protocol.offline import request_triple
 from secrobust.protocol.server import RoundPlan
 from secrobust.protocol.worker import share_key, share_update
-from secrobust.dealer import TripleSeeds
-from secrobust import ring, sharing
 
 GOOD = np.random.default_rng(0).normal(size=(7, 5))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import ring
+from secrobust.primitives import ring
 from secrobust.rules import secure
 
 MODES = ("distances", "weights", "aggregate")

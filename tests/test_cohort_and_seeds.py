@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import prg
 from secrobust.errors import RoundAborted
+from secrobust.primitives import prg
 from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 
 X = np.random.default_rng(3).normal(size=(6, 8)) * 0.1

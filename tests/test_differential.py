@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+from datagen import updates_with_outliers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import secrobust
-from secrobust import ring
+from secrobust.primitives import ring
 from secrobust.rules.selection import krum_scores
-
-from datagen import updates_with_outliers
 
 RULE_CASES = [
     ("mean", {}),

@@ -29,7 +29,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import secrobust
-from secrobust import ring
+from secrobust.primitives import ring
 from secrobust.updates import safe_center
 
 RULES = ("mean", "krum", "multi-krum", "geomed", "mda", "norm-clip", "cclip", "median", "trimmed-mean", "bulyan")

@@ -5,15 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from datagen import updates_with_outliers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import secrobust
-from secrobust import prg, ring
-from secrobust.randomness import SeedSource
+from secrobust.primitives import prg, ring
+from secrobust.primitives.randomness import SeedSource
 from secrobust.rules import pre as P
-
-from datagen import updates_with_outliers
 
 RULES = ("mean", "krum", "multi-krum", "geomed", "mda", "norm-clip", "cclip")
 STEPS = ("nnm", "bucketing", "arc")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import ring
+from secrobust.primitives import ring
 
 B = 1 << 27          # the default bound in scaled units (frac_bits 20)
 D = 6
@@ -58,7 +58,7 @@ def test_one_unit_past_the_range_is_rejected_before_any_circuit(rule: str, revea
 
 def test_cclip_at_b_plus_the_centers_norm() -> None:
     """||x - v|| = b + ||v|| exactly, with ||v|| = 3b: the clip circuit's nmax, reached and not passed."""
-    from secrobust import validity
+    from secrobust.circuits import validity
 
     b = validity.scaled_bound(0.5, 20, D)
     center = np.zeros(D)
@@ -78,7 +78,7 @@ def test_cclip_at_b_plus_the_centers_norm() -> None:
 
 def test_the_tighter_bound_is_the_range_too() -> None:
     """With norm_bound C the range is b = ceil(C 2^F + sqrt(d)/2): at b accepted, at b + 1 rejected."""
-    from secrobust import validity
+    from secrobust.circuits import validity
 
     b = validity.scaled_bound(0.5, 20, D)
     for value, rejected in ((b, set()), (b + 1, {0, 1})):

@@ -3,16 +3,17 @@ bit (weights, aggregate, rejections, dropouts, DP noise), it resists the ring at
 
 import numpy as np
 import pytest
+from datagen import updates_with_outliers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ring_attacks import ATTACKS, BYZ, X
 
 import secrobust
-from secrobust import arith, compare, ring, selection2pc, validity
 from secrobust.api import Cluster
+from secrobust.circuits import selection, validity
+from secrobust.gates import arith, compare
+from secrobust.primitives import ring
 from secrobust.rules import secure
-
-from datagen import updates_with_outliers
-from test_ring_attacks import ATTACKS, BYZ, X
 
 MODES = ("weights", "aggregate")
 SHARED_RULES = ("krum", "multi-krum", "mda")
@@ -99,7 +100,7 @@ def test_the_circuit_is_the_exact_krum_of_the_ring_distances():
         dist = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1).astype(np.uint64)
         d0 = rng.integers(0, 2**64 - 1, size=dist.shape, dtype=np.uint64, endpoint=True)
         for m in (1, 2, n - f):
-            p0, p1 = arith.run_both(lambda p, s: selection2pc.krum_circuit(p, d0 if p == 0 else dist - d0, f, m,
+            p0, p1 = arith.run_both(lambda p, s: selection.krum_circuit(p, d0 if p == 0 else dist - d0, f, m,
                                                                               secure.dmax_for(2**27), s),
                                     "t", compare.AndTripleSeeds.fresh())
             chosen = compare.plane_bits(p0 ^ p1, n)
@@ -115,7 +116,7 @@ def test_mda_on_shares_is_refused_when_the_subset_search_is_too_large():
 
 def test_scores_that_could_wrap_the_ring_are_refused_up_front():
     with pytest.raises(ValueError, match="n - f - 2 must be below"):
-        selection2pc.score_width(300, 1, secure.dmax_for(2**27))
+        selection.score_width(300, 1, secure.dmax_for(2**27))
 
 
 @pytest.mark.parametrize("rule", ["geomed"])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import ring, validity
 from secrobust.api import Cluster
+from secrobust.circuits import validity
+from secrobust.primitives import ring
 
 F = ring.DEFAULT_FRAC_BITS
 N, D, BYZ = 11, 24, 0

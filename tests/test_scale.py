@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import secrobust
-from secrobust import ring
 from secrobust.cli import app
+from secrobust.primitives import ring
 from secrobust.scale import fit_frac_bits
 
 

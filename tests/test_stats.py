@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import compare, validity
 from secrobust.api import Cluster
+from secrobust.circuits import validity
+from secrobust.gates import compare
 
 HEADER = 400  # generous upper bound on one message's framing + JSON header
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust import ring, validity
+from secrobust.circuits import validity
+from secrobust.primitives import ring
 from secrobust.protocol.server import RoundPlan, new_round
 
 P = validity.params()

@@ -1,14 +1,13 @@
 """What each party sees: S0's and S1's views are independent of the inputs; the dealer sees no data."""
 
 import numpy as np
-
-import secrobust
-from secrobust import ring
-from secrobust.api import Cluster
-from secrobust.protocol.messages import Message
-
 from datagen import updates_with_outliers
 from viewstats import same_distribution_pvalue, uniform_pvalue
+
+import secrobust
+from secrobust.api import Cluster
+from secrobust.primitives import ring
+from secrobust.protocol.messages import Message
 
 N, D = 8, 4096
 

@@ -6,9 +6,16 @@
 
 from . import rules
 from .api import AggregateResult, Cluster, aggregate, plain_aggregate
-from .errors import (DuplicateWorker, MalformedMessage, ProtocolError, RoundAborted, TripleReuseError,
-                     UnexpectedMessage, UnknownWorker)
-from .ring import DEFAULT_FRAC_BITS, max_norm
+from .errors import (
+                     DuplicateWorker,
+                     MalformedMessage,
+                     ProtocolError,
+                     RoundAborted,
+                     TripleReuseError,
+                     UnexpectedMessage,
+                     UnknownWorker,
+)
+from .primitives.ring import DEFAULT_FRAC_BITS, max_norm
 
 RULES = rules.RULES
 

@@ -14,21 +14,22 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import ring, validity
-from .dealer import DEFAULT_CHUNK_BYTES
-from .nodes import DealerNode, ServerNode
+from .circuits import validity
+from .gates.dealer import DEFAULT_CHUNK_BYTES
+from .params import RoundParams
+from .primitives import ring
+from .primitives.randomness import SeedSource
 from .protocol import messages as M
+from .protocol.nodes import DealerNode, ServerNode
 from .protocol.offline import request_triple
 from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.worker import share_key, share_update, worker_name
-from .params import RoundParams
-from .scale import Scale
-from .randomness import SeedSource
-from .rules.plain import plain_run
 from .rules import secure
+from .rules.plain import plain_run
 from .rules.possible import effective_f
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS
 from .rules.view import DISTANCES, NORMS, Choice, view_words
+from .scale import Scale
 from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import encode_center, encode_updates, safe_center
 
@@ -256,7 +257,7 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | 
     to the exact uint64 ring vector (d,) it sends (simulated Byzantine workers; those rows of ``updates``
     are ignored). ``drop`` maps a worker to the server(s) its share never reaches ("S0", "S1" or "both").
     ``dp_noise_std`` makes each server add N(0, std^2) to its aggregate share.
-    Every worker's shares go through the input validity check (``secrobust.validity``): a worker whose
+    Every worker's shares go through the input validity check (``secrobust.circuits.validity``): a worker whose
     vector has norm above the encoder's bound is rejected (``result.rejected``), whatever it sent.
     ``norm_bound`` (real units) tightens the check's bound from the encoder's range to C (plus rounding):
     with DP, set it to the clipping norm so that no worker, malicious or not, contributes more.

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import ring, validity
+from .circuits import validity
+from .primitives import ring
 from .protocol.server import check_noise_std
 from .rules import secure
 from .rules.plain import split_options

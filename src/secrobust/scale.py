@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ring
+from .primitives import ring
 
 OVER_BOUND = ("exclude", "clip", "error")
 """What an honest row above the public bound gets: rejected like any out-of-range vector (the default, as in

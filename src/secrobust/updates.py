@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import ring
+from .primitives import ring
 
 
 def as_matrix(updates: Any) -> np.ndarray:

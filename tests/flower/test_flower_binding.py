@@ -17,7 +17,15 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from deployments import running  # noqa: E402
+from flwr.app import (  # noqa: E402
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
@@ -25,7 +33,6 @@ import secrobust  # noqa: E402
 from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess  # noqa: E402
 from secrobust.flower import keys as K  # noqa: E402
 from secrobust.flower.inprocess import FIRST_NODE_ID  # noqa: E402
-from deployments import running  # noqa: E402
 
 N = 9
 D = 40
@@ -221,9 +228,9 @@ def test_a_certified_worker_the_servers_do_not_admit_is_dropped_before_the_round
     """worker:9 holds a key certified by both CAs (so it can sign a correct binding), but the servers admit
     workers 0..N-1 only: its reply is dropped instead of making open-round fail for everyone."""
     caplog.set_level(logging.WARNING, logger="secrobust.flower")
-    from secrobust.certs import Identity, party_paths
     from secrobust.flower import binding as B
-    from secrobust.pki import make_deployment_certs
+    from secrobust.pki.ceremony import make_deployment_certs
+    from secrobust.pki.certs import Identity, party_paths
 
     paths = make_deployment_certs(servers.cert_dir, ["worker:9"])["worker:9"]
     outsider = Identity.load(party_paths(paths.key.parent, "worker:9"))
@@ -277,8 +284,8 @@ def test_one_workers_key_on_two_nodes_binds_neither(servers, caplog):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    from secrobust.certs import Identity, party_paths
-    from secrobust.pki import make_deployment_certs
+    from secrobust.pki.ceremony import make_deployment_certs
+    from secrobust.pki.certs import Identity, party_paths
 
     def load(root, party):
         paths = make_deployment_certs(root, [party])[party]
@@ -322,7 +329,12 @@ def test_a_binding_holds_for_its_node_round_run_and_nonce_only(pki):
 
 
 def test_certificates_must_chain_to_both_operator_cas_and_name_one_worker_and_key(pki):
-    from secrobust.flower.binding import CERT_FIELDS, SIGNATURE_FIELD, Challenge, sign_binding
+    from secrobust.flower.binding import (
+        CERT_FIELDS,
+        SIGNATURE_FIELD,
+        Challenge,
+        sign_binding,
+    )
 
     b = _binding(pki)
     ch = Challenge.fresh(1, 1)

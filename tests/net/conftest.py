@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from secrobust.certs import Identity, party_dir, party_paths, standard_parties
-from secrobust.pki import make_deployment_certs
+from secrobust.pki.ceremony import make_deployment_certs
+from secrobust.pki.certs import Identity, party_dir, party_paths, standard_parties
 from secrobust.transport.grpc import Endpoint, PeerClient
 from secrobust.transport.grpc.errors import Rejected
 

@@ -10,9 +10,9 @@ from typing import Any, Callable
 import numpy as np
 
 import secrobust
-from secrobust import ring
-from secrobust.certs import worker_party
 from secrobust.deploy.local import LocalDeployment, in_process_reference
+from secrobust.pki.certs import worker_party
+from secrobust.primitives import ring
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.worker import share_key, share_update

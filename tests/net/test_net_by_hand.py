@@ -22,11 +22,11 @@ import pytest
 from typer.testing import CliRunner
 
 import secrobust
-from secrobust.certs import party_dir, standard_parties, tls_name, worker_party
 from secrobust.cli import app
 from secrobust.deploy.config import load
 from secrobust.deploy.local import SRC_DIR, free_port
 from secrobust.deploy.process import PARENT_ENV
+from secrobust.pki.certs import party_dir, standard_parties, tls_name, worker_party
 
 N = 6
 D = 4

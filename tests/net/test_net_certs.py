@@ -12,10 +12,27 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from secrobust.certs import (Identity, common_name, issuer_org, operator_party, orgs_of, party_dir, party_paths,
-                             standard_parties, target_name, tls_name, worker_index)
 from secrobust.cli import app
-from secrobust.pki import load_ca, make_ca, make_deployment_certs, make_key, sign_csr
+from secrobust.pki.ceremony import (
+    load_ca,
+    make_ca,
+    make_deployment_certs,
+    make_key,
+    sign_csr,
+)
+from secrobust.pki.certs import (
+    Identity,
+    common_name,
+    issuer_org,
+    operator_party,
+    orgs_of,
+    party_dir,
+    party_paths,
+    standard_parties,
+    target_name,
+    tls_name,
+    worker_index,
+)
 
 
 def _csr(party: str, key=None, extra=()) -> bytes:

@@ -18,11 +18,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secrobust.certs import Identity, party_dir, standard_parties, tls_name
 from secrobust.deploy.config import load
 from secrobust.deploy.local import LocalDeployment, LocalOptions
-from secrobust.pki import load_ca, make_deployment_certs
-from secrobust.transport.grpc import Endpoint, PartyUnreachable, PeerClient, RemoteRejected
+from secrobust.pki.ceremony import load_ca, make_deployment_certs
+from secrobust.pki.certs import Identity, party_dir, standard_parties, tls_name
+from secrobust.transport.grpc import (
+    Endpoint,
+    PartyUnreachable,
+    PeerClient,
+    RemoteRejected,
+)
 
 from .conftest import RecordingHandler, identity
 

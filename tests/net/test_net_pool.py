@@ -8,13 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from secrobust import validity
-from secrobust.dealer import TripleSeeds, TripleSpec, make_triple
+from secrobust.circuits import validity
 from secrobust.deploy.operator import assign_triples
 from secrobust.deploy.pool import PENDING, READY, TriplePool
 from secrobust.deploy.rounds import RoundRequest
+from secrobust.gates.dealer import TripleSeeds, TripleSpec, make_triple
 from secrobust.transport.grpc.errors import Rejected
-
 
 WORDS = validity.and_words(6)
 

@@ -10,14 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from deployments import running
 
 import secrobust
-from secrobust import ring, validity
+from secrobust.circuits import validity
 from secrobust.deploy.local import LocalDeployment
 from secrobust.deploy.rounds import RoundRequest
+from secrobust.primitives import ring
 from secrobust.protocol import messages as M
 from secrobust.transport.grpc import RemoteRejected
-from deployments import running
 
 from .helpers import assert_same_result, log_records, oracle
 
@@ -157,7 +158,7 @@ def test_a_pooled_triple_serves_only_a_round_of_the_same_mode_and_circuit():
 
 def _circuit_openings(rule: str, n: int, f: int, dmax: int) -> list[int]:
     """Bytes of each opening of the rule's circuit for n workers (a dry run of party 0 on zero shares)."""
-    from secrobust import arith
+    from secrobust.gates import arith
     from secrobust.rules import secure
     from secrobust.rules.view import DISTANCES
 

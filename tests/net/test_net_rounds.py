@@ -8,19 +8,26 @@ import os
 
 import numpy as np
 import pytest
+from deployments import running
 
 import secrobust
-from secrobust import ring, validity
-from secrobust.pki import make_deployment_certs
+from secrobust.circuits import validity
 from secrobust.deploy.local import LocalDeployment
+from secrobust.pki.ceremony import make_deployment_certs
+from secrobust.primitives import ring
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.worker import share_update
-from secrobust.transport.grpc import RemoteRejected
-from secrobust.transport.grpc import wire
-from deployments import running
+from secrobust.transport.grpc import RemoteRejected, wire
 
-from .helpers import Background, FakeWorker, assert_same_result, log_records, oracle, pooled
+from .helpers import (
+    Background,
+    FakeWorker,
+    assert_same_result,
+    log_records,
+    oracle,
+    pooled,
+)
 
 N_WORKERS = 7
 WINDOW = 3.0
@@ -510,7 +517,7 @@ def test_structured_logs_name_party_round_phase_bytes_and_seconds(dep):
 def test_the_server_processes_refuse_plaintext_and_foreign_certificates(dep, tmp_path):
     import grpc
 
-    from secrobust.certs import Identity, party_dir, party_paths
+    from secrobust.pki.certs import Identity, party_dir, party_paths
     from secrobust.transport.grpc import PartyUnreachable, PeerClient
     from secrobust.transport.grpc import secrobust_pb2 as pb
 

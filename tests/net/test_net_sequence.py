@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secrobust import validity
+from secrobust.circuits import validity
 from secrobust.deploy.server import _PeerSequence
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from secrobust.protocol.messages import SHARE_KEY, SHARE_MASKED, VERSION, Message
-from secrobust.transport.grpc import PartyUnreachable, RemoteRejected
+from secrobust.transport.grpc import PartyUnreachable, RemoteRejected, wire
 from secrobust.transport.grpc import secrobust_pb2 as pb
-from secrobust.transport.grpc import wire
 from secrobust.transport.grpc.tls import CHUNK_BYTES, channel_options
 
 from .conftest import identity
@@ -85,7 +84,7 @@ def test_a_tls_client_without_a_certificate_is_refused(endpoint, cert_dir, clien
 
 def test_a_certificate_from_another_ca_is_refused_even_with_a_valid_name(rogue_cert_dir, cert_dir, client_for):
     rogue = identity(rogue_cert_dir, "worker:0")
-    from secrobust.certs import Identity
+    from secrobust.pki.certs import Identity
     mixed = Identity("worker:0", rogue.key_pem, rogue.certs, identity(cert_dir, "worker:0").cas)
     from secrobust.transport.grpc import PeerClient
     c = PeerClient(mixed, "S0", client_for("worker:0").address, connect_timeout=1.0)

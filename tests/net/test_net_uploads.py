@@ -17,17 +17,29 @@ import time
 import numpy as np
 import pytest
 
-from secrobust.certs import worker_party
 from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.pki.certs import worker_party
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
-from secrobust.transport.grpc import RemoteRejected
+from secrobust.transport.grpc import RemoteRejected, wire
 from secrobust.transport.grpc import secrobust_pb2 as pb
-from secrobust.transport.grpc import wire
-from secrobust.transport.grpc.bulk import (CONNECTIONS_PER_WORKER, SEND, BulkClient, LaneUnavailable, _recv_frame,
-                                          _send_frame, bulk_envelope)
+from secrobust.transport.grpc.bulk import (
+    CONNECTIONS_PER_WORKER,
+    SEND,
+    BulkClient,
+    LaneUnavailable,
+    _recv_frame,
+    _send_frame,
+    bulk_envelope,
+)
 
-from .helpers import Background, FakeWorker, assert_same_result, in_process, refusal_after_the_call_ends
+from .helpers import (
+    Background,
+    FakeWorker,
+    assert_same_result,
+    in_process,
+    refusal_after_the_call_ends,
+)
 
 N = 17
 STALLERS = tuple(range(9, 17))

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust.certs import tls_name, worker_party
 from secrobust.deploy import Worker
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.deploy.rounds import RoundRequest
 from secrobust.deploy.worker import MissingUpdate, directory_source
 from secrobust.flower.servers import FlowerServers
+from secrobust.pki.certs import tls_name, worker_party
 
 from .helpers import Background, assert_same_result, in_process, log_records
 

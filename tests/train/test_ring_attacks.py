@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 import secrobust
-from secrobust import ring
+from secrobust.primitives import ring
 from secrobust.train import attacks, runner
 from secrobust.train.attacks import RING_ATTACKS, RING_MIX, is_ring_attack, make_attack
 from secrobust.train.config import ExperimentConfig, RunSpec

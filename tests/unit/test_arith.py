@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from secrobust import arith as A
-from secrobust import compare as C
 from ringgen import M64, split, vectors
+
+from secrobust.gates import arith as A
+from secrobust.gates import compare as C
 
 
 def run(circuit):

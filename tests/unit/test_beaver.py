@@ -6,9 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secrobust import dealer, ring, sharing
-from secrobust.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1, TripleSpec
 from secrobust.errors import TripleReuseError
+from secrobust.gates import dealer
+from secrobust.gates.dealer import (
+    TripleLedger,
+    TripleSeeds,
+    TripleShare0,
+    TripleShare1,
+    TripleSpec,
+)
+from secrobust.primitives import ring, sharing
 from secrobust.protocol import server
 from secrobust.protocol.messages import Message
 from secrobust.protocol.offline import answer_request, request_triple

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secrobust import ring
+from secrobust.primitives import ring
 from secrobust.updates import check_updates, encode_updates
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from secrobust import arith, ring
-from secrobust import clip2pc as K
-from secrobust import compare as C
-
 from ringgen import split
 from viewstats import same_distribution_pvalue, uniform_pvalue
+
+from secrobust.circuits import clip as K
+from secrobust.gates import arith
+from secrobust.gates import compare as C
+from secrobust.primitives import ring
 
 M64 = 2**64
 F = ring.DEFAULT_FRAC_BITS

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from secrobust import compare as C
 from ringgen import EDGES, M64, split, vectors, words
+
+from secrobust.gates import compare as C
 
 
 def run(circuit) -> tuple[np.ndarray, int]:

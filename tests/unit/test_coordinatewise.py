@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
-
-from secrobust import arith as A
-from secrobust import compare as C
-from secrobust import coordinatewise as CW
-from secrobust import ring
-from secrobust.rules.selection import krum_scores
-
 from ringgen import split
+from scipy import stats
 from viewstats import same_distribution_pvalue, uniform_pvalue
+
+from secrobust.circuits import coordinatewise as CW
+from secrobust.gates import arith as A
+from secrobust.gates import compare as C
+from secrobust.primitives import ring
+from secrobust.rules.selection import krum_scores
 
 M64 = 2**64
 B = 2**27                          # validity.params().bound

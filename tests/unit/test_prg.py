@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from secrobust import prg, sharing
+from secrobust.primitives import prg, sharing
 
 SEED = bytes(range(16))
 SEED32 = bytes(range(100, 132))

@@ -1,15 +1,15 @@
 """Properties of the ring Z_2^64 and its fixed-point encoding (docs/protocol.md, Arithmetic)."""
 
 import math
-from fractions import Fraction
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from secrobust import ring
+from secrobust.primitives import ring
 
 M64 = 2**64
 SPECIAL_WORDS = [0, 1, 2, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 2, 2**64 - 1]

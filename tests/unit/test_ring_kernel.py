@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secrobust import ring_kernel as rk
+from secrobust.primitives import kernel as rk
 
 B, R = rk.BLOCK_COLS, rk.ROW_BLOCK
 EDGE = np.array([0, 1, 2**63, 2**64 - 1, 2**63 - 1, 2**32, 2**32 - 1], dtype=np.uint64)

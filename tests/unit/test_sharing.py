@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secrobust import prg, sharing
+from secrobust.primitives import prg, sharing
 from secrobust.protocol import messages as M
 from secrobust.protocol.worker import share_update, worker_name
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secrobust import ring
-from secrobust.dealer import TripleSeeds
 from secrobust.errors import MalformedMessage, UnexpectedMessage
-from secrobust.nodes import DealerNode, ServerNode
+from secrobust.gates.dealer import TripleSeeds
+from secrobust.primitives import ring
 from secrobust.protocol import messages as M
 from secrobust.protocol import streaming
+from secrobust.protocol.nodes import DealerNode, ServerNode
 from secrobust.protocol.offline import request_triple
 from secrobust.protocol.server import RoundPlan
 from secrobust.protocol.worker import share_key, share_update

@@ -8,8 +8,8 @@ out), ``operator`` (opens rounds, collects results), ``process`` (running a role
 process shares its own update, ``Worker(config).submit(update)``, instead of a worker process reading an
 inbox) and the CLI: ``commands`` (the
 parties), ``setup_commands`` (keys and ``init``), ``round_command`` (the operators). Keys and
-certificates: ``secrobust.certs`` and ``secrobust.pki``.
-The protocol math lives in ``secrobust.protocol`` and ``secrobust.nodes`` only.
+certificates: ``secrobust.pki.certs`` and ``secrobust.pki.ceremony``.
+The protocol math lives in ``secrobust.protocol`` and ``secrobust.protocol.nodes`` only.
 """
 
 

@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 import typer
 
-from ..certs import party_dir, worker_party
 from ..cli_io import check_output_dir, fail, load_array
 from ..errors import ProtocolError
+from ..pki.certs import party_dir, worker_party
 from . import round_command, setup_commands
 from .config import PartyConfig, load, parse_worker_ids
 

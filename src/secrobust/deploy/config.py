@@ -34,19 +34,31 @@ Example ``s0.toml`` (``secrobust init`` writes one per party)::
     insecure_test_seeds = false      # true only in tests: accept a request's fixed test seed
 
 Relative paths are read from the TOML file's folder. A server or operator has one certificate (from its
-own organisation's CA), the dealer and a worker two (``secrobust.certs``); every party has both CA
+own organisation's CA), the dealer and a worker two (``secrobust.pki.certs``); every party has both CA
 certificates.
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..certs import (DEALER_ID, ORGS, ROLES, SERVER_IDS, Identity, PartyPaths, check_party_id, operator_server,
-                     orgs_of, party_paths, party_role)
+import tomllib
+
+from ..pki.certs import (
+    DEALER_ID,
+    ORGS,
+    ROLES,
+    SERVER_IDS,
+    Identity,
+    PartyPaths,
+    check_party_id,
+    operator_server,
+    orgs_of,
+    party_paths,
+    party_role,
+)
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 from ..transport.grpc.pace import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
 

@@ -22,11 +22,11 @@ import logging
 import threading
 from typing import Any
 
-from ..certs import Identity, operator_party
-from ..dealer import TripleSeeds
-from ..nodes import DealerNode
+from ..gates.dealer import TripleSeeds
+from ..pki.certs import Identity, operator_party
 from ..protocol import messages as M
 from ..protocol.messages import Message
+from ..protocol.nodes import DealerNode
 from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.errors import Rejected

@@ -16,7 +16,15 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from ..certs import DEALER_ID, SERVER_IDS, party_dir, party_paths, party_role, standard_parties, tls_name
+from ..pki.certs import (
+    DEALER_ID,
+    SERVER_IDS,
+    party_dir,
+    party_paths,
+    party_role,
+    standard_parties,
+    tls_name,
+)
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
 from .config import PartyConfig, to_toml
 

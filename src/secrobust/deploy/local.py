@@ -1,7 +1,7 @@
 """A whole deployment on loopback: the dealer, S0, S1 and the workers, each a separate OS process.
 
 ``LocalDeployment`` plays both server organisations' CAs and makes each party's key in that party's
-own folder (``secrobust.pki.make_deployment_certs``), picks free ports on 127.0.0.1, writes each party's
+own folder (``secrobust.pki.ceremony.make_deployment_certs``), picks free ports on 127.0.0.1, writes each party's
 TOML file into its folder, starts every party with ``python -m secrobust.deploy ... --config`` that file
 in its own process group (a process sees only its own key and the public CA certificates), and always
 terminates them (context manager, ``atexit``, and each child also exits when the launcher is gone).
@@ -29,16 +29,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import api, ring_kernel
-from ..certs import Identity, operator_party, party_dir, party_paths, standard_parties, tls_name, worker_party
-from ..dealer import DEFAULT_CHUNK_BYTES
+from .. import api
+from ..gates.dealer import DEFAULT_CHUNK_BYTES
 from ..params import RoundParams
+from ..pki.ceremony import make_deployment_certs
+from ..pki.certs import (
+    Identity,
+    operator_party,
+    party_dir,
+    party_paths,
+    standard_parties,
+    tls_name,
+    worker_party,
+)
+from ..primitives import kernel
 from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import as_matrix, check_updates, encode_center
 from .config import PartyConfig, to_toml
 from .operator import Operator
-from ..pki import make_deployment_certs
 from .process import PARENT_ENV
 from .rounds import RoundRequest
 
@@ -346,7 +355,7 @@ class LocalDeployment:
                     else:
                         _write_input(folder, i, rows.get(i, x[i]), unchecked=i in byz, ring_row=i in rows,
                                      where=drop.get(i))
-            ring_kernel.parallel_for(write, n, max(1, -(-n // ring_kernel.threads())))
+            kernel.parallel_for(write, n, max(1, -(-n // kernel.threads())))
             request = self.operator.with_triples(RoundRequest(
                 round_id=round_id, worker_ids=tuple(range(n)), d=d, rule=rule, f=f, frac_bits=frac_bits,
                 options=rule_options, center=center,

@@ -28,13 +28,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import api
-from ..certs import SERVER_IDS, Identity, operator_party, operator_server
 from ..errors import RoundAborted
+from ..pki.certs import SERVER_IDS, Identity, operator_party, operator_server
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
-from ..transport.grpc import PeerClient, PartyUnreachable, RemoteRejected
+from ..transport.grpc import PartyUnreachable, PeerClient, RemoteRejected
 from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside
 from .pool import rule_words
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..dealer import TripleShare0, TripleShare1, TripleSpec
+from ..gates.dealer import TripleShare0, TripleShare1, TripleSpec
 from ..transport.grpc.errors import Rejected
 from .rounds import MAX_PREFETCH, RoundRequest
 

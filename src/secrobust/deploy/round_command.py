@@ -26,9 +26,9 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from .. import ring
 from ..cli_io import check_output_file, fail, save_npz
 from ..errors import ProtocolError, RoundAborted
+from ..primitives import ring
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from .config import PartyConfig, load, parse_worker_ids
 from .operator import Operator, declined

@@ -15,22 +15,22 @@ its ``digest`` before either uses a share.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import hashlib
-import json
-
 import numpy as np
 
-from .. import prg, ring, validity
-from ..dealer import DEFAULT_CHUNK_BYTES
+from ..circuits import validity
+from ..gates.dealer import DEFAULT_CHUNK_BYTES
+from ..params import RoundParams
+from ..primitives import prg, ring
+from ..primitives.randomness import SeedSource
 from ..protocol.server import RoundPlan
-from ..randomness import SeedSource
 from ..rules import secure
 from ..rules.pre import check_pre_mode, split_pre, with_pre
 from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_cohort
-from ..params import RoundParams
 from ..updates import encode_center
 
 DEFAULT_SHARE_WINDOW_S = 30.0

@@ -74,12 +74,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .. import prg, validity
-from ..arith import Budget
-from ..certs import DEALER_ID, Identity, operator_party, worker_index
-from ..dealer import TripleSpec
+from ..primitives import prg
+from ..circuits import validity
+from ..gates.arith import Budget
+from ..pki.certs import DEALER_ID, Identity, operator_party, worker_index
+from ..gates.dealer import TripleSpec
 from ..errors import ProtocolError, RoundAborted
-from ..nodes import ServerNode
+from ..protocol.nodes import ServerNode
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..protocol.offline import request_triple, triple_from_message

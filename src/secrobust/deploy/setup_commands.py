@@ -13,9 +13,18 @@ from typing import Optional
 
 import typer
 
-from ..certs import ORGS, orgs_of, standard_parties, tls_name
 from ..cli_io import fail
-from ..pki import CA_DAYS, CERT_DAYS, csr_party, load_ca, make_ca, make_deployment_certs, make_key, sign_csr
+from ..pki.ceremony import (
+    CA_DAYS,
+    CERT_DAYS,
+    csr_party,
+    load_ca,
+    make_ca,
+    make_deployment_certs,
+    make_key,
+    sign_csr,
+)
+from ..pki.certs import ORGS, orgs_of, standard_parties, tls_name
 from .layout import DEFAULT_ADDRESSES, write_configs
 
 

@@ -15,28 +15,29 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from collections import deque
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import ring
-from ..certs import Identity, tls_name, worker_index
 from ..errors import ProtocolError
+from ..pki.certs import Identity, tls_name, worker_index
+from ..primitives import ring
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..protocol.server import finish_aggregate
 from ..protocol.worker import share_key, share_update
 from ..rules.view import Choice
-from ..transport.grpc import Accounting, PeerClient, PartyUnreachable, RemoteRejected
+from ..transport.grpc import Accounting, PartyUnreachable, PeerClient, RemoteRejected
 from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside, send_over
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
 from .config import PartyConfig
-from .declines import COMMAND as DECLINE, clean_reason
+from .declines import COMMAND as DECLINE
+from .declines import clean_reason
 
 SKIP_TARGETS = ("S0", "S1")
 KEY_REPLY_BYTES = 4 << 10

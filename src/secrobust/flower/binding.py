@@ -32,8 +32,8 @@ from typing import Any
 
 from cryptography import x509
 
-from ..certs import ORGS, Identity, ca_org, common_name, issued_by, worker_index
-from ..pki import sign_with_key, signed_by
+from ..pki.ceremony import sign_with_key, signed_by
+from ..pki.certs import ORGS, Identity, ca_org, common_name, issued_by, worker_index
 
 DOMAIN = b"secrobust/flower/worker-binding/v1\x00"
 NONCE_BYTES = 16

@@ -20,10 +20,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..certs import operator_party, tls_name
 from ..deploy.config import load as load_config
 from ..deploy.local import LocalDeployment, LocalOptions
 from ..deploy.operator import Operator
+from ..pki.certs import operator_party, tls_name
 
 SERVER_PARTIES = ("dealer", "S0", "S1")
 ROLE = {"dealer": "dealer", "S0": "server", "S1": "server"}

@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..certs import tls_name, worker_party
+from ..pki.certs import tls_name, worker_party
 
 NODE_WORKERS_FILE = "node-workers.json"
 NODE_KEY = "flower-node"

@@ -15,10 +15,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..certs import operator_party, tls_name, worker_party
 from ..deploy.config import load as load_config
 from ..deploy.config import to_toml
 from ..deploy.local import Child, LocalDeployment, LocalOptions
+from ..pki.certs import operator_party, tls_name, worker_party
 
 SERVER_PARTIES = ("dealer", "S0", "S1")
 WORKER_CONFIG_TEMPLATE = "worker-{partition-id}"

@@ -61,8 +61,8 @@ class SimConfig:
     frac_bits: int | None = None
 
     def check(self) -> "SimConfig":
-        from ..train import attacks, data, models
         from ..rules.registry import get_rule
+        from ..train import attacks, data, models
 
         if self.clients < 2:
             raise ValueError(f"--clients must be at least 2, got {self.clients}")
@@ -150,7 +150,14 @@ def _train(cfg: SimConfig, pid: int, server_round: int, state: dict[str, Any], f
 def client_app(cfg: SimConfig, worker_config: str) -> Any:
     """The ClientApp: local training, a Byzantine replacement for the first ``byzantine`` clients, and
     ``SecRobustMod`` in front (the only line that differs from a FedAvg ClientApp)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
     from flwr.clientapp import ClientApp
 
     from ..train import attacks
@@ -187,7 +194,7 @@ def client_app(cfg: SimConfig, worker_config: str) -> Any:
 
 
 def _frac_bits(cfg: SimConfig) -> int:
-    from .. import ring
+    from ..primitives import ring
 
     return ring.DEFAULT_FRAC_BITS if cfg.frac_bits is None else cfg.frac_bits
 

@@ -31,15 +31,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .. import api, ring, validity
+from .. import api
+from ..circuits import validity
 from ..deploy.config import load as load_config
 from ..deploy.operator import Operator
 from ..deploy.rounds import RoundRequest
 from ..errors import ProtocolError, RoundAborted
+from ..primitives import ring
 from ..protocol.server import check_noise_std
 from ..rules import secure
 from ..rules.plain import split_options
@@ -48,7 +57,13 @@ from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_cohort
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import encode_center
 from . import keys as K
-from .binding import CHALLENGE_FIELD, BindingRefused, Challenge, WorkerBinding, check_node_workers
+from .binding import (
+    CHALLENGE_FIELD,
+    BindingRefused,
+    Challenge,
+    WorkerBinding,
+    check_node_workers,
+)
 from .client import flatten, unflatten
 
 log = logging.getLogger("secrobust.flower")

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arith import Budget, Correction
-from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1, TripleSpec, make_triple
 from ..errors import MalformedMessage, UnexpectedMessage
+from ..gates.arith import Budget, Correction
+from ..gates.dealer import (
+    TripleLedger,
+    TripleSeeds,
+    TripleShare0,
+    TripleShare1,
+    TripleSpec,
+    make_triple,
+)
 from .messages import TRIPLE_REQUEST, TRIPLE_S0, TRIPLE_S1, Message
 
 

@@ -16,22 +16,39 @@ samples randomness or does I/O.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
 
-from .. import arith, dealer, prg, ring, ring_kernel, sharing, validity
-from ..arith import Budget
-from ..compare import AndSource, Party
-from ..dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
-from ..errors import DuplicateWorker, MalformedMessage, RoundAborted, UnexpectedMessage, UnknownWorker
+from ..circuits import validity
+from ..errors import (
+    DuplicateWorker,
+    MalformedMessage,
+    RoundAborted,
+    UnexpectedMessage,
+    UnknownWorker,
+)
+from ..gates import arith, dealer
+from ..gates.arith import Budget
+from ..gates.compare import AndSource, Party
+from ..gates.dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
+from ..primitives import kernel, prg, ring, sharing
 from ..rules import secure
 from ..rules.view import DISTANCES, Choice, View, view_words
-from .messages import (AGGREGATE_SHARE, MASKED_OPEN, PARTICIPANTS, SHARE_KEY, SHARE_MASKED, VALIDITY_MASKED_OPEN,
-                       VALIDITY_SEED, VIEW_SHARE, WEIGHTS, Message)
+from .messages import (
+    AGGREGATE_SHARE,
+    MASKED_OPEN,
+    PARTICIPANTS,
+    SHARE_KEY,
+    SHARE_MASKED,
+    VALIDITY_MASKED_OPEN,
+    VALIDITY_SEED,
+    VIEW_SHARE,
+    WEIGHTS,
+    Message,
+)
 from .offline import triple_from_message
 from .worker import worker_name
 
@@ -337,7 +354,7 @@ def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState,
     np.subtract(y1, e, out=e)
     msg = Message(state.plan.open_kind, state.plan.round_id, "S1", "S0", fields={"start": start, "stop": stop},
                   arrays={"e": e})
-    part = ring_kernel.gram(y1) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(y1, y1)
+    part = kernel.gram(y1) if state.plan.triple_kind == "gram" else kernel.rowdot(y1, y1)
     return _add_h(state, part, stop, x1), msg
 
 
@@ -355,7 +372,7 @@ def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
     if e is None or e.dtype != np.uint64 or e.shape != want:
         raise MalformedMessage(f"S0: masked opening must be uint64 of shape {want}")
     a0 = input_columns(state, start, stop)
-    part = ring_kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else ring_kernel.rowdot(a0, e)
+    part = kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else kernel.rowdot(a0, e)
     part += part
     if state.plan.mode == "aggregate" and state.plan.weighted_sum:
         state = _add_u_dot_e(state, e, start, stop)
@@ -386,7 +403,7 @@ def gram_share(state: ServerState) -> np.ndarray:
     return state.h + _c_share(state)
 
 
-# The input validity check (``secrobust.validity``): a joint seed, projections, comparisons on shares.
+# The input validity check (``secrobust.circuits.validity``): a joint seed, projections, comparisons on shares.
 
 def validity_seed_message(state: ServerState, seed: bytes) -> tuple[ServerState, Message]:
     """Send this server's fresh contribution to the projections' seed, once every share is fixed."""

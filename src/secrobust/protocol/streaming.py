@@ -46,9 +46,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import dealer, ring_kernel, validity
-from ..dealer import TripleShare0, TripleShare1
+from ..circuits import validity
 from ..errors import MalformedMessage, UnexpectedMessage
+from ..gates import dealer
+from ..gates.dealer import TripleShare0, TripleShare1
+from ..primitives import kernel
 from .messages import Message
 from .server import ServerState
 
@@ -114,9 +116,9 @@ class RowGram:
         if stop == s:
             return
         if self.kind == "diag":
-            self.g[s:stop] = ring_kernel.rowdot(x[s:stop], x[s:stop])
+            self.g[s:stop] = kernel.rowdot(x[s:stop], x[s:stop])
         else:
-            part = ring_kernel.matmul_t(x[s:stop], x[:stop])
+            part = kernel.matmul_t(x[s:stop], x[:stop])
             self.g[s:stop, :stop] = part
             self.g[:s, s:stop] = part[:, :s].T
         self.done = stop
@@ -163,14 +165,14 @@ class ColumnGram:
             return
         pos = np.asarray(positions, dtype=np.int64)
         if self.kind == "diag":
-            part = np.array([ring_kernel.rowdot(a0[p:p + 1], e[None, :])[0] for p, e in zip(positions, e_rows)],
+            part = np.array([kernel.rowdot(a0[p:p + 1], e[None, :])[0] for p, e in zip(positions, e_rows)],
                             dtype=np.uint64)
         else:
             # column slices of the block, so the rows of E are never copied whole
             part = np.zeros((a0.shape[0], len(e_rows)), dtype=np.uint64)
             for c in range(0, a0.shape[1], SLICE_COLUMNS):
                 block = np.stack([e[c:c + SLICE_COLUMNS] for e in e_rows])
-                part += ring_kernel.matmul_t(a0[:, c:c + SLICE_COLUMNS], block)
+                part += kernel.matmul_t(a0[:, c:c + SLICE_COLUMNS], block)
         part += part
         if self.kind == "diag":
             self.g[pos] = part

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import prg, sharing
 from ..errors import MalformedMessage, UnexpectedMessage
+from ..primitives import prg, sharing
 from .messages import SHARE_KEY, SHARE_MASKED, Message
 
 

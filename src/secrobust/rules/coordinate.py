@@ -1,13 +1,13 @@
 """The coordinate-wise rules' registry entries: median, trimmed mean, Bulyan.
 
 They need every coordinate of every update, which no view S1 could open holds, so they run only on
-shares with ``reveal="aggregate"`` (``rules.secure``, ``secrobust.coordinatewise``); their choice function
+shares with ``reveal="aggregate"`` (``rules.secure``, ``secrobust.circuits.coordinatewise``); their choice function
 here is never called by a round and says so.
 """
 
 from __future__ import annotations
 
-from .. import coordinatewise
+from ..circuits import coordinatewise
 from .registry import RuleSpec, register
 from .view import DISTANCES, Choice, View
 

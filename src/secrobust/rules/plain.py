@@ -11,8 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import prg, ring, validity
-from ..updates import as_matrix, check_ring_rows, check_unchecked, encode_center, encode_updates
+from ..circuits import validity
+from ..primitives import prg, ring
+from ..updates import (
+    as_matrix,
+    check_ring_rows,
+    check_unchecked,
+    encode_center,
+    encode_updates,
+)
 from .possible import choose_possible, effective_f, require_passed
 from .pre import split_pre, with_pre
 from .registry import get_rule, with_cohort

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import validity
+from ..circuits import validity
 from ..errors import RoundAborted
 from .registry import RuleSpec, apply
 from .view import Choice, View

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import prg
+from ..primitives import prg
 from .registry import PRE_KEYS, RuleSpec
 from .view import DISTANCES, NORMS, Choice, View
 

@@ -17,10 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import arith, clip2pc, compare, ring
-from .. import coordinatewise as C
-from .. import selection2pc as S
-from ..compare import Party
+from ..circuits import clip
+from ..circuits import coordinatewise as C
+from ..circuits import selection as S
+from ..gates import arith, compare
+from ..gates.compare import Party
+from ..primitives import ring
 from .view import DISTANCES, NORMS
 
 MODES = ("distances", "weights", "aggregate")
@@ -137,7 +139,7 @@ def view_range(bound: int, center: np.ndarray | None = None) -> int:
     if center is None:
         return dmax
     reach = (int(bound) + ring.ceil_norm(center)) ** 2
-    if reach > clip2pc.MAX_NMAX:
+    if reach > clip.MAX_NMAX:
         raise ValueError(f"the center's norm plus the norm bound reaches 2^{reach.bit_length() - 1} squared scaled "
                          "units, beyond the clip circuit's range 2^58: lower frac_bits or the center")
     return max(dmax, reach)
@@ -231,7 +233,7 @@ register_secure(SecureRule("mda", (DISTANCES,), *_mda_family(),
                            exact=_chosen_over(lambda n, f, o: n - f)))
 
 
-# Clipping rules (``secrobust.clip2pc``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
+# Clipping rules (``secrobust.circuits.clip``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
 
 def _clip_family(name: str):
     def _tau(options: dict) -> float | None:
@@ -246,13 +248,13 @@ def _clip_family(name: str):
 
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
                 frac_bits: int = ring.DEFAULT_FRAC_BITS, **_: Any) -> Party:
-        w = yield from clip2pc.clip_weights_circuit(party, view[NORMS], _tau(options), name, src, frac_bits=frac_bits,
+        w = yield from clip.clip_weights_circuit(party, view[NORMS], _tau(options), name, src, frac_bits=frac_bits,
                                                     nmax=dmax)
         return split(w)
 
     def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
               **_: Any) -> tuple[np.ndarray, np.ndarray]:
-        return split(clip2pc.plain_clip_weights(view[NORMS], _tau(options), name, frac_bits=frac_bits, nmax=dmax))
+        return split(clip.plain_clip_weights(view[NORMS], _tau(options), name, frac_bits=frac_bits, nmax=dmax))
 
     return circuit, plain
 
@@ -264,7 +266,7 @@ for _clip in ("norm-clip", "cclip"):
                                       "for a public tau, 2^-25 for the median: docs/clip2pc.md)"))
 
 
-# Coordinate-wise rules (``secrobust.coordinatewise``): the circuit returns the aggregate share itself.
+# Coordinate-wise rules (``secrobust.circuits.coordinatewise``): the circuit returns the aggregate share itself.
 
 COORDINATE_CHUNK = 1 << 14
 """Columns sorted at a time: bounds the circuit's memory; every chunk takes fresh material in turn."""

@@ -18,7 +18,7 @@ Ring attacks (``RING_ATTACKS``, ``is_ring_attack(name)``) are called as
 Z_2^64 the Byzantine workers send (``ring_rows=`` of the engine), which no float row can express. With
 F = ``frac_bits``, E(v) = round(2^F v) mod 2^64 is the honest encoding, y_i = E(honest_i) are the honest
 ring rows, and ``~x`` is the signed reading of x in [-2^63, 2^63). The protocol computes squared
-distances and norms in Z_2^64, so before the input validity check (``secrobust.validity``: every
+distances and norms in Z_2^64, so before the input validity check (``secrobust.circuits.validity``: every
 accepted ``~x`` has L2 norm at most B = 2^27) these rows made S1 see values that have nothing to do
 with the true vectors; the check rejects all of them (weight 0).
 """
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm as _normal
 
-from secrobust import ring
+from secrobust.primitives import ring
 
 Attack = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 RingAttack = Callable[[np.ndarray, np.ndarray, np.random.Generator, int], np.ndarray]
@@ -728,6 +728,13 @@ RING_ATTACKS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 _LABEL_FLIPPING = frozenset({"label-flip"})
+_IGNORES_OWN = frozenset({"mimic", "ipm", "alie", "min-max", "min-sum"})
+
+
+def ignores_own(name: str) -> bool:
+    """True if attack ``name`` reads only the shape of ``own`` (its rows come from the honest updates), so the
+    Byzantine workers need not train (``train.idle_byzantine``)."""
+    return name in _IGNORES_OWN
 
 
 def flips_labels(name: str) -> bool:

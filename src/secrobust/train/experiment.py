@@ -40,7 +40,7 @@ from rich.table import Table
 
 from secrobust.train.config import ExperimentConfig, RunSpec
 from secrobust.train.data import Dataset, load_dataset
-from secrobust.train.runner import SecureAggregate, engine_aggregate, run
+from secrobust.train.runner import SecureAggregate, engine_aggregate, harness_bucket_size, run
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -63,7 +63,9 @@ def validate(specs: Iterable[RunSpec]) -> None:
         options = dict(spec.rule_options)
         if spec.reveal != "distances":
             options["reveal"] = spec.reveal
-        if spec.pre is not None:
+        if harness_bucket_size(spec) is not None:  # the harness averages the buckets; the rule sees bucket means
+            options.pop("s", None)
+        elif spec.pre is not None:
             options["pre"] = spec.pre
         if spec.base_rule == "cclip":
             options["center"] = np.zeros(2)

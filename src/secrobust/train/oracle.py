@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from secrobust import coordinatewise
+from secrobust.circuits import coordinatewise
 from secrobust.rules.pre import split_pre, with_pre
 from secrobust.rules.registry import PRE_KEYS, apply, get_rule
 from secrobust.rules.view import DISTANCES, NORMS, View
@@ -170,7 +170,7 @@ def bulyan_choice(dist: np.ndarray, f: int) -> np.ndarray:
 
 
 def float_coordinatewise(x: np.ndarray, rule: str, f: int) -> np.ndarray:
-    """Median, trimmed mean or Bulyan of the rows x (n, d) in float, as ``secrobust.coordinatewise`` defines
+    """Median, trimmed mean or Bulyan of the rows x (n, d) in float, as ``secrobust.circuits.coordinatewise`` defines
     them on ring integers (Bulyan: theta = n - 2f rows by iterated Krum, then the trimmed mean of their values
     dropping the f largest and f smallest)."""
     n = x.shape[0]

@@ -46,15 +46,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from secrobust.rules.pre import DEFAULT_BUCKET, bucket_matrix
 from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule
 from secrobust.train.attacks import (
     flips_labels,
+    ignores_own,
     is_ring_attack,
     make_attack,
     rule_context,
 )
-from secrobust.train.config import RunSpec, TrainConfig
-from secrobust.train.data import Dataset, flip_labels, load_dataset, partition
+from secrobust.train.config import DataConfig, RunSpec, TrainConfig
+from secrobust.train.data import Dataset, flip_labels, load_dataset, partition, partition_iid
 from secrobust.train.dp import (
     PrivacyAccountant,
     check_sampled_rule,
@@ -242,7 +244,52 @@ def run(
 
     ``secure_aggregate`` replaces ``secrobust.aggregate`` in a secure run (e.g. ``dep.aggregate`` of a
     ``secrobust.deploy.local.LocalDeployment``: the same round over gRPC); a plaintext run ignores it.
+    The global torch RNG (dropout) is seeded from the training seed for the run and restored after it.
     """
+    dropout_seed = int(np.random.SeedSequence(spec.seed).spawn(6)[5].generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(dropout_seed)
+        return _run(spec, dataset=dataset, on_round=on_round, secure_aggregate=secure_aggregate)
+
+
+def harness_bucket_size(spec: RunSpec) -> int | None:
+    """s for a coordinate-wise rule with bucketing ("median+bucketing"), else None. The engine's bucketing mixes
+    on the view S1 opens, which a coordinate-wise rule (on shares, reveal="aggregate") does not have; the harness
+    then averages the buckets itself and the rule runs on the ceil(n/s) bucket means (``rules.pre.bucket_matrix``,
+    the permutation drawn from the round's seed)."""
+    from secrobust.circuits.coordinatewise import COORDINATEWISE_RULES
+
+    if spec.pre != "bucketing" or spec.base_rule not in COORDINATEWISE_RULES:
+        return None
+    return int(spec.rule_options.get("s", DEFAULT_BUCKET))
+
+
+def worker_parts(labels: np.ndarray, n: int, byzantine: list[int], data: DataConfig,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """Each worker's example indices. ``data.split = "all"``: the partition among all n workers. "honest": the
+    partition among the h = n - f honest workers (in index order), and Byzantine worker k (k-th in index order)
+    gets part k mod h of an IID split into h parts, as in Karimireddy, He, Jaggi's code, where the Byzantine
+    workers hold no share of the heterogeneous split."""
+    if data.split == "all":
+        return partition(labels, n, data.partition, rng, alpha=data.alpha)
+    honest = [i for i in range(n) if i not in set(byzantine)]
+    parts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+    for i, part in zip(honest, partition(labels, len(honest), data.partition, rng, alpha=data.alpha)):
+        parts[i] = part
+    if byzantine:
+        shares = partition_iid(len(labels), len(honest), rng)
+        for k, i in enumerate(byzantine):
+            parts[i] = shares[k % len(honest)]
+    return parts
+
+
+def _run(
+    spec: RunSpec,
+    *,
+    dataset: Dataset | None,
+    on_round: Callable[[int], None] | None,
+    secure_aggregate: SecureAggregate | None,
+) -> RunResult:
     started = time.perf_counter()
     tc, n, f = spec.train, spec.train.workers, spec.f
     if not 0 <= f < n:
@@ -255,11 +302,15 @@ def run(
             fallback=None if spec.data.fallback == "none" else spec.data.fallback,
         )
 
-    data_rng = np.random.default_rng(spec.data_seed)
-    parts = partition(dataset.y_train, n, spec.data.partition, data_rng, alpha=spec.data.alpha)
     # spawn(5)[:4] equals spawn(4): adding the cohort's stream left the other streams of earlier runs unchanged
     init_seq, byz_seq, batch_seq, attack_seq, cohort_seq = np.random.SeedSequence(spec.seed).spawn(5)
     byzantine = sorted(int(i) for i in np.random.default_rng(byz_seq).choice(n, size=f, replace=False))
+    parts = worker_parts(dataset.y_train, n, byzantine, spec.data, np.random.default_rng(spec.data_seed))
+    bucket_size = harness_bucket_size(spec)
+    if bucket_size is not None and (spec.dp.enabled or tc.sample_rate < 1 or is_ring_attack(spec.attack)):
+        raise ValueError(f"{spec.rule!r}: the harness's bucketing of a coordinate-wise rule runs without DP, client "
+                         "sampling or ring attacks")
+    idle = tc.idle_byzantine and ignores_own(spec.attack)
     is_byz = np.zeros(n, dtype=bool)
     is_byz[byzantine] = True
     honest = np.flatnonzero(~is_byz)
@@ -346,6 +397,8 @@ def run(
         cohort_sizes[t] = len(members)
         sent = np.zeros((n, d))
         for i in members:
+            if idle and is_byz[i]:
+                continue
             labels = y_flipped if (is_byz[i] and flips_labels(spec.attack)) else y_honest
             u = _local_update(model, adapter, theta, x_train, labels, parts[i], tc, batch_rng)
             momentum[i] = tc.momentum * momentum[i] + (1.0 - tc.momentum) * u
@@ -363,8 +416,10 @@ def run(
             options["center"] = center
         if spec.reveal != "distances":
             options["reveal"] = spec.reveal
-        if spec.pre is not None:
+        if spec.pre is not None and bucket_size is None:
             options["pre"] = spec.pre
+        if bucket_size is not None:
+            options.pop("s", None)
         if dp.enabled:
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
@@ -403,6 +458,11 @@ def run(
         if fixed_denominator:
             sigma = cohort_noise_std(spec.base_rule, dp.clip, dp.noise_multiplier, len(rows),
                                      dict(spec.rule_options), spec.reveal)
+        if bucket_size is not None:
+            mix = bucket_matrix(len(rows), bucket_size, round_seed(spec.seed, t).to_bytes(16, "little"))
+            marked = list(byz_inputs["unchecked"])
+            byz_inputs = {"unchecked": tuple(int(b) for b in np.flatnonzero(mix[:, marked].any(axis=1)))}
+            rows = mix @ rows
         tick = time.perf_counter()
         result = engine_aggregate(
             rows,
@@ -427,7 +487,7 @@ def run(
         # the released aggregate: with sampling under DP, (1/(qN)) sum over the cohort (see dp.cohort_noise_std)
         agg = scale * np.asarray(result.aggregate, dtype=np.float64)
         # reveal="aggregate": nobody learns the weights, so the run records NaN for them
-        if result.weights is None:
+        if result.weights is None or bucket_size is not None:
             weights[t] = np.nan
         elif q == 1:
             weights[t] = np.asarray(result.weights, dtype=np.float64)
@@ -437,7 +497,10 @@ def run(
         participation[members] += 1
         byz_since_eval.append(float(weights[t, byzantine].sum()) if f else 0.0)
         rejected[t] = len(now_rejected) + screened
-        rejected_honest += sum(not is_byz[w if q == 1 else int(members[w])] for w in now_rejected)
+        if bucket_size is not None:  # rows are buckets: count the rejected ones without a Byzantine member
+            rejected_honest += sum(int(w) not in byz_inputs["unchecked"] for w in now_rejected)
+        else:
+            rejected_honest += sum(not is_byz[w if q == 1 else int(members[w])] for w in now_rejected)
         rejected_since_eval.append(len(now_rejected) + screened)
         if accountant is not None:
             accountant.step()

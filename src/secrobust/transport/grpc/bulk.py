@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from google.protobuf.message import DecodeError
 
-from ...certs import Identity, common_name, worker_index
+from ...pki.certs import Identity, common_name, worker_index
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
 from . import wire

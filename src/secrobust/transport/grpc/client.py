@@ -16,13 +16,13 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
-from ...certs import Identity
+from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
 from . import wire
 from .accounting import Accounting
 from .endpoint import SERVICE, dumps
-from .errors import ERROR_KEY, PartyUnreachable, RemoteRejected, Rejected
+from .errors import ERROR_KEY, PartyUnreachable, Rejected, RemoteRejected
 from .logs import LOGGER_NAME, Timer, event
 from .tls import secure_channel
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Protocol
 import grpc
 import numpy as np
 
-from ...certs import Identity
+from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
 from . import wire
@@ -49,7 +49,7 @@ from .errors import CODES, ERROR_KEY, Rejected, rejection_for
 from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .pace import Pace, pace_for, payload_deadline
-from .tls import server_credentials, server_options, peer_party
+from .tls import peer_party, server_credentials, server_options
 
 SERVICE = "secrobust.v1.Party"
 REPLAY_CACHE = 1 << 20

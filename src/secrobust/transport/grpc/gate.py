@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from ...certs import worker_index
+from ...pki.certs import worker_index
 from .errors import Rejected
 
 PER_WORKER = 3

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import grpc
 
-from ...certs import Identity
+from ...pki.certs import Identity
 
 CHUNK_BYTES = 1 << 20
 MAX_GRPC_MESSAGE = 8 << 20

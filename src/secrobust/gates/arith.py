@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import compare, prg
+from ..primitives import prg
+from . import compare
 from .compare import AndTripleSeeds, Party
 
 _U = np.uint64

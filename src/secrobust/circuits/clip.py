@@ -47,8 +47,9 @@ from numbers import Real
 
 import numpy as np
 
-from . import arith, compare, ring
-from .compare import Party
+from ..gates import arith, compare
+from ..gates.compare import Party
+from ..primitives import ring
 
 _U = np.uint64
 _MOD = 1 << 64

@@ -28,7 +28,7 @@ Rules (f public):
                  coordinate the trimmed mean of the theta chosen values dropping their f largest and f smallest
                  (beta = theta - 2f = n - 4f values kept), as issue 10 words it (El Mhamdi et al. 2018 keep the
                  beta values closest to the median instead). Needs n >= 4f + 3 and shares of the pairwise squared
-                 distances D (n, n) at scale 2^(2F); the Krum steps reuse ``selection2pc`` (constant-round scores
+                 distances D (n, n) at scale 2^(2F); the Krum steps reuse ``circuits.selection`` (constant-round scores
                  by all-pairs ranks), see ``selection_circuit``. The choice stays shared: each of the 2f workers not chosen has
                  its values replaced by the public sentinel -(bound + 1) (the first f of them, in index order) or
                  +(bound + 1) (the others), so the sorted values are f low sentinels, the theta chosen values, f high
@@ -49,9 +49,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import arith, compare, ring, selection2pc, validity
-from .arith import Budget, Source
-from .compare import AndTripleSeeds, Party
+from ..gates import arith, compare
+from ..gates.arith import Budget, Source
+from ..gates.compare import AndTripleSeeds, Party
+from ..primitives import ring
+from . import selection, validity
 
 COORDINATEWISE_RULES = ("median", "trimmed-mean", "bulyan")
 _U = np.uint64
@@ -244,8 +246,8 @@ def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: 
 
     Step t (t workers chosen, r = n - t left): the chosen workers' columns get + (Dmax + 1), so they are beyond
     every real distance and the k = r - f - 2 smallest of a row are real ones; those sums are
-    ``selection2pc.krum_scores`` with f + t in place of f (k = n - (f + t) - 2). The chosen workers' scores get
-    + (k_max Dmax + 1), so ``selection2pc.smallest`` (m = 1, ties to the lower index) picks the unchosen worker
+    ``selection.krum_scores`` with f + t in place of f (k = n - (f + t) - 2). The chosen workers' scores get
+    + (k_max Dmax + 1), so ``selection.smallest`` (m = 1, ties to the lower index) picks the unchosen worker
     with the lowest score; one daBit conversion makes its one-hot vector a ring vector. When k < 1 every score
     is 0 and the lowest unchosen index wins, like the twin. About 27 rounds per step."""
     n = d_share.shape[0]
@@ -258,10 +260,10 @@ def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: 
     for t in range(theta):
         if n - t - f - 2 >= 1:
             pushed = d_share + np.where(off, chosen[None, :] * _U(w.big_d), _U(0))
-            scores = yield from selection2pc.krum_scores(party, pushed, f + t, w.dmax + w.big_d, src)
+            scores = yield from selection.krum_scores(party, pushed, f + t, w.dmax + w.big_d, src)
         else:
             scores = np.zeros(n, dtype=_U)
-        plane = yield from selection2pc.smallest(party, scores + chosen * _U(w.big_s), 1, w.score, src)
+        plane = yield from selection.smallest(party, scores + chosen * _U(w.big_s), 1, w.score, src)
         chosen = chosen + (yield from arith.to_ring(party, plane, n, src))
     return chosen
 

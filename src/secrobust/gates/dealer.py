@@ -8,8 +8,8 @@ are the dealer's masks and only S1 opens anything (``protocol.server``). Seed-co
 only the seeds of A0 and C0; S1 gets the seed of A1 and C1 = C - C0 explicitly. The dealer sees no
 data: A0 is random and chosen before any worker has an update.
 With ``and_words`` > 0 the same triple carries the input-validity check's Beaver bit triples
-(``secrobust.compare``): a seed for each server and S1's correction words c1. With a non-empty ``rule``
-budget it also carries the material of a rule run on shares (``secrobust.arith``: bit triples, daBits,
+(``secrobust.gates.compare``): a seed for each server and S1's correction words c1. With a non-empty ``rule``
+budget it also carries the material of a rule run on shares (``secrobust.gates.arith``: bit triples, daBits,
 product triples). With ``vector`` it carries the shared weighted sum's correlation (``reveal="aggregate"``):
 random u (S0's) and u' (S1's) in Z^n and shares r0 + c1 = u^T A1 + u'^T A0 in Z^d (see ``protocol.server``).
 Rows of A are labelled by a worker's position in the round's expected worker list, so the
@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import arith, prg, ring_kernel, sharing
+from ..errors import TripleReuseError
+from ..primitives import kernel, prg, sharing
+from . import arith
 from .arith import Budget, Correction
 from .compare import AndTripleSeeds, make_and_triple
-from .errors import TripleReuseError
 
 TRIPLE_KINDS = ("gram", "diag")
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -187,7 +188,7 @@ def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, Tri
             vector_c1[start:stop] = np.matmul(u0, a1) + np.matmul(u1, a0)
         a1 += a1
         a1 += a0
-        c += ring_kernel.matmul_t(a0, a1) if spec.kind == "gram" else ring_kernel.rowdot(a0, a1)
+        c += kernel.matmul_t(a0, a1) if spec.kind == "gram" else kernel.rowdot(a0, a1)
     c1 = c - c0_share(seeds.c0, spec)
     part0, part1 = TripleShare0(spec, seeds.a0, seeds.c0), TripleShare1(spec, seeds.a1, c1)
     if spec.and_words:

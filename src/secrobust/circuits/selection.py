@@ -22,8 +22,8 @@ from itertools import combinations
 
 import numpy as np
 
-from . import arith
-from .compare import Party
+from ..gates import arith
+from ..gates.compare import Party
 
 _U = np.uint64
 

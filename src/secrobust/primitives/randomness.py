@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 
+from ..gates.compare import AndTripleSeeds
+from ..gates.dealer import TripleSeeds
 from . import prg
-from .compare import AndTripleSeeds
-from .dealer import TripleSeeds
 
 
 class SeedSource:

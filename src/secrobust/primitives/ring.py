@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import ring_kernel
+from . import kernel
 
 RING_DTYPE = np.uint64
 DEFAULT_FRAC_BITS = 20
@@ -75,7 +75,7 @@ def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray
         out[start:stop] = scaled
         return None
 
-    for error in ring_kernel.parallel_for(encode_rows, rows.shape[0], step):
+    for error in kernel.parallel_for(encode_rows, rows.shape[0], step):
         if error is not None:
             raise ValueError(error)
     return out.view(RING_DTYPE).reshape(x.shape)
@@ -95,7 +95,7 @@ def check_encodable(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> N
 
     def norms(start: int, stop: int) -> None:
         sq[start:stop] = np.einsum("ij,ij->i", rows[start:stop], rows[start:stop])
-    for _ in ring_kernel.parallel_for(norms, rows.shape[0], step):
+    for _ in kernel.parallel_for(norms, rows.shape[0], step):
         pass
     with np.errstate(over="ignore", invalid="ignore"):
         scaled_norm = np.sqrt(sq) * 2.0**frac_bits

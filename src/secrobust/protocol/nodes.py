@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compare import Party
-from ..dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..errors import MalformedMessage, UnexpectedMessage
-from ..protocol import offline, server
-from ..protocol.messages import RULE_OPEN, VALIDITY_OPEN, Message
+from ..gates.compare import Party
+from ..gates.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..rules.possible import choose_possible, effective_f, require_passed
 from ..rules.registry import RuleSpec
 from ..rules.secure import SecureRule
+from . import offline, server
+from .messages import RULE_OPEN, VALIDITY_OPEN, Message
 
 
 class DealerNode:

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import compare, prg, ring, ring_kernel
-from .compare import Party, Source
+from ..gates import compare
+from ..gates.compare import Party, Source
+from ..primitives import kernel, prg, ring
 
 SECURITY_BITS = 40
 _EXACT_COLUMNS = 1 << 20
@@ -182,7 +183,7 @@ def project_columns(x: np.ndarray, seed: bytes, lam: int, start: int) -> np.ndar
     # BLAS on one thread (threaded BLAS on these thin products stalls by 100x when the cores are shared);
     # the column blocks are spread over the ring kernel's threads instead.
     with _blas().limit(limits=1, user_api="blas"):
-        out = ring_kernel.parallel_sum(
+        out = kernel.parallel_sum(
             lambda a, b: project(x[:, a:b], projection_columns(seed, lam, start + a, start + b)), x.shape[1],
             PROJECT_COLUMNS)
     return np.zeros((x.shape[0], lam), dtype=np.uint64) if out is None else out

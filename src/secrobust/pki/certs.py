@@ -18,7 +18,7 @@ A certificate's DNS names are ``localhost``, ``127.0.0.1`` and the party's TLS n
 lower case, ':' as '-', e.g. ``s0``, ``operator-s1``, ``worker-3``); a certificate of the dealer or a
 worker issued by org ``S0`` also carries ``<tls name>.s0`` (``target_name``), which clients of that
 organisation require, so the dealer shows S1's side the certificate S1's CA issued (TLS SNI). Key
-generation and signing are in ``secrobust.pki``.
+generation and signing are in ``secrobust.pki.ceremony``.
 """
 
 from __future__ import annotations

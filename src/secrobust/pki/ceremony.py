@@ -25,8 +25,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .certs import ORGS, PartyPaths, ca_org, check_party_id, orgs_of, party_dir, party_paths, party_role, target_name, \
-    tls_name
+from .certs import (
+    ORGS,
+    PartyPaths,
+    ca_org,
+    check_party_id,
+    orgs_of,
+    party_dir,
+    party_paths,
+    party_role,
+    target_name,
+    tls_name,
+)
 
 CA_DAYS = 3650
 CERT_DAYS = 365

@@ -31,7 +31,7 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from . import prg
+from ..primitives import prg
 
 Party = Generator[np.ndarray, np.ndarray, np.ndarray]
 WORD = 64

@@ -1,0 +1,1 @@
+"""Two-party gates on shares (comparison, arithmetic, bit conversions) and the dealer material they consume."""

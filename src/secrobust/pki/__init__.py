@@ -1,0 +1,1 @@
+"""Key material: the key ceremony (CAs, keys, signing) and party names, trust rules and TLS identities."""
