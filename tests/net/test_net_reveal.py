@@ -180,7 +180,7 @@ def _circuit_openings(rule: str, n: int, f: int, dmax: int) -> list[int]:
 def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_has(reveal):
     """No processes: S0's and S1's expected sequences of peer messages with the rule on shares, the cap
     before a server's own circuit has ended, the exact count after, and the size bound of one opening."""
-    from secrobust.deploy.server import _PeerSequence, rule_open_bytes, rule_step_cap
+    from secrobust.deploy.server.runtime import _PeerSequence, rule_open_bytes, rule_step_cap
     from secrobust.protocol.messages import Message
     from secrobust.rules import secure
     from secrobust.transport.grpc.errors import Rejected

@@ -1,4 +1,4 @@
-"""The order in which a server takes the other server's messages (``deploy.server._PeerSequence``), without
+"""The order in which a server takes the other server's messages (``deploy.server.runtime._PeerSequence``), without
 processes: S1's rows of E reach S0 from the share phase until the comparisons begin, each worker's once, of
 the right size, after the participant list only for listed workers; S1 takes neither rows nor a list."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from secrobust.circuits import validity
-from secrobust.deploy.server import _PeerSequence
+from secrobust.deploy.server.runtime import _PeerSequence
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.server import RoundPlan

@@ -21,7 +21,7 @@ from ..transport.grpc import logs
 from ..transport.grpc.logs import LOGGER_NAME, event
 from .config import PartyConfig
 from .dealer import DealerRuntime
-from .server import ServerRuntime
+from .server.runtime import ServerRuntime
 from .worker import UpdateSource, WorkerRuntime
 
 PARENT_ENV = "SECROBUST_PARENT_PID"
