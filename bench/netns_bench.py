@@ -1,0 +1,421 @@
+"""Warm deployment rounds across Linux network namespaces with rate-limited links, against each profile's link floor.
+
+Every party runs as its own process in its own network namespace (``bench/netns.py``): S0, S1, the
+dealer and each worker (one worker per process, so each has its own link), and the launcher plays both
+operators from a namespace of its own. Each party's access link to a bridge, and a separate S0<->S1
+link, is shaped by a token bucket in both directions (``tc tbf``; no added latency, netem is not
+available). Profiles (Mbit/s, ``netns.PROFILES``):
+
+* ``1g``: every link 1 Gbit/s;
+* ``200m``: every link 200 Mbit/s;
+* ``10g-100m``: S0<->S1 and the servers', dealer's and operators' access links 10 Gbit/s, each worker 100 Mbit/s.
+
+Per round (the first is cold: it waits for the dealer's first triple; the others take a triple the
+dealer made during the round before) the script records:
+
+* ``round_s``: wall seconds of ``LocalDeployment.aggregate`` (open the round at both servers, the
+  workers' uploads, secure Krum with the validity check, the operators' aggregate-share fetches);
+* ``with_downloads_s``: until the last worker logged its rebuilt aggregate (its two 8d-byte aggregate
+  shares downloaded); the next round starts only after that, so rounds do not overlap on the links;
+* per link and direction, the bytes its token bucket passed (tc's qdisc counters: Ethernet frames with
+  IP, TCP and TLS overhead) during the round and up to the last download, and the protocol's payload
+  bytes per pair of parties (``result.stats.bytes_between``, the deployment's own accounting);
+* the **link floor**: the largest, over links and directions, of (bytes that link passed during the
+  round) / (its rate), i.e. the time the busiest link needs for what crossed it; and the ratio
+  ``round_s / floor``. The same for the window that includes the downloads;
+* CPU seconds per party (``/proc/<pid>/stat``), and the load average before and after.
+
+The aggregate of every round is checked against ``secrobust.plain_aggregate`` (its plaintext twin).
+
+Usage (root; a few minutes per profile at n = 50, d = 1e6 on 2 cores):
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/netns_bench.py --n 50 --d 1000000 --rounds 4 \\
+        --profiles 1g 200m 10g-100m --out bench/results/netns_bench.json
+writes the JSON and a Markdown table beside it (``.md``). Every namespace, link and qdisc it made is
+removed on success, failure, Ctrl-C and SIGTERM; ``--cleanup-stale`` removes those of an earlier run
+that was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import netns  # noqa: E402
+
+import secrobust  # noqa: E402
+from secrobust.deploy.local import LocalDeployment, LocalOptions  # noqa: E402
+
+UPLOAD_MIN_RATE = 1e6
+"""S1's default ``upload_min_rate`` (``secrobust.deploy.config``)."""
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORKER_CHILD = re.compile(r"^worker[-:](\d+)$")
+
+
+def party_of(name: str) -> str:
+    """The namespace party of a deployment child or a stats party name (``worker-3``, ``worker:3`` -> ``w3``)."""
+    m = WORKER_CHILD.match(name)
+    return f"w{m.group(1)}" if m else name
+
+
+class NetnsDeployment(LocalDeployment):
+    """A ``LocalDeployment`` whose parties run inside ``links``' namespaces, each reached at its address there.
+
+    ``LocalDeployment`` writes every party's configuration with loopback addresses, then spawns the dealer,
+    S0 and S1, then makes its operators from ``self.addresses``. Before the first spawn this class
+    rewrites those addresses (in ``self.addresses`` and in every configuration file) to each party's
+    namespace address, and it starts every child under ``ip netns exec``. The launcher itself must be
+    inside ``links``' ``operator`` namespace (``Links.enter``)."""
+
+    def __init__(self, n_workers: int, links: netns.Links, workdir: Path | None = None,
+                 options: LocalOptions | None = None, upload_min_rate: float | None = None) -> None:
+        super().__init__(n_workers, workdir, options)
+        self.links = links
+        self.upload_min_rate = upload_min_rate
+        """S1's ``[timeouts] upload_min_rate`` (bytes/s a share upload must keep after its grace), if set."""
+        self._moved = False
+
+    def _move_addresses(self) -> None:
+        moved = {}
+        for name, addr in self.addresses.items():
+            host, port = addr.rsplit(":", 1)
+            moved[addr] = f"{self.links.addresses[name]}:{port}"
+        for path in self.cert_dir.rglob("*.toml"):
+            text = path.read_text()
+            new = text
+            for old, addr in moved.items():
+                new = new.replace(f'"{old}"', f'"{addr}"')
+            if new != text:
+                path.write_text(new)
+        self.addresses = {name: moved[addr] for name, addr in self.addresses.items()}
+        if self.upload_min_rate is not None:
+            path = self.config_file("S1")
+            path.write_text(path.read_text().replace("[timeouts]\n", f"[timeouts]\nupload_min_rate = {self.upload_min_rate:.1f}\n", 1))
+        self._moved = True
+
+    def _spawn(self, child: Any) -> None:
+        """``LocalDeployment._spawn`` with ``ip netns exec <the party's namespace>`` in front."""
+        if not self._moved:
+            self._move_addresses()
+        with open(child.log, "ab") as log:
+            child.proc = subprocess.Popen(
+                [*self.links.exec_prefix(party_of(child.name)), sys.executable, "-m", "secrobust.deploy", *child.argv],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
+                cwd=str(self.workdir), start_new_session=True)
+        if child.name == "dealer" and self.options.dealer_nice:
+            os.setpriority(os.PRIO_PROCESS, child.proc.pid, self.options.dealer_nice)
+
+
+def updates(seed: int, n: int, d: int, byzantine: int) -> np.ndarray:
+    """n test updates of d floats, the first ``byzantine`` of them flipped and scaled (fixed seed: not crypto)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d), dtype=np.float32).astype(np.float64)
+    x *= 0.5
+    x += rng.normal(size=d)
+    x /= np.sqrt(d)
+    x[:byzantine] *= -4.0
+    return x
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def diff(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {link: {way: after[link][way] - before[link][way] for way in after[link]} for link in after}
+
+
+def busiest(counted: dict[str, dict[str, int]], profile: netns.Profile) -> dict[str, Any]:
+    """The link direction whose bytes take longest at its rate, and that time (the link floor)."""
+    best: dict[str, Any] = {"floor_s": 0.0}
+    for link, ways in counted.items():
+        rate = profile.rate_mbit(link) * 1e6 / 8
+        for way, nbytes in ways.items():
+            if nbytes / rate > best["floor_s"]:
+                best = {"link": link, "direction": way, "bytes": nbytes, "rate_mbit": profile.rate_mbit(link),
+                        "floor_s": nbytes / rate}
+    return best
+
+
+def payload_by_link(bytes_between: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """The deployment's own byte accounting (protocol payload per ordered pair of parties) mapped onto links."""
+    out: dict[str, dict[str, int]] = {}
+
+    def add(link: str, way: str, nbytes: int) -> None:
+        out.setdefault(link, {"up": 0, "down": 0})[way] += nbytes
+
+    for (src, dst), nbytes in bytes_between.items():
+        a, b = party_of(src), party_of(dst)
+        if {a, b} == {"S0", "S1"}:
+            add("S0-S1", "up" if a == "S0" else "down", nbytes)
+        else:
+            add(a, "up", nbytes)
+            add(b, "down", nbytes)
+    return out
+
+
+def worker_received(dep: LocalDeployment, round_id: int) -> dict[str, float]:
+    """Per worker child: the log time at which it rebuilt round ``round_id``'s aggregate."""
+    out = {}
+    for name, child in dep.children.items():
+        if not name.startswith("worker") or not child.log.exists():
+            continue
+        for line in child.log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"aggregate-received"' in line:
+                rec = json.loads(line)
+                if rec.get("round") == round_id:
+                    out[name] = float(rec["ts"])
+    return out
+
+
+def server_events(dep: LocalDeployment, round_id: int) -> dict[str, float | None]:
+    """Log times of round ``round_id``: the first ``round-open`` at either server, the last share's
+    arrival at S1, the last row of E sent by S1, and S1's ``round-done``."""
+    found: dict[str, list[float]] = {"open": [], "last_upload": [], "last_row_of_e": [], "s1_done": []}
+    for name in ("S0", "S1"):
+        for line in dep.children[name].log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            if rec.get("round") != round_id:
+                continue
+            ev, phase = rec.get("event"), rec.get("phase")
+            if ev == "round-open":
+                found["open"].append(float(rec["ts"]))
+            elif name == "S1" and ev == "received" and phase == "share-masked":
+                found["last_upload"].append(float(rec["ts"]))
+            elif name == "S1" and ev == "sent" and phase == "masked-open":
+                found["last_row_of_e"].append(float(rec["ts"]))
+            elif name == "S1" and ev == "round-done":
+                found["s1_done"].append(float(rec["ts"]))
+    return {k: (min(v) if k == "open" else max(v)) if v else None for k, v in found.items()}
+
+
+def upload_pace(profile: netns.Profile, n: int) -> float | None:
+    """S1's upload pace for ``profile``: None (the default, 1 MB/s) when S1's access link gives each of
+    its max(8, n // 2 + 1) concurrent uploads at least twice that, else half of each upload's share."""
+    share = profile.server_mbit * 1e6 / 8 / max(8, n // 2 + 1)
+    return None if share >= 2 * UPLOAD_MIN_RATE else share / 2
+
+
+def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, rule: str, f: int,
+                workdir: Path | None, download_wait_s: float = 600.0) -> dict[str, Any]:
+    """``rounds`` rounds over a deployment in namespaces shaped by ``profile``; one record per round."""
+    parties = ["S0", "S1", "dealer", "operator", *(f"w{i}" for i in range(n))]
+    pace = upload_pace(profile, n)
+    out: dict[str, Any] = {"profile": profile.as_dict(), "n": n, "d": d, "rule": rule, "f": f,
+                           "s1_upload_min_rate": pace or UPLOAD_MIN_RATE, "rounds": []}
+    opts = LocalOptions(share_window_s=600.0, peer_timeout_s=300.0, connect_timeout_s=20.0, start_timeout_s=900.0,
+                        workers_per_process=1, extra_env={"OPENBLAS_NUM_THREADS": "1"})
+    with netns.Links(parties, profile) as links:
+        out["addresses"] = {p: links.addresses[p] for p in ("S0", "S1", "dealer", "operator")}
+        links.enter("operator")
+        try:
+            tick = time.monotonic()
+            with NetnsDeployment(n, links, workdir, opts, upload_min_rate=pace) as dep:
+                out["start_s"] = round(time.monotonic() - tick, 1)
+                print(json.dumps({"profile": profile.name, "started_s": out["start_s"]}), flush=True)
+                pids = {name: c.proc.pid for name, c in dep.children.items()}  # type: ignore[union-attr]
+                for r in range(rounds):
+                    out["rounds"].append(one_round(dep, links, profile, pids, r, n, d, rule, f, download_wait_s))
+                    print(json.dumps({k: v for k, v in out["rounds"][-1].items()
+                                      if k not in ("wire_bytes", "payload_bytes", "wire_bytes_with_downloads")}),
+                          flush=True)
+        finally:
+            links.leave()
+    out["namespaces_left"] = links.remaining()
+    return out
+
+
+def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, pids: dict[str, int], r: int,
+              n: int, d: int, rule: str, f: int, download_wait_s: float) -> dict[str, Any]:
+    x = updates(1000 + r, n, d, f)
+    want = secrobust.plain_aggregate(x, rule, f)
+    assert dep.operator is not None
+    round_id = dep.operator.next_round_id()
+    load0 = os.getloadavg()
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own0 = sum(os.times()[:2])
+    c0 = links.counters()
+    t0 = time.time()
+    res = dep.aggregate(x, rule, f)
+    t1 = time.time()
+    c1 = links.counters()
+    deadline = time.monotonic() + download_wait_s
+    while True:
+        got = worker_received(dep, round_id)
+        if len(got) >= len(res.participants) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    c2 = links.counters()
+    t2 = max([t1, *got.values()])
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    wire = diff(c1, c0)
+    wire_all = diff(c2, c0)
+    payload = payload_by_link(dict(res.stats.bytes_between))
+    floor = busiest(wire, profile)
+    floor_all = busiest(wire_all, profile)
+    pay = busiest(payload, profile)
+    ev = server_events(dep, round_id)
+    opened = ev["open"] if ev["open"] is not None else t0
+    return {
+        "round": r, "round_id": round_id, "participants": len(res.participants),
+        "equals_plaintext": bool(len(res.participants) == n and np.array_equal(res.aggregate, want.aggregate)
+                                 and np.array_equal(res.weights, want.weights)),
+        "round_s": round(t1 - t0, 3), "open_to_result_s": round(t1 - opened, 3),
+        "with_downloads_s": round(t2 - t0, 3), "workers_with_aggregate": len(got),
+        "after_open_s": {k: None if v is None else round(v - opened, 3) for k, v in ev.items() if k != "open"},
+        "floor": floor, "ratio": round((t1 - t0) / floor["floor_s"], 2) if floor["floor_s"] else None,
+        "ratio_open_to_result": round((t1 - opened) / floor["floor_s"], 2) if floor["floor_s"] else None,
+        "floor_with_downloads": floor_all,
+        "ratio_with_downloads": round((t2 - t0) / floor_all["floor_s"], 2) if floor_all["floor_s"] else None,
+        "payload_busiest": pay,
+        "server_seconds": {k: {p: round(v, 3) for p, v in s.items()} for k, s in res.stats.server_seconds.items()},
+        "cpu_s": {"S0": round(cpu.get("S0", 0.0), 2), "S1": round(cpu.get("S1", 0.0), 2),
+                  "dealer": round(cpu.get("dealer", 0.0), 2),
+                  "workers": round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2),
+                  "launcher": round(sum(os.times()[:2]) - own0, 2)},
+        "load_before": [round(v, 2) for v in load0], "load_after": [round(v, 2) for v in os.getloadavg()],
+        "wire_bytes": wire, "wire_bytes_with_downloads": wire_all,
+        "payload_bytes": payload,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "commit": rev.stdout.strip(),
+            "src_uncommitted_changes": bool(dirty.stdout.strip()),
+            "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "tc": subprocess.run(["tc", "-V"], capture_output=True, text=True).stdout.strip()}
+
+
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per profile: the warm rounds (all but the first) with their floors and ratios."""
+    rows = []
+    for prof in res["profiles"]:
+        warm = prof["rounds"][1:] or prof["rounds"]
+        by_time = sorted(warm, key=lambda r: r["open_to_result_s"])
+        med = by_time[len(by_time) // 2]
+        fl = med["floor"]
+        rows.append({
+            "profile": prof["profile"]["name"], "busiest": f"{fl.get('link')} {fl.get('direction')}",
+            "bytes_mb": round(fl.get("bytes", 0) / 1e6, 1), "rate_mbit": fl.get("rate_mbit"),
+            "floor_s": round(fl["floor_s"], 2),
+            "open_to_result_s": [r["open_to_result_s"] for r in by_time],
+            "median_s": med["open_to_result_s"], "median_ratio": med["ratio_open_to_result"],
+            "launcher_round_s": sorted(r["round_s"] for r in warm),
+            "with_downloads_s": sorted(r["with_downloads_s"] for r in warm),
+            "floor_with_downloads_s": round(med["floor_with_downloads"]["floor_s"], 2),
+            "median_after_open_s": med["after_open_s"], "median_cpu_s": med["cpu_s"],
+            "load_before": [r["load_before"][0] for r in warm],
+            "all_equal_plaintext": all(r["equals_plaintext"] for r in prof["rounds"]),
+        })
+    return rows
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    rows = summary(res)
+    lines = [
+        f"# Rounds across network namespaces with shaped links (n = {res['n']}, d = {res['d']}, {res['rule']}, f = {res['f']})",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, kernel {m['kernel']}, Python {m['python']}, "
+        f"commit {m['commit']}{' (src/ had uncommitted changes)' if m['src_uncommitted_changes'] else ''}, {m['date_utc']}. "
+        "Every party (dealer, S0, S1, each worker) is a process in its own namespace; all of them share this "
+        "machine's cores.",
+        "",
+        "Floor: bytes the busiest link direction's token bucket passed during the round (tc qdisc counters: frames "
+        "with IP/TCP/TLS overhead) / its rate. Round: from the round's opening at the servers to the aggregate "
+        "at the operators (the launcher's time, which adds writing the workers' input files, is the next column). "
+        "Warm: rounds after the first; ratio: median warm round / floor.",
+        "",
+        "| profile | busiest link | bytes (MB) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratio | launcher (s) "
+        "| + workers' downloads (s) / floor | median round: last upload, last row of E, S1 done (s) "
+        "| CPU s (S0/S1/workers/dealer) | load 1 min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        c, a = row["median_cpu_s"], row["median_after_open_s"]
+        lines.append(
+            f"| {row['profile']} | {row['busiest']} | {row['bytes_mb']} | {row['rate_mbit']:g} | {row['floor_s']} | "
+            f"{', '.join(f'{t:.2f}' for t in row['open_to_result_s'])} | **{row['median_ratio']}** | "
+            f"{', '.join(f'{t:.2f}' for t in row['launcher_round_s'])} | "
+            f"{', '.join(f'{t:.2f}' for t in row['with_downloads_s'])} / {row['floor_with_downloads_s']} | "
+            f"{a['last_upload']}, {a['last_row_of_e']}, {a['s1_done']} | "
+            f"{c['S0']}/{c['S1']}/{c['workers']}/{c['dealer']} | "
+            f"{', '.join(f'{v:.1f}' for v in row['load_before'])} |")
+    lines.append("")
+    lines.append("Every round's aggregate equalled secrobust.plain_aggregate: "
+                 + ("yes." if all(r["all_equal_plaintext"] for r in rows) else "**NO**."))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--d", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rule", default="krum")
+    ap.add_argument("--f", type=int, default=10)
+    ap.add_argument("--profiles", nargs="+", default=list(netns.PROFILES), choices=list(netns.PROFILES))
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here and the Markdown beside it")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the deployment's files (logs) here")
+    ap.add_argument("--cleanup-stale", action="store_true",
+                    help="only delete namespaces left by an earlier run of this script that was killed")
+    args = ap.parse_args()
+    why = netns.missing_tools()
+    if why:
+        sys.exit(f"netns_bench: {why}")
+    netns.guard_signals()
+    if args.cleanup_stale:
+        for name in netns.stale_namespaces():
+            subprocess.run(["ip", "netns", "del", name], check=False)
+            print("deleted", name)
+        return
+    res: dict[str, Any] = {"command": "OPENBLAS_NUM_THREADS=1 .venv/bin/python " + shlex.join(["bench/netns_bench.py", *sys.argv[1:]]),
+                           "machine": machine(), "n": args.n, "d": args.d, "rule": args.rule, "f": args.f,
+                           "profiles": []}
+    for name in args.profiles:
+        workdir = None if args.workdir is None else args.workdir / name
+        res["profiles"].append(run_profile(netns.PROFILES[name], args.n, args.d, args.rounds, args.rule, args.f, workdir))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
+            args.out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
