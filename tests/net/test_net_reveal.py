@@ -180,7 +180,7 @@ def _circuit_openings(rule: str, n: int, f: int, dmax: int) -> list[int]:
 def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_has(reveal):
     """No processes: S0's and S1's expected sequences of peer messages with the rule on shares, the cap
     before a server's own circuit has ended, the exact count after, and the size bound of one opening."""
-    from secrobust.deploy.server.runtime import _PeerSequence, rule_open_bytes, rule_step_cap
+    from secrobust.deploy.server.sequence import PeerSequence, rule_open_bytes, rule_step_cap
     from secrobust.protocol.messages import Message
     from secrobust.rules import secure
     from secrobust.transport.grpc.errors import Rejected
@@ -203,7 +203,7 @@ def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_
         return info.value.reason
 
     for receiver in (0, 1):
-        seq = _PeerSequence(receiver, plan, cap)
+        seq = PeerSequence(receiver, plan, cap)
         assert M.VIEW_SHARE not in seq.kinds and M.WEIGHTS not in seq.kinds
         if receiver == 0:
             seq.advance(Message(M.PARTICIPANTS, 3, "S1", "S0", fields={"workers": list(range(8))}))
@@ -218,7 +218,7 @@ def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_
         assert "beyond the" in refused(seq, msg(M.RULE_OPEN, cap))
         with pytest.raises(secrobust.RoundAborted):    # this server's circuit had fewer: the peer sent too many
             seq.rule_finished(cap - 1)
-        seq = _PeerSequence(receiver, plan, cap)        # and a peer that stops short of this server's count
+        seq = PeerSequence(receiver, plan, cap)        # and a peer that stops short of this server's count
         if receiver == 0:
             seq.advance(Message(M.PARTICIPANTS, 3, "S1", "S0", fields={"workers": list(range(8))}))
         seq.advance(msg(M.VALIDITY_SEED))

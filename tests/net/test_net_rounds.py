@@ -181,7 +181,7 @@ def test_the_mean_checks_its_inputs_with_a_diag_triple_from_the_pool(dep):
 
 
 def test_protocol_messages_above_their_limits_are_refused_before_they_are_read(dep):
-    from secrobust.deploy.server.runtime import HEADER_SLACK, SMALL_MESSAGE
+    from secrobust.deploy.server.sequence import HEADER_SLACK, SMALL_MESSAGE
     from secrobust.transport.grpc import PeerClient
 
     dep.aggregate(_updates(53), "krum", 1)            # S1's last round has n = 6 workers

@@ -1,4 +1,4 @@
-"""The order in which a server takes the other server's messages (``deploy.server.runtime._PeerSequence``), without
+"""The order in which a server takes the other server's messages (``deploy.server.sequence.PeerSequence``), without
 processes: S1's rows of E reach S0 from the share phase until the comparisons begin, each worker's once, of
 the right size, after the participant list only for listed workers; S1 takes neither rows nor a list."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from secrobust.circuits import validity
-from secrobust.deploy.server.runtime import _PeerSequence
+from secrobust.deploy.server.sequence import PeerSequence
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.server import RoundPlan
@@ -32,7 +32,7 @@ def _code(fn) -> str:
 
 
 def test_s0_takes_rows_before_and_after_the_participants_until_the_comparisons():
-    seq = _PeerSequence(0, _plan())
+    seq = PeerSequence(0, _plan())
     seq.advance(_row(5))
     assert _code(lambda: seq.advance(_row(5))) == "duplicate"
     assert _code(lambda: seq.advance(_row(9))) == "out-of-phase"            # not in the round
@@ -49,12 +49,12 @@ def test_s0_takes_rows_before_and_after_the_participants_until_the_comparisons()
 
 
 def test_without_the_check_rows_end_with_the_weights_and_s1_takes_no_rows():
-    seq = _PeerSequence(0, _plan(check=False))
+    seq = PeerSequence(0, _plan(check=False))
     seq.advance(Message(M.PARTICIPANTS, 4, "S1", "S0", {"workers": [3, 5, 8]}))
     seq.advance(_row(8))
     seq.advance(Message(M.WEIGHTS, 4, "S1", "S0", {}, {"weights": np.ones(3)}))
     assert _code(lambda: seq.check(M.MASKED_OPEN)) == "out-of-phase"
-    s1 = _PeerSequence(1, _plan())
+    s1 = PeerSequence(1, _plan())
     for kind in (M.MASKED_OPEN, M.PARTICIPANTS, M.WEIGHTS):
         assert _code(lambda: s1.check(kind)) == "out-of-phase"
     s1.check(M.VALIDITY_SEED)
@@ -62,8 +62,8 @@ def test_without_the_check_rows_end_with_the_weights_and_s1_takes_no_rows():
 
 
 def test_the_mean_streams_its_rows_as_validity_openings_and_the_unchecked_mean_none():
-    seq = _PeerSequence(0, _plan(reveal=()))
+    seq = PeerSequence(0, _plan(reveal=()))
     seq.advance(_row(3, kind=M.VALIDITY_MASKED_OPEN))
     assert _code(lambda: seq.advance(_row(5))) == "out-of-phase"            # wrong kind for this round
-    none = _PeerSequence(0, _plan(check=False, reveal=()))
+    none = PeerSequence(0, _plan(check=False, reveal=()))
     assert _code(lambda: none.check(M.VALIDITY_MASKED_OPEN)) == "out-of-phase"

@@ -1,123 +1,53 @@
-"""The server process's handler (``ServerRuntime``) and the thread that runs each opened round."""
+"""The server process's handler (``ServerRuntime``): it wires a server's parts together, answers the
+endpoint's calls (admission, message checks and intake, fetches, control commands) and runs each opened
+round on its own thread."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
-from collections import OrderedDict, defaultdict, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ...primitives import prg
-from ...circuits import validity
-from ...gates.arith import Budget
-from ...pki.certs import DEALER_ID, Identity, operator_party, worker_index
-from ...gates.dealer import TripleSpec
 from ...errors import ProtocolError, RoundAborted
-from ...protocol.nodes import ServerNode
+from ...primitives import prg
+from ...pki.certs import DEALER_ID, Identity, operator_party, worker_index
 from ...protocol import messages as M
 from ...protocol.messages import Message
-from ...protocol.offline import request_triple, triple_from_message
 from ...protocol import streaming
-from ...protocol.server import RoundPlan, noise_share
+from ...protocol.nodes import ServerNode
+from ...protocol.server import noise_share
 from ...rules import secure
 from ...transport.grpc import Accounting, PeerClient
 from ...transport.grpc import secrobust_pb2 as pb
-from ...transport.grpc.bulk import BulkClient, lane_beside, send_over
-from ...transport.grpc.pace import Pace
 from ...transport.grpc.endpoint import CONTROL_LIMIT
+from ...transport.grpc.bulk import BulkClient, lane_beside, send_over
 from ...transport.grpc.errors import PartyUnreachable, Rejected, RemoteRejected
-from ...transport.grpc.tls import MAX_GRPC_MESSAGE
 from ...transport.grpc.logs import LOGGER_NAME, Timer, event
+from ...transport.grpc.pace import Pace
+from ...transport.grpc.tls import MAX_GRPC_MESSAGE
 from ..config import PartyConfig
 from ..declines import COMMAND as DECLINE, parse_decline
-from ..pool import FAILED, PENDING, READY, PoolEntry, TriplePool, triple_key
+from ..pool import triple_key
 from ..rounds import RoundRequest
+from .offline import OfflinePool
+from .run import PeerAborted, PeerTimeout, RoundRun, Rounds, Streamed, key_traffic_key, traffic
+from .sequence import OPEN_KINDS, message_bound
+from .slots import UPLOAD_WINDOW, Slots
+from .sync import Monitor
 
-HEADER_SLACK = 64 << 10
-SMALL_MESSAGE = 4 << 10
-KEEP_ROUNDS = 8
-KEEP_SHARES = 2
 PROBE_S = 2.0
 ROW_IDLE_S = 0.25
 """S0 waits this long for a block of rows of E to fill before it takes fewer."""
 SEND_THREADS = 2
 """S1's rows of E in flight to S0 at once."""
-UPLOAD_SLOTS = 8
-"""Masked shares S1 receives at once (``reserve``), at least; more in a round of more than 15 workers
-(``upload_slots``)."""
-UPLOAD_WINDOW = 1 << 20
-"""S1's HTTP/2 receive window per stream (``tls.server_options``): uploads that wait for a slot hold at most
-this much in gRPC's buffers."""
-ROW_BACKLOG = 16
-"""Rows of E that S0 holds (received or being received) before it has added them to its Gram share."""
-FETCH_SLOTS = 4
-FETCH_WAIT_S = 60.0
-"""The longest an aggregate-share fetch waits for a slot before it is refused (``busy``)."""
-"""Aggregate-share replies a server encodes and streams at once (``fetch_slot``)."""
-PHASES = ("share", "agree", "offline", "open", "validity", "distances", "rule", "aggregate", "done")
-OPEN_KINDS = (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN)
-
-
-def key_traffic_key(round_id: int) -> str:
-    """The accounting key of S0's share-key replies of a round (``Accounting``)."""
-    return f"keys:{round_id}"
-
-
-class PeerTimeout(RoundAborted):
-    """The other server (or the dealer's triple) did not arrive within the configured time."""
-
-
-class PeerAborted(RoundAborted):
-    """The other server (or the operator) aborted the round and said why."""
-
-
-def _triple_bytes(kind: str, spec: TripleSpec) -> int:
-    """Payload bound of a dealer delivery: S0's part is seeds only; S1's also holds C1 (n x n at most),
-    the check's bit-triple words, the rule circuit's correction words and the weighted-sum correction
-    (8d bytes, reveal="aggregate")."""
-    if kind == M.TRIPLE_S0:
-        return 16 * spec.n
-    return (16 * spec.n * spec.n + 8 * spec.and_words + spec.rule.bytes_to_s1()
-            + (8 * spec.d if spec.vector else 0))
-
-
-RULE_SLACK_STEPS = 8
-"""Rule openings a peer may send beyond the circuit's round count for all the expected workers (the
-last exchange of the weights, or of their masked shares, comes on top; fewer workers take no more)."""
-
-
-def upload_slots(n: int) -> int:
-    """S1's upload slots in a round of n workers: more than any k < n/2 worker certificates can hold (each
-    has one share in flight at a time), so theirs never keep an honest share waiting for a slot."""
-    return max(UPLOAD_SLOTS, n // 2 + 1)
-
-
-def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
-    """The most ``rule-open`` messages a peer may send before this server's own circuit has ended and so
-    fixed the exact count (``_PeerSequence.rule_finished``)."""
-    if not plan.on_shares:
-        return 0
-    return secure.rounds(request.rule, len(plan.worker_ids), request.f, dict(request.options),
-                         plan.view_range, plan.d, plan.frac_bits) + RULE_SLACK_STEPS
-
-
-def rule_open_bytes(plan: RoundPlan) -> int:
-    """Payload bound of one ``rule-open`` message. Every opening of the rule's gates consumes dealer
-    material (a bit triple word opens 2 words, a daBit plane word 1, a product triple 2 ring values), and the
-    circuit for fewer workers takes no more than the plan's budget, so one step opens at most
-    8 (2 AND words + daBit words + 2 products) bytes; the last step opens the n + 1 weights or the n masked
-    weight shares."""
-    b: Budget = plan.rule_budget
-    return 8 * (2 * b.and_words + b.dabit_words + 2 * b.mults) + 8 * (len(plan.worker_ids) + 1)
 
 
 def wait_seconds(args: dict[str, Any], limit: float) -> float:
@@ -129,202 +59,9 @@ def wait_seconds(args: dict[str, Any], limit: float) -> float:
     return min(float(value), limit)
 
 
-class _PeerSequence:
-    """The order in which one server's messages reach the other; anything else is out of phase.
-    To S0: S1's participants, the validity seed (check on), the check's comparison steps, S1's weights, the
-    aggregate share; and S1's rows of E (``open_kind``, one per worker whose share S1 took, in any order,
-    from the share phase until the comparisons, or the weights without the check, begin; after the
-    participant list only rows of listed workers). To S1: the validity seed, the comparison steps, S0's
-    view share (rules that open one), the aggregate share.
-
-    With the rule on shares (``reveal`` "weights" or "aggregate") the rule circuit's openings
-    (``rule-open``, numbered steps) take the place of the view share and the weights, both ways. Their
-    number depends on the participants left after dropouts and the check, which a server knows only once
-    its own check has ended, so until its own circuit ends (``rule_finished``) a server takes at most
-    ``rule_cap`` of them; then exactly as many as its circuit had."""
-
-    def __init__(self, receiver: int, plan: RoundPlan, rule_cap: int = 0) -> None:
-        checks = plan.validity
-        if plan.on_shares:
-            rule = [M.RULE_OPEN]
-        else:
-            rule = [*([M.VIEW_SHARE] if receiver == 1 and plan.reveal else []), *([M.WEIGHTS] if receiver == 0 else [])]
-        self.kinds = [*([M.PARTICIPANTS] if receiver == 0 else []), *([M.VALIDITY_SEED] if checks else []),
-                      *([M.VALIDITY_OPEN] * validity.rounds(len(plan.worker_ids)) if checks else []),
-                      *rule, M.AGGREGATE_SHARE]
-        self.pos = 0
-        self.step = 0
-        self.d = plan.d
-        self.open_kind = plan.open_kind if receiver == 0 and plan.triple_kind is not None else None
-        self.rows_until = 2 if checks else 1       # rows until kinds[rows_until] (comparisons or weights)
-        self.allowed = set(plan.worker_ids)
-        self.rows: set[int] = set()
-        self.rule_cap = rule_cap
-        self.rule_steps = 0
-        """``rule-open`` messages taken so far."""
-        self.rule_total: int | None = None
-        """The exact number of rule openings, once this server's own circuit has ended."""
-
-    def expected(self) -> str | None:
-        return self.kinds[self.pos] if self.pos < len(self.kinds) else None
-
-    def _rows_open(self) -> bool:
-        return self.open_kind is not None and self.pos <= self.rows_until and not self.rule_steps
-
-    def _in_rule(self) -> bool:
-        return self.expected() == M.RULE_OPEN
-
-    @property
-    def rule_over(self) -> bool:
-        """The peer has sent the message after its last rule opening (its circuit has ended)."""
-        return M.RULE_OPEN in self.kinds and self.pos > self.kinds.index(M.RULE_OPEN)
-
-    def check(self, kind: str) -> None:
-        if kind == self.open_kind and self._rows_open():
-            return
-        want = self.expected()
-        if want == M.RULE_OPEN:
-            limit = self.rule_cap if self.rule_total is None else self.rule_total
-            after = self.kinds[self.pos + 1]
-            if kind == M.RULE_OPEN and self.rule_steps < limit:
-                return
-            if kind == after and self.rule_steps and (self.rule_total is None or self.rule_steps == self.rule_total):
-                return
-            if kind == M.RULE_OPEN:
-                raise Rejected("out-of-phase", f"a rule opening beyond the {limit} the rule's circuit has")
-            need = "rule openings" if self.rule_total is None else f"{self.rule_total - self.rule_steps} more rule openings"
-            raise Rejected("out-of-phase", f"expected {need} from the peer server, got {kind}")
-        if kind != want:
-            also = f" or {self.open_kind}" if self._rows_open() else ""
-            raise Rejected("out-of-phase", f"expected {want or 'nothing more'}{also} from the peer server, got {kind}")
-
-    def advance(self, msg: Message) -> None:
-        self.check(msg.kind)
-        if msg.kind == self.open_kind and self._rows_open():
-            w = msg.fields.get("worker")
-            if isinstance(w, bool) or not isinstance(w, int) or w not in self.allowed:
-                raise Rejected("out-of-phase", f"a masked opening row for worker {w!r}, who is not a participant")
-            if w in self.rows:
-                raise Rejected("duplicate", f"a second masked opening row for worker {w}")
-            e = msg.arrays.get("e")
-            if e is None or e.dtype != np.uint64 or e.shape != (self.d,) or len(msg.arrays) != 1:
-                raise Rejected("wrong-size", f"a masked opening row is uint64 of shape ({self.d},)")
-            self.rows.add(w)
-            return
-        if msg.kind == M.PARTICIPANTS:
-            listed = msg.fields.get("workers")
-            if isinstance(listed, list):
-                self.allowed &= {w for w in listed if isinstance(w, int) and not isinstance(w, bool)}
-        if msg.kind == M.VALIDITY_OPEN:
-            step = msg.fields.get("step")
-            if step != self.step:
-                raise Rejected("out-of-phase", f"validity opening {step!r}; step {self.step} was due")
-            self.step += 1
-        if msg.kind == M.RULE_OPEN:
-            step = msg.fields.get("step")
-            if step != self.rule_steps:
-                raise Rejected("out-of-phase", f"rule opening {step!r}; step {self.rule_steps} was due")
-            self.rule_steps += 1
-            return                              # the block goes on until the message after it
-        if self._in_rule():
-            self.pos += 1                       # the rule block is over: this is the message after it
-        self.pos += 1
-
-    def rule_finished(self, steps: int) -> None:
-        """This server's circuit ended after ``steps`` openings each way: the peer sends exactly as many."""
-        if self.rule_steps > steps:
-            raise RoundAborted(f"the peer server sent {self.rule_steps} rule openings; the circuit has {steps}")
-        self.rule_total = steps
-
-
-class _Streamed:
-    """A round's rows at one server while the share phase runs (``protocol.streaming``).
-
-    S1: its masked shares in arrival order (one n_plan x d matrix, so an upload's receive buffer is freed
-    as soon as it is copied in), how many of them were opened to S0 and added to the Gram share, and
-    <x1_k, v> for a center. S0: A0 for every planned position and the columns of 2 A0 E^T filled so far.
-    """
-
-    def __init__(self, party: int, plan: RoundPlan) -> None:
-        n, d = len(plan.worker_ids), plan.d
-        self.position = {w: i for i, w in enumerate(plan.worker_ids)}
-        self.order: list[int] = []
-        self.opened = 0
-        self.rows: np.ndarray | None = np.empty((n, d), dtype=np.uint64) if party == 1 else None
-        self.a0: np.ndarray | None = None
-        kind = plan.triple_kind
-        self.row_gram = streaming.RowGram(n, kind) if party == 1 and kind else None
-        self.col_gram = streaming.ColumnGram(n, kind) if party == 0 and kind else None
-        self.u = np.zeros(n, dtype=np.uint64) if party == 1 and plan.center is not None else None
-        self.weighted: streaming.WeightedRows | None = None
-        """S0, reveal="aggregate": u^T E over the rows of E taken so far."""
-
-    def release(self) -> None:
-        self.rows = self.a0 = None
-        self.weighted = None
-
-
-class RoundRun:
-    """One round at one server: its request, phase, inbox from the peer, and outcome."""
-
-    def __init__(self, request: RoundRequest, party: int, min_participants: int) -> None:
-        self.request = request
-        self.plan = request.plan()
-        self.spec = request.cohort_spec(min_participants)
-        self.digest = request.digest()
-        self.confirmed = False
-        """The other server holds a request with the same digest (``confirm-request``): no share is used before."""
-        self.reveal = bool(self.plan.reveal)
-        """The round opens a masked E: the rule needs distances or norms (S1 opens them, or the rule runs on
-        their shares)."""
-        self.on_shares = request.secure_rule()
-        """The rule's circuit when it runs on shares (``reveal`` "weights" or "aggregate"), else None."""
-        self.mode = request.reveal
-        self.uses_triple = self.plan.triple_kind is not None
-        self.phase = "share"
-        self.status = "running"
-        self.reason = ""
-        self.error: dict[str, Any] = {}
-        self.intake_open = True
-        """S1: masked shares are taken; S0: share keys are handed out."""
-        self.received: set[int] = set()
-        """S1: workers whose masked share arrived; S0: workers that fetched their share key."""
-        self.in_flight: set[int] = set()
-        """S1: workers whose masked share is being received (one at a time each: it takes an 8d-byte buffer)."""
-        self.dropped: dict[int, str] = {}
-        """S1: workers whose upload took a slot and ended without a share (stalled, cut off, refused): out of
-        this round, so that no certificate holds a slot twice."""
-        self.upload_slots = upload_slots(len(self.plan.worker_ids))
-        self.declined: dict[int, str] = {}
-        """Workers that said why they sit this round out (``declines``), first reason each."""
-        self.inbox: dict[str, deque[Message]] = defaultdict(deque)
-        self.peer_seq = _PeerSequence(party, self.plan, rule_step_cap(request, self.plan))
-        self.streamed = _Streamed(party, self.plan)
-        self.triple_in = False
-        self.triple: dict[str, Any] = {}
-        self.deferred: list[str] = []
-        """S1: the triples this request prefetches for later rounds, requested from the dealer once it ends."""
-        self.share_deadline = time.monotonic() + request.share_window_s
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.participants: tuple[int, ...] = ()
-        self.rejected: dict[int, str] = {}
-        self.weights: np.ndarray | None = None
-        self.center_weight = 0.0
-        self.view: dict[str, np.ndarray] = {}
-        self.own_share: np.ndarray | None = None
-        self.aggregate_digest = ""
-
-    @property
-    def round_id(self) -> int:
-        return self.request.round_id
-
-    @property
-    def finished(self) -> bool:
-        return self.status != "running"
-
-
 class ServerRuntime:
-    """The PartyHandler of S0 or S1 plus the thread that runs each opened round."""
+    """The PartyHandler of S0 or S1 plus the thread that runs each opened round. Its parts share one Monitor
+    (``sync``): the rounds (``run``), the triple pool (``offline``) and the payload slots (``slots``)."""
 
     def __init__(self, cfg: PartyConfig, identity: Identity, *, accounting: Accounting | None = None) -> None:
         if cfg.party not in ("S0", "S1"):
@@ -342,53 +79,24 @@ class ServerRuntime:
         self.dealer = PeerClient(identity, DEALER_ID, cfg.peer(DEALER_ID), accounting=self.accounting,
                                  connect_timeout=cfg.connect_timeout_s)
         self.log = logging.getLogger(LOGGER_NAME)
-        self._cv = threading.Condition(threading.RLock())
-        self.round: RoundRun | None = None
-        self.history: OrderedDict[int, RoundRun] = OrderedDict()
-        self.last_round = self._load_last_round()
+        self.monitor = Monitor()
+        self.rounds = Rounds(cfg.state_dir)
         self.shutdown_requested = threading.Event()
-        self.closing = False
-        self.pool = TriplePool()
-        self._to_request: deque[str] = deque()
-        self._requester: threading.Thread | None = None
+        self.offline = OfflinePool(self.monitor, self.rounds, self.node, self.index, self.party, self.dealer,
+                                   cfg.peer_timeout_s)
+        self.slots = Slots(self.monitor, self.rounds, cfg, self.index, self.peer_name, self.operator_name)
         self._senders: ThreadPoolExecutor | None = None
-        self._uploads = 0
-        self._fetching = 0
-        self._fetchers: set[str] = set()
-        """Callers holding an aggregate-share slot: one each, so a few slow readers cannot hold them all."""
-        self._ahead: dict[str, tuple[threading.Event, dict[str, np.ndarray]]] = {}
-        """S0: A0 expanded ahead of its round, by triple id (``_expand_ahead``)."""
         self.bulk_port: int | None = None
         """The port of this server's bulk lane (``transport.grpc.bulk``), announced in ``status``; None: gRPC only."""
         self.peer_bulk: BulkClient | None = None
         """S1: the bulk lane of S0 (learnt from its answer to ``confirm-request``), for the rows of E."""
 
-    # state that survives a restart
-
-    def _state_file(self) -> Path | None:
-        return None if self.cfg.state_dir is None else Path(self.cfg.state_dir) / "last_round"
-
-    def _load_last_round(self) -> int:
-        path = self._state_file()
-        if path is None or not path.exists():
-            return -1
-        return int(path.read_text().strip() or -1)
-
-    def _store_last_round(self, round_id: int) -> None:
-        path = self._state_file()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(round_id))
-        os.replace(tmp, path)
-
     def close(self) -> None:
         """Release every call that waits (long polls, fetches, reports) so the process can exit."""
-        with self._cv:
-            self.closing = True
-            self._to_request.clear()
-            self._cv.notify_all()
+        with self.monitor:
+            self.monitor.closing = True
+            self.offline.close()
+            self.monitor.notify()
             if self._senders is not None:
                 self._senders.shutdown(wait=False, cancel_futures=True)
             if self.peer_bulk is not None:
@@ -418,7 +126,7 @@ class ServerRuntime:
             raise Rejected("not-permitted", f"{caller} may not run {command!r} on {self.party}")
 
     def _current(self, round_id: int, sender: str) -> RoundRun:
-        rnd = self.round
+        rnd = self.rounds.current
         if rnd is None:
             raise Rejected("wrong-round", f"message for round {round_id}, but no round is open at {self.party}")
         if round_id != rnd.round_id:
@@ -432,37 +140,15 @@ class ServerRuntime:
         return rnd
 
     def max_message_bytes(self, env: pb.Envelope) -> int:
-        rnd = self.round
-        n = len(rnd.request.worker_ids) if rnd else 0
-        d = rnd.request.d if rnd else 0
         if env.phase in (M.TRIPLE_S0, M.TRIPLE_S1):
-            with self._cv:
-                specs = [e.spec for e in self.pool.pending_for(env.round_id)]
-            return HEADER_SLACK + max((_triple_bytes(env.phase, s) for s in specs), default=0)
-        if env.phase == M.VALIDITY_SEED:
-            return SMALL_MESSAGE
-        if env.phase == M.VALIDITY_OPEN:
-            return HEADER_SLACK + (16 * validity.and_words(n) if rnd and rnd.plan.validity else 0)
-        if env.phase == M.RULE_OPEN:
-            return HEADER_SLACK + (rule_open_bytes(rnd.plan) if rnd and rnd.plan.on_shares else 0)
-        if env.phase == M.PARTICIPANTS:
-            return HEADER_SLACK + 16 * n if self.index == 0 else SMALL_MESSAGE
-        if env.phase == M.SHARE_MASKED:
-            return HEADER_SLACK + 8 * d if self.index == 1 else SMALL_MESSAGE
-        if env.phase == M.AGGREGATE_SHARE:
-            return HEADER_SLACK + 8 * d
-        if env.phase == M.VIEW_SHARE:
-            return HEADER_SLACK + 16 * n * n if self.index == 1 else SMALL_MESSAGE
-        if env.phase == M.WEIGHTS:
-            return HEADER_SLACK + 8 * n if self.index == 0 else SMALL_MESSAGE
-        if env.phase in OPEN_KINDS:
-            return HEADER_SLACK + 8 * d if self.index == 0 else SMALL_MESSAGE   # one row of E, S1 -> S0
-        return SMALL_MESSAGE
+            return self.offline.delivery_bound(env)
+        rnd = self.rounds.current
+        return message_bound(env.phase, self.index, rnd.request if rnd else None, rnd.plan if rnd else None)
 
     def precheck(self, env: pb.Envelope) -> None:
-        with self._cv:
+        with self.monitor:
             if env.sender == DEALER_ID:
-                self._precheck_triple(env)
+                self.offline.precheck(env)
                 return
             rnd = self._current(env.round_id, env.sender)
             sender = env.sender
@@ -489,185 +175,22 @@ class ServerRuntime:
                 raise Rejected("not-permitted", f"{sender} sends no protocol messages to {self.party}")
 
     def reserve(self, env: pb.Envelope) -> Callable[..., None] | None:
-        """Bounds on the 8d-byte messages a server holds at once (``Endpoint`` calls this once ``precheck``
-        passed; a stream that waits is held back by flow control). S1 receives at most ``upload_slots(n)``
-        masked shares at once (each is a buffer, committed as its bytes arrive, until it is copied into the
-        round's matrix; a worker with its share in flight has no row there yet): so S1 needs about 8nd bytes
-        for the shares, and they complete one after another (their rows are opened while the rest upload)
-        instead of all at the end. S0 takes a row of E only while fewer
-        than ``ROW_BACKLOG`` rows wait to be added to its Gram share (S1 then sends more slowly)."""
-        if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
-            return self._reserve_upload(env)
-        if self.index == 1 and env.phase == M.SHARE_MASKED:
-            def room(rnd: RoundRun | None) -> bool:
-                return self._uploads < UPLOAD_SLOTS
-        elif self.index == 0 and env.phase in OPEN_KINDS and env.sender == self.peer_name:
-            def room(rnd: RoundRun | None) -> bool:
-                return rnd is None or len(rnd.inbox[env.phase]) + self._uploads < ROW_BACKLOG
-        else:
-            return None
-        with self._cv:
-            while True:
-                rnd = self.round if self.round is not None and self.round.round_id == env.round_id else None
-                if room(rnd):
-                    break
-                if rnd is None or rnd.finished or self.closing or (self.index == 1 and not rnd.intake_open):
-                    raise Rejected("out-of-phase", f"round {env.round_id} moved on while the {env.phase} message "
-                                   "waited for its turn")
-                self._cv.wait(1.0)
-            self._uploads += 1
-        return self._slot_release("_uploads")
-
-    def _reserve_upload(self, env: pb.Envelope) -> Callable[..., None]:
-        """An upload slot for a worker's share (``precheck`` marked it in flight; ``upload_slots`` of them per
-        round): the worker is out of ``in_flight`` again when its stream ends, and if that stream took a slot
-        and did not bring its payload in full (stalled, cut off by its pace, disconnected), the worker is
-        dropped from the round (``RoundRun.dropped``). A payload that arrived whole and was refused for its
-        content leaves the worker free to send again: it paid its bytes at the pace, and a worker holds one
-        slot at a time whatever it does."""
-        w = worker_index(env.sender)
-        assert w is not None
-
-        def current() -> RoundRun | None:
-            rnd = self.round
-            return rnd if rnd is not None and rnd.round_id == env.round_id else None
-
-        def done(stalled: bool) -> None:
-            dropped = False
-            with self._cv:
-                rnd = current()
-                if rnd is None:
-                    return
-                rnd.in_flight.discard(w)
-                if stalled and w not in rnd.received and rnd.intake_open and not rnd.finished:
-                    rnd.dropped.setdefault(w, "its upload took a slot and did not bring its payload in full "
-                                              "(stalled, cut off by the upload pace, or disconnected)")
-                    self._close_when_all_answered(rnd)
-                    self._cv.notify_all()
-                    dropped = True
-            if dropped:
-                event(self.log, "upload-dropped", level=logging.WARNING, round=env.round_id, phase="share", worker=w)
-        try:
-            with self._cv:
-                while True:
-                    rnd = current()
-                    if rnd is None or rnd.finished or self.closing or not rnd.intake_open:
-                        raise Rejected("out-of-phase", f"round {env.round_id} moved on while the {env.phase} "
-                                       "message waited for its turn")
-                    if self._uploads < rnd.upload_slots:
-                        break
-                    self._cv.wait(1.0)
-                self._uploads += 1
-        except BaseException:
-            done(False)
-            raise
-        slot = self._slot_release("_uploads")
-
-        def release(arrived: bool = False) -> None:
-            slot()
-            done(not arrived)
-        return release
+        """The payload slot this message waits for (``Slots.reserve``)."""
+        return self.slots.reserve(env)
 
     def upload_pace(self, env: pb.Envelope) -> Pace | None:
-        """The pace a worker's share upload must keep at S1 (``transport.grpc.pace.Pace``; the configured
-        ``upload_grace_s`` and ``upload_min_rate``); other payloads keep the lanes' default."""
-        if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
-            return Pace(self.cfg.upload_grace_s, self.cfg.upload_min_rate)
-        return None
+        """The pace a worker's share upload keeps (``Slots.upload_pace``)."""
+        return self.slots.upload_pace(env)
 
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
-        """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
-        streamed at once: every worker fetches both servers' shares as soon as a round ends, and n replies
-        in memory together would cost about 16nd bytes."""
-        if phase != M.AGGREGATE_SHARE or caller == self.operator_name:
-            return None                         # the operator's one fetch does not queue behind n workers'
-        deadline = time.monotonic() + FETCH_WAIT_S
-        with self._cv:
-            if caller in self._fetchers:
-                raise Rejected("busy", f"{caller} is already fetching an aggregate share here")
-            while self._fetching >= FETCH_SLOTS and not self.closing:
-                if time.monotonic() >= deadline:
-                    raise Rejected("busy", f"no aggregate-share slot came free within {FETCH_WAIT_S:g} s")
-                self._cv.wait(1.0)
-            self._fetching += 1
-            self._fetchers.add(caller)
-        slot = self._slot_release("_fetching")
-
-        def release() -> None:
-            with self._cv:
-                self._fetchers.discard(caller)
-            slot()
-        return release
-
-    def _slot_release(self, counter: str) -> Callable[..., None]:
-        """The release of one slot counted in ``counter`` (taken under ``_cv``): give it back, wake waiters
-        (``arrived``, passed by the lanes for a reserved payload, changes nothing here)."""
-        def release(arrived: bool = False) -> None:
-            with self._cv:
-                setattr(self, counter, getattr(self, counter) - 1)
-                self._cv.notify_all()
-        return release
-
-    def _precheck_triple(self, env: pb.Envelope) -> None:
-        want = M.TRIPLE_S0 if self.index == 0 else M.TRIPLE_S1
-        if env.phase != want:
-            raise Rejected("out-of-phase", f"{self.party} takes only {want} from the dealer, got {env.phase}")
-        if not self.pool.pending_for(env.round_id):
-            raise Rejected("wrong-round", f"{self.party} expects no triple for round {env.round_id}")
-
-    def _accept_triple(self, msg: Message) -> None:
-        """A dealer delivery: this server's part of a pending pooled triple (claimed in the ledger now)."""
-        part = triple_from_message(msg)
-        if (self.index == 0) != (msg.kind == M.TRIPLE_S0):
-            raise Rejected("out-of-phase", f"{self.party} got the other server's part of a triple")
-        if part.spec.triple_id in self.node.ledger:
-            raise Rejected("duplicate", f"triple {part.spec.triple_id} was already delivered to {self.party}")
-        entry = self.pool.deliver(part, msg.round_id, time.monotonic())
-        self.node.ledger.claim(entry.triple_id)
-        event(self.log, "triple-pooled", round=entry.round_id, triple_id=entry.triple_id, n=entry.spec.n,
-              d=entry.spec.d, kind=entry.spec.kind, seconds=round(time.monotonic() - entry.registered_at, 6))
-        self._expand_ahead()
-
-    def _expand_ahead(self) -> None:
-        """S0 with no round running: expand the next pooled triple's A0 (S0's input shares, n x d words of
-        AES-CTR) now, so the round that uses it does not spend that time. One at a time (8nd bytes); a
-        round that finds it still running waits for it (``_take_a0``), a discarded triple drops it."""
-        if self.index != 0:
-            return
-        with self._cv:
-            if self._ahead or (self.round is not None and not self.round.finished) or self.closing:
-                return
-            ready = [e for e in self.pool.entries.values() if e.state == READY and e.part is not None
-                     and e.round_id > self.last_round]
-            if not ready:
-                return
-            entry = min(ready, key=lambda e: e.round_id)
-            done, slot = threading.Event(), {}
-            self._ahead[entry.triple_id] = (done, slot)
-
-        def work() -> None:
-            try:
-                slot["a0"] = streaming.s0_rows(entry.part, np.arange(entry.spec.n))  # type: ignore[arg-type]
-            except Exception as exc:            # the round then expands it itself
-                event(self.log, "expand-failed", level=logging.WARNING, triple_id=entry.triple_id, error=str(exc))
-            finally:
-                done.set()
-        threading.Thread(target=work, name=f"{self.party}-expand", daemon=True).start()
-
-    def _take_a0(self, triple_id: str | None) -> np.ndarray | None:
-        """The A0 ``_expand_ahead`` made for ``triple_id`` (waiting for it if it is being made), else None."""
-        with self._cv:
-            ahead = self._ahead.pop(triple_id, None) if triple_id is not None else None
-        if ahead is None:
-            return None
-        ahead[0].wait()
-        return ahead[1].get("a0")
+        """The slot an aggregate-share reply waits for (``Slots.fetch_slot``)."""
+        return self.slots.fetch_slot(caller, phase)
 
     def accept(self, msg: Message, env: pb.Envelope) -> None:
-        with self._cv:
+        with self.monitor:
             if msg.sender == DEALER_ID:
-                self._accept_triple(msg)
-                self._cv.notify_all()
+                self.offline.accept(msg)
+                self.monitor.notify()
                 return
             rnd = self._current(msg.round_id, msg.sender)
             w = worker_index(msg.sender)
@@ -676,7 +199,7 @@ class ServerRuntime:
             else:
                 rnd.peer_seq.advance(msg)
                 rnd.inbox[msg.kind].append(msg)
-            self._cv.notify_all()
+            self.monitor.notify()
 
     def _accept_share(self, rnd: RoundRun, w: int, msg: Message) -> None:
         """S1 takes worker w's masked share (S0 takes none: precheck refuses them)."""
@@ -701,7 +224,7 @@ class ServerRuntime:
                                         {"x1": st.rows[slot]}))
         st.order.append(w)
         rnd.received.add(w)
-        self._close_when_all_answered(rnd)
+        rnd.close_when_all_answered()
 
     def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> Message:
         if phase == M.SHARE_KEY and self.index == 0:
@@ -710,15 +233,14 @@ class ServerRuntime:
             can = f"{M.SHARE_KEY} (from S0, by the worker it belongs to) or {M.AGGREGATE_SHARE}"
             raise Rejected("not-permitted", f"only {can} can be fetched, not {phase!r} from {self.party}")
         deadline = time.monotonic() + wait_s
-        with self._cv:
-            rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
+        with self.monitor:
+            rnd = self.rounds.find(round_id)
             if rnd is None:
                 raise Rejected("wrong-round", f"{self.party} knows no round {round_id}")
             w = worker_index(caller)
             if caller != self.operator_name and (w is None or w not in rnd.plan.worker_ids):
                 raise Rejected("not-permitted", f"{caller} is not a worker of round {round_id}")
-            while not rnd.finished and not self.closing and time.monotonic() < deadline:
-                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.monitor.wait_until(lambda: rnd.finished or self.monitor.closing, deadline)
             if not rnd.finished:
                 raise Rejected("not-found", f"round {round_id} has not finished at {self.party} yet")
             if rnd.status != "done":
@@ -746,15 +268,14 @@ class ServerRuntime:
         if w is None:
             raise Rejected("not-permitted", f"only a worker fetches its {M.SHARE_KEY}; {caller} may not")
         deadline = time.monotonic() + wait_s
-        with self._cv:
-            rnd = self.round
+        with self.monitor:
+            rnd = self.rounds.current
             if rnd is None or rnd.round_id != round_id:
                 raise Rejected("wrong-round", f"round {round_id} is not the round open at {self.party}")
             if w not in rnd.plan.worker_ids:
                 raise Rejected("unknown-party", f"worker {w} is not expected in round {round_id}")
-            while rnd.intake_open and not rnd.finished and not self.closing and not self._keys_ready(rnd) \
-                    and time.monotonic() < deadline:
-                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.monitor.wait_until(lambda: not rnd.intake_open or rnd.finished or self.monitor.closing
+                                    or self._keys_ready(rnd), deadline)
             if rnd.finished and rnd.status != "done":
                 raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
             if not rnd.intake_open:
@@ -766,16 +287,28 @@ class ServerRuntime:
                                "has not arrived)")
             msg = self.node.share_key_message(w)
             rnd.received.add(w)
-            self._cv.notify_all()
+            self.monitor.notify()
         return msg
 
-    def _keys_ready(self, rnd: RoundRun) -> bool:
+    @staticmethod
+    def _keys_ready(rnd: RoundRun) -> bool:
         return rnd.confirmed and (rnd.triple_in or not rnd.uses_triple)
 
     def account_fetch_as(self, caller: str, env: pb.Envelope) -> Any:
         """A share key is a protocol message (counted like the in-process run's); an aggregate-share
         download is not: book them apart."""
         return key_traffic_key(env.round_id) if env.phase == M.SHARE_KEY else env.round_id
+
+    def account_as(self, msg: Message, env: pb.Envelope) -> Any:
+        """A dealer delivery is booked under its triple, the rest under the round id."""
+        if msg.sender == DEALER_ID:
+            return triple_key(str(msg.fields.get("triple_id")))
+        return env.round_id
+
+    def max_control_bytes(self, command: str) -> int:
+        """An open-round request carries the worker list and cclip's public center (d numbers): up to
+        gRPC's message limit; every other command a few small fields."""
+        return MAX_GRPC_MESSAGE if command == "open-round" else CONTROL_LIMIT
 
     def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         self.permits(caller, command)
@@ -786,13 +319,13 @@ class ServerRuntime:
         if command == DECLINE:
             return self._decline(caller, round_id, args)
         if command == "abort-round":
-            with self._cv:
-                rnd = self.round
+            with self.monitor:
+                rnd = self.rounds.current
                 if rnd is not None and rnd.round_id == round_id and not rnd.finished:
                     rnd.error = {"type": "PeerAborted", "party": caller}
                     rnd.reason = f"{caller} aborted round {round_id}: {args.get('reason', '')}"
                     rnd.intake_open = False
-                    self._cv.notify_all()
+                    self.monitor.notify()
             return {"ok": True}
         if command == "open-round":
             if args.get("round_id") != round_id:
@@ -806,7 +339,7 @@ class ServerRuntime:
             return {"ok": True}
         raise Rejected("bad-request", f"unknown command {command!r}")
 
-    # rounds
+    # control commands
 
     def _decline(self, caller: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
         """A worker of the open round says why it sits the round out (``declines``): kept for the report."""
@@ -814,23 +347,14 @@ class ServerRuntime:
         if w is None:
             raise Rejected("not-permitted", f"only a worker declines a round; {caller} may not")
         reason = parse_decline(args)
-        with self._cv:
+        with self.monitor:
             rnd = self._current(round_id, caller)
             rnd.declined.setdefault(w, reason)
             if self.index == 1:
-                self._close_when_all_answered(rnd)
-                self._cv.notify_all()
+                rnd.close_when_all_answered()
+                self.monitor.notify()
         event(self.log, "worker-declined", round=round_id, worker=w, reason=reason)
         return {"ok": True}
-
-    @staticmethod
-    def _close_when_all_answered(rnd: RoundRun) -> None:
-        """S1's intake closes once every expected worker has sent its share, declined the round or been
-        dropped: no one else can still arrive, so the round need not wait out its share window. (A worker
-        declines, or is dropped, only for itself, under its own certificate, so no worker can close the
-        window for another.)"""
-        if rnd.received | set(rnd.declined) | set(rnd.dropped) >= set(rnd.plan.worker_ids):
-            rnd.intake_open = False
 
     def _status(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         after = args.get("after")
@@ -839,14 +363,15 @@ class ServerRuntime:
         wait_s = wait_seconds(args, 60.0)
         deadline = time.monotonic() + wait_s
         w = worker_index(caller)
-        with self._cv:
-            while True:
-                rnd = self.round
-                ready = rnd is not None and rnd.intake_open and (after is None or rnd.round_id > after)
-                if ready or self.closing or time.monotonic() >= deadline:
-                    break
-                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            out: dict[str, Any] = {"party": self.party, "last_round": self.last_round, "round": None,
+
+        def open_for_shares() -> bool:
+            rnd = self.rounds.current
+            return (rnd is not None and rnd.intake_open and (after is None or rnd.round_id > after)) \
+                or self.monitor.closing
+        with self.monitor:
+            self.monitor.wait_until(open_for_shares, deadline)
+            rnd = self.rounds.current
+            out: dict[str, Any] = {"party": self.party, "last_round": self.rounds.last, "round": None,
                                    "bulk": self.bulk_port}
             if rnd is not None:
                 info: dict[str, Any] = {"round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
@@ -860,7 +385,7 @@ class ServerRuntime:
                     info["received"] = len(rnd.received)
                 out["round"] = info
             if w is None:
-                out["triples"] = self.pool.public()
+                out["triples"] = self.offline.pool.public()
             return out
 
     def _open(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -876,64 +401,27 @@ class ServerRuntime:
         bad = sorted(set(request.worker_ids) - set(self.cfg.workers))
         if bad:
             raise Rejected("unknown-party", f"workers {bad} are not admitted at {self.party}")
-        with self._cv:
-            old = self.round
+        with self.monitor:
+            old = self.rounds.current
             if old is not None and not old.finished and old.error.get("type") == "PeerAborted":
-                deadline = time.monotonic() + self.cfg.peer_timeout_s
-                while not old.finished and time.monotonic() < deadline:
-                    self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                self.monitor.wait_until(lambda: old.finished, time.monotonic() + self.cfg.peer_timeout_s)
             if old is not None and not old.finished:
                 raise Rejected("out-of-phase", f"round {old.round_id} is still running at {self.party}")
-            if request.round_id <= self.last_round:
-                raise Rejected("wrong-round", f"round ids must increase: {request.round_id} after {self.last_round}")
-            pool_plan = self.pool.plan(request, time.monotonic())
-            for gone in self.pool.commit(pool_plan):
-                event(self.log, "triple-discarded", round=gone.round_id, triple_id=gone.triple_id, state=gone.state,
-                      reason=f"not named by the request of round {request.round_id}")
-            for tid in [t for t in self._ahead if t not in self.pool.entries]:
-                del self._ahead[tid]            # an A0 made ahead for a triple no longer pooled
-            if run.uses_triple:
-                held = self.pool.entries[request.triple_id]  # type: ignore[index]
-                run.triple = {"triple_id": held.triple_id,
-                              "prefetched": held.triple_id not in {e.triple_id for e in pool_plan.add},
-                              "ready_at_open": held.state == READY}
-            if self.index == 1:
-                # this round's own triple now; the next rounds' once this one is over, so that on a shared
-                # machine the dealer's work falls between rounds instead of slowing this one
-                self._to_request.extend(e.triple_id for e in pool_plan.add if e.round_id == request.round_id)
-                run.deferred = [e.triple_id for e in pool_plan.add if e.round_id != request.round_id]
+            if request.round_id <= self.rounds.last:
+                raise Rejected("wrong-round", f"round ids must increase: {request.round_id} after {self.rounds.last}")
+            self.offline.open_round(request, run)
             # S0's input shares are the triple's A0; an unchecked mean has no triple, so S0 draws their master
             self.node.start_round(run.plan, prg.fresh_seed() if self.index == 0 and not run.uses_triple else None)
-            self._store_last_round(request.round_id)
-            self.last_round = request.round_id
-            self.round = run
-            self._cv.notify_all()
+            self.rounds.start(run)
+            self.monitor.notify()
         event(self.log, "round-open", round=request.round_id, rule=request.rule, f=request.f, reveal=request.reveal,
               n=len(request.worker_ids),
               d=request.d, triple_id=request.triple_id, prefetch=[t for _, t in request.prefetch],
               prefetched=run.triple.get("prefetched"), ready_at_open=run.triple.get("ready_at_open"))
-        if self.index == 1 and self._to_request:
-            self._start_requester()
+        self.offline.request_queued()
         threading.Thread(target=self._run, args=(run,), name=f"{self.party}-round-{request.round_id}",
                          daemon=True).start()
         return {"round_id": request.round_id, "opened": True}
-
-    def max_control_bytes(self, command: str) -> int:
-        """An open-round request carries the worker list and cclip's public center (d numbers): up to
-        gRPC's message limit; every other command a few small fields."""
-        return MAX_GRPC_MESSAGE if command == "open-round" else CONTROL_LIMIT
-
-    def account_as(self, msg: Message, env: pb.Envelope) -> Any:
-        """A dealer delivery is booked under its triple, the rest under the round id."""
-        if msg.sender == DEALER_ID:
-            return triple_key(str(msg.fields.get("triple_id")))
-        return env.round_id
-
-    def _traffic(self, rnd: RoundRun) -> dict[str, Any]:
-        """This round's traffic: its own messages plus the offline traffic of the triple it used."""
-        if rnd.triple_in:
-            return self.accounting.totals(rnd.round_id, triple_key(rnd.triple["triple_id"]))
-        return self.accounting.totals(rnd.round_id)
 
     def _report(self, round_id: int, wait_s: float) -> dict[str, Any]:
         """The round's public outcome at this server once it is over (or after ``wait_s``): status, phase,
@@ -944,12 +432,11 @@ class ServerRuntime:
         S1 adds the view it opened. ``reveal`` says what the round made public: with "aggregate" the weights
         are None (nobody learnt them), and only with "distances" is there a view."""
         deadline = time.monotonic() + wait_s
-        with self._cv:
-            rnd = self.round if self.round is not None and self.round.round_id == round_id else self.history.get(round_id)
+        with self.monitor:
+            rnd = self.rounds.find(round_id)
             if rnd is None:
                 raise Rejected("wrong-round", f"{self.party} knows no round {round_id}")
-            while not rnd.finished and not self.closing and time.monotonic() < deadline:
-                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.monitor.wait_until(lambda: rnd.finished or self.monitor.closing, deadline)
             out: dict[str, Any] = {
                 "party": self.party, "round_id": rnd.round_id, "status": rnd.status, "phase": rnd.phase,
                 "reveal": rnd.mode,
@@ -959,117 +446,66 @@ class ServerRuntime:
                 "declined": {str(w): reason for w, reason in sorted(rnd.declined.items())},
                 "dropped": {str(w): reason for w, reason in sorted(rnd.dropped.items())},
                 "seconds": dict(rnd.seconds), "aggregate_sha256": rnd.aggregate_digest,
-                "traffic": self._traffic(rnd), "triple": dict(rnd.triple),
+                "traffic": traffic(self.accounting, rnd), "triple": dict(rnd.triple),
                 "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),
             }
             if self.index == 1 and rnd.mode == secure.DEFAULT_MODE:
                 out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
             return out
 
-    def _wait(self, rnd: RoundRun, kind: str, timeout: float | None = None,
-              gone: Callable[[], bool] | None = None) -> Message:
+    def _confirm_request(self, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        """S0's side of ``_confirm_with_s0``: wait (up to the peer timeout) for its own round ``round_id``
+        to be open, compare digests, and answer with its own."""
+        theirs = args.get("sha256")
+        if not isinstance(theirs, str) or len(theirs) != 64:
+            raise Rejected("bad-request", "confirm-request carries the request's SHA-256 as 64 hex digits")
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        with self.monitor:
+            self.monitor.wait_until(lambda: self.monitor.closing or (self.rounds.current is not None
+                                                                     and self.rounds.current.round_id >= round_id),
+                                    deadline)
+            rnd = self.rounds.current
+            if rnd is None or rnd.round_id != round_id or rnd.finished:
+                raise Rejected("wrong-round", f"round {round_id} is not open at {self.party}")
+            if theirs != rnd.digest:
+                rnd.error = {"type": "PeerAborted", "party": self.peer_name}
+                rnd.reason = (f"the servers hold different requests for round {round_id} "
+                              f"(S0 {rnd.digest[:12]}, S1 {theirs[:12]})")
+                rnd.intake_open = False
+            else:
+                rnd.confirmed = True
+            self.monitor.notify()
+            return {"sha256": rnd.digest, "bulk": self.bulk_port}
+
+    # the round
+
+    def _wait(self, rnd: RoundRun, kind: str, gone: Callable[[], bool] | None = None) -> Message:
         """The peer's next ``kind`` message; PeerTimeout after the peer timeout, RoundAborted at once if
         ``gone()`` says none will come."""
-        limit = self.cfg.peer_timeout_s if timeout is None else timeout
+        limit = self.cfg.peer_timeout_s
         deadline = time.monotonic() + limit
-        with self._cv:
-            while not rnd.inbox[kind]:
-                self._check_alive(rnd)
-                if gone is not None and gone():
-                    raise RoundAborted(f"{self.peer_name} moved on without sending the next {kind}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PeerTimeout(f"{self.peer_name} sent no {kind} within {limit:g} s")
-                self._cv.wait(min(left, 1.0))
+
+        def arrived() -> bool:
+            if rnd.inbox[kind]:
+                return True
+            rnd.check_alive()
+            if gone is not None and gone():
+                raise RoundAborted(f"{self.peer_name} moved on without sending the next {kind}")
+            return False
+        with self.monitor:
+            if not self.monitor.wait_until(arrived, deadline):
+                raise PeerTimeout(f"{self.peer_name} sent no {kind} within {limit:g} s")
             return rnd.inbox[kind].popleft()
 
-    def _check_alive(self, rnd: RoundRun) -> None:
-        if rnd.error.get("type") == "PeerAborted":
-            raise PeerAborted(rnd.reason)
-
-    def _wait_triple(self, rnd: RoundRun) -> None:
-        """Take this round's triple out of the pool, waiting for the dealer's delivery if need be."""
-        timer = self._enter(rnd, "offline")
-        tid = rnd.request.triple_id
-        deadline = time.monotonic() + self.cfg.peer_timeout_s
-        try:
-            with self._cv:
-                while True:
-                    self._check_alive(rnd)
-                    entry = self.pool.entries.get(tid)  # type: ignore[arg-type]
-                    if entry is None:
-                        raise RoundAborted(f"the triple {tid} of round {rnd.round_id} is no longer in the pool")
-                    if entry.state == FAILED:
-                        self.pool.take(entry.triple_id)
-                        err = entry.error
-                        if isinstance(err, PartyUnreachable):
-                            raise err
-                        raise RoundAborted(f"the dealer's triple for round {rnd.round_id} did not arrive: {err}")
-                    if entry.state == READY:
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise PeerTimeout(f"the triple for round {rnd.round_id} did not arrive within "
-                                          f"{self.cfg.peer_timeout_s:g} s")
-                    self._cv.wait(min(left, 1.0))
-                self.pool.take(entry.triple_id)
-                assert entry.part is not None
-                self.node.install_triple(entry.part)
-                rnd.triple_in = True
-                rnd.triple["waited_s"] = round(timer.seconds, 6)
-        finally:
-            rnd.seconds["offline"] += timer.seconds
-        event(self.log, "triple-used", round=rnd.round_id, triple_id=tid, waited_s=round(timer.seconds, 6),
-              prefetched=rnd.triple.get("prefetched"))
-
-    def _start_requester(self) -> None:
-        with self._cv:
-            if self._requester is None or not self._requester.is_alive():
-                self._requester = threading.Thread(target=self._request_loop, name=f"{self.party}-offline",
-                                                   daemon=True)
-                self._requester.start()
-            self._cv.notify_all()
-
-    def _request_loop(self) -> None:
-        """S1: ask the dealer for each pending pooled triple, one request at a time, in the order named."""
-        while True:
-            with self._cv:
-                entry: PoolEntry | None = None
-                while entry is None:
-                    while not self._to_request and not self.closing:
-                        self._cv.wait(1.0)
-                    if self.closing:
-                        return
-                    candidate = self.pool.entries.get(self._to_request.popleft())
-                    if candidate is not None and candidate.state == PENDING and not candidate.requested:
-                        entry = candidate
-                entry.requested = True
-            self._request_triple(entry)
-
-    def _request_triple(self, entry: PoolEntry) -> None:
-        spec = entry.spec
-        timer = Timer()
-        event(self.log, "triple-requested", round=entry.round_id, triple_id=entry.triple_id, n=spec.n, d=spec.d,
-              kind=spec.kind)
-        try:
-            self.dealer.send(request_triple(entry.round_id, spec), timeout=60.0 + spec.n * spec.n * spec.d / 2e8,
-                             account_as=triple_key(entry.triple_id))
-        except Exception as exc:
-            with self._cv:
-                self.pool.fail(entry.triple_id, exc)
-                self._cv.notify_all()
-            event(self.log, "offline-failed", level=logging.WARNING, round=entry.round_id, triple_id=entry.triple_id,
-                  error=str(exc), seconds=round(timer.seconds, 6))
-
     def _send(self, rnd: RoundRun, msg: Message) -> None:
-        with self._cv:
-            self._check_alive(rnd)
+        with self.monitor:
+            rnd.check_alive()
         send_over(self.peer_bulk if msg.kind in OPEN_KINDS else None, self.peer, msg)
 
     def _enter(self, rnd: RoundRun, phase: str) -> Timer:
-        with self._cv:
+        with self.monitor:
             rnd.phase = phase
-            self._cv.notify_all()
+            self.monitor.notify()
         return Timer()
 
     @contextmanager
@@ -1089,7 +525,7 @@ class ServerRuntime:
             if self.index == 1:
                 self._confirm_with_s0(rnd)
             if rnd.uses_triple:
-                self._wait_triple(rnd)          # S0 hands out no key before it (its shares are the triple's A0)
+                self.offline.install(rnd, self._enter(rnd, "offline"))  # S0 hands out no key before it (A0)
             if self.index == 1:
                 self._s1_share_and_open(rnd)
             else:
@@ -1104,20 +540,18 @@ class ServerRuntime:
             share, out = self._aggregate(rnd)
             self._finish(rnd, share, out)
             event(self.log, "round-done", round=rnd.round_id, phase="done", participants=len(rnd.participants),
-                  rejected=len(rnd.rejected), seconds=round(total.seconds, 6), bytes=self._traffic(rnd)["sent"])
+                  rejected=len(rnd.rejected), seconds=round(total.seconds, 6), bytes=traffic(self.accounting, rnd)["sent"])
         except Exception as exc:
             self._abort(rnd, exc)
         finally:
-            with self._cv:
+            with self.monitor:
                 rnd.streamed.release()
                 if self.node.state is not None and self.node.state.plan is rnd.plan:
                     self.node.state = None      # the round's shares are not needed any more
-                self._archive(rnd)
-                self._to_request.extend(rnd.deferred)
-                self._cv.notify_all()
-            if rnd.deferred:
-                self._start_requester()
-            self._expand_ahead()
+                self.rounds.archive(rnd)
+                self.offline.round_over(rnd)
+                self.monitor.notify()
+            self.offline.after_round(rnd)
 
     def _confirm_with_s0(self, rnd: RoundRun) -> None:
         """S1, before any share is used: S0 must hold the same round request (equal digests). S0 answers
@@ -1133,37 +567,13 @@ class ServerRuntime:
             raise RoundAborted(f"the servers hold different requests for round {rnd.round_id} "
                                f"(S0 {str(theirs)[:12]}, S1 {rnd.digest[:12]})")
         self._use_peer_bulk(reply.get("bulk"))
-        with self._cv:
+        with self.monitor:
             rnd.confirmed = True
-            self._cv.notify_all()
+            self.monitor.notify()
 
     def _use_peer_bulk(self, port: Any) -> None:
         """S1: send the rows of E over S0's bulk lane when S0 offers one."""
         self.peer_bulk = lane_beside(self.peer_bulk, self.peer, port)
-
-    def _confirm_request(self, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
-        """S0's side of ``_confirm_with_s0``: wait (up to the peer timeout) for its own round ``round_id``
-        to be open, compare digests, and answer with its own."""
-        theirs = args.get("sha256")
-        if not isinstance(theirs, str) or len(theirs) != 64:
-            raise Rejected("bad-request", "confirm-request carries the request's SHA-256 as 64 hex digits")
-        deadline = time.monotonic() + self.cfg.peer_timeout_s
-        with self._cv:
-            while (self.round is None or self.round.round_id < round_id) and not self.closing \
-                    and time.monotonic() < deadline:
-                self._cv.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            rnd = self.round
-            if rnd is None or rnd.round_id != round_id or rnd.finished:
-                raise Rejected("wrong-round", f"round {round_id} is not open at {self.party}")
-            if theirs != rnd.digest:
-                rnd.error = {"type": "PeerAborted", "party": self.peer_name}
-                rnd.reason = (f"the servers hold different requests for round {round_id} "
-                              f"(S0 {rnd.digest[:12]}, S1 {theirs[:12]})")
-                rnd.intake_open = False
-            else:
-                rnd.confirmed = True
-            self._cv.notify_all()
-            return {"sha256": rnd.digest, "bulk": self.bulk_port}
 
     def _s1_share_and_open(self, rnd: RoundRun) -> None:
         """S1's steps 1-3, each done as soon as it can be:
@@ -1185,13 +595,13 @@ class ServerRuntime:
         share_s: float | None = None
         seed_due = float("inf")
         while True:
-            with self._cv:
+            with self.monitor:
                 while True:
-                    self._check_alive(rnd)
+                    rnd.check_alive()
                     now = time.monotonic()
                     if rnd.intake_open and now >= rnd.share_deadline:
                         rnd.intake_open = False
-                        self._cv.notify_all()
+                        self.monitor.notify()
                     closed = not rnd.intake_open
                     if closed and share_s is None:
                         share_s = timer.seconds
@@ -1207,7 +617,7 @@ class ServerRuntime:
                     if now >= seed_due:
                         raise PeerTimeout(f"{self.peer_name} sent no {M.VALIDITY_SEED} within "
                                           f"{self.cfg.peer_timeout_s:g} s")
-                    self._cv.wait(max(0.01, min((seed_due if closed else rnd.share_deadline) - now, 1.0)))
+                    self.monitor.cv.wait(max(0.01, min((seed_due if closed else rnd.share_deadline) - now, 1.0)))
                 start, workers = st.opened, list(st.order[st.opened:])
                 triple = self.node.current.triple if rnd.uses_triple else None
             if not (new_rows or gram or agree or seed or project):
@@ -1217,7 +627,7 @@ class ServerRuntime:
                 agreed, seed_due = True, time.monotonic() + self.cfg.peer_timeout_s
             if seed:
                 with self._phase(rnd, "validity"):
-                    with self._cv:
+                    with self.monitor:
                         self.node.receive_validity_seed(rnd.inbox[M.VALIDITY_SEED].popleft())
                         joint = self.node.current.validity_seed
                     slot = {w: k for k, w in enumerate(st.order)}
@@ -1235,7 +645,7 @@ class ServerRuntime:
                             sends.popleft().result()
                         sends.append(self._sender().submit(self._send, rnd, msg))
                         del msg
-                    with self._cv:
+                    with self.monitor:
                         st.opened = start + len(workers)
             if self._gram_due(st, not rnd.intake_open):
                 with self._phase(rnd, open_phase):
@@ -1260,7 +670,7 @@ class ServerRuntime:
         """S1, its intake closed: the participants are the workers whose share it holds; it tells S0, with its
         fresh contribution to the check's projection seed (the shares are fixed now)."""
         with self._phase(rnd, "agree"):
-            with self._cv:
+            with self.monitor:
                 rnd.participants = self.node.agree(None, rnd.spec.minimum(rnd.request.f), rnd.spec.needs(rnd.request.f))
                 msgs = [self.node.participants_message()]
                 if rnd.plan.validity:
@@ -1272,7 +682,7 @@ class ServerRuntime:
               opened=rnd.streamed.opened)
 
     @staticmethod
-    def _gram_due(st: _Streamed, closed: bool) -> bool:
+    def _gram_due(st: Streamed, closed: bool) -> bool:
         """S1: a block of opened rows is ready for the Gram share (any size once no more shares come)."""
         if st.row_gram is None:
             return False
@@ -1280,7 +690,7 @@ class ServerRuntime:
         return waiting >= streaming.MIN_BLOCK or (closed and waiting > 0)
 
     def _sender(self) -> ThreadPoolExecutor:
-        with self._cv:
+        with self.monitor:
             if self._senders is None:
                 self._senders = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix=f"{self.party}-send")
             return self._senders
@@ -1296,7 +706,7 @@ class ServerRuntime:
         open_phase = "open" if rnd.reveal else "validity"
         if rnd.uses_triple:
             with self._phase(rnd, open_phase):
-                st.a0 = self._take_a0(rnd.request.triple_id)
+                st.a0 = self.offline.take_a0(rnd.request.triple_id)
                 rnd.triple["a0_ahead"] = st.a0 is not None and st.a0.shape == (len(plan.worker_ids), plan.d)
                 if not rnd.triple["a0_ahead"]:
                     st.a0 = streaming.s0_rows(self.node.current.triple, np.arange(len(plan.worker_ids)))
@@ -1310,10 +720,10 @@ class ServerRuntime:
         share_s: float | None = None
         while True:
             probe = False
-            with self._cv:
+            with self.monitor:
                 idle_until = time.monotonic() + ROW_IDLE_S
                 while True:
-                    self._check_alive(rnd)
+                    rnd.check_alive()
                     now = time.monotonic()
                     pending = len(rnd.inbox[kind])
                     left = (len(set(rnd.participants) - set(st.order)) if rnd.uses_triple else 0) if agreed else None
@@ -1333,12 +743,12 @@ class ServerRuntime:
                         probe = True
                         break
                     until = idle_until if pending else min(deadline, next_probe if not agreed else deadline)
-                    self._cv.wait(max(0.01, min(until - now, 1.0)))
+                    self.monitor.cv.wait(max(0.01, min(until - now, 1.0)))
                     if len(rnd.inbox[kind]) > pending:
                         idle_until = time.monotonic() + ROW_IDLE_S
                 taken = [rnd.inbox[kind].popleft() for _ in range(min(pending, streaming.BLOCK_ROWS))] if rows else []
                 if taken:
-                    self._cv.notify_all()       # room for more rows (``reserve``)
+                    self.monitor.notify()       # room for more rows (``reserve``)
             if probe:
                 self._probe_peer()
                 next_probe = time.monotonic() + PROBE_S
@@ -1352,7 +762,7 @@ class ServerRuntime:
                 deadline = max(deadline, time.monotonic() + self.cfg.peer_timeout_s)
             if seed:
                 with self._phase(rnd, "validity"):
-                    with self._cv:
+                    with self.monitor:
                         self.node.receive_validity_seed(rnd.inbox[M.VALIDITY_SEED].popleft())
                         state = self.node.current
                     assert st.a0 is not None
@@ -1382,10 +792,10 @@ class ServerRuntime:
         """S0 takes S1's participant list (its key handout closes), checks that S1 opened no row of anyone
         else, and answers with its fresh contribution to the check's projection seed."""
         with self._phase(rnd, "agree"):
-            with self._cv:
+            with self.monitor:
                 msg = rnd.inbox[M.PARTICIPANTS].popleft()
                 rnd.intake_open = False
-                self._cv.notify_all()
+                self.monitor.notify()
                 rnd.participants = self.node.agree(msg, rnd.spec.minimum(rnd.request.f), rnd.spec.needs(rnd.request.f))
                 extra = set(rnd.streamed.order) - set(rnd.participants)
                 if extra:
@@ -1411,7 +821,7 @@ class ServerRuntime:
         and ``project`` leave it in process: this server's Gram share from the streamed rows, and with the
         check on, the projections of its input shares under the joint seed."""
         st, plan = rnd.streamed, rnd.plan
-        with self._phase(rnd, "open" if rnd.reveal else "validity"), self._cv:
+        with self._phase(rnd, "open" if rnd.reveal else "validity"), self.monitor:
             state = self.node.current
             if self.index == 1:
                 assert st.row_gram is not None
@@ -1430,21 +840,21 @@ class ServerRuntime:
         """The check's comparison rounds, one message each way per round, until both servers hold the
         accept flags; rejected workers leave the round, which aborts if too few passed."""
         with self._phase(rnd, "validity"):
-            with self._cv:
+            with self.monitor:
                 msg = self.node.validity_start()
             while msg is not None:
                 self._send(rnd, msg)
                 peer_msg = self._wait(rnd, M.VALIDITY_OPEN)
-                with self._cv:
+                with self.monitor:
                     msg = self.node.validity_step(peer_msg)
             self._record_rejected(rnd)
-            with self._cv:
+            with self.monitor:
                 self.node.check_enough(rnd.spec, rnd.request.f)
                 rnd.participants = self.node.current.participants or ()
 
     def _record_rejected(self, rnd: RoundRun) -> None:
         """Take the node's rejected workers into the round's report, one ``worker-rejected`` event each."""
-        with self._cv:
+        with self.monitor:
             new = {w: reason for w, reason in self.node.rejected.items() if w not in rnd.rejected}
             rnd.rejected.update(new)
         for w, reason in sorted(new.items()):
@@ -1455,29 +865,29 @@ class ServerRuntime:
         """S0 sends its share of the distances/norms; S1 opens them (an empty view when the rule opens none)."""
         if not rnd.reveal:
             if self.index == 1:
-                with self._cv:
+                with self.monitor:
                     self.node.open_view(None)
             return
         with self._phase(rnd, "distances"):
             if self.index == 0:
-                with self._cv:
+                with self.monitor:
                     view_share = self.node.view_share_message()
                 self._send(rnd, view_share)
             else:
                 view_msg = self._wait(rnd, M.VIEW_SHARE)
-                with self._cv:
+                with self.monitor:
                     self.node.open_view(view_msg)
 
     def _rule(self, rnd: RoundRun) -> None:
         """S1 applies the rule and sends the public weights (and the workers it rejected) to S0."""
         with self._phase(rnd, "rule"):
             if self.index == 1:
-                with self._cv:
+                with self.monitor:
                     weights_msg = self.node.choose(rnd.spec, rnd.request.f, dict(rnd.request.options))
                 self._send(rnd, weights_msg)
             else:
                 weights_msg = self._wait(rnd, M.WEIGHTS)
-                with self._cv:
+                with self.monitor:
                     self.node.receive_weights(weights_msg)
         self._record_rejected(rnd)
 
@@ -1486,20 +896,20 @@ class ServerRuntime:
         each way per round (as the check's comparisons), until both servers hold the public weights
         ("weights") or their shares of them ("aggregate"). No view share and no weights message: S1 opens
         nothing. The number of rounds depends on the participants left, so the peer's count is fixed when
-        this server's own circuit ends (``_PeerSequence.rule_finished``); a peer that ends its circuit
+        this server's own circuit ends (``PeerSequence.rule_finished``); a peer that ends its circuit
         earlier (its next message arrives instead of an opening) aborts the round at once."""
         req = rnd.request
         with self._phase(rnd, "rule"):
-            with self._cv:
+            with self.monitor:
                 msg = self.node.rule_start(rnd.on_shares, req.f, dict(req.options))
             steps = 0
             while msg is not None:
                 self._send(rnd, msg)
                 steps += 1
                 peer_msg = self._wait(rnd, M.RULE_OPEN, gone=lambda: rnd.peer_seq.rule_over)
-                with self._cv:
+                with self.monitor:
                     msg = self.node.rule_step(peer_msg)
-            with self._cv:
+            with self.monitor:
                 rnd.peer_seq.rule_finished(steps)
         event(self.log, "rule-done", round=rnd.round_id, phase="rule", reveal=rnd.mode, steps=steps)
 
@@ -1511,18 +921,18 @@ class ServerRuntime:
             if req.dp_noise_std:
                 seed, label = req.noise_seed(self.index)
                 noise = noise_share(seed, label, req.d, req.dp_noise_std, req.frac_bits)
-            with self._cv:
+            with self.monitor:
                 share = self.node.aggregate_share(noise)
                 share_msg = self.node.aggregate_message(share)
             self._send(rnd, share_msg)
             peer_share = self._wait(rnd, M.AGGREGATE_SHARE)
-            with self._cv:
+            with self.monitor:
                 out = self.node.reveal(share, peer_share)
         return share, out
 
     def _finish(self, rnd: RoundRun, share: np.ndarray, out: np.ndarray) -> None:
         st = self.node.current
-        with self._cv:
+        with self.monitor:
             choice = st.choice
             assert choice is not None or rnd.plan.mode == "aggregate"
             if choice is not None and rnd.mode != "aggregate":
@@ -1535,10 +945,10 @@ class ServerRuntime:
             rnd.aggregate_digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()
             rnd.phase = "done"
             rnd.status = "done"
-            self._cv.notify_all()
+            self.monitor.notify()
 
     def _abort(self, rnd: RoundRun, exc: BaseException) -> None:
-        with self._cv:
+        with self.monitor:
             told_by_peer = isinstance(exc, PeerAborted)
             rnd.status = "aborted"
             rnd.intake_open = False
@@ -1549,7 +959,7 @@ class ServerRuntime:
                     rnd.error.update(party=exc.party, address=exc.address, detail=exc.detail)
                 elif hasattr(exc, "party") and hasattr(exc, "code"):
                     rnd.error.update(party=exc.party, code=exc.code)
-            self._cv.notify_all()
+            self.monitor.notify()
         level = logging.WARNING if isinstance(exc, ProtocolError) else logging.ERROR
         event(self.log, "round-aborted", level=level, round=rnd.round_id, phase=rnd.phase, reason=rnd.reason,
               error=rnd.error.get("type"))
@@ -1560,11 +970,3 @@ class ServerRuntime:
                 self.peer.control("abort-round", rnd.round_id, {"reason": rnd.reason}, timeout=3.0)
             except ProtocolError:
                 pass
-
-    def _archive(self, rnd: RoundRun) -> None:
-        self.history[rnd.round_id] = rnd
-        while len(self.history) > KEEP_ROUNDS:
-            self.history.popitem(last=False)
-        for old in list(self.history.values())[:-KEEP_SHARES]:
-            old.own_share = None
-
