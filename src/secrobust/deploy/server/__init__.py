@@ -56,4 +56,16 @@ no distances or norms, the rule circuit's openings are uniformly random to both,
 neither server learns the weights (the report and the fetched shares carry none). A round that cannot finish (peer
 or dealer unreachable, peer timeout, too few workers) is marked aborted with its reason, the peer is
 told, and the next round starts from a clean state.
+
+The parts, each given what it needs when it is built (none imports the runtime, nor a part above it):
+
+* ``runtime``: ``ServerRuntime``, the endpoint's handler; it wires the parts and answers the calls;
+* ``driver``: the round thread, from the request confirmation to the archived outcome;
+* ``s0``, ``s1``: each server's own steps (S0's key handout and column Gram share, S1's intake and rows
+  of E), where the two servers differ;
+* ``offline``: the triple pool, S1's requester thread, S0's A0 expanded ahead;
+* ``slots``: the upload, row and fetch slots and the upload pace;
+* ``sequence``: the order and size bounds of the peer's messages;
+* ``link``: the other server as the steps see it (send, wait for the next message) and the phase clock;
+* ``run``: a round's state and the rounds kept; ``sync``: the one Condition and ``wait_until``.
 """
