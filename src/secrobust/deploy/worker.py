@@ -29,9 +29,7 @@ from ..pki.certs import Identity, tls_name, worker_index
 from ..primitives import ring
 from ..protocol import messages as M
 from ..protocol.messages import Message
-from ..protocol.server import finish_aggregate
-from ..protocol.worker import share_key, share_update
-from ..rules.view import Choice
+from ..protocol.worker import reconstruct, share_key, share_update
 from ..transport.grpc import Accounting, PartyUnreachable, PeerClient, RemoteRejected
 from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside, send_over
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
@@ -304,35 +302,6 @@ def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
         return ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
     except ValueError as exc:
         raise ValueError(f"encoder refused the update: {exc}") from None
-
-
-def reconstruct(m0: Message, m1: Message) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
-    """The aggregate from the two servers' AGGREGATE_SHARE messages; both must state the same public data.
-    The weights are None when the round kept them shared (``reveal="aggregate"``): the servers send none."""
-    if (m0.sender, m1.sender) != ("S0", "S1") or m0.round_id != m1.round_id:
-        raise ProtocolError("aggregate shares must come from S0 and S1 for the same round")
-    for key in ("participants", "center_weight", "frac_bits", "reveal"):
-        if m0.fields.get(key) != m1.fields.get(key):
-            raise ProtocolError(f"S0 and S1 disagree on the round's {key}")
-    w0, w1 = m0.arrays.get("weights"), m1.arrays.get("weights")
-    s0, s1 = m0.arrays.get("share"), m1.arrays.get("share")
-    hidden = m0.fields.get("reveal") == "aggregate"
-    if hidden and (w0 is not None or w1 is not None):
-        raise ProtocolError("a round with reveal='aggregate' publishes no weights")
-    if not hidden and (w0 is None or w1 is None or not np.array_equal(w0, w1)):
-        raise ProtocolError("S0 and S1 disagree on the public weights")
-    if s0 is None or s1 is None or s0.dtype != np.uint64 or s1.dtype != np.uint64 or s0.shape != s1.shape:
-        raise ProtocolError("aggregate shares must be two uint64 vectors of one shape")
-    c0, c1 = m0.arrays.get("center"), m1.arrays.get("center")
-    if (c0 is None) != (c1 is None) or (c0 is not None and not np.array_equal(c0, c1)):
-        raise ProtocolError("S0 and S1 disagree on the public center")
-    frac_bits = m0.fields["frac_bits"]
-    cw = m0.fields["center_weight"]
-    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not isinstance(cw, (int, float)):
-        raise ProtocolError("aggregate share fields frac_bits/center_weight have the wrong type")
-    weights = None if hidden else np.array(w0, dtype=np.float64)
-    out = finish_aggregate(s0 + s1, frac_bits, c0, Choice(np.zeros(0) if weights is None else weights, float(cw)))
-    return out, weights, list(m0.fields["participants"])
 
 
 def wait_ready(path: Path, timeout: float) -> bool:

@@ -50,7 +50,7 @@ from .messages import (
     Message,
 )
 from .offline import triple_from_message
-from .worker import worker_name
+from .worker import finish_aggregate, worker_name
 
 SERVER_NAMES = ("S0", "S1")
 
@@ -700,14 +700,6 @@ def reveal_aggregate(state: ServerState, own_share: np.ndarray, peer_msg: Messag
         raise MalformedMessage(f"{state.name}: aggregate share must be uint64 of shape {own_share.shape}")
     choice = state.choice if state.choice is not None else Choice(np.zeros(0))
     return finish_aggregate(own_share + theirs, state.plan.frac_bits, state.plan.center, choice)
-
-
-def finish_aggregate(total: np.ndarray, frac_bits: int, center: np.ndarray | None, choice: Choice) -> np.ndarray:
-    """Decode sum_i w_i x_i from scale 2^(F+W) and add the public center's part w_v v."""
-    out = ring.decode(total, frac_bits + ring.WEIGHT_FRAC_BITS)
-    if center is not None and choice.center_weight:
-        out = out + choice.center_weight * ring.decode(center, frac_bits)
-    return out
 
 
 MAX_GAUSSIAN = 8.58
