@@ -73,7 +73,8 @@ class Operator:
     (and to the dealer, for its traffic report)."""
 
     def __init__(self, identities: Identity | Iterable[Identity], s0: str | None, s1: str | None,
-                 dealer: str | None = None, *, connect_timeout: float = 5.0, prefetch: int = 1) -> None:
+                 dealer: str | None = None, *, connect_timeout: float = 5.0, prefetch: int = 1,
+                 approval: str | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
             raise ValueError(f"prefetch is the number of rounds to request triples ahead for, 0 to {MAX_PREFETCH}; "
                              f"got {prefetch!r}")
@@ -83,10 +84,19 @@ class Operator:
         missing = [name for name in own if not addresses[name]]
         if missing:
             raise ValueError(f"no address for {' and '.join(missing)}")
-        self.sides = tuple(own)
-        """The servers this operator speaks for, in protocol order."""
         self.clients = {name: PeerClient(ident, name, str(addresses[name]), connect_timeout=connect_timeout)
                         for name, ident in own.items()}
+        self.relayed: frozenset[str] = frozenset()
+        """The servers reached through the other organisation's approval service rather than directly."""
+        if approval:
+            if list(own) != ["S0"]:
+                raise ValueError(f"S1's approval service is asked by {operator_party(0)} alone; this operator holds "
+                                 f"{', '.join(operator_party(SERVER_IDS.index(n)) for n in own)}")
+            self.clients["S1"] = PeerClient(own["S0"], operator_party(1), approval, connect_timeout=connect_timeout)
+            self.relayed = frozenset({"S1"})
+        self.sides = tuple(name for name in SERVER_IDS if name in self.clients)
+        """The servers this operator runs rounds at, in protocol order (S1 through its approval service when
+        ``approval`` is given: split operators, ``deploy.approval``)."""
         self.bulk: dict[str, BulkClient] = {}
         """The servers' bulk lanes as their ``status`` announces them, for the aggregate shares."""
         self.last_reports: dict[str, dict[str, Any]] = {}
@@ -96,7 +106,8 @@ class Operator:
 
     @property
     def both(self) -> bool:
-        """Whether this operator holds both servers' operator identities (it can rebuild the result)."""
+        """Whether this operator runs rounds at both servers (with both operator identities, or with
+        operator:S0's and S1's approval service): it can rebuild the result."""
         return self.sides == SERVER_IDS
 
     def close(self) -> None:
@@ -115,7 +126,10 @@ class Operator:
             self.bulk[name] = lane
 
     def _fetch_share(self, name: str, round_id: int) -> Message:
-        return fetch_over(self.bulk.get(name), self.clients[name], round_id, M.AGGREGATE_SHARE, 30.0)
+        msg = fetch_over(self.bulk.get(name), self.clients[name], round_id, M.AGGREGATE_SHARE, 30.0)
+        if name in self.relayed:    # S1's share as the approval service relays it (checked against S0's digest)
+            msg = replace(msg, sender=name, recipient=self.clients["S0"].identity.party)
+        return msg
 
     def next_round_id(self, statuses: dict[str, dict[str, Any]] | None = None) -> int:
         """One more than the last round id any of our servers opened (each keeps it in its state_dir)."""
