@@ -64,8 +64,8 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:24]
 
 
-def record(name: str) -> dict[str, Any]:
-    """One case's transcript: every message through the tap, then the result."""
+def arguments(name: str) -> tuple[np.ndarray, str, int, dict[str, Any]]:
+    """(updates, rule, f, keyword arguments) of one case, for ``aggregate`` and ``LocalDeployment.aggregate``."""
     case = dict(CASES[name])
     rule, f = case.pop("rule"), case.pop("f")
     x = updates()
@@ -75,15 +75,11 @@ def record(name: str) -> dict[str, Any]:
         row = np.zeros(x.shape[1], dtype=np.uint64)
         row[3] = np.uint64(1 << 63)
         case["ring_rows"] = {case["ring_rows"]: row}
-    messages: list[list[Any]] = []
+    return x, rule, f, case
 
-    def tap(sender: str, recipient: str, kind: str, data: bytes) -> None:
-        messages.append([sender, recipient, kind, len(data), _sha(data)])
 
-    cluster = secrobust.Cluster(insecure_test_seed=7, tap=tap)
-    res = cluster.run_round(x, rule, f, **case)
+def _result(res: secrobust.AggregateResult) -> dict[str, Any]:
     return {
-        "messages": messages,
         "aggregate": _sha(np.ascontiguousarray(res.aggregate).tobytes()),
         "weights": None if res.weights is None else _sha(np.ascontiguousarray(res.weights).tobytes()),
         "center_weight": res.center_weight,
@@ -91,6 +87,65 @@ def record(name: str) -> dict[str, Any]:
         "rejected": sorted(res.rejected),
         "bytes": {party: dict(v) for party, v in sorted(res.stats.by_role().items())},
     }
+
+
+def record(name: str, round_id: int = 0) -> dict[str, Any]:
+    """One case's in-process transcript: every message through the tap in the order sent, then the result.
+    ``round_id`` runs it as that round of the seeded Cluster (a deployment's round, to compare flows)."""
+    x, rule, f, case = arguments(name)
+    messages: list[list[Any]] = []
+
+    def tap(sender: str, recipient: str, kind: str, data: bytes) -> None:
+        messages.append([sender, recipient, kind, len(data), _sha(data)])
+
+    cluster = secrobust.Cluster(insecure_test_seed=7, tap=tap)
+    cluster.next_round = round_id
+    res = cluster.run_round(x, rule, f, **case)
+    return {"messages": messages, **_result(res)}
+
+
+# The deployment's flow: the same cases through a LocalDeployment, every message recorded by the listening
+# parties' transport tap (``secrobust.transport.grpc.tap``).
+
+def deployment_options(tap_dir: Path) -> Any:
+    """Options of a deployment that records its flow into ``tap_dir``: test seeds (the DP noise of
+    ``insecure_test_seed``), no triple prefetch (a round's triple messages are then its own: a prefetched
+    triple for the next round could be discarded by a round of another rule and carries that round's id)."""
+    from deployments import test_options
+
+    from secrobust.transport.grpc import tap
+
+    return test_options(prefetch=0, extra_env={tap.ENV: str(tap_dir)})
+
+
+def is_round_flow(sender: str, recipient: str, kind: str) -> bool:
+    """A message among the round's parties, not the delivery of its result: the aggregate shares workers and
+    operators fetch after the round (``deploy.worker.reconstruct``) have no in-process counterpart."""
+    def party(name: str) -> bool:
+        return name in ("S0", "S1", "dealer") or name.startswith("worker:")
+
+    return party(sender) and party(recipient) and not (kind == "aggregate-share" and recipient not in ("S0", "S1"))
+
+
+def record_deployment(dep: Any, tap_dir: Path, name: str) -> dict[str, Any]:
+    """One case run through ``dep`` (started with ``deployment_options(tap_dir)``): its flow in canonical
+    order, then the result. Concurrent messages have no fixed order on a network, so the canonical order is
+    the sorted one: two flows are equal when they hold the same multiset of (sender, recipient, kind, size)
+    (and SHA-256, which differs from the in-process run's: the deployment's keys, masks and triples are fresh
+    whatever the test seed; only the DP noise follows it)."""
+    from secrobust.transport.grpc import tap
+
+    x, rule, f, case = arguments(name)
+    round_id = dep.operator.next_round_id()
+    res = dep.aggregate(x, rule, f, insecure_test_seed=7, **case)
+    flow = [[r["sender"], r["recipient"], r["kind"], r["size"], r["sha256"][:24]] for r in tap.read(tap_dir)
+            if r["round"] == round_id and is_round_flow(r["sender"], r["recipient"], r["kind"])]
+    return {"round": round_id, "messages": sorted(flow), **_result(res)}
+
+
+def flow(transcript: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """A transcript's messages as a sorted multiset of (sender, recipient, kind, size)."""
+    return sorted((s, r, k, size) for s, r, k, size, _ in transcript["messages"])
 
 
 def record_all() -> dict[str, Any]:

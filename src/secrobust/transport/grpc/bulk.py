@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from ...pki.certs import Identity, common_name, worker_index
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
-from . import wire
+from . import tap, wire
 from .accounting import Accounting
 from .errors import PartyUnreachable, Rejected, RemoteRejected, rejection_for
 from .logs import LOGGER_NAME, Timer, event
@@ -395,9 +395,11 @@ class BulkServer:
             _recv_paced(sock, memoryview(buf), pace)
             arrived = True
             msg = wire.decode(env, buf)
+            seen = tap.line(env, buf)
             del buf
             self.endpoint.deliver(msg, env, caller, env.total_bytes + env.ByteSize() + 9)
             accepted = True
+            tap.write(seen)
             _verdict(sock, ok=True)
             event(self.log, "received", seconds=round(timer.seconds, 6), lane="bulk", **info)
         except Stalled as exc:
@@ -439,6 +441,7 @@ class BulkServer:
             del found
             data = msg.to_bytes()
             envelope = bulk_envelope(msg, data)
+            seen = tap.line(envelope, data)
             del msg
         except Exception as exc:
             if release is not None:
@@ -462,6 +465,7 @@ class BulkServer:
         key = envelope.round_id if account_as is None else account_as(caller, envelope)
         self.endpoint.accounting.add(key, "sent", caller, envelope.total_bytes,
                                      envelope.total_bytes + envelope.ByteSize() + 4)
+        tap.write(seen)
         event(self.log, "served", requester=caller, round=envelope.round_id, phase=envelope.phase,
               bytes=envelope.total_bytes, seconds=round(timer.seconds, 6), lane="bulk")
 

@@ -43,7 +43,7 @@ import numpy as np
 from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
 from . import secrobust_pb2 as pb
-from . import wire
+from . import tap, wire
 from .accounting import Accounting
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
 from .gate import CallGate, CallLimits
@@ -228,6 +228,7 @@ class Endpoint:
                                                     max_bytes=_ABSOLUTE_LIMIT, precheck=precheck)
             self.deliver(msg, env, caller, wire_bytes)
             accepted = True
+            tap.write(tap.line(env))
             event(self.log, "received", seconds=round(timer.seconds, 6), **info)
             return pb.Ack(message_id=env.message_id, bytes_received=env.total_bytes)
         except Exception as exc:  # every failure becomes a coded refusal; the server keeps serving
@@ -280,6 +281,7 @@ class Endpoint:
         account_as = getattr(self.handler, "account_fetch_as", None)
         key = env.round_id if account_as is None else account_as(caller, env)
         self.accounting.add(key, "sent", caller, env.total_bytes, wire_bytes)
+        tap.write(tap.line(env))
         event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
               bytes=env.total_bytes, seconds=round(timer.seconds, 6))
 
