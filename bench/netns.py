@@ -41,7 +41,7 @@ PREFIX = "srn"
 @dataclass(frozen=True)
 class Profile:
     """Link rates in Mbit/s: each worker's access link, each server's (S0, S1, dealer, operator) access
-    link, and the S0<->S1 link."""
+    link, and the S0<->S1 link; 0 leaves a link unshaped (the veth's own speed)."""
 
     name: str
     worker_mbit: float
@@ -63,6 +63,7 @@ PROFILES: dict[str, Profile] = {
     "1g": Profile("1g", 1000, 1000, 1000),
     "200m": Profile("200m", 200, 200, 200),
     "10g-100m": Profile("10g-100m", 100, 10000, 10000),
+    "unshaped": Profile("unshaped", 0, 0, 0),
 }
 
 
@@ -215,6 +216,8 @@ class Links:
                      "src", self.addresses[me])
         for link, ends in self._ends().items():
             rate = _bits(self.profile.rate_mbit(link))
+            if rate == 0:
+                continue
             for ns, dev in ends:
                 _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *_tbf(rate))
 

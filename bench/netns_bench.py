@@ -8,7 +8,8 @@ available). Profiles (Mbit/s, ``netns.PROFILES``):
 
 * ``1g``: every link 1 Gbit/s;
 * ``200m``: every link 200 Mbit/s;
-* ``10g-100m``: S0<->S1 and the servers', dealer's and operators' access links 10 Gbit/s, each worker 100 Mbit/s.
+* ``10g-100m``: S0<->S1 and the servers', dealer's and operators' access links 10 Gbit/s, each worker 100 Mbit/s;
+* ``unshaped``: the same namespaces and links without any qdisc: the round time this machine's CPU allows.
 
 Per round (the first is cold: it waits for the dealer's first triple; the others take a triple the
 dealer made during the round before) the script records:
@@ -152,6 +153,8 @@ def busiest(counted: dict[str, dict[str, int]], profile: netns.Profile) -> dict[
     best: dict[str, Any] = {"floor_s": 0.0}
     for link, ways in counted.items():
         rate = profile.rate_mbit(link) * 1e6 / 8
+        if rate == 0:
+            continue
         for way, nbytes in ways.items():
             if nbytes / rate > best["floor_s"]:
                 best = {"link": link, "direction": way, "bytes": nbytes, "rate_mbit": profile.rate_mbit(link),
@@ -217,7 +220,7 @@ def upload_pace(profile: netns.Profile, n: int) -> float | None:
     """S1's upload pace for ``profile``: None (the default, 1 MB/s) when S1's access link gives each of
     its max(8, n // 2 + 1) concurrent uploads at least twice that, else half of each upload's share."""
     share = profile.server_mbit * 1e6 / 8 / max(8, n // 2 + 1)
-    return None if share >= 2 * UPLOAD_MIN_RATE else share / 2
+    return None if share >= 2 * UPLOAD_MIN_RATE or share == 0 else share / 2
 
 
 def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, rule: str, f: int,
@@ -246,6 +249,7 @@ def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, rule: str, 
         finally:
             links.leave()
     out["namespaces_left"] = links.remaining()
+    out["secaggplus_floor"] = secaggplus_floor(profile, n, d)
     return out
 
 
@@ -303,6 +307,35 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     }
 
 
+FLOWER_RESULT = BENCH / "results" / "flower_vs_secrobust.json"
+
+
+def secaggplus_floor(profile: netns.Profile, n: int, d: int) -> dict[str, Any]:
+    """Flower SecAgg+'s link floor for one round under ``profile``, with the SuperLink (ServerApp) on a
+    server access link and each SuperNode on a worker link: payload bytes the ServerApp sent and received
+    in a warm round of bench/flower_vs_secrobust.py at this (n, d) (its committed result; the parameters
+    going out to the clients and their masked vectors coming back), split evenly over the n nodes."""
+    sent = received = None
+    source = "8nd each way (no Flower measurement at this n, d)"
+    if FLOWER_RESULT.exists():
+        for rec in json.loads(FLOWER_RESULT.read_text())["results"]:
+            if rec.get("system") == "flower" and rec.get("n") == n and rec.get("d") == d and rec.get("rounds"):
+                last = rec["rounds"][-1]["bytes"]
+                sent, received = last["server_sent"], last["server_received"]
+                source = f"{FLOWER_RESULT.relative_to(ROOT)} (Flower {rec.get('version')}, payload bytes)"
+    if sent is None:
+        sent = received = 8 * n * d
+    links = {"superlink": {"down": received, "up": sent}, "supernode": {"down": sent / n, "up": received / n}}
+    server_rate = profile.server_mbit * 1e6 / 8
+    node_rate = profile.worker_mbit * 1e6 / 8
+    times = {("superlink", way): b / server_rate for way, b in links["superlink"].items() if server_rate} | {
+        ("supernode", way): b / node_rate for way, b in links["supernode"].items() if node_rate}
+    if not times:
+        return {"source": source, "bytes": links, "floor_s": None}
+    (link, way), floor = max(times.items(), key=lambda kv: kv[1])
+    return {"source": source, "bytes": links, "busiest": f"{link} {way}", "floor_s": round(floor, 3)}
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -312,7 +345,9 @@ def machine() -> dict[str, Any]:
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
+    src = Path(secrobust.__file__).resolve().parents[1]
+    return {"secrobust_src": str(src), "src_is_working_tree": src == ROOT / "src",
+            "cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
             "python": platform.python_version(), "commit": rev.stdout.strip(),
             "src_uncommitted_changes": bool(dirty.stdout.strip()),
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -328,7 +363,8 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
         med = by_time[len(by_time) // 2]
         fl = med["floor"]
         rows.append({
-            "profile": prof["profile"]["name"], "busiest": f"{fl.get('link')} {fl.get('direction')}",
+            "profile": prof["profile"]["name"],
+            "busiest": f"{fl['link']} {fl['direction']}" if fl.get("link") else "-",
             "bytes_mb": round(fl.get("bytes", 0) / 1e6, 1), "rate_mbit": fl.get("rate_mbit"),
             "floor_s": round(fl["floor_s"], 2),
             "open_to_result_s": [r["open_to_result_s"] for r in by_time],
@@ -337,10 +373,17 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             "with_downloads_s": sorted(r["with_downloads_s"] for r in warm),
             "floor_with_downloads_s": round(med["floor_with_downloads"]["floor_s"], 2),
             "median_after_open_s": med["after_open_s"], "median_cpu_s": med["cpu_s"],
+            "payload_floor": med["payload_busiest"], "secaggplus_floor": prof.get("secaggplus_floor"),
             "load_before": [r["load_before"][0] for r in warm],
             "all_equal_plaintext": all(r["equals_plaintext"] for r in prof["rounds"]),
         })
     return rows
+
+
+def src_note(m: dict[str, Any]) -> str:
+    if not m.get("src_is_working_tree", True):
+        return f" (src/ as committed, exported to {m['secrobust_src']})"
+    return " (src/ had uncommitted changes)" if m["src_uncommitted_changes"] else ""
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -352,7 +395,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, kernel {m['kernel']}, Python {m['python']}, "
-        f"commit {m['commit']}{' (src/ had uncommitted changes)' if m['src_uncommitted_changes'] else ''}, {m['date_utc']}. "
+        f"commit {m['commit']}{src_note(m)}, {m['date_utc']}. "
         "Every party (dealer, S0, S1, each worker) is a process in its own namespace; all of them share this "
         "machine's cores.",
         "",
@@ -369,7 +412,7 @@ def markdown(res: dict[str, Any]) -> str:
     for row in rows:
         c, a = row["median_cpu_s"], row["median_after_open_s"]
         lines.append(
-            f"| {row['profile']} | {row['busiest']} | {row['bytes_mb']} | {row['rate_mbit']:g} | {row['floor_s']} | "
+            f"| {row['profile']} | {row['busiest']} | {row['bytes_mb']} | {row['rate_mbit'] or '-'} | {row['floor_s']} | "
             f"{', '.join(f'{t:.2f}' for t in row['open_to_result_s'])} | **{row['median_ratio']}** | "
             f"{', '.join(f'{t:.2f}' for t in row['launcher_round_s'])} | "
             f"{', '.join(f'{t:.2f}' for t in row['with_downloads_s'])} / {row['floor_with_downloads_s']} | "
@@ -379,6 +422,29 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Every round's aggregate equalled secrobust.plain_aggregate: "
                  + ("yes." if all(r["all_equal_plaintext"] for r in rows) else "**NO**."))
+    lines += [
+        "",
+        "## Against Flower SecAgg+'s link floor (not run in namespaces)",
+        "",
+        "Payload bytes only (no TLS/TCP/IP overhead) on both sides. secrobust: the deployment's own accounting "
+        "(`stats.bytes_between`) of the median warm round, mapped onto the links; it leaves out the aggregate-share "
+        "downloads (the operators' two of 8d bytes, which end the round, and the workers', which it does not wait "
+        "for). SecAgg+: the "
+        "SuperLink on a server access link and each SuperNode on a worker link, with the payload bytes the "
+        "ServerApp sent (the parameters to each client) and received (the masked vectors) in a warm round of "
+        "bench/flower_vs_secrobust.py.",
+        "",
+        "| profile | secrobust payload floor: busiest link, MB, s | SecAgg+ payload floor: busiest link, MB, s |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        pf, sf = row["payload_floor"], row["secaggplus_floor"] or {}
+        if not pf.get("link") or not sf.get("busiest"):
+            continue
+        who, way = sf["busiest"].split()
+        sbytes = sf["bytes"][who][way]
+        lines.append(f"| {row['profile']} | {pf['link']} {pf['direction']}, {pf['bytes'] / 1e6:.1f}, {pf['floor_s']:.2f} "
+                     f"| {sf['busiest']}, {sbytes / 1e6:.1f}, {sf['floor_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -392,9 +458,13 @@ def main() -> None:
     ap.add_argument("--profiles", nargs="+", default=list(netns.PROFILES), choices=list(netns.PROFILES))
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here and the Markdown beside it")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the deployment's files (logs) here")
+    ap.add_argument("--render", type=Path, default=None, help="only write the Markdown of this JSON result beside it")
     ap.add_argument("--cleanup-stale", action="store_true",
                     help="only delete namespaces left by an earlier run of this script that was killed")
     args = ap.parse_args()
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return
     why = netns.missing_tools()
     if why:
         sys.exit(f"netns_bench: {why}")
