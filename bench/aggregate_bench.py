@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 import secrobust
 from secrobust.primitives import kernel
-from secrobust.rules.selection import krum_scores
+from secrobust.rules.krum import krum_scores
 
 
 def float_krum(x: np.ndarray, f: int) -> np.ndarray:

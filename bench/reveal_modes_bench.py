@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import secrobust
-from secrobust.rules import secure
+from secrobust.rules import sizing
+from secrobust.rules.view import dmax_for
 
 MODES = ("distances", "weights", "aggregate")
 
@@ -81,7 +82,7 @@ def main() -> None:
                     if base is None:
                         base = r
                     same = np.array_equal(r["aggregate"], base["aggregate"])
-                    rounds = secure.rounds(rule, n, f, {}, secure.dmax_for(2**27)) if mode != "distances" else 0
+                    rounds = sizing.rounds(rule, n, f, {}, dmax_for(2**27)) if mode != "distances" else 0
                     line = (f"n={n:3d} d={d:8d} {rule:10s} {mode:9s} {r['wall']:8.3f} s  x{r['wall'] / base['wall']:.2f}"
                             f"  rule {r['phases'].get('rule', 0):.3f} s  aggregate {r['phases'].get('aggregate', 0):.3f} s"
                             f"  offline {r['phases'].get('offline', 0):.3f} s  S0->S1+S1->S0 {r['servers_bytes'] / 1e6:9.3f} MB"

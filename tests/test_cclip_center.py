@@ -1,6 +1,6 @@
 """cclip on shares with a public center of any norm the encoder accepts (issue: guarantees where features meet).
 
-The clip circuit's range is ||x_i - v||^2 <= (b + ||v||)^2 (``rules.secure.view_range``); it used to assume
+The clip circuit's range is ||x_i - v||^2 <= (b + ||v||)^2 (``rules.view.view_range``); it used to assume
 (2b)^2, which a center above the norm bound breaks: a Byzantine worker pointing away from the center passed
 the validity check and got its unclipped weight, while the twin refused the same inputs."""
 
@@ -11,7 +11,7 @@ import pytest
 
 import secrobust
 from secrobust.primitives import ring
-from secrobust.rules import secure
+from secrobust.rules.view import view_range
 
 MODES = ("distances", "weights", "aggregate")
 
@@ -74,20 +74,20 @@ def test_cclip_median_tau_with_a_large_center_equals_its_twin(reveal: str, cente
 def test_view_range_grows_with_the_center_and_keeps_small_centers_unchanged() -> None:
     b = 1 << 20
     small = ring.encode(np.full(4, 0.1), 20)          # ||v|| 2^20 * 0.2 < b
-    assert secure.view_range(b, None) == (2 * b) ** 2
-    assert secure.view_range(b, small) == (2 * b) ** 2
+    assert view_range(b, None) == (2 * b) ** 2
+    assert view_range(b, small) == (2 * b) ** 2
     big = np.zeros(4, dtype=np.uint64)
     big[1] = np.uint64(5 * b)
-    assert secure.view_range(b, big) == (6 * b) ** 2
+    assert view_range(b, big) == (6 * b) ** 2
 
 
 def test_view_range_refuses_a_center_past_the_clip_circuits_range() -> None:
     over = np.zeros(3, dtype=np.uint64)
     over[0] = np.uint64(1 << 30)
     with pytest.raises(ValueError, match="beyond the clip circuit's range"):
-        secure.view_range(1 << 27, over)
+        view_range(1 << 27, over)
     with pytest.raises(ValueError, match="not an honest encoding"):
-        secure.view_range(1 << 27, np.full(2, 1 << 40, dtype=np.uint64))
+        view_range(1 << 27, np.full(2, 1 << 40, dtype=np.uint64))
 
 
 def test_cclip_at_the_encoders_edge_center_and_default_bound() -> None:

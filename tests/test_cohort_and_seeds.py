@@ -12,7 +12,7 @@ import pytest
 import secrobust
 from secrobust.errors import RoundAborted
 from secrobust.primitives import prg
-from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
+from secrobust.rules.cohort import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 
 X = np.random.default_rng(3).normal(size=(6, 8)) * 0.1
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import secrobust
 from secrobust.primitives import ring
-from secrobust.rules.selection import krum_scores
+from secrobust.rules.krum import krum_scores
 
 RULE_CASES = [
     ("mean", {}),

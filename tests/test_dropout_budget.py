@@ -2,7 +2,7 @@
 
 The dealer's material is dealt for the planned cohort before any share arrives; a pruned sorting network
 for fewer workers can take more (trimmed-mean at n = 7 takes more AND words than at n = 8), so the plan
-sizes the envelope over every cohort the round can end with (``rules.secure._cohort_envelope``)."""
+sizes the envelope over every cohort the round can end with (``rules.coordinatewise._cohort_envelope``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import secrobust
-from secrobust.rules import secure
+from secrobust.circuits import coordinatewise as C
+from secrobust.rules import coordinatewise as family
 
 
 @pytest.mark.parametrize("rule", ["median", "trimmed-mean"])
@@ -41,18 +42,18 @@ def test_the_64_column_decomposition_equals_the_full_dry_run(rule: str, w: int) 
     for n in (3, 5, 8, 11):
         f = 0 if rule == "bulyan" else 1
         try:
-            secure.C.check_options(rule, n, f, 1 << 27)
+            C.check_options(rule, n, f, 1 << 27)
         except ValueError:
             continue
-        assert (secure._chunk_size_by_words(rule, n, f, w, 1 << 27, rule == "bulyan")
-                == secure._chunk_size(rule, n, f, w, 1 << 27, rule == "bulyan"))
+        assert (family._chunk_size_by_words(rule, n, f, w, 1 << 27, rule == "bulyan")
+                == family._chunk_size(rule, n, f, w, 1 << 27, rule == "bulyan"))
 
 
 def test_the_envelope_covers_every_smaller_cohort() -> None:
     n, f, d = 9, 2, 100
-    budget, rounds = secure._cohort_envelope("trimmed-mean", n, f, d, 1 << 27)
+    budget, rounds = family._cohort_envelope("trimmed-mean", n, f, d, 1 << 27)
     for n2 in range(5, n + 1):
         for f2 in range(max(0, f - (n - n2)), f + 1):
-            b, r = secure._cohort_size("trimmed-mean", n2, f2, d, 1 << 27)
+            b, r = family._cohort_size("trimmed-mean", n2, f2, d, 1 << 27)
             assert b.and_words <= budget.and_words and b.dabit_words <= budget.dabit_words
             assert b.mults <= budget.mults and r <= rounds

@@ -13,7 +13,7 @@ from secrobust.api import Cluster
 from secrobust.circuits import selection, validity
 from secrobust.gates import arith, compare
 from secrobust.primitives import ring
-from secrobust.rules import secure
+from secrobust.rules.view import dmax_for
 
 MODES = ("weights", "aggregate")
 SHARED_RULES = ("krum", "multi-krum", "mda")
@@ -101,7 +101,7 @@ def test_the_circuit_is_the_exact_krum_of_the_ring_distances():
         d0 = rng.integers(0, 2**64 - 1, size=dist.shape, dtype=np.uint64, endpoint=True)
         for m in (1, 2, n - f):
             p0, p1 = arith.run_both(lambda p, s: selection.krum_circuit(p, d0 if p == 0 else dist - d0, f, m,
-                                                                              secure.dmax_for(2**27), s),
+                                                                              dmax_for(2**27), s),
                                     "t", compare.AndTripleSeeds.fresh())
             chosen = compare.plane_bits(p0 ^ p1, n)
             scores = np.sort(np.where(np.eye(n, dtype=bool), np.inf, dist.astype(float)), axis=1)[:, :n - f - 2].sum(1)
@@ -116,7 +116,7 @@ def test_mda_on_shares_is_refused_when_the_subset_search_is_too_large():
 
 def test_scores_that_could_wrap_the_ring_are_refused_up_front():
     with pytest.raises(ValueError, match="n - f - 2 must be below"):
-        selection.score_width(300, 1, secure.dmax_for(2**27))
+        selection.score_width(300, 1, dmax_for(2**27))
 
 
 @pytest.mark.parametrize("rule", ["geomed"])

@@ -18,8 +18,8 @@ from .cli_io import check_output_file, parse_key_values, fail, load_array, one_l
 from .errors import ProtocolError
 from .rules.plain import split_options
 from .rules.pre import prepare
-from .rules import secure
-from .rules.registry import DEFAULT_MIN_PARTICIPANTS
+from .rules import modes
+from .rules.cohort import DEFAULT_MIN_PARTICIPANTS
 from .updates import check_updates, encode_center
 
 app = typer.Typer(help="Secure and Byzantine-robust aggregation with two non-colluding servers.",
@@ -49,8 +49,8 @@ def check_reveal(rule: str, reveal: str, options: dict[str, Any]) -> None:
     rules.get_rule(rule)                        # an unknown rule is named as such first
     _, rule_options = split_options(rule, {k: v for k, v in options.items() if k not in ENGINE_KEYWORDS})
     try:
-        _, rule_options = prepare(rules.get_rule(rule), rule_options, secure.check_mode(reveal))
-        secure.secure_rule(rule, reveal, rule_options)
+        _, rule_options = prepare(rules.get_rule(rule), rule_options, modes.check_mode(reveal))
+        modes.secure_rule(rule, reveal, rule_options)
     except ValueError as exc:
         raise ValueError(f"--reveal: {exc}") from None
 
@@ -126,7 +126,7 @@ def aggregate_cmd(updates: Optional[Path] = typer.Option(None, help=".npy file o
             check_output_file(out)
         options = parse_key_values(option)
         rules.get_rule(rule)
-        reveal = secure.default_mode(rule) if reveal is None else reveal
+        reveal = modes.default_mode(rule) if reveal is None else reveal
         check_reveal(rule, reveal, options)
         x = _updates(updates, example_n, example_d, example_byzantine)
         run = api.aggregate
@@ -197,7 +197,7 @@ def _print_result(res: api.AggregateResult) -> None:
 
 def learned(res: api.AggregateResult) -> str:
     """One line: what S1 and the servers learnt in this round's reveal mode."""
-    how = "the mean's weights follow from the participants" if res.rule in secure.PUBLIC_WEIGHTS else \
+    how = "the mean's weights follow from the participants" if res.rule in modes.PUBLIC_WEIGHTS else \
         "the rule ran on shares"
     if res.reveal == "weights":
         return f"S1 learned: no distances or norms ({how}); the servers learned the weights and the aggregate"

@@ -19,10 +19,12 @@ import numpy as np
 from .circuits import validity
 from .primitives import ring
 from .protocol.server import check_noise_std
-from .rules import secure
+from .rules import modes
+from .rules.cohort import check_min_participants, with_cohort
 from .rules.plain import split_options
 from .rules.pre import PreStep, check_pre_mode, split_pre, with_pre
-from .rules.registry import RuleSpec, check_min_participants, get_rule, with_cohort
+from .rules.registry import get_rule
+from .rules.spec import RuleSpec, SecureRule
 from .scale import Scale
 from .scale import resolve as resolve_scale
 from .updates import as_matrix, check_ring_rows, check_unchecked
@@ -74,7 +76,7 @@ class RoundParams:
     """The rule's own options (no center, no pre)."""
     pre: PreStep | None
     reveal: str
-    on_shares: secure.SecureRule | None
+    on_shares: SecureRule | None
     frac_bits: int
     bound: int
     """The validity check's norm bound in scaled units (``validity.scaled_bound``)."""
@@ -97,15 +99,15 @@ class RoundParams:
         spec = with_cohort(get_rule(rule), min_participants, options or {})
         ring.check_frac_bits(frac_bits)
         _check_keywords(rule, options or {})
-        reveal = secure.default_mode(rule) if reveal is None else reveal
+        reveal = modes.default_mode(rule) if reveal is None else reveal
         center, rule_options = split_options(rule, dict(options or {}))
         step, rule_options = split_pre(rule_options)
         check_pre_mode(step, reveal)
         with_pre(spec, step).validate(n, f, rule_options)
-        on_shares = secure.secure_rule(rule, reveal, rule_options)
+        on_shares = modes.secure_rule(rule, reveal, rule_options)
         check_noise_std(dp_noise_std, frac_bits)
         checked = validity.check_flag(check_inputs, d)
-        secure.check_checked(on_shares, checked)
+        modes.check_checked(on_shares, checked)
         bound = validity.scaled_bound(norm_bound, frac_bits, d)
         return cls(rule, f, n, d, spec, rule_options, step, reveal, on_shares, frac_bits, bound, norm_bound,
                    float(dp_noise_std), checked, center)

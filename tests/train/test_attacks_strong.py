@@ -22,7 +22,7 @@ def _honest(h: int = 16, d: int = 40, seed: int = 0) -> np.ndarray:
 def _deviation(rows: np.ndarray, honest: np.ndarray, rule: str, f: int, **options) -> float:
     """||engine's plaintext aggregate - honest mean||: the objective, measured by the engine itself."""
     x = np.vstack([honest, rows])
-    agg = secrobust.plain_aggregate(x, rule, f, check_inputs=secrobust.rules.secure.default_mode(rule) != "distances" or options.get("reveal", "distances") != "distances", min_participants=2, **options).aggregate
+    agg = secrobust.plain_aggregate(x, rule, f, check_inputs=secrobust.rules.modes.default_mode(rule) != "distances" or options.get("reveal", "distances") != "distances", min_participants=2, **options).aggregate
     return float(np.linalg.norm(agg - honest.mean(axis=0)))
 
 
@@ -41,7 +41,7 @@ def test_the_oracle_computes_the_engines_aggregate_in_float(rule: str, options: 
 
     for s in (0.0, 0.7, 2.0, 9.0):
         x = oracle.rows(s)
-        engine = secrobust.plain_aggregate(x, rule, f, check_inputs=secrobust.rules.secure.default_mode(rule) != "distances" or options.get("reveal", "distances") != "distances", min_participants=2, **options).aggregate
+        engine = secrobust.plain_aggregate(x, rule, f, check_inputs=secrobust.rules.modes.default_mode(rule) != "distances" or options.get("reveal", "distances") != "distances", min_participants=2, **options).aggregate
         np.testing.assert_allclose(oracle.aggregate(s), engine, atol=1e-5)
         assert oracle.deviation(s) == pytest.approx(np.linalg.norm(engine - mu), abs=1e-5)
         if rule in ("median", "trimmed-mean", "bulyan"):

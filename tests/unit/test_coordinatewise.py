@@ -15,7 +15,7 @@ from secrobust.circuits import coordinatewise as CW
 from secrobust.gates import arith as A
 from secrobust.gates import compare as C
 from secrobust.primitives import ring
-from secrobust.rules.selection import krum_scores
+from secrobust.rules.krum import krum_scores
 
 M64 = 2**64
 B = 2**27                          # validity.params().bound
@@ -156,7 +156,7 @@ def _real_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def _bulyan_reference(v: np.ndarray, f: int) -> np.ndarray:
-    """Bulyan as issue 10 words it, in floats: theta = n - 2f by iterated Krum (rules.selection's scores on the
+    """Bulyan as issue 10 words it, in floats: theta = n - 2f by iterated Krum (rules.krum's scores on the
     remaining set), then per coordinate the mean of the chosen values without their f largest and f smallest."""
     n = v.shape[0]
     dist = ((v[:, None, :] - v[None, :, :]) ** 2).sum(axis=2)

@@ -59,7 +59,7 @@ from ..pki.certs import (
     party_paths,
     party_role,
 )
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, check_min_participants
+from ..rules.cohort import DEFAULT_MIN_PARTICIPANTS, check_min_participants
 from ..transport.grpc.pace import UPLOAD_GRACE_S, UPLOAD_MIN_RATE
 
 TLS_KEYS = ("dir", "key", *(f"cert_{o.lower()}" for o in ORGS), *(f"ca_{o.lower()}" for o in ORGS))

@@ -25,7 +25,7 @@ from ..pki.certs import (
     standard_parties,
     tls_name,
 )
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
+from ..rules.cohort import DEFAULT_MIN_PARTICIPANTS
 from .config import PartyConfig, to_toml
 
 DEFAULT_ADDRESSES = {"S0": "127.0.0.1:7100", "S1": "127.0.0.1:7101", DEALER_ID: "127.0.0.1:7102"}

@@ -28,9 +28,11 @@ from ..params import RoundParams
 from ..primitives import prg, ring
 from ..primitives.randomness import SeedSource
 from ..protocol.server import RoundPlan
-from ..rules import secure
+from ..rules import modes
+from ..rules.cohort import check_min_participants, with_cohort
 from ..rules.pre import check_pre_mode, split_pre, with_pre
-from ..rules.registry import RuleSpec, check_min_participants, get_rule, with_cohort
+from ..rules.registry import get_rule
+from ..rules.spec import RuleSpec, SecureRule
 from ..updates import encode_center
 
 DEFAULT_SHARE_WINDOW_S = 30.0
@@ -61,8 +63,8 @@ class RoundRequest:
     norm_bound: float | None = None
     min_participants: int | None = None
     """A larger minimum cohort than the servers' configured ones (which a request cannot lower)."""
-    reveal: str = secure.DEFAULT_MODE
-    """What the round reveals besides the aggregate (``rules.secure.MODES``): with "weights" or "aggregate"
+    reveal: str = modes.DEFAULT_MODE
+    """What the round reveals besides the aggregate (``rules.modes.MODES``): with "weights" or "aggregate"
     the rule runs on shares between S0 and S1 (``rule-open`` messages) and S1 opens no view."""
 
     def to_json(self) -> dict[str, Any]:
@@ -98,7 +100,7 @@ class RoundRequest:
                 norm_bound=None if raw.get("norm_bound") is None else float(raw["norm_bound"]),
                 min_participants=(None if raw.get("min_participants") is None
                                   else _int(raw["min_participants"], "min_participants")),
-                reveal=_str(raw.get("reveal", secure.DEFAULT_MODE), "reveal"),
+                reveal=_str(raw.get("reveal", modes.DEFAULT_MODE), "reveal"),
             )
         except KeyError as exc:
             raise ValueError(f"round parameter {exc.args[0]!r} is missing") from None
@@ -163,12 +165,12 @@ class RoundRequest:
                                  dp_noise_std=self.dp_noise_std, check_inputs=self.check_inputs,
                                  options=self.options)
 
-    def secure_rule(self) -> secure.SecureRule | None:
+    def secure_rule(self) -> SecureRule | None:
         """The rule's circuit on shares for this round's ``reveal`` (None: S1 opens the view, or the weights
         are public); ValueError for an unknown mode or a rule without a circuit for it."""
         step, rule_options = split_pre(self.options)
-        check_pre_mode(step, secure.check_mode(self.reveal))
-        return secure.secure_rule(self.rule, self.reveal, rule_options)
+        check_pre_mode(step, modes.check_mode(self.reveal))
+        return modes.secure_rule(self.rule, self.reveal, rule_options)
 
     @property
     def on_shares(self) -> bool:

@@ -81,13 +81,13 @@ class SimConfig:
         if self.local_steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("--local-steps, --batch-size and --lr must be positive")
         attacks.make_attack(self.attack, **self.attack_options)
-        from ..rules import secure
+        from ..rules import modes
         from ..rules.plain import split_options
         from ..rules.pre import prepare
 
         _, rule_options = split_options(self.rule, dict(self.options))
-        spec, own = prepare(get_rule(self.rule), rule_options, secure.check_mode(self.reveal))
-        secure.secure_rule(self.rule, self.reveal, own)
+        spec, own = prepare(get_rule(self.rule), rule_options, modes.check_mode(self.reveal))
+        modes.secure_rule(self.rule, self.reveal, own)
         spec.validate(self.clients, self.tolerated, own)
         return self
 

@@ -1,8 +1,9 @@
 """Robust rules: plaintext references (the test oracle) and the choice functions S1 runs.
 
-Each public function takes (n, d) updates and f and returns the public weights (n,) that the rule
-chooses on the fixed-point encodings of the updates; ``secrobust.aggregate`` must return exactly
-these weights.
+Each rule is defined whole in its family's file (mean.py, krum.py, mda.py, geomed.py, clipping.py,
+coordinatewise.py), which ``registry.FAMILIES`` lists. Each public function takes (n, d) updates and f and
+returns the public weights (n,) that the rule chooses on the fixed-point encodings of the updates;
+``secrobust.aggregate`` must return exactly these weights.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from . import clipping, selection, weiszfeld  # noqa: F401  (registers the rules)
-from . import coordinate, secure  # noqa: F401,I001  (after the rules S1 can run on a view)
 from .plain import plain_run
-from .registry import RuleSpec, get_rule, rule_names
+from .registry import get_rule, rule_names
+from .spec import RuleSpec
 from .view import Choice, View
 
 RULES = rule_names()

@@ -1,16 +1,23 @@
-"""Rules that shrink large updates: the mean, norm clipping, centered clipping."""
+"""Norm clipping and centered clipping: shrink large updates by min(1, tau / ||x_i - v||) (v = 0 for norm-clip).
+
+On the opened norms S1 computes the factors here; on shares ``circuits.clip`` computes them from the shared
+squared norms by a 2PC reciprocal square root (docs/clip2pc.md) and only the weights (or the aggregate) open.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .registry import RuleSpec, register
+from ..circuits import clip
+from ..gates import arith
+from ..gates.compare import Party
+from ..primitives import ring
+from .spec import Rule, RuleSpec, SecureRule
 from .view import DISTANCES, NORMS, Choice, View, distances_to_affine
 
-
-def choose_mean(view: View, n: int, f: int) -> Choice:
-    """The plain average: w_i = 1/n. Not robust; opens nothing."""
-    return Choice(np.full(n, 1.0 / n))
+_U = np.uint64
 
 
 def _clip_factors(dist: np.ndarray, tau: float) -> np.ndarray:
@@ -65,6 +72,38 @@ def _cclip_reveals(options: dict) -> tuple[str, ...]:
     return (DISTANCES, NORMS) if options.get("iterations", 1) > 1 else (NORMS,)
 
 
-register(RuleSpec("mean", choose_mean, lambda _: (), lambda f: max(1, f + 1), "n >= f + 1"))
-register(RuleSpec("norm-clip", choose_norm_clip, lambda _: (NORMS,), lambda f: 2 * f + 1, "n >= 2f + 1"))
-register(RuleSpec("cclip", choose_cclip, _cclip_reveals, lambda f: 2 * f + 1, "n >= 2f + 1"))
+# On shares (``circuits.clip``): the clip factors min(1, tau/||x_i - v||) on shared squared norms.
+
+def _on_shares(name: str):
+    def _tau(options: dict) -> float | None:
+        iterations = options.get("iterations", 1)
+        if iterations != 1:
+            raise ValueError(f"cclip on shares runs one iteration (more would open or multiply the distances); "
+                             f"got iterations={iterations!r}: use reveal='distances' for more")
+        return options.get("tau")
+
+    def split(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (w[:-1], w[-1]) if name == "cclip" else (w, _U(0))
+
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
+                frac_bits: int = ring.DEFAULT_FRAC_BITS, **_: Any) -> Party:
+        w = yield from clip.clip_weights_circuit(party, view[NORMS], _tau(options), name, src, frac_bits=frac_bits,
+                                                    nmax=dmax)
+        return split(w)
+
+    def plain(view: dict, n: int, f: int, options: dict, dmax: int, *, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+              **_: Any) -> tuple[np.ndarray, np.ndarray]:
+        return split(clip.plain_clip_weights(view[NORMS], _tau(options), name, frac_bits=frac_bits, nmax=dmax))
+
+    return SecureRule(name, (NORMS,), circuit, plain,
+                      options=("tau",) if name == "norm-clip" else ("tau", "iterations"),
+                      limits=" (clip factors by a 2PC reciprocal square root, error <= 2^-28 relative "
+                             "for a public tau, 2^-25 for the median: docs/clip2pc.md)")
+
+
+RULES = (
+    Rule(RuleSpec("norm-clip", choose_norm_clip, lambda _: (NORMS,), lambda f: 2 * f + 1, "n >= 2f + 1"),
+         _on_shares("norm-clip")),
+    Rule(RuleSpec("cclip", choose_cclip, _cclip_reveals, lambda f: 2 * f + 1, "n >= 2f + 1"), _on_shares("cclip"),
+         takes_center=True),
+)

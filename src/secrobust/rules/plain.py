@@ -20,9 +20,10 @@ from ..updates import (
     encode_center,
     encode_updates,
 )
+from .cohort import with_cohort
 from .possible import choose_possible, effective_f, require_passed
 from .pre import split_pre, with_pre
-from .registry import get_rule, with_cohort
+from .registry import entry, get_rule
 from .view import DISTANCES, Choice, View, view_words
 
 
@@ -53,9 +54,10 @@ def plain_view(encoded: np.ndarray, reveal: tuple[str, ...], frac_bits: int,
 
 
 def split_options(rule: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The public center is a protocol input, not a rule option; only cclip takes it."""
+    """The public center is a protocol input, not a rule option; only a rule that ``takes_center`` (cclip) has it."""
     options = dict(options)
-    center = options.pop("center", None) if rule == "cclip" else None
+    known = entry(rule)
+    center = options.pop("center", None) if known is not None and known.takes_center else None
     return center, options
 
 

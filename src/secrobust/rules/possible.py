@@ -14,7 +14,7 @@ import numpy as np
 
 from ..circuits import validity
 from ..errors import RoundAborted
-from .registry import RuleSpec, apply
+from .spec import RuleSpec, apply
 from .view import Choice, View
 
 

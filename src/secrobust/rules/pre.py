@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..primitives import prg
-from .registry import PRE_KEYS, RuleSpec
+from .spec import PRE_KEYS, RuleSpec
 from .view import DISTANCES, NORMS, Choice, View
 
 PRE_STEPS = ("nnm", "bucketing", "arc")

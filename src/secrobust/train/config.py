@@ -68,7 +68,7 @@ from typing import Any
 import tomllib
 
 from secrobust.rules.pre import PRE_STEPS
-from secrobust.rules.secure import split_label
+from secrobust.rules.modes import split_label
 from secrobust.train.attacks import attack_options as _attack_option_names
 from secrobust.train.data import DATASETS, PARTITIONS, SPLITS
 from secrobust.train.models import MODELS

@@ -26,7 +26,8 @@ import numpy as np
 
 from secrobust.circuits import coordinatewise
 from secrobust.rules.pre import split_pre, with_pre
-from secrobust.rules.registry import PRE_KEYS, apply, get_rule
+from secrobust.rules.registry import get_rule
+from secrobust.rules.spec import PRE_KEYS, apply
 from secrobust.rules.view import DISTANCES, NORMS, View
 
 BUCKETING_SEED = bytes(16)

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from secrobust.rules.pre import DEFAULT_BUCKET, bucket_matrix
-from secrobust.rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule
+from secrobust.rules.cohort import DEFAULT_MIN_PARTICIPANTS
+from secrobust.rules.registry import get_rule
 from secrobust.train.attacks import (
     flips_labels,
     ignores_own,

@@ -2,13 +2,14 @@
 
 The estimate z = sum_j b_j x_j stays shared; because sum b = 1, ||x_i - z||^2 follows from the
 opened squared distances (see ``distances_to_affine``), so no extra opening is needed per iteration.
+It has no circuit on shares: it runs with reveal="distances" only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .registry import RuleSpec, register
+from .spec import Rule, RuleSpec
 from .view import DISTANCES, Choice, View, distances_to_affine
 
 
@@ -32,4 +33,4 @@ def choose_geomed(view: View, n: int, f: int, iterations: int = 100, tol: float 
     return Choice(beta)
 
 
-register(RuleSpec("geomed", choose_geomed, lambda _: (DISTANCES,), lambda f: 2 * f + 1, "n >= 2f + 1"))
+RULES = (Rule(RuleSpec("geomed", choose_geomed, lambda _: (DISTANCES,), lambda f: 2 * f + 1, "n >= 2f + 1")),)
