@@ -13,9 +13,10 @@ from secrobust.pki.ceremony import make_deployment_certs
 from secrobust.pki.certs import Identity, party_dir, party_paths, standard_parties
 from secrobust.transport.grpc import Endpoint, PeerClient
 from secrobust.transport.grpc.errors import Rejected
+from secrobust.transport.handler import PartyHandler
 
 
-class RecordingHandler:
+class RecordingHandler(PartyHandler):
     """A PartyHandler for transport tests: admits S0, S1 and worker:0, accepts round 1 only, keeps what arrives."""
 
     party = "S0"

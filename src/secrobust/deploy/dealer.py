@@ -31,6 +31,7 @@ from ..transport.grpc import Accounting, PeerClient
 from ..transport.grpc import secrobust_pb2 as pb
 from ..transport.grpc.errors import Rejected
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
+from ..transport.handler import PartyHandler
 from .config import PartyConfig
 from .pool import triple_key
 
@@ -38,7 +39,7 @@ REQUEST_LIMIT = 64 << 10
 OPERATORS = (operator_party(0), operator_party(1))
 
 
-class DealerRuntime:
+class DealerRuntime(PartyHandler):
     """The dealer's PartyHandler: answers S1's triple requests by pushing the two parts to S0 and S1."""
 
     party = "dealer"

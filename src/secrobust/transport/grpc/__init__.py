@@ -9,7 +9,8 @@ listening side hands decoded messages to a party's handler (``secrobust.deploy``
 
 from .accounting import Accounting
 from .client import PeerClient
-from .endpoint import Endpoint, PartyHandler
+from ..handler import PartyHandler
+from .endpoint import Endpoint
 from .errors import PartyUnreachable, Rejected, RemoteRejected
 
 __all__ = ["Accounting", "Endpoint", "PartyHandler", "PartyUnreachable", "PeerClient", "Rejected", "RemoteRejected"]

@@ -461,10 +461,8 @@ class BulkServer:
             if release is not None:
                 release()
             leave()
-        account_as = getattr(self.handler, "account_fetch_as", None)
-        key = envelope.round_id if account_as is None else account_as(caller, envelope)
-        self.endpoint.accounting.add(key, "sent", caller, envelope.total_bytes,
-                                     envelope.total_bytes + envelope.ByteSize() + 4)
+        self.endpoint.accounting.add(self.handler.account_fetch_as(caller, envelope), "sent", caller,
+                                     envelope.total_bytes, envelope.total_bytes + envelope.ByteSize() + 4)
         tap.write(seen)
         event(self.log, "served", requester=caller, round=envelope.round_id, phase=envelope.phase,
               bytes=envelope.total_bytes, seconds=round(timer.seconds, 6), lane="bulk")

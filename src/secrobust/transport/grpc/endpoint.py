@@ -35,13 +35,14 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent import futures
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
 
 from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
+from ..handler import CONTROL_LIMIT, PartyHandler, as_handler  # noqa: F401 (CONTROL_LIMIT: deploy.server imports it here)
 from . import secrobust_pb2 as pb
 from . import tap, wire
 from .accounting import Accounting
@@ -53,44 +54,6 @@ from .tls import peer_party, server_credentials, server_options
 
 SERVICE = "secrobust.v1.Party"
 REPLAY_CACHE = 1 << 20
-CONTROL_LIMIT = 64 << 10
-
-
-class PartyHandler(Protocol):
-    """What a party plugs into its Endpoint. Methods may raise Rejected or any ProtocolError."""
-
-    party: str
-
-    def admitted(self, caller: str) -> bool:
-        """May the holder of a certificate with this CN call this party at all?"""
-
-    def max_message_bytes(self, env: pb.Envelope) -> int:
-        """Largest message this party takes for the envelope's round and phase."""
-
-    def precheck(self, env: pb.Envelope) -> None:
-        """Round and phase checks on an envelope, before its payload is read."""
-
-    def accept(self, msg: Message, env: pb.Envelope) -> None:
-        """Take a decoded message whose envelope passed every check."""
-
-    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> "Message | wire.Outgoing":
-        """The message of ``phase`` addressed to ``caller`` in ``round_id``, waiting up to ``wait_s``."""
-
-    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
-        """Round control and reports."""
-
-    # optional: ``stream_window``: a fixed HTTP/2 receive window per stream (``tls.server_options``);
-    # ``fetch_slot(caller, phase) -> release | None`` runs once ``fetch`` returned and may block
-    # until the party has room to encode and stream the reply (a bound on replies in memory at once);
-    # ``release()`` is called when the reply is streamed or the call ends;
-    # ``reserve(env) -> release | None`` runs after ``precheck`` and may block until the
-    # receiver has room for the payload (a bound on buffers received at once); the endpoint calls the
-    # returned ``release(arrived=...)`` once the stream is over, accepted or not (``arrived``: every byte
-    # of the payload came in, so a refusal was for its content, not a stall);
-    # ``account_as(msg, env) -> key`` books an accepted message's bytes under ``key``
-    # instead of ``env.round_id`` (see ``Accounting``); ``account_fetch_as(caller, env) -> key`` does the
-    # same for a fetched reply; ``max_control_bytes(command) -> int`` is the largest JSON argument a
-    # command takes (``CONTROL_LIMIT`` if absent)
 
 
 class _ReplayCache:
@@ -132,7 +95,8 @@ def dumps(obj: Any) -> bytes:
 
 
 class Endpoint:
-    """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port."""
+    """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port. A ``handler``
+    that does not subclass ``PartyHandler`` yet is wrapped (``handler.as_handler``)."""
 
     def __init__(self, identity: Identity, address: str, handler: PartyHandler, *, limits: CallLimits | None = None,
                  accounting: Accounting | None = None) -> None:
@@ -140,7 +104,7 @@ class Endpoint:
             raise ValueError(f"identity {identity.party!r} does not match handler {handler.party!r}")
         self.identity = identity
         self.address = address
-        self.handler = handler
+        self.handler = as_handler(handler)
         self.accounting = accounting or Accounting()
         self.log = logging.getLogger(LOGGER_NAME)
         self._replays = _ReplayCache()
@@ -148,7 +112,7 @@ class Endpoint:
         self._gate = CallGate(limits)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.threads,
                                                               thread_name_prefix=f"{identity.party}-rpc"),
-                                   options=server_options(getattr(handler, "stream_window", None)))
+                                   options=server_options(self.handler.stream_window))
         handlers = {
             "Send": grpc.stream_unary_rpc_method_handler(self._send, request_deserializer=wire.parse_chunk,
                                                          response_serializer=pb.Ack.SerializeToString),
@@ -278,9 +242,7 @@ class Endpoint:
             if release is not None:
                 release()
             leave()
-        account_as = getattr(self.handler, "account_fetch_as", None)
-        key = env.round_id if account_as is None else account_as(caller, env)
-        self.accounting.add(key, "sent", caller, env.total_bytes, wire_bytes)
+        self.accounting.add(self.handler.account_fetch_as(caller, env), "sent", caller, env.total_bytes, wire_bytes)
         tap.write(tap.line(env))
         event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
               bytes=env.total_bytes, seconds=round(timer.seconds, 6))
@@ -295,19 +257,15 @@ class Endpoint:
         self._replays.begin(env.message_id)
         try:
             self.handler.precheck(env)
-            reserve = getattr(self.handler, "reserve", None)
-            return reserve(env) if reserve is not None else None
+            return self.handler.reserve(env)
         except BaseException:
             self._replays.end(env.message_id, False)
             raise
 
     def deliver(self, msg: Message, env: pb.Envelope, caller: str, wire_bytes: int) -> None:
-        """Hand a decoded message to the handler and book its bytes (under ``account_as`` if the handler
-        has one)."""
+        """Hand a decoded message to the handler and book its bytes under the handler's ``account_as``."""
         self.handler.accept(msg, env)
-        account_as = getattr(self.handler, "account_as", None)
-        key = env.round_id if account_as is None else account_as(msg, env)
-        self.accounting.add(key, "received", caller, env.total_bytes, wire_bytes)
+        self.accounting.add(self.handler.account_as(msg, env), "received", caller, env.total_bytes, wire_bytes)
 
     def take_fetch(self, caller: str, request: pb.FetchRequest) -> tuple[Any, Any, Any]:
         """A fetch's checks and slots, shared with the bulk lane: a finite timeout, a call-gate slot, the
@@ -319,8 +277,7 @@ class Endpoint:
         try:
             found = self.handler.fetch(caller, request.round_id, request.phase,
                                        min(max(request.timeout_s, 0.0), 600.0))
-            slot = getattr(self.handler, "fetch_slot", None)
-            return found, leave, slot(caller, request.phase) if slot is not None else None
+            return found, leave, self.handler.fetch_slot(caller, request.phase)
         except BaseException:
             leave()
             raise
@@ -342,11 +299,8 @@ class Endpoint:
                 raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
             caller = self._authenticate(context, request.version, request.sender, "sender")
             leave = self._gate.enter(caller)
-            permits = getattr(self.handler, "permits", None)
-            if permits is not None:
-                permits(caller, request.command)
-            sizer = getattr(self.handler, "max_control_bytes", None)
-            limit = CONTROL_LIMIT if sizer is None else sizer(request.command)
+            self.handler.permits(caller, request.command)
+            limit = self.handler.max_control_bytes(request.command)
             if len(request.json) > limit:
                 raise Rejected("too-large", f"{request.command!r} arguments of {len(request.json)} bytes exceed "
                                f"the limit of {limit} bytes")

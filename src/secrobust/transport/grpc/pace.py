@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import secrobust_pb2 as pb
+
+if TYPE_CHECKING:
+    from ..handler import PartyHandler
 
 PAYLOAD_GRACE_S = 30.0
 MIN_RATE = 2e6
@@ -47,10 +50,9 @@ def default_pace() -> Pace:
     return Pace(PAYLOAD_GRACE_S, MIN_RATE)
 
 
-def pace_for(handler: Any, env: pb.Envelope) -> Pace:
+def pace_for(handler: "PartyHandler", env: pb.Envelope) -> Pace:
     """The pace the handler asks of this payload (``upload_pace(env)``), else ``default_pace()``."""
-    own = getattr(handler, "upload_pace", None)
-    pace = own(env) if own is not None else None
+    pace = handler.upload_pace(env)
     return pace if pace is not None else default_pace()
 
 

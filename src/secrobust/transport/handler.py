@@ -1,0 +1,138 @@
+"""What a party plugs into its listening side (``grpc.Endpoint`` and the bulk lane beside it).
+
+A ``PartyHandler`` states everything the transport asks of it: six methods every party implements
+(admission, size limit, round checks, acceptance, fetch, control) and the hooks below, whose defaults
+leave the transport's own behaviour in place. A party overrides the hooks it needs; the transport calls
+every hook on every handler, so nothing is looked up by name.
+
+Hooks and their defaults:
+
+* ``stream_window``: a fixed HTTP/2 receive window per stream (``grpc.tls.server_options``); None: gRPC's
+  own probing.
+* ``reserve(env) -> release | None`` runs after ``precheck`` and may block until the receiver has room for
+  the payload (a bound on buffers received at once); the listening side calls ``release(arrived=...)`` once
+  the stream is over, accepted or not (``arrived``: every byte of the payload came in, so a refusal was for
+  its content, not a stall). None: no slot.
+* ``upload_pace(env) -> Pace | None``: the pace this payload must keep (``grpc.pace``); None: the default.
+* ``fetch_slot(caller, phase) -> release | None`` runs once ``fetch`` returned and may block until the party
+  has room to encode and stream the reply (a bound on replies in memory at once); ``release()`` is called
+  when the reply is streamed or the call ends. None: no slot.
+* ``account_as(msg, env)`` / ``account_fetch_as(caller, env)``: the key an accepted message's (a fetched
+  reply's) bytes are booked under (``grpc.accounting``); default the envelope's round id.
+* ``permits(caller, command)`` raises if ``caller`` may not run ``command``; runs before the command's JSON
+  is parsed. Default: every admitted caller may.
+* ``max_control_bytes(command)``: the largest JSON argument a command takes; default ``CONTROL_LIMIT``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+if TYPE_CHECKING:
+    from ..protocol.messages import Message
+    from .grpc import secrobust_pb2 as pb
+    from .grpc import wire
+    from .grpc.pace import Pace
+
+CONTROL_LIMIT = 64 << 10
+"""Bytes of JSON a control command's argument may have, unless its handler says otherwise."""
+
+
+class PartyHandler(ABC):
+    """A party's side of every call it serves. Methods may raise ``Rejected`` or any ``ProtocolError``."""
+
+    party: str
+    stream_window: int | None = None
+
+    @abstractmethod
+    def admitted(self, caller: str) -> bool:
+        """May the holder of a certificate with this CN call this party at all?"""
+
+    @abstractmethod
+    def max_message_bytes(self, env: "pb.Envelope") -> int:
+        """Largest message this party takes for the envelope's round and phase."""
+
+    @abstractmethod
+    def precheck(self, env: "pb.Envelope") -> None:
+        """Round and phase checks on an envelope, before its payload is read."""
+
+    @abstractmethod
+    def accept(self, msg: Message, env: "pb.Envelope") -> None:
+        """Take a decoded message whose envelope passed every check."""
+
+    @abstractmethod
+    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> "Message | wire.Outgoing":
+        """The message of ``phase`` addressed to ``caller`` in ``round_id``, waiting up to ``wait_s``."""
+
+    @abstractmethod
+    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        """Round control and reports."""
+
+    def reserve(self, env: "pb.Envelope") -> Callable[..., None] | None:
+        """Room for the envelope's payload, released with ``release(arrived=...)``; None: no slot."""
+        return None
+
+    def upload_pace(self, env: "pb.Envelope") -> "Pace | None":
+        """The pace the envelope's payload must keep; None: the lanes' default."""
+        return None
+
+    def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
+        """Room to encode and stream a fetched reply, released with ``release()``; None: no slot."""
+        return None
+
+    def account_as(self, msg: Message, env: "pb.Envelope") -> Hashable:
+        """The key an accepted message's bytes are booked under."""
+        return env.round_id
+
+    def account_fetch_as(self, caller: str, env: "pb.Envelope") -> Hashable:
+        """The key a fetched reply's bytes are booked under."""
+        return env.round_id
+
+    def permits(self, caller: str, command: str) -> None:
+        """Raise if ``caller`` may not run ``command``."""
+
+    def max_control_bytes(self, command: str) -> int:
+        """The largest JSON argument ``command`` takes."""
+        return CONTROL_LIMIT
+
+
+_HOOKS = ("reserve", "upload_pace", "fetch_slot", "account_as", "account_fetch_as", "permits", "max_control_bytes")
+
+
+class _Unported(PartyHandler):
+    """A handler that does not subclass ``PartyHandler`` yet (the server runtime, until it does): the six
+    methods forwarded, and each hook it defines in place of the default. Taken once, when it is wrapped."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.party = inner.party
+        self.stream_window = getattr(inner, "stream_window", None)
+        for hook in _HOOKS:
+            own = getattr(inner, hook, None)
+            if own is not None:
+                setattr(self, hook, own)
+
+    def admitted(self, caller: str) -> bool:
+        return self.inner.admitted(caller)
+
+    def max_message_bytes(self, env: "pb.Envelope") -> int:
+        return self.inner.max_message_bytes(env)
+
+    def precheck(self, env: "pb.Envelope") -> None:
+        self.inner.precheck(env)
+
+    def accept(self, msg: Message, env: "pb.Envelope") -> None:
+        self.inner.accept(msg, env)
+
+    def fetch(self, caller: str, round_id: int, phase: str, wait_s: float) -> "Message | wire.Outgoing":
+        return self.inner.fetch(caller, round_id, phase, wait_s)
+
+    def control(self, caller: str, command: str, round_id: int, args: dict[str, Any]) -> dict[str, Any]:
+        return self.inner.control(caller, command, round_id, args)
+
+
+def as_handler(handler: Any) -> PartyHandler:
+    """``handler`` itself when it is a ``PartyHandler``; otherwise the same handler behind ``_Unported``
+    (transitional: goes once every party's handler subclasses ``PartyHandler``)."""
+    return handler if isinstance(handler, PartyHandler) else _Unported(handler)
