@@ -7,7 +7,7 @@ Input: each server's ring share of D (n x n), D_ij = ||x_i - x_j||^2 at scale 2^
   3. s_ij = [rank_ij < k], k = n - f - 2, and score_i = sum_j s_ij D_ij (products of ring bits and D);
   4. for every pair a < b: [score_b < score_a]; pos_a = #{b before a} (ties to the lower index);
   5. chosen_a = [pos_a < m] (m = 1 for Krum), as XOR-shared bits.
-This is ``rules.selection``'s Krum on exact integers: score_i is the sum of the k smallest D_ij, and the
+This is ``rules.krum``'s Krum on exact integers: score_i is the sum of the k smallest D_ij, and the
 chosen set is the first m of a stable sort of the scores. Each opening along the way is a value masked by a
 fresh uniform word (``compare``, ``arith``), so a server's view is independent of the inputs; only what the
 caller opens (the chosen bits, or nothing) is learnt. Rounds: about 26 whatever n is; comparisons
@@ -130,7 +130,7 @@ MAX_MDA_VALUES = 200_000
 @functools.lru_cache(maxsize=32)
 def mda_subsets(n: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(membership (s, n) bool, pair rows, pair cols (s, p)) for the s = C(n, f) subsets of n - f workers, in
-    the order ``rules.selection.choose_mda`` visits them (by the removed workers, lexicographically)."""
+    the order ``rules.mda.choose_mda`` visits them (by the removed workers, lexicographically)."""
     keeps = [np.setdiff1d(np.arange(n), removed) for removed in combinations(range(n), f)]
     member = np.zeros((len(keeps), n), dtype=bool)
     for s, keep in enumerate(keeps):
