@@ -16,7 +16,7 @@ import pytest
 
 from secrobust.protocol.messages import Message
 from secrobust.transport.grpc import PartyUnreachable, RemoteRejected
-from secrobust.transport.grpc.bulk import SEND, BulkClient, BulkServer, _recv_frame, _send_frame
+from secrobust.transport.lane import SEND, BulkClient, BulkServer, _recv_frame, _send_frame
 
 from .conftest import identity
 
@@ -178,7 +178,7 @@ def test_a_deployment_gives_the_same_round_with_or_without_the_bulk_lane(tmp_pat
 
 
 def test_a_lane_that_cannot_be_opened_says_so_and_nothing_was_sent(cert_dir, lane):
-    from secrobust.transport.grpc.bulk import LaneUnavailable
+    from secrobust.transport.lane import LaneUnavailable
 
     server, address = lane
     server.stop()
@@ -192,7 +192,7 @@ def test_a_lane_that_cannot_be_opened_says_so_and_nothing_was_sent(cert_dir, lan
 
 def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
     from secrobust.deploy.worker import WorkerRuntime
-    from secrobust.transport.grpc.bulk import LaneUnavailable
+    from secrobust.transport.lane import LaneUnavailable
 
     sent = []
 
@@ -218,7 +218,8 @@ def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
 def test_a_sender_that_trickles_its_payload_is_cut_off(cert_dir, endpoint, lane, monkeypatch):
     import time as _time
 
-    from secrobust.transport.grpc import bulk, pace, secrobust_pb2 as pb
+    from secrobust.transport import lane as bulk
+    from secrobust.transport.grpc import pace, secrobust_pb2 as pb
 
     monkeypatch.setattr(pace, "PAYLOAD_GRACE_S", 0.5)
     monkeypatch.setattr(pace, "MIN_RATE", 1e9)
@@ -310,10 +311,11 @@ def test_a_slow_but_steady_upload_gets_in_and_a_trickle_is_cut_after_the_grace(c
     """The pace a receiver asks (here 1 s of grace, then 200 kB/s): a sender that pauses within the grace
     and then keeps about 3 times the floor finishes, long after the grace; one that sends 5 bytes a second
     after its header is cut off soon after the grace, and nothing of it is taken."""
-    from secrobust.transport.grpc import bulk
+    from secrobust.transport import lane as bulk
+    from secrobust.transport.grpc.pace import Pace
 
     _, handler, _ = endpoint
-    handler.upload_pace = lambda env: bulk.Pace(1.0, 2e5)
+    handler.upload_pace = lambda env: Pace(1.0, 2e5)
     client = _client(cert_dir, "S1", lane[1])
     msg = _msg(d=125_000)                                # 1 MB: 5 s at the floor
     data = msg.to_bytes()

@@ -23,7 +23,7 @@ from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.transport.grpc import RemoteRejected, wire
 from secrobust.transport.grpc import secrobust_pb2 as pb
-from secrobust.transport.grpc.bulk import (
+from secrobust.transport.lane import (
     CONNECTIONS_PER_WORKER,
     SEND,
     BulkClient,

@@ -43,6 +43,7 @@ import numpy as np
 from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
 from ..handler import CONTROL_LIMIT, PartyHandler, as_handler  # noqa: F401 (CONTROL_LIMIT: deploy.server imports it here)
+from ..tls import server_credentials
 from . import secrobust_pb2 as pb
 from . import tap, wire
 from .accounting import Accounting
@@ -50,7 +51,7 @@ from .errors import CODES, ERROR_KEY, Rejected, rejection_for
 from .gate import CallGate, CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .pace import Pace, pace_for, payload_deadline
-from .tls import peer_party, server_credentials, server_options
+from .tls import caller_party, server_options
 
 SERVICE = "secrobust.v1.Party"
 REPLAY_CACHE = 1 << 20
@@ -141,7 +142,7 @@ class Endpoint:
         return self._server.wait_for_termination(timeout)
 
     def _caller(self, context: grpc.ServicerContext) -> str:
-        cn = peer_party(context, self.identity)
+        cn = caller_party(context, self.identity)
         if cn is None:
             raise Rejected("unauthenticated", "the call carries no client certificate issued for its name by the "
                            "CA that certifies that name here")

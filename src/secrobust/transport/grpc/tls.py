@@ -1,14 +1,7 @@
-"""Mutual-TLS credentials and channel options for every secrobust connection.
+"""gRPC's side of mutual TLS: channel and server options, a channel to a peer, the caller of a call.
 
-Servers and the dealer bind only a TLS port that requires a client certificate from S0's or S1's CA,
-so a plaintext client, a client without a certificate, or one with a certificate from another CA fails
-the handshake before any RPC runs; ``peer_party`` then admits the caller's name only if the CA that
-certifies that name towards this party issued it (``certs.Identity.admits``). A client trusts, per
-peer, only the CA that certifies the peer (S0's CA for S0, S1's for S1) *and* requires the certificate
-to carry the peer's DNS name (``grpc.ssl_target_name_override``, also sent as SNI, so the dealer shows
-each organisation the certificate that organisation's CA issued): a worker takes its share key only
-from S0 and sends its masked update only to S1, whatever an address says, and no single CA holder can
-stand in for both servers.
+The policy (which certificate to show, which CA to trust per peer, which caller name to admit) is
+``transport.tls``, shared with the bulk lane.
 """
 
 from __future__ import annotations
@@ -16,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from ...pki.certs import Identity
+from ..tls import channel_credentials, peer_party
 
 CHUNK_BYTES = 1 << 20
 MAX_GRPC_MESSAGE = 8 << 20
@@ -26,20 +20,6 @@ _COMMON_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
-
-
-def server_credentials(identity: Identity) -> grpc.ServerCredentials:
-    """TLS server credentials that demand and verify a client certificate from either CA (each of our
-    certificates offered, chosen by the client's SNI)."""
-    return grpc.ssl_server_credentials(identity.key_cert_pairs(), root_certificates=identity.trusted_roots(),
-                                       require_client_auth=True)
-
-
-def channel_credentials(identity: Identity, peer: str) -> grpc.ChannelCredentials:
-    """TLS client credentials towards ``peer``: show the certificate ``peer`` trusts for us, trust only
-    the CA that certifies ``peer``."""
-    return grpc.ssl_channel_credentials(root_certificates=identity.roots_for(peer), private_key=identity.key_pem,
-                                        certificate_chain=identity.cert_for(peer))
 
 
 def server_options(stream_window: int | None = None) -> list[tuple[str, int]]:
@@ -70,24 +50,8 @@ def secure_channel(address: str, identity: Identity, expected_party: str) -> grp
                                options=channel_options(identity, expected_party))
 
 
-def peer_party(context: grpc.ServicerContext, identity: Identity) -> str | None:
-    """The caller's party id: the CN of its verified certificate if the CA that certifies that name
-    towards ``identity`` issued it, else None (a CA that certifies a name for one server only is not
-    trusted for it at the other)."""
-    cn = peer_common_name(context)
+def caller_party(context: grpc.ServicerContext, identity: Identity) -> str | None:
+    """``transport.tls.peer_party`` of the caller of a gRPC call (None when the call is not mutually
+    authenticated)."""
     pems = context.auth_context().get("x509_pem_cert") or []
-    if cn is None or len(pems) != 1 or not identity.admits(cn, pems[0]):
-        return None
-    return cn
-
-
-def peer_common_name(context: grpc.ServicerContext) -> str | None:
-    """The CN of the caller's verified certificate, or None when the call is not mutually authenticated."""
-    auth = context.auth_context()
-    names = auth.get("x509_common_name") or []
-    if len(names) != 1:
-        return None
-    try:
-        return names[0].decode("ascii")
-    except UnicodeDecodeError:
-        return None
+    return peer_party(pems[0], identity) if len(pems) == 1 else None
