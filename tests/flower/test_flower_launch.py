@@ -105,4 +105,4 @@ def test_flower_servers_on_a_folder_that_is_not_provisioned_is_one_clear_error(t
 def test_flower_servers_refuses_a_party_it_does_not_start(tmp_path):
     res = subprocess.run([sys.executable, "-m", "secrobust.cli", "flower-servers", "--dir", str(tmp_path),
                           "--party", "worker:0"], capture_output=True, text=True, timeout=120, check=False)
-    assert res.returncode == 2 and "dealer, S0 and/or S1" in res.stderr
+    assert res.returncode == 2 and "dealer, S0, S1 and/or approval" in res.stderr

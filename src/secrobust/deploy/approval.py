@@ -55,6 +55,7 @@ from typing import Any
 import tomllib
 
 from ..pki.certs import Identity, operator_party
+from ..pki.certs import tls_name as party_dir_name
 from ..protocol import messages as M
 from ..protocol.messages import Message
 from ..rules import secure
@@ -71,7 +72,7 @@ from ..transport.grpc.bulk import fetch_over
 from ..transport.grpc.errors import CODES
 from ..transport.grpc.logs import LOGGER_NAME, event
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
-from .config import PartyConfig, parse_worker_ids
+from .config import PartyConfig, parse_worker_ids, to_toml
 from .config import load as load_config
 from .rounds import RoundRequest
 
@@ -288,6 +289,35 @@ def policy_toml(policy: Policy) -> str:
               f"min_interval_s = {policy.min_interval_s:g}", f"max_share_window_s = {policy.max_share_window_s:g}",
               f"test_seeds = {str(policy.test_seeds).lower()}"]
     return "\n".join(lines) + "\n"
+
+
+def provision(folder: str | Path, listen: str, policy: Policy | None = None) -> Path:
+    """Split the operators of the deployment folder ``folder`` (``secrobust init``): write S1's approval
+    service's file ``operator-s1/approval.toml`` (listening at ``listen``, with ``policy``; default: every
+    rule, the default minimum cohort and rate) and name the service in ``operator-s0/operator-s0.toml``
+    under ``[peers]``; without a worker list, the policy lists the workers S1's own file admits. Returns the
+    service's file. In a deployment of two organisations, S1's organisation writes its file and S0's
+    organisation adds the line."""
+    root = Path(folder)
+    op0 = root / party_dir_name(CLIENT_PARTY)
+    op1 = root / party_dir_name(APPROVAL_PARTY)
+    files = [op0 / f"{op0.name}.toml", op1 / f"{op1.name}.toml"]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise ValueError(f"{root} is not a provisioned folder: no {', '.join(missing)} ('secrobust init --out DIR')")
+    if policy is None:
+        policy = Policy(rules=rule_names())
+    s1_file = root / party_dir_name("S1") / f"{party_dir_name('S1')}.toml"
+    if policy.workers is None and s1_file.is_file() and load_config(s1_file).workers:
+        policy = replace(policy, workers=load_config(s1_file).workers)     # the workers S1 admits
+    cfg0 = load_config(files[0])
+    files[0].write_text(to_toml(replace(cfg0, peers={**cfg0.peers, APPROVAL_PARTY: listen}), relative_to=op0))
+    target = op1 / APPROVAL_FILE
+    target.write_text("# S1's approval service (secrobust.deploy.approval): operator:S1 opens at S1 only the rounds\n"
+                      "# this policy allows operator:S0 to ask for. S1's organisation edits it.\n"
+                      f'operator = "{files[1].name}"\nlisten = "{listen}"\n\n' + policy_toml(policy))
+    load(target)
+    return target
 
 
 class ApprovalHandler:

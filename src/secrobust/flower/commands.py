@@ -59,20 +59,52 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"worker {wid}: node {node}: {dir / f'worker-{wid}' / 'flower-supernode.txt'}")
         typer.echo(f"wrote {dir / 'node-workers.json'} (SecRobust pins each node to its worker)", err=True)
 
+    @app.command("flower-approval")
+    def flower_approval(dir: Path = typer.Option(..., "--dir", help="the provisioned folder ('secrobust init')"),
+                        listen: str = typer.Option(..., help="host:port S1's approval service listens at (where "
+                                                   "operator:S0 reaches it)"),
+                        rules: str = typer.Option("", help="the rules S1 lets a round run, e.g. 'krum,multi-krum' "
+                                                  "(default: every rule)"),
+                        reveals: str = typer.Option("distances,weights,aggregate", help="the reveal modes allowed"),
+                        min_cohort: int = typer.Option(5, help="fewest workers a round names and must aggregate"),
+                        max_rounds: int = typer.Option(120, help="at most this many rounds ..."),
+                        per_seconds: float = typer.Option(3600.0, help="... in any window of this many seconds"),
+                        min_interval: float = typer.Option(0.0, help="seconds between two approved rounds"),
+                        max_share_window: float = typer.Option(600.0, help="longest share window allowed (s)"),
+                        allow_unchecked: bool = typer.Option(False, help="let a round turn the input validity "
+                                                             "check off (off by default: it is forced on)")) -> None:
+        """Split the operators: write S1's approval service's policy (operator-s1/approval.toml) and name the
+        service in operator:S0's file, so the ServerApp holds operator:S0's key only and S1 opens only the
+        rounds its policy allows. 'secrobust flower-servers' then starts the service."""
+        from ..deploy.approval import Policy, provision
+        from ..rules.registry import rule_names
+
+        try:
+            policy = Policy(rules=tuple(r.strip() for r in rules.split(",") if r.strip()) or rule_names(),
+                            reveals=tuple(m.strip() for m in reveals.split(",") if m.strip()), min_cohort=min_cohort,
+                            check_inputs=not allow_unchecked, max_rounds=max_rounds, per_seconds=per_seconds,
+                            min_interval_s=min_interval, max_share_window_s=max_share_window)
+            path = provision(dir, listen, policy)
+        except (ValueError, TypeError, OSError) as exc:
+            fail(f"{type(exc).__name__}: {one_line(exc)}")
+        typer.echo(f"wrote {path} (S1's policy; S1's organisation edits it) and named the service in "
+                   f"{dir / 'operator-s0' / 'operator-s0.toml'}", err=True)
+
     @app.command("flower-servers")
     def flower_servers(dir: Path = typer.Option(..., "--dir", help="the provisioned folder: 'secrobust init --out DIR "
                                                 "--workers N --local-keys' (one machine) or by hand"),
-                       party: list[str] = typer.Option([], "--party", help="start only this party (dealer, S0 or "
-                                                       "S1; repeatable): each organisation starts its own"),
+                       party: list[str] = typer.Option([], "--party", help="start only this party (dealer, S0, S1 "
+                                                       "or approval, S1's approval service; repeatable): each "
+                                                       "organisation starts its own"),
                        ready_file: Optional[Path] = typer.Option(None, help="write the parties' addresses and pids "
                                                                  "here (JSON) once all listen; removed at exit"),
                        start_timeout: float = typer.Option(120.0, help="seconds to wait for each to listen")) -> None:
-        """Start the dealer, S0 and S1 of a provisioned folder (mutual TLS) for a Flower deployment; stop
-        them all with Ctrl-C or SIGTERM."""
+        """Start the dealer, S0, S1 and (if provisioned) S1's approval service of a provisioned folder (mutual
+        TLS) for a Flower deployment; stop them all with Ctrl-C or SIGTERM."""
         from .launch import serve
 
         try:
-            code = serve(dir, party or ("dealer", "S0", "S1"), ready_file=ready_file, start_timeout_s=start_timeout,
+            code = serve(dir, party or None, ready_file=ready_file, start_timeout_s=start_timeout,
                          echo=lambda text: typer.echo(text, err=True))
         except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
             fail(f"{type(exc).__name__}: {exc}")

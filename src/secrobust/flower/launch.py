@@ -1,13 +1,17 @@
-"""``secrobust flower-servers``: the dealer, S0 and S1 of a provisioned folder as processes, until stopped.
+"""``secrobust flower-servers``: the dealer, S0, S1 and S1's approval service of a provisioned folder as
+processes, until stopped.
 
 A folder made by ``secrobust init --out DIR --workers N --local-keys`` (or by hand, ``secrobust ca``,
 ``keygen``, ``sign``, ``init``: docs/deployment-setup.md) holds one folder per party with its TOML file,
 its key and its certificates. ``ProvisionedServers(DIR)`` starts each listed server party with
 ``python -m secrobust.deploy <role> --config DIR/<party>/<party>.toml`` (mutual TLS, the addresses in
-the TOML files), in its own process group, waits until each listens (and, when both operators' files are
-in the folder, answers a status call over mutual TLS as the operators will), writes ``--ready-file``, and
-stops them all on SIGTERM / SIGINT or when one exits. The Flower ServerApp then reads the operators'
-files (``secrobust-dir`` = DIR) and each SuperNode its worker's file. Nothing here imports Flower.
+the TOML files), in its own process group, and S1's approval service (``deploy.approval``, as
+``operator:S1``) when ``operator-s1/approval.toml`` exists (``secrobust flower-approval`` writes it); waits
+until each listens (and, when the operators' files are in the folder, answers a status call over mutual TLS
+as the operators will: through the approval service when operator:S0's file names it), writes
+``--ready-file``, and stops them all on SIGTERM / SIGINT or when one exits. The Flower ServerApp then reads
+operator:S0's file (``secrobust-dir`` = DIR) and each SuperNode its worker's file. Nothing here imports
+Flower.
 """
 
 from __future__ import annotations
@@ -15,33 +19,62 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..deploy import approval
 from ..deploy.config import load as load_config
-from ..deploy.local import LocalDeployment, LocalOptions
+from ..deploy.local import Child, LocalDeployment, LocalOptions
 from ..deploy.operator import Operator
 from ..pki.certs import operator_party, tls_name
+from ..transport.grpc import PartyUnreachable, RemoteRejected
 
 SERVER_PARTIES = ("dealer", "S0", "S1")
+APPROVAL = "approval"
+PARTIES = (*SERVER_PARTIES, APPROVAL)
 ROLE = {"dealer": "dealer", "S0": "server", "S1": "server"}
+
+
+def default_parties(folder: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The dealer, S0, S1, and S1's approval service when the folder has its file."""
+    has = (Path(folder) / tls_name(operator_party(1)) / approval.APPROVAL_FILE).is_file()
+    return (*SERVER_PARTIES, APPROVAL) if has else SERVER_PARTIES
 
 
 class ProvisionedServers(LocalDeployment):
     """The listed server parties (default: dealer, S0, S1) of the provisioned folder ``folder``, each its
     own process; logs in ``folder/logs/<party>.log``. Use as a context manager or start()/stop()."""
 
-    def __init__(self, folder: str | os.PathLike[str], parties: Iterable[str] = SERVER_PARTIES,
+    def __init__(self, folder: str | os.PathLike[str], parties: Iterable[str] | None = None,
                  start_timeout_s: float = 120.0) -> None:
         folder = Path(folder).resolve()       # the children run in it: their paths must not be relative
         super().__init__(1, folder, LocalOptions(start_timeout_s=start_timeout_s))
         self.cert_dir = folder
-        self.parties = tuple(dict.fromkeys(parties))
-        bad = [p for p in self.parties if p not in SERVER_PARTIES]
+        self.parties = tuple(dict.fromkeys(default_parties(folder) if parties is None else parties))
+        bad = [p for p in self.parties if p not in PARTIES]
         if bad or not self.parties:
-            raise ValueError(f"flower-servers starts dealer, S0 and/or S1, not {', '.join(bad) or 'nothing'}")
+            raise ValueError(f"flower-servers starts dealer, S0, S1 and/or approval, not {', '.join(bad) or 'nothing'}")
+
+    def config_file(self, party: str) -> Path:
+        if party == APPROVAL:
+            return self.party_dir(operator_party(1)) / approval.APPROVAL_FILE
+        return super().config_file(party)
+
+    def _spawn(self, child: Child) -> None:
+        if child.name != APPROVAL:
+            super()._spawn(child)
+            return
+        log = open(child.log, "ab")  # noqa: SIM115  (the child keeps it; closed here once handed over)
+        try:
+            child.proc = subprocess.Popen([sys.executable, "-m", "secrobust.deploy.approval", *child.argv],
+                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=self._env(), cwd=str(self.workdir), start_new_session=True)
+        finally:
+            log.close()
 
     def _start(self) -> None:
         missing = [str(self.config_file(p)) for p in self.parties if not self.config_file(p).is_file()]
@@ -54,26 +87,53 @@ class ProvisionedServers(LocalDeployment):
         state = self.workdir / "state"
         state.mkdir(parents=True, exist_ok=True)
         for name in self.parties:
+            port_file = state / f"launch-{tls_name(name) if name != APPROVAL else APPROVAL}.port"
+            port_file.unlink(missing_ok=True)
+            if name == APPROVAL:
+                self.addresses[name] = approval.load(self.config_file(name)).listen    # a bad policy fails here
+                self._add(name, ["--config", str(self.config_file(name)), "--port-file", str(port_file)])
+                continue
             cfg = load_config(self.config_file(name))          # a malformed file fails here, named
             self.addresses[name] = str(cfg.listen or cfg.peers.get(name, ""))
-            port_file = state / f"launch-{tls_name(name)}.port"
-            port_file.unlink(missing_ok=True)
             self._add(name, [ROLE[name], "--config", str(self.config_file(name)), "--port-file", str(port_file)])
         for name in self.parties:
             self._spawn(self.children[name])
         self._wait_ports(state)
         ops = [self.config_file(operator_party(i)) for i in (0, 1)]
-        if set(self.parties) == set(SERVER_PARTIES) and all(p.is_file() for p in ops):
+        if set(SERVER_PARTIES) <= set(self.parties) and all(p.is_file() for p in ops):
             cfgs = [load_config(p) for p in ops]
             peers = {k: v for c in cfgs for k, v in c.peers.items()}
             self.operator = Operator([c.identity() for c in cfgs], peers.get("S0"), peers.get("S1"),
                                      peers.get("dealer"), connect_timeout=cfgs[0].connect_timeout_s)
             self.wait_listening(SERVER_PARTIES)
+            via = cfgs[0].peers.get(operator_party(1))
+            if APPROVAL in self.parties and via:
+                self._wait_approval(Operator([cfgs[0].identity()], peers.get("S0"), None, None, approval=via,
+                                             connect_timeout=cfgs[0].connect_timeout_s))
+
+    def _wait_approval(self, split: Operator) -> None:
+        """Block until operator:S0 reaches S1 through the approval service (its status call)."""
+        deadline = time.monotonic() + self.options.start_timeout_s
+        try:
+            while True:
+                child = self.children[APPROVAL]
+                if not child.alive:
+                    raise RuntimeError(f"{APPROVAL} exited; log {child.log}:\n{self.tail(APPROVAL)}")
+                try:
+                    split.clients["S1"].control("status", timeout=5.0)
+                    return
+                except (PartyUnreachable, RemoteRejected) as exc:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"operator:S0 cannot reach S1's approval service ({exc}); log "
+                                           f"{child.log}:\n{self.tail(APPROVAL)}") from None
+                    time.sleep(0.1)
+        finally:
+            split.close()
 
     def _wait_ports(self, state: Path) -> None:
         deadline = time.monotonic() + self.options.start_timeout_s
         for name in self.parties:
-            port_file = state / f"launch-{tls_name(name)}.port"
+            port_file = state / f"launch-{tls_name(name) if name != APPROVAL else APPROVAL}.port"
             while not port_file.exists():
                 child = self.children[name]
                 if not child.alive:
@@ -98,7 +158,7 @@ class ProvisionedServers(LocalDeployment):
         return next((name for name, c in self.children.items() if not c.alive), None)
 
 
-def serve(folder: Path, parties: Iterable[str] = SERVER_PARTIES, *, ready_file: Path | None = None,
+def serve(folder: Path, parties: Iterable[str] | None = None, *, ready_file: Path | None = None,
           start_timeout_s: float = 120.0, echo=print) -> int:
     """Start the parties, announce them, and keep them until SIGTERM / SIGINT (exit 0) or until one exits
     (its log's tail, exit 1). Every process started is stopped before this returns."""
@@ -132,4 +192,4 @@ def serve(folder: Path, parties: Iterable[str] = SERVER_PARTIES, *, ready_file: 
             signal.signal(sig, handler)
 
 
-__all__ = ["SERVER_PARTIES", "ProvisionedServers", "serve"]
+__all__ = ["APPROVAL", "PARTIES", "SERVER_PARTIES", "ProvisionedServers", "default_parties", "serve"]

@@ -43,19 +43,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from .. import api
-from ..circuits import validity
 from ..deploy.config import load as load_config
 from ..deploy.operator import Operator
 from ..deploy.rounds import RoundRequest
 from ..errors import ProtocolError, RoundAborted
+from ..params import RoundParams
+from ..pki.certs import operator_party
 from ..primitives import ring
-from ..protocol.server import check_noise_std
 from ..rules import secure
-from ..rules.plain import split_options
-from ..rules.pre import prepare
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS, get_rule, with_cohort
+from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
 from ..transport.grpc import PartyUnreachable, RemoteRejected
-from ..updates import encode_center
 from . import keys as K
 from .binding import (
     CHALLENGE_FIELD,
@@ -170,15 +167,13 @@ class SecRobust(FedAvg):
         self.rule, self.f, self.reveal = rule, int(f), secure.check_mode(reveal)
         self.options = dict(options or {})
         api.refuse_seed_option(self.options)
-        get_rule(rule)
-        self.center, self.rule_options = split_options(rule, self.options)
-        _, own = prepare(get_rule(rule), self.rule_options, self.reveal)
-        secure.secure_rule(rule, self.reveal, own)
-        ring.check_frac_bits(frac_bits)
-        check_noise_std(dp_noise_std, frac_bits)
-        validity.check_flag(check_inputs, 1)
         self.frac_bits, self.dp_noise_std, self.check_inputs = frac_bits, dp_noise_std, check_inputs
         self.norm_bound, self.min_participants = norm_bound, min_participants
+        self.policy: dict[str, Any] | None = None
+        """S1's approval policy as its service states it (``preflight``), with split operators."""
+        self.params = self.round_params()
+        self.center = self.params.center
+        self.rule_options = {k: v for k, v in self.options.items() if not (rule == "cclip" and k == "center")}
         self.share_window_s = float(share_window_s)
         self.share_timeout_s = share_timeout_s
         self.insecure_test_seed = insecure_test_seed
@@ -235,11 +230,26 @@ class SecRobust(FedAvg):
         except (ValueError, TypeError) as exc:
             raise SecRobustError(f"SecRobust settings from the run config: {exc}") from exc
 
+    def round_params(self, n: int = 1 << 20, d: int = 1) -> RoundParams:
+        """The rounds' public parameters, checked as every entry point checks them (``params.RoundParams``), for
+        n workers of dimension d (before the first round: many workers of dimension 1, so that only the
+        cohort-free checks apply), with the minimum cohort of ``request_min_participants``."""
+        return RoundParams.build(self.rule, self.f, n, d, frac_bits=self.frac_bits, reveal=self.reveal,
+                                 norm_bound=self.norm_bound,
+                                 min_participants=self.request_min_participants() or DEFAULT_MIN_PARTICIPANTS,
+                                 dp_noise_std=self.dp_noise_std, check_inputs=self.check_inputs,
+                                 options=self.options)
+
+    def request_min_participants(self) -> int | None:
+        """The minimum cohort a round request carries: ``min_participants``, raised to S1's policy's
+        ``min_cohort`` (which S1's approval service requires the request to carry); None: the servers' own."""
+        floor = int((self.policy or {}).get("min_cohort") or 0)
+        return max(self.min_participants or 0, floor) or None
+
     def minimum_nodes(self) -> tuple[int, str]:
         """(the fewest participants a round may have, why): the rule's minimum at this f, its options (multi-krum's
-        m) and ``min_participants`` (the servers' default when unset)."""
-        spec, _ = prepare(get_rule(self.rule), self.rule_options, self.reveal)
-        spec = with_cohort(spec, self.min_participants or DEFAULT_MIN_PARTICIPANTS, self.rule_options)
+        m) and ``min_participants`` (the servers' default when unset; S1's policy's minimum cohort if larger)."""
+        spec = self.params.spec_with_pre(None)
         need = spec.minimum(self.f)
         return need, f"rule {self.rule!r} with f={self.f} needs {spec.needs(self.f)} ({need} participants)"
 
@@ -251,16 +261,20 @@ class SecRobust(FedAvg):
             raise SecRobustError(f"secrobust: cannot load the operators' files {self._operators}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         op = self.operator
-        parties = [(name, op.clients[name]) for name in op.sides]
+        parties = [(f"S1's approval service ({operator_party(1)} at {op.clients[name].address}, and S1 behind it)"
+                    if name in op.relayed else name, op.clients[name]) for name in op.sides]
         if op.dealer is not None:
             parties.append(("dealer", op.dealer))
+        statuses = {}
         for name, client in parties:
             try:
-                client.control("status", timeout=10.0)
+                statuses[name] = client.control("status", timeout=10.0)
             except (PartyUnreachable, RemoteRejected, ProtocolError) as exc:
                 raise SecRobustError(f"secrobust: {name} does not answer over mutual TLS ({exc}); start the servers "
                                      "('secrobust flower-servers --dir DIR') and check the addresses in the "
                                      "operators' files") from exc
+        if op.relayed:
+            self._follow_policy(next(st for name, st in statuses.items() if name.startswith("S1's")).get("policy"))
         need, why = self.minimum_nodes()
         admitted = binding.workers
         if admitted is not None and len(admitted) < need:
@@ -277,9 +291,40 @@ class SecRobust(FedAvg):
                 raise SecRobustError(f"secrobust: {why}, but only {connected} SuperNodes connected within "
                                      f"{self.node_wait_s:g} s (node-wait-s); lower f or start more SuperNodes")
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-        log.info("secrobust: %s; %d SuperNodes connected; S0, S1 and the dealer answer; %s", why, connected,
+        log.info("secrobust: %s; %d SuperNodes connected; S0, S1 and the dealer answer; %s; %s", why, connected,
                  "each node pinned to its worker (node-workers)" if self.node_workers is not None
-                 else "nodes not pinned: a worker's key is accepted from any node")
+                 else "nodes not pinned: a worker's key is accepted from any node",
+                 "operator:S0 here, S1's rounds approved by S1's approval service" if op.relayed else
+                 "this ServerApp holds both operators' keys (no S1 approval service: see docs/flower.md)")
+
+    def _follow_policy(self, policy: Any) -> None:
+        """Check the run's settings against S1's approval policy before any node trains (one
+        ``SecRobustError`` naming what S1's organisation does not allow) and follow its minimum cohort and
+        worker list: replies of workers the policy does not let a round name are dropped, not sent to S1."""
+        if not isinstance(policy, dict):
+            raise SecRobustError("secrobust: S1's approval service states no policy")
+        problems = []
+        if self.rule not in policy.get("rules", ()):
+            problems.append(f"rule {self.rule!r} (it allows {', '.join(policy.get('rules', ())) or 'none'})")
+        if self.reveal not in policy.get("reveals", ()):
+            problems.append(f"reveal={self.reveal!r} (it allows {', '.join(policy.get('reveals', ()))})")
+        if policy.get("check_inputs") and self.check_inputs is not True:
+            problems.append("check-inputs = false (it requires the input validity check)")
+        window = policy.get("max_share_window_s")
+        if isinstance(window, (int, float)) and self.share_window_s > window:
+            problems.append(f"share-window-s = {self.share_window_s:g} (at most {window:g})")
+        if self.insecure_test_seed is not None and not policy.get("test_seeds"):
+            problems.append("a fixed test seed")
+        if problems:
+            raise SecRobustError(f"secrobust: S1's approval policy does not allow {'; '.join(problems)}; change "
+                                 "the run config or ask S1's organisation to change its policy")
+        self.policy = policy
+        self.params = self.round_params()
+        allowed = policy.get("workers")
+        if allowed is not None:
+            mine = self.workers if self.workers is not None else self._admitted
+            self.workers = tuple(sorted(set(allowed) & set(mine if mine is not None else allowed)))
+            self._binding = None
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
         """``preflight``, then FedAvg's ``start``; with no round aggregated (every one skipped), the result
@@ -296,14 +341,18 @@ class SecRobust(FedAvg):
     def operator(self) -> Operator:
         if self._op is None:
             cfgs = [load_config(Path(p)) for p in self._operators]  # type: ignore[union-attr]
-            bad = [c.party for c in cfgs if c.role != "operator"]
-            if bad or len(cfgs) != 2:
-                raise ValueError("SecRobust needs the TOML files of operator:S0 and operator:S1")
+            parties = sorted(c.party for c in cfgs)
+            approval = cfgs[0].peers.get(operator_party(1)) if parties == [operator_party(0)] else None
+            if parties != [operator_party(0), operator_party(1)] and not approval:
+                raise ValueError(f"SecRobust needs {operator_party(0)}'s TOML file naming S1's approval service under "
+                                 f"[peers] (\"{operator_party(1)}\" = \"host:port\"), or the TOML files of "
+                                 f"{operator_party(0)} and {operator_party(1)}; got {parties}")
             peers = {k: v for c in cfgs for k, v in c.peers.items()}
             lists = [set(c.workers) for c in cfgs if c.workers]
             self._admitted = tuple(sorted(set.intersection(*lists))) if lists else None
-            self._op = Operator([c.identity() for c in cfgs], peers.get("S0"), peers.get("S1"), peers.get("dealer"),
-                                connect_timeout=cfgs[0].connect_timeout_s, prefetch=self.prefetch)
+            self._op = Operator([c.identity() for c in cfgs], peers.get("S0"), None if approval else peers.get("S1"),
+                                peers.get("dealer"), connect_timeout=cfgs[0].connect_timeout_s, prefetch=self.prefetch,
+                                approval=approval)
         return self._op
 
     @property
@@ -316,7 +365,8 @@ class SecRobust(FedAvg):
         if self._binding is None:
             op = self.operator
             if not op.both:
-                raise ValueError("SecRobust needs the identities of operator:S0 and operator:S1")
+                raise ValueError("SecRobust needs operator:S0 and operator:S1, or operator:S0 and S1's approval "
+                                 "service")
             cas = {name: op.clients[name].identity.cas[name] for name in op.sides}
             workers = self.workers if self.workers is not None else self._admitted
             self._binding = WorkerBinding(cas, workers=workers, node_workers=self.node_workers)
@@ -529,20 +579,18 @@ class SecRobust(FedAvg):
             return None
 
     def _request(self, wids: tuple[int, ...], d: int) -> RoundRequest:
+        self.round_params(len(wids), d)
         center = None
         if self.center is not None:
-            encode_center(self.center, d, self.frac_bits)
             center = [float(v) for v in np.asarray(self.center, dtype=np.float64).reshape(-1)]
-        validity.check_flag(self.check_inputs, d)
-        validity.scaled_bound(self.norm_bound, self.frac_bits, d)
         op = self.operator
         statuses = op.status()
         request = op.with_triples(RoundRequest(
             round_id=op.next_round_id(statuses), worker_ids=wids, d=d, rule=self.rule, f=self.f,
             frac_bits=self.frac_bits, options=self.rule_options, center=center, share_window_s=self.share_window_s,
             dp_noise_std=self.dp_noise_std, test_seed=_test_seed(self.insecure_test_seed), seed_round=0,
-            check_inputs=self.check_inputs, norm_bound=self.norm_bound, min_participants=self.min_participants,
-            reveal=self.reveal), statuses)
+            check_inputs=self.check_inputs, norm_bound=self.norm_bound,
+            min_participants=self.request_min_participants(), reveal=self.reveal), statuses)
         request.check()
         return request
 
@@ -577,8 +625,9 @@ class SecRobust(FedAvg):
 
 
 def operator_files(folder: Any = None) -> list[Path]:
-    """The two operators' TOML files in ``folder`` (``secrobust-dir``; empty or None: ``$SECROBUST_DIR``);
-    ``SecRobustError`` saying what to set when there is none or they are missing."""
+    """The operators' TOML files in ``folder`` (``secrobust-dir``; empty or None: ``$SECROBUST_DIR``):
+    ``operator:S0``'s alone when it names S1's approval service under ``[peers]`` (split operators), else
+    both operators'; ``SecRobustError`` saying what to set when there is none or they are missing."""
     raw = str(folder or "") or os.environ.get(DIR_ENV, "")
     if not raw:
         raise SecRobustError(f"secrobust: no {DIR_KEY}: set it to the folder 'secrobust init' made (the one "
@@ -586,6 +635,13 @@ def operator_files(folder: Any = None) -> list[Path]:
                              f"flwr run --run-config \"{DIR_KEY}='/path/to/dir'\" (or ${DIR_ENV} where the ServerApp runs)")
     root = Path(raw).expanduser()
     files = [root / name for name in OPERATOR_FILES]
+    if files[0].is_file():
+        try:
+            split = operator_party(1) in load_config(files[0]).peers
+        except (ValueError, OSError) as exc:
+            raise SecRobustError(f"secrobust: {files[0]}: {exc}") from exc
+        if split:           # operator:S0 alone; S1's rounds go through S1's approval service
+            return files[:1]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise SecRobustError(f"secrobust: {DIR_KEY} = {raw!r} has no {' and no '.join(missing)}; it must be the "
