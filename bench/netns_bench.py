@@ -24,7 +24,8 @@ dealer made during the round before) the script records:
 * the **link floor**: the largest, over links and directions, of (bytes that link passed during the
   round) / (its rate), i.e. the time the busiest link needs for what crossed it; and the ratio
   ``round_s / floor``. The same for the window that includes the downloads;
-* CPU seconds per party (``/proc/<pid>/stat``), and the load average before and after.
+* CPU seconds per party (``/proc/<pid>/stat``), those of every other process on the machine during the
+  round (``/proc/stat`` minus ours: other people's work), and the load average before and after.
 
 The aggregate of every round is checked against ``secrobust.plain_aggregate`` (its plaintext twin).
 
@@ -142,6 +143,12 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have spent so far (user, nice, system, irq, softirq)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
 
 
 def diff(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -262,6 +269,7 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     load0 = os.getloadavg()
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own0 = sum(os.times()[:2])
+    busy0 = machine_busy_seconds()
     c0 = links.counters()
     t0 = time.time()
     res = dep.aggregate(x, rule, f)
@@ -276,6 +284,8 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     c2 = links.counters()
     t2 = max([t1, *got.values()])
     cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    own = sum(os.times()[:2]) - own0
+    busy = machine_busy_seconds() - busy0
     wire = diff(c1, c0)
     wire_all = diff(c2, c0)
     payload = payload_by_link(dict(res.stats.bytes_between))
@@ -300,7 +310,8 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
         "cpu_s": {"S0": round(cpu.get("S0", 0.0), 2), "S1": round(cpu.get("S1", 0.0), 2),
                   "dealer": round(cpu.get("dealer", 0.0), 2),
                   "workers": round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2),
-                  "launcher": round(sum(os.times()[:2]) - own0, 2)},
+                  "launcher": round(own, 2), "machine": round(busy, 2),
+                  "others": round(busy - own - sum(cpu.values()), 2)},
         "load_before": [round(v, 2) for v in load0], "load_after": [round(v, 2) for v in os.getloadavg()],
         "wire_bytes": wire, "wire_bytes_with_downloads": wire_all,
         "payload_bytes": payload,
@@ -406,7 +417,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "| profile | busiest link | bytes (MB) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratio | launcher (s) "
         "| + workers' downloads (s) / floor | median round: last upload, last row of E, S1 done (s) "
-        "| CPU s (S0/S1/workers/dealer) | load 1 min |",
+        "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | load 1 min |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -417,7 +428,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{', '.join(f'{t:.2f}' for t in row['launcher_round_s'])} | "
             f"{', '.join(f'{t:.2f}' for t in row['with_downloads_s'])} / {row['floor_with_downloads_s']} | "
             f"{a['last_upload']}, {a['last_row_of_e']}, {a['s1_done']} | "
-            f"{c['S0']}/{c['S1']}/{c['workers']}/{c['dealer']} | "
+            f"{c['S0']}/{c['S1']}/{c['workers']}/{c['dealer']}; {c.get('others', '?')} | "
             f"{', '.join(f'{v:.1f}' for v in row['load_before'])} |")
     lines.append("")
     lines.append("Every round's aggregate equalled secrobust.plain_aggregate: "
