@@ -1,4 +1,5 @@
-"""The ring kernel equals NumPy's wrapping uint64 product at every block boundary, with any thread count."""
+"""The ring kernel equals NumPy's wrapping uint64 product (and Python integers mod 2^64) at every tile and block
+boundary, for any view of the operands, with any thread count."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from secrobust.primitives import kernel as rk
 
-B, R = rk.BLOCK_COLS, rk.ROW_BLOCK
+B, R = rk.BLOCK_COLS, rk.TILE
 EDGE = np.array([0, 1, 2**63, 2**64 - 1, 2**63 - 1, 2**32, 2**32 - 1], dtype=np.uint64)
 words = st.one_of(st.sampled_from([int(v) for v in EDGE]), st.integers(0, 2**64 - 1))
 
@@ -27,7 +28,7 @@ def full_range(rng, shape):
 
 
 @pytest.mark.parametrize("k", [0, 1, B - 1, B, B + 1, 2 * B + 3, 3 * B])
-@pytest.mark.parametrize("n,m", [(1, 1), (R - 1, R + 1), (R, 2 * R + 3), (2 * R + 3, 1)])
+@pytest.mark.parametrize("n,m", [(1, 1), (R - 1, R + 1), (R, 2 * R + 3), (2 * R + 3, 1), (13, 50), (50, 16)])
 def test_products_equal_numpy_across_block_boundaries(threads, n, m, k):
     rng = np.random.default_rng(n * 1000 + m * 10 + k)
     a, b = full_range(rng, (n, k)), full_range(rng, (m, k))
@@ -46,20 +47,38 @@ def test_all_ones_and_top_bit_words_wrap_exactly(threads):
     assert (rk.rowdot(top, top) == 0).all()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data(), n=st.integers(1, 12), m=st.integers(1, 12), k=st.integers(0, 40))
 def test_small_products_equal_python_integers(data, n, m, k):
     a = data.draw(hnp.arrays(np.uint64, (n, k), elements=words))
     b = data.draw(hnp.arrays(np.uint64, (m, k), elements=words))
     want = [[sum(int(x) * int(y) for x, y in zip(ra, rb)) % 2**64 for rb in b] for ra in a]
     assert rk.matmul_t(a, b).tolist() == want
+    gram = [[sum(int(x) * int(y) for x, y in zip(ra, rb)) % 2**64 for rb in a] for ra in a]
+    assert rk.gram(a).tolist() == gram
 
 
-def test_column_views_and_non_contiguous_rows_are_accepted():
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), n=st.integers(1, 9), extra=st.integers(-2, 2))
+def test_products_across_a_column_block_equal_python_integers(data, n, extra):
+    """Worst-case words (all ones, the top bit) and random ones over a whole column block and a few columns
+    past it: sums of B + 2 products of 128-bit magnitude each, reduced mod 2^64 only at the end by Python."""
+    k = B + extra
+    a = data.draw(hnp.arrays(np.uint64, (n, k), elements=words))
+    b = data.draw(hnp.arrays(np.uint64, (n, k), elements=words))
+    ia, ib = a.astype(object), b.astype(object)
+    assert rk.matmul_t(a, b).tolist() == [[int(v) % 2**64 for v in row] for row in ia.dot(ib.T)]
+
+
+def test_column_views_and_non_contiguous_rows_are_accepted(threads):
     rng = np.random.default_rng(3)
     a = full_range(rng, (12, 3 * B))
-    view = a[::2, B - 5 : 2 * B + 7]
-    np.testing.assert_array_equal(rk.gram(view), np.matmul(view, view.T))
+    frozen = a.copy()
+    frozen.flags.writeable = False
+    for view in (a[::2, B - 5 : 2 * B + 7], a[:, ::3], a[::-1], np.asfortranarray(a[:7, :B + 3]), frozen):
+        np.testing.assert_array_equal(rk.gram(view), np.matmul(view, view.T))
+        np.testing.assert_array_equal(rk.matmul_t(view, a[:5, : view.shape[1]]), np.matmul(view, a[:5, : view.shape[1]].T))
+    np.testing.assert_array_equal(a, full_range(np.random.default_rng(3), (12, 3 * B)))
 
 
 @pytest.mark.parametrize("a,b", [(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.uint64)),
