@@ -1,0 +1,144 @@
+"""The bucketing-paper reproduction's pieces: MnistNet, the label-sorted splits, the honest-only split, the configs,
+the harness's bucketing of a coordinate-wise rule, and the reference table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secrobust.train.attacks import ignores_own
+from secrobust.train.config import load_config, parse_config
+from secrobust.train.data import partition, partition_sorted
+from secrobust.train.models import FlatAdapter, MnistNet, build_model
+from secrobust.train.reference import PAPER, cells, score, table
+from secrobust.train.runner import harness_bucket_size, run, worker_parts
+
+CONFIGS = Path(__file__).resolve().parents[2] / "src" / "secrobust" / "train" / "configs"
+
+
+def test_mnist_net_shapes_and_size() -> None:
+    model = build_model("mnist-net", (1, 28, 28), 10, seed=0)
+    assert isinstance(model, MnistNet)
+    assert FlatAdapter(model).dim == 1_199_882
+    model.eval()
+    x = torch.rand(3, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.equal(out, model(x))
+    assert build_model("mnist-net", (1, 8, 8), 10)(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="MnistNet"):
+        build_model("mnist-net", (1, 7, 7), 10)
+
+
+def test_mnist_net_init_follows_seed() -> None:
+    a, b = (FlatAdapter(build_model("mnist-net", (1, 8, 8), 10, seed=s)).get() for s in (1, 1))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, FlatAdapter(build_model("mnist-net", (1, 8, 8), 10, seed=2)).get())
+
+
+def test_sorted_partition_is_contiguous_label_shards() -> None:
+    labels = np.repeat(np.arange(10), 30)[np.random.default_rng(0).permutation(300)]
+    parts = partition_sorted(labels, 20)
+    assert [len(p) for p in parts] == [15] * 20
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    for p in parts:
+        assert len(set(labels[p].tolist())) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(labels, 20, "sorted", None)))
+
+
+def test_sorted_partition_pads_with_its_head() -> None:
+    labels = np.array([2, 0, 1, 0, 2, 1, 1])
+    parts = partition_sorted(labels, 3)
+    assert [len(p) for p in parts] == [3, 3, 3]
+    assert parts[2][-2:].tolist() == [1, 3]
+
+
+def test_stratified_partition_balances_classes() -> None:
+    labels = np.repeat(np.arange(10), 40)
+    parts = partition_sorted(labels, 20, strided=True)
+    for p in parts:
+        assert np.bincount(labels[p], minlength=10).tolist() == [2] * 10
+
+
+def test_honest_split_gives_byzantine_workers_iid_shares() -> None:
+    cfg = parse_config({"data": {"partition": "sorted", "split": "honest"}})
+    labels = np.repeat(np.arange(10), 50)
+    parts = worker_parts(labels, 10, [2, 7], cfg.data, np.random.default_rng(0))
+    honest = [0, 1, 3, 4, 5, 6, 8, 9]
+    for i, shard in zip(honest, partition_sorted(labels, 8)):
+        assert np.array_equal(parts[i], shard)
+    for i in (2, 7):
+        assert len(parts[i]) in (62, 63) and len(set(labels[parts[i]].tolist())) > 1
+
+
+def test_bucketing_configs_parse() -> None:
+    for split, scheme in (("noniid", "sorted"), ("iid", "stratified")):
+        cfg = load_config(CONFIGS / f"bucketing-exp2-{split}.toml")
+        assert (cfg.data.partition, cfg.data.split, cfg.model.name) == (scheme, "honest", "mnist-net")
+        assert (cfg.train.workers, cfg.train.rounds, cfg.train.lr, cfg.train.momentum) == (25, 600, 0.01, 0.0)
+        assert cfg.grid.f == (5,) and cfg.grid.attacks == ("mimic",)
+        assert {r.partition("+")[0] for r in cfg.grid.rules} == {"mean", "krum", "median", "geomed", "cclip"}
+        assert cfg.rule_options["geomed"] == {"iterations": 8, "nu": 0.1, "tol": 0.0}
+        assert cfg.rule_options["cclip"] == {"tau": 10.0, "iterations": 3}
+        specs = cfg.runs()
+        assert [harness_bucket_size(s) for s in specs].count(2) == len(cfg.grid.seeds)
+
+
+def test_new_keys_at_defaults_keep_run_ids() -> None:
+    spec = parse_config({}).runs()[0]
+    blob = spec.to_dict()
+    for section, key in (("train", "sample_rate"), ("train", "idle_byzantine"), ("data", "split")):
+        del blob[section][key]
+    expected = hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert spec.run_id == expected
+    assert parse_config({"data": {"split": "honest"}}).runs()[0].run_id != spec.run_id
+    with pytest.raises(ValueError, match="data.split"):
+        parse_config({"data": {"split": "byzantine"}})
+
+
+def test_mimic_ignores_own_rows() -> None:
+    assert ignores_own("mimic") and not ignores_own("sign-flip") and not ignores_own("label-flip")
+
+
+def _tiny(rules: list[str], secure: list[bool]) -> list:
+    table = {
+        "data": {"dataset": "digits", "partition": "sorted", "split": "honest"},
+        "model": {"name": "mnist-net"},
+        "train": {"workers": 11, "rounds": 3, "batch_size": 8, "lr": 0.01, "eval_every": 1, "idle_byzantine": True},
+        "grid": {"rules": rules, "attacks": ["mimic"], "f": [2], "seeds": [0], "secure": secure},
+        "rule_options": {"geomed": {"iterations": 8, "nu": 0.1, "tol": 0.0}, "cclip": {"tau": 10.0, "iterations": 3}},
+    }
+    return parse_config(table).runs()
+
+
+def test_tiny_run_of_the_setting_secure_equals_plaintext(digits) -> None:
+    secure, plain = (run(s, dataset=digits) for s in _tiny(["geomed+bucketing"], [True, False]))
+    assert secure.record()["weights_sha256"] == plain.record()["weights_sha256"]
+    assert secure.history == plain.history
+    assert len(secure.history) == 4
+
+
+def test_median_with_bucketing_runs_on_bucket_means(digits) -> None:
+    (spec,) = _tiny(["median+bucketing"], [False])
+    result = run(spec, dataset=digits)
+    assert np.isnan(result.weights).all() and len(result.history) == 4
+    again = run(spec, dataset=digits)
+    assert again.history == result.history
+
+
+def test_reference_scores_and_table() -> None:
+    history = [{"accuracy": a} for a in (0.1, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9)]
+    assert score(history) == pytest.approx(90.0)
+    records = [{"seed": s, "secure": False, "rule": "krum+bucketing", "spec": {"rule_options": {}},
+                "history": history} for s in (0, 1)]
+    got = cells(records)
+    assert got == {("krum", 2): [pytest.approx(90.0)] * 2}
+    text = table({True: got})
+    assert "| krum (KRUM) | 2 | non-IID | 53.15 ± 3.96 | 52.26 | 90.00 ± 0.00 (2 seeds) | +36.85 |" in text
+    mean, _, seeds = PAPER[("exp2", "median", 2, True)]
+    assert mean == pytest.approx(sum(seeds) / 3, abs=0.01)
