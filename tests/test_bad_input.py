@@ -227,16 +227,16 @@ def _to_validity(n: int = 5, d: int = 4) -> tuple[ServerNode, ServerNode, M.Mess
     s1.receive_triple(m1)
     for w in range(n):
         key = share_key(s0.share_key_message(w), 0, w, d)
-        s1.receive_share(share_update(0, w, ring.encode(np.full(d, 0.1 * w)), key))
+        s1.take_share(share_update(0, w, ring.encode(np.full(d, 0.1 * w)), key))
+        s0.take_rows(s1.open_rows())
     s1.agree(None, 1, "")
     s0.agree(s1.participants_message(), 1, "")
     v0, v1 = s0.validity_seed_message(bytes(16)), s1.validity_seed_message(bytes([1]) * 16)
     s0.receive_validity_seed(v1)
     s1.receive_validity_seed(v0)
-    for start, stop in s1.chunks():
-        s0.accumulate(s1.open_masked(start, stop))
-        s0.project()
-        s1.project()
+    for node in (s0, s1):
+        node.project()
+        node.finish_opening()
     return s0, s1, s0.validity_start(), s1.validity_start()
 
 

@@ -21,21 +21,19 @@ def test_bytes_match_the_formulas(n, d, chunk_bytes):
     by = defaultdict(list)
     for sender, recipient, kind, data in log:
         by[(sender.split(":")[0], recipient.split(":")[0], kind)].append(len(data))
-    chunks = -(-d // (chunk_bytes // (8 * n)))
-
     masked = by[("worker", "S1", "share-masked")]
     assert len(masked) == n and all(8 * d < b < 8 * d + HEADER for b in masked)
     keys = by[("S0", "worker", "share-key")]
     assert len(keys) == n and all(b < HEADER for b in keys)
     assert not by[("worker", "S0", "share-masked")]
-    # One masked opening, in one direction: S1 -> S0.
+    # One masked opening, in one direction: S1 -> S0, one row of 8d bytes per worker whatever chunk_bytes is.
     opened = by[("S1", "S0", "masked-open")]
-    assert len(opened) == chunks and not by[("S0", "S1", "masked-open")]
-    assert 8 * n * d < sum(opened) < 8 * n * d + chunks * HEADER
+    assert len(opened) == n and not by[("S0", "S1", "masked-open")]
+    assert all(8 * d < b < 8 * d + HEADER for b in opened)
     between = sum(len(data) for sender, recipient, _, data in log if {sender, recipient} == {"S0", "S1"})
     assert res.stats.servers_bytes() == between
     validity_bytes = 2 * (16 * validity.and_words(n) + 8 * compare.words_for(n))
-    assert between < 8 * n * d + 16 * d + 8 * n * n + validity_bytes + 64 * HEADER + chunks * HEADER
+    assert between < 8 * n * d + 16 * d + 8 * n * n + validity_bytes + 64 * HEADER + n * HEADER
     for direction in (("S0", "S1"), ("S1", "S0")):
         agg = by[(*direction, "aggregate-share")]
         assert len(agg) == 1 and 8 * d < agg[0] < 8 * d + HEADER

@@ -23,6 +23,7 @@ from .protocol import messages as M
 from .protocol.nodes import DealerNode, ServerNode
 from .protocol.offline import request_triple
 from .protocol.server import RoundPlan, finish_aggregate, noise_share
+from .protocol.streaming import MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name
 from .rules import secure
 from .rules.plain import plain_run
@@ -138,40 +139,49 @@ class Cluster:
                 s0.receive_triple(channel.receive("S0", M.TRIPLE_S0))
                 s1.receive_triple(channel.receive("S1", M.TRIPLE_S1))
 
-        with _phase(stats, "share"):
-            for i in range(n):
+        # Steps 1-3 as the deployment runs them (protocol.streaming): S1 opens each share's row of E for S0
+        # as it arrives, both add rows to their Gram shares by blocks, and with the check on the servers fix
+        # the projections' joint seed once S1 has fixed the participants.
+        open_phase = "open" if needs else "validity"
+        rows = plan.triple_kind is not None
+        for i in range(n):
+            with _phase(stats, "share"):
                 if drop.get(i) in ("S0", "both"):
                     continue  # a worker that cannot reach S0 gets no key and sits the round out
                 channel.send(s0.share_key_message(i))
                 key = share_key(channel.receive(worker_name(i), M.SHARE_KEY), round_id, i, d)
                 msg = share_update(round_id, i, encoded[i], key, in_place=True)
-                if drop.get(i) != "S1":
-                    channel.send(msg)
-            del encoded
-            for msg in channel.receive_all("S1", M.SHARE_MASKED):
-                s1.receive_share(msg)
+                if drop.get(i) == "S1":
+                    continue
+                channel.send(msg)
+                del msg
+                s1.take_share(channel.receive("S1", M.SHARE_MASKED))
+            if rows:
+                with _phase(stats, open_phase):
+                    self._open_rows(channel, plan.open_kind, closed=False)
+        del encoded
 
         with _phase(stats, "agree"):
             participants = s1.agree(None, spec.minimum(f), spec.needs(f))
             channel.send(s1.participants_message())
+            if check_inputs:
+                channel.send(s1.validity_seed_message(self.seeds.validity(round_id, 1)))
             s0.agree(channel.receive("S0", M.PARTICIPANTS), spec.minimum(f), spec.needs(f))
-
+            if check_inputs:
+                channel.send(s0.validity_seed_message(self.seeds.validity(round_id, 0)))
+        if rows:
+            with _phase(stats, open_phase):
+                self._open_rows(channel, plan.open_kind, closed=True)
         if check_inputs:
             with _phase(stats, "validity"):
-                channel.send(s0.validity_seed_message(self.seeds.validity(round_id, 0)))
-                channel.send(s1.validity_seed_message(self.seeds.validity(round_id, 1)))
                 s0.receive_validity_seed(channel.receive("S0", M.VALIDITY_SEED))
                 s1.receive_validity_seed(channel.receive("S1", M.VALIDITY_SEED))
-        if plan.triple_kind is not None:
-            open_phase = "open" if needs else "validity"
-            for start, stop in s1.chunks():
-                with _phase(stats, open_phase):
-                    channel.send(s1.open_masked(start, stop))
-                    s0.accumulate(channel.receive("S0", plan.open_kind))
-                if check_inputs:
-                    with _phase(stats, "validity"):
-                        s0.project()
-                        s1.project()
+                s0.project()
+                s1.project()
+        if rows:
+            with _phase(stats, open_phase):
+                s0.finish_opening()
+                s1.finish_opening()
         if check_inputs:
             with _phase(stats, "validity"):
                 self._run_check(channel)
@@ -216,6 +226,15 @@ class Cluster:
         view = s1.current.view
         return make_result(out0, choice, view, participants, n, stats, rule, f, s1.rejected, reveal,
                            inputs.scale, inputs.excluded)
+
+    def _open_rows(self, channel: InMemoryChannel, kind: str, closed: bool) -> None:
+        """S1's rows of E for the shares it took since the last call go to S0; S1 adds the rows that are due
+        to its Gram share, S0 takes its waiting rows once a block of them is in (all once ``closed``)."""
+        for msg in self.s1.open_rows():
+            channel.send(msg)
+        self.s1.add_gram(closed)
+        if closed or channel.pending("S0", kind) >= MIN_BLOCK:
+            self.s0.take_rows(channel.receive_all("S0", kind))
 
     def _run_check(self, channel: InMemoryChannel) -> None:
         """The comparisons of the validity check, round by round through the channel."""

@@ -18,6 +18,7 @@ from secrobust.gates.dealer import (
 from secrobust.primitives import ring, sharing
 from secrobust.protocol import server
 from secrobust.protocol.messages import Message
+from secrobust.protocol.nodes import ServerNode
 from secrobust.protocol.offline import answer_request, request_triple
 from secrobust.protocol.worker import share_key, share_update
 from secrobust.rules.view import DISTANCES, NORMS
@@ -172,24 +173,27 @@ def test_gram_shares_symmetrise_to_twice_x_x_transpose_and_give_exact_distances(
     assert dist.tolist() == want
 
 
-def _run_gram_phase(x, worker_ids, present, reveal, chunk_bytes, seeds, frac_bits=0):
-    """Drive both servers' functions from protocol/server.py through steps 0-4, in process."""
+def _run_gram_phase(x, worker_ids, present, reveal, chunk_bytes, seeds, frac_bits=0, order=None):
+    """Drive both servers through steps 0-4 in process, the shares arriving in ``order`` (default: plan
+    order), each opened to S0 as one row of E as it arrives (``protocol.streaming``)."""
     plan = server.RoundPlan(5, tuple(worker_ids), x.shape[1], frac_bits, reveal, triple_id="tid", chunk_bytes=chunk_bytes,
                             validity=False)
-    s0, s1 = server.new_round(0, plan), server.new_round(1, plan)
+    s0, s1 = ServerNode(0), ServerNode(1)
+    s0.start_round(plan)
+    s1.start_round(plan)
     to0, to1 = answer_request(request_triple(5, plan.triple_spec()), TripleSeeds(*seeds[:3]), TripleLedger())
-    to0, to1 = Message.from_bytes(to0.to_bytes()), Message.from_bytes(to1.to_bytes())
-    s0, s1 = server.receive_triple(s0, to0, TripleLedger()), server.receive_triple(s1, to1, TripleLedger())
-    for k, w in enumerate(worker_ids):
-        if w in present:
-            key = share_key(server.share_key_message(s0, w), 5, w, x.shape[1])
-            s1 = server.receive_share(s1, share_update(5, w, x[k], key))
-    s1 = server.agree_participants(s1, None, 1)
-    s0 = server.agree_participants(s0, server.participants_message(s1), 1)
-    for start, stop in server.column_chunks(s1):
-        s1, e = server.open_masked(s1, start, stop)
-        s0 = server.accumulate(s0, Message.from_bytes(e.to_bytes()))
-    return s0, s1
+    s0.receive_triple(Message.from_bytes(to0.to_bytes()))
+    s1.receive_triple(Message.from_bytes(to1.to_bytes()))
+    for w in order or [w for w in worker_ids if w in present]:
+        key = share_key(s0.share_key_message(w), 5, w, x.shape[1])
+        s1.take_share(share_update(5, w, x[worker_ids.index(w)], key))
+        s0.take_rows([Message.from_bytes(e.to_bytes()) for e in s1.open_rows()])
+        s1.add_gram()
+    s1.agree(None, 1, "")
+    s0.agree(s1.participants_message(), 1, "")
+    s0.finish_opening()
+    s1.finish_opening()
+    return s0.current, s1.current
 
 
 @settings(max_examples=25, deadline=None)
@@ -201,8 +205,9 @@ def test_the_servers_gram_shares_and_opened_distances_are_exact(n, d, chunk_byte
     ids = list(range(10, 10 + n))
     present = data.draw(st.sets(st.sampled_from(ids), min_size=1))
     pos = [k for k, w in enumerate(ids) if w in present]
+    order = data.draw(st.permutations(sorted(present)))
     # Execute
-    s0, s1 = _run_gram_phase(x, ids, present, (DISTANCES,), chunk_bytes, seeds, frac_bits=3)
+    s0, s1 = _run_gram_phase(x, ids, present, (DISTANCES,), chunk_bytes, seeds, frac_bits=3, order=order)
     h = server.gram_share(s0) + server.gram_share(s1)
     s1 = server.open_view(s1, server.view_share_message(s0))
     # Assert: the sub-triple of the present rows makes H + H^T = 2 X_P X_P^T, D exact

@@ -1,105 +1,163 @@
-"""protocol.streaming: the row-streamed opening and Gram shares equal the in-process column chunks bit for
-bit (any arrival order, any block sizes, dropouts, gram and diag triples, with and without a center),
-and the streamed rows refuse what does not fit."""
+"""protocol.streaming: the row-streamed opening gives Gram shares whose sum is Y Y^T and projections whose sum
+is that of X, the same bits in any arrival order and any block sizes (dropouts, gram and diag triples, with
+and without a center), whether the servers' nodes run it (the in-process round) or a runner drives the
+Gram classes itself (the deployment); and the streamed rows refuse what does not fit."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from secrobust.errors import MalformedMessage, UnexpectedMessage
+from secrobust.circuits import validity
+from secrobust.errors import MalformedMessage, RoundAborted, UnexpectedMessage
 from secrobust.gates.dealer import TripleSeeds
 from secrobust.primitives import ring
 from secrobust.protocol import messages as M
-from secrobust.protocol import streaming
+from secrobust.protocol import server, streaming
 from secrobust.protocol.nodes import DealerNode, ServerNode
 from secrobust.protocol.offline import request_triple
 from secrobust.protocol.server import RoundPlan
 from secrobust.protocol.worker import share_key, share_update
 
 
-def _round(n: int, d: int, reveal: tuple[str, ...], center: bool, present: list[int], validity: bool, seed: int):
-    """Two servers with their triple and S1 with the present workers' shares; returns (s0, s1, plan, x)."""
-    rng = np.random.default_rng(seed)
+def _round(n: int, d: int, reveal: tuple[str, ...], center: bool, validity_on: bool, seeds: TripleSeeds):
+    """Two servers with their triple (the same seeds each call); returns (s0, s1, plan, x)."""
+    rng = np.random.default_rng(4)
     x = ring.encode(rng.normal(size=(n, d)) * 0.3, 20)
-    x[present[0]] = rng.integers(0, 2**64, size=d, dtype=np.uint64)     # a worker outside the encoder
+    x[0] = rng.integers(0, 2**64, size=d, dtype=np.uint64)     # a worker outside the encoder
     v = ring.encode(rng.normal(size=d) * 0.1, 20) if center else None
-    plan = RoundPlan(3, tuple(range(10, 10 + n)), d, 20, reveal, v, "t-stream", 8 * 3 * n, validity)
+    plan = RoundPlan(3, tuple(range(10, 10 + n)), d, 20, reveal, v, "t-stream", 8 * 3 * n, validity_on)
     s0, s1 = ServerNode(0), ServerNode(1)
     s0.start_round(plan)
     s1.start_round(plan)
-    m0, m1 = DealerNode().handle(request_triple(3, plan.triple_spec()), TripleSeeds.fresh())
+    m0, m1 = DealerNode().handle(request_triple(3, plan.triple_spec()), seeds)
     s0.receive_triple(m0)
     s1.receive_triple(m1)
-    for i in present:
-        w = plan.worker_ids[i]
-        s1.receive_share(share_update(3, w, x[i], share_key(s0.share_key_message(w), 3, w, d)))
     return s0, s1, plan, x
 
 
-def _in_process(s0: ServerNode, s1: ServerNode, seed: bytes):
+def _share(s0: ServerNode, plan: RoundPlan, x: np.ndarray, i: int) -> M.Message:
+    w = plan.worker_ids[i]
+    return share_update(3, w, x[i], share_key(s0.share_key_message(w), 3, w, plan.d))
+
+
+def _seeds(s0: ServerNode, s1: ServerNode, seed: bytes) -> None:
+    m1, m0 = s1.validity_seed_message(seed), s0.validity_seed_message(seed[::-1])
+    s0.receive_validity_seed(m1)
+    s1.receive_validity_seed(m0)
+
+
+def _by_nodes(s0: ServerNode, s1: ServerNode, plan, x, present, rng, seed: bytes):
+    """The in-process round's steps 2-3: rows opened as the shares arrive, S0 taking them at random times."""
+    waiting: list[M.Message] = []
+    for i in present:
+        s1.take_share(_share(s0, plan, x, i))
+        waiting += [M.Message.from_bytes(m.to_bytes()) for m in s1.open_rows()]
+        s1.add_gram()
+        if rng.random() < 0.5:
+            s0.take_rows(waiting)
+            waiting = []
     s1.agree(None, 1, "")
     s0.agree(s1.participants_message(), 1, "")
-    if s0.current.plan.validity:
-        m0, m1 = s0.validity_seed_message(seed), s1.validity_seed_message(seed)
-        s0.receive_validity_seed(m1)
-        s1.receive_validity_seed(m0)
-    for start, stop in s1.chunks():
-        s0.accumulate(s1.open_masked(start, stop))
-        if s0.current.plan.validity:
-            s0.project()
-            s1.project()
+    s0.take_rows(waiting)
+    if plan.validity:
+        _seeds(s0, s1, seed)
+        s0.project()
+        s1.project()
+    s0.finish_opening()
+    s1.finish_opening()
     return s0.current, s1.current
 
 
-@pytest.mark.parametrize("reveal", [("distances",), ("norms",), ()], ids=["gram", "diag", "check-only"])
-@pytest.mark.parametrize("center", [False, True], ids=["no-center", "center"])
-def test_streamed_rows_give_the_in_process_gram_shares_and_projections_exactly(reveal, center, monkeypatch):
-    monkeypatch.setattr(streaming, "SLICE_COLUMNS", 5)     # S0 takes each block in several column slices
-    n, d = 7, 23
-    present = [5, 0, 3, 6, 1, 4]                       # arrival order; worker at position 2 never uploads
-    rng = np.random.default_rng(9)
-    a0, a1, plan, x = _round(n, d, reveal, center, present, True, 1)
-    b0, b1 = ServerNode(0), ServerNode(1)
-    b0.state, b1.state = a0.current, a1.current      # the same shares and triple, run in column chunks
-    seed = bytes(range(16))
-    want0, want1 = _in_process(b0, b1, seed)
-    joint = want0.validity_seed
-
-    s0, s1 = a0.current, a1.current
-    kind = plan.triple_kind
-    # S1: rows in arrival order, E row by row, Gram by blocks of random size
+def _by_hand(s0: ServerNode, s1: ServerNode, plan, x, present, rng, seed: bytes):
+    """The deployment's steps 2-3: its runner keeps the rows and drives the Gram classes, blocks of random size."""
+    n, d, kind = len(plan.worker_ids), plan.d, plan.triple_kind
     xs = np.empty((n, d), dtype=np.uint64)
-    g1 = streaming.RowGram(n, kind)
-    g0 = streaming.ColumnGram(n, kind)
-    a0_rows = streaming.s0_rows(s0.triple, np.arange(n))
+    g1, g0 = streaming.RowGram(n, kind), streaming.ColumnGram(n, kind)
+    t0, t1 = s0.current.triple, s1.current.triple
+    a0_rows = streaming.s0_rows(t0, np.arange(n))
     pending: list[tuple[int, np.ndarray]] = []
     for k, i in enumerate(present):
+        msg = _share(s0, plan, x, i)
+        xs[k] = msg.arrays["x1"]
+        s1.receive_share(M.Message(msg.kind, msg.round_id, msg.sender, msg.recipient, msg.fields, {"x1": xs[k]}))
         w = plan.worker_ids[i]
-        xs[k] = s1.inputs[w]
-        msg = M.Message.from_bytes(streaming.opening_message(3, plan.open_kind, w, streaming.opening_row(
-            xs[k], s1.triple, i, plan.center)).to_bytes())
-        pending.append(streaming.read_opening(msg, plan.worker_ids, {w for w, _ in pending}, d))
+        row = M.Message.from_bytes(streaming.opening_message(3, plan.open_kind, w, streaming.opening_row(
+            xs[k], t1, i, plan.center)).to_bytes())
+        pending.append(streaming.read_opening(row, plan.worker_ids, {w for w, _ in pending}, d))
         if rng.random() < 0.5 or k == len(present) - 1:
             g1.add(xs, k + 1)
         if rng.random() < 0.5 or k == len(present) - 1:
             block = [p for p in pending if plan.worker_ids.index(p[0]) not in g0.filled]
             g0.add(a0_rows, [plan.worker_ids.index(w) for w, _ in block], [e for _, e in block])
-    a1.agree(None, 1, "")
-    a0.agree(a1.participants_message(), 1, "")
-    s0, s1 = a0.current, a1.current
-    slots = np.array([present.index(plan.worker_ids.index(w)) for w in s1.participants])
-    positions = s0.positions()
-    u = streaming.center_products(xs, plan.center)[slots] if center else None
-    vv = np.dot(plan.center, plan.center) if center else None
-    h1 = g1.share(slots, u, vv)
-    h0 = g0.share(positions)
-    p1 = streaming.project_rows(xs, slots, joint, plan.center, chunk_bytes=8 * 5 * 6)
-    p0 = streaming.project_rows(a0_rows, positions, joint, plan.center, chunk_bytes=8 * 5 * 6)
-    done0, done1 = streaming.complete(s0, h0, p0), streaming.complete(s1, h1, p1)
-    assert np.array_equal(done0.h, want0.h) and np.array_equal(done1.h, want1.h)
-    assert np.array_equal(done0.proj, want0.proj) and np.array_equal(done1.proj, want1.proj)
-    assert done0.done_until == done1.done_until == d and done0.pending is None
+    s1.agree(None, 1, "")
+    s0.agree(s1.participants_message(), 1, "")
+    st0, st1 = s0.current, s1.current
+    slots = np.array([present.index(plan.worker_ids.index(w)) for w in st1.participants])
+    positions = st0.positions()
+    u = streaming.center_products(xs, plan.center)[slots] if plan.center is not None else None
+    vv = np.dot(plan.center, plan.center) if plan.center is not None else None
+    p0 = p1 = None
+    if plan.validity:
+        _seeds(s0, s1, seed)
+        st0, st1 = s0.current, s1.current
+        p1 = streaming.project_rows(xs, slots, st1.validity_seed, plan.center, chunk_bytes=8 * 5 * 6)
+        p0 = streaming.project_rows(a0_rows, positions, st0.validity_seed, plan.center, chunk_bytes=8 * 5 * 6)
+    return streaming.complete(st0, g0.share(positions), p0), streaming.complete(st1, g1.share(slots, u, vv), p1)
+
+
+@pytest.mark.parametrize("reveal", [("distances",), ("norms",), ()], ids=["gram", "diag", "check-only"])
+@pytest.mark.parametrize("center", [False, True], ids=["no-center", "center"])
+def test_streamed_rows_give_exact_gram_shares_and_projections_in_any_order(reveal, center, monkeypatch):
+    monkeypatch.setattr(streaming, "SLICE_COLUMNS", 5)     # S0 takes each block in several column slices
+    monkeypatch.setattr(streaming, "MIN_BLOCK", 2)
+    monkeypatch.setattr(streaming, "BLOCK_ROWS", 3)
+    n, d = 7, 23
+    seeds, seed = TripleSeeds.fresh(), bytes(range(16))
+    runs = []
+    for order, how in (([5, 0, 3, 6, 1, 4], _by_nodes), ([1, 4, 0, 6, 3, 5], _by_nodes), ([6, 5, 4, 3, 1, 0], _by_hand)):
+        s0, s1, plan, x = _round(n, d, reveal, center, True, seeds)   # position 2 never uploads
+        runs.append(how(s0, s1, plan, x, order, np.random.default_rng(len(runs)), seed))
+    for st0, st1 in runs[1:]:
+        for want, got in zip(runs[0], (st0, st1)):
+            assert np.array_equal(got.h, want.h) and np.array_equal(got.proj, want.proj)
+            assert got.participants == want.participants == tuple(plan.worker_ids[i] for i in (0, 1, 3, 4, 5, 6))
+    st0, st1 = runs[0]
+    rows = [0, 1, 3, 4, 5, 6]
+    y = x[rows] - plan.center if center else x[rows]
+    h = server.gram_share(st0) + server.gram_share(st1)
+    if plan.triple_kind == "gram":
+        assert np.array_equal(h + h.T, 2 * np.matmul(y, y.T))      # H0 + H1 symmetrised is Y Y^T (mod 2^64)
+    else:
+        assert np.array_equal(h, np.einsum("ij,ij->i", y, y))
+    lam = validity.params().projections
+    want = validity.project_columns(x[rows], st0.validity_seed, lam, 0)
+    assert np.array_equal((st0.proj + st1.proj)[:, :lam], want)
+    if center:
+        assert np.array_equal((st0.proj + st1.proj)[:, lam], np.matmul(x[rows], plan.center))
+
+
+def test_s0_aborts_on_a_row_of_a_worker_s1_did_not_list():
+    s0, s1, plan, x = _round(4, 5, ("distances",), False, False, TripleSeeds.fresh())
+    for i in (0, 1, 2):
+        s1.take_share(_share(s0, plan, x, i))
+    rows = s1.open_rows()
+    s0.take_rows(rows[:2])                              # workers 10 and 11
+    s1.agree(None, 1, "")
+    listed = M.Message(M.PARTICIPANTS, 3, "S1", "S0", fields={"workers": [10, 12]})
+    with pytest.raises(RoundAborted, match=r"rows of \[11\]"):
+        s0.agree(listed, 1, "")
+    s0b, s1b, plan, x = _round(4, 5, ("distances",), False, False, TripleSeeds.fresh())
+    for i in (0, 1, 2):
+        s1b.take_share(_share(s0b, plan, x, i))
+    rows = s1b.open_rows()
+    s0b.agree(M.Message(M.PARTICIPANTS, 3, "S1", "S0", fields={"workers": [10, 12]}), 1, "")
+    with pytest.raises(RoundAborted, match="did not list"):
+        s0b.take_rows(rows)
+    with pytest.raises(UnexpectedMessage, match="expected masked-open"):
+        s0b.take_rows([M.Message(M.VALIDITY_MASKED_OPEN, 3, "S1", "S0", {"worker": 10}, {"e": np.zeros(5, np.uint64)})])
+    with pytest.raises(UnexpectedMessage, match="has not arrived"):
+        s0b.finish_opening()
 
 
 def test_a_streamed_row_that_does_not_fit_is_refused():

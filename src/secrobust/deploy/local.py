@@ -404,38 +404,12 @@ def _test_seed(seed: bytes | int | None) -> int | str | None:
 def in_process_reference(round_id: int, updates: Any, rule: str = "krum", f: int = 0, *,
                          insecure_test_seed: bytes | int | None = None, **kwargs: Any) -> api.AggregateResult:
     """``secrobust.aggregate`` run as round ``round_id`` of a ``Cluster`` (so triple ids, and with them the
-    byte counts, are those of that round), with ``stats`` counted as the deployment counts them: the
-    deployment opens E by rows, one message per worker whose share reached S1, as each share arrives
-    (``protocol.streaming``), where the in-process run sends one message per column chunk; every other
-    message is the same. ``LocalDeployment.aggregate`` on the same arguments returns this, bit for bit
-    (tests/net)."""
-    from ..protocol import messages as M
-    from ..protocol import streaming
-
-    seen: list[tuple[str, str, str, int]] = []
-    cluster = api.Cluster(insecure_test_seed=insecure_test_seed, tap=lambda s, r, kind, data: seen.append((s, r, kind, len(data))))
+    byte counts, are those of that round). It sends the deployment's messages (one row of E per worker whose
+    share reached S1, ``protocol.streaming``), so ``LocalDeployment.aggregate`` on the same arguments returns
+    this, bit for bit and byte for byte (tests/net)."""
+    cluster = api.Cluster(insecure_test_seed=insecure_test_seed)
     cluster.next_round = round_id
-    res = cluster.run_round(updates, rule, f, **kwargs)
-    n, d = as_matrix(updates).shape
-    drop = api.check_drop(kwargs.get("drop"), n)
-    stats = res.stats
-    kinds = set()
-    for sender, recipient, kind, nbytes in seen:
-        if kind in (M.MASKED_OPEN, M.VALIDITY_MASKED_OPEN):
-            kinds.add(kind)
-            stats.bytes_sent[sender] -= nbytes
-            stats.bytes_received[recipient] -= nbytes
-            stats.messages_sent[sender] -= 1
-            stats.bytes_between[(sender, recipient)] -= nbytes
-    for kind in kinds:
-        for i in range(n):
-            if drop.get(i) is None:
-                nbytes = len(streaming.opening_message(round_id, kind, i, np.zeros(d, dtype=np.uint64)).to_bytes())
-                stats.bytes_sent["S1"] += nbytes
-                stats.bytes_received["S0"] += nbytes
-                stats.messages_sent["S1"] += 1
-                stats.bytes_between[("S1", "S0")] += nbytes
-    return res
+    return cluster.run_round(updates, rule, f, **kwargs)
 
 
 def aggregate_grpc(updates: Any, rule: str = "krum", f: int = 0, *, workdir: str | os.PathLike[str] | None = None,

@@ -5,6 +5,8 @@ They hold no sockets: a runner (in-process, or a network service) moves their me
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..errors import MalformedMessage, UnexpectedMessage
@@ -13,7 +15,7 @@ from ..gates.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..rules.possible import choose_possible, effective_f, require_passed
 from ..rules.registry import RuleSpec
 from ..rules.secure import SecureRule
-from . import offline, server
+from . import offline, server, streaming
 from .messages import RULE_OPEN, VALIDITY_OPEN, Message
 
 
@@ -28,7 +30,9 @@ class DealerNode:
 
 
 class ServerNode:
-    """One of the two servers. ``state`` is the current round's; the ledger spans rounds."""
+    """One of the two servers. ``state`` is the current round's; the ledger spans rounds. Steps 2-3 run by
+    rows as the deployment runs them (``protocol.streaming``): ``take_share``/``open_rows``/``add_gram``
+    at S1, ``take_rows`` at S0, then ``project`` (with the check) and ``finish_opening``."""
 
     def __init__(self, party: int) -> None:
         self.party = party
@@ -38,11 +42,15 @@ class ServerNode:
         self._circuit: Party | None = None
         self._circuit_kind = ""
         self._step = 0
+        self._s1_rows: streaming.S1Rows | None = None
+        self._s0_rows: streaming.S0Rows | None = None
+        self._proj: np.ndarray | None = None
 
     def start_round(self, plan: server.RoundPlan, share_master: bytes | None = None) -> None:
         """``share_master``: S0's seed for the workers' share keys when the round has no triple."""
         self.state = server.new_round(self.party, plan, share_master)
         self._circuit, self._step = None, 0
+        self._s1_rows, self._s0_rows, self._proj = None, None, None
 
     @property
     def current(self) -> server.ServerState:
@@ -55,7 +63,18 @@ class ServerNode:
         return server.share_key_message(self.current, worker)
 
     def receive_share(self, msg: Message) -> None:
+        """S1 records one worker's masked share as it is (a runner that keeps the rows itself: the deployment)."""
         self.state = server.receive_share(self.current, msg)
+
+    def take_share(self, msg: Message) -> None:
+        """S1 takes one worker's masked share as the next row of its arrival-order matrix, from which
+        ``open_rows`` opens it."""
+        state = server.receive_share(self.current, msg)
+        worker = msg.fields["worker"]
+        if self._s1_rows is None:
+            self._s1_rows = streaming.S1Rows(state.plan)
+        row = self._s1_rows.take(worker, msg.arrays["x1"])
+        self.state = replace(state, inputs={**state.inputs, worker: row})
 
     def receive_triple(self, msg: Message) -> None:
         self.state = server.receive_triple(self.current, msg, self.ledger)
@@ -68,21 +87,53 @@ class ServerNode:
         return server.participants_message(self.current)
 
     def agree(self, s1_msg: Message | None, min_n: int, requirement: str) -> tuple[int, ...]:
-        """S1 passes None (its own shares decide); S0 passes S1's participants message."""
+        """S1 passes None (its own shares decide); S0 passes S1's participants message (and checks that S1
+        opened no row of anyone else)."""
         self.state = server.agree_participants(self.current, s1_msg, min_n, requirement)
+        if self._s0_rows is not None:
+            self._s0_rows.check_listed(self.current.participants or ())
         return self.current.participants or ()
 
-    def chunks(self) -> list[tuple[int, int]]:
-        return server.column_chunks(self.current)
+    def open_rows(self) -> list[Message]:
+        """S1: the rows of E, for S0, of the shares taken since the last call (arrival order)."""
+        st = self.current
+        if st.plan.triple_kind is None:
+            return []
+        if not isinstance(st.triple, TripleShare1):
+            raise UnexpectedMessage(f"S1: no triple for round {st.plan.round_id}")
+        return self._rows1().open(st.triple)
 
-    def open_masked(self, start: int, stop: int) -> Message:
-        """S1: the masked opening of these columns, for S0."""
-        self.state, msg = server.open_masked(self.current, start, stop)
-        return msg
+    def add_gram(self, closed: bool = False) -> None:
+        """S1: the opened rows into the Gram share, by blocks as they become due (all once ``closed``)."""
+        rows = self._rows1()
+        while rows.gram_due(closed):
+            rows.add_block()
 
-    def accumulate(self, s1_msg: Message) -> None:
-        """S0: take S1's masked opening of a column chunk."""
-        self.state = server.accumulate(self.current, s1_msg)
+    def take_rows(self, msgs: list[Message]) -> None:
+        """S0: S1's rows of E, into the columns of its Gram share."""
+        st = self.current
+        for msg in msgs:
+            server._expect(st, msg, st.plan.open_kind, "S1")
+        self._rows0().take(msgs)
+
+    def _rows1(self) -> streaming.S1Rows:
+        if self.party != 1:
+            raise UnexpectedMessage("only S1 opens a masked share; S0's input share is the dealer's mask")
+        if self._s1_rows is None:
+            self._s1_rows = streaming.S1Rows(self.current.plan)
+        return self._s1_rows
+
+    def _rows0(self) -> streaming.S0Rows:
+        st = self.current
+        if self.party != 0:
+            raise UnexpectedMessage("only S0 receives the masked opening")
+        if self._s0_rows is None:
+            if not isinstance(st.triple, TripleShare0):
+                raise UnexpectedMessage(f"S0: no triple for round {st.plan.round_id}")
+            self._s0_rows = streaming.S0Rows(st.plan, st.triple)
+            if st.agreed is not None:
+                self._s0_rows.check_listed(st.agreed)
+        return self._s0_rows
 
     def validity_seed_message(self, seed: bytes) -> Message:
         self.state, msg = server.validity_seed_message(self.current, seed)
@@ -92,8 +143,28 @@ class ServerNode:
         self.state = server.receive_validity_seed(self.current, msg)
 
     def project(self) -> None:
-        """Projections of the column chunk just opened (S1) or received (S0)."""
-        self.state = server.project_pending(self.current)
+        """The check's projections of this server's input shares (S1: its rows; S0: A0's) under the joint seed."""
+        st = self.current
+        if st.validity_seed is None:
+            raise UnexpectedMessage(f"{self.name}: nothing to project before the joint validity seed")
+        if self.party == 1:
+            x, rows = self._rows1().rows, self._rows1().slots(st._participants())
+        else:
+            x, rows = self._rows0().a0, st.positions()
+        self._proj = streaming.Projector(x, rows, st.validity_seed, st.plan.center, st.plan.chunk_bytes).run()
+
+    def finish_opening(self) -> None:
+        """Steps 2-3 done: this server's Gram share of the participants (and its projections) in its state."""
+        st = self.current
+        if st.plan.validity and self._proj is None:
+            raise UnexpectedMessage(f"{self.name}: the projections are not done")
+        if self.party == 1:
+            h, u_dot_e = self._rows1().share(st._participants()), None
+        else:
+            rows = self._rows0()
+            h, u_dot_e = rows.share(st.positions()), rows.u_dot_e
+        self.state = streaming.complete(st, h, self._proj, u_dot_e)
+        self._proj = None
 
     def validity_start(self) -> Message:
         """The first round of this server's comparisons."""

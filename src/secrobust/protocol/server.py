@@ -3,8 +3,10 @@
 S0's share of worker i's encoded update is X0_i = PRG(k_i), where k_i (which S0 hands the worker) is
 derived from the dealer's seed of the mask A0: so X0 = A0. S1 holds X1 = X - X0. With Y = X - v (v the
 public center, 0 unless cclip), Y1 = X1 - v and the dealer's C = A0 A0^T + A0 A1^T + A1 A0^T = C0 + C1:
-  2. S1 alone opens E = Y1 - A1 to S0 (uniform: A1 is a one-time pad S0 never sees);
-  3. H0 = 2 A0 E^T + C0 and H1 = Y1 Y1^T + C1; since Y = A0 + E + A1, H0 + H1 symmetrised is Y Y^T;
+  2. S1 alone opens E = Y1 - A1 to S0, one row per worker as its share arrives (uniform: A1 is a
+     one-time pad S0 never sees);
+  3. H0 = 2 A0 E^T + C0 and H1 = Y1 Y1^T + C1; since Y = A0 + E + A1, H0 + H1 symmetrised is Y Y^T
+     (steps 2-3 by rows and row blocks: ``protocol.streaming``, which sets ``h`` via ``complete``);
   4. S0 sends its share of D_ij = H_ii + H_jj - H_ij - H_ji (and/or of H_ii) to S1, who opens it;
   5. S1 runs the rule on what it opened and sends the public weights w to S0;
   6. each server sends its share of sum_i w_i x_i to the other; only that aggregate is revealed.
@@ -34,7 +36,7 @@ from ..gates import arith, dealer
 from ..gates.arith import Budget
 from ..gates.compare import AndSource, Party
 from ..gates.dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
-from ..primitives import kernel, prg, ring, sharing
+from ..primitives import prg, ring, sharing
 from ..rules import secure
 from ..rules.view import DISTANCES, Choice, View, view_words
 from .messages import (
@@ -144,9 +146,7 @@ class ServerState:
     participants: tuple[int, ...] | None = None
     triple: TripleShare0 | TripleShare1 | None = None
     h: np.ndarray | None = None
-    done_until: int = 0
-    pending: tuple[int, int, np.ndarray] | None = None
-    """The column chunk of this server's input share awaiting the validity projections."""
+    """This server's share of H without C, once every participant's row of E is in (``streaming.complete``)."""
     view: View | None = None
     choice: Choice | None = None
     validity_own: bytes | None = None
@@ -157,7 +157,7 @@ class ServerState:
     agreed: tuple[int, ...] | None = None
     """The participants of the masked opening (before the validity check removes any)."""
     u_dot_e: np.ndarray | None = None
-    """S0, reveal="aggregate": u^T E over the opened rows, accumulated chunk by chunk."""
+    """S0, reveal="aggregate": u^T E over the opened rows (``streaming.WeightedRows``)."""
     shared_weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     """reveal="aggregate": this server's weight shares over the plan's rows, its center-weight share, and
     the peer's masked weights delta (= w_peer - u_peer)."""
@@ -308,16 +308,7 @@ def _check_triple(state: ServerState, triple: TripleShare0 | TripleShare1) -> No
         raise UnexpectedMessage(f"{state.name}: got the other server's part of the triple")
 
 
-# Steps 2-3: S1 opens E chunk by chunk; both accumulate their share of H.
-
-def column_chunks(state: ServerState) -> list[tuple[int, int]]:
-    return dealer.chunk_columns(len(state._participants()), state.plan.d, state.plan.chunk_bytes)
-
-
-def input_columns(state: ServerState, start: int, stop: int) -> np.ndarray:
-    """This server's share of X[:, start:stop] for the participants (S0's is A0's rows, from the keys)."""
-    return _weighted_rows(state, np.arange(len(state._participants())), start, stop)
-
+# Steps 2-3: S1 opens E row by row, both accumulate their share of H (``protocol.streaming``).
 
 def _weighted_rows(state: ServerState, rows: np.ndarray, start: int, stop: int) -> np.ndarray:
     """This server's share of X[rows, start:stop] (row indices among the participants)."""
@@ -328,62 +319,6 @@ def _weighted_rows(state: ServerState, rows: np.ndarray, start: int, stop: int) 
     for r, i in enumerate(rows):
         out[r] = state.inputs[workers[i]][start:stop]
     return out
-
-
-def _check_chunk(state: ServerState, start: int, stop: int) -> None:
-    if state.pending is not None or start != state.done_until or not start < stop <= state.plan.d:
-        raise UnexpectedMessage(f"{state.name}: columns [{start}, {stop}) are out of order")
-
-
-def _add_h(state: ServerState, part: np.ndarray, stop: int, x: np.ndarray) -> ServerState:
-    h = part if state.h is None else state.h + part
-    return replace(state, h=h, done_until=stop, pending=(stop - x.shape[1], stop, x) if state.plan.validity else None)
-
-
-def open_masked(state: ServerState, start: int, stop: int) -> tuple[ServerState, Message]:
-    """S1: E[:, start:stop] = Y1 - A1, to be sent to S0; H1 += Y1 Y1^T (or its diagonal) for these columns."""
-    if state.party != 1:
-        raise UnexpectedMessage("only S1 opens a masked share; S0's input share is the dealer's mask")
-    _check_chunk(state, start, stop)
-    t = state.triple
-    if not isinstance(t, TripleShare1):
-        raise UnexpectedMessage(f"S1: no triple for round {state.plan.round_id}")
-    x1 = input_columns(state, start, stop)
-    y1 = x1 if state.plan.center is None else x1 - state.plan.center[start:stop]
-    e = dealer.mask_columns(t.seed_a1, t.spec, 1, start, stop, state.positions())
-    np.subtract(y1, e, out=e)
-    msg = Message(state.plan.open_kind, state.plan.round_id, "S1", "S0", fields={"start": start, "stop": stop},
-                  arrays={"e": e})
-    part = kernel.gram(y1) if state.plan.triple_kind == "gram" else kernel.rowdot(y1, y1)
-    return _add_h(state, part, stop, x1), msg
-
-
-def accumulate(state: ServerState, s1_msg: Message) -> ServerState:
-    """S0: H0 += 2 A0 E^T (or its diagonal) for the columns S1 just opened."""
-    if state.party != 0:
-        raise UnexpectedMessage("only S0 receives the masked opening")
-    _expect(state, s1_msg, state.plan.open_kind, "S1")
-    start, stop = s1_msg.fields.get("start"), s1_msg.fields.get("stop")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop)):
-        raise MalformedMessage("S0: masked opening without integer column bounds")
-    _check_chunk(state, start, stop)
-    want = (len(state._participants()), stop - start)
-    e = s1_msg.arrays.get("e")
-    if e is None or e.dtype != np.uint64 or e.shape != want:
-        raise MalformedMessage(f"S0: masked opening must be uint64 of shape {want}")
-    a0 = input_columns(state, start, stop)
-    part = kernel.matmul_t(a0, e) if state.plan.triple_kind == "gram" else kernel.rowdot(a0, e)
-    part += part
-    if state.plan.mode == "aggregate" and state.plan.weighted_sum:
-        state = _add_u_dot_e(state, e, start, stop)
-    return _add_h(state, part, stop, a0)
-
-
-def _add_u_dot_e(state: ServerState, e: np.ndarray, start: int, stop: int) -> ServerState:
-    u, _ = state.triple.vector_parts()
-    acc = np.zeros(state.plan.d, dtype=np.uint64) if state.u_dot_e is None else state.u_dot_e
-    acc[start:stop] = np.matmul(u[state.positions()], e)
-    return replace(state, u_dot_e=acc)
 
 
 def _c_share(state: ServerState) -> np.ndarray:
@@ -397,9 +332,9 @@ def _c_share(state: ServerState) -> np.ndarray:
 
 
 def gram_share(state: ServerState) -> np.ndarray:
-    """This server's share of H once every column is in."""
-    if state.done_until != state.plan.d or state.h is None:
-        raise UnexpectedMessage(f"{state.name}: the masked openings are not complete ({state.done_until}/{state.plan.d})")
+    """This server's share of H once every participant's row of E is in."""
+    if state.h is None:
+        raise UnexpectedMessage(f"{state.name}: the masked openings are not complete")
     return state.h + _c_share(state)
 
 
@@ -423,19 +358,6 @@ def receive_validity_seed(state: ServerState, msg: Message) -> ServerState:
         raise MalformedMessage(f"{state.name}: the validity seed must be 16 or 32 bytes")
     s0, s1 = (state.validity_own, theirs) if state.party == 0 else (theirs, state.validity_own)
     return replace(state, validity_seed=validity.joint_seed(state.plan.round_id, s0, s1))
-
-
-def project_pending(state: ServerState) -> ServerState:
-    """Add the pending column chunk's share of <r_j, x_i> (and of <x_i, v> for a center v) to ``proj``."""
-    if state.pending is None or state.validity_seed is None:
-        raise UnexpectedMessage(f"{state.name}: nothing to project (no open chunk or no validity seed)")
-    start, stop, x = state.pending
-    p = validity.params()
-    part = validity.project_columns(x, state.validity_seed, p.projections, start)
-    if state.plan.center is not None:
-        part = np.concatenate([part, np.matmul(x, state.plan.center[start:stop])[:, None]], axis=1)
-    proj = part if state.proj is None else state.proj + part
-    return replace(state, proj=proj, pending=None)
 
 
 def validity_party(state: ServerState) -> Party:

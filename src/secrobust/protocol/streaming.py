@@ -1,11 +1,11 @@
 """Steps 2-3 of ``protocol.server`` by rows: S1 opens E one worker at a time, as its share arrives, and
 both servers accumulate their Gram share in row blocks while the other uploads continue.
 
-The deployment uses this instead of the column chunks of ``server.open_masked``/``server.accumulate``
-(which need every share before the first chunk), so once the last share is in, a round is about one
-block of Gram work away from its distances. The values are those of the in-process run exactly: ring
-arithmetic is exact, so neither the order in which rows arrive nor the block sizes change a single bit
-of H. Pure functions of arrays: no I/O, no randomness, no clock.
+This is the only way a round opens E: the in-process run (``secrobust.api``, through ``S1Rows``/``S0Rows``
+on ``protocol.nodes``) and the deployment send the same messages, so once the last share is in, a round
+is about one block of Gram work away from its distances. Ring arithmetic is exact, so neither the order
+in which rows arrive nor the block sizes change a single bit of H. Pure functions of arrays: no I/O, no
+randomness, no clock.
 
 Notation as in ``protocol.server``: worker i has plan position p_i (its row of the triple); S0's input
 share of x_i is a0_{p_i} (row p_i of the dealer's A0, PRG of the key S0 handed worker i); S1 holds
@@ -37,7 +37,7 @@ center) with the round's joint seed, which the servers still fix after every sha
 worker can adapt to the projections. "Arrived" means at S1: S1 closes its intake, fixes the participants
 and sends its seed contribution while rows of E may still be on their way to S0, and both servers
 project (``Projector``, column chunk by column chunk) while the last rows travel; only the comparisons
-wait for every row. The messages are those of the in-process run, the rows of E aside.
+wait for every row.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ from dataclasses import replace
 import numpy as np
 
 from ..circuits import validity
-from ..errors import MalformedMessage, UnexpectedMessage
+from ..errors import MalformedMessage, RoundAborted, UnexpectedMessage
 from ..gates import dealer
 from ..gates.dealer import TripleShare0, TripleShare1
 from ..primitives import kernel
 from .messages import Message
-from .server import ServerState
+from .server import RoundPlan, ServerState
 
 BLOCK_ROWS = 16
 """Rows per Gram block at most: few enough that the last block (the work left once the last share is in)
@@ -195,7 +195,7 @@ def weighted_sum(plan) -> bool:
 
 class WeightedRows:
     """S0, reveal="aggregate": u^T E over the rows of E as they arrive, u the dealer's mask of S0's weight
-    shares (``TripleShare0.vector_parts``); what ``protocol.server.accumulate`` sums chunk by chunk."""
+    shares (``TripleShare0.vector_parts``), for ``protocol.server``'s sum with shared weights."""
 
     def __init__(self, t: TripleShare0) -> None:
         self.u, _ = t.vector_parts()
@@ -258,9 +258,9 @@ def project_rows(x: np.ndarray, rows: np.ndarray, seed: bytes, center: np.ndarra
 
 def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None,
              u_dot_e: np.ndarray | None = None) -> ServerState:
-    """The server state after steps 2-3 (and the check's projections) for the agreed participants: what
-    ``open_masked``/``accumulate`` and ``project_pending`` leave after the last column chunk (with
-    reveal="aggregate", S0's u^T E from ``WeightedRows``)."""
+    """The server state after steps 2-3 for the agreed participants: its share of H without C (``RowGram``
+    or ``ColumnGram``), with the check on its projections (``Projector``), and with reveal="aggregate"
+    S0's u^T E (``WeightedRows``)."""
     if (u_dot_e is not None) != (state.party == 0 and weighted_sum(state.plan)):
         raise ValueError(f"{state.name}: u^T E is S0's, with reveal='aggregate' only")
     n = len(state._participants())
@@ -269,7 +269,122 @@ def complete(state: ServerState, h: np.ndarray, proj: np.ndarray | None,
         raise ValueError(f"{state.name}: Gram share of shape {h.shape} for {n} participants")
     if state.triple is None:
         raise UnexpectedMessage(f"{state.name}: no triple for round {state.plan.round_id}")
-    if state.h is not None or state.done_until:
+    if state.h is not None:
         raise UnexpectedMessage(f"{state.name}: the masked openings were already taken")
-    return replace(state, h=h, done_until=state.plan.d, pending=None,
-                   proj=proj if state.plan.validity else None, u_dot_e=u_dot_e)
+    return replace(state, h=h, proj=proj if state.plan.validity else None, u_dot_e=u_dot_e)
+
+
+# One round's rows at one server, from the first share to ``complete``.
+
+class S1Rows:
+    """S1's masked shares in arrival order (row k of one n_plan x d matrix is the k-th share in), how many
+    of them were opened to S0 (``open``), and its Gram share of the opened rows by blocks of ``MIN_BLOCK``
+    to ``BLOCK_ROWS`` (with <x1_k, v> for a center)."""
+
+    def __init__(self, plan: RoundPlan) -> None:
+        n = len(plan.worker_ids)
+        self.plan = plan
+        self.position = {w: i for i, w in enumerate(plan.worker_ids)}
+        self.rows = np.empty((n, plan.d), dtype=np.uint64)
+        self.order: list[int] = []
+        self.opened = 0
+        kind = plan.triple_kind
+        self.gram = RowGram(n, kind) if kind else None
+        self.u = np.zeros(n, dtype=np.uint64) if kind and plan.center is not None else None
+
+    def take(self, worker: int, x1: np.ndarray) -> np.ndarray:
+        """Copy ``worker``'s share into the next row and return that row."""
+        slot = len(self.order)
+        self.rows[slot] = x1
+        self.order.append(worker)
+        return self.rows[slot]
+
+    def open(self, triple: TripleShare1) -> list[Message]:
+        """The rows of E (``opening_message``) of the shares taken since the last call, in arrival order."""
+        plan = self.plan
+        out = []
+        for k in range(self.opened, len(self.order)):
+            w = self.order[k]
+            out.append(opening_message(plan.round_id, plan.open_kind, w,
+                                       opening_row(self.rows[k], triple, self.position[w], plan.center)))
+        self.opened = len(self.order)
+        return out
+
+    def gram_due(self, closed: bool) -> bool:
+        """A block of opened rows is ready for the Gram share (any size once no more shares come)."""
+        waiting = self.opened - self.gram.done if self.gram is not None else 0
+        return waiting >= MIN_BLOCK or (closed and waiting > 0)
+
+    def add_block(self) -> None:
+        """The next opened rows, ``BLOCK_ROWS`` at most, into the Gram share."""
+        done = self.gram.done
+        upto = min(self.opened, done + BLOCK_ROWS)
+        self.gram.add(self.rows, upto)
+        if self.u is not None:
+            self.u[done:upto] = center_products(self.rows[done:upto], self.plan.center)
+
+    def slots(self, workers: tuple[int, ...]) -> np.ndarray:
+        """The arrival slot of each of ``workers``."""
+        slot = {w: k for k, w in enumerate(self.order)}
+        return np.array([slot[w] for w in workers], dtype=np.int64)
+
+    def share(self, workers: tuple[int, ...]) -> np.ndarray:
+        """S1's share of H without C1 for ``workers`` (plan order), every opened row in the Gram share."""
+        while self.gram_due(True):
+            self.add_block()
+        rows = self.slots(workers)
+        center = self.plan.center
+        vv = np.dot(center, center) if center is not None else None
+        return self.gram.share(rows, None if self.u is None else self.u[rows], vv)
+
+
+class S0Rows:
+    """S0's A0 for every planned position, the columns of its Gram share 2 A0 E^T filled from S1's rows of
+    E as they come (by blocks of at most ``BLOCK_ROWS``), u^T E with reveal="aggregate", and the workers
+    whose row came, in arrival order."""
+
+    def __init__(self, plan: RoundPlan, triple: TripleShare0) -> None:
+        n = len(plan.worker_ids)
+        self.plan = plan
+        self.position = {w: i for i, w in enumerate(plan.worker_ids)}
+        self.a0: np.ndarray | None = s0_rows(triple, np.arange(n))
+        self.gram = ColumnGram(n, plan.triple_kind)
+        self.weighted = WeightedRows(triple) if weighted_sum(plan) else None
+        self.order: list[int] = []
+        self.listed: set[int] | None = None
+        """S1's participants, once S0 has them: a row of anyone else aborts the round."""
+
+    def take(self, msgs: list[Message]) -> None:
+        """S1's rows of E (each checked by ``read_opening``: a planned worker, once, d words)."""
+        plan = self.plan
+        for start in range(0, len(msgs), BLOCK_ROWS):
+            seen = set(self.order)
+            opened = []
+            for msg in msgs[start:start + BLOCK_ROWS]:
+                w, e = read_opening(msg, plan.worker_ids, seen, plan.d)
+                if self.listed is not None and w not in self.listed:
+                    raise RoundAborted("S1 opened the row of a worker it did not list as a participant")
+                seen.add(w)
+                opened.append((self.position[w], e))
+            positions, rows = [p for p, _ in opened], [e for _, e in opened]
+            self.gram.add(self.a0, positions, rows)
+            if self.weighted is not None:
+                self.weighted.add(positions, rows)
+            self.order.extend(plan.worker_ids[p] for p in positions)
+
+    def check_listed(self, participants: tuple[int, ...]) -> None:
+        """S1 opened no row of a worker it did not list as a participant (nor will: later rows are checked)."""
+        self.listed = set(participants)
+        extra = set(self.order) - self.listed
+        if extra:
+            raise RoundAborted(f"S1 opened the rows of {sorted(extra)} but did not list them as participants")
+
+    def share(self, positions: np.ndarray) -> np.ndarray:
+        """S0's share of H without C0 for the participants at ``positions``; A0 is let go (the aggregate share
+        expands again the few rows it weights)."""
+        self.a0 = None
+        return self.gram.share(positions)
+
+    @property
+    def u_dot_e(self) -> np.ndarray | None:
+        return None if self.weighted is None else self.weighted.total

@@ -100,5 +100,7 @@ class InMemoryChannel:
             out.append(self.receive(recipient, kind))
         return out
 
-    def pending(self, recipient: str) -> int:
-        return len(self._boxes[recipient])
+    def pending(self, recipient: str, kind: str | None = None) -> int:
+        """Messages waiting for ``recipient`` (of ``kind`` only, if given)."""
+        box = self._boxes[recipient]
+        return len(box) if kind is None else sum(k == kind for k, _ in box)
