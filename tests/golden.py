@@ -5,6 +5,8 @@ its bytes, through a channel tap) and the round's result (SHA-256 of the aggrega
 participants and rejections), for each reveal mode and one rule on shares per circuit family. A refactor
 must leave every transcript identical (``tests/test_golden.py``); ``python tests/golden.py --write`` records
 them again after a change that is *meant* to change the wire, and the diff then shows exactly what did.
+The same cases run through a ``LocalDeployment`` give the deployment's flow (``record_deployment``, read
+from the listening parties' wire tap), which equals the in-process one as a multiset (tests/net/test_net_golden.py).
 """
 
 from __future__ import annotations
@@ -107,15 +109,20 @@ def record(name: str, round_id: int = 0) -> dict[str, Any]:
 # The deployment's flow: the same cases through a LocalDeployment, every message recorded by the listening
 # parties' transport tap (``secrobust.transport.grpc.tap``).
 
-def deployment_options(tap_dir: Path) -> Any:
-    """Options of a deployment that records its flow into ``tap_dir``: test seeds (the DP noise of
-    ``insecure_test_seed``), no triple prefetch (a round's triple messages are then its own: a prefetched
-    triple for the next round could be discarded by a round of another rule and carries that round's id)."""
-    from deployments import test_options
-
+def deployment_overrides(tap_dir: Path) -> dict[str, Any]:
+    """``LocalOptions`` (over tests/deployments.py's test options) of a deployment that records its flow into
+    ``tap_dir``: no triple prefetch, so a round's triple messages are its own (a triple prefetched for the
+    next round carries that round's id and is discarded if that round runs another rule)."""
     from secrobust.transport.grpc import tap
 
-    return test_options(prefetch=0, extra_env={tap.ENV: str(tap_dir)})
+    return {"prefetch": 0, "extra_env": {tap.ENV: str(tap_dir)}}
+
+
+def deployment_options(tap_dir: Path) -> Any:
+    """The whole ``LocalOptions`` of such a deployment (test seeds: the DP noise of ``insecure_test_seed``)."""
+    from deployments import test_options
+
+    return test_options(**deployment_overrides(tap_dir))
 
 
 def is_round_flow(sender: str, recipient: str, kind: str) -> bool:
