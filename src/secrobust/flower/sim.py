@@ -32,6 +32,8 @@ import numpy as np
 from . import keys as K
 
 BACKENDS = ("ray", "inprocess")
+SIM_MIN_PARTICIPANTS = 2
+"""The servers' minimum cohort in a simulation: a test of few clients runs any rule its n allows."""
 
 
 @dataclass
@@ -61,7 +63,8 @@ class SimConfig:
     frac_bits: int | None = None
 
     def check(self) -> "SimConfig":
-        from ..rules.registry import get_rule
+        from ..params import RoundParams
+        from ..primitives import ring
         from ..train import attacks, data, models
 
         if self.clients < 2:
@@ -81,14 +84,12 @@ class SimConfig:
         if self.local_steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("--local-steps, --batch-size and --lr must be positive")
         attacks.make_attack(self.attack, **self.attack_options)
-        from ..rules import modes
-        from ..rules.plain import split_options
-        from ..rules.pre import prepare
-
-        _, rule_options = split_options(self.rule, dict(self.options))
-        spec, own = prepare(get_rule(self.rule), rule_options, modes.check_mode(self.reveal))
-        modes.secure_rule(self.rule, self.reveal, own)
-        spec.validate(self.clients, self.tolerated, own)
+        # the round's parameters as every entry point checks them, for the cohort of every client and the
+        # servers' minimum the simulation runs them with (2); the model's d is not known yet
+        RoundParams.build(self.rule, self.tolerated, self.clients, 1,
+                          frac_bits=ring.DEFAULT_FRAC_BITS if self.frac_bits is None else self.frac_bits,
+                          reveal=self.reveal, norm_bound=None, min_participants=SIM_MIN_PARTICIPANTS,
+                          dp_noise_std=0.0, check_inputs=True, options=self.options)
         return self
 
     @property
@@ -325,7 +326,7 @@ def run(cfg: SimConfig, out_dir: Path | None = None, *, progress: Any = None) ->
 
     t0 = time.perf_counter()
     opts = LocalOptions(share_window_s=cfg.share_window_s, peer_timeout_s=120.0, start_timeout_s=300.0,
-                        min_participants=2)
+                        min_participants=SIM_MIN_PARTICIPANTS)
     summary: dict[str, Any]
     with TreeMemory() as tree, FlowerServers(cfg.clients, options=opts) as servers:
         startup = time.perf_counter() - t0
