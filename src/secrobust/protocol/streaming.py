@@ -28,8 +28,8 @@ C = A0 A0^T + A0 A1^T + A1 A0^T = C0 + C1. Then:
   * "diag" triples (rules that open norms only, and the checked mean): G1_k = <x1_k, x1_k> (center as
     above: - 2 u_k + <v, v>), G0_p = 2 <a0_p, e_p>, row by row.
   * With the participants fixed (the workers whose share reached S1, in plan order), S1's share of H
-    without C is G1 at their arrival slots, S0's is G0 at their positions: exactly ``state.h`` of
-    ``protocol.server`` after the last column chunk, since
+    without C is G1 at their arrival slots, S0's is G0 at their positions (``state.h`` of
+    ``protocol.server``, set by ``complete``), since
         H0 + H1 = 2 A0 E^T + Y1 Y1^T + C, symmetrised = Y Y^T  (Y = A0 + E + A1).
 
 The input validity check projects each server's input share (S1: x1_k, S0: a0_p; plus <x, v> for a
