@@ -30,6 +30,15 @@ def _best(scores: np.ndarray, m: int) -> np.ndarray:
     return np.argsort(scores, kind="stable")[:m]
 
 
+def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) -> int:
+    """m from the options (default n - f, or 1 for Krum); ValueError unless 1 <= m <= n."""
+    m = options.get("m")
+    m = (n - f if default_all else 1) if m is None else m
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
+        raise ValueError(f"multi-krum needs 1 <= m <= n = {n}, got m={m!r}")
+    return int(m)
+
+
 def choose_krum(view: View, n: int, f: int) -> Choice:
     """Krum: weight 1 on argmin_i score_i; ties go to the lower index."""
     w = np.zeros(n)
@@ -39,11 +48,9 @@ def choose_krum(view: View, n: int, f: int) -> Choice:
 
 def choose_multi_krum(view: View, n: int, f: int, m: int | None = None) -> Choice:
     """Multi-Krum: average of the m best Krum scores (default m = n - f); ties go to lower indices."""
-    m = n - f if m is None else m
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
-        raise ValueError(f"multi-krum needs 1 <= m <= n = {n}, got m={m!r}")
+    m = _multi_krum_m(n, f, {"m": m}, True)
     w = np.zeros(n)
-    w[_best(krum_scores(view.need(DISTANCES), f), int(m))] = 1.0 / m
+    w[_best(krum_scores(view.need(DISTANCES), f), m)] = 1.0 / m
     return Choice(w)
 
 
@@ -52,14 +59,6 @@ def _distances_only(_: dict) -> tuple[str, ...]:
 
 
 # On shares: the chosen set's indicator times 1/m, at scale 2^W.
-
-def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) -> int:
-    m = options.get("m")
-    m = (n - f if default_all else 1) if m is None else m
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
-        raise ValueError(f"multi-krum needs 1 <= m <= n = {n}, got m={m!r}")
-    return int(m)
-
 
 def _on_shares(default_all: bool):
     def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
