@@ -191,28 +191,27 @@ def test_a_lane_that_cannot_be_opened_says_so_and_nothing_was_sent(cert_dir, lan
 
 
 def test_a_worker_falls_back_to_grpc_when_the_lane_cannot_be_opened():
-    from secrobust.deploy.worker import WorkerRuntime
+    from secrobust.deploy.worker import LANE_KINDS
+    from secrobust.protocol import messages as M
     from secrobust.transport.lane import LaneUnavailable
+    from secrobust.transport.peer import Peer
 
-    sent = []
+    sent, tried = [], []
 
     class Closed:
         peer, log = "S1", __import__("logging").getLogger("test")
 
         def send(self, msg):
+            tried.append(msg)
             raise LaneUnavailable("S1", "127.0.0.1:1", "bulk lane: refused")
 
     class Grpc:
         def send(self, msg):
             sent.append(msg)
 
-    worker = WorkerRuntime.__new__(WorkerRuntime)
-    worker.bulk, worker.s1 = {"S1": Closed()}, Grpc()
-    import logging
-    worker.log = logging.getLogger("test")
-    msg = _msg(sender="worker:0", d=3)
-    worker._send_share(msg)
-    assert sent == [msg]
+    msg = Message(M.SHARE_MASKED, 1, "worker:0", "S1", {"worker": 0}, {"x1": np.arange(3, dtype=np.uint64)})
+    Peer(Grpc(), Closed(), bulk=LANE_KINDS).send(msg)     # the worker's S1 as WorkerRuntime holds it
+    assert tried == [msg] and sent == [msg]
 
 
 def test_a_sender_that_trickles_its_payload_is_cut_off(cert_dir, endpoint, lane, monkeypatch):

@@ -91,7 +91,7 @@ class PartyConfig:
     ``upload_min_rate`` bytes per second on average after ``upload_grace_s`` seconds from "go"
     (``transport.grpc.pace.Pace``; docs/deployment.md weighs it against slow honest links)."""
     bulk_listen: str | None = None
-    """Servers: where the bulk lane listens (``transport.grpc.bulk``); None: the host of ``listen`` on a free
+    """Servers: where the bulk lane listens (``transport.lane``); None: the host of ``listen`` on a free
     port, announced in ``status``; "off": no bulk lane, every message over gRPC."""
 
     @property

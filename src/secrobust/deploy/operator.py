@@ -36,7 +36,7 @@ from ..protocol.worker import reconstruct
 from ..rules.view import Choice, View
 from ..transport.channel import Stats
 from ..transport.grpc import PartyUnreachable, PeerClient, RemoteRejected
-from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside
+from ..transport.peer import Peer
 from .pool import rule_words
 from .rounds import MAX_PREFETCH, RoundRequest, fresh_triple_id
 
@@ -97,8 +97,8 @@ class Operator:
         self.sides = tuple(name for name in SERVER_IDS if name in self.clients)
         """The servers this operator runs rounds at, in protocol order (S1 through its approval service when
         ``approval`` is given: split operators, ``deploy.approval``)."""
-        self.bulk: dict[str, BulkClient] = {}
-        """The servers' bulk lanes as their ``status`` announces them, for the aggregate shares."""
+        self.servers = {name: Peer(client, bulk=(M.AGGREGATE_SHARE,)) for name, client in self.clients.items()}
+        """Our servers with the bulk lanes their ``status`` announces, for the aggregate shares."""
         self.last_reports: dict[str, dict[str, Any]] = {}
         """The servers' reports of the last round ``collect`` or ``outcome`` read."""
         ident = own["S1"] if "S1" in own else own["S0"]
@@ -111,22 +111,19 @@ class Operator:
         return self.sides == SERVER_IDS
 
     def close(self) -> None:
-        for c in (*self.clients.values(), *self.bulk.values(), *([self.dealer] if self.dealer else [])):
-            c.close()
+        for peer in self.servers.values():
+            peer.close()
+        if self.dealer is not None:
+            self.dealer.close()
 
     def status(self) -> dict[str, dict[str, Any]]:
         out = {name: c.control("status", timeout=10.0) for name, c in self.clients.items()}
         for name, st in out.items():
-            self._note_bulk(name, st.get("bulk"))
+            self.servers[name].use_lane(st.get("bulk"))
         return out
 
-    def _note_bulk(self, name: str, port: Any) -> None:
-        lane = lane_beside(self.bulk.pop(name, None), self.clients[name], port)
-        if lane is not None:
-            self.bulk[name] = lane
-
     def _fetch_share(self, name: str, round_id: int) -> Message:
-        msg = fetch_over(self.bulk.get(name), self.clients[name], round_id, M.AGGREGATE_SHARE, 30.0)
+        msg = self.servers[name].fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
         if name in self.relayed:    # S1's share as the approval service relays it (checked against S0's digest)
             msg = replace(msg, sender=name, recipient=self.clients["S0"].identity.party)
         return msg

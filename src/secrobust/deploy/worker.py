@@ -28,11 +28,10 @@ from ..errors import ProtocolError
 from ..pki.certs import Identity, tls_name, worker_index
 from ..primitives import ring
 from ..protocol import messages as M
-from ..protocol.messages import Message
 from ..protocol.worker import reconstruct, share_key, share_update
 from ..transport.grpc import Accounting, PartyUnreachable, PeerClient, RemoteRejected
-from ..transport.grpc.bulk import BulkClient, fetch_over, lane_beside, send_over
 from ..transport.grpc.logs import LOGGER_NAME, Timer, event
+from ..transport.peer import Peer
 from .config import PartyConfig
 from .declines import COMMAND as DECLINE
 from .declines import clean_reason
@@ -40,6 +39,9 @@ from .declines import clean_reason
 SKIP_TARGETS = ("S0", "S1")
 KEY_REPLY_BYTES = 4 << 10
 """A share-key reply is a few hundred bytes; a worker refuses anything larger."""
+LANE_KINDS = (M.SHARE_MASKED, M.AGGREGATE_SHARE)
+"""What a worker moves over a server's bulk lane when the server offers one: its share to S1 and the
+aggregate shares it fetches."""
 
 
 @dataclass(frozen=True)
@@ -130,25 +132,10 @@ class WorkerRuntime:
                              connect_timeout=cfg.connect_timeout_s)
         self.s1 = PeerClient(identity, "S1", cfg.peer("S1"), accounting=self.accounting,
                              connect_timeout=cfg.connect_timeout_s)
-        self.bulk: dict[str, BulkClient] = {}
-        """Each server's bulk lane, as its ``status`` announces it (``transport.grpc.bulk``)."""
+        self.servers = {"S0": Peer(self.s0, bulk=LANE_KINDS), "S1": Peer(self.s1, bulk=LANE_KINDS)}
+        """Each server with the bulk lane its ``status`` announces (``transport.lane``)."""
         self.last_round = -1
         self.log = logging.getLogger(LOGGER_NAME)
-
-    def _grpc(self, server: str) -> PeerClient:
-        return self.s0 if server == "S0" else self.s1
-
-    def _note_bulk(self, server: str, port: Any) -> None:
-        """Use ``server``'s bulk lane while it announces one; gRPC otherwise."""
-        lane = lane_beside(self.bulk.pop(server, None), self._grpc(server), port)
-        if lane is not None:
-            self.bulk[server] = lane
-
-    def _fetch(self, server: str, round_id: int, phase: str, wait_s: float) -> Message:
-        return fetch_over(self.bulk.get(server), self._grpc(server), round_id, phase, wait_s)
-
-    def _send_share(self, msg: Message) -> None:
-        send_over(self.bulk.get("S1"), self.s1, msg)
 
     def ping(self) -> None:
         """Both servers answer (raises PartyUnreachable or RemoteRejected otherwise)."""
@@ -158,12 +145,12 @@ class WorkerRuntime:
     def wait_for_round(self, wait_s: float = 10.0) -> dict[str, Any] | None:
         """Public parameters of a round newer than the last one, open at both servers, or None."""
         st0 = self.s0.control("status", args={"after": self.last_round, "wait_s": wait_s}, timeout=wait_s + 15.0)
-        self._note_bulk("S0", st0.get("bulk"))
+        self.servers["S0"].use_lane(st0.get("bulk"))
         info = st0.get("round")
         if not info or not info.get("intake_open") or info["round_id"] <= self.last_round:
             return None
         st1 = self.s1.control("status", args={"after": self.last_round, "wait_s": 5.0}, timeout=20.0)
-        self._note_bulk("S1", st1.get("bulk"))
+        self.servers["S1"].use_lane(st1.get("bulk"))
         other = st1.get("round") or {}
         if other.get("round_id") != info["round_id"] or not other.get("intake_open"):
             return None
@@ -205,7 +192,7 @@ class WorkerRuntime:
             to_s1 = share_update(r, self.worker_id, encoded, key)
             del encoded, key
             if "S1" not in inp.skip:
-                self._send_share(to_s1)
+                self.servers["S1"].send(to_s1)
             del to_s1
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))
@@ -232,8 +219,8 @@ class WorkerRuntime:
         seconds = dict(seconds or {})
         timer = Timer()
         try:
-            m0 = self._fetch("S0", round_id, M.AGGREGATE_SHARE, wait_s)
-            m1 = self._fetch("S1", round_id, M.AGGREGATE_SHARE, wait_s)
+            m0 = self.servers["S0"].fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
+            m1 = self.servers["S1"].fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
             out, weights, participants = reconstruct(m0, m1)
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             return WorkerOutcome(round_id, "aborted", str(exc), seconds=seconds)
@@ -275,10 +262,8 @@ class WorkerRuntime:
         return list(outcomes)
 
     def close(self) -> None:
-        self.s0.close()
-        self.s1.close()
-        for lane in self.bulk.values():
-            lane.close()
+        for server in self.servers.values():
+            server.close()
 
 
 def _os_reason(exc: OSError) -> str:

@@ -37,7 +37,6 @@ from ..errors import ProtocolError
 from ..protocol import messages as M
 from ..protocol.worker import share_key, share_update
 from ..transport.grpc import PartyUnreachable, RemoteRejected
-from ..transport.grpc.bulk import send_over
 from . import keys as K
 from .binding import CHALLENGE_FIELD, Challenge, sign_binding
 
@@ -236,7 +235,7 @@ def share(rt: WorkerRuntime, round_id: int, inp: WorkerInput, wait_s: float = 60
     try:
         msg = rt.s0.fetch(round_id, M.SHARE_KEY, wait_s=wait, max_bytes=KEY_REPLY_BYTES)
         key = share_key(msg, round_id, rt.worker_id, d)
-        send_over(rt.bulk.get("S1"), rt.s1, share_update(round_id, rt.worker_id, encoded, key, in_place=True))
+        rt.servers["S1"].send(share_update(round_id, rt.worker_id, encoded, key, in_place=True))
     except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
         return K.STAGE_DECLINED, f"share refused: {exc}"
     rt.last_round = max(rt.last_round, round_id)

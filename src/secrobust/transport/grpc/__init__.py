@@ -7,9 +7,9 @@ number, random message id, length, chunk count, SHA-256), every chunk carries at
 listening side hands decoded messages to a party's handler (``secrobust.deploy``).
 """
 
+from ..handler import PartyHandler
 from .accounting import Accounting
 from .client import PeerClient
-from ..handler import PartyHandler
 from .endpoint import Endpoint
 from .errors import PartyUnreachable, Rejected, RemoteRejected
 
