@@ -7,16 +7,8 @@ lists the families. Nothing registers itself on import, so which rules exist nev
 from __future__ import annotations
 
 from . import clipping, coordinatewise, geomed, krum, mda, mean
-
-# The cohort names and PRE_KEYS/apply stay importable from here for the modules being rewritten now (api.py,
-# deploy/local.py, deploy/approval.py); their homes are rules.cohort and rules.spec.
-from .cohort import (  # noqa: F401
-    DEFAULT_MIN_PARTICIPANTS,
-    check_min_participants,
-    with_cohort,
-    with_min_cohort,
-)
-from .spec import PRE_KEYS, Rule, RuleSpec, SecureRule, apply  # noqa: F401
+from .cohort import DEFAULT_MIN_PARTICIPANTS  # noqa: F401  (home: rules.cohort; api.py, deploy/local.py use it here)
+from .spec import Rule, RuleSpec, SecureRule
 
 FAMILIES = (mean, clipping, krum, mda, geomed, coordinatewise)
 """Every rule family, in the order ``rule_names`` lists the rules (the CLI's help and errors name them so)."""
