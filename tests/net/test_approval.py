@@ -8,6 +8,7 @@ rules are tested alone first (no processes), then against real S0, S1, dealer an
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,3 +240,45 @@ def test_the_service_file(tmp_path: Path, dep):
                     'rules = ["krum"]\n')
     with pytest.raises(ValueError, match="acts as operator:S1"):
         load(path)
+
+
+def test_the_round_command_runs_a_whole_round_through_the_service(dep, tmp_path):
+    """``secrobust round --config operator-s0.toml`` whose file names the service: S0's operator alone runs the
+    round, S1's half approved by S1's policy; a request the policy refuses is the command's one-line error."""
+    import subprocess
+    import sys
+
+    from secrobust.deploy.config import to_toml
+
+    service = _service(dep, replace(POLICY, test_seeds=False))
+    folder = dep.party_dir(operator_party(0))
+    cfg = load_config(dep.config_file(operator_party(0)))
+    split_file = folder / "operator-s0-split.toml"
+    split_file.write_text(to_toml(replace(cfg, peers={**cfg.peers, APPROVAL_PARTY: f"127.0.0.1:{service.port}"}),
+                                  relative_to=folder))
+    x = np.random.default_rng(11).normal(size=(N, D))
+    x[1] *= -10.0                   # within the encoder's range at the command's default F
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "secrobust.deploy", "round", "--config", str(split_file),
+                               "--d", str(D), "--workers", f"0-{N - 1}", "--window", "20", *argv],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    try:
+        refused = cli("--rule", "mean", "--f", "0", "--min-participants", "5")
+        assert refused.returncode == 2 and "S1's policy refuses round" in refused.stderr, refused.stderr
+        assert "rule 'mean' is not allowed" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        rid = dep.operator.next_round_id()
+        inbox = dep.updates_dir / f"round-{rid}"
+        inbox.mkdir(parents=True, exist_ok=True)
+        for i in range(N):
+            np.save(inbox / f"worker-{i}.npy", x[i])
+        out = tmp_path / "round.npz"
+        done = cli("--rule", "krum", "--f", "1", "--min-participants", "5", "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        printed = json.loads(done.stdout)
+        want = secrobust.aggregate(x, "krum", 1)
+        assert printed["round_id"] == rid and printed["weights"] == want.weights.tolist() and not printed["declined"]
+        assert np.array_equal(np.load(out)["aggregate"], want.aggregate)
+    finally:
+        service.stop()

@@ -10,6 +10,11 @@ organisations can each run their own operator:
   dealer's part when S1 asks for the triple);
 * S1's operator: ``round --config operator-s1.toml --request req.json`` opens exactly that request at S1.
 
+With split operators (``deploy.approval``), operator:S0's file names S1's approval service under
+``[peers]`` (``"operator:S1" = "host:port"``): ``round --config operator-s0.toml`` then runs the whole round,
+S1's half through the service, which opens it at S1 only if S1's policy allows it (its refusal is the
+command's error), and prints what the launcher's mode prints.
+
 The servers compare the request's SHA-256 before any share is used, so a mismatch aborts the round.
 Each side then prints its own server's report (S1's carries the view S1 opened, with ``--reveal
 distances``; with ``weights`` or ``aggregate`` the rule runs on shares and S1 opens none, and with
@@ -28,6 +33,7 @@ import typer
 
 from ..cli_io import check_output_file, fail, save_npz
 from ..errors import ProtocolError, RoundAborted
+from ..pki.certs import operator_party
 from ..primitives import ring
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from .config import PartyConfig, load, parse_worker_ids
@@ -125,8 +131,10 @@ def register(app: typer.Typer) -> None:
                  "so it is ready for the dealer's part when S1 asks for the triple")
         if request is None and (d is None or workers is None):
             fail("--d and --workers are needed to build a round request (or give --request FILE)")
-        if out is not None and len(cfgs) != 2:
-            fail("--out needs both operators' --config: one operator sees only its own server's report")
+        approval = cfgs[0].peers.get(operator_party(1)) if [c.party for c in cfgs] == [operator_party(0)] else None
+        if out is not None and len(cfgs) != 2 and not approval:
+            fail("--out needs both operators' --config (or operator:S0's naming S1's approval service): one "
+                 "operator sees only its own server's report")
         try:
             for path, name in ((out, "--out"), (save_request, "--save-request")):
                 if path is not None:
@@ -148,8 +156,9 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 fail(exc)
         try:
-            op = Operator([c.identity() for c in cfgs], _address(cfgs, "S0"), _address(cfgs, "S1"),
-                          _address(cfgs, "dealer"), connect_timeout=cfgs[0].connect_timeout_s, prefetch=prefetch)
+            op = Operator([c.identity() for c in cfgs], _address(cfgs, "S0"), None if approval else _address(cfgs, "S1"),
+                          _address(cfgs, "dealer"), connect_timeout=cfgs[0].connect_timeout_s, prefetch=prefetch,
+                          approval=approval)
         except ValueError as exc:
             fail(exc)
         try:
