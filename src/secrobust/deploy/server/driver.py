@@ -181,6 +181,6 @@ class RoundDriver:
             self.log.error("unexpected error in round %s", rnd.round_id, exc_info=exc)
         if not told_by_peer and not (isinstance(exc, PartyUnreachable) and exc.party == self.link.peer_name):
             try:
-                self.link.peer.control("abort-round", rnd.round_id, {"reason": rnd.reason}, timeout=3.0)
+                self.link.peer.client.control("abort-round", rnd.round_id, {"reason": rnd.reason}, timeout=3.0)
             except ProtocolError:
                 pass

@@ -10,38 +10,38 @@ from typing import Any, Callable, Iterator
 from ...errors import RoundAborted
 from ...protocol.messages import Message
 from ...transport.grpc import PeerClient
-from ...transport.grpc.bulk import BulkClient, lane_beside, send_over
 from ...transport.grpc.logs import Timer
+from ...transport.peer import Peer
 from .run import PeerTimeout, RoundRun
 from .sequence import OPEN_KINDS
 from .sync import Monitor
 
 
 class PeerLink:
-    """The other server as a round's steps see it: its gRPC client, its bulk lane for the rows of E (S1, once
-    S0 offered one), and the peer timeout; and the phase clock (``phase``) of the rounds."""
+    """The other server as a round's steps see it (``peer``: its gRPC client, and for S1 the bulk lane S0
+    announces, which the rows of E take) and the peer timeout; and the phase clock (``phase``) of the rounds."""
 
-    def __init__(self, monitor: Monitor, peer: PeerClient, peer_name: str, peer_timeout_s: float) -> None:
+    def __init__(self, monitor: Monitor, client: PeerClient, peer_timeout_s: float) -> None:
         self.monitor = monitor
-        self.peer = peer
-        self.peer_name = peer_name
+        self.peer = Peer(client, bulk=OPEN_KINDS)
+        self.peer_name = client.peer
         self.peer_timeout_s = peer_timeout_s
-        self.bulk: BulkClient | None = None
-        """S1: the bulk lane of S0 (learnt from its answer to ``confirm-request``), for the rows of E."""
 
     def use_bulk(self, port: Any) -> None:
-        """S1: send the rows of E over S0's bulk lane when S0 offers one."""
-        self.bulk = lane_beside(self.bulk, self.peer, port)
+        """S1: send the rows of E over S0's bulk lane when S0 offers one (learnt from its answer to
+        ``confirm-request``)."""
+        self.peer.use_lane(port)
 
     def close(self) -> None:
-        if self.bulk is not None:
-            self.bulk.close()
+        """Close the bulk lane (the gRPC client stays)."""
+        if self.peer.lane is not None:
+            self.peer.lane.close()
 
     def send(self, rnd: RoundRun, msg: Message) -> None:
         """Send ``msg`` to the other server unless the round was aborted (rows of E over the bulk lane)."""
         with self.monitor:
             rnd.check_alive()
-        send_over(self.bulk if msg.kind in OPEN_KINDS else None, self.peer, msg)
+        self.peer.send(msg)
 
     def wait(self, rnd: RoundRun, kind: str, gone: Callable[[], bool] | None = None) -> Message:
         """The peer's next ``kind`` message; PeerTimeout after the peer timeout, RoundAborted at once if

@@ -73,7 +73,7 @@ class ServerRuntime:
         self.offline = OfflinePool(self.monitor, self.rounds, self.node, self.index, self.party, self.dealer,
                                    cfg.peer_timeout_s)
         self.slots = Slots(self.monitor, self.rounds, cfg, self.index, self.peer_name, self.operator_name)
-        self.link = PeerLink(self.monitor, self.peer, self.peer_name, cfg.peer_timeout_s)
+        self.link = PeerLink(self.monitor, self.peer, cfg.peer_timeout_s)
         self.steps: S0Steps | S1Steps = (
             S0Steps(self.monitor, self.rounds, self.node, self.link, self.offline, self.party) if self.index == 0
             else S1Steps(self.monitor, self.node, self.link, self.party))

@@ -254,7 +254,7 @@ class S0Steps:
         slow answer is no proof of anything (S1 may be busy taking 8d-byte uploads on a loaded machine), so
         only the deadline ends the wait then."""
         try:
-            self.link.peer.control("status", timeout=PROBE_S * 5)
+            self.link.peer.client.control("status", timeout=PROBE_S * 5)
         except PartyUnreachable as exc:
             if exc.detail.startswith("UNAVAILABLE"):
                 raise

@@ -95,8 +95,8 @@ class S1Steps:
         with its own digest and aborts on a mismatch; so does S1. An operator who opens the two servers with
         different rules, workers or parameters gets an aborted round, not a mixed one."""
         try:
-            reply = self.link.peer.control("confirm-request", rnd.round_id, {"sha256": rnd.digest},
-                                           timeout=self.link.peer_timeout_s + 5.0)
+            reply = self.link.peer.client.control("confirm-request", rnd.round_id, {"sha256": rnd.digest},
+                                                  timeout=self.link.peer_timeout_s + 5.0)
         except RemoteRejected as exc:
             raise RoundAborted(f"S0 did not confirm the request of round {rnd.round_id}: {exc}") from None
         theirs = reply.get("sha256")
