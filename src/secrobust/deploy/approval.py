@@ -68,10 +68,10 @@ from ..transport.grpc import (
     RemoteRejected,
     logs,
 )
-from ..transport.grpc.bulk import fetch_over
 from ..transport.grpc.errors import CODES
 from ..transport.grpc.logs import LOGGER_NAME, event
 from ..transport.grpc.tls import MAX_GRPC_MESSAGE
+from ..transport.handler import PartyHandler
 from .config import PartyConfig, parse_worker_ids, to_toml
 from .config import load as load_config
 from .rounds import RoundRequest
@@ -320,7 +320,7 @@ def provision(folder: str | Path, listen: str, policy: Policy | None = None) -> 
     return target
 
 
-class ApprovalHandler:
+class ApprovalHandler(PartyHandler):
     """The service's ``PartyHandler``: control and fetch calls of ``operator:S0`` only, no protocol messages."""
 
     party = APPROVAL_PARTY
@@ -402,7 +402,7 @@ class ApprovalHandler:
         if phase != M.AGGREGATE_SHARE:
             raise Rejected("not-permitted", f"only S1's {M.AGGREGATE_SHARE} is relayed, not {phase!r}")
         self._approved(round_id)
-        msg = self._forward(lambda: fetch_over(None, self.s1, round_id, phase, wait_s))
+        msg = self._forward(lambda: self.s1.fetch(round_id, phase, wait_s=wait_s))
         return replace(msg, sender=self.party, recipient=caller)
 
     def close(self) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..transport.grpc import Endpoint
-from ..transport.grpc.bulk import BulkServer
 from ..transport.grpc.gate import CallLimits
 from ..transport.grpc import logs
 from ..transport.grpc.logs import LOGGER_NAME, event
+from ..transport.lane import BulkServer
 from .config import PartyConfig
 from .dealer import DealerRuntime
 from .server.runtime import ServerRuntime
