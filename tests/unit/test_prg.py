@@ -91,6 +91,14 @@ def test_random_access_far_into_the_stream_crosses_counter_blocks():
     np.testing.assert_array_equal(prg.ring_stream(SEED, "far", 2, (1 << 20) + 1), full[-2:])
 
 
+@pytest.mark.parametrize("count", [(prg._PIECE // 8) * m + r for m in (1, 2) for r in (-2, -1, 0, 1, 2)])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_ring_stream_equals_the_byte_keystream_at_piece_boundaries(count, offset):
+    # pieces are encrypted straight into the output; the last one (within a block of the end) is copied
+    want = np.frombuffer(prg.keystream(SEED, "piece", 8 * count, 8 * offset), dtype="<u8")
+    np.testing.assert_array_equal(prg.ring_stream(SEED, "piece", count, offset), want)
+
+
 def test_ring_rows_row_i_is_the_row_labelled_stream():
     rows = prg.ring_rows(SEED, "mask", 3, 5, 9)
     assert rows.shape == (3, 4)
