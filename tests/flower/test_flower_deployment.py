@@ -2,13 +2,15 @@
 
 One ``flower-superlink`` with TLS and SuperNode authentication, five ``flower-supernode`` processes
 (each its own ``$FLWR_HOME``, its Flower node key registered and pinned to its worker by ``secrobust
-flower-nodes``, the command line that wrote), ``secrobust flower-servers`` (dealer, S0, S1 from a folder
-``secrobust init --local-keys`` made, mutual TLS between them and with every worker), and ``flwr run``
-of the numpy app in ``flwr_app/`` through a connection in ``$FLWR_HOME/config.toml``:
+flower-nodes``, the command line that wrote), ``secrobust flower-servers`` (dealer, S0, S1 and S1's
+approval service from a folder ``secrobust init --local-keys`` made and ``secrobust flower-approval``
+split: the ServerApp holds operator:S0's key only; mutual TLS between them and with every worker), and
+``flwr run`` of the numpy app in ``flwr_app/`` through a connection in ``$FLWR_HOME/config.toml``:
 
 * a 2-round Krum run with worker 0 Byzantine ends ``finished:completed``, worker 0 has weight 0 in both
   rounds, the model changed, and the rounds' lines reach ``flwr log``;
-* a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error;
+* a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error, and so
+  does a run with a rule S1's policy does not allow;
 * a registered node that brings another worker's secrobust key (a stolen key) is refused as that worker:
   its reply is dropped, and with four usable replies for Krum's five the run ends as an error naming it.
 
@@ -185,7 +187,11 @@ def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("flower-deployment")
     sec = root / "secrobust"
     provision(sec, NODES)
-    link, *runtime = free_ports(1 + NODES)
+    link, approval, *runtime = free_ports(2 + NODES)
+    res = subprocess.run([str(BIN / "secrobust"), "flower-approval", "--dir", str(sec), "--listen",
+                          f"127.0.0.1:{approval}", "--rules", "krum,multi-krum"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
     env = dict(os.environ)
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",    # flower-superexec must be on PATH
                 "FLWR_HOME": str(root / "flwr"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -270,6 +276,10 @@ def test_flwr_run_completes_and_the_byzantine_node_gets_weight_0(deployment):
     assert final != initial and all(v > 0.5 for v in final)     # the honest nodes' direction, not -20x
     logs = _flwr(deployment, "log", run_id, "ci", "--show", timeout=120)
     assert "secrobust: server round 2" in logs.stdout + logs.stderr
+    assert "S1's rounds approved by S1's approval service" in logs.stdout + logs.stderr
+    approved = [json.loads(line) for line in (deployment["sec"] / "logs" / "approval.log").read_text().splitlines()
+                if '"round-approved"' in line]
+    assert [a["round"] for a in approved][-2:] == [r["round_id"] for r in got["rounds"]]
 
 
 def test_flwr_run_with_an_f_the_nodes_cannot_meet_ends_as_an_error(deployment):
@@ -277,6 +287,12 @@ def test_flwr_run_with_an_f_the_nodes_cannot_meet_ends_as_an_error(deployment):
     run = _finished(deployment, run_id)
     assert run["status"] == "finished:failed", run
     assert "f=2" in run["status-details"] and "7 participants" in run["status-details"], run
+
+
+def test_flwr_run_with_a_rule_s1s_policy_refuses_ends_as_an_error(deployment):
+    run = _finished(deployment, _run(deployment, "num-server-rounds=1 rule='mean' f=0 node-wait-s=5.0"))
+    assert run["status"] == "finished:failed", run
+    assert "S1's approval policy does not allow rule 'mean'" in run["status-details"], run
 
 
 def test_a_registered_node_with_another_workers_key_is_refused(deployment):

@@ -27,7 +27,7 @@ def main(grid: Grid, context: Context) -> None:
     finally:
         strategy.close()
     final = result.arrays.to_numpy_ndarrays()[0]
-    summary = {"rounds": [{"server_round": r.server_round, "workers": list(r.worker_ids),
+    summary = {"rounds": [{"server_round": r.server_round, "round_id": r.round_id, "workers": list(r.worker_ids),
                            "weights": None if r.result is None or r.result.weights is None
                            else [float(v) for v in r.result.weights], "error": r.error,
                            "seconds": r.seconds} for r in strategy.history],
