@@ -3,7 +3,10 @@
 Each server has its own operator, ``operator:S0`` and ``operator:S1`` (``certs.operator_party``), and
 admits control commands from its own only: S1's report, with the distances S1 opened, goes to S1's
 operator alone. An ``Operator`` holds the identities of one or both: a local launcher holds both and
-runs whole rounds; in a deployment of two organisations each runs its own side (``sides``). With both,
+runs whole rounds; in a deployment of two organisations each runs its own side (``sides``), or
+``operator:S0`` alone runs whole rounds through S1's approval service (``approval=``, split operators:
+``deploy.approval`` opens at S1, as ``operator:S1``, only what S1's policy allows, and relays S1's report
+without S1's view and S1's aggregate share). With both sides,
 it sends each server the same RoundRequest (S0 first, then S1, so S0 is ready for the dealer's part
 when S1 asks for the triple), waits for both servers' reports, fetches both aggregate shares like any
 worker, and rebuilds what ``secrobust.aggregate`` returns. It sees what the servers make public
