@@ -17,11 +17,11 @@ from ...protocol.nodes import ServerNode
 from ...rules import secure
 from ...transport.grpc import Accounting, PeerClient
 from ...transport.grpc import secrobust_pb2 as pb
-from ...transport.grpc.endpoint import CONTROL_LIMIT
 from ...transport.grpc.errors import Rejected
 from ...transport.grpc.logs import LOGGER_NAME, event
 from ...transport.grpc.pace import Pace
 from ...transport.grpc.tls import MAX_GRPC_MESSAGE
+from ...transport.handler import CONTROL_LIMIT, PartyHandler
 from ..config import PartyConfig
 from ..declines import COMMAND as DECLINE, parse_decline
 from ..pool import triple_key
@@ -46,7 +46,7 @@ def wait_seconds(args: dict[str, Any], limit: float) -> float:
     return min(float(value), limit)
 
 
-class ServerRuntime:
+class ServerRuntime(PartyHandler):
     """The PartyHandler of S0 or S1: the endpoint's calls land here and go to the server's parts, which share
     one Monitor (``sync``): the rounds (``run``), the triple pool (``offline``), the payload slots
     (``slots``), the peer link (``link``), S0's or S1's own steps (``s0``, ``s1``) and the round driver."""
