@@ -13,6 +13,7 @@ address says, and no single CA holder can stand in for both servers.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from contextlib import contextmanager
@@ -29,11 +30,17 @@ def peer_party(cert_pem: bytes | None, identity: Identity) -> str | None:
     certifies a name for one server only is not trusted for it at the other)."""
     if not cert_pem:
         return None
+    cn = _common_name(cert_pem)
+    return cn if cn is not None and identity.admits(cn, cert_pem) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _common_name(cert_pem: bytes) -> str | None:
+    """The certificate's CN, or None without a single one (cached: every call of a caller shows the same one)."""
     try:
-        cn = common_name(cert_pem)
+        return common_name(cert_pem)
     except ValueError:
         return None
-    return cn if identity.admits(cn, cert_pem) else None
 
 
 # gRPC
