@@ -1,40 +1,72 @@
 """Secure vs plaintext Krum, in one process: seconds per phase, ratios and bytes per party, and a plot.
 
 Baselines, measured in the same process on the same updates, with the same threads as the secure run
-(BLAS and the ring kernel both on --threads):
-  float  - plaintext Krum in float64 (BLAS Gram matrix, scores, weighted sum): what a server with no
-           privacy would run;
+(BLAS and the ring kernel both on --threads), interleaved with the secure runs so that load on a shared
+machine hits both alike:
+  float  - the fastest plaintext float Krum we could write with NumPy/BLAS (``FLOAT_KRUM``), what a server
+           with no privacy would run: the Gram matrix x x^T (BLAS syrk), squared norms from its diagonal,
+           partition instead of sort, and the chosen row copied out (no weighted sum over all rows). Each
+           variant is timed; the fastest by median CPU time is the baseline, and it must choose the worker
+           the float64 variant chooses;
   oracle - ``secrobust.plain_aggregate``: the same rule on the same fixed-point encodings with exact
            ring arithmetic (no protocol), the test oracle.
 The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
 and the input validity phase (encoding, shares, the opening and Gram products, distances, rule,
-aggregate); "round" is all of it.
-Usage: python bench/aggregate_bench.py [--n 10 50 200] [--d 10000 100000 1000000] [--extra 10x10000000]
-       [--repeat 3] [--threads 2] [--plot bench/results/aggregate_bench.png]
+aggregate); "round" is all of it. Each is given in wall seconds and in CPU seconds of the process (all
+threads; the phases' CPU time is read alongside their wall time), median over --repeat runs; the ratios
+are of medians. Run with OpenBLAS's own CPU detection, and read its kernel from the header:
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/aggregate_bench.py [--n 10 50 200]
+      [--d 10000 100000 1000000] [--extra 10x10000000] [--repeat 5] [--threads 2] [--plot bench/results/aggregate_bench.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import secrobust
+from secrobust import api
 from secrobust.primitives import kernel
-from secrobust.rules.krum import krum_scores
 
 
-def float_krum(x: np.ndarray, f: int) -> np.ndarray:
+def _krum_choice(g: np.ndarray, f: int) -> int:
+    """argmin_i of the sum of the n - f - 2 smallest squared distances to the others, from the Gram matrix."""
+    sq = np.diagonal(g)
+    dist = sq[:, None] + sq[None, :] - 2.0 * g
+    np.fill_diagonal(dist, np.inf)
+    k = len(g) - f - 2
+    return int(np.argmin(np.partition(dist, k - 1, axis=1)[:, :k].sum(axis=1)))
+
+
+def krum_f64(x: np.ndarray, f: int) -> np.ndarray:
+    return x[_krum_choice(x @ x.T, f)].copy()
+
+
+def krum_f32(x: np.ndarray, f: int) -> np.ndarray:
+    x32 = x.astype(np.float32)
+    return x[_krum_choice((x32 @ x32.T).astype(np.float64), f)].copy()
+
+
+def krum_textbook(x: np.ndarray, f: int) -> np.ndarray:
+    """The bench's baseline before issue 23: norms in their own pass, a full sort, a weighted sum over all rows."""
     sq = np.einsum("ij,ij->i", x, x)
     d = np.maximum(sq[:, None] + sq[None, :] - 2 * (x @ x.T), 0)
+    np.fill_diagonal(d, np.inf)
     w = np.zeros(len(x))
-    w[np.argmin(krum_scores(d, f))] = 1.0
+    w[np.argmin(np.sort(d, axis=1)[:, :len(x) - f - 2].sum(axis=1))] = 1.0
     return w @ x
+
+
+FLOAT_KRUM = {"float64 syrk": krum_f64, "float32 syrk (cast included)": krum_f32, "textbook float64": krum_textbook}
 
 
 def best_of(repeat: int, fn) -> tuple[float, object]:
@@ -50,26 +82,65 @@ def krum_f(n: int) -> int:
     return (n - 3) // 2 if n < 20 else n // 5
 
 
+_CPU: dict[str, float] = defaultdict(float)
+_wall_phase = api._phase
+
+
+@contextmanager
+def _phase_with_cpu(stats, name):
+    """api's phase timer, also summing the process's CPU seconds per phase into _CPU."""
+    c0 = time.process_time()
+    try:
+        with _wall_phase(stats, name):
+            yield
+    finally:
+        _CPU[name] += time.process_time() - c0
+
+
+def timed(fn) -> tuple[float, float, object]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
 def measure(n: int, d: int, repeat: int) -> dict:
     f = krum_f(n)
     x = np.random.default_rng(0).standard_normal((n, d)) * (1.0 / np.sqrt(d))
-    if n * d >= 50_000_000:
+    if n * d > 100_000_000:
         repeat = 1
-    t_float, _ = best_of(repeat, lambda: float_krum(x, f))
-    t_oracle, _ = best_of(repeat, lambda: secrobust.plain_aggregate(x, "krum", f))
+    want = _krum_choice(x @ x.T, f)
+    for name, fn in FLOAT_KRUM.items():
+        if not np.array_equal(fn(x, f), x[want]):
+            raise AssertionError(f"{name} chose another worker than float64 Krum")
+    base: dict[str, list] = {name: [] for name in FLOAT_KRUM}
     runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        res = secrobust.aggregate(x, "krum", f)
-        runs.append((time.perf_counter() - t0, res))
-    total, res = min(runs, key=lambda r: r[0])
-    phases = dict(res.stats.seconds)
-    online = total - phases.get("offline", 0.0) - phases.get("validity", 0.0)
+    api._phase = _phase_with_cpu
+    try:
+        for _ in range(repeat):
+            for name, fn in FLOAT_KRUM.items():
+                base[name].append(timed(lambda: fn(x, f))[:2])
+            _CPU.clear()
+            wall, cpu, res = timed(lambda: secrobust.aggregate(x, "krum", f))
+            phases = dict(res.stats.seconds)
+            off = ("offline", "validity")
+            runs.append({"round_s": wall, "round_cpu": cpu, "phases": phases, "phases_cpu": dict(_CPU),
+                         "online_s": wall - sum(phases.get(k, 0.0) for k in off),
+                         "online_cpu": cpu - sum(_CPU.get(k, 0.0) for k in off)})
+    finally:
+        api._phase = _wall_phase
+    t_oracle, _ = best_of(1, lambda: secrobust.plain_aggregate(x, "krum", f))
+    med = {name: np.median(np.array(t), axis=0) for name, t in base.items()}
+    fastest = min(med, key=lambda name: med[name][1])
+    float_s, float_cpu = med[fastest]
+    pick = {k: float(np.median([r[k] for r in runs])) for k in ("round_s", "round_cpu", "online_s", "online_cpu")}
     roles = res.stats.by_role()
-    between = res.stats.servers_bytes()
-    return {"n": n, "d": d, "f": f, "float_s": t_float, "oracle_s": t_oracle, "round_s": total, "online_s": online,
-            "online_x_float": online / t_float, "round_x_float": total / t_float, "phases": phases,
-            "bytes": roles, "between_servers": between, "8nd": 8 * n * d}
+    return {"n": n, "d": d, "f": f, "repeat": repeat, "float_kernel": fastest, "float_s": float(float_s),
+            "float_cpu": float(float_cpu), "float_variants": {k: [float(v) for v in m] for k, m in med.items()},
+            "oracle_s": t_oracle, **pick,
+            "online_x_float": pick["online_s"] / float_s, "round_x_float": pick["round_s"] / float_s,
+            "online_x_float_cpu": pick["online_cpu"] / float_cpu, "round_x_float_cpu": pick["round_cpu"] / float_cpu,
+            "phases": runs[-1]["phases"], "phases_cpu": runs[-1]["phases_cpu"], "runs": runs, "bytes": roles,
+            "between_servers": res.stats.servers_bytes(), "8nd": 8 * n * d}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -102,29 +173,39 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 200])
     ap.add_argument("--d", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--extra", nargs="*", default=["10x10000000"], help="more n x d points, e.g. 10x10000000")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=kernel.default_threads())
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     kernel.set_threads(args.threads)
     points = [(n, d) for n in args.n for d in args.d] + [tuple(int(v) for v in e.split("x")) for e in args.extra]
-    print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
-          f"{platform.python_version()}; {args.threads} threads for BLAS and the ring kernel; best of {args.repeat} "
-          "(one run when n·d >= 5e7)")
-    print(f"{'n':>4} {'d':>9} {'float s':>8} {'oracle s':>8} {'online s':>8} {'round s':>8} {'online/fl':>9} "
-          f"{'round/fl':>8} {'S0<->S1 MB':>10} {'8nd MB':>8} {'worker MB':>9} {'dealer MB':>9}  phases (s)")
     rows = []
     with threadpool_limits(args.threads):
+        blas = sorted({(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()
+                       if i["user_api"] == "blas"})
+        print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
+              f"{platform.python_version()}; {args.threads} threads for BLAS and the ring kernel; BLAS {blas}; "
+              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; median of {args.repeat} "
+              f"(one run when n·d > 1e8); load average {os.getloadavg()[0]:.1f} at the start")
+        print(f"{'n':>4} {'d':>9} {'float s':>8} {'oracle s':>8} {'online s':>8} {'round s':>8} {'float CPU':>9} "
+              f"{'onl. CPU':>8} {'rnd CPU':>8} {'online/fl':>9} "
+              f"{'round/fl':>8} {'on/fl CPU':>9} {'rd/fl CPU':>9} {'S0<->S1 MB':>10} {'8nd MB':>8} {'worker MB':>9} "
+              f"{'dealer MB':>9}  baseline (variants: wall/CPU s); phases of the last run (wall/CPU s)")
+        secrobust.aggregate(np.zeros((5, 64)), "krum", 1)  # loads (or compiles) the ring kernel before any timing
         for n, d in points:
             r = measure(n, d, args.repeat)
             rows.append(r)
             b = r["bytes"]
-            phases = " ".join(f"{k}={v:.2f}" for k, v in r["phases"].items())
+            phases = " ".join(f"{k}={v:.2f}/{r['phases_cpu'].get(k, 0.0):.2f}" for k, v in r["phases"].items())
+            variants = ", ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in r["float_variants"].items())
             print(f"{n:>4} {d:>9} {r['float_s']:>8.3f} {r['oracle_s']:>8.3f} {r['online_s']:>8.3f} {r['round_s']:>8.3f} "
-                  f"{r['online_x_float']:>9.1f} {r['round_x_float']:>8.1f} {r['between_servers'] / 1e6:>10.2f} "
+                  f"{r['float_cpu']:>9.3f} {r['online_cpu']:>8.3f} {r['round_cpu']:>8.3f} "
+                  f"{r['online_x_float']:>9.1f} {r['round_x_float']:>8.1f} {r['online_x_float_cpu']:>9.1f} "
+                  f"{r['round_x_float_cpu']:>9.1f} {r['between_servers'] / 1e6:>10.2f} "
                   f"{r['8nd'] / 1e6:>8.2f} {b['workers']['sent'] / n / 1e6:>9.3f} {b['dealer']['sent'] / 1e6:>9.3f}  "
-                  f"{phases}", flush=True)
+                  f"{r['float_kernel']} ({variants}); {phases}", flush=True)
+        print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.plot:
