@@ -180,8 +180,9 @@ class OfflinePool:
                 if not self.monitor.wait_until(delivered, deadline):
                     raise PeerTimeout(f"the triple for round {rnd.round_id} did not arrive within "
                                       f"{self.peer_timeout_s:g} s")
-                assert entry is not None and entry.part is not None
+                assert entry is not None
                 self.pool.take(entry.triple_id)
+                assert entry.part is not None
                 self.node.install_triple(entry.part)
                 rnd.triple_in = True
                 rnd.triple["waited_s"] = round(timer.seconds, 6)
