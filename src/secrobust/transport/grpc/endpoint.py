@@ -42,7 +42,7 @@ import numpy as np
 
 from ...pki.certs import Identity
 from ...protocol.messages import VERSION, Message
-from ..handler import CONTROL_LIMIT, PartyHandler, as_handler  # noqa: F401 (CONTROL_LIMIT: deploy.server imports it here)
+from ..handler import PartyHandler
 from ..tls import server_credentials
 from . import secrobust_pb2 as pb
 from . import tap, wire
@@ -96,8 +96,7 @@ def dumps(obj: Any) -> bytes:
 
 
 class Endpoint:
-    """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port. A ``handler``
-    that does not subclass ``PartyHandler`` yet is wrapped (``handler.as_handler``)."""
+    """A party's gRPC server: ``start()`` binds ``address`` (TLS only) and returns the bound port."""
 
     def __init__(self, identity: Identity, address: str, handler: PartyHandler, *, limits: CallLimits | None = None,
                  accounting: Accounting | None = None) -> None:
@@ -105,7 +104,7 @@ class Endpoint:
             raise ValueError(f"identity {identity.party!r} does not match handler {handler.party!r}")
         self.identity = identity
         self.address = address
-        self.handler = as_handler(handler)
+        self.handler = handler
         self.accounting = accounting or Accounting()
         self.log = logging.getLogger(LOGGER_NAME)
         self._replays = _ReplayCache()
