@@ -496,7 +496,7 @@ def test_workers_receive_the_same_aggregate(dep):
     fake = FakeWorker(dep, 0)
     try:
         r = dep.operator.next_round_id() - 1
-        from secrobust.deploy.worker import reconstruct
+        from secrobust.protocol.worker import reconstruct
         out, weights, participants = reconstruct(fake.s0.fetch(r, M.AGGREGATE_SHARE, wait_s=5),
                                                  fake.s1.fetch(r, M.AGGREGATE_SHARE, wait_s=5))
     finally:
