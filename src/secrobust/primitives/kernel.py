@@ -4,16 +4,17 @@ uint64 multiplication and addition wrap mod 2^64, in NumPy and in the machine co
 here is exact whatever the words are. The products are a Numba-compiled kernel (compiled on first use and
 cached on disk; it releases the GIL): each 4 x 4 tile of the output sums four rows of a against four rows of
 b over ``BLOCK_COLS`` columns at a time, the sixteen sums in registers, each row a contiguous 1-D view, so
-LLVM vectorises the sum (vpmullq on AVX-512; on AVX2 three 32-bit multiplies per lane). A column range of
+LLVM vectorises the sum (vpmullq on AVX-512; on AVX2 it composes each 64-bit lane's product from 32-bit
+multiplies; not measured here). A column range of
 the operands is given to each thread, which sums its own n x m partial. ``gram`` computes the tiles on and
 above the diagonal only.
 
 Measured on this project's 2-core AMD EPYC VM (Zen 4, AVX-512), one thread, for a 50 x 4e5 by 4e5 x 50
-product (``bench/kernel_bench.py``, ``bench/results/kernel_bench.txt``, CPU seconds of the calling thread):
-this kernel 16-17 * 10^9 multiply-adds per second, 6-7x NumPy's wrapping uint64 einsum (2.4 * 10^9, the
-kernel before), faster than float64 BLAS's dgemm on the same shape (14.6 * 10^9) and so than any split of
-the words into limbs for float64 BLAS (at least five products of limbs); torch's int64 mm is slower than
-NumPy's einsum.
+product, in CPU seconds on a loaded machine (``bench/kernel_bench.py``, ``bench/results/kernel_bench.txt``):
+this kernel 0.063 s, 16 * 10^9 multiply-adds per second; NumPy's wrapping einsum in 8192-column blocks (the
+kernel before) 0.45 s, NumPy's matmul 0.67 s, torch 2.13's int64 mm 0.32 s; float64 BLAS's dgemm on the
+same shape, not exact, 0.09 s, so a split of the words into limbs for float64 BLAS (22-bit limbs need six
+limb products; 1.0 s measured) is slower.
 """
 
 from __future__ import annotations
