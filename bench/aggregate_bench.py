@@ -143,6 +143,19 @@ def measure(n: int, d: int, repeat: int) -> dict:
             "between_servers": res.stats.servers_bytes(), "8nd": 8 * n * d}
 
 
+def profile(n: int, d: int, top: int) -> None:
+    """One secure round under cProfile with the process's CPU time as its clock: a function's cumulative time
+    is the CPU that every thread spent while it was on the main thread's stack (the kernel's threads included)."""
+    import cProfile
+    import pstats
+
+    x = np.random.default_rng(0).standard_normal((n, d)) * (1.0 / np.sqrt(d))
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(secrobust.aggregate, x, "krum", krum_f(n))
+    print(f"# profile of one secure round, n={n} d={d}, CPU seconds")
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -177,6 +190,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=kernel.default_threads())
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the points, profile one more secure round of the last point (cProfile on process CPU "
+                         "time, all threads) and print its N largest functions by cumulative time")
     args = ap.parse_args()
     kernel.set_threads(args.threads)
     points = [(n, d) for n in args.n for d in args.d] + [tuple(int(v) for v in e.split("x")) for e in args.extra]
@@ -205,6 +221,8 @@ def main() -> None:
                   f"{r['round_x_float_cpu']:>9.1f} {r['between_servers'] / 1e6:>10.2f} "
                   f"{r['8nd'] / 1e6:>8.2f} {b['workers']['sent'] / n / 1e6:>9.3f} {b['dealer']['sent'] / 1e6:>9.3f}  "
                   f"{r['float_kernel']} ({variants}); {phases}", flush=True)
+        if args.profile:
+            profile(*points[-1], args.profile)
         print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
