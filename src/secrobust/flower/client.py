@@ -16,8 +16,12 @@ two stages, as ``secaggplus_mod`` handles SecAgg+'s:
    key of S0's share, S1 receives the update minus that share. Then it forgets the update and answers
    "shared". The aggregate comes back to it as the next round's global model.
 
+With ``one-message`` (nodes pinned to their workers), the strategy opens round ``r`` before training and
+sends one **train-share** message: the mod trains, then shares at once (a ClientApp that fails declines
+the round at both servers), and answers as the train stage does, with ``share`` = shared or declined.
+
 The Flower server (SuperLink, ServerApp, strategy) never sees an update or a share: the mod refuses a
-train message that is not one of these two stages, so a FedAvg server cannot ask for the raw update.
+train message that is not one of these stages, so a FedAvg server cannot ask for the raw update.
 """
 
 from __future__ import annotations
@@ -143,8 +147,29 @@ class SecRobustMod:
             return self._train(msg, context, call_next, cfg)
         if stage == K.STAGE_SHARE:
             return self._share(msg, context, cfg)
+        if stage == K.STAGE_TRAIN_SHARE:
+            return self._train_share(msg, context, call_next, cfg)
         raise ValueError("secrobust_mod: a train message must come from secrobust.flower.SecRobust (stage "
-                         f"{K.STAGE_TRAIN!r} or {K.STAGE_SHARE!r}); the update is never sent to the Flower server")
+                         f"{K.STAGE_TRAIN!r}, {K.STAGE_SHARE!r} or {K.STAGE_TRAIN_SHARE!r}); the update is never "
+                         "sent to the Flower server")
+
+    def _train_share(self, msg: Message, context: Context, call_next: ClientAppCallable,
+                     cfg: ConfigRecord) -> Message:
+        """One message per round: train (``_train``), then share the update in the already open round."""
+        round_id = int(cfg["round"])
+        rt = self.runtime(context)
+        try:
+            reply = self._train(msg, context, call_next, cfg)
+        except Exception as exc:
+            _decline(rt, round_id, f"its ClientApp failed: {exc}")
+            raise
+        if reply.has_error():
+            _decline(rt, round_id, f"its ClientApp failed: {reply.error.reason}")
+            return reply
+        fields = dict(reply.content.config_records[K.RECORD])
+        fields.update(zip(("share", "detail"), self._share_kept(context, rt, round_id, cfg)))
+        reply.content.config_records[K.RECORD] = ConfigRecord(fields)
+        return reply
 
     def _train(self, msg: Message, context: Context, call_next: ClientAppCallable, cfg: ConfigRecord) -> Message:
         key = str(cfg.get("arrays-key", "arrays"))
@@ -190,6 +215,14 @@ class SecRobustMod:
     def _share(self, msg: Message, context: Context, cfg: ConfigRecord) -> Message:
         round_id = int(cfg["round"])
         rt = self.runtime(context)
+        status = self._share_kept(context, rt, round_id, cfg)
+        reply = RecordDict()
+        reply.config_records[K.RECORD] = ConfigRecord(
+            {"stage": status[0], "worker": rt.worker_id, "round": round_id, "detail": status[1]})
+        return Message(reply, reply_to=msg)
+
+    def _share_kept(self, context: Context, rt: WorkerRuntime, round_id: int, cfg: ConfigRecord) -> tuple[str, str]:
+        """Share the update the train stage kept in ``context.state`` (then forget it); (stage, why not)."""
         pending = context.state.array_records.get(K.STATE)
         meta = context.state.config_records.get(K.STATE_META)
         try:
@@ -203,17 +236,20 @@ class SecRobustMod:
             status = share(rt, round_id, inp, self.share_wait_s)
         except ValueError as exc:
             status = (K.STAGE_DECLINED, str(exc))
-            try:
-                rt.decline(round_id, str(exc))
-            except Exception:   # best effort: the round goes on without this worker either way
-                pass
+            _decline(rt, round_id, str(exc))
         finally:
             context.state.array_records.pop(K.STATE, None)
             context.state.config_records.pop(K.STATE_META, None)
-        reply = RecordDict()
-        reply.config_records[K.RECORD] = ConfigRecord(
-            {"stage": status[0], "worker": rt.worker_id, "round": round_id, "detail": status[1]})
-        return Message(reply, reply_to=msg)
+        return status
+
+
+def _decline(rt: WorkerRuntime, round_id: int, why: str) -> None:
+    """Tell both servers this worker sits round ``round_id`` out, and why (best effort: the round goes on
+    without it either way)."""
+    try:
+        rt.decline(round_id, why)
+    except Exception:  # noqa: BLE001, S110  (best effort)
+        pass
 
 
 def share(rt: WorkerRuntime, round_id: int, inp: WorkerInput, wait_s: float = 60.0) -> tuple[str, str]:

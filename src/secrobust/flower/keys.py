@@ -24,6 +24,11 @@ STAGE_SHARE = "share"
 """Server -> client: round ``round`` is open at S0 and S1; share the kept update with them."""
 STAGE_SHARED = "shared"
 STAGE_DECLINED = "declined"
+STAGE_TRAIN_SHARE = "train-share"
+"""Server -> client, one message per round (nodes pinned to their workers): round ``round`` is already open
+at S0 and S1 for the sampled nodes' workers; train, then share the update at once. The reply is the
+train stage's (``STAGE_TRAINED``, binding) with ``share`` = ``STAGE_SHARED`` or ``STAGE_DECLINED`` and
+``detail``."""
 
 WORKER_CONFIG_KEY = "secrobust-worker-config"
 """node_config / run_config key (or the environment variable ``SECROBUST_WORKER_CONFIG``): the worker's

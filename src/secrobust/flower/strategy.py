@@ -96,6 +96,7 @@ RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
     "node-wait-s": ("node_wait_s", float), "fraction-train": ("fraction_train", float),
     "min-train-nodes": ("min_train_nodes", int), "fraction-evaluate": ("fraction_evaluate", float),
     "hide-weights": ("hide_weights", bool), "history-file": ("history_file", str),
+    "one-message": ("one_message", bool),
 }
 """``[tool.flwr.app.config]`` key -> (``SecRobust`` keyword, type) that ``SecRobust.from_run_config`` reads.
 ``min-participants`` and ``norm-bound`` of 0 mean unset; ``rule-options`` is a JSON object as a string."""
@@ -150,8 +151,10 @@ class SecRobust(FedAvg):
                  node_workers: Mapping[int, int] | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None, skip_failed_rounds: bool = False,
                  node_wait_s: float = 120.0, hide_weights: bool = False,
-                 history_file: str | Path | None = None, **fedavg: Any) -> None:
+                 history_file: str | Path | None = None, one_message: bool = False, **fedavg: Any) -> None:
         super().__init__(**fedavg)
+        self.one_message = bool(one_message)
+        self._early: tuple[int, RoundRequest, dict[int, int]] | None = None
         _to_flower_console()
         self.history_file = Path(history_file).expanduser() if history_file else None
         self.skip_failed_rounds = bool(skip_failed_rounds)
@@ -389,12 +392,53 @@ class SecRobust(FedAvg):
         self._worker_binding()      # a configuration error stops the run here, before any node is asked
         self._challenge = Challenge.fresh(_run_id(grid), server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._early = None
+        if self.one_message:
+            messages = self._open_early(server_round, messages, flatten(arrays).size)
         self._asked = frozenset(msg.metadata.dst_node_id for msg in messages)
+        fields: dict[str, Any] = {"stage": K.STAGE_TRAIN, "server-round": server_round,
+                                  "arrays-key": self.arrayrecord_key, CHALLENGE_FIELD: self._challenge.encode()}
+        if self._early is not None:
+            fields.update(stage=K.STAGE_TRAIN_SHARE, round=self._early[1].round_id)
         for msg in messages:
-            msg.content.config_records[K.RECORD] = ConfigRecord(
-                {"stage": K.STAGE_TRAIN, "server-round": server_round, "arrays-key": self.arrayrecord_key,
-                 CHALLENGE_FIELD: self._challenge.encode()})
+            msg.content.config_records[K.RECORD] = ConfigRecord(dict(fields))
         return messages
+
+    def _open_early(self, server_round: int, messages: list[Message], d: int) -> list[Message]:
+        """One message per node and round: open the round now for the workers the sampled nodes are pinned
+        to (``node_workers``), so each node trains and shares in one ClientApp call. Returns the messages to
+        send (those to pinned, admitted nodes); the sampled ones unchanged, for the two stages, when the
+        nodes are not pinned, too few are, or the round cannot be opened (a WARNING says why)."""
+        if self.node_workers is None:
+            log.warning("secrobust: one-message needs each node pinned to its worker (node-workers.json, "
+                        "'secrobust flower-nodes'); server round %d uses two messages", server_round)
+            return messages
+        admitted = self.binding.workers
+        node_of: dict[int, int] = {}
+        kept = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            wid = self.node_workers.get(node)
+            if wid is None or (admitted is not None and wid not in admitted) or wid in node_of:
+                log.warning("node %s: not sent server round %d: it is not pinned to an admitted worker", node,
+                            server_round)
+                continue
+            node_of[wid] = node
+            kept.append(msg)
+        need, why = self.minimum_nodes()
+        if len(node_of) < need:
+            log.warning("secrobust: %s, but only %d sampled nodes are pinned to admitted workers; server round %d "
+                        "uses two messages", why, len(node_of), server_round)
+            return messages
+        try:
+            request = self._request(tuple(sorted(node_of)), d)
+            self.operator.open_round(request)
+        except ROUND_ERRORS as exc:
+            log.warning("secrobust: server round %d could not be opened before training (%s: %s); it uses two "
+                        "messages", server_round, type(exc).__name__, exc)
+            return messages
+        self._early = (server_round, request, node_of)
+        return kept
 
     # stage 2: the secure round
 
@@ -403,6 +447,8 @@ class SecRobust(FedAvg):
         t0 = time.perf_counter()
         assert self._grid is not None and self._arrays is not None, "configure_train runs first"
         base = flatten(self._arrays)
+        if self._early is not None and self._early[0] == server_round:
+            return self._aggregate_early(server_round, list(replies), base, t0)
         dropped: dict[int, str] = {}
         cohort = self._cohort(server_round, list(replies), base.size, dropped)
         wids = tuple(sorted(cohort))
@@ -434,14 +480,54 @@ class SecRobust(FedAvg):
         except ROUND_ERRORS as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             return self._failed(record, t0, metrics)
+        return self._succeeded(record, result, base, t0, metrics)
+
+    def _succeeded(self, record: RoundRecord, result: api.AggregateResult, base: np.ndarray, t0: float,
+                   metrics: MetricRecord | None) -> tuple[ArrayRecord, MetricRecord]:
+        """A round that ran: the new global model and the round's metrics."""
+        assert self._arrays is not None
         record.result = result
         self._done(record, t0)
         new = unflatten(base + result.aggregate, self._arrays)
         out = dict(metrics or {})
         mine = self.round_metric(record)
         out.update(mine)
-        self.round_metrics[server_round] = MetricRecord(mine)
+        self.round_metrics[record.server_round] = MetricRecord(mine)
         return new, MetricRecord(out)
+
+    def _aggregate_early(self, server_round: int, replies: list[Message], base: np.ndarray,
+                         t0: float) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round opened before training (``one_message``): each node trained and shared in one call. A
+        reply whose binding fails (a node using another worker's key, a malformed reply) aborts the round,
+        since its share may already be in; a ClientApp that failed declined the round and is left out."""
+        assert self._early is not None
+        _, request, node_of = self._early
+        self._early = None
+        dropped: dict[int, str] = {}
+        cohort = self._cohort(server_round, replies, base.size, dropped)
+        wids = request.worker_ids
+        record = RoundRecord(server_round, request.round_id, wids, tuple(node_of[w] for w in wids), None,
+                             dropped=dropped)
+        metrics = self._metrics([content for _, content in cohort.values()])
+        bad = {node: why for node, why in dropped.items() if not why.startswith("its ClientApp failed")}
+        if bad:
+            self.operator.abort(request.round_id, "a node's reply was refused after the round opened")
+            record.error = (f"round {request.round_id} (opened before training) aborted: a share may have come "
+                            "from a node that is not its worker's" + "".join(f"; node {n}: {why}"
+                                                                           for n, why in sorted(bad.items())))
+            return self._failed(record, t0, metrics)
+        for wid, (_, content) in cohort.items():
+            cfg = content.config_records[K.RECORD]
+            if cfg.get("share") != K.STAGE_SHARED:
+                record.declined[wid] = str(cfg.get("detail") or "declined")
+        try:
+            t1 = time.perf_counter()
+            result = self.operator.collect(request, n=len(wids), wait_s=request.share_window_s + 600.0)
+            record.seconds["collect"] = time.perf_counter() - t1
+        except ROUND_ERRORS as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            return self._failed(record, t0, metrics)
+        return self._succeeded(record, result, base, t0, metrics)
 
     def _failed(self, record: RoundRecord, t0: float,
                 metrics: MetricRecord | None) -> tuple[ArrayRecord | None, MetricRecord | None]:
