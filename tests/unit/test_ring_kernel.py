@@ -75,7 +75,11 @@ def test_column_views_and_non_contiguous_rows_are_accepted(threads):
     a = full_range(rng, (12, 3 * B))
     frozen = a.copy()
     frozen.flags.writeable = False
-    for view in (a[::2, B - 5 : 2 * B + 7], a[:, ::3], a[::-1], np.asfortranarray(a[:7, :B + 3]), frozen):
+    unaligned = np.frombuffer(bytearray(1) + a[:5].tobytes(), dtype=np.uint64, offset=1).reshape(5, -1)
+    assert not unaligned.flags.aligned  # as a message parsed from the network can be
+    broadcast = np.broadcast_to(a[3], (6, a.shape[1]))
+    for view in (a[::2, B - 5 : 2 * B + 7], a[:, ::3], a[::-1], np.asfortranarray(a[:7, :B + 3]), frozen, unaligned,
+                 broadcast):
         np.testing.assert_array_equal(rk.gram(view), np.matmul(view, view.T))
         np.testing.assert_array_equal(rk.matmul_t(view, a[:5, : view.shape[1]]), np.matmul(view, a[:5, : view.shape[1]].T))
     np.testing.assert_array_equal(a, full_range(np.random.default_rng(3), (12, 3 * B)))
