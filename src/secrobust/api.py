@@ -25,11 +25,12 @@ from .protocol.offline import request_triple
 from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.streaming import MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name
-from .rules import secure
+from .rules import modes
 from .rules.plain import plain_run
 from .rules.possible import effective_f
 from .rules.registry import DEFAULT_MIN_PARTICIPANTS
-from .rules.view import DISTANCES, NORMS, Choice, view_words
+from .rules.spec import SecureRule
+from .rules.view import DISTANCES, NORMS, Choice, view_range, view_words
 from .scale import Scale
 from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import encode_center, encode_updates, safe_center
@@ -53,7 +54,7 @@ class AggregateResult:
     f: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     """Workers excluded by the input validity check (or by S1's range check of the opened view), with the reason."""
-    reveal: str = secure.DEFAULT_MODE
+    reveal: str = modes.DEFAULT_MODE
     n: int = 0
     frac_bits: int | None = None
     """F, the fixed point's fractional bits this round used (derived from the bound unless given)."""
@@ -300,7 +301,7 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
     """The plaintext twin of ``aggregate`` on the same encoded updates (same weights, same aggregate, same
     minimum cohort; with ``insecure_test_seed``, the same DP noise and validity projections too;
     ``round_id`` names the round of a seeded ``Cluster`` to mirror). With ``reveal`` "weights" or
-    "aggregate" the rule is its twin on the exact ring view (``rules.secure``)."""
+    "aggregate" the rule is its twin on the exact ring view (``rules.modes``)."""
     refuse_seed_option(options)
     inputs = RoundParams.check(updates, rule, f, frac_bits=frac_bits, reveal=reveal, norm_bound=norm_bound,
                                min_participants=min_participants, dp_noise_std=dp_noise_std,
@@ -333,14 +334,14 @@ def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: 
                        f, run.rejected, reveal, inputs.scale, inputs.excluded)
 
 
-def _plain_on_shares(rule: secure.SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,
+def _plain_on_shares(rule: SecureRule, rows: np.ndarray, run: Any, f: int, options: dict, reveal: str,
                      bound: int, frac_bits: int) -> tuple[Choice | None, np.ndarray]:
     """The twin of a rule on shares: its ring weights on the exact ring view, then the public-weight sum
     ("weights") or the ring sum with the center's part in the ring ("aggregate")."""
     y = rows - run.center if run.center is not None else rows
     view = view_words(np.matmul(y, y.T), rule.needs) if rule.needs else {}
     f_eff = effective_f(f, run.rejected)
-    dmax = secure.view_range(bound, run.center)
+    dmax = view_range(bound, run.center)
     if rule.output == "aggregate":
         return None, rule.plain(view, rows.shape[0], f_eff, options, dmax, rows=rows)
     w, cw = rule.plain(view, rows.shape[0], f_eff, options, dmax, frac_bits=frac_bits)
@@ -363,7 +364,7 @@ def refuse_seed_option(options: Mapping[str, Any]) -> None:
 
 def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants: tuple[int, ...], n: int,
                 stats: Stats, rule: str, f: int, rejected: Mapping[int, str] | None = None,
-                reveal: str = secure.DEFAULT_MODE, scale: Scale | None = None,
+                reveal: str = modes.DEFAULT_MODE, scale: Scale | None = None,
                 excluded: Mapping[int, str] | None = None) -> AggregateResult:
     idx = np.array(participants, dtype=np.int64)
     weights = None
@@ -371,7 +372,7 @@ def make_result(out: np.ndarray, choice: Choice | None, view: Any, participants:
         weights = np.zeros(n)
         weights[idx] = choice.weights
     revealed = {}
-    for key in (DISTANCES, NORMS) if reveal == secure.DEFAULT_MODE and view is not None else ():
+    for key in (DISTANCES, NORMS) if reveal == modes.DEFAULT_MODE and view is not None else ():
         value = getattr(view, key)
         if value is not None:
             full = np.full((n, n) if value.ndim == 2 else (n,), np.nan)

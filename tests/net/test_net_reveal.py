@@ -159,10 +159,10 @@ def test_a_pooled_triple_serves_only_a_round_of_the_same_mode_and_circuit():
 def _circuit_openings(rule: str, n: int, f: int, dmax: int) -> list[int]:
     """Bytes of each opening of the rule's circuit for n workers (a dry run of party 0 on zero shares)."""
     from secrobust.gates import arith
-    from secrobust.rules import secure
+    from secrobust.rules.registry import circuit_on_shares
     from secrobust.rules.view import DISTANCES
 
-    circuit = secure._SECURE[rule]
+    circuit = circuit_on_shares(rule)
     view = {k: np.zeros((n, n) if k == DISTANCES else n, dtype=np.uint64) for k in circuit.needs}
     gen = circuit.circuit(0, view, n, f, {}, dmax, arith.Counter())
     sizes = []
@@ -180,18 +180,23 @@ def _circuit_openings(rule: str, n: int, f: int, dmax: int) -> list[int]:
 def test_the_peer_takes_the_rule_openings_in_order_and_no_more_than_the_circuit_has(reveal):
     """No processes: S0's and S1's expected sequences of peer messages with the rule on shares, the cap
     before a server's own circuit has ended, the exact count after, and the size bound of one opening."""
-    from secrobust.deploy.server.sequence import PeerSequence, rule_open_bytes, rule_step_cap
+    from secrobust.deploy.server.sequence import (
+        PeerSequence,
+        rule_open_bytes,
+        rule_step_cap,
+    )
     from secrobust.protocol.messages import Message
-    from secrobust.rules import secure
+    from secrobust.rules import sizing
+    from secrobust.rules.view import dmax_for
     from secrobust.transport.grpc.errors import Rejected
 
     req = RoundRequest(3, tuple(range(8)), 8, "krum", 1, triple_id="t", reveal=reveal)
     plan = req.plan()
     cap = rule_step_cap(req, plan)
-    steps = secure.rounds("krum", 8, 1, {}, secure.dmax_for(plan.bound))
+    steps = sizing.rounds("krum", 8, 1, {}, dmax_for(plan.bound))
     assert cap > steps
     for n in range(5, 9):                              # fewer participants open no more in any one step
-        assert max(_circuit_openings("krum", n, 1, secure.dmax_for(plan.bound))) <= rule_open_bytes(plan)
+        assert max(_circuit_openings("krum", n, 1, dmax_for(plan.bound))) <= rule_open_bytes(plan)
 
     def msg(kind, step=None):
         return Message(kind, 3, "S1", "S0", fields={} if step is None else {"step": step})

@@ -14,7 +14,7 @@ from ..gates.compare import Party
 from ..gates.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..rules.possible import choose_possible, effective_f, require_passed
 from ..rules.registry import RuleSpec
-from ..rules.secure import SecureRule
+from ..rules.spec import SecureRule
 from . import offline, server, streaming
 from .messages import RULE_OPEN, VALIDITY_OPEN, Message
 

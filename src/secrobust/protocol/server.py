@@ -37,8 +37,9 @@ from ..gates.arith import Budget
 from ..gates.compare import AndSource, Party
 from ..gates.dealer import TripleLedger, TripleShare0, TripleShare1, TripleSpec
 from ..primitives import prg, ring, sharing
-from ..rules import secure
-from ..rules.view import DISTANCES, Choice, View, view_words
+from ..rules import modes, sizing
+from ..rules.spec import SecureRule
+from ..rules.view import DISTANCES, Choice, View, view_range, view_words
 from .messages import (
     AGGREGATE_SHARE,
     MASKED_OPEN,
@@ -72,8 +73,8 @@ class RoundPlan:
     validity: bool = True
     norm_bound: int | None = None
     """The validity check's norm bound in scaled units (``validity.scaled_bound``); None is B = 2^27."""
-    mode: str = secure.DEFAULT_MODE
-    """What the round reveals (``rules.secure.MODES``): the view to S1, only the weights, or only the aggregate."""
+    mode: str = modes.DEFAULT_MODE
+    """What the round reveals (``rules.modes.MODES``): the view to S1, only the weights, or only the aggregate."""
     rule_budget: Budget = Budget()
     """The dealer material of the rule's circuit on shares (modes "weights" and "aggregate")."""
     weighted_sum: bool = True
@@ -83,25 +84,25 @@ class RoundPlan:
     @classmethod
     def build(cls, round_id: int, worker_ids: tuple[int, ...], d: int, frac_bits: int, needs: tuple[str, ...],
               center: np.ndarray | None, triple_id: str | None, chunk_bytes: int, validity: bool, bound: int,
-              reveal: str, rule: "secure.SecureRule | None", f: int, options: dict) -> "RoundPlan":
+              reveal: str, rule: "SecureRule | None", f: int, options: dict) -> "RoundPlan":
         """The plan both servers (and the in-process run) derive from a round's public parameters: the triple
         id only when the round uses a triple, and with the rule on shares (``rule``, from
-        ``secure.secure_rule``) the mode and the dealer material of its circuit for all ``worker_ids``
+        ``modes.secure_rule``) the mode and the dealer material of its circuit for all ``worker_ids``
         (enough for fewer, after dropouts)."""
-        secure.check_checked(rule, validity)
+        modes.check_checked(rule, validity)
         budget = Budget()
         if rule is not None:
-            budget = secure.budget(rule.name, len(worker_ids), f, options, secure.view_range(bound, center), d,
+            budget = sizing.budget(rule.name, len(worker_ids), f, options, view_range(bound, center), d,
                                     frac_bits)
         return cls(round_id, worker_ids, d, frac_bits, needs, center,
                    triple_id if needs or validity or rule is not None else None, chunk_bytes, validity, bound,
-                   reveal if rule is not None else secure.DEFAULT_MODE, budget,
+                   reveal if rule is not None else modes.DEFAULT_MODE, budget,
                    rule is None or rule.output == "weights")
 
     @property
     def on_shares(self) -> bool:
         """The rule runs in 2PC on the shared view instead of S1 opening it."""
-        return self.mode != secure.DEFAULT_MODE
+        return self.mode != modes.DEFAULT_MODE
 
     @property
     def bound(self) -> int:
@@ -109,8 +110,8 @@ class RoundPlan:
 
     @functools.cached_property
     def view_range(self) -> int:
-        """The largest entry of the rule's view for accepted inputs (``rules.secure.view_range``)."""
-        return secure.view_range(self.bound, self.center)
+        """The largest entry of the rule's view for accepted inputs (``rules.view.view_range``)."""
+        return view_range(self.bound, self.center)
 
     @property
     def triple_kind(self) -> str | None:
@@ -428,8 +429,8 @@ def empty_view(state: ServerState) -> ServerState:
 
 # Steps 4-5 on shares (reveal="weights" or "aggregate"): the rule's circuit replaces S1's opening.
 
-def rule_party(state: ServerState, rule: secure.SecureRule, f: int, options: dict) -> Party:
-    """This server's side of the rule on the shared view (``rules.secure``). Returns the opened ring weights
+def rule_party(state: ServerState, rule: SecureRule, f: int, options: dict) -> Party:
+    """This server's side of the rule on the shared view (``rules.modes``). Returns the opened ring weights
     and center weight (n + 1,) with reveal="weights"; with reveal="aggregate" (weights (plan rows,), center
     weight, the peer's w - u), after one more exchange: each server's weight shares over the plan's rows,
     masked by the dealer's uniform u (S0) or u' (S1)."""

@@ -13,7 +13,7 @@ from ...errors import ProtocolError
 from ...protocol import messages as M
 from ...protocol.nodes import ServerNode
 from ...protocol.server import noise_share
-from ...rules import secure
+from ...rules import modes
 from ...transport.grpc import Accounting
 from ...transport.grpc.errors import PartyUnreachable
 from ...transport.grpc.logs import LOGGER_NAME, Timer, event
@@ -153,7 +153,7 @@ class RoundDriver:
                 rnd.weights = np.asarray(choice.weights, dtype=np.float64)
             # with the weights shared, the center's part is inside the aggregate shares already
             rnd.center_weight = float(choice.center_weight) if choice is not None else 0.0
-            if st.view is not None and rnd.mode == secure.DEFAULT_MODE:
+            if st.view is not None and rnd.mode == modes.DEFAULT_MODE:
                 rnd.view = {k: v for k in ("distances", "norms") if (v := getattr(st.view, k)) is not None}
             rnd.own_share = share
             rnd.aggregate_digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()

@@ -9,12 +9,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from ...primitives import prg
 from ...pki.certs import DEALER_ID, Identity, operator_party, worker_index
+from ...primitives import prg
 from ...protocol import messages as M
 from ...protocol.messages import Message
 from ...protocol.nodes import ServerNode
-from ...rules import secure
+from ...rules import modes
 from ...transport.grpc import Accounting, PeerClient
 from ...transport.grpc import secrobust_pb2 as pb
 from ...transport.grpc.errors import Rejected
@@ -23,7 +23,8 @@ from ...transport.grpc.pace import Pace
 from ...transport.grpc.tls import MAX_GRPC_MESSAGE
 from ...transport.handler import CONTROL_LIMIT, PartyHandler
 from ..config import PartyConfig
-from ..declines import COMMAND as DECLINE, parse_decline
+from ..declines import COMMAND as DECLINE
+from ..declines import parse_decline
 from ..pool import triple_key
 from ..rounds import RoundRequest
 from .driver import RoundDriver
@@ -359,6 +360,6 @@ class ServerRuntime(PartyHandler):
                 "traffic": traffic(self.accounting, rnd), "triple": dict(rnd.triple),
                 "key_traffic": self.accounting.totals(key_traffic_key(rnd.round_id)),
             }
-            if self.index == 1 and rnd.mode == secure.DEFAULT_MODE:
+            if self.index == 1 and rnd.mode == modes.DEFAULT_MODE:
                 out["view"] = {k: v.tolist() for k, v in rnd.view.items()}
             return out

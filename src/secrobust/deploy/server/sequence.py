@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from ...circuits import validity
+from ...errors import RoundAborted
 from ...gates.arith import Budget
 from ...gates.dealer import TripleSpec
-from ...errors import RoundAborted
 from ...protocol import messages as M
 from ...protocol.messages import Message
 from ...protocol.server import RoundPlan
-from ...rules import secure
+from ...rules import sizing
 from ...transport.grpc.errors import Rejected
 from ..rounds import RoundRequest
 
@@ -44,7 +44,7 @@ def rule_step_cap(request: RoundRequest, plan: RoundPlan) -> int:
     fixed the exact count (``PeerSequence.rule_finished``)."""
     if not plan.on_shares:
         return 0
-    return secure.rounds(request.rule, len(plan.worker_ids), request.f, dict(request.options),
+    return sizing.rounds(request.rule, len(plan.worker_ids), request.f, dict(request.options),
                          plan.view_range, plan.d, plan.frac_bits) + RULE_SLACK_STEPS
 
 
