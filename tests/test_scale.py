@@ -7,12 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import secrobust
 from secrobust.cli import app
 from secrobust.primitives import ring
-from secrobust.scale import fit_frac_bits
+from secrobust.scale import fit_frac_bits, honest_norms
 
 
 def _float_krum(x: np.ndarray, f: int) -> int:
@@ -129,3 +131,22 @@ def test_the_cli_reads_torch_files_and_reports_the_scale(tmp_path) -> None:
     torch.save({"not": "a tensor"}, tmp_path / "d.pt")
     bad = CliRunner().invoke(app, ["aggregate", "--updates", str(tmp_path / "d.pt")])
     assert bad.exit_code == 2 and "holds a dict, not one tensor" in bad.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 11), st.integers(1, 40), st.integers(-5, 200), st.integers(0, 2**32 - 1))
+def test_honest_norms_equal_numpys_norm_bit_for_bit(n: int, d: int, exponent: int, seed: int) -> None:
+    """The one-pass norms decide F and the over-bound rows, so they must be np.linalg.norm's exactly,
+    NaN, infinity and overflowing rows included."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * 10.0 ** exponent
+    for _ in range(int(rng.integers(0, 3))):
+        x[rng.integers(n), rng.integers(d)] = rng.choice([np.nan, np.inf, -np.inf, 1e300])
+    honest = rng.random(n) < 0.8
+    want = np.full(n, np.nan)
+    finite = honest & np.isfinite(x).all(axis=1)
+    with np.errstate(over="ignore"):
+        want[finite] = np.linalg.norm(x[finite], axis=1)
+        got, got_finite = honest_norms(x, honest)
+    assert np.array_equal(got_finite, finite)
+    assert np.array_equal(got, want, equal_nan=True)

@@ -59,9 +59,7 @@ def resolve(x: np.ndarray, honest: np.ndarray, frac_bits: int | None, norm_bound
     if over_bound not in OVER_BOUND:
         raise ValueError(f"over_bound must be one of {', '.join(OVER_BOUND)}, got {over_bound!r}")
     d = x.shape[1]
-    norms = np.full(x.shape[0], np.nan)
-    finite = honest & np.isfinite(x).all(axis=1)
-    norms[finite] = np.linalg.norm(x[finite], axis=1)
+    norms, finite = honest_norms(x, honest)
     from_data = False
     if frac_bits is None:
         if norm_bound is not None:
@@ -86,6 +84,29 @@ def resolve(x: np.ndarray, honest: np.ndarray, frac_bits: int | None, norm_bound
     reasons = {int(i): f"update norm {norms[i]:.6g} is above the bound {bound:.6g} (over_bound='exclude')"
                for i in over}
     return Scale(frac_bits, bound, from_data), x, reasons
+
+
+_NORM_ROWS = 4
+"""Rows squared at a time: the temporary stays a few rows, not the n x d copy ``np.linalg.norm`` makes."""
+
+
+def honest_norms(x: np.ndarray, honest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L2 norm of each honest finite row, NaN elsewhere; which honest rows are finite). Each norm is
+    sqrt(add.reduce(row * row)), bit for bit what ``np.linalg.norm(x, axis=1)`` gives, in one pass over x."""
+    norms = np.full(x.shape[0], np.nan)
+    finite = np.zeros(x.shape[0], dtype=bool)
+    rows = np.flatnonzero(honest)
+    for start in range(0, rows.size, _NORM_ROWS):
+        idx = rows[start:start + _NORM_ROWS]
+        block = x[idx[0]:idx[-1] + 1] if idx[-1] - idx[0] == idx.size - 1 else x[idx]
+        with np.errstate(over="ignore"):
+            sq = np.add.reduce(block * block, axis=1)
+        ok = np.isfinite(sq)
+        for j in np.flatnonzero(~ok):
+            ok[j] = bool(np.isfinite(block[j]).all())
+        finite[idx] = ok
+        norms[idx[ok]] = np.sqrt(sq[ok])
+    return norms, finite
 
 
 def _positive(value: object) -> bool:
