@@ -28,9 +28,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Self
 
 SUBNET = ipaddress.ip_network("10.231.0.0/16")
 NETNS_DIR = Path("/run/netns")
@@ -68,7 +69,7 @@ PROFILES: dict[str, Profile] = {
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -115,7 +116,7 @@ def stale_namespaces() -> list[str]:
 
 
 def _bits(mbit: float) -> int:
-    return int(round(mbit * 1e6))
+    return round(mbit * 1e6)
 
 
 def _tbf(rate_bit: int) -> list[str]:
@@ -168,7 +169,7 @@ class Links:
 
     # lifecycle
 
-    def __enter__(self) -> "Links":
+    def __enter__(self) -> Self:
         self.open()
         return self
 

@@ -30,7 +30,7 @@ dealer made during the round before) the script records:
 The aggregate of every round is checked against ``secrobust.plain_aggregate`` (its plaintext twin).
 
 Usage (root; a few minutes per profile at n = 50, d = 1e6 on 2 cores):
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/netns_bench.py --n 50 --d 1000000 --rounds 4 \\
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/netns_bench.py --n 50 --d 1000000 --rounds 4 --src-rev HEAD \\
         --profiles 1g 200m 10g-100m --out bench/results/netns_bench.json
 writes the JSON and a Markdown table beside it (``.md``). Every namespace, link and qdisc it made is
 removed on success, failure, Ctrl-C and SIGTERM; ``--cleanup-stale`` removes those of an earlier run
@@ -40,14 +40,17 @@ that was SIGKILLed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,13 +58,36 @@ from typing import Any
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
+
+def _run_committed_src() -> None:
+    """With ``--src-rev REV``: export ``src/`` as committed at REV and run this script again on it, so a
+    half-edited shared working tree never reaches the measurement (the deployment's children load the
+    export too: ``LocalDeployment`` puts the package's own folder on their PYTHONPATH)."""
+    argv = sys.argv[1:]
+    if "--src-rev" not in argv:
+        return
+    i = argv.index("--src-rev")
+    rev = argv[i + 1]
+    root = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dest = Path(tempfile.mkdtemp(prefix=f"netns-bench-src-{sha}-"))
+    archive = subprocess.run(["git", "-C", str(root), "archive", sha, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    env = dict(os.environ, PYTHONPATH=str(dest / "src"), NETNS_BENCH_SRC_COMMIT=sha, NETNS_BENCH_SRC_DIR=str(dest))
+    os.execve(sys.executable, [sys.executable, __file__, *argv[:i], *argv[i + 2:]], env)
+
+
+if __name__ == "__main__":
+    _run_committed_src()
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import netns  # noqa: E402
+import netns
 
-import secrobust  # noqa: E402
-from secrobust.deploy.local import LocalDeployment, LocalOptions  # noqa: E402
+import secrobust
+from secrobust.deploy.local import LocalDeployment, LocalOptions
 
 UPLOAD_MIN_RATE = 1e6
 """S1's default ``upload_min_rate`` (``secrobust.deploy.config``)."""
@@ -97,7 +123,7 @@ class NetnsDeployment(LocalDeployment):
     def _move_addresses(self) -> None:
         moved = {}
         for name, addr in self.addresses.items():
-            host, port = addr.rsplit(":", 1)
+            port = addr.rsplit(":", 1)[1]
             moved[addr] = f"{self.links.addresses[name]}:{port}"
         for path in self.cert_dir.rglob("*.toml"):
             text = path.read_text()
@@ -354,32 +380,50 @@ def machine() -> dict[str, Any]:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
+    rev = os.environ.get("NETNS_BENCH_SRC_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True,
+                           check=False)
     src = Path(secrobust.__file__).resolve().parents[1]
     return {"secrobust_src": str(src), "src_is_working_tree": src == ROOT / "src",
             "cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
-            "python": platform.python_version(), "commit": rev.stdout.strip(),
+            "python": platform.python_version(), "commit": rev,
             "src_uncommitted_changes": bool(dirty.stdout.strip()),
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "tc": subprocess.run(["tc", "-V"], capture_output=True, text=True).stdout.strip()}
+            "tc": subprocess.run(["tc", "-V"], capture_output=True, text=True, check=False).stdout.strip()}
+
+
+def required_floor(rnd: dict[str, Any], profile: netns.Profile) -> dict[str, Any]:
+    """The round's link floor: the link direction that is busiest by the protocol's own byte accounting (so
+    the workers' aggregate downloads, which may start before the operators finish, never pick it), with the
+    bytes its token bucket passed during the round (frames with all overhead) over its rate."""
+    pay = busiest(rnd["payload_bytes"], profile)
+    if not pay.get("link"):
+        return {"floor_s": 0.0}
+    wire = rnd["wire_bytes"][pay["link"]][pay["direction"]]
+    rate = profile.rate_mbit(pay["link"])
+    return {"link": pay["link"], "direction": pay["direction"], "bytes": wire, "payload_bytes": pay["bytes"],
+            "rate_mbit": rate, "floor_s": wire / (rate * 1e6 / 8)}
 
 
 def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Per profile: the warm rounds (all but the first) with their floors and ratios."""
     rows = []
     for prof in res["profiles"]:
+        profile = netns.Profile(**prof["profile"])
         warm = prof["rounds"][1:] or prof["rounds"]
         by_time = sorted(warm, key=lambda r: r["open_to_result_s"])
         med = by_time[len(by_time) // 2]
-        fl = med["floor"]
+        fl = required_floor(med, profile)
         rows.append({
             "profile": prof["profile"]["name"],
             "busiest": f"{fl['link']} {fl['direction']}" if fl.get("link") else "-",
-            "bytes_mb": round(fl.get("bytes", 0) / 1e6, 1), "rate_mbit": fl.get("rate_mbit"),
-            "floor_s": round(fl["floor_s"], 2),
+            "bytes_mb": round(fl.get("bytes", 0) / 1e6, 1), "payload_mb": round(fl.get("payload_bytes", 0) / 1e6, 1),
+            "rate_mbit": fl.get("rate_mbit"), "floor_s": round(fl["floor_s"], 2),
             "open_to_result_s": [r["open_to_result_s"] for r in by_time],
-            "median_s": med["open_to_result_s"], "median_ratio": med["ratio_open_to_result"],
+            "median_s": med["open_to_result_s"],
+            "ratios": [round(r["open_to_result_s"] / fl["floor_s"], 2) for r in by_time] if fl["floor_s"] else [],
+            "median_ratio": round(med["open_to_result_s"] / fl["floor_s"], 2) if fl["floor_s"] else None,
             "launcher_round_s": sorted(r["round_s"] for r in warm),
             "with_downloads_s": sorted(r["with_downloads_s"] for r in warm),
             "floor_with_downloads_s": round(med["floor_with_downloads"]["floor_s"], 2),
@@ -393,7 +437,7 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def src_note(m: dict[str, Any]) -> str:
     if not m.get("src_is_working_tree", True):
-        return f" (src/ as committed, exported to {m['secrobust_src']})"
+        return " (src/ as committed, exported)"
     return " (src/ had uncommitted changes)" if m["src_uncommitted_changes"] else ""
 
 
@@ -405,26 +449,29 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, kernel {m['kernel']}, Python {m['python']}, "
+        (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, kernel {m['kernel']}, Python {m['python']}, "
         f"commit {m['commit']}{src_note(m)}, {m['date_utc']}. "
         "Every party (dealer, S0, S1, each worker) is a process in its own namespace; all of them share this "
-        "machine's cores.",
+        "machine's cores."),
         "",
-        "Floor: bytes the busiest link direction's token bucket passed during the round (tc qdisc counters: frames "
-        "with IP/TCP/TLS overhead) / its rate. Round: from the round's opening at the servers to the aggregate "
+        ("Floor: the bytes the busiest link direction's token bucket passed during the round (tc qdisc counters: "
+        "frames with IP/TCP/TLS overhead; payload MB by the deployment's own accounting in brackets) / its rate; "
+        "busiest by the protocol's payload, so the workers' downloads of the aggregate never pick it. "
+        "Round: from the round's opening at the servers to the aggregate "
         "at the operators (the launcher's time, which adds writing the workers' input files, is the next column). "
-        "Warm: rounds after the first; ratio: median warm round / floor.",
+        "Warm: rounds after the first; ratio: median warm round / floor."),
         "",
-        "| profile | busiest link | bytes (MB) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratio | launcher (s) "
+        ("| profile | busiest link | MB (payload) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratios (median) | launcher (s) "
         "| + workers' downloads (s) / floor | median round: last upload, last row of E, S1 done (s) "
-        "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | load 1 min |",
+        "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | load 1 min |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         c, a = row["median_cpu_s"], row["median_after_open_s"]
         lines.append(
-            f"| {row['profile']} | {row['busiest']} | {row['bytes_mb']} | {row['rate_mbit'] or '-'} | {row['floor_s']} | "
-            f"{', '.join(f'{t:.2f}' for t in row['open_to_result_s'])} | **{row['median_ratio']}** | "
+            f"| {row['profile']} | {row['busiest']} | {row['bytes_mb']} ({row['payload_mb']}) | {row['rate_mbit'] or '-'} "
+            f"| {row['floor_s']} | {', '.join(f'{t:.2f}' for t in row['open_to_result_s'])} | "
+            f"{', '.join(f'{t:.2f}' for t in row['ratios']) or '-'} (**{row['median_ratio']}**) | "
             f"{', '.join(f'{t:.2f}' for t in row['launcher_round_s'])} | "
             f"{', '.join(f'{t:.2f}' for t in row['with_downloads_s'])} / {row['floor_with_downloads_s']} | "
             f"{a['last_upload']}, {a['last_row_of_e']}, {a['s1_done']} | "
@@ -437,13 +484,13 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "## Against Flower SecAgg+'s link floor (not run in namespaces)",
         "",
-        "Payload bytes only (no TLS/TCP/IP overhead) on both sides. secrobust: the deployment's own accounting "
+        ("Payload bytes only (no TLS/TCP/IP overhead) on both sides. secrobust: the deployment's own accounting "
         "(`stats.bytes_between`) of the median warm round, mapped onto the links; it leaves out the aggregate-share "
         "downloads (the operators' two of 8d bytes, which end the round, and the workers', which it does not wait "
         "for). SecAgg+: the "
         "SuperLink on a server access link and each SuperNode on a worker link, with the payload bytes the "
         "ServerApp sent (the parameters to each client) and received (the masked vectors) in a warm round of "
-        "bench/flower_vs_secrobust.py.",
+        "bench/flower_vs_secrobust.py."),
         "",
         "| profile | secrobust payload floor: busiest link, MB, s | SecAgg+ payload floor: busiest link, MB, s |",
         "|---|---|---|",
@@ -469,6 +516,8 @@ def main() -> None:
     ap.add_argument("--profiles", nargs="+", default=list(netns.PROFILES), choices=list(netns.PROFILES))
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here and the Markdown beside it")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the deployment's files (logs) here")
+    ap.add_argument("--src-rev", default=None, help="measure src/ as committed at this git revision (exported to a "
+                    "temporary folder), not the working tree")
     ap.add_argument("--render", type=Path, default=None, help="only write the Markdown of this JSON result beside it")
     ap.add_argument("--cleanup-stale", action="store_true",
                     help="only delete namespaces left by an earlier run of this script that was killed")
@@ -480,12 +529,16 @@ def main() -> None:
     if why:
         sys.exit(f"netns_bench: {why}")
     netns.guard_signals()
+    if os.environ.get("NETNS_BENCH_SRC_DIR", "").startswith(tempfile.gettempdir()):
+        atexit.register(shutil.rmtree, os.environ["NETNS_BENCH_SRC_DIR"], True)
     if args.cleanup_stale:
         for name in netns.stale_namespaces():
             subprocess.run(["ip", "netns", "del", name], check=False)
             print("deleted", name)
         return
-    res: dict[str, Any] = {"command": "OPENBLAS_NUM_THREADS=1 .venv/bin/python " + shlex.join(["bench/netns_bench.py", *sys.argv[1:]]),
+    shown = [*sys.argv[1:], *(["--src-rev", os.environ["NETNS_BENCH_SRC_COMMIT"]]
+                              if "NETNS_BENCH_SRC_COMMIT" in os.environ else [])]
+    res: dict[str, Any] = {"command": "OPENBLAS_NUM_THREADS=1 .venv/bin/python " + shlex.join(["bench/netns_bench.py", *shown]),
                            "machine": machine(), "n": args.n, "d": args.d, "rule": args.rule, "f": args.f,
                            "profiles": []}
     for name in args.profiles:
