@@ -11,6 +11,7 @@ split: the ServerApp holds operator:S0's key only; mutual TLS between them and w
   rounds, the model changed, and the rounds' lines reach ``flwr log``;
 * a run with an f the five nodes cannot meet ends ``finished:failed`` with the strategy's error, and so
   does a run with a rule S1's policy does not allow;
+* the same 3-round run with one message per node and round (``one-message``) instead of two, timed;
 * a registered node that brings another worker's secrobust key (a stolen key) is refused as that worker:
   its reply is dropped, and with four usable replies for Krum's five the run ends as an error naming it.
 
@@ -21,11 +22,12 @@ dependencies into a fresh environment, which needs the network and a published s
 this venv instead (docs/flower.md). Readiness is waited on, never slept for: the servers' ready file, the
 SuperLink's port, and the strategy's own check that the rule's five nodes are connected (``node-wait-s``).
 Every process started here, and every process they started, is killed at the end, even on failure.
-Slow (about 2-3 minutes on a loaded 2-core machine): ``-m slow``.
+Slow (about 7 minutes on a loaded 2-core machine): ``-m slow``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -280,6 +282,27 @@ def test_flwr_run_completes_and_the_byzantine_node_gets_weight_0(deployment):
     approved = [json.loads(line) for line in (deployment["sec"] / "logs" / "approval.log").read_text().splitlines()
                 if '"round-approved"' in line]
     assert [a["round"] for a in approved][-2:] == [r["round_id"] for r in got["rounds"]]
+
+
+def test_one_message_per_node_and_round_under_process_per_message(deployment):
+    """The same 3-round run with two messages per node and round, then with one (the round opened before
+    training: each node pays one ClientApp cold start per round instead of two); both give the Byzantine
+    node weight 0, and the wall time of rounds 2 and 3 is measured (printed, and kept in one-message.json)."""
+    times = {}
+    for mode in ("false", "true"):
+        summary = deployment["root"] / f"summary-one-message-{mode}.json"
+        run = _finished(deployment, _run(deployment, f"num-server-rounds=3 f=1 byzantine=1 node-wait-s=600.0 "
+                                                     f"one-message={mode} summary-file='{summary}'"))
+        assert run["status"] == "finished:completed", run
+        got = json.loads(summary.read_text())
+        assert all(r["error"] is None and r["weights"][BYZANTINE] == 0.0 for r in got["rounds"])
+        assert all(("share" in r["seconds"]) == (mode == "false") for r in got["rounds"])
+        ends = got["round_ends"]
+        times[mode] = [round(b - a, 2) for a, b in itertools.pairwise(ends)]
+    out = {"two_messages_s": times["false"], "one_message_s": times["true"], "nodes": NODES,
+           "load_average": os.getloadavg()}
+    (deployment["root"] / "one-message.json").write_text(json.dumps(out))
+    print("one message per node and round:", json.dumps(out))
 
 
 def test_flwr_run_with_an_f_the_nodes_cannot_meet_ends_as_an_error(deployment):

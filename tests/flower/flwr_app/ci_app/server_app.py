@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    strategy = SecRobust.from_run_config(cfg, fraction_evaluate=0.0)
+    ends: list[float] = []
+    strategy = SecRobust.from_run_config(cfg, fraction_evaluate=0.0, on_round=lambda rec: ends.append(time.time()))
     initial = np.zeros(D)
     try:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord([initial]),
@@ -31,6 +33,6 @@ def main(grid: Grid, context: Context) -> None:
                            "weights": None if r.result is None or r.result.weights is None
                            else [float(v) for v in r.result.weights], "error": r.error,
                            "seconds": r.seconds} for r in strategy.history],
-               "initial": initial.tolist(), "final": final.tolist()}
+               "initial": initial.tolist(), "final": final.tolist(), "round_ends": ends}
     if cfg.get("summary-file"):
         Path(str(cfg["summary-file"])).write_text(json.dumps(summary))
