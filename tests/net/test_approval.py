@@ -282,3 +282,24 @@ def test_the_round_command_runs_a_whole_round_through_the_service(dep, tmp_path)
         assert np.array_equal(np.load(out)["aggregate"], want.aggregate)
     finally:
         service.stop()
+
+
+def test_a_different_request_at_s0_than_the_one_s1_approved_aborts_at_both(dep):
+    """The Flower operator opens at S0 a cohort S1's policy would refuse and sends the service an approvable
+    one for the same round id: the servers compare the requests' digests before any share is used, so the
+    round aborts at both (no share key is handed out)."""
+    service = _service(dep, POLICY)
+    op = _split(dep, service)
+    try:
+        statuses = op.status()
+        approvable = op.with_triples(_request(op.next_round_id(statuses)), statuses)
+        smaller = replace(approvable, worker_ids=(0, 1, 2, 3, 4), f=0, prefetch=())
+        op.clients["S0"].control("open-round", smaller.round_id, smaller.to_json())
+        op.clients["S1"].control("open-round", approvable.round_id, approvable.to_json())
+        reps = {name: dep.operator.clients[name].control("report", approvable.round_id, {"wait_s": 60.0},
+                                                          timeout=90.0) for name in ("S0", "S1")}
+        assert all(rep["status"] == "aborted" for rep in reps.values()), reps
+        assert all("the servers hold different requests" in rep["reason"] for rep in reps.values()), reps
+    finally:
+        op.close()
+        service.stop()
