@@ -38,6 +38,7 @@ N = 6
 D = 40
 POLICY = Policy(rules=("krum", "multi-krum"), min_cohort=5, workers=tuple(range(N)), max_rounds=3,
                 per_seconds=3600.0, test_seeds=True)
+DP_POLICY = replace(POLICY, min_dp_noise_std=0.01)
 
 
 class Clock:
@@ -67,13 +68,14 @@ def _request(round_id: int, workers=tuple(range(N)), **kw) -> RoundRequest:
     ({"workers": (0, 1, 2, 3, 4, 99)}, r"workers \[99\] are not among"),
     ({"rule": "mean", "f": 0}, "rule 'mean' is not allowed"),
     ({"share_window_s": 4000.0}, "share window of 4000 s is above"),
+    ({"dp_noise_std": 0.001}, "DP noise std 0.001 is below the policy's minimum of 0.01"),
 ])
 def test_each_request_outside_the_policy_is_refused_with_its_reason(change, why):
-    approvals = Approvals(POLICY, Clock())
+    approvals = Approvals(DP_POLICY, Clock())
     with pytest.raises(PolicyRefused, match=why):
         approvals.approve(3, _request(3, **change).to_json())
     assert approvals.last_round == -1 and not approvals.times     # a refusal uses up nothing
-    assert approvals.approve(3, _request(3).to_json()).round_id == 3
+    assert approvals.approve(3, _request(3, dp_noise_std=0.01).to_json()).round_id == 3
 
 
 def test_replays_and_floods_are_refused():
@@ -111,6 +113,7 @@ def test_policy_file_is_checked_and_round_trips(tmp_path):
     assert Policy.from_mapping({"rules": ["krum"]}, (0, 1, 2)).workers == (0, 1, 2)    # S1's admission list
     import tomllib
     assert Policy.from_mapping(tomllib.loads(policy_toml(POLICY))["policy"]) == POLICY
+    assert Policy.from_mapping(tomllib.loads(policy_toml(DP_POLICY))["policy"]) == DP_POLICY
 
 
 # against the processes

@@ -6,8 +6,8 @@ S0's organisation) cannot open a round at S1 by itself. S1's organisation runs t
 holds ``operator:S1``'s key alone and listens for ``operator:S0`` over mutual TLS (its certificate from S0's
 CA, nobody else admitted). Each ``open-round`` it receives is checked against S1's ``Policy`` (rules and
 reveal modes allowed, a minimum cohort that the round's own ``min_participants`` must enforce at the
-servers, the input validity check on, the workers a round may name, a bound on the share window, a rate
-of rounds, test seeds off) and against replays (a round id not above the last one approved, a triple id
+servers, the input validity check on, the workers a round may name, a bound on the share window, a least
+DP noise, a rate of rounds, test seeds off) and against replays (a round id not above the last one approved, a triple id
 that already ran a round); only then does the service open exactly that request at S1 as
 ``operator:S1``. A refusal is ``not-permitted`` with ``S1's policy refuses round r: <why>``, and S1 never
 hears of the round (the caller's S0 round is then aborted by ``Operator.open_round``).
@@ -33,6 +33,7 @@ Configuration (``operator-s1/approval.toml``; paths relative to the file)::
     per_seconds = 3600              # ... in any window of this many seconds
     min_interval_s = 0              # and at least this long between two approved rounds
     max_share_window_s = 600
+    min_dp_noise_std = 0.0          # the least DP noise (std on the aggregate) a round may ask for
     test_seeds = false              # tests only: a request's fixed test seed
 
 ``operator:S0``'s file names the service under ``[peers]`` as ``"operator:S1" = "host:port"``; an
@@ -83,7 +84,7 @@ CLIENT_PARTY = operator_party(0)
 APPROVAL_FILE = "approval.toml"
 """The service's file, in operator:S1's folder of a provisioned deployment."""
 POLICY_KEYS = ("rules", "reveals", "min_cohort", "check_inputs", "workers", "max_rounds", "per_seconds",
-               "min_interval_s", "max_share_window_s", "test_seeds")
+               "min_interval_s", "max_share_window_s", "min_dp_noise_std", "test_seeds")
 TOP_KEYS = ("operator", "listen", "log_file", "policy")
 KEEP_ROUNDS = 512
 
@@ -105,6 +106,7 @@ class Policy:
     per_seconds: float = 3600.0
     min_interval_s: float = 0.0
     max_share_window_s: float = 600.0
+    min_dp_noise_std: float = 0.0
     test_seeds: bool = False
 
     def __post_init__(self) -> None:
@@ -128,9 +130,10 @@ class Policy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"policy {name} is a positive number, got {value!r}")
-        if isinstance(self.min_interval_s, bool) or not isinstance(self.min_interval_s, (int, float)) or \
-                not 0 <= self.min_interval_s < float("inf"):
-            raise ValueError(f"policy min_interval_s is a number >= 0, got {self.min_interval_s!r}")
+        for name in ("min_interval_s", "min_dp_noise_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"policy {name} is a number >= 0, got {value!r}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], default_workers: tuple[int, ...] = ()) -> Policy:
@@ -158,7 +161,7 @@ class Policy:
                 "check_inputs": self.check_inputs, "workers": None if self.workers is None else list(self.workers),
                 "max_rounds": self.max_rounds, "per_seconds": self.per_seconds,
                 "min_interval_s": self.min_interval_s, "max_share_window_s": self.max_share_window_s,
-                "test_seeds": self.test_seeds}
+                "min_dp_noise_std": self.min_dp_noise_std, "test_seeds": self.test_seeds}
 
     def refusal(self, req: RoundRequest) -> str | None:
         """Why ``req`` breaks the policy (the first rule it breaks), or None. Stateless: replays and the rate
@@ -181,6 +184,8 @@ class Policy:
             return f"reveal={req.reveal!r} is not allowed (allowed: {', '.join(self.reveals)})"
         if req.share_window_s > self.max_share_window_s:
             return f"a share window of {req.share_window_s:g} s is above the policy's {self.max_share_window_s:g} s"
+        if req.dp_noise_std < self.min_dp_noise_std:
+            return f"DP noise std {req.dp_noise_std:g} is below the policy's minimum of {self.min_dp_noise_std:g}"
         if req.test_seed is not None and not self.test_seeds:
             return "a fixed test seed is for tests only"
         return None
@@ -287,7 +292,7 @@ def policy_toml(policy: Policy) -> str:
         lines.append(f"workers = {q(policy.workers)}")
     lines += [f"max_rounds = {policy.max_rounds}", f"per_seconds = {policy.per_seconds:g}",
               f"min_interval_s = {policy.min_interval_s:g}", f"max_share_window_s = {policy.max_share_window_s:g}",
-              f"test_seeds = {str(policy.test_seeds).lower()}"]
+              f"min_dp_noise_std = {float(policy.min_dp_noise_std)!r}", f"test_seeds = {str(policy.test_seeds).lower()}"]
     return "\n".join(lines) + "\n"
 
 

@@ -71,6 +71,8 @@ def register(app: typer.Typer) -> None:
                         per_seconds: float = typer.Option(3600.0, help="... in any window of this many seconds"),
                         min_interval: float = typer.Option(0.0, help="seconds between two approved rounds"),
                         max_share_window: float = typer.Option(600.0, help="longest share window allowed (s)"),
+                        min_dp_noise_std: float = typer.Option(0.0, help="the least DP noise std a round may ask "
+                                                               "for"),
                         allow_unchecked: bool = typer.Option(False, help="let a round turn the input validity "
                                                              "check off (off by default: it is forced on)")) -> None:
         """Split the operators: write S1's approval service's policy (operator-s1/approval.toml) and name the
@@ -83,7 +85,8 @@ def register(app: typer.Typer) -> None:
             policy = Policy(rules=tuple(r.strip() for r in rules.split(",") if r.strip()) or rule_names(),
                             reveals=tuple(m.strip() for m in reveals.split(",") if m.strip()), min_cohort=min_cohort,
                             check_inputs=not allow_unchecked, max_rounds=max_rounds, per_seconds=per_seconds,
-                            min_interval_s=min_interval, max_share_window_s=max_share_window)
+                            min_interval_s=min_interval, max_share_window_s=max_share_window,
+                            min_dp_noise_std=min_dp_noise_std)
             path = provision(dir, listen, policy)
         except (ValueError, TypeError, OSError) as exc:
             fail(f"{type(exc).__name__}: {one_line(exc)}")

@@ -316,6 +316,9 @@ class SecRobust(FedAvg):
         window = policy.get("max_share_window_s")
         if isinstance(window, (int, float)) and self.share_window_s > window:
             problems.append(f"share-window-s = {self.share_window_s:g} (at most {window:g})")
+        least = policy.get("min_dp_noise_std") or 0.0
+        if isinstance(least, (int, float)) and self.dp_noise_std < least:
+            problems.append(f"dp_noise_std = {self.dp_noise_std:g} (at least {least:g})")
         if self.insecure_test_seed is not None and not policy.get("test_seeds"):
             problems.append("a fixed test seed")
         if problems:
