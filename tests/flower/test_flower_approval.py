@@ -171,3 +171,25 @@ def test_flower_servers_starts_s1s_approval_service(tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+def test_flower_servers_split_operators_for_simulations(tmp_path):
+    """FlowerServers(split_operators=True): the simulations' ServerApp holds operator:S0's key alone too."""
+    with FlowerServers(N, tmp_path / "sim", LocalOptions(share_window_s=20.0, peer_timeout_s=15.0,
+                                                          connect_timeout_s=2.0), split_operators=True) as srv:
+        assert [p.name for p in srv.operator_configs()] == ["operator-s0.toml"]
+        assert "approval" in srv.server_pids()
+        strategy = SecRobust(srv.operator_configs(), "krum", 1, reveal="weights", fraction_evaluate=0.0)
+        server = ServerApp()
+
+        @server.main()
+        def main(grid: Grid, context: Context) -> None:
+            strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(D)]), num_rounds=1)
+
+        try:
+            run_inprocess(server, _client(srv), N)
+            assert strategy.operator.relayed == {"S1"}
+        finally:
+            strategy.close()
+        assert strategy.round_metrics[1]["secrobust-weights"][BYZ] == 0.0
+    assert all(not c.alive for c in srv.children.values())

@@ -46,10 +46,14 @@ def test_an_inprocess_simulation_trains_and_multi_krum_gives_byzantine_clients_n
 
 
 def test_reveal_aggregate_hides_the_weights_so_byzantine_weight_is_null(tmp_path):
+    """Also with split operators: the ServerApp holds operator:S0's key only, S1's approval service opens S1's
+    half of the round."""
     s = _sim(tmp_path, "--clients", "6", "--byzantine", "1", "--rounds", "1", "--rule", "krum", "--reveal",
-             "aggregate", "--attack", "gaussian", "--dataset", "digits", "--model", "logreg", "--backend", "inprocess")
+             "aggregate", "--attack", "gaussian", "--dataset", "digits", "--model", "logreg", "--backend", "inprocess",
+             "--split-operators")
     _check(s, 1)
     assert s["byzantine_weight"] is None and s["rounds"][0]["weights"] is None
+    assert s["config"]["split_operators"] is True
 
 
 def test_flowers_simulation_engine_on_ray(tmp_path):

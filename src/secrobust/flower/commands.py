@@ -133,6 +133,8 @@ def register(app: typer.Typer) -> None:
                    seed: int = typer.Option(0, help="seed of the data split, the model and the attacks"),
                    backend: str = typer.Option("ray", help="ray (Flower's Simulation Engine) or inprocess (the "
                                                "ClientApps on threads of this process, no Ray)"),
+                   split_operators: bool = typer.Option(False, help="the ServerApp holds operator:S0's key only; "
+                                                        "S1's rounds go through S1's approval service"),
                    out: Path = typer.Option(..., help="folder for summary.json")) -> None:
         """Run a Flower simulation whose rounds S0, S1 and the dealer aggregate (separate processes)."""
         why = _missing_extra()
@@ -146,7 +148,8 @@ def register(app: typer.Typer) -> None:
             cfg = SimConfig(clients=clients, byzantine=byzantine, rounds=rounds, rule=rule, f=f, attack=attack,
                             attack_options=parse_key_values(attack_option, "--attack-option"), reveal=reveal,
                             options=parse_key_values(option, "--option"), dataset=dataset, model=model,
-                            local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, backend=backend).check()
+                            local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, backend=backend,
+                            split_operators=split_operators).check()
         except (ValueError, TypeError) as exc:
             fail(exc)
         try:

@@ -68,13 +68,7 @@ class ProvisionedServers(LocalDeployment):
         if child.name != APPROVAL:
             super()._spawn(child)
             return
-        log = open(child.log, "ab")  # noqa: SIM115  (the child keeps it; closed here once handed over)
-        try:
-            child.proc = subprocess.Popen([sys.executable, "-m", "secrobust.deploy.approval", *child.argv],
-                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self._env(), cwd=str(self.workdir), start_new_session=True)
-        finally:
-            log.close()
+        spawn_approval(self, child)
 
     def _start(self) -> None:
         missing = [str(self.config_file(p)) for p in self.parties if not self.config_file(p).is_file()]
@@ -112,23 +106,7 @@ class ProvisionedServers(LocalDeployment):
                                              connect_timeout=cfgs[0].connect_timeout_s))
 
     def _wait_approval(self, split: Operator) -> None:
-        """Block until operator:S0 reaches S1 through the approval service (its status call)."""
-        deadline = time.monotonic() + self.options.start_timeout_s
-        try:
-            while True:
-                child = self.children[APPROVAL]
-                if not child.alive:
-                    raise RuntimeError(f"{APPROVAL} exited; log {child.log}:\n{self.tail(APPROVAL)}")
-                try:
-                    split.clients["S1"].control("status", timeout=5.0)
-                    return
-                except (PartyUnreachable, RemoteRejected) as exc:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"operator:S0 cannot reach S1's approval service ({exc}); log "
-                                           f"{child.log}:\n{self.tail(APPROVAL)}") from None
-                    time.sleep(0.1)
-        finally:
-            split.close()
+        wait_approval(self, split)
 
     def _wait_ports(self, state: Path) -> None:
         deadline = time.monotonic() + self.options.start_timeout_s
@@ -156,6 +134,38 @@ class ProvisionedServers(LocalDeployment):
     def first_exited(self) -> str | None:
         """The first party whose process is gone, or None."""
         return next((name for name, c in self.children.items() if not c.alive), None)
+
+
+def spawn_approval(dep: LocalDeployment, child: Child) -> None:
+    """Start S1's approval service (``python -m secrobust.deploy.approval`` with ``child.argv``) as a child of
+    the launcher ``dep``, in its own process group, its output in ``child.log``."""
+    log = open(child.log, "ab")  # noqa: SIM115  (the child keeps it; closed here once handed over)
+    try:
+        child.proc = subprocess.Popen([sys.executable, "-m", "secrobust.deploy.approval", *child.argv],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=dep._env(), cwd=str(dep.workdir), start_new_session=True)
+    finally:
+        log.close()
+
+
+def wait_approval(dep: LocalDeployment, split: Operator) -> None:
+    """Block until operator:S0 reaches S1 through the approval service (its status call); closes ``split``."""
+    deadline = time.monotonic() + dep.options.start_timeout_s
+    try:
+        while True:
+            child = dep.children[APPROVAL]
+            if not child.alive:
+                raise RuntimeError(f"{APPROVAL} exited; log {child.log}:\n{dep.tail(APPROVAL)}")
+            try:
+                split.clients["S1"].control("status", timeout=5.0)
+                return
+            except (PartyUnreachable, RemoteRejected) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"operator:S0 cannot reach S1's approval service ({exc}); log "
+                                       f"{child.log}:\n{dep.tail(APPROVAL)}") from None
+                time.sleep(0.1)
+    finally:
+        split.close()
 
 
 def serve(folder: Path, parties: Iterable[str] | None = None, *, ready_file: Path | None = None,
@@ -192,4 +202,5 @@ def serve(folder: Path, parties: Iterable[str] | None = None, *, ready_file: Pat
             signal.signal(sig, handler)
 
 
-__all__ = ["APPROVAL", "PARTIES", "SERVER_PARTIES", "ProvisionedServers", "default_parties", "serve"]
+__all__ = ["APPROVAL", "PARTIES", "SERVER_PARTIES", "ProvisionedServers", "default_parties", "serve",
+           "spawn_approval", "wait_approval"]

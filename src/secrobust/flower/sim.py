@@ -61,6 +61,8 @@ class SimConfig:
     """In-process backend: ClientApps run on this many threads."""
     share_window_s: float = 120.0
     frac_bits: int | None = None
+    split_operators: bool = False
+    """The ServerApp acts as operator:S0 only; S1's approval service opens S1's half of each round."""
 
     def check(self) -> "SimConfig":
         from ..params import RoundParams
@@ -328,7 +330,7 @@ def run(cfg: SimConfig, out_dir: Path | None = None, *, progress: Any = None) ->
     opts = LocalOptions(share_window_s=cfg.share_window_s, peer_timeout_s=120.0, start_timeout_s=300.0,
                         min_participants=SIM_MIN_PARTICIPANTS)
     summary: dict[str, Any]
-    with TreeMemory() as tree, FlowerServers(cfg.clients, options=opts) as servers:
+    with TreeMemory() as tree, FlowerServers(cfg.clients, options=opts, split_operators=cfg.split_operators) as servers:
         startup = time.perf_counter() - t0
         say(f"dealer, S0 and S1 up in {startup:.1f} s; {cfg.clients} clients ({cfg.byzantine} Byzantine, "
             f"{cfg.attack}), {cfg.rule} f={cfg.tolerated}, reveal={cfg.reveal}, d={d}, backend {cfg.backend}")
