@@ -296,7 +296,8 @@ def test_a_different_request_at_s0_than_the_one_s1_approved_aborts_at_both(dep):
     try:
         statuses = op.status()
         approvable = op.with_triples(_request(op.next_round_id(statuses)), statuses)
-        smaller = replace(approvable, worker_ids=(0, 1, 2, 3, 4), f=0, prefetch=())
+        smaller = replace(approvable, worker_ids=(0, 1, 2, 3, 4), f=0, prefetch=(),
+                          triple_id=fresh_triple_id(approvable.round_id))     # a pooled triple has n = 6
         op.clients["S0"].control("open-round", smaller.round_id, smaller.to_json())
         op.clients["S1"].control("open-round", approvable.round_id, approvable.to_json())
         reps = {name: dep.operator.clients[name].control("report", approvable.round_id, {"wait_s": 60.0},
