@@ -191,6 +191,16 @@ class GridConfig:
 _LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"))
 
 
+def without_later_defaults(sections: dict[str, Any]) -> dict[str, Any]:
+    """A spec's or config's dict without the settings added later that sit at their defaults, so that run
+    ids, and configurations written before those settings existed, compare equal to today's."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in sections.items()}
+    for section, key, default in _LATER_DEFAULTS:
+        if section in out and out[section].get(key, object()) == default:
+            del out[section][key]
+    return out
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One point of the grid: everything a run depends on, and nothing else."""
@@ -229,11 +239,7 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """Hash of the canonical JSON of the spec: equal specs, equal ids, across processes."""
-        spec = self.to_dict()
-        # settings added later, at their defaults, leave the ids of earlier runs unchanged
-        for section, key, default in _LATER_DEFAULTS:
-            if spec[section][key] == default:
-                del spec[section][key]
+        spec = without_later_defaults(self.to_dict())
         blob = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
