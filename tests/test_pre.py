@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import secrobust
 from secrobust.primitives import prg, ring
-from secrobust.primitives.randomness import SeedSource
+from secrobust.protocol.seeds import SeedSource
 from secrobust.rules import pre as P
 
 RULES = ("mean", "krum", "multi-krum", "geomed", "mda", "norm-clip", "cclip")

@@ -18,10 +18,10 @@ from .circuits import validity
 from .gates.dealer import DEFAULT_CHUNK_BYTES
 from .params import RoundParams
 from .primitives import ring
-from .primitives.randomness import SeedSource
 from .protocol import messages as M
 from .protocol.nodes import DealerNode, ServerNode
 from .protocol.offline import request_triple
+from .protocol.seeds import SeedSource
 from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.streaming import MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name

@@ -26,7 +26,7 @@ from ..circuits import validity
 from ..gates.dealer import DEFAULT_CHUNK_BYTES
 from ..params import RoundParams
 from ..primitives import prg, ring
-from ..primitives.randomness import SeedSource
+from ..protocol.seeds import SeedSource
 from ..protocol.server import RoundPlan
 from ..rules import modes
 from ..rules.cohort import check_min_participants, with_cohort

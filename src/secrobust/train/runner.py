@@ -166,24 +166,24 @@ def engine_aggregate(updates: np.ndarray, rule: str, f: int, *, secure: bool,
                      secure_aggregate: SecureAggregate | None = None, **kwargs: Any) -> Any:
     """Call ``secure_aggregate`` (default ``secrobust.aggregate``) for a secure run, or
     ``secrobust.plain_aggregate`` for a plaintext one (``secure_aggregate`` is then not used)."""
-    import secrobust
+    from secrobust import api
     from secrobust.params import LikelyTransposed
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LikelyTransposed)      # rows are workers here by construction
         if not secure:
-            return secrobust.plain_aggregate(updates, rule=rule, f=f, **kwargs)
+            return api.plain_aggregate(updates, rule=rule, f=f, **kwargs)
         if secure_aggregate is None:
-            return secrobust.aggregate(updates, rule, f, **kwargs)
+            return api.aggregate(updates, rule, f, **kwargs)
         kwargs.pop("insecure_test_seed", None)  # a deployment draws every seed fresh; only simulations fix them
         return secure_aggregate(updates, rule, f, **kwargs)
 
 
 def engine_max_norm(frac_bits: int, d: int) -> float:
     """The largest L2 norm the engine's honest encoder accepts (``secrobust.max_norm``)."""
-    import secrobust
+    from secrobust.primitives import ring
 
-    return float(secrobust.max_norm(frac_bits, d))
+    return float(ring.max_norm(frac_bits, d))
 
 
 def byzantine_inputs(

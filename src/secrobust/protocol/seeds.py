@@ -10,7 +10,7 @@ import hashlib
 
 from ..gates.compare import AndTripleSeeds
 from ..gates.dealer import TripleSeeds
-from . import prg
+from ..primitives import prg
 
 
 class SeedSource:
