@@ -10,7 +10,7 @@ import pkgutil
 import pytest
 
 import secrobust.rules as rules_pkg
-from secrobust.rules import modes, registry, secure, sizing, spec, view
+from secrobust.rules import modes, registry, spec
 
 ALL_RULES = ("mean", "norm-clip", "cclip", "krum", "multi-krum", "mda", "geomed", "median", "trimmed-mean", "bulyan")
 
@@ -66,12 +66,3 @@ def test_a_rule_defined_twice_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(registry, "FAMILIES", registry.FAMILIES + (registry.FAMILIES[0],))
     with pytest.raises(ValueError, match="rule 'mean' is defined twice"):
         registry._build()
-
-
-def test_rules_secure_keeps_the_names_the_modules_under_rewrite_import() -> None:
-    assert secure.secure_rule is modes.secure_rule and secure.check_checked is modes.check_checked
-    assert (secure.DEFAULT_MODE, secure.MODES) == (modes.DEFAULT_MODE, modes.MODES)
-    assert secure.budget is sizing.budget and secure.rounds is sizing.rounds
-    assert secure.view_range is view.view_range and secure.dmax_for is view.dmax_for
-    assert secure.SecureRule is spec.SecureRule
-    assert dict(secure._SECURE) == {r: registry.circuit_on_shares(r) for r in registry.rules_on_shares()}

@@ -26,9 +26,9 @@ from .protocol.server import RoundPlan, finish_aggregate, noise_share
 from .protocol.streaming import MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name
 from .rules import modes
+from .rules.cohort import DEFAULT_MIN_PARTICIPANTS
 from .rules.plain import plain_run
 from .rules.possible import effective_f
-from .rules.registry import DEFAULT_MIN_PARTICIPANTS
 from .rules.spec import SecureRule
 from .rules.view import DISTANCES, NORMS, Choice, view_range, view_words
 from .scale import Scale

@@ -59,7 +59,7 @@ from ..pki.certs import Identity, operator_party
 from ..pki.certs import tls_name as party_dir_name
 from ..protocol import messages as M
 from ..protocol.messages import Message
-from ..rules import secure
+from ..rules import modes
 from ..rules.registry import rule_names
 from ..transport.grpc import (
     Endpoint,
@@ -98,7 +98,7 @@ class Policy:
     """What S1's organisation lets ``operator:S0`` ask of S1. ``workers`` None: any worker S1 admits."""
 
     rules: tuple[str, ...]
-    reveals: tuple[str, ...] = secure.MODES
+    reveals: tuple[str, ...] = modes.MODES
     min_cohort: int = 5
     check_inputs: bool = True
     workers: tuple[int, ...] | None = None
@@ -115,9 +115,9 @@ class Policy:
         if not self.rules or bad:
             raise ValueError(f"policy rules must list rules S1 runs ({', '.join(sorted(known))}); "
                              f"got {list(self.rules) if not bad else bad}")
-        wrong = [m for m in self.reveals if m not in secure.MODES]
+        wrong = [m for m in self.reveals if m not in modes.MODES]
         if not self.reveals or wrong:
-            raise ValueError(f"policy reveals are among {list(secure.MODES)}, got {list(self.reveals)}")
+            raise ValueError(f"policy reveals are among {list(modes.MODES)}, got {list(self.reveals)}")
         if isinstance(self.min_cohort, bool) or not isinstance(self.min_cohort, int) or self.min_cohort < 2:
             raise ValueError(f"policy min_cohort is an integer >= 2 (a round over one worker reveals its update), "
                              f"got {self.min_cohort!r}")

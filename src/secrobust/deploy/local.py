@@ -43,7 +43,7 @@ from ..pki.certs import (
     worker_party,
 )
 from ..primitives import kernel
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
+from ..rules.cohort import DEFAULT_MIN_PARTICIPANTS
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from ..updates import as_matrix, check_updates, encode_center
 from .config import PartyConfig, to_toml

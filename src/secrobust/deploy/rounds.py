@@ -5,7 +5,7 @@ F, the rule with f and its options, the public center (cclip), whether the round
 validity check (``check_inputs``, on by default: every rule then needs a triple, the mean a "diag"
 one), the id of the triple this round uses, the triples to request ahead for the next rounds
 (``prefetch``, see ``secrobust.deploy.pool``), the share deadline, a minimum cohort above the servers'
-own, what the round reveals (``reveal``: "distances", "weights" or "aggregate", ``rules.secure``), and,
+own, what the round reveals (``reveal``: "distances", "weights" or "aggregate", ``rules.modes``), and,
 for tests only, a master seed from which the servers derive their DP-noise seeds exactly as
 ``secrobust.aggregate(insecure_test_seed=...)`` does (a server refuses it unless started with
 ``insecure_test_seeds``). It crosses the wire as the JSON argument of the ``open-round`` control command;

@@ -50,8 +50,8 @@ from ..errors import ProtocolError, RoundAborted
 from ..params import RoundParams
 from ..pki.certs import operator_party
 from ..primitives import ring
-from ..rules import secure
-from ..rules.registry import DEFAULT_MIN_PARTICIPANTS
+from ..rules import modes
+from ..rules.cohort import DEFAULT_MIN_PARTICIPANTS
 from ..transport.grpc import PartyUnreachable, RemoteRejected
 from . import keys as K
 from .binding import (
@@ -143,7 +143,7 @@ class SecRobust(FedAvg):
     node id: worker id} from provisioning; when given, a node is accepted only as its pinned worker."""
 
     def __init__(self, operators: Sequence[str | Path] | Operator, rule: str = "krum", f: int = 0, *,
-                 reveal: str = secure.DEFAULT_MODE, options: dict[str, Any] | None = None,
+                 reveal: str = modes.DEFAULT_MODE, options: dict[str, Any] | None = None,
                  frac_bits: int = ring.DEFAULT_FRAC_BITS, dp_noise_std: float = 0.0, check_inputs: bool = True,
                  norm_bound: float | None = None, min_participants: int | None = None,
                  share_window_s: float = 60.0, insecure_test_seed: bytes | int | None = None, prefetch: int = 1,
@@ -167,7 +167,7 @@ class SecRobust(FedAvg):
         self._admitted: tuple[int, ...] | None = None
         self._challenge: Challenge | None = None
         self._asked: frozenset[int] = frozenset()
-        self.rule, self.f, self.reveal = rule, int(f), secure.check_mode(reveal)
+        self.rule, self.f, self.reveal = rule, int(f), modes.check_mode(reveal)
         self.options = dict(options or {})
         api.refuse_seed_option(self.options)
         self.frac_bits, self.dp_noise_std, self.check_inputs = frac_bits, dp_noise_std, check_inputs

@@ -13,7 +13,7 @@ from ..errors import MalformedMessage, UnexpectedMessage
 from ..gates.compare import Party
 from ..gates.dealer import TripleLedger, TripleSeeds, TripleShare0, TripleShare1
 from ..rules.possible import choose_possible, effective_f, require_passed
-from ..rules.registry import RuleSpec
+from ..rules.spec import RuleSpec
 from ..rules.spec import SecureRule
 from . import offline, server, streaming
 from .messages import RULE_OPEN, VALIDITY_OPEN, Message

@@ -7,7 +7,6 @@ lists the families. Nothing registers itself on import, so which rules exist nev
 from __future__ import annotations
 
 from . import clipping, coordinatewise, geomed, krum, mda, mean
-from .cohort import DEFAULT_MIN_PARTICIPANTS  # noqa: F401  (home: rules.cohort; api.py, deploy/local.py use it here)
 from .spec import Rule, RuleSpec, SecureRule
 
 FAMILIES = (mean, clipping, krum, mda, geomed, coordinatewise)

@@ -38,7 +38,7 @@ decides when a round is over. Per round:
   from the peer must be the next one of the protocol's sequence (rows of E are taken from the share
   phase until the comparisons, or the weights, begin; after the participant list only rows of listed
   workers, each once), or it is refused as ``out-of-phase`` (``duplicate``, ``wrong-size``).
-* With ``reveal`` "weights" or "aggregate" (``rules.secure``) there is no view share and no weights
+* With ``reveal`` "weights" or "aggregate" (``rules.modes``) there is no view share and no weights
   message: the rule's circuit runs between the servers on their shares of the view (``rule-open``, one
   numbered message each way per round, as the check's comparisons; their count depends on the
   participants left, so each server takes at most a cap until its own circuit has ended, then exactly
