@@ -22,7 +22,7 @@ from .protocol import messages as M
 from .protocol.nodes import DealerNode, ServerNode
 from .protocol.offline import request_triple
 from .protocol.seeds import SeedSource
-from .protocol.server import RoundPlan, finish_aggregate, noise_share
+from .protocol.server import finish_aggregate, noise_share
 from .protocol.streaming import MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name
 from .rules import modes
@@ -118,7 +118,7 @@ class Cluster:
         if rule == "cclip" and center_value is None and self.last_aggregate is not None and self.last_aggregate.shape == (d,):
             center_value = safe_center(self.last_aggregate, frac_bits)
         drop = check_drop(drop, n)
-        check_inputs, bound, on_shares = params.check_inputs, params.bound, params.on_shares
+        check_inputs, on_shares = params.check_inputs, params.on_shares
         stats = Stats()
         channel = InMemoryChannel(stats, self.tap)
         s0, s1 = self.s0, self.s1
@@ -127,8 +127,7 @@ class Cluster:
             encoded = encode_updates(x, frac_bits, inputs.unchecked, rows)
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
-        plan = RoundPlan.build(round_id, tuple(range(n)), d, frac_bits, needs, center, self.seeds.triple_id(round_id),
-                               chunk_bytes, check_inputs, bound, reveal, on_shares, f, rule_options)
+        plan = params.plan(round_id, tuple(range(n)), needs, center, self.seeds.triple_id(round_id), chunk_bytes)
         s0.start_round(plan, None if plan.triple_kind else self.seeds.share_master(round_id))
         s1.start_round(plan)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .circuits import validity
 from .primitives import ring
-from .protocol.server import check_noise_std
+from .protocol.server import RoundPlan, check_noise_std
 from .rules import modes
 from .rules.cohort import check_min_participants, with_cohort
 from .rules.plain import split_options
@@ -88,6 +88,14 @@ class RoundParams:
 
     def spec_with_pre(self, seed: bytes | None) -> RuleSpec:
         return with_pre(self.spec, self.pre, seed)
+
+    def plan(self, round_id: int, worker_ids: tuple[int, ...], needs: tuple[str, ...], center: np.ndarray | None,
+             triple_id: str | None, chunk_bytes: int) -> RoundPlan:
+        """The protocol's plan of round ``round_id`` with these parameters (both servers and the in-process run
+        derive the same one): ``needs`` is what the rule (after pre-aggregation) opens, ``center`` the encoded
+        public center."""
+        return RoundPlan.build(round_id, worker_ids, self.d, self.frac_bits, needs, center, triple_id, chunk_bytes,
+                               self.check_inputs, self.bound, self.reveal, self.on_shares, self.f, self.options)
 
     @classmethod
     def build(cls, rule: str, f: int, n: int, d: int, *, frac_bits: int, reveal: str | None,

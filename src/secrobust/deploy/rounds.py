@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from ..circuits import validity
 from ..gates.dealer import DEFAULT_CHUNK_BYTES
 from ..params import RoundParams
 from ..primitives import prg, ring
@@ -176,10 +176,10 @@ class RoundRequest:
     def on_shares(self) -> bool:
         return self.secure_rule() is not None
 
-    @property
+    @cached_property
     def spec(self) -> RuleSpec:
         """The rule, after the round's pre-aggregation step if any (bucketing: S1's permutation is fresh, or
-        derived from the test seed like the in-process run's)."""
+        derived from the test seed like the in-process run's), drawn once per request."""
         step, _ = split_pre(self.options)
         seed = (SeedSource(self._master()).seed("bucketing", self.seed_round) if self.test_seed is not None
                 else prg.fresh_seed())
@@ -200,10 +200,8 @@ class RoundRequest:
         shares, the plan's mode and the dealer material of the rule's circuit for all the expected workers
         (enough for fewer), as ``secrobust.api.Cluster.run_round`` makes them."""
         center = encode_center(np.array(self.center), self.d, self.frac_bits) if self.center is not None else None
-        bound = validity.scaled_bound(self.norm_bound, self.frac_bits, self.d)
-        return RoundPlan.build(self.round_id, self.worker_ids, self.d, self.frac_bits, self.spec.reveals(self.options),
-                               center, self.triple_id, self.chunk_bytes, self.check_inputs, bound, self.reveal,
-                               self.secure_rule(), self.f, self.options)
+        return self.params().plan(self.round_id, self.worker_ids, self.spec.reveals(self.options), center,
+                                  self.triple_id, self.chunk_bytes)
 
     def noise_seed(self, party: int) -> tuple[bytes, str]:
         """(seed, label) of this server's DP noise: fresh, or derived from the test seed like the in-process run."""
