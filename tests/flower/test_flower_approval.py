@@ -4,7 +4,6 @@ ClientApps in this process (``run_inprocess``); the launcher test starts the ser
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,7 +15,8 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flower_apps import stepping_client, wait_ready
+from flwr.app import ArrayRecord, Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -24,7 +24,7 @@ from secrobust.deploy import approval
 from secrobust.deploy.approval import APPROVAL_FILE, Approvals, ApprovalService, Policy
 from secrobust.deploy.local import LocalOptions
 from secrobust.deploy.operator import Operator
-from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess
+from secrobust.flower import FlowerServers, SecRobust, run_inprocess
 from secrobust.flower.strategy import SecRobustError, operator_files
 from secrobust.pki.certs import operator_party
 from tests.flower.test_flower_launch import _alive, free_ports, provision
@@ -52,21 +52,7 @@ def split(tmp_path_factory):
 
 
 def _client(srv: FlowerServers, on_train=None) -> ClientApp:
-    app = ClientApp(mods=[SecRobustMod(worker_config=srv.worker_config_template())])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        if on_train is not None:
-            on_train(pid)
-        w = msg.content["arrays"].to_numpy_ndarrays()[0]
-        step = np.ones(D) + 0.01 * pid
-        if pid == BYZ:
-            step = -30.0 * step
-        return Message(RecordDict({"arrays": ArrayRecord([w + step]),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
-
-    return app
+    return stepping_client(srv, D, BYZ, on_train=on_train)
 
 
 def _run(srv: FlowerServers, rounds: int = 2, on_train=None, **run_config):
@@ -145,12 +131,7 @@ def test_flower_servers_starts_s1s_approval_service(tmp_path):
                             text=True, start_new_session=True)
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "flower-servers did not get ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_ready(proc, ready)
         assert set(info["parties"]) == {"dealer", "S0", "S1", "approval"}
         pids = [p["pid"] for p in info["parties"].values()]
         s = SecRobust.from_run_config({"secrobust-dir": str(folder), "f": 1})

@@ -11,7 +11,8 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flower_apps import stepping_client
+from flwr.app import ArrayRecord, Context
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -34,19 +35,7 @@ def servers(tmp_path_factory):
 
 
 def _client(srv: FlowerServers, *before) -> ClientApp:
-    app = ClientApp(mods=[*before, SecRobustMod(worker_config=srv.worker_config_template())])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        w = msg.content["arrays"].to_numpy_ndarrays()[0]
-        step = np.ones(D) + 0.01 * pid
-        if pid == BYZ:
-            step = -30.0 * step
-        return Message(RecordDict({"arrays": ArrayRecord([w + step]),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
-
-    return app
+    return stepping_client(srv, D, BYZ, *before)
 
 
 def _numpy_client_app(srv: FlowerServers) -> ClientApp:

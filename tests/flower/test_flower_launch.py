@@ -4,7 +4,6 @@ a folder that is not provisioned is one clear error."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from flower_apps import wait_ready
 
 from secrobust.deploy.config import load as load_config
 from secrobust.deploy.operator import Operator
@@ -58,12 +59,7 @@ def test_flower_servers_start_answer_and_stop(tmp_path):
                             text=True, start_new_session=True)
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "flower-servers did not get ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_ready(proc, ready)
         assert set(info["parties"]) == {"dealer", "S0", "S1"}
         pids = [p["pid"] for p in info["parties"].values()]
         assert all(_alive(pid) for pid in pids)

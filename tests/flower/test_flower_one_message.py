@@ -11,12 +11,13 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flower_apps import stepping_client
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from secrobust.deploy.local import LocalOptions
-from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess
+from secrobust.flower import FlowerServers, SecRobust, run_inprocess
 from secrobust.flower import keys as K
 from secrobust.flower.inprocess import FIRST_NODE_ID
 from secrobust.flower.strategy import SecRobustError
@@ -41,19 +42,7 @@ def _client(srv: FlowerServers, stages: list, worker_config=None) -> ClientApp:
         stages.append((int(ctx.node_config["partition-id"]), None if cfg is None else cfg.get("stage")))
         return nxt(msg, ctx)
 
-    app = ClientApp(mods=[count, SecRobustMod(worker_config=worker_config or srv.worker_config_template())])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        w = msg.content["arrays"].to_numpy_ndarrays()[0]
-        step = np.ones(D) + 0.01 * pid
-        if pid == BYZ:
-            step = -30.0 * step
-        return Message(RecordDict({"arrays": ArrayRecord([w + step]),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
-
-    return app
+    return stepping_client(srv, D, BYZ, count, worker_config=worker_config)
 
 
 def _run(srv: FlowerServers, rounds: int = 2, worker_config=None, **kw):
