@@ -24,7 +24,7 @@ import numpy as np
 import secrobust
 from secrobust.api import Cluster
 from secrobust.circuits.validity import params
-from secrobust.gates import compare
+from secrobust.gates import arith, compare
 
 ONLINE = ("share", "agree", "open", "distances", "rule", "aggregate")
 
@@ -89,7 +89,7 @@ def compare_throughput(m: int) -> None:
     rng = np.random.default_rng(0)
     x0, x1 = (rng.integers(0, 2**64 - 1, size=m, dtype=np.uint64, endpoint=True) for _ in range(2))
     circuit = lambda p, src: compare.less_than_public(p, x0 if p == 0 else x1, 12345, src)  # noqa: E731
-    words, rounds = compare.count_words(circuit)
+    words, rounds = arith.count_words(circuit)
     seeds = compare.AndTripleSeeds.fresh()
     t0 = time.perf_counter()
     c1 = compare.make_and_triple("bench", words, seeds)

@@ -7,12 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from ringgen import EDGES, M64, split, vectors, words
 
+from secrobust.gates import arith
 from secrobust.gates import compare as C
 
 
 def run(circuit) -> tuple[np.ndarray, int]:
     """Both parties of circuit(party, source) with fresh dealer bit triples; (XOR of outputs, words used)."""
-    words_needed, _ = C.count_words(circuit)
+    words_needed, _ = arith.count_words(circuit)
     seeds = C.AndTripleSeeds.fresh()
     c1 = C.make_and_triple("test", words_needed, seeds)
     s0 = C.AndSource.for_party(0, "test", words_needed, seeds.s0)
@@ -121,7 +122,7 @@ def test_bad_openings_and_exhausted_triples_are_refused():
 def test_costs_are_what_the_docstring_says():
     m = 64 * 10
     _, lt_words = run(lambda p, s: C.less_than_public(p, np.zeros(m, np.uint64), 5, s))
-    words, rounds = C.count_words(lambda p, s: C.less_than_public(p, np.zeros(m, np.uint64), 5, s))
+    words, rounds = arith.count_words(lambda p, s: C.less_than_public(p, np.zeros(m, np.uint64), 5, s))
     assert rounds == 7 and words == lt_words
     per_value_gates = words * 64 / m
     assert 5 * 64 <= per_value_gates <= 6 * 64

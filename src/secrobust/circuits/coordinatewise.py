@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 
 from ..gates import arith, compare
-from ..gates.arith import Budget, Source
+from ..gates.arith import Budget, Material
 from ..gates.compare import AndTripleSeeds, Party
 from ..primitives import ring
 from . import selection, validity
@@ -216,7 +216,7 @@ def _public(party: int, value) -> np.ndarray:
     return v.copy() if party == 0 else np.zeros_like(v)
 
 
-def _layer(party: int, v: np.ndarray, i: np.ndarray, j: np.ndarray, width: int, src: Source) -> Party:
+def _layer(party: int, v: np.ndarray, i: np.ndarray, j: np.ndarray, width: int, src: Material) -> Party:
     """One layer of disjoint comparators on the rows of v (wires, m), in place: three batched sub-circuits."""
     xi, xj = v[i], v[j]
     m = xi.size
@@ -227,7 +227,7 @@ def _layer(party: int, v: np.ndarray, i: np.ndarray, j: np.ndarray, width: int, 
     v[j] = xj - p
 
 
-def sum_ranks(party: int, v: np.ndarray, lo: int, hi: int, width: int, src: Source) -> Party:
+def sum_ranks(party: int, v: np.ndarray, lo: int, hi: int, width: int, src: Material) -> Party:
     """Shares (m,) of the sum of the sorted values [lo, hi) of each column of v (n, m), for values whose pairwise
     differences lie in [-2^(width-1), 2^(width-1))."""
     p = plan(v.shape[0], lo, hi)
@@ -240,7 +240,7 @@ def sum_ranks(party: int, v: np.ndarray, lo: int, hi: int, width: int, src: Sour
 
 # Bulyan's selection.
 
-def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: Source) -> Party:
+def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: Material) -> Party:
     """Ring shares (n,) of Bulyan's choice (1 for the theta = n - 2f workers chosen by iterated Krum), from
     shares of the pairwise squared distances (n, n) at scale 2^(2F), each at most Dmax = (2 bound)^2.
 
@@ -268,7 +268,7 @@ def selection_circuit(party: int, d_share: np.ndarray, f: int, bound: int, src: 
     return chosen
 
 
-def _apply_choice(party: int, x: np.ndarray, chosen: np.ndarray, f: int, bound: int, src: Source) -> Party:
+def _apply_choice(party: int, x: np.ndarray, chosen: np.ndarray, f: int, bound: int, src: Material) -> Party:
     """x with the rows of the 2f unchosen workers replaced by -(bound + 1) (the first f in index order) or
     +(bound + 1) (the others): rank_i = unchosen before i (a prefix sum, linear), t_i = u_i [rank_i < f]."""
     n = x.shape[0]
@@ -285,7 +285,7 @@ def _apply_choice(party: int, x: np.ndarray, chosen: np.ndarray, f: int, bound: 
 
 # The circuit.
 
-def coordinatewise_circuit(party: int, x_share: np.ndarray, rule: str, f: int, bound: int, src: Source,
+def coordinatewise_circuit(party: int, x_share: np.ndarray, rule: str, f: int, bound: int, src: Material,
                            distances: np.ndarray | None = None, chosen: np.ndarray | None = None) -> Party:
     """This party's ring share (d,) of the rule's aggregate at scale 2^(F+W).
 
@@ -393,7 +393,7 @@ class Cost:
         return self.choice_rounds + self.chunk_rounds
 
 
-def _run(circuit: Callable[[int, Source], Party], corr_id: str, seeds: AndTripleSeeds, cost: Cost,
+def _run(circuit: Callable[[int, Material], Party], corr_id: str, seeds: AndTripleSeeds, cost: Cost,
          sized: tuple[Budget, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     t0 = time.perf_counter()
     budget, rounds = arith.budget_of(circuit) if sized is None else sized
@@ -445,7 +445,7 @@ def run_coordinatewise(x0: np.ndarray, x1: np.ndarray, rule: str, f: int, seeds:
         b = min(d, a + chunk)
         part = (x0[:, a:b], x1[:, a:b])
 
-        def circuit(p: int, s: Source) -> Party:
+        def circuit(p: int, s: Material) -> Party:
             return coordinatewise_circuit(p, part[p], rule, f, bound, s, chosen=c0 if p == 0 else c1)
         if b - a not in sized:
             t0 = time.perf_counter()

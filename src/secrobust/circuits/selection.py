@@ -64,7 +64,7 @@ def _ranks(party: int, before: np.ndarray, a: np.ndarray, b: np.ndarray, shape: 
     return rank
 
 
-def krum_scores(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Source) -> Party:
+def krum_scores(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Material) -> Party:
     """Ring shares of score_i = sum of the n - f - 2 smallest D_ij over j != i (steps 1-3)."""
     n = dist.shape[0]
     k = n - f - 2
@@ -86,7 +86,7 @@ def krum_scores(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Sour
     return prod.reshape(n, n - 1).sum(axis=1, dtype=_U)
 
 
-def smallest(party: int, values: np.ndarray, m: int, width: int, src: arith.Source) -> Party:
+def smallest(party: int, values: np.ndarray, m: int, width: int, src: arith.Material) -> Party:
     """XOR plane of [value_a among the m smallest], ties to the lower index (steps 4-5); values within
     ``width``-bit signed differences of each other."""
     n = values.size
@@ -103,7 +103,7 @@ def smallest(party: int, values: np.ndarray, m: int, width: int, src: arith.Sour
     return (yield from arith.less_than(party, pos, limit, arith.signed_width(n), src))
 
 
-def krum_circuit(party: int, dist: np.ndarray, f: int, m: int, dmax: int, src: arith.Source) -> Party:
+def krum_circuit(party: int, dist: np.ndarray, f: int, m: int, dmax: int, src: arith.Material) -> Party:
     """XOR plane of the m workers with the best Krum scores (Multi-Krum; Krum is m = 1)."""
     scores = yield from krum_scores(party, dist, f, dmax, src)
     return (yield from smallest(party, scores, m, score_width(dist.shape[0], f, dmax), src))
@@ -147,7 +147,7 @@ def check_mda_size(n: int, f: int) -> None:
                          f"{MAX_MDA_VALUES}: use it for small n (or reveal='distances')")
 
 
-def column_max(party: int, values: np.ndarray, width: int, src: arith.Source) -> Party:
+def column_max(party: int, values: np.ndarray, width: int, src: arith.Material) -> Party:
     """Ring shares of the maximum of each row of (s, p) shared values, by a tournament over the columns:
     max(a, b) = a + [a < b](b - a), one comparison, one conversion and one product per level."""
     cur = np.asarray(values, dtype=_U)
@@ -162,7 +162,7 @@ def column_max(party: int, values: np.ndarray, width: int, src: arith.Source) ->
     return cur[:, 0]
 
 
-def mda_circuit(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Source) -> Party:
+def mda_circuit(party: int, dist: np.ndarray, f: int, dmax: int, src: arith.Material) -> Party:
     """Ring shares of the one-hot choice over subsets (first subset of smallest diameter) and the weights
     w_i = [i in the chosen subset], both as ring bits: (subset choice (s,), membership bits (n,))."""
     n = dist.shape[0]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ..gates import compare
+from ..gates import arith, compare
 from ..gates.compare import Party, Source
 from ..primitives import kernel, prg, ring
 
@@ -216,7 +216,7 @@ def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src
 @functools.lru_cache(maxsize=256)
 def _cost(n: int, p: Params) -> tuple[int, int]:
     zeros_p, zeros_n = np.zeros((n, p.projections), dtype=np.uint64), np.zeros(n, dtype=np.uint64)
-    return compare.count_words(lambda party, src: check_circuit(party, zeros_p, zeros_n, p, src))
+    return arith.count_words(lambda party, src: check_circuit(party, zeros_p, zeros_n, p, src))
 
 
 def and_words(n: int, p: Params | None = None) -> int:

@@ -20,6 +20,7 @@ Nothing here samples randomness or does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def deal(corr_id: str, budget: Budget, seeds: AndTripleSeeds) -> Correction:
 
 class Dealt:
     """One party's material, handed out in order and expanded from the seed only when taken (so a large
-    circuit run in pieces never holds all of it). Passes for a ``compare.Source`` (``take`` = AND triples)."""
+    circuit run in pieces never holds all of it). A ``Material``."""
 
     def __init__(self, party: int, corr_id: str, budget: Budget, seed: bytes,
                  correction: Correction | None = None) -> None:
@@ -194,7 +195,13 @@ class Counter:
         return z, z, z
 
 
-Source = Dealt | Counter
+class Material(compare.Source, Protocol):
+    """Bit triples, daBits and product triples handed out in order: a party's ``Dealt`` material, or the
+    ``Counter`` of a dry run that sizes a circuit (``budget_of``)."""
+
+    def take_dabits(self, m: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def take_mults(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def budget_of(circuit) -> tuple[Budget, int]:
@@ -202,6 +209,12 @@ def budget_of(circuit) -> tuple[Budget, int]:
     src = Counter()
     rounds = compare.dry_rounds(circuit, src)
     return src.used, rounds
+
+
+def count_words(circuit) -> tuple[int, int]:
+    """(AND words, rounds) of a circuit that takes bit triples only (``budget_of``'s count of them)."""
+    budget, rounds = budget_of(circuit)
+    return budget.and_words, rounds
 
 
 # Gates.
@@ -212,7 +225,7 @@ def _check_peer(peer: np.ndarray, shape: tuple[int, ...], what: str) -> None:
         raise ValueError(f"{what} opening must be uint64 of shape {shape}, got {got}")
 
 
-def to_ring(party: int, plane: np.ndarray, m: int, src: Source) -> Party:
+def to_ring(party: int, plane: np.ndarray, m: int, src: Material) -> Party:
     """Ring shares (m,) of the m XOR-shared bits of ``plane``: one round, words_for(m) words each way."""
     r, ra = src.take_dabits(m)
     c = np.asarray(plane, dtype=_U) ^ r
@@ -225,7 +238,7 @@ def to_ring(party: int, plane: np.ndarray, m: int, src: Source) -> Party:
     return out
 
 
-def mul(party: int, x: np.ndarray, y: np.ndarray, src: Source) -> Party:
+def mul(party: int, x: np.ndarray, y: np.ndarray, src: Material) -> Party:
     """Ring shares of the elementwise product x * y (mod 2^64): one round, 2m words each way."""
     x, y = np.asarray(x, dtype=_U).ravel(), np.asarray(y, dtype=_U).ravel()
     a, b, c = src.take_mults(x.size)
@@ -239,7 +252,7 @@ def mul(party: int, x: np.ndarray, y: np.ndarray, src: Source) -> Party:
     return out
 
 
-def less_than(party: int, x: np.ndarray, y: np.ndarray, bits: int, src: Source) -> Party:
+def less_than(party: int, x: np.ndarray, y: np.ndarray, bits: int, src: Material) -> Party:
     """XOR-shared plane of [x < y], for shared x, y with x - y in [-2^(bits-1), 2^(bits-1)), 2 <= bits <= 64.
 
     2^bits divides 2^64, so z = (x - y) mod 2^bits has shares z_s mod 2^bits; the sign is bit bits-1 of z:

@@ -27,7 +27,7 @@ less_than_public about 6*64 gates in 7 rounds; msb and less_than about 3*63 gate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable, Generator, Protocol
 
 import numpy as np
 
@@ -135,19 +135,11 @@ class AndSource:
         return self.a[sl].reshape(shape), self.b[sl].reshape(shape), self.c[sl].reshape(shape)
 
 
-@dataclass
-class CountingSource:
-    """Stands in for an AndSource to count the words a circuit needs (its gates depend on sizes only)."""
+class Source(Protocol):
+    """Where a circuit takes its bit triples, in the same order at both servers: a party's ``AndSource``,
+    or material that also holds daBits and product triples (``arith.Material``)."""
 
-    used: int = 0
-
-    def take(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        self.used += int(np.prod(shape))
-        z = np.zeros(shape, dtype=_U)
-        return z, z, z
-
-
-Source = AndSource | CountingSource
+    def take(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 # Gates.
@@ -302,13 +294,6 @@ def dry_rounds(circuit: Callable[[int, object], Party], src: object) -> int:
     except StopIteration:
         pass
     return rounds
-
-
-def count_words(circuit: Callable[[int, Source], Party]) -> tuple[int, int]:
-    """(AND words, rounds) of circuit(party, src), from a dry run of party 0 with zero openings."""
-    src = CountingSource()
-    rounds = dry_rounds(circuit, src)
-    return src.used, rounds
 
 
 # Plaintext twins.

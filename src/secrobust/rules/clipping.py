@@ -85,7 +85,7 @@ def _on_shares(name: str):
     def split(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (w[:-1], w[-1]) if name == "cclip" else (w, _U(0))
 
-    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Material, *,
                 frac_bits: int = ring.DEFAULT_FRAC_BITS, **_: Any) -> Party:
         w = yield from clip.clip_weights_circuit(party, view[NORMS], _tau(options), name, src, frac_bits=frac_bits,
                                                     nmax=dmax)

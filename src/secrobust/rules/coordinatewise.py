@@ -38,7 +38,7 @@ def _bound_of(dmax: int) -> int:
 
 
 def _on_shares(name: str) -> SecureRule:
-    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source, *,
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Material, *,
                 inputs: Callable[[int, int], np.ndarray], d: int, **_: Any) -> Party:
         bound = _bound_of(dmax)
         chosen = None

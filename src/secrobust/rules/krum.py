@@ -61,7 +61,7 @@ def _distances_only(_: dict) -> tuple[str, ...]:
 # On shares: the chosen set's indicator times 1/m, at scale 2^W.
 
 def _on_shares(default_all: bool):
-    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
+    def circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Material,
                 **_: Any) -> Party:
         m = _multi_krum_m(n, f, options, default_all)
         plane = yield from S.krum_circuit(party, view[DISTANCES], f, m, dmax, src)

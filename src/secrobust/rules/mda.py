@@ -40,7 +40,7 @@ def choose_mda(view: View, n: int, f: int, max_subsets: int = 2_000_000) -> Choi
     return Choice(w)
 
 
-def _circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Source,
+def _circuit(party: int, view: dict, n: int, f: int, options: dict, dmax: int, src: arith.Material,
              **_: Any) -> Party:
     member = yield from S.mda_circuit(party, view[DISTANCES], f, dmax, src)
     return member * ring.encode_weights(np.array([1.0 / (n - f)]))[0], _U(0)
