@@ -322,9 +322,9 @@ class BulkServer:
             except DecodeError:
                 raise Rejected("malformed-protobuf", "the frame header is not a valid Envelope protobuf") from None
             info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes)
-            leave = self.endpoint._gate.enter(caller)
+            leave = self.endpoint.admission.enter(caller)
             wire.check_envelope(env, caller=caller, me=self.handler.party, max_bytes=1 << 40)
-            release = self.endpoint.admit(env)
+            release = self.endpoint.admission.admit(env)
             message_id = env.message_id
             pace = pace_for(self.handler, env)
             _verdict(sock, go=True)
@@ -350,7 +350,7 @@ class BulkServer:
             if release is not None:
                 release(arrived=arrived)
             if message_id is not None:
-                self.endpoint._replays.end(message_id, accepted)
+                self.endpoint.admission.settle(message_id, accepted)
             if leave is not None:
                 leave()
 

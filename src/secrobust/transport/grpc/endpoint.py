@@ -33,7 +33,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from concurrent import futures
 from typing import Any, Callable, Iterator
 
@@ -47,38 +46,14 @@ from ..tls import server_credentials
 from . import secrobust_pb2 as pb
 from . import tap, wire
 from .accounting import Accounting
+from .admission import Admission
 from .errors import CODES, ERROR_KEY, Rejected, rejection_for
-from .gate import CallGate, CallLimits
+from .gate import CallLimits
 from .logs import LOGGER_NAME, Timer, event
 from .pace import Pace, pace_for, payload_deadline
 from .tls import caller_party, server_options
 
 SERVICE = "secrobust.v1.Party"
-REPLAY_CACHE = 1 << 20
-
-
-class _ReplayCache:
-    """Message ids accepted so far (bounded, oldest forgotten first) and ids being received now."""
-
-    def __init__(self, capacity: int = REPLAY_CACHE) -> None:
-        self._lock = threading.Lock()
-        self._done: OrderedDict[bytes, None] = OrderedDict()
-        self._active: set[bytes] = set()
-        self._capacity = capacity
-
-    def begin(self, message_id: bytes) -> None:
-        with self._lock:
-            if message_id in self._done or message_id in self._active:
-                raise Rejected("replay", f"message id {message_id.hex()} was already received")
-            self._active.add(message_id)
-
-    def end(self, message_id: bytes, accepted: bool) -> None:
-        with self._lock:
-            self._active.discard(message_id)
-            if accepted:
-                self._done[message_id] = None
-                while len(self._done) > self._capacity:
-                    self._done.popitem(last=False)
 
 
 def _json_default(value: Any) -> Any:
@@ -107,9 +82,8 @@ class Endpoint:
         self.handler = handler
         self.accounting = accounting or Accounting()
         self.log = logging.getLogger(LOGGER_NAME)
-        self._replays = _ReplayCache()
         limits = limits or CallLimits.for_workers(0)
-        self._gate = CallGate(limits)
+        self.admission = Admission(handler, limits)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.threads,
                                                               thread_name_prefix=f"{identity.party}-rpc"),
                                    options=server_options(self.handler.stream_window))
@@ -178,12 +152,12 @@ class Endpoint:
         try:
             caller = self._caller(context)
             info["sender"] = caller
-            leave = self._gate.enter(caller)
+            leave = self.admission.enter(caller)
 
             def precheck(env: pb.Envelope) -> None:
                 nonlocal message_id, release, watchdog
                 info.update(round=env.round_id, phase=env.phase, bytes=env.total_bytes, seq=env.seq)
-                release = self.admit(env)
+                release = self.admission.admit(env)
                 message_id = env.message_id
                 if release is not None:     # a sender that stalls must not keep its slot
                     watchdog = _PaceWatch(context, pace_for(self.handler, env), lambda: got[0], self.log, info)
@@ -205,7 +179,7 @@ class Endpoint:
                 cut = watchdog is not None and watchdog.fired
                 release(arrived=ended[0] and not cut and got[0] >= info.get("bytes", 0))
             if message_id is not None:
-                self._replays.end(message_id, accepted)
+                self.admission.settle(message_id, accepted)
             if leave is not None:
                 leave()
 
@@ -247,21 +221,6 @@ class Endpoint:
         event(self.log, "served", requester=caller, round=env.round_id, phase=env.phase,
               bytes=env.total_bytes, seconds=round(timer.seconds, 6))
 
-    def admit(self, env: pb.Envelope) -> Callable[..., None] | None:
-        """A message's checks before any payload is read, shared with the bulk lane: its size limit, the
-        replay cache (the id stays taken until ``_replays.end``), the handler's round checks and its slot
-        (``reserve``). Returns the slot's release; on a refusal nothing stays held."""
-        limit = self.handler.max_message_bytes(env)
-        if env.total_bytes > limit:
-            raise Rejected("too-large", f"{env.phase} of {env.total_bytes} bytes exceeds the limit of {limit} bytes")
-        self._replays.begin(env.message_id)
-        try:
-            self.handler.precheck(env)
-            return self.handler.reserve(env)
-        except BaseException:
-            self._replays.end(env.message_id, False)
-            raise
-
     def deliver(self, msg: Message, env: pb.Envelope, caller: str, wire_bytes: int) -> None:
         """Hand a decoded message to the handler and book its bytes under the handler's ``account_as``."""
         self.handler.accept(msg, env)
@@ -273,7 +232,7 @@ class Endpoint:
         release of the gate slot, release of the fetch slot or None); on a refusal nothing stays held."""
         if not math.isfinite(request.timeout_s):
             raise Rejected("bad-request", f"fetch timeout_s must be a finite number, got {request.timeout_s}")
-        leave = self._gate.enter(caller)
+        leave = self.admission.enter(caller)
         try:
             found = self.handler.fetch(caller, request.round_id, request.phase,
                                        min(max(request.timeout_s, 0.0), 600.0))
@@ -298,7 +257,7 @@ class Endpoint:
             if not isinstance(request, pb.ControlRequest):
                 raise Rejected("malformed-protobuf", "request is not a valid ControlRequest protobuf")
             caller = self._authenticate(context, request.version, request.sender, "sender")
-            leave = self._gate.enter(caller)
+            leave = self.admission.enter(caller)
             self.handler.permits(caller, request.command)
             limit = self.handler.max_control_bytes(request.command)
             if len(request.json) > limit:
