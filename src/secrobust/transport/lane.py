@@ -40,6 +40,7 @@ from ..protocol.messages import VERSION, Message
 from .grpc import secrobust_pb2 as pb
 from .grpc import tap, wire
 from .grpc.accounting import Accounting
+from .grpc.client import Caller
 from .grpc.errors import PartyUnreachable, Rejected, RemoteRejected, rejection_for
 from .grpc.logs import LOGGER_NAME, Timer, event
 from .grpc.pace import Pace, pace_for, payload_deadline
@@ -407,19 +408,14 @@ class BulkServer:
 
 # the calling side
 
-class BulkClient:
+class BulkClient(Caller):
     """Sends and fetches over the bulk lane of ``peer`` at ``address``, as ``identity``. Up to
     ``CONNECTIONS_PER_CALLER`` calls run at once, each on its own connection, kept open between calls."""
 
     def __init__(self, identity: Identity, peer: str, address: str, *, accounting: Accounting | None = None,
                  connect_timeout: float = 5.0) -> None:
-        self.identity = identity
-        self.peer = peer
-        self.address = address
-        self.accounting = accounting or Accounting()
-        self.connect_timeout = connect_timeout
+        super().__init__(identity, peer, address, accounting=accounting, connect_timeout=connect_timeout)
         self.ctx = client_context(identity, peer)
-        self.log = logging.getLogger(LOGGER_NAME)
         self._idle: list[tuple[float, ssl.SSLSocket]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(CONNECTIONS_PER_CALLER)

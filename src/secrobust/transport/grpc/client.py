@@ -35,8 +35,9 @@ def transfer_timeout(nbytes: int, base: float = 30.0, rate: float = 20e6) -> flo
     return base + nbytes / rate
 
 
-class PeerClient:
-    """Calls to the party ``peer`` at ``address``, authenticated as ``identity``."""
+class Caller:
+    """The calling side of either lane: ``identity`` calls the party ``peer`` at ``address`` and books the
+    bytes in ``accounting``."""
 
     def __init__(self, identity: Identity, peer: str, address: str, *, accounting: Accounting | None = None,
                  connect_timeout: float = 5.0) -> None:
@@ -46,6 +47,14 @@ class PeerClient:
         self.accounting = accounting or Accounting()
         self.connect_timeout = connect_timeout
         self.log = logging.getLogger(LOGGER_NAME)
+
+
+class PeerClient(Caller):
+    """Calls to the party ``peer`` at ``address`` over gRPC, authenticated as ``identity``."""
+
+    def __init__(self, identity: Identity, peer: str, address: str, *, accounting: Accounting | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        super().__init__(identity, peer, address, accounting=accounting, connect_timeout=connect_timeout)
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
 
