@@ -85,6 +85,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netns
+from deploy_round_bench import updates
 
 import secrobust
 from secrobust.deploy.local import LocalDeployment, LocalOptions
@@ -149,17 +150,6 @@ class NetnsDeployment(LocalDeployment):
                 cwd=str(self.workdir), start_new_session=True)
         if child.name == "dealer" and self.options.dealer_nice:
             os.setpriority(os.PRIO_PROCESS, child.proc.pid, self.options.dealer_nice)
-
-
-def updates(seed: int, n: int, d: int, byzantine: int) -> np.ndarray:
-    """n test updates of d floats, the first ``byzantine`` of them flipped and scaled (fixed seed: not crypto)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d), dtype=np.float32).astype(np.float64)
-    x *= 0.5
-    x += rng.normal(size=d)
-    x /= np.sqrt(d)
-    x[:byzantine] *= -4.0
-    return x
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,6 +1,6 @@
 """What the Flower tests share: a ClientApp whose nodes each step the model by a fixed vector (one node,
 the Byzantine one, by -30 times it) through secrobust's mod, and waiting for ``flower-servers`` to be up.
-``stepping_client`` needs Flower (``pytest.importorskip("flwr")`` first)."""
+Import it after ``pytest.importorskip("flwr")``."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from secrobust.flower import SecRobustMod, run_inprocess
 
 
 def stepping_client(srv: Any, d: int, byzantine: int, *before: Callable, worker_config: Any = None,
                     on_train: Callable[[int], None] | None = None) -> Any:
     """A ClientApp for ``srv`` (a FlowerServers): node p returns w + (1 + 0.01 p), node ``byzantine``
     w - 30 (1 + 0.01 p); ``before`` are mods that run ahead of secrobust's."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-
-    from secrobust.flower import SecRobustMod
-
     app = ClientApp(mods=[*before, SecRobustMod(worker_config=worker_config or srv.worker_config_template())])
 
     @app.train()
@@ -37,6 +37,23 @@ def stepping_client(srv: Any, d: int, byzantine: int, *before: Callable, worker_
                                    "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
 
     return app
+
+
+def run_strategy(strategy: Any, client: Any, nodes: int, rounds: int, d: int) -> Any:
+    """Run ``strategy`` from a zero model of dimension ``d`` for ``rounds`` rounds with ``nodes`` in-process
+    nodes of ``client``, close it, and return what ``strategy.start`` returned (None if it raised)."""
+    server = ServerApp()
+    out = {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        out["result"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(d)]), num_rounds=rounds)
+
+    try:
+        run_inprocess(server, client, nodes)
+    finally:
+        strategy.close()
+    return out.get("result")
 
 
 def wait_ready(proc: subprocess.Popen, ready: Path, timeout: float = 180.0) -> dict:

@@ -15,7 +15,7 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flower_apps import stepping_client, wait_ready
+from flower_apps import run_strategy, stepping_client, wait_ready
 from flwr.app import ArrayRecord, Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -58,18 +58,7 @@ def _client(srv: FlowerServers, on_train=None) -> ClientApp:
 def _run(srv: FlowerServers, rounds: int = 2, on_train=None, **run_config):
     strategy = SecRobust.from_run_config({"secrobust-dir": str(srv.cert_dir), "rule": "krum", "f": 1,
                                           "reveal": "weights", **run_config}, fraction_evaluate=0.0)
-    server = ServerApp()
-    out = {}
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        out["result"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(D)]), num_rounds=rounds)
-
-    try:
-        run_inprocess(server, _client(srv, on_train), N)
-    finally:
-        strategy.close()
-    return strategy, out.get("result")
+    return strategy, run_strategy(strategy, _client(srv, on_train), N, rounds, D)
 
 
 def test_the_serverapp_holds_operator_s0_only_and_s1_runs_what_its_policy_allows(split):

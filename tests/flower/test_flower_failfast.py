@@ -11,14 +11,12 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flower_apps import stepping_client
-from flwr.app import ArrayRecord, Context
+from flower_apps import run_strategy, stepping_client
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
 
 from secrobust.deploy.local import LocalOptions
-from secrobust.flower import FlowerServers, SecRobust, SecRobustMod, run_inprocess
+from secrobust.flower import FlowerServers, SecRobust, SecRobustMod
 from secrobust.flower.strategy import SecRobustError, operator_files
 
 N = 6
@@ -50,18 +48,7 @@ def _numpy_client_app(srv: FlowerServers) -> ClientApp:
 def _run(srv: FlowerServers, client: ClientApp, nodes: int = N, rounds: int = 2, **kw):
     strategy = SecRobust(srv.operator_configs(), kw.pop("rule", "krum"), kw.pop("f", 1), fraction_evaluate=0.0,
                          **kw)
-    server = ServerApp()
-    out = {}
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        out["result"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(D)]), num_rounds=rounds)
-
-    try:
-        run_inprocess(server, client, nodes)
-    finally:
-        strategy.close()
-    return strategy, out.get("result")
+    return strategy, run_strategy(strategy, client, nodes, rounds, D)
 
 
 # settings from the run config

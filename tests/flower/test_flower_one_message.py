@@ -11,13 +11,12 @@ import pytest
 
 flwr = pytest.importorskip("flwr")
 
-from flower_apps import stepping_client
-from flwr.app import ArrayRecord, Context, Message
+from flower_apps import run_strategy, stepping_client
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
 
 from secrobust.deploy.local import LocalOptions
-from secrobust.flower import FlowerServers, SecRobust, run_inprocess
+from secrobust.flower import FlowerServers, SecRobust
 from secrobust.flower import keys as K
 from secrobust.flower.inprocess import FIRST_NODE_ID
 from secrobust.flower.strategy import SecRobustError
@@ -47,19 +46,8 @@ def _client(srv: FlowerServers, stages: list, worker_config=None) -> ClientApp:
 
 def _run(srv: FlowerServers, rounds: int = 2, worker_config=None, **kw):
     strategy = SecRobust(srv.operator_configs(), "krum", 1, reveal="weights", fraction_evaluate=0.0, **kw)
-    server = ServerApp()
-    out: dict = {}
     stages: list = []
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        out["result"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(D)]), num_rounds=rounds)
-
-    try:
-        run_inprocess(server, _client(srv, stages, worker_config), N)
-    finally:
-        strategy.close()
-    return strategy, out.get("result"), stages
+    return strategy, run_strategy(strategy, _client(srv, stages, worker_config), N, rounds, D), stages
 
 
 def test_one_message_per_node_and_round_gives_the_two_message_result(servers):
