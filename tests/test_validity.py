@@ -8,7 +8,7 @@ import pytest
 
 import secrobust
 from secrobust.circuits import validity
-from secrobust.primitives import ring
+from secrobust.primitives import kernel, ring
 from secrobust.protocol.server import RoundPlan, new_round
 
 P = validity.params()
@@ -124,12 +124,21 @@ def test_the_full_check_rejects_every_wrapped_vector():
             assert not validity.plain_accept(x[None, :], bytes([seed + 1]) * 16)[0], name
 
 
-def test_projection_is_exact_in_the_ring_across_its_float_blocks(monkeypatch):
-    monkeypatch.setattr(validity, "_EXACT_COLUMNS", 7)
+def test_projection_is_exact_in_the_ring_across_its_column_blocks(monkeypatch):
+    monkeypatch.setattr(validity, "PROJECT_COLUMNS", 7)
+    monkeypatch.setattr(kernel, "BLOCK_COLS", 5)
     rng = np.random.default_rng(3)
     x = rng.integers(0, 2**64 - 1, size=(5, 40), dtype=U64, endpoint=True)
-    r = validity.projection_columns(b"s" * 16, 6, 0, 40)
-    np.testing.assert_array_equal(validity.project(x, r), x @ r.astype(np.int64).view(U64).T)
+    x[0] = U64(2**64 - 1)
+    x[1] = U64(2**63)
+    seed = b"s" * 16
+    r = validity.projection_columns(seed, 6, 0, 40)
+    assert r.dtype == np.int8 and r.flags.c_contiguous
+    want = [[sum(int(a) * int(b) for a, b in zip(row, proj)) % 2**64 for proj in r] for row in x]
+    np.testing.assert_array_equal(validity.project(x, r), np.array(want, dtype=U64))
+    np.testing.assert_array_equal(validity.project_columns(x, seed, 6, 0), np.array(want, dtype=U64))
+    np.testing.assert_array_equal(validity.project_columns(x[:, 11:], seed, 6, 11),
+                                  x[:, 11:] @ r[:, 11:].astype(np.int64).view(U64).T)
 
 
 def test_projection_columns_have_random_access_and_the_stated_distribution():

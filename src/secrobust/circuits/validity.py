@@ -34,16 +34,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from ..gates import arith, compare
 from ..gates.compare import Party, Source
 from ..primitives import kernel, prg, ring
 
 SECURITY_BITS = 40
-_EXACT_COLUMNS = 1 << 20
-PROJECT_COLUMNS = 1 << 13
-"""Columns of R made at a time: lambda * 8 bytes each, so a block of R is about 40 MB."""
+PROJECT_COLUMNS = 1 << 16
+"""Columns of R made at a time: lambda bytes each, so a block of R is about 5 MB."""
 REASON = ("failed the input validity check: its shares do not reconstruct to a vector of L2 norm at most B "
           "(norm above the bound, or a ring wrap-around)")
 VIEW_REASON = ("an opened norm, or a distance to another dropped worker, lies outside [0, 2^(62-2F)]: proof that "
@@ -143,50 +141,31 @@ def _padded(lam: int) -> int:
 
 
 def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarray:
-    """Columns [start, stop) of the lambda x d projection matrix as float64 in {-1, 0, 1}.
+    """Columns [start, stop) of the lambda x d projection matrix, int8 in {-1, 0, 1}, one contiguous row per
+    projection.
 
     The keystream is column-major: column c takes bytes [c L/4, (c+1) L/4) (L = lambda rounded up to a
     multiple of 4), so any column range is one keystream read; P(0) = 1/2, P(+1) = P(-1) = 1/4."""
     per = _padded(lam) // 4
     raw = np.frombuffer(prg.keystream(seed, "validity-projection", (stop - start) * per, start * per), dtype=np.uint8)
     entries = np.take(_TABLE, raw).view(np.int8).reshape(stop - start, 4 * per)[:, :lam]
-    return entries.astype(np.float64).T
-
-
-@functools.lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
+    return np.ascontiguousarray(entries.T)
 
 
 def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """x @ r.T in Z_2^64 for uint64 x (n, w) and r in {-1, 0, 1} (lam, w), exactly (call it with BLAS on one
-    thread, as ``project_columns`` does).
-
-    x = lo + 2^32 hi with 32-bit halves; each half's products are integers below w 2^32 <= 2^52, exact in
-    float64, so two BLAS products give the ring result."""
-    n, w = x.shape
-    out = np.zeros((n, r.shape[0]), dtype=np.uint64)
-    for a in range(0, w, _EXACT_COLUMNS):
-        b = min(a + _EXACT_COLUMNS, w)
-        words = x[:, a:b].view(np.uint32).reshape(n, b - a, 2)
-        halves = np.empty((2, n, b - a))
-        halves[0], halves[1] = words[..., 0], words[..., 1]
-        prod = halves.reshape(2 * n, b - a) @ r[:, a:b].T
-        lo = prod[:n].astype(np.int64).view(np.uint64)
-        hi = prod[n:].astype(np.int64).view(np.uint64)
-        out += lo + (hi << np.uint64(32))
-    return out
+    """x @ r.T in Z_2^64 for uint64 x (n, w) and int8 r in {-1, 0, 1} (lam, w), exactly: the ring kernel with
+    each entry of r sign-extended to a word (-1 is 2^64 - 1)."""
+    return kernel.matmul_t_int8(x, r)
 
 
 def project_columns(x: np.ndarray, seed: bytes, lam: int, start: int) -> np.ndarray:
-    """x @ R[:, start:start + w].T in Z_2^64 for a column chunk x (n, w), making R block by block."""
-    # BLAS on one thread (threaded BLAS on these thin products stalls by 100x when the cores are shared);
-    # the column blocks are spread over the ring kernel's threads instead.
-    with _blas().limit(limits=1, user_api="blas"):
-        out = kernel.parallel_sum(
-            lambda a, b: project(x[:, a:b], projection_columns(seed, lam, start + a, start + b)), x.shape[1],
-            PROJECT_COLUMNS)
-    return np.zeros((x.shape[0], lam), dtype=np.uint64) if out is None else out
+    """x @ R[:, start:start + w].T in Z_2^64 for a column chunk x (n, w), making R block by block (each block's
+    product on the ring kernel's threads)."""
+    out = np.zeros((x.shape[0], lam), dtype=np.uint64)
+    for a in range(0, x.shape[1], PROJECT_COLUMNS):
+        b = min(a + PROJECT_COLUMNS, x.shape[1])
+        out += project(x[:, a:b], projection_columns(seed, lam, start + a, start + b))
+    return out
 
 
 def check_circuit(party: int, proj: np.ndarray, norm: np.ndarray, p: Params, src: Source,

@@ -119,8 +119,8 @@ def _sum(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _tiles(a, rs_a, n, b, rs_b, m, out, k0, k1, block, upper):  # pragma: no cover - compiled by Numba
-    """out[i, j] += sum_{k0 <= c < k1} a[i*rs_a + c] * b[j*rs_b + c] mod 2^64 (a, b: flat rows), in 4 x 4
-    tiles; with ``upper``, only tiles whose first column is at or right of their first row (out square).
+    """out[i, j] += sum_{k0 <= c < k1} a[i*rs_a + c] * b[j*rs_b + c] mod 2^64 (a, b: flat rows; b uint64, or
+    int8 taken sign-extended to a word), in 4 x 4 tiles; with ``upper``, only tiles whose first column is at or right of their first row (out square).
     A tile's rows past n (columns past m) repeat the last row; their sums are not written."""
     zero = np.uint64(0)
     for c in range(k0, k1, block):
@@ -143,7 +143,7 @@ def _tiles(a, rs_a, n, b, rs_b, m, out, k0, k1, block, upper):  # pragma: no cov
                 s20 = zero; s21 = zero; s22 = zero; s23 = zero
                 s30 = zero; s31 = zero; s32 = zero; s33 = zero
                 for t in range(w):
-                    y0 = b0[t]; y1 = b1[t]; y2 = b2[t]; y3 = b3[t]
+                    y0 = np.uint64(b0[t]); y1 = np.uint64(b1[t]); y2 = np.uint64(b2[t]); y3 = np.uint64(b3[t])
                     x = a0[t]; s00 += x * y0; s01 += x * y1; s02 += x * y2; s03 += x * y3
                     x = a1[t]; s10 += x * y0; s11 += x * y1; s12 += x * y2; s13 += x * y3
                     x = a2[t]; s20 += x * y0; s21 += x * y1; s22 += x * y2; s23 += x * y3
@@ -170,13 +170,14 @@ def _native() -> Callable:
 
 
 def _flat_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """A 1-D contiguous view from x's first word to its last, and x's row stride in words (rows of x are
-    its elements [i * stride, i * stride + k)); x is copied only when its rows are not contiguous."""
+    """A 1-D contiguous view from x's first element to its last, and x's row stride in elements (rows of x
+    are its elements [i * stride, i * stride + k)); x is copied only when its rows are not contiguous."""
     n, k = x.shape
-    if n and k and (x.strides[1] != 8 and k > 1 or x.strides[0] < 0 or x.strides[0] % 8):
+    size = x.itemsize
+    if n and k and (x.strides[1] != size and k > 1 or x.strides[0] < 0 or x.strides[0] % size):
         x = np.ascontiguousarray(x)
-    stride = x.strides[0] // 8 if n > 1 else k
-    return as_strided(x, shape=((n - 1) * stride + k,), strides=(8,), writeable=False), stride
+    stride = x.strides[0] // size if n > 1 else k
+    return as_strided(x, shape=((n - 1) * stride + k,), strides=(size,), writeable=False), stride
 
 
 def _product(a: np.ndarray, b: np.ndarray, upper: bool) -> np.ndarray:
@@ -200,6 +201,16 @@ def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check(a, b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"ring product of shapes {a.shape} and {b.shape}.T")
+    return _product(a, b, upper=False)
+
+
+def matmul_t_int8(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b.T mod 2^64 for uint64 a (n, k) and int8 b (m, k), each entry of b sign-extended to a word (-1 is
+    2^64 - 1): the product by a small signed matrix (the validity check's projections) without widening it."""
+    _check(a)
+    if not isinstance(b, np.ndarray) or b.dtype != np.int8 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a product by an int8 matrix of {a.shape[1]} columns, got {getattr(b, 'dtype', type(b))} "
+                         f"of shape {getattr(b, 'shape', '?')}")
     return _product(a, b, upper=False)
 
 
