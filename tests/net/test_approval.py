@@ -307,3 +307,33 @@ def test_a_different_request_at_s0_than_the_one_s1_approved_aborts_at_both(dep):
     finally:
         op.close()
         service.stop()
+
+
+def test_the_dealer_obeys_no_operators_shutdown(dep):
+    """The attack: whoever holds operator:S0's key (the Flower operator) asks the dealer, a third party both
+    organisations depend on, to shut down, which would stop every round S1's organisation approves until the
+    dealer's host restarts it. The dealer refuses it from either operator (its own host stops it, by signal)
+    and still makes triples: a round runs afterwards. S1's approval service has no such command either."""
+    statuses = []
+    for name in (operator_party(0), operator_party(1)):
+        client = PeerClient(dep.identity(name), "dealer", dep.addresses["dealer"], connect_timeout=2.0)
+        try:
+            with pytest.raises(RemoteRejected) as err:
+                client.control("shutdown")
+            assert err.value.code == "not-permitted"
+            statuses.append(client.control("status"))
+        finally:
+            client.close()
+    assert all(st["party"] == "dealer" for st in statuses)
+    service = _service(dep, POLICY)         # nor can it stop S1's approval service
+    raw = PeerClient(dep.identity(operator_party(0)), APPROVAL_PARTY, f"127.0.0.1:{service.port}", connect_timeout=2.0)
+    try:
+        with pytest.raises(RemoteRejected) as err:
+            raw.control("shutdown")
+        assert err.value.code == "bad-request" and not service.handler.shutdown_requested.is_set()
+    finally:
+        raw.close()
+        service.stop()
+    x = np.random.default_rng(13).normal(size=(N, D))
+    got = dep.aggregate(x, "krum", 1, insecure_test_seed=4, min_participants=5)
+    assert np.array_equal(got.aggregate, secrobust.aggregate(x, "krum", 1, insecure_test_seed=4).aggregate)

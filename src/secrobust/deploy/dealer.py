@@ -106,8 +106,6 @@ class DealerRuntime(PartyHandler):
             tid = args.get("triple_id")
             keys = [triple_key(str(tid))] if tid else []
             return {"party": self.party, "traffic": self.accounting.totals(round_id, *keys)}
-        if command == "shutdown" and caller in OPERATORS:
-            self.shutdown_requested.set()
-            return {"ok": True}
-        raise Rejected("not-permitted" if command == "shutdown" else "bad-request",
-                       f"{caller} cannot run {command!r} on the dealer")
+        if command == "shutdown":      # a third party both organisations depend on: its own host stops it
+            raise Rejected("not-permitted", f"{caller} cannot stop the dealer; its host stops it (SIGTERM)")
+        raise Rejected("bad-request", f"{caller} cannot run {command!r} on the dealer")
