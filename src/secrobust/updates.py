@@ -84,14 +84,15 @@ def carried_center(center: np.ndarray, frac_bits: int) -> tuple[np.ndarray, bool
 
 
 def encode_updates(x: np.ndarray, frac_bits: int, unchecked: frozenset[int] = frozenset(),
-                   ring_rows: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+                   ring_rows: Mapping[int, np.ndarray] | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Honest rows through the checking encoder; rows in ``unchecked`` (simulated Byzantine workers,
     who can send any ring element) through ``encode_unchecked``; rows in ``ring_rows`` as given.
-    Raises ValueError naming the worker whose row the encoder refuses (NaN or inf even when unchecked)."""
+    Raises ValueError naming the worker whose row the encoder refuses (NaN or inf even when unchecked).
+    ``out``: a contiguous uint64 (n, d) buffer to write the encodings into (``ring.encode``'s)."""
     ring_rows = ring_rows or {}
     if not unchecked and not ring_rows:
-        return ring.encode(x, frac_bits)
-    out = np.empty(x.shape, dtype=np.uint64)
+        return ring.encode(x, frac_bits, out)
+    out = np.empty(x.shape, dtype=np.uint64) if out is None else out
     honest = np.array([i not in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
     byz = np.array([i in unchecked and i not in ring_rows for i in range(x.shape[0])], dtype=bool)
     if honest.any():

@@ -96,6 +96,22 @@ def test_the_triple_does_not_depend_on_the_column_chunking(t, width):
     np.testing.assert_array_equal(chunked, whole)
 
 
+@settings(max_examples=20, deadline=None)
+@given(t=triples(max_n=4, max_d=9), widths=st.lists(st.integers(1, 4), min_size=1, max_size=6))
+def test_mask_streams_give_the_mask_columns_range_after_range(t, widths):
+    spec, seeds = t
+    for party, seed in ((0, seeds.a0), (1, seeds.a1)):
+        streams, start = dealer.mask_streams(seed, spec, party), 0
+        for width in widths:
+            stop = min(start + width, spec.d)
+            got = dealer.next_columns(streams, stop - start)
+            np.testing.assert_array_equal(got, dealer.mask_columns(seed, spec, party, start, stop))
+            out = np.full((spec.n, stop - start), 7, dtype=np.uint64)
+            assert dealer.mask_columns(seed, spec, party, start, stop, out=out) is out
+            np.testing.assert_array_equal(out, got)
+            start = stop
+
+
 @pytest.mark.parametrize("n,d,chunk,want", [
     (2, 10, 32, [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]),
     (4, 3, 8, [(0, 1), (1, 2), (2, 3)]),

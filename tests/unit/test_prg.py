@@ -99,6 +99,29 @@ def test_ring_stream_equals_the_byte_keystream_at_piece_boundaries(count, offset
     np.testing.assert_array_equal(prg.ring_stream(SEED, "piece", count, offset), want)
 
 
+@pytest.mark.parametrize("count", [0, 1, 5] + [(prg._PIECE // 8) * m + r for m in (1, 2) for r in (-1, 0, 1)])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_subtracting_the_stream_in_place_equals_subtracting_its_words(count, offset):
+    x = np.random.default_rng(count).integers(0, 2**64 - 1, size=count, dtype=np.uint64, endpoint=True)
+    want = x - prg.ring_stream(b"w" * 16, "sub", count, offset)
+    prg.subtract_ring_stream(b"w" * 16, "sub", x, offset)
+    np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("sizes", [[1, 1, 1], [3, 5, 2], [prg._PIECE // 8 + 1, 3, prg._PIECE // 8 - 1]])
+def test_a_ring_stream_read_in_parts_is_the_whole_stream(sizes):
+    stream, parts = prg.RingStream(SEED, "parts", 3), []
+    for k, size in enumerate(sizes):
+        part = np.zeros(size, dtype=np.uint64)
+        if k % 2:
+            stream.subtract_from(part)
+            part = -part
+        else:
+            stream.fill(part)
+        parts.append(part)
+    np.testing.assert_array_equal(np.concatenate(parts), prg.ring_stream(SEED, "parts", sum(sizes), 3))
+
+
 def test_ring_rows_row_i_is_the_row_labelled_stream():
     rows = prg.ring_rows(SEED, "mask", 3, 5, 9)
     assert rows.shape == (3, 4)

@@ -126,11 +126,11 @@ def joint_seed(round_id: int, seed0: bytes, seed1: bytes) -> bytes:
 
 
 def _byte_table() -> np.ndarray:
-    """Each keystream byte holds four entries, two bits (z, s) each: r = z (1 - 2 s). The four int8
-    entries of a byte are packed into one int32, so expanding a keystream is one gather."""
+    """Each keystream byte holds four entries, two bits (z, s) each: r = z (1 - 2 s). Row q of the table is
+    entry q of every byte value (4 x 256 int8), so a row of the projection matrix is one gather."""
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").reshape(256, 4, 2)
     z, s = bits[..., 0].astype(np.int8), bits[..., 1].astype(np.int8)
-    return np.ascontiguousarray(z - 2 * (z & s)).view(np.int32).ravel()
+    return np.ascontiguousarray((z - 2 * (z & s)).T)
 
 
 _TABLE = _byte_table()
@@ -146,10 +146,10 @@ def projection_columns(seed: bytes, lam: int, start: int, stop: int) -> np.ndarr
 
     The keystream is column-major: column c takes bytes [c L/4, (c+1) L/4) (L = lambda rounded up to a
     multiple of 4), so any column range is one keystream read; P(0) = 1/2, P(+1) = P(-1) = 1/4."""
-    per = _padded(lam) // 4
-    raw = np.frombuffer(prg.keystream(seed, "validity-projection", (stop - start) * per, start * per), dtype=np.uint8)
-    entries = np.take(_TABLE, raw).view(np.int8).reshape(stop - start, 4 * per)[:, :lam]
-    return np.ascontiguousarray(entries.T)
+    per, width = _padded(lam) // 4, stop - start
+    raw = np.frombuffer(prg.keystream(seed, "validity-projection", width * per, start * per), dtype=np.uint8)
+    entries = np.take(_TABLE, np.ascontiguousarray(raw.reshape(width, per).T), axis=1)  # [q, b, c]: row 4b + q
+    return np.ascontiguousarray(entries.transpose(1, 0, 2).reshape(4 * per, width)[:lam])
 
 
 def project(x: np.ndarray, r: np.ndarray) -> np.ndarray:

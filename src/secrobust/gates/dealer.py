@@ -153,15 +153,36 @@ def chunk_columns(n: int, d: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> lis
 
 
 def mask_columns(seed: bytes, spec: TripleSpec, party: int, start: int, stop: int,
-                 rows: np.ndarray | None = None) -> np.ndarray:
-    """Columns [start, stop) of A_party, for all rows or the given row positions (A_0 = S0's input shares)."""
+                 rows: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Columns [start, stop) of A_party, for all rows or the given row positions (A_0 = S0's input shares),
+    written into ``out`` (uint64, that shape, contiguous rows) when given."""
     rows = np.arange(spec.n) if rows is None else rows
     if party == 0:
-        return sharing.input_rows(seed, rows, start, stop)
+        return sharing.input_rows(seed, rows, start, stop, out)
     purpose = mask_label(spec, party)
-    out = np.empty((len(rows), stop - start), dtype=np.uint64)
+    if out is None:
+        out = np.empty((len(rows), stop - start), dtype=np.uint64)
+    elif out.dtype != np.uint64 or out.shape != (len(rows), stop - start):
+        raise ValueError(f"mask columns go into a uint64 matrix of shape {(len(rows), stop - start)}")
     for r, i in enumerate(rows):
         prg.fill_ring_stream(seed, prg.label(purpose, "row", int(i)), out[r], start)
+    return out
+
+
+def mask_streams(seed: bytes, spec: TripleSpec, party: int) -> list[prg.RingStream]:
+    """A_party's rows as streams from column 0: ``next_columns`` gives what ``mask_columns`` gives for
+    consecutive column ranges, with one AES key schedule per row for the whole pass, not one per row and range."""
+    if party == 0:
+        return [sharing.input_stream(seed, i) for i in range(spec.n)]
+    purpose = mask_label(spec, party)
+    return [prg.RingStream(seed, prg.label(purpose, "row", i)) for i in range(spec.n)]
+
+
+def next_columns(streams: list[prg.RingStream], width: int) -> np.ndarray:
+    """The next ``width`` columns of the rows behind ``streams`` (one row per stream)."""
+    out = np.empty((len(streams), width), dtype=np.uint64)
+    for r, stream in enumerate(streams):
+        stream.fill(out[r])
     return out
 
 
@@ -181,9 +202,9 @@ def make_triple(spec: TripleSpec, seeds: TripleSeeds) -> tuple[TripleShare0, Tri
         u0 = prg.ring_stream(vec.s0, vector_label(spec, "u0"), spec.n)
         u1 = prg.ring_stream(vec.s1, vector_label(spec, "u1"), spec.n)
         vector_c1 = np.zeros(spec.d, dtype=np.uint64)
+    rows0, rows1 = mask_streams(seeds.a0, spec, 0), mask_streams(seeds.a1, spec, 1)
     for start, stop in chunk_columns(spec.n, spec.d):
-        a0 = mask_columns(seeds.a0, spec, 0, start, stop)
-        a1 = mask_columns(seeds.a1, spec, 1, start, stop)
+        a0, a1 = next_columns(rows0, stop - start), next_columns(rows1, stop - start)
         if vec is not None:
             vector_c1[start:stop] = np.matmul(u0, a1) + np.matmul(u1, a0)
         a1 += a1

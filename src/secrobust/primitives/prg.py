@@ -76,30 +76,71 @@ def ring_stream(seed: bytes, purpose: str, count: int, offset: int = 0) -> np.nd
     return out
 
 
-def fill_ring_stream(seed: bytes, purpose: str, out: np.ndarray, offset: int = 0) -> None:
-    """Write words [offset, offset + out.size) of the stream into the contiguous uint64 vector ``out``.
-
-    The keystream is encrypted in pieces of ``_PIECE`` bytes straight into ``out`` (``update_into``, which
-    needs room for a block less one byte past its output, so the last piece is copied from ``update``): no
-    buffer the size of the output is allocated or zeroed, and no piece is copied.
-    """
-    if out.dtype != np.uint64 or out.ndim != 1 or not out.flags.c_contiguous:
-        raise ValueError("the keystream goes into a contiguous uint64 vector")
+def _encryptor(seed: bytes, purpose: str, offset: int):
+    """The AES-CTR encryptor of (seed, purpose), advanced to word ``offset`` of its stream."""
     if offset < 0:
         raise ValueError("keystream offset must be non-negative")
     first_block, skip = divmod(offset * _WORD, _BLOCK)
     enc = Cipher(algorithms.AES(derive_key(seed, purpose)), modes.CTR(first_block.to_bytes(16, "big"))).encryptor()
     if skip:
         enc.update(_ZEROS[:skip])
-    target = out.view(np.uint8)
-    for pos in range(0, target.size, _PIECE):
-        piece = min(_PIECE, target.size - pos)
-        if pos + piece + _BLOCK - 1 <= target.size:
-            enc.update_into(_ZEROS[:piece], target[pos:pos + piece + _BLOCK - 1])
-        else:
-            target[pos:pos + piece] = np.frombuffer(enc.update(_ZEROS[:piece]), dtype=np.uint8)
-    if _BIG_ENDIAN:
-        out.byteswap(inplace=True)
+    return enc
+
+
+def _check_out(out: np.ndarray) -> None:
+    if out.dtype != np.uint64 or out.ndim != 1 or not out.flags.c_contiguous:
+        raise ValueError("the keystream goes into a contiguous uint64 vector")
+
+
+class RingStream:
+    """The words of the (seed, purpose) stream in order from word ``offset``: each call takes the next
+    ``out.size`` words, so a row read chunk after chunk keeps one AES key schedule and counter for the pass."""
+
+    def __init__(self, seed: bytes, purpose: str, offset: int = 0) -> None:
+        self._enc = _encryptor(seed, purpose, offset)
+
+    def fill(self, out: np.ndarray) -> None:
+        """Write the next words into the contiguous uint64 vector ``out``: encrypted in pieces of ``_PIECE``
+        bytes straight into ``out`` (``update_into``, which needs room for a block less one byte past its
+        output, so the last piece is copied from ``update``); no buffer the size of ``out`` is allocated."""
+        _check_out(out)
+        target = out.view(np.uint8)
+        for pos in range(0, target.size, _PIECE):
+            piece = min(_PIECE, target.size - pos)
+            if pos + piece + _BLOCK - 1 <= target.size:
+                self._enc.update_into(_ZEROS[:piece], target[pos:pos + piece + _BLOCK - 1])
+            else:
+                target[pos:pos + piece] = np.frombuffer(self._enc.update(_ZEROS[:piece]), dtype=np.uint8)
+        if _BIG_ENDIAN:
+            out.byteswap(inplace=True)
+
+    def subtract_from(self, out: np.ndarray) -> None:
+        """out -= the next words (mod 2^64), in place, through one piece-sized scratch buffer that stays in
+        cache, never a pad the size of ``out``."""
+        _check_out(out)
+        words = _PIECE // _WORD
+        scratch = np.empty(min(words, out.size) + _BLOCK // _WORD, dtype=np.uint64)
+        raw = scratch.view(np.uint8)
+        for pos in range(0, out.size, words):
+            part = out[pos:pos + words]
+            self._enc.update_into(_ZEROS[:part.size * _WORD], raw)
+            pad = scratch[:part.size]
+            if _BIG_ENDIAN:
+                pad.byteswap(inplace=True)
+            np.subtract(part, pad, out=part)
+
+
+def fill_ring_stream(seed: bytes, purpose: str, out: np.ndarray, offset: int = 0) -> None:
+    """Write words [offset, offset + out.size) of the stream into the contiguous uint64 vector ``out``
+    (``RingStream.fill``: no buffer the size of the output is allocated or zeroed, and no piece is copied)."""
+    _check_out(out)
+    RingStream(seed, purpose, offset).fill(out)
+
+
+def subtract_ring_stream(seed: bytes, purpose: str, out: np.ndarray, offset: int = 0) -> None:
+    """out -= words [offset, offset + out.size) of the stream (mod 2^64), in place (``RingStream.subtract_from``)."""
+    _check_out(out)
+    RingStream(seed, purpose, offset).subtract_from(out)
 
 
 def ring_rows(seed: bytes, purpose: str, n_rows: int, start: int, stop: int) -> np.ndarray:

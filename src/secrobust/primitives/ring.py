@@ -40,18 +40,24 @@ def check_frac_bits(frac_bits: int) -> None:
         raise ValueError(f"frac_bits must be an integer in [0, 28], got {frac_bits!r}")
 
 
-def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+def encode(values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS, out: np.ndarray | None = None) -> np.ndarray:
     """Honest encoder: finite values with row L2 norm within max_norm(F, d) -> uint64 ring elements.
 
     Works on a vector (d,) or a matrix (n, d) whose rows are updates. Raises ValueError naming the
-    offending row on NaN/inf or an out-of-range norm; it never wraps silently.
+    offending row on NaN/inf or an out-of-range norm; it never wraps silently. ``out``: a C-contiguous uint64
+    array of the values' shape to write the encoding into (a buffer kept across rounds), else a new one.
     """
     check_frac_bits(frac_bits)
     x = np.asarray(values, dtype=np.float64)
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     if rows.ndim != 2:
         raise ValueError(f"expected a vector or an (n, d) matrix, got shape {x.shape}")
-    out = np.empty(rows.shape, dtype=np.int64)
+    if out is None:
+        out = np.empty(rows.shape, dtype=np.int64)
+    else:
+        if out.dtype != RING_DTYPE or out.shape != x.shape or not out.flags.c_contiguous:
+            raise ValueError(f"the encoding goes into a contiguous uint64 array of shape {x.shape}")
+        out = out.view(np.int64).reshape(rows.shape)
     step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
 
     def encode_rows(start: int, stop: int) -> str | None:

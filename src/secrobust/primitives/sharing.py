@@ -39,10 +39,19 @@ def input_key(master: bytes, position: int) -> bytes:
     return prg.derive_seed(master, prg.label("input-key", int(position)))
 
 
-def input_rows(master: bytes, positions, start: int, stop: int) -> np.ndarray:
-    """Columns [start, stop) of S0's input shares for the given plan positions, one row each."""
+def input_stream(master: bytes, position: int) -> prg.RingStream:
+    """S0's input share of the worker at ``position`` as a stream from column 0 (``input_rows`` chunk by chunk)."""
+    return prg.RingStream(input_key(master, position), INPUT_PURPOSE)
+
+
+def input_rows(master: bytes, positions, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Columns [start, stop) of S0's input shares for the given plan positions, one row each (written into
+    ``out``, a uint64 matrix of that shape with contiguous rows, when given)."""
     positions = list(positions)
-    out = np.empty((len(positions), stop - start), dtype=np.uint64)
+    if out is None:
+        out = np.empty((len(positions), stop - start), dtype=np.uint64)
+    elif out.dtype != np.uint64 or out.shape != (len(positions), stop - start):
+        raise ValueError(f"input rows go into a uint64 matrix of shape {(len(positions), stop - start)}")
     for row, i in enumerate(positions):
         prg.fill_ring_stream(input_key(master, i), INPUT_PURPOSE, out[row], start)
     return out

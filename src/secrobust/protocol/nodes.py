@@ -45,6 +45,20 @@ class ServerNode:
         self._s1_rows: streaming.S1Rows | None = None
         self._s0_rows: streaming.S0Rows | None = None
         self._proj: np.ndarray | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """A uint64 matrix kept across rounds while its shape stays: mapping 400 MB of fresh pages each round
+        costs more CPU than the AES that fills them. Every word is written before it is read."""
+        buf = self._buffers.pop(name, None)
+        if buf is None or buf.shape != shape:
+            del buf
+            buf = np.empty(shape, dtype=np.uint64)
+        self._buffers[name] = buf
+        return buf
+
+    def _plan_matrix(self, name: str, plan: server.RoundPlan) -> np.ndarray:
+        return self._buffer(name, (len(plan.worker_ids), plan.d))
 
     def start_round(self, plan: server.RoundPlan, share_master: bytes | None = None) -> None:
         """``share_master``: S0's seed for the workers' share keys when the round has no triple."""
@@ -72,7 +86,7 @@ class ServerNode:
         state = server.receive_share(self.current, msg)
         worker = msg.fields["worker"]
         if self._s1_rows is None:
-            self._s1_rows = streaming.S1Rows(state.plan)
+            self._s1_rows = streaming.S1Rows(state.plan, self._plan_matrix("s1-rows", state.plan))
         row = self._s1_rows.take(worker, msg.arrays["x1"])
         self.state = replace(state, inputs={**state.inputs, worker: row})
 
@@ -120,7 +134,7 @@ class ServerNode:
         if self.party != 1:
             raise UnexpectedMessage("only S1 opens a masked share; S0's input share is the dealer's mask")
         if self._s1_rows is None:
-            self._s1_rows = streaming.S1Rows(self.current.plan)
+            self._s1_rows = streaming.S1Rows(self.current.plan, self._plan_matrix("s1-rows", self.current.plan))
         return self._s1_rows
 
     def _rows0(self) -> streaming.S0Rows:
@@ -130,7 +144,7 @@ class ServerNode:
         if self._s0_rows is None:
             if not isinstance(st.triple, TripleShare0):
                 raise UnexpectedMessage(f"S0: no triple for round {st.plan.round_id}")
-            self._s0_rows = streaming.S0Rows(st.plan, st.triple)
+            self._s0_rows = streaming.S0Rows(st.plan, st.triple, self._plan_matrix("a0", st.plan))
             if st.agreed is not None:
                 self._s0_rows.check_listed(st.agreed)
         return self._s0_rows

@@ -208,12 +208,9 @@ class WeightedRows:
 
 
 def s0_rows(t: TripleShare0, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A0's rows at ``positions`` (= S0's input shares of those workers), whole rows."""
-    rows = dealer.mask_columns(t.seed_a0, t.spec, 0, 0, t.spec.d, positions)
-    if out is not None:
-        out[...] = rows
-        return out
-    return rows
+    """A0's rows at ``positions`` (= S0's input shares of those workers), whole rows (expanded into ``out``
+    when given)."""
+    return dealer.mask_columns(t.seed_a0, t.spec, 0, 0, t.spec.d, positions, out)
 
 
 # The validity check's projections, and the finished state.
@@ -281,11 +278,15 @@ class S1Rows:
     of them were opened to S0 (``open``), and its Gram share of the opened rows by blocks of ``MIN_BLOCK``
     to ``BLOCK_ROWS`` (with <x1_k, v> for a center)."""
 
-    def __init__(self, plan: RoundPlan) -> None:
+    def __init__(self, plan: RoundPlan, rows: np.ndarray | None = None) -> None:
+        """``rows``: an n_plan x d uint64 matrix to hold the shares (one kept across rounds saves mapping fresh
+        pages each round); a new one if None."""
         n = len(plan.worker_ids)
         self.plan = plan
         self.position = {w: i for i, w in enumerate(plan.worker_ids)}
-        self.rows = np.empty((n, plan.d), dtype=np.uint64)
+        if rows is not None and (rows.dtype != np.uint64 or rows.shape != (n, plan.d) or not rows.flags.c_contiguous):
+            raise ValueError(f"S1's share matrix must be a contiguous uint64 array of shape {(n, plan.d)}")
+        self.rows = np.empty((n, plan.d), dtype=np.uint64) if rows is None else rows
         self.order: list[int] = []
         self.opened = 0
         kind = plan.triple_kind
@@ -343,11 +344,12 @@ class S0Rows:
     E as they come (by blocks of at most ``BLOCK_ROWS``), u^T E with reveal="aggregate", and the workers
     whose row came, in arrival order."""
 
-    def __init__(self, plan: RoundPlan, triple: TripleShare0) -> None:
+    def __init__(self, plan: RoundPlan, triple: TripleShare0, a0: np.ndarray | None = None) -> None:
+        """``a0``: an n_plan x d uint64 matrix to expand A0 into (kept across rounds, as S1's rows); new if None."""
         n = len(plan.worker_ids)
         self.plan = plan
         self.position = {w: i for i, w in enumerate(plan.worker_ids)}
-        self.a0: np.ndarray | None = s0_rows(triple, np.arange(n))
+        self.a0: np.ndarray | None = s0_rows(triple, np.arange(n), a0)
         self.gram = ColumnGram(n, plan.triple_kind)
         self.weighted = WeightedRows(triple) if weighted_sum(plan) else None
         self.order: list[int] = []

@@ -41,8 +41,12 @@ def share_update(round_id: int, worker_id: int, encoded: np.ndarray, key: bytes,
     x = np.asarray(encoded)
     if x.dtype != np.uint64 or x.ndim != 1:
         raise ValueError(f"a worker shares one encoded uint64 vector, got {x.dtype} of shape {x.shape}")
-    pad = prg.ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, x.size)
-    masked = np.subtract(x, pad, out=x if in_place else pad)
+    if in_place:
+        masked = x
+        prg.subtract_ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, masked)
+    else:
+        pad = prg.ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, x.size)
+        masked = np.subtract(x, pad, out=pad)
     return Message(SHARE_MASKED, round_id, worker_name(worker_id), "S1", fields={"worker": worker_id},
                    arrays={"x1": masked})
 
