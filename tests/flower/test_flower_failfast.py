@@ -160,27 +160,50 @@ def test_each_round_is_a_metric_record_and_a_log_line(servers, caplog):
     assert not np.array_equal(result.arrays.to_numpy_ndarrays()[0], np.zeros(D))
 
 
-def test_hidden_weights_stay_out_of_metrics_and_logs(servers, caplog):
+def test_hidden_weights_stay_out_of_metrics_and_logs(servers, caplog, tmp_path):
+    import json
+
     caplog.set_level(logging.INFO, logger="secrobust.flower")
-    strategy, _ = _run(servers, _client(servers), rounds=1, reveal="weights", hide_weights=True)
+    strategy, _ = _run(servers, _client(servers), rounds=1, reveal="weights", hide_weights=True,
+                       history_file=str(tmp_path / "h.json"))
     m = strategy.round_metrics[1]
     assert "secrobust-weights" not in m and "secrobust-selected-workers" not in m
     assert any("weights hidden" in r.getMessage() for r in caplog.records if r.name == "secrobust.flower")
+    (line,) = json.loads((tmp_path / "h.json").read_text())["rounds"]
+    assert line["weights"] is None and line["selected"] is None and line["workers"] == list(range(N))
 
 
-def test_each_round_is_a_json_line_in_the_history_file(servers, tmp_path):
+def test_the_history_is_one_json_file_beside_the_serverapps_checkpoints(servers, tmp_path, monkeypatch):
+    """history-file relative to the ServerApp's working directory (where Flower's checkpoint guide saves the
+    model), {run_id} replaced by Flower's run id; rewritten whole after each round and at the end, with the
+    run's status; a failed run's file says so, with the error."""
     import json
 
-    path = tmp_path / "history.jsonl"
-    strategy, _ = _run(servers, _client(servers), reveal="weights", history_file=str(path))
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["server_round"] for r in lines] == [1, 2]
-    for line, rec in zip(lines, strategy.history):
+    monkeypatch.chdir(tmp_path)
+    template = "checkpoints/secrobust-history-{run_id}.json"
+    strategy, _ = _run(servers, _client(servers), reveal="weights", history_file=template)
+    (path,) = (tmp_path / "checkpoints").glob("secrobust-history-*.json")
+    doc = json.loads(path.read_text())
+    assert path.name == f"secrobust-history-{doc['flwr_run_id']}.json" and strategy.history_path() == path
+    assert doc["format"] == "secrobust-flower-history/1" and doc["status"] == "finished" and doc["error"] is None
+    assert (doc["rule"], doc["f"], doc["reveal"], doc["check_inputs"]) == ("krum", 1, "weights", True)
+    assert [r["server_round"] for r in doc["rounds"]] == [1, 2]
+    for line, rec in zip(doc["rounds"], strategy.history):
         assert line["workers"] == list(range(N)) and line["nodes"] == list(rec.node_ids)
         assert line["weights"] == [float(v) for v in rec.result.weights] and line["weights"][BYZ] == 0.0
+        assert line["selected"] == [w for w, v in zip(line["workers"], line["weights"]) if v > 0]
+        assert BYZ not in line["selected"] and line["declined"] == {} and line["rejected"] == {}
         assert line["error"] is None and line["seconds"]["round"] > 0
-    s = SecRobust.from_run_config({"secrobust-dir": str(servers.cert_dir), "history-file": str(path)})
-    assert s.history_file == path
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    s = SecRobust.from_run_config({"secrobust-dir": str(servers.cert_dir), "history-file": template})
+    assert str(s.history_file) == template
+
+    failed = tmp_path / "failed.json"
+    with pytest.raises(SecRobustError):
+        _run(servers, _numpy_client_app(servers), history_file=str(failed))
+    doc = json.loads(failed.read_text())
+    assert doc["status"] == "failed" and "server round 1 failed" in doc["error"] and "NumPyClient" in doc["error"]
+    assert [r["server_round"] for r in doc["rounds"]] == [1] and "NumPyClient" in doc["rounds"][0]["error"]
 
 
 def test_flower_nodes_pins_each_node_and_the_strategy_enforces_it(tmp_path):

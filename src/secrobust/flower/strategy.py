@@ -102,6 +102,8 @@ RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
 ``min-participants`` and ``norm-bound`` of 0 mean unset; ``rule-options`` is a JSON object as a string."""
 NUMPY_CLIENT_HINT = K.NUMPY_CLIENT_HINT
 ROUND_ERRORS = (RoundAborted, RemoteRejected, PartyUnreachable, ProtocolError, ValueError)
+HISTORY_FORMAT = "secrobust-flower-history/1"
+"""The ``format`` of the history file (``SecRobust.history_document``)."""
 REPLY_ERRORS = (BindingRefused, ValueError, TypeError, KeyError, OverflowError)
 """What reading one train reply may raise on a Byzantine client's content: that reply is dropped."""
 
@@ -157,6 +159,7 @@ class SecRobust(FedAvg):
         self._early: tuple[int, RoundRequest, dict[int, int]] | None = None
         _to_flower_console()
         self.history_file = Path(history_file).expanduser() if history_file else None
+        self._status, self._error = "running", None
         self.skip_failed_rounds = bool(skip_failed_rounds)
         self.node_wait_s = float(node_wait_s)
         self.hide_weights = bool(hide_weights)
@@ -334,9 +337,16 @@ class SecRobust(FedAvg):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
         """``preflight``, then FedAvg's ``start``; with no round aggregated (every one skipped), the result
-        holds the initial arrays rather than Flower's empty ArrayRecord."""
-        self.preflight(grid)
-        result = super().start(grid, initial_arrays, *args, **kwargs)
+        holds the initial arrays rather than Flower's empty ArrayRecord. The history file (if any) ends
+        with the run's status: ``finished``, or ``failed`` and the error."""
+        self._grid = grid
+        try:
+            self.preflight(grid)
+            result = super().start(grid, initial_arrays, *args, **kwargs)
+        except BaseException as exc:
+            self._save_history("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self._save_history("finished")
         if not list(result.arrays.keys()):
             result.arrays = initial_arrays
         return result
@@ -581,13 +591,16 @@ class SecRobust(FedAvg):
         return out
 
     def history_line(self, record: RoundRecord) -> dict[str, Any]:
-        """What ``history_file`` keeps of a round: what it made public (no weights with ``hide_weights``)."""
+        """What the history file keeps of a round: what it made public (no weights, so no selected workers,
+        with ``hide_weights``)."""
         res = record.result
         weights = None if res is None or res.weights is None or self.hide_weights else \
             [float(v) for v in res.weights]
         return {"server_round": record.server_round, "round_id": record.round_id,
                 "workers": [int(w) for w in record.worker_ids], "nodes": [int(n) for n in record.node_ids],
                 "rule": self.rule, "f": self.f, "reveal": self.reveal, "weights": weights,
+                "selected": None if weights is None else [int(record.worker_ids[i]) for i, v in enumerate(weights)
+                                                          if v > 0 and i < len(record.worker_ids)],
                 "participants": None if res is None else [int(record.worker_ids[i]) for i in res.participants
                                                           if 0 <= i < len(record.worker_ids)],
                 "rejected": {} if res is None else {str(record.worker_ids[i] if 0 <= i < len(record.worker_ids)
@@ -596,12 +609,43 @@ class SecRobust(FedAvg):
                 "dropped": {str(n): why for n, why in record.dropped.items()}, "error": record.error,
                 "seconds": {k: round(v, 4) for k, v in record.seconds.items()}}
 
+    def history_path(self) -> Path | None:
+        """The history file: ``history_file`` with ``{run_id}`` replaced by Flower's run id, relative to the
+        ServerApp's working directory (under ``flwr run`` on a SuperLink, the directory ``flower-superlink``
+        was started in, where Flower's checkpoint guide and ``flwr new``'s apps save their model)."""
+        if self.history_file is None:
+            return None
+        run_id = _run_id(self._grid) if self._grid is not None else 0
+        return Path(str(self.history_file).replace("{run_id}", str(run_id))).absolute()
+
+    def history_document(self) -> dict[str, Any]:
+        """The run as the history file holds it: the settings, the status (``running``, ``finished`` or
+        ``failed`` with its error) and ``history_line`` of every round so far."""
+        return {"format": HISTORY_FORMAT, "flwr_run_id": _run_id(self._grid) if self._grid is not None else 0,
+                "status": self._status, "error": self._error,
+                "rule": self.rule, "f": self.f, "reveal": self.reveal, "options": _jsonable(self.rule_options),
+                "check_inputs": self.check_inputs, "share_window_s": self.share_window_s,
+                "min_participants": self.request_min_participants(), "one_message": self.one_message,
+                "hide_weights": self.hide_weights,
+                "split_operators": None if self._op is None else bool(self._op.relayed),
+                "rounds": [self.history_line(r) for r in self.history]}
+
+    def _save_history(self, status: str | None = None, error: str | None = None) -> None:
+        """Rewrite the history file whole (a temporary file, then a rename: a reader never sees half of it)."""
+        if status is not None:
+            self._status, self._error = status, error
+        path = self.history_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.history_document(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
     def _done(self, record: RoundRecord, t0: float) -> None:
         record.seconds["round"] = time.perf_counter() - t0
         self.history.append(record)
-        if self.history_file is not None:
-            with open(self.history_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(self.history_line(record)) + "\n")
+        self._save_history()
         if self.on_round is not None:
             self.on_round(record)
 
@@ -745,6 +789,11 @@ def _run_id(grid: Grid) -> int:
     except (AssertionError, AttributeError):
         return 0
     return run_id if isinstance(run_id, int) and 0 <= run_id < 1 << 64 else 0
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays as plain numbers and lists (for the history file)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def _test_seed(seed: bytes | int | None) -> int | str | None:
