@@ -15,7 +15,7 @@ split: the ServerApp holds operator:S0's key only; mutual TLS between them and w
 * a registered node that brings another worker's secrobust key (a stolen key) is refused as that worker:
   its reply is dropped, and with four usable replies for Krum's five the run ends as an error naming it.
 
-Flower's TLS certificates come from a throwaway CA made here (Flower's links need TLS for SuperNode
+Flower's TLS certificates come from ``secrobust flower-tls``'s CA (Flower's links need TLS for SuperNode
 authentication; secrobust's links keep their own mutual TLS).
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: the SuperLink would otherwise ``uv sync`` the app's
 dependencies into a fresh environment, which needs the network and a published secrobust; the app runs in
@@ -54,35 +54,10 @@ RUN_TIMEOUT_S = 900.0
 
 
 def flower_tls(out: Path) -> dict[str, Path]:
-    """A throwaway CA and the SuperLink's certificate for 127.0.0.1 (Flower's links, not secrobust's)."""
-    import datetime
-    import ipaddress
+    """Flower's TLS files for 127.0.0.1 as ``secrobust flower-tls`` makes them (Flower's links, not secrobust's)."""
+    from secrobust.flower.tls import flower_tls as make
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flower test CA")])
-
-    def cert(subject, public, extension, critical):
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=2)).add_extension(extension, critical=critical)
-                .sign(ca_key, hashes.SHA256()))
-
-    ca = cert(ca_name, ca_key.public_key(), x509.BasicConstraints(ca=True, path_length=None), True)
-    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key(),
-                  x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-    paths = {"ca": out / "ca.crt", "cert": out / "server.pem", "key": out / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return paths
+    return make(out, ["127.0.0.1"], days=2)
 
 
 def _children() -> dict[int, list[int]]:

@@ -102,3 +102,32 @@ def test_flower_servers_refuses_a_party_it_does_not_start(tmp_path):
     res = subprocess.run([sys.executable, "-m", "secrobust.cli", "flower-servers", "--dir", str(tmp_path),
                           "--party", "worker:0"], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2 and "dealer, S0, S1 and/or approval" in res.stderr
+
+
+def test_flower_tls_makes_a_ca_and_the_superlinks_certificate(tmp_path):
+    """``secrobust flower-tls``: Flower's own TLS files, the SuperLink's certificate naming each address, the
+    keys 0600; a second call into the same folder and an address with a port are one-line errors."""
+    import stat
+    import subprocess
+    import sys
+
+    from cryptography import x509
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "secrobust.cli", "flower-tls", *argv], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    done = cli("--out", str(tmp_path / "tls"), "--address", "127.0.0.1", "--address", "superlink.example")
+    assert done.returncode == 0, done.stderr
+    ca = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "superlink.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example"]
+    for key in ("ca.key", "superlink.key"):
+        assert stat.S_IMODE((tmp_path / "tls" / key).stat().st_mode) == 0o600
+    again = cli("--out", str(tmp_path / "tls"), "--address", "127.0.0.1")
+    assert again.returncode == 2 and "exist already" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    port = cli("--out", str(tmp_path / "tls2"), "--address", "127.0.0.1:9093")
+    assert port.returncode == 2 and "without a port" in port.stderr

@@ -59,6 +59,24 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"worker {wid}: node {node}: {dir / f'worker-{wid}' / 'flower-supernode.txt'}")
         typer.echo(f"wrote {dir / 'node-workers.json'} (SecRobust pins each node to its worker)", err=True)
 
+    @app.command("flower-tls")
+    def flower_tls_command(out: Path = typer.Option(..., "--out", help="folder for ca.crt, ca.key, superlink.crt and "
+                                                    "superlink.key"),
+                           address: list[str] = typer.Option(..., "--address", help="an IP address or DNS name the "
+                                                             "SuperNodes and flwr reach the SuperLink at (repeatable)"),
+                           days: int = typer.Option(365, help="how long the certificates are valid")) -> None:
+        """Make Flower's own TLS files (SuperLink <-> SuperNodes and flwr; SuperNode authentication needs TLS):
+        a CA and the SuperLink's certificate. secrobust's links keep their own mutual TLS."""
+        from .tls import flower_tls
+
+        try:
+            paths = flower_tls(out, address, days)
+        except (ValueError, OSError) as exc:
+            fail(f"{type(exc).__name__}: {one_line(exc)}")
+        typer.echo(f"flower-superlink --ssl-ca-certfile {paths['ca']} --ssl-certfile {paths['cert']} "
+                   f"--ssl-keyfile {paths['key']}; each flower-supernode and the connection: "
+                   f"--root-certificates / root-certificates = {paths['ca']}", err=True)
+
     @app.command("flower-approval")
     def flower_approval(dir: Path = typer.Option(..., "--dir", help="the provisioned folder ('secrobust init')"),
                         listen: str = typer.Option(..., help="host:port S1's approval service listens at (where "
