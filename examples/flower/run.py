@@ -33,7 +33,7 @@ def main() -> None:
         os.environ["SECROBUST_WORKER_CONFIG"] = servers.worker_config_template()
         os.environ["SECROBUST_EXAMPLE_CONFIG"] = json.dumps(
             {"num-server-rounds": args.rounds, "rule": "krum", "f": 2, "byzantine": 2, "attack": "sign-flip",
-             "share-window-s": 60.0})
+             "share-window-s": 60.0, "fraction-evaluate": 0.0})
         run_simulation(server_app=server_app.app, client_app=client_app.app, num_supernodes=args.clients,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"include_dashboard": False, "logging_level": "ERROR"}})
