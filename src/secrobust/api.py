@@ -23,7 +23,7 @@ from .protocol.nodes import DealerNode, ServerNode
 from .protocol.offline import request_triple
 from .protocol.seeds import SeedSource
 from .protocol.server import finish_aggregate, noise_share
-from .protocol.streaming import MIN_BLOCK
+from .protocol.streaming import BLOCK_ROWS, MIN_BLOCK
 from .protocol.worker import share_key, share_update, worker_name
 from .rules import modes
 from .rules.cohort import DEFAULT_MIN_PARTICIPANTS
@@ -238,10 +238,13 @@ class Cluster:
 
     def _open_rows(self, channel: InMemoryChannel, kind: str, closed: bool) -> None:
         """S1's rows of E for the shares it took since the last call go to S0; S1 adds the rows that are due
-        to its Gram share, S0 takes its waiting rows once a block of them is in (all once ``closed``)."""
+        to its Gram share, S0 takes its waiting rows once a block of them is in (all once ``closed``). S1's
+        blocks are the largest the deployment allows (``BLOCK_ROWS``: its rows are in its matrix anyway); S0's
+        stay at ``MIN_BLOCK``: 16 rows made its product cheaper (0.25 against 0.33 CPU-s at n = 50, d = 1e6) but
+        the rows of E waiting for it faulted fresh pages each block, and the round cost as much or more."""
         for msg in self.s1.open_rows():
             channel.send(msg)
-        self.s1.add_gram(closed)
+        self.s1.add_gram(closed, BLOCK_ROWS)
         if closed or channel.pending("S0", kind) >= MIN_BLOCK:
             self.s0.take_rows(channel.receive_all("S0", kind))
 

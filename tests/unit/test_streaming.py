@@ -179,3 +179,12 @@ def test_a_streamed_row_that_does_not_fit_is_refused():
         g.add(np.zeros((3, 3), np.uint64), [1], [np.zeros(3, np.uint64)])
     with pytest.raises(UnexpectedMessage, match="has not arrived"):
         g.share(np.array([0, 1]))
+
+
+def test_projections_of_leading_rows_equal_those_of_the_same_rows_picked_out():
+    x = np.random.default_rng(5).integers(0, 2**64 - 1, size=(6, 29), dtype=np.uint64, endpoint=True)
+    seed, center = bytes(range(16)), np.arange(29, dtype=np.uint64)
+    lead = streaming.Projector(x, np.arange(4), seed, center, chunk_bytes=8 * 4 * 6)
+    assert lead.leading
+    picked = streaming.project_rows(x, np.array([3, 0, 1, 2]), seed, center, chunk_bytes=8 * 4 * 6)
+    assert np.array_equal(lead.run(), picked[[1, 2, 3, 0]])

@@ -102,15 +102,19 @@ class RingStream:
     def fill(self, out: np.ndarray) -> None:
         """Write the next words into the contiguous uint64 vector ``out``: encrypted in pieces of ``_PIECE``
         bytes straight into ``out`` (``update_into``, which needs room for a block less one byte past its
-        output, so the last piece is copied from ``update``); no buffer the size of ``out`` is allocated."""
+        output, so the last block's bytes are copied from ``update``); no buffer the size of ``out``."""
         _check_out(out)
         target = out.view(np.uint8)
-        for pos in range(0, target.size, _PIECE):
-            piece = min(_PIECE, target.size - pos)
-            if pos + piece + _BLOCK - 1 <= target.size:
-                self._enc.update_into(_ZEROS[:piece], target[pos:pos + piece + _BLOCK - 1])
-            else:
-                target[pos:pos + piece] = np.frombuffer(self._enc.update(_ZEROS[:piece]), dtype=np.uint8)
+        pos, size = 0, target.size
+        while pos < size:
+            piece = min(_PIECE, size - pos)
+            if pos + piece + _BLOCK - 1 > size:
+                piece = size - pos - _BLOCK
+                if piece <= 0:
+                    target[pos:] = np.frombuffer(self._enc.update(_ZEROS[:size - pos]), dtype=np.uint8)
+                    break
+            self._enc.update_into(_ZEROS[:piece], target[pos:pos + piece + _BLOCK - 1])
+            pos += piece
         if _BIG_ENDIAN:
             out.byteswap(inplace=True)
 

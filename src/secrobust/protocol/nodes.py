@@ -117,10 +117,11 @@ class ServerNode:
             raise UnexpectedMessage(f"S1: no triple for round {st.plan.round_id}")
         return self._rows1().open(st.triple)
 
-    def add_gram(self, closed: bool = False) -> None:
-        """S1: the opened rows into the Gram share, by blocks as they become due (all once ``closed``)."""
+    def add_gram(self, closed: bool = False, min_rows: int = streaming.MIN_BLOCK) -> None:
+        """S1: the opened rows into the Gram share, by blocks of ``min_rows`` or more as they become due (all
+        once ``closed``)."""
         rows = self._rows1()
-        while rows.gram_due(closed):
+        while rows.gram_due(closed, min_rows):
             rows.add_block()
 
     def take_rows(self, msgs: list[Message]) -> None:

@@ -224,6 +224,8 @@ class Projector:
     def __init__(self, x: np.ndarray, rows: np.ndarray, seed: bytes, center: np.ndarray | None,
                  chunk_bytes: int = dealer.DEFAULT_CHUNK_BYTES) -> None:
         self.x, self.rows, self.seed, self.center = x, np.asarray(rows, dtype=np.int64), seed, center
+        self.leading = bool(np.array_equal(self.rows, np.arange(len(self.rows))))
+        """The rows are x's first ones in order (every worker took part): chunks are views, not copies."""
         self.lam = validity.params().projections
         self.chunks = dealer.chunk_columns(len(self.rows), x.shape[1], chunk_bytes)
         self.next = 0
@@ -235,7 +237,7 @@ class Projector:
 
     def step(self) -> None:
         start, stop = self.chunks[self.next]
-        part = self.x[self.rows, start:stop]
+        part = self.x[:len(self.rows), start:stop] if self.leading else self.x[self.rows, start:stop]
         self.proj[:, :self.lam] += validity.project_columns(part, self.seed, self.lam, start)
         if self.center is not None:
             self.proj[:, self.lam] += np.matmul(part, self.center[start:stop])
@@ -311,10 +313,11 @@ class S1Rows:
         self.opened = len(self.order)
         return out
 
-    def gram_due(self, closed: bool) -> bool:
-        """A block of opened rows is ready for the Gram share (any size once no more shares come)."""
+    def gram_due(self, closed: bool, min_rows: int = MIN_BLOCK) -> bool:
+        """A block of at least ``min_rows`` opened rows is ready for the Gram share (any size once no more
+        shares come)."""
         waiting = self.opened - self.gram.done if self.gram is not None else 0
-        return waiting >= MIN_BLOCK or (closed and waiting > 0)
+        return waiting >= min_rows or (closed and waiting > 0)
 
     def add_block(self) -> None:
         """The next opened rows, ``BLOCK_ROWS`` at most, into the Gram share."""
