@@ -130,11 +130,40 @@ def rule_sensitivity(rule: str, n: int, clip: float, *, f: int = 0, options: dic
 
 
 def sum_form(rule: str, *, options: dict[str, Any] | None = None, pre: str | None = None) -> bool:
-    """True if the aggregate is (1/n) sum_i g(x_i) with g(0) = 0 and g bounded: the mean and norm-clip with a
-    public tau, without a pre-aggregation step. Only these keep the sampled Gaussian mechanism's form under
-    Poisson sampling (a zeroed row adds exactly what an absent one does)."""
+    """True if the aggregate is v + (1/n) sum_i g(x_i) with a public v and a bounded g: the mean and norm-clip
+    with a public tau (v = 0, g(0) = 0), and cclip with a public tau, a public center v and one iteration
+    (g(x) = clip_tau(x - v)), without a pre-aggregation step. Only these keep the sampled Gaussian mechanism's
+    form under Poisson sampling: with a fixed denominator, adding or removing one worker adds or removes one
+    term (``sampled_term_bound``)."""
     options = options or {}
-    return pre is None and (rule == "mean" or (rule == "norm-clip" and options.get("tau") is not None))
+    if pre is not None:
+        return False
+    if rule == "mean":
+        return True
+    if rule == "norm-clip":
+        return options.get("tau") is not None
+    if rule == "cclip":
+        return options.get("tau") is not None and int(options.get("iterations", 1)) == 1
+    return False
+
+
+def sampled_term_bound(rule: str, clip: float, *, options: dict[str, Any] | None = None,
+                       reveal: str = "distances") -> float:
+    r"""Under client sampling (add/remove adjacency: one worker is in the population or not), the bound
+    :math:`\Delta_g` on the norm of one worker's term g(x) of a ``sum_form`` rule: C for the mean,
+    min(C, tau) for norm-clip, tau for cclip (:math:`\lVert\Pi_\tau(x - v)\rVert \le \tau`). The
+    released aggregate v + (1/(qN)) sum g(x_i) then has sensitivity :math:`\Delta_g/(qN)`."""
+    options = options or {}
+    if not sum_form(rule, options=options):
+        raise _refuse(rule, "under client sampling only a fixed-denominator sum of bounded per-worker terms "
+                            "(mean; norm-clip or cclip with a public tau, one iteration) has the sampled Gaussian "
+                            "mechanism's form")
+    if rule == "cclip":
+        tau = float(options["tau"])
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        return tau * (SHARES_SLACK if reveal != "distances" else 1.0)
+    return per_worker_bound(rule, clip, tau=options.get("tau"), reveal=reveal)
 
 
 def covers_everything(rule: str, *, reveal: str = "distances", pre: str | None = None) -> bool:

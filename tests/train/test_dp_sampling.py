@@ -126,18 +126,86 @@ def test_byzantine_rows_over_the_bound_add_nothing_and_keep_the_denominator(
         assert norms.max() <= C * (1 + 1e-12)  # every row passes: the engine divides by the rows it was given
 
 
-@pytest.mark.parametrize(("rule", "options", "match"), [
-    ("krum", {}, "fixed denominator"), ("cclip", {"cclip": {"tau": 0.02}}, "fixed denominator"),
-    ("norm-clip", {}, "median norm"), ("mean+nnm", {}, "fixed denominator")])
-def test_sampling_under_dp_refuses_rules_without_a_fixed_denominator_sum(
-        train: Callable[..., RunResult], rule: str, options: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        train(rule, rounds=1, rule_options=options)
+def test_sampling_under_dp_refuses_a_rule_without_any_bound(train: Callable[..., RunResult]) -> None:
+    with pytest.raises(NoSensitivityBound, match="median norm"):
+        train("norm-clip", rounds=1)
+
+
+@pytest.mark.parametrize("rule", ["krum", "mean+nnm"])
+def test_a_sampled_rule_without_the_sum_form_is_composed_over_its_rounds_without_amplification(
+        train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
+    """Krum (one row can change the selection) and any rule after NNM are no fixed-denominator sums: given the
+    cohorts, which do not depend on the data, each round is a Gaussian mechanism with sensitivity 2C, and a worker
+    is exposed in the rounds it takes part in. Observer and server get the same, unamplified, epsilon."""
+    spy = Spy(monkeypatch)
+    q = 0.7
+    result = train(rule, rounds=8, q=q)
+
+    honest = [i for i in range(20) if i not in result.byzantine]
+    assert 0 < len(spy.calls) == int((result.cohort_sizes >= 2 * 4 + 3).sum())  # smaller cohorts skip the round
+    assert all(call["dp_noise_std"] == pytest.approx(Z * 2 * C) for call in spy.calls)
+    took_part = runner_participation(result)
+    assert result.epsilon == result.epsilon_server == pytest.approx(_opacus(Z, 1.0, int(took_part[honest].max())),
+                                                                     rel=1e-12)
+    assert result.epsilon > _opacus(Z, q, 8)
+
+
+def runner_participation(result: RunResult) -> np.ndarray:
+    """How many rounds each worker was drawn into, from the run's own cohort stream (drawn up front)."""
+    seq = np.random.SeedSequence(result.spec.seed).spawn(5)[4]
+    rng = np.random.default_rng(seq)
+    counts = np.zeros(result.spec.train.workers, dtype=int)
+    for _ in range(result.spec.train.rounds):
+        counts[poisson_cohort(result.spec.train.workers, result.spec.train.sample_rate, rng)] += 1
+    return counts
+
+
+def test_sampled_cclip_releases_the_center_plus_the_fixed_denominator_sum_of_clipped_differences(
+        train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    """cclip with a public tau and center v is v + (1/(qN)) sum_{cohort} clip_tau(x_i - v): adding or removing
+    one worker adds or removes one term of norm <= tau, so the per-server noise is z tau/(qN) whatever the
+    cohort's size; padding rows are the center (they add clip_tau(0) = 0), and the center is public and in
+    the ball of radius C, so a padding row passes the validity check."""
+    spy = Spy(monkeypatch)
+    released: list[np.ndarray] = []
+    real = runner.carried_center
+    monkeypatch.setattr(runner, "carried_center", lambda agg, bits: (released.append(agg.copy()), real(agg, bits))[1])
+    tau = 0.01
+
+    result = train("cclip", "alie", rounds=6, rule_options={"cclip": {"tau": tau}})
+
+    assert result.epsilon == pytest.approx(_opacus(Z, Q, 6), rel=1e-12)
+    for agg, call, size in zip(released, spy.calls, result.cohort_sizes, strict=True):
+        v, x = call["center"], call["updates"]
+        k = len(x)
+        assert np.linalg.norm(v) <= C
+        assert (x[size:] == v).all()
+        assert call["dp_noise_std"] == pytest.approx(Z * tau / k)
+        np.testing.assert_allclose(agg, v + k / (Q * 20) * (call["aggregate"] - v), rtol=1e-9, atol=1e-15)
+        diff = x - v
+        norms = np.linalg.norm(diff, axis=1, keepdims=True)
+        noiseless = v + (diff * np.minimum(1.0, tau / np.maximum(norms, 1e-300))).sum(axis=0) / (Q * 20)
+        assert np.linalg.norm(agg - noiseless) < 6 * np.sqrt(2 * agg.size) * Z * tau / (Q * 20)
+    assert len({np.linalg.norm(c["center"]) for c in spy.calls[1:]}) > 1
+
+
+def test_a_target_epsilon_is_spent_exactly_as_opacus_says(train: Callable[..., RunResult],
+                                                          one_spec: Callable[..., RunSpec],
+                                                          digits: Dataset) -> None:
+    spec = one_spec(grid={"rules": ["mean"], "attacks": ["none"]}, dp={"clip": C, "epsilon": 4.0},
+                    train={"rounds": 5, "sample_rate": Q, "eval_every": 5})
+    result = run(spec, dataset=digits)
+
+    assert result.epsilon == pytest.approx(4.0, abs=0.01)
+    assert result.epsilon == pytest.approx(_opacus(result.noise_multiplier, Q, 5), rel=1e-12)
+    assert result.record()["target_epsilon"] == 4.0
 
 
 def test_ring_attacks_are_refused_with_sampling_under_dp(train: Callable[..., RunResult]) -> None:
     with pytest.raises(ValueError, match="ring elements"):
         train("mean", "random-ring", rounds=1)
+    with pytest.raises(ValueError, match="ring elements"):
+        train("cclip", "random-ring", rounds=1, rule_options={"cclip": {"tau": 0.02}})
 
 
 @pytest.mark.parametrize(("rule", "options", "match"), [
@@ -160,10 +228,11 @@ def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
     assert all(call["dp_noise_std"] == pytest.approx(Z * C / (20 - 4 - 2 * 4)) for call in spy.calls)
     assert result.epsilon == result.epsilon_server == pytest.approx(epsilon_after(Z, 2, 1e-5))
     # the id of a run without sampling is the hash it had before train.sample_rate (and the later
-    # train.idle_byzantine and data.split) existed
+    # train.idle_byzantine, data.split and dp.epsilon) existed
     spec = one_spec()
     before = spec.to_dict()
     del before["train"]["sample_rate"], before["train"]["idle_byzantine"], before["data"]["split"]
+    del before["dp"]["epsilon"]
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert one_spec(train={"sample_rate": 0.5}).run_id != spec.run_id
@@ -171,7 +240,7 @@ def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
 
 @pytest.mark.parametrize(("sections", "match"), [
     ({"grid": {"rules": ["mean", "cclip"]}}, "median distance"),
-    ({"grid": {"rules": ["mean", "krum"]}, "train": {"sample_rate": 0.5}}, "fixed denominator"),
+    ({"grid": {"rules": ["mean", "norm-clip"]}, "train": {"sample_rate": 0.5}}, "median norm"),
     ({"grid": {"attacks": ["random-ring"]}, "train": {"sample_rate": 0.5}}, "ring attacks"),
 ])
 def test_a_dp_grid_with_a_rule_it_cannot_bound_is_refused_before_any_run(
@@ -189,3 +258,21 @@ def test_sampling_over_an_injected_deployment_is_refused(digits: Dataset, one_sp
 
     with pytest.raises(ValueError, match="in-process engine only"):
         run(spec, dataset=digits, secure_aggregate=deployment)
+
+
+def test_grid_epsilon_expands_into_one_run_per_target_and_keeps_old_run_ids(
+        small_config: Callable[..., Any]) -> None:
+    plain = small_config(dp={"clip": 1.0})
+    grid = small_config(dp={"clip": 1.0}, grid={"epsilon": [0, 8]})
+
+    runs = grid.runs()
+    assert [r.dp.epsilon for r in runs] == [0.0] * len(plain.runs()) + [8.0] * len(plain.runs())
+    assert [r.run_id for r in runs[: len(plain.runs())]] == [r.run_id for r in plain.runs()]
+    with pytest.raises(ValueError, match="not both"):
+        small_config(dp={"clip": 1.0, "noise_multiplier": 1.0, "epsilon": 2.0})
+    with pytest.raises(ValueError, match="leave dp.noise_multiplier"):
+        small_config(dp={"clip": 1.0, "noise_multiplier": 1.0}, grid={"epsilon": [1]})
+    with pytest.raises(ValueError, match="needs dp.clip"):
+        small_config(grid={"epsilon": [1]})
+    with pytest.raises(NoSensitivityBound, match="median norm"):
+        small_config(dp={"clip": 1.0}, grid={"epsilon": [0, 1], "rules": ["norm-clip"]})

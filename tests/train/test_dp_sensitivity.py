@@ -15,6 +15,7 @@ from secrobust.privacy import (
     NoSensitivityBound,
     rule_sensitivity,
     sensitivity,
+    sampled_term_bound,
     sum_form,
 )
 
@@ -60,7 +61,12 @@ def test_a_rule_without_a_bound_is_refused_naming_those_with_one(rule: str, kwar
 def test_only_fixed_denominator_sums_keep_the_sampled_gaussian_form() -> None:
     assert sum_form("mean") and sum_form("norm-clip", options={"tau": 1.0})
     assert not sum_form("norm-clip") and not sum_form("mean", pre="nnm")
-    assert not sum_form("cclip", options={"tau": 1.0})  # a zeroed row adds clip(-center), not 0
+    assert sum_form("cclip", options={"tau": 1.0})  # v + (1/n) sum clip_tau(x_i - v): one term per worker
+    assert not sum_form("cclip") and not sum_form("cclip", options={"tau": 1.0, "iterations": 2})
+    assert sampled_term_bound("mean", 2.0) == 2.0 and sampled_term_bound("norm-clip", 2.0, options={"tau": 0.5}) == 0.5
+    assert sampled_term_bound("cclip", 2.0, options={"tau": 3.0}) == 3.0  # tau, whatever C: add/remove, not 2 tau
+    with pytest.raises(NoSensitivityBound, match="fixed-denominator"):
+        sampled_term_bound("krum", 1.0)
     assert not sum_form("trimmed-mean") and not sum_form("krum")
 
 

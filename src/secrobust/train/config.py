@@ -35,6 +35,9 @@ Format (every table and key is optional; defaults shown)::
     noise_multiplier = 0.0   # z; each server adds N(0, (z * sensitivity)^2) to its share
                              # (sensitivity per rule: secrobust.privacy; a rule without one is refused)
     delta = 1e-5
+    epsilon = 0.0            # a target epsilon instead of z: Opacus picks z for it (amplified by sampling for
+                             # mean, norm-clip and cclip with a public tau; other rules over the rounds a
+                             # worker takes part in)
 
     [grid]                   # each key takes a value or a list; lists expand into a product
     rules = ["mean", "krum"]  # "krum+nnm": after a pre-aggregation step; "krum@aggregate": on shares
@@ -43,6 +46,7 @@ Format (every table and key is optional; defaults shown)::
     seeds = [0]              # training seeds: init, batches, Byzantine set, attacks, engine
     data_seeds = [0]         # data seeds: train/test split and partition
     secure = [true, false]   # secure two-server protocol or its plaintext twin
+    epsilon = []             # target epsilons, one run each (0: clip without noise); needs dp.clip > 0
 
     [rule_options.geomed]    # keyword options passed to the engine for that rule
     iterations = 8
@@ -143,18 +147,26 @@ class DPConfig:
     clip: float = 0.0
     noise_multiplier: float = 0.0
     delta: float = 1e-5
+    epsilon: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.clip < 0 or self.noise_multiplier < 0:
-            raise ValueError("dp.clip and dp.noise_multiplier must be >= 0")
-        if self.noise_multiplier > 0 and self.clip == 0:
-            raise ValueError("dp.noise_multiplier > 0 needs dp.clip > 0 (noise is calibrated to C)")
+        if self.clip < 0 or self.noise_multiplier < 0 or self.epsilon < 0:
+            raise ValueError("dp.clip, dp.noise_multiplier and dp.epsilon must be >= 0")
+        if (self.noise_multiplier > 0 or self.epsilon > 0) and self.clip == 0:
+            raise ValueError("dp.noise_multiplier or dp.epsilon > 0 needs dp.clip > 0 (noise is calibrated to C)")
+        if self.noise_multiplier > 0 and self.epsilon > 0:
+            raise ValueError("give dp.noise_multiplier or a target dp.epsilon, not both")
         if not 0 < self.delta < 1:
             raise ValueError(f"dp.delta must be in (0, 1), got {self.delta}")
 
     @property
     def enabled(self) -> bool:
         return self.clip > 0
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the servers add noise (a multiplier, or a target epsilon the runner turns into one)."""
+        return self.clip > 0 and (self.noise_multiplier > 0 or self.epsilon > 0)
 
 
 def parse_label(label: str) -> tuple[str, str | None, str]:
@@ -175,8 +187,11 @@ class GridConfig:
     seeds: tuple[int, ...] = (0,)
     data_seeds: tuple[int, ...] = (0,)
     secure: tuple[bool, ...] = (True, False)
+    epsilon: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if any(e < 0 for e in self.epsilon):
+            raise ValueError(f"grid.epsilon must be >= 0 (0: clip without noise), got {list(self.epsilon)}")
         for key in ("rules", "attacks", "f", "seeds", "data_seeds", "secure"):
             if not getattr(self, key):
                 raise ValueError(f"grid.{key} must not be empty")
@@ -188,7 +203,8 @@ class GridConfig:
             raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
 
 
-_LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"))
+_LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"),
+                   ("dp", "epsilon", 0.0), ("grid", "epsilon", ()))
 
 
 def without_later_defaults(sections: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +212,8 @@ def without_later_defaults(sections: dict[str, Any]) -> dict[str, Any]:
     ids, and configurations written before those settings existed, compare equal to today's."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in sections.items()}
     for section, key, default in _LATER_DEFAULTS:
-        if section in out and out[section].get(key, object()) == default:
+        value = out.get(section, {}).get(key, object())
+        if section in out and (value == default or (isinstance(value, list) and tuple(value) == default)):
             del out[section][key]
     return out
 
@@ -256,14 +273,19 @@ class ExperimentConfig:
     attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.dp.enabled and self.dp.noise_multiplier > 0:
+        if self.grid.epsilon and not self.dp.enabled:
+            raise ValueError("grid.epsilon needs dp.clip > 0 (noise is calibrated to C)")
+        if self.grid.epsilon and self.dp.noise_multiplier > 0:
+            raise ValueError("grid.epsilon picks the noise multiplier per run: leave dp.noise_multiplier at 0")
+        if self.dp.noisy or any(e > 0 for e in self.grid.epsilon):
             self._check_dp_rules()
 
     def _check_dp_rules(self) -> None:
         """Under DP every rule of the grid needs a sensitivity bound (and, with client sampling, a fixed-denominator
         sum): refuse the grid before any run, naming the rules that have one (docs/privacy.md)."""
         from secrobust.train.attacks import is_ring_attack
-        from secrobust.train.dp import check_sampled_rule, sensitivity
+        from secrobust.privacy import sum_form
+        from secrobust.train.dp import sensitivity
 
         for label in self.grid.rules:
             rule, pre, reveal = parse_label(label)
@@ -272,21 +294,23 @@ class ExperimentConfig:
                 if 0 <= f < self.train.workers:
                     sensitivity(rule, self.train.workers - f, self.dp.clip, f=f, options=options, pre=pre,
                                 reveal=reveal)
-            if self.train.sample_rate < 1:
-                check_sampled_rule(rule, options, pre)
-        if self.train.sample_rate < 1 and any(map(is_ring_attack, self.grid.attacks)) and max(self.grid.f) > 0:
-            raise ValueError("ring attacks send ring elements the validity check rejects, which would change the fixed "
-                             "denominator of a sampled DP round; use train.sample_rate = 1 for them")
+            if (self.train.sample_rate < 1 and sum_form(rule, options=options, pre=pre)
+                    and any(map(is_ring_attack, self.grid.attacks)) and max(self.grid.f) > 0):
+                raise ValueError("ring attacks send ring elements the validity check rejects, which would change the "
+                                 f"fixed denominator of a sampled DP round of {label!r}; use train.sample_rate = 1 "
+                                 "for them")
 
     def runs(self) -> list[RunSpec]:
-        """The grid rules x attacks x f x seeds x data_seeds x secure, in that nesting order."""
+        """The grid epsilon x rules x attacks x f x seeds x data_seeds x secure, in that nesting order (epsilon
+        only if the grid gives it: each run's target ``dp.epsilon``, 0 for clipping without noise)."""
         g = self.grid
+        dps = [dataclasses.replace(self.dp, epsilon=e) for e in g.epsilon] or [self.dp]
         return [
             RunSpec(
                 data=self.data,
                 model=self.model,
                 train=self.train,
-                dp=self.dp,
+                dp=dp,
                 rule=rule,
                 attack=attack,
                 f=f,
@@ -296,8 +320,8 @@ class ExperimentConfig:
                 rule_options=dict(self.rule_options.get(parse_label(rule)[0], {})),
                 attack_options=dict(self.attack_options.get(attack, {})),
             )
-            for rule, attack, f, seed, data_seed, secure in itertools.product(
-                g.rules, g.attacks, g.f, g.seeds, g.data_seeds, g.secure
+            for dp, rule, attack, f, seed, data_seed, secure in itertools.product(
+                dps, g.rules, g.attacks, g.f, g.seeds, g.data_seeds, g.secure
             )
         ]
 

@@ -23,9 +23,9 @@ A run is configured by the noise multiplier z; the servers then use :math:`\sigm
 With client sampling (``train.sample_rate = q < 1``) each worker joins a round independently with
 probability q (Poisson sampling, the one the accountant's theorem covers: Mironov, Talwar, Zhang
 2019), and only rules whose aggregate is a fixed-denominator sum of bounded per-worker terms
-(``secrobust.privacy.sum_form``: mean, norm-clip with a public tau) are accepted: the runner releases
-(1/(qN)) sum_{i in cohort} g(x_i) plus noise of std z Delta_g/(qN), whatever the cohort's size
-(``cohort_noise_std``). Epsilon at delta comes from Opacus' RDP accountant with that sample rate
+(``secrobust.privacy.sum_form``: mean, norm-clip with a public tau, cclip with a public tau and center)
+are accepted: the runner releases v + (1/(qN)) sum_{i in cohort} g(x_i) plus noise of std z Delta_g/(qN),
+whatever the cohort's size (``cohort_noise_std``); adjacency is then add/remove of one worker. Epsilon at delta comes from Opacus' RDP accountant with that sample rate
 (Mironov 2017; Balle et al. 2020 conversion), not from hand-written formulas. Against a server, who
 sees the cohort, there is no amplification: ``epsilon_server`` composes the Gaussian mechanism over
 the rounds a worker actually took part in.
@@ -39,8 +39,8 @@ import numpy as np
 
 from secrobust.privacy import (
     covers_everything,
-    per_worker_bound,
     rule_sensitivity,
+    sampled_term_bound,
     sum_form,
 )
 
@@ -84,28 +84,26 @@ def server_noise_std(rule: str, n: int, clip: float, noise_multiplier: float, **
 
 def check_sampled_rule(rule: str, options: dict[str, Any] | None = None, pre: str | None = None) -> None:
     """Refuse, under DP with client sampling, a rule whose aggregate is not a fixed-denominator sum of bounded
-    per-worker terms (the sampled Gaussian mechanism's form)."""
+    per-worker terms around a public point (the sampled Gaussian mechanism's form)."""
     if not sum_form(rule, options=options, pre=pre):
         label = rule if pre is None else f"{rule}+{pre}"
         raise ValueError(
             f"client sampling under DP needs a rule whose aggregate is a sum of bounded per-worker terms with a "
-            f"fixed denominator (mean, or norm-clip with a public tau, without a pre-aggregation step); "
-            f"{label!r} is not (docs/privacy.md). Use train.sample_rate = 1 for it.")
+            f"fixed denominator (mean; norm-clip with a public tau; cclip with a public tau and one iteration; "
+            f"without a pre-aggregation step); {label!r} is not (docs/privacy.md). Use train.sample_rate = 1 for it.")
 
 
 def cohort_noise_std(rule: str, clip: float, noise_multiplier: float, cohort: int,
                      options: dict[str, Any] | None = None, reveal: str = "distances") -> float:
-    r"""Per-server noise std for a sampled round whose engine call averages ``cohort`` rows.
+    r"""Per-server noise std for a sampled round whose engine call aggregates ``cohort`` rows.
 
-    The engine returns (1/k) sum g(x_i) + noise; the runner multiplies it by k/(qN), so the released
-    aggregate is (1/(qN)) sum g(x_i) plus noise of std z Delta_g/(qN) per server, the same whatever k:
-    the sampled Gaussian mechanism with sensitivity Delta_g/(qN) and multiplier z."""
+    The engine returns v + (1/k) sum g(x_i) + noise (v = 0 but for cclip's center); the runner releases
+    v + (k/(qN)) (out - v), so the released aggregate is v + (1/(qN)) sum g(x_i) plus noise of std
+    z Delta_g/(qN) per server, the same whatever k: the sampled Gaussian mechanism with sensitivity
+    Delta_g/(qN) and multiplier z (``privacy.sampled_term_bound``)."""
     if cohort < 1:
         raise ValueError(f"cohort must be >= 1, got {cohort}")
-    opts = options or {}
-    bound = per_worker_bound(rule, clip, tau=opts.get("tau"), iterations=int(opts.get("iterations", 1)),
-                             reveal=reveal)
-    return noise_multiplier * bound / cohort
+    return noise_multiplier * sampled_term_bound(rule, clip, options=options, reveal=reveal) / cohort
 
 
 def poisson_cohort(n: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -146,6 +144,22 @@ class PrivacyAccountant:
         if self.rounds == 0:
             return 0.0
         return float(self._accountant.get_epsilon(delta=delta))
+
+
+def noise_for_epsilon(epsilon: float, delta: float, *, rounds: int, sample_rate: float, amplified: bool,
+                      participation: int) -> float:
+    """The noise multiplier z that spends ``epsilon`` at ``delta``, from Opacus' RDP accountant
+    (``get_noise_multiplier``): over ``rounds`` steps at ``sample_rate`` for an amplified (sum_form, sampled)
+    rule; otherwise over the ``participation`` rounds the most-sampled worker takes part in, at sample rate 1."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not (epsilon > 0 and 0 < delta < 1):
+        raise ValueError(f"need epsilon > 0 and delta in (0, 1), got {epsilon}, {delta}")
+    steps, q = (rounds, sample_rate) if amplified else (participation, 1.0)
+    if steps < 1:
+        raise ValueError("no round to spend the privacy budget on")
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+                                      accountant="rdp", epsilon_tolerance=0.005))
 
 
 def epsilon_after(noise_multiplier: float, rounds: int, delta: float, sample_rate: float = 1.0) -> float:

@@ -39,7 +39,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,9 +65,11 @@ from secrobust.train.dp import (
     cohort_noise_std,
     epsilon_after,
     is_formal,
+    noise_for_epsilon,
     poisson_cohort,
     server_noise_std,
 )
+from secrobust.privacy import sum_form
 from secrobust.train.models import FlatAdapter, build_model
 from secrobust.updates import carried_center
 
@@ -101,6 +103,8 @@ class RunResult:
     when every worker takes part in every round)."""
     cohort_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """How many workers took part in each round (all of them unless ``train.sample_rate < 1``)."""
+    noise_multiplier: float | None = None
+    """z the servers' noise was calibrated with (chosen by Opacus when the config gives a target ``dp.epsilon``)."""
 
     @property
     def final_accuracy(self) -> float:
@@ -138,6 +142,8 @@ class RunResult:
             "epsilon": self.epsilon,
             "epsilon_server": self.epsilon_server,
             "delta": s.dp.delta if self.epsilon is not None else None,
+            "noise_multiplier": self.noise_multiplier,
+            "target_epsilon": s.dp.epsilon or None,
             "dp_formal": is_formal(s.base_rule, s.reveal, s.pre) if self.epsilon is not None else None,
             "sample_rate": s.train.sample_rate,
             "mean_cohort": float(self.cohort_sizes.mean()) if len(self.cohort_sizes) else None,
@@ -341,11 +347,21 @@ def _run(
 
     dp = spec.dp
     q = tc.sample_rate
+    # the cohorts do not depend on the data: drawn up front, they fix how often each worker can take part
+    cohorts = [poisson_cohort(n, q, cohort_rng) for _ in range(tc.rounds)]
+    participation_bound = int(np.bincount(np.concatenate(cohorts), minlength=n).max()) if tc.rounds else 0
+    # with sampling under DP a sum_form rule releases a fixed-denominator sum over the cohort, amplified by the
+    # sampling (docs/privacy.md); any other rule is a Gaussian mechanism per round, composed over the rounds a
+    # worker takes part in, without amplification
+    amplified = dp.enabled and q < 1 and sum_form(spec.base_rule, options=dict(spec.rule_options), pre=spec.pre)
+    if dp.enabled and dp.epsilon > 0:
+        dp = replace(dp, epsilon=0.0, noise_multiplier=noise_for_epsilon(dp.epsilon, dp.delta, rounds=tc.rounds, sample_rate=q,
+                                                              amplified=amplified,
+                                                              participation=participation_bound))
     noisy = dp.enabled and dp.noise_multiplier > 0
-    # with sampling under DP the aggregate is a fixed-denominator sum over the cohort (docs/privacy.md)
-    fixed_denominator = noisy and q < 1
+    fixed_denominator = noisy and amplified
     sigma = 0.0
-    if noisy and not fixed_denominator:
+    if noisy and q == 1:
         # every worker takes part; only a Byzantine row can be rejected (an honest one is clipped to the bound C),
         # so the servers aggregate at least n - f rows: the denominator of the per-worker bounds
         sigma = server_noise_std(spec.base_rule, n - f, dp.clip, dp.noise_multiplier, f=f,
@@ -355,12 +371,16 @@ def _run(
         if f and is_ring_attack(spec.attack):
             raise ValueError(f"attack {spec.attack!r} sends ring elements the validity check rejects, which would change "
                              "the fixed denominator of a sampled DP round; use train.sample_rate = 1 for ring attacks")
+    elif noisy and q < 1:
+        # the rule must have a bound at all (refused with the rules that have one otherwise)
+        server_noise_std(spec.base_rule, max(1, n - f), dp.clip, dp.noise_multiplier, f=f,
+                         options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
     if q < 1 and secure_aggregate is not None and spec.secure:
         raise ValueError("client sampling (train.sample_rate < 1) runs on the in-process engine only: a deployment "
                          "would need the cohort's absent workers named each round, which is not wired yet")
-    accountant = PrivacyAccountant(dp.noise_multiplier, q) if noisy else None
-    # the smallest cohort the rule and the servers accept: a sampled DP round is padded with zero rows up to it
-    # (a zero row adds nothing to a fixed-denominator sum); a sampled round without DP below it is skipped
+    accountant = PrivacyAccountant(dp.noise_multiplier, q) if fixed_denominator or (noisy and q == 1) else None
+    # the smallest cohort the rule and the servers accept: a sampled DP round is padded up to it with rows that add
+    # nothing to its fixed-denominator sum (zero, or cclip's center); any other sampled round below it is skipped
     min_cohort = max(DEFAULT_MIN_PARTICIPANTS, get_rule(spec.base_rule).minimum(f))
     participation = np.zeros(n, dtype=np.int64)
     cohort_sizes = np.zeros(tc.rounds, dtype=np.int64)
@@ -375,6 +395,13 @@ def _run(
     byz_since_eval: list[float] = []
     rejected_since_eval: list[int] = []
 
+    def spent() -> float:
+        """Epsilon so far against an observer of the released models: amplified for a sum_form rule under
+        sampling, else composed over the rounds the most-sampled honest worker took part in."""
+        if accountant is not None:
+            return accountant.epsilon(dp.delta)
+        return server_epsilon(dp.noise_multiplier, participation[honest], dp.delta)
+
     def log_eval(t: int) -> None:
         acc, loss = evaluate(model, x_test, y_test)
         entry: dict[str, Any] = {
@@ -385,8 +412,8 @@ def _run(
                                  else None),
             "rejected": int(sum(rejected_since_eval)),
         }
-        if accountant is not None:
-            entry["epsilon"] = accountant.epsilon(dp.delta)
+        if noisy:
+            entry["epsilon"] = spent()
         history.append(entry)
         byz_since_eval.clear()
         rejected_since_eval.clear()
@@ -394,7 +421,7 @@ def _run(
     injected = {} if secure_aggregate is None else {"secure_aggregate": secure_aggregate}
     log_eval(0)
     for t in range(tc.rounds):
-        members = poisson_cohort(n, q, cohort_rng)
+        members = cohorts[t]
         cohort_sizes[t] = len(members)
         sent = np.zeros((n, d))
         for i in members:
@@ -414,6 +441,10 @@ def _run(
             rescaled += int(too_long.sum())
         options = dict(spec.rule_options)
         if spec.base_rule == "cclip":
+            if dp.enabled:
+                # every accepted row lies in the ball of radius C, so its projection is a public center at least as
+                # close to each of them; a sampled round also pads with this center, which must pass the check
+                center = _into_ball(center, dp.clip)
             options["center"] = center
         if spec.reveal != "distances":
             options["reveal"] = spec.reveal
@@ -428,6 +459,8 @@ def _run(
         context = {"rule": spec.base_rule, "f": f, "rule_options": options,
                    "norm_bound": dp.clip if dp.enabled else encoder_bound}
         screened = 0
+        # the row that adds nothing to a sum_form rule's sum: g(neutral) = 0 (the center for cclip, else 0)
+        neutral = options["center"] if (fixed_denominator and spec.base_rule == "cclip") else np.zeros(d)
         if q == 1:
             rows, local_byz, local_honest, scale = sent, byzantine, honest, 1.0
         else:
@@ -442,6 +475,7 @@ def _run(
                     log_eval(t + 1)
                 continue
             rows = np.zeros((max(len(members), min_cohort if fixed_denominator else 0), d))
+            rows[len(members):] = neutral
             rows[: len(members)] = sent[members]
             local_byz = [j for j, w in enumerate(members) if is_byz[w]]
             local_honest = np.array([j for j, w in enumerate(members) if not is_byz[w]], dtype=np.int64)
@@ -454,11 +488,15 @@ def _run(
             # A row over the bound adds nothing, as the validity check's rejection would, but the denominator stays:
             # the engine would divide by the rows it kept, breaking the sampled Gaussian mechanism's form
             over = [j for j in local_byz if np.linalg.norm(rows[j]) > dp.clip]
-            rows[over] = 0.0
+            rows[over] = neutral
             screened = len(over)
         if fixed_denominator:
             sigma = cohort_noise_std(spec.base_rule, dp.clip, dp.noise_multiplier, len(rows),
                                      dict(spec.rule_options), spec.reveal)
+        elif noisy and q < 1:
+            # this round's Gaussian mechanism: at most f of its rows are Byzantine, so it aggregates at least k - f
+            sigma = server_noise_std(spec.base_rule, max(1, len(rows) - f), dp.clip, dp.noise_multiplier, f=f,
+                                     options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
         if bucket_size is not None:
             mix = bucket_matrix(len(rows), bucket_size, round_seed(spec.seed, t).to_bytes(16, "little"))
             marked = list(byz_inputs["unchecked"])
@@ -486,7 +524,7 @@ def _run(
             raise RuntimeError(f"round {t}: the engine aggregated {len(rows) - len(now_rejected)} rows, fewer than the "
                                f"n - f = {n - f} the noise was calibrated for")
         # the released aggregate: with sampling under DP, (1/(qN)) sum over the cohort (see dp.cohort_noise_std)
-        agg = scale * np.asarray(result.aggregate, dtype=np.float64)
+        agg = neutral + scale * (np.asarray(result.aggregate, dtype=np.float64) - neutral)
         # reveal="aggregate": nobody learns the weights, so the run records NaN for them
         if result.weights is None or bucket_size is not None:
             weights[t] = np.nan
@@ -532,7 +570,7 @@ def _run(
         byzantine=byzantine,
         history=history,
         weights=weights,
-        epsilon=accountant.epsilon(dp.delta) if accountant is not None else None,
+        epsilon=spent() if noisy else None,
         seconds=time.perf_counter() - started,
         aggregate_seconds=aggregate_seconds,
         diverged=diverged,
@@ -541,10 +579,18 @@ def _run(
         rescaled_centers=rescaled_centers,
         rejected=rejected,
         rejected_honest=int(rejected_honest),
-        epsilon_server=(server_epsilon(dp.noise_multiplier, participation[honest], dp.delta)
-                        if accountant is not None else None),
+        epsilon_server=server_epsilon(dp.noise_multiplier, participation[honest], dp.delta) if noisy else None,
+        noise_multiplier=dp.noise_multiplier if noisy else None,
         cohort_sizes=cohort_sizes,
     )
+
+
+def _into_ball(v: np.ndarray, radius: float) -> np.ndarray:
+    """The projection of v onto the ball of radius (1 - 2^-8) r: a little inside, so that the encoded row still
+    passes a validity check at bound r."""
+    r = radius * (1.0 - 2.0**-8)
+    norm = float(np.linalg.norm(v))
+    return v * (r / norm) if norm > r else v
 
 
 def server_epsilon(noise_multiplier: float, participation: np.ndarray, delta: float) -> float:
