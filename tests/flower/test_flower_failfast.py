@@ -152,6 +152,7 @@ def test_each_round_is_a_metric_record_and_a_log_line(servers, caplog):
         assert len(weights) == N and weights[BYZ] == 0.0 and sum(weights) == pytest.approx(1.0)
         assert BYZ not in m["secrobust-selected-workers"] and BYZ in m["secrobust-excluded-workers"]
         assert m["secrobust-participants"] == N and m["secrobust-seconds"] > 0
+        assert m["secrobust-total-seconds"] > m["secrobust-seconds"]          # with the train stage
         assert "secrobust-declined-workers" not in m        # none declined
         # in the train metrics Flower keeps (and logs as "Aggregated MetricRecord")
         assert result.train_metrics_clientapp[r]["secrobust-weights"] == weights
@@ -194,6 +195,7 @@ def test_the_history_is_one_json_file_beside_the_serverapps_checkpoints(servers,
         assert line["selected"] == [w for w, v in zip(line["workers"], line["weights"]) if v > 0]
         assert BYZ not in line["selected"] and line["declined"] == {} and line["rejected"] == {}
         assert line["error"] is None and line["seconds"]["round"] > 0
+        assert line["seconds"]["total"] == pytest.approx(line["seconds"]["train"] + line["seconds"]["round"], abs=1e-3)
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
     s = SecRobust.from_run_config({"secrobust-dir": str(servers.cert_dir), "history-file": template})
     assert str(s.history_file) == template

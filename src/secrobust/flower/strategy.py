@@ -124,6 +124,9 @@ class RoundRecord:
     """{node id: why} of the train replies left out before the round opened (no valid binding, malformed,
     another dimension, a worker answering from two nodes)."""
     seconds: dict[str, float] = field(default_factory=dict)
+    """"round": ``aggregate_train`` (with two messages the secure part: opening, share stage, collecting),
+    its parts "share" and "collect"; "train": the train messages out until the replies are in (with one
+    message it holds the sharing too); "total": both, the whole server round as the strategy saw it."""
 
 
 class SecRobust(FedAvg):
@@ -160,6 +163,7 @@ class SecRobust(FedAvg):
         _to_flower_console()
         self.history_file = Path(history_file).expanduser() if history_file else None
         self._status, self._error = "running", None
+        self._sent_at: float | None = None
         self.skip_failed_rounds = bool(skip_failed_rounds)
         self.node_wait_s = float(node_wait_s)
         self.hide_weights = bool(hide_weights)
@@ -402,6 +406,7 @@ class SecRobust(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._grid, self._arrays, self._config = grid, arrays, config
+        self._sent_at = time.perf_counter()
         self._worker_binding()      # a configuration error stops the run here, before any node is asked
         self._challenge = Challenge.fresh(_run_id(grid), server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -568,6 +573,7 @@ class SecRobust(FedAvg):
             "secrobust-participants": len(res.participants),
             "secrobust-rejected": len(res.rejected),
             "secrobust-seconds": float(record.seconds.get("round", 0.0)),
+            "secrobust-total-seconds": float(record.seconds.get("total", record.seconds.get("round", 0.0))),
             "secrobust-workers": [int(w) for w in wids],
             "secrobust-declined-workers": sorted(int(w) for w in record.declined),
             "secrobust-rejected-workers": sorted(int(worker(r)) for r in res.rejected),
@@ -582,12 +588,14 @@ class SecRobust(FedAvg):
                                                  if weights[i] <= 0 and i not in res.rejected]
         out = {k: v for k, v in out.items() if not (isinstance(v, list) and not v)}  # Flower cannot type []
         log.info("secrobust: server round %d (secrobust round %s): %d participants; workers %s; weights %s; "
-                 "selected %s; declined %s; rejected %s; %.2f s", record.server_round, record.round_id,
+                 "selected %s; declined %s; rejected %s; %.2f s (%.2f s with training)", record.server_round,
+                 record.round_id,
                  len(res.participants), list(wids),
                  "hidden" if weights is None else [round(float(v), 4) for v in weights],
                  out.get("secrobust-selected-workers", "hidden" if weights is None else []),
                  {int(w): why for w, why in record.declined.items()} or "none",
-                 {int(worker(r)): why for r, why in res.rejected.items()} or "none", record.seconds.get("round", 0.0))
+                 {int(worker(r)): why for r, why in res.rejected.items()} or "none", record.seconds.get("round", 0.0),
+                 record.seconds.get("total", record.seconds.get("round", 0.0)))
         return out
 
     def history_line(self, record: RoundRecord) -> dict[str, Any]:
@@ -643,7 +651,11 @@ class SecRobust(FedAvg):
         os.replace(tmp, path)
 
     def _done(self, record: RoundRecord, t0: float) -> None:
-        record.seconds["round"] = time.perf_counter() - t0
+        now = time.perf_counter()
+        record.seconds["round"] = now - t0
+        if self._sent_at is not None and self._sent_at <= t0:
+            record.seconds["train"] = t0 - self._sent_at     # train messages out until the last reply came in
+            record.seconds["total"] = now - self._sent_at
         self.history.append(record)
         self._save_history()
         if self.on_round is not None:
