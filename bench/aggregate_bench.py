@@ -10,7 +10,10 @@ machine hits both alike:
            the float64 variant chooses;
   oracle - ``secrobust.plain_aggregate``: the same rule on the same fixed-point encodings with exact
            ring arithmetic (no protocol), the test oracle.
-The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
+The secure round is timed two ways, interleaved: "fresh", ``secrobust.aggregate`` (a new Cluster each call,
+so every large matrix is new memory whose pages fault in), and "warm", a round of one ``api.Cluster`` kept
+across the runs, after one untimed round (what a training loop runs: the servers' and the encodings'
+matrices stay mapped). The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
 and the input validity phase (encoding, shares, the opening and Gram products, distances, rule,
 aggregate); "round" is all of it. Each is given in wall seconds and in CPU seconds of the process (all
 threads; the phases' CPU time is read alongside their wall time), median over --repeat runs; the ratios
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -103,6 +107,21 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - w0, time.process_time() - c0, out
 
 
+def secure_run(fn) -> tuple[dict, object]:
+    """One secure round: wall and CPU seconds, online (less the offline and validity phases), the phases,
+    and the kernel-mode part of the CPU (page faults, mostly) with the minor faults."""
+    _CPU.clear()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall, cpu, res = timed(fn)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    phases = dict(res.stats.seconds)
+    off = ("offline", "validity")
+    return {"round_s": wall, "round_cpu": cpu, "phases": phases, "phases_cpu": dict(_CPU),
+            "online_s": wall - sum(phases.get(k, 0.0) for k in off),
+            "online_cpu": cpu - sum(_CPU.get(k, 0.0) for k in off),
+            "sys_cpu": r1.ru_stime - r0.ru_stime, "minor_faults": r1.ru_minflt - r0.ru_minflt}, res
+
+
 def measure(n: int, d: int, repeat: int) -> dict:
     f = krum_f(n)
     x = np.random.default_rng(0).standard_normal((n, d)) * (1.0 / np.sqrt(d))
@@ -113,46 +132,54 @@ def measure(n: int, d: int, repeat: int) -> dict:
         if not np.array_equal(fn(x, f), x[want]):
             raise AssertionError(f"{name} chose another worker than float64 Krum")
     base: dict[str, list] = {name: [] for name in FLOAT_KRUM}
-    runs = []
+    runs, warm_runs = [], []
     api._phase = _phase_with_cpu
     try:
+        cluster = api.Cluster()
+        cluster.run_round(x, "krum", f)  # the warm runs' first round, not timed
         for _ in range(repeat):
             for name, fn in FLOAT_KRUM.items():
                 base[name].append(timed(lambda: fn(x, f))[:2])
-            _CPU.clear()
-            wall, cpu, res = timed(lambda: secrobust.aggregate(x, "krum", f))
-            phases = dict(res.stats.seconds)
-            off = ("offline", "validity")
-            runs.append({"round_s": wall, "round_cpu": cpu, "phases": phases, "phases_cpu": dict(_CPU),
-                         "online_s": wall - sum(phases.get(k, 0.0) for k in off),
-                         "online_cpu": cpu - sum(_CPU.get(k, 0.0) for k in off)})
+            run, res = secure_run(lambda: secrobust.aggregate(x, "krum", f))
+            runs.append(run)
+            warm_runs.append(secure_run(lambda: cluster.run_round(x, "krum", f))[0])
+        del cluster
     finally:
         api._phase = _wall_phase
     t_oracle, _ = best_of(1, lambda: secrobust.plain_aggregate(x, "krum", f))
     med = {name: np.median(np.array(t), axis=0) for name, t in base.items()}
     fastest = min(med, key=lambda name: med[name][1])
     float_s, float_cpu = med[fastest]
-    pick = {k: float(np.median([r[k] for r in runs])) for k in ("round_s", "round_cpu", "online_s", "online_cpu")}
+    keys = ("round_s", "round_cpu", "online_s", "online_cpu", "sys_cpu")
+    pick = {k: float(np.median([r[k] for r in runs])) for k in keys}
+    warm = {k: float(np.median([r[k] for r in warm_runs])) for k in keys}
     roles = res.stats.by_role()
     return {"n": n, "d": d, "f": f, "repeat": repeat, "float_kernel": fastest, "float_s": float(float_s),
             "float_cpu": float(float_cpu), "float_variants": {k: [float(v) for v in m] for k, m in med.items()},
             "oracle_s": t_oracle, **pick,
             "online_x_float": pick["online_s"] / float_s, "round_x_float": pick["round_s"] / float_s,
             "online_x_float_cpu": pick["online_cpu"] / float_cpu, "round_x_float_cpu": pick["round_cpu"] / float_cpu,
+            "warm": {**warm, "online_x_float_cpu": warm["online_cpu"] / float_cpu,
+                     "round_x_float_cpu": warm["round_cpu"] / float_cpu, "online_x_float": warm["online_s"] / float_s,
+                     "round_x_float": warm["round_s"] / float_s, "phases_cpu": warm_runs[-1]["phases_cpu"],
+                     "runs": warm_runs},
             "phases": runs[-1]["phases"], "phases_cpu": runs[-1]["phases_cpu"], "runs": runs, "bytes": roles,
             "between_servers": res.stats.servers_bytes(), "8nd": 8 * n * d}
 
 
 def profile(n: int, d: int, top: int) -> None:
-    """One secure round under cProfile with the process's CPU time as its clock: a function's cumulative time
-    is the CPU that every thread spent while it was on the main thread's stack (the kernel's threads included)."""
+    """One warm secure round (the second of one ``api.Cluster``) under cProfile with the process's CPU time as
+    its clock: a function's cumulative time is the CPU that every thread spent while it was on the main
+    thread's stack (the kernel's threads included)."""
     import cProfile
     import pstats
 
     x = np.random.default_rng(0).standard_normal((n, d)) * (1.0 / np.sqrt(d))
+    cluster = api.Cluster()
+    cluster.run_round(x, "krum", krum_f(n))
     prof = cProfile.Profile(time.process_time)
-    prof.runcall(secrobust.aggregate, x, "krum", krum_f(n))
-    print(f"# profile of one secure round, n={n} d={d}, CPU seconds")
+    prof.runcall(cluster.run_round, x, "krum", krum_f(n))
+    print(f"# profile of one warm secure round (the second of one api.Cluster), n={n} d={d}, CPU seconds")
     pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
 
 
@@ -207,20 +234,25 @@ def main() -> None:
         print(f"{'n':>4} {'d':>9} {'float s':>8} {'oracle s':>8} {'online s':>8} {'round s':>8} {'float CPU':>9} "
               f"{'onl. CPU':>8} {'rnd CPU':>8} {'online/fl':>9} "
               f"{'round/fl':>8} {'on/fl CPU':>9} {'rd/fl CPU':>9} {'S0<->S1 MB':>10} {'8nd MB':>8} {'worker MB':>9} "
-              f"{'dealer MB':>9}  baseline (variants: wall/CPU s); phases of the last run (wall/CPU s)")
+              f"{'dealer MB':>9} {'W onl CPU':>9} {'W rnd CPU':>9} {'W on/fl':>7} {'W rd/fl':>7} {'sys F/W':>9}  baseline "
+              f"(variants: wall/CPU s); phases of the last fresh run (wall/CPU s); of the last warm run (CPU s)")
         secrobust.aggregate(np.zeros((5, 64)), "krum", 1)  # loads (or compiles) the ring kernel before any timing
         for n, d in points:
             r = measure(n, d, args.repeat)
             rows.append(r)
             b = r["bytes"]
             phases = " ".join(f"{k}={v:.2f}/{r['phases_cpu'].get(k, 0.0):.2f}" for k, v in r["phases"].items())
+            w = r["warm"]
+            warm_phases = " ".join(f"{k}={v:.2f}" for k, v in w["phases_cpu"].items())
             variants = ", ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in r["float_variants"].items())
             print(f"{n:>4} {d:>9} {r['float_s']:>8.3f} {r['oracle_s']:>8.3f} {r['online_s']:>8.3f} {r['round_s']:>8.3f} "
                   f"{r['float_cpu']:>9.3f} {r['online_cpu']:>8.3f} {r['round_cpu']:>8.3f} "
                   f"{r['online_x_float']:>9.1f} {r['round_x_float']:>8.1f} {r['online_x_float_cpu']:>9.1f} "
                   f"{r['round_x_float_cpu']:>9.1f} {r['between_servers'] / 1e6:>10.2f} "
-                  f"{r['8nd'] / 1e6:>8.2f} {b['workers']['sent'] / n / 1e6:>9.3f} {b['dealer']['sent'] / 1e6:>9.3f}  "
-                  f"{r['float_kernel']} ({variants}); {phases}", flush=True)
+                  f"{r['8nd'] / 1e6:>8.2f} {b['workers']['sent'] / n / 1e6:>9.3f} {b['dealer']['sent'] / 1e6:>9.3f} "
+                  f"{w['online_cpu']:>9.3f} {w['round_cpu']:>9.3f} {w['online_x_float_cpu']:>7.1f} "
+                  f"{w['round_x_float_cpu']:>7.1f} {r['sys_cpu']:>4.2f}/{w['sys_cpu']:<4.2f}  "
+                  f"{r['float_kernel']} ({variants}); {phases}; warm: {warm_phases}", flush=True)
         if args.profile:
             profile(*points[-1], args.profile)
         print(f"# load average {os.getloadavg()[0]:.1f} at the end")
