@@ -47,6 +47,36 @@ def test_a_short_training_run_over_grpc_matches_the_in_process_run(tmp_path):
     assert len(calls) == 3 and got_plain.history == runner.run(plain).history  # plaintext stays plaintext
 
 
+def test_a_sampled_run_over_grpc_sends_only_the_cohort_and_matches_the_in_process_run(tmp_path):
+    """Client sampling over the deployment: each round only the k sampled rows cross it (workers 0..k-1 of the
+    deployment stand in for the cohort; the others get no input and send nothing), and the run equals the
+    in-process one. With DP the servers' noise comes from their own keystreams, so only the noise-free parts
+    (cohorts, epsilon, the mean's public weights) are compared there."""
+    pytest.importorskip("torch")
+    from secrobust.train import runner
+    from secrobust.train.config import parse_config
+
+    base = {**TINY, "train": {**TINY["train"], "workers": 10, "rounds": 4, "sample_rate": 0.6},
+            "grid": {**TINY["grid"], "rules": ["krum"], "secure": [True]}}
+    plain_sampled = parse_config(base).runs()[0]
+    private = parse_config({**base, "grid": {**base["grid"], "rules": ["mean"]},
+                            "dp": {"clip": 1.0, "epsilon": 8.0}}).runs()[0]
+    sizes: list[int] = []
+    with LocalDeployment(10, tmp_path, LocalOptions(workers_per_process=5)) as dep:
+        def over_grpc(updates, rule, f, **kw):
+            sizes.append(len(updates))
+            return dep.aggregate(updates, rule, f, **kw)
+
+        got = runner.run(plain_sampled, secure_aggregate=over_grpc)
+        got_dp = runner.run(private, secure_aggregate=over_grpc)
+    want, want_dp = runner.run(plain_sampled), runner.run(private)
+    assert got.history == want.history and np.array_equal(got.weights, want.weights)
+    assert np.array_equal(got.cohort_sizes, want.cohort_sizes) and len(set(got.cohort_sizes.tolist())) > 1
+    assert sizes[: len(got.cohort_sizes)] == [k for k in got.cohort_sizes.tolist() if k >= 5]  # smaller: skipped
+    assert got_dp.epsilon == want_dp.epsilon and got_dp.epsilon == pytest.approx(8.0, abs=0.05)
+    assert np.array_equal(got_dp.weights, want_dp.weights)
+
+
 def _records(folder: Path) -> dict[str, dict]:
     lines = (folder / "results.jsonl").read_text().splitlines()
     return {r["run_id"]: r for r in map(json.loads, lines)}

@@ -250,15 +250,6 @@ def test_a_dp_grid_with_a_rule_it_cannot_bound_is_refused_before_any_run(
     small_config(**sections)  # without noise the same grid is fine
 
 
-def test_sampling_over_an_injected_deployment_is_refused(digits: Dataset, one_spec: Callable[..., RunSpec]) -> None:
-    spec = one_spec(grid={"secure": [True]}, train={"rounds": 1, "sample_rate": 0.5})
-
-    def deployment(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("not reached")
-
-    with pytest.raises(ValueError, match="in-process engine only"):
-        run(spec, dataset=digits, secure_aggregate=deployment)
-
 
 def test_grid_epsilon_expands_into_one_run_per_target_and_keeps_old_run_ids(
         small_config: Callable[..., Any]) -> None:
@@ -276,3 +267,15 @@ def test_grid_epsilon_expands_into_one_run_per_target_and_keeps_old_run_ids(
         small_config(grid={"epsilon": [1]})
     with pytest.raises(NoSensitivityBound, match="median norm"):
         small_config(dp={"clip": 1.0}, grid={"epsilon": [0, 1], "rules": ["norm-clip"]})
+
+
+def test_baseline_at_f0_runs_the_attack_free_baseline_once_and_every_attack_with_attackers(
+        small_config: Callable[..., Any]) -> None:
+    grid = {"attacks": ["none", "alie", "sign-flip"], "f": [0, 2, 4], "rules": ["mean"], "secure": [False]}
+    full = small_config(grid=grid).runs()
+    paired = small_config(grid={**grid, "baseline_at_f0": True}).runs()
+
+    assert len(full) == 9
+    assert [(s.attack, s.f) for s in paired] == [("none", 0), ("alie", 2), ("alie", 4), ("sign-flip", 2),
+                                                 ("sign-flip", 4)]
+    assert {s.run_id for s in paired} <= {s.run_id for s in full}  # the same runs, fewer of them

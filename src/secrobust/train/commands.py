@@ -194,7 +194,7 @@ def _run_grid_command(
         if rounds is not None:
             cfg = cfg.replace(train={"rounds": rounds})
         check_output_dir(out_dir(cfg))
-        if any(s.dp.enabled and s.dp.noise_multiplier > 0 for s in cfg.runs()) and find_spec("opacus") is None:
+        if any(s.dp.noisy for s in cfg.runs()) and find_spec("opacus") is None:
             raise ValueError("differential privacy's accounting needs Opacus, the dp extra: pip install 'secrobust[dp]'")
         torch.set_num_threads(1)
         with _secure_aggregate(transport, cfg, console) as secure_aggregate:

@@ -47,6 +47,7 @@ Format (every table and key is optional; defaults shown)::
     data_seeds = [0]         # data seeds: train/test split and partition
     secure = [true, false]   # secure two-server protocol or its plaintext twin
     epsilon = []             # target epsilons, one run each (0: clip without noise); needs dp.clip > 0
+    baseline_at_f0 = false   # true: "none" runs at f = 0 only, and every other attack at f > 0 only
 
     [rule_options.geomed]    # keyword options passed to the engine for that rule
     iterations = 8
@@ -188,6 +189,7 @@ class GridConfig:
     data_seeds: tuple[int, ...] = (0,)
     secure: tuple[bool, ...] = (True, False)
     epsilon: tuple[float, ...] = ()
+    baseline_at_f0: bool = False
 
     def __post_init__(self) -> None:
         if any(e < 0 for e in self.epsilon):
@@ -204,7 +206,8 @@ class GridConfig:
 
 
 _LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"),
-                   ("dp", "epsilon", 0.0), ("grid", "epsilon", ()))
+                   ("dp", "epsilon", 0.0), ("grid", "epsilon", ()),
+                   ("grid", "baseline_at_f0", False))
 
 
 def without_later_defaults(sections: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +326,7 @@ class ExperimentConfig:
             for dp, rule, attack, f, seed, data_seed, secure in itertools.product(
                 dps, g.rules, g.attacks, g.f, g.seeds, g.data_seeds, g.secure
             )
+            if not g.baseline_at_f0 or (attack == "none") == (f == 0)
         ]
 
     def to_dict(self) -> dict[str, Any]:

@@ -375,9 +375,6 @@ def _run(
         # the rule must have a bound at all (refused with the rules that have one otherwise)
         server_noise_std(spec.base_rule, max(1, n - f), dp.clip, dp.noise_multiplier, f=f,
                          options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
-    if q < 1 and secure_aggregate is not None and spec.secure:
-        raise ValueError("client sampling (train.sample_rate < 1) runs on the in-process engine only: a deployment "
-                         "would need the cohort's absent workers named each round, which is not wired yet")
     accountant = PrivacyAccountant(dp.noise_multiplier, q) if fixed_denominator or (noisy and q == 1) else None
     # the smallest cohort the rule and the servers accept: a sampled DP round is padded up to it with rows that add
     # nothing to its fixed-denominator sum (zero, or cclip's center); any other sampled round below it is skipped
