@@ -89,6 +89,30 @@ def test_settings_s1s_policy_refuses_stop_the_run_before_any_node_trains(split):
     assert trained == []
 
 
+def test_an_f_the_policys_workers_cannot_meet_stops_at_once(split, tmp_path):
+    """operator:S0's file as 'secrobust init' writes it lists no workers; with split operators the workers a
+    round may name are then S1's policy's (here S1's admission list, 6): f = 2 needs 7, so start says so at
+    once instead of waiting node-wait-s for a seventh SuperNode."""
+    import shutil
+    import tomllib
+
+    from secrobust.deploy.config import load as load_config, to_toml
+
+    srv, _ = split
+    folder = tmp_path / "operator-s0"
+    shutil.copytree(srv.cert_dir / "operator-s0", folder)
+    cfg = load_config(folder / "operator-s0.toml")
+    (folder / "operator-s0.toml").write_text(to_toml(replace(cfg, workers=()), relative_to=folder))
+    assert "admission" not in tomllib.loads((folder / "operator-s0.toml").read_text())
+    strategy = SecRobust.from_run_config({"secrobust-dir": str(tmp_path), "rule": "krum", "f": 2,
+                                          "node-wait-s": 60.0}, fraction_evaluate=0.0)
+    trained = []
+    t0 = time.monotonic()
+    with pytest.raises(SecRobustError, match=r"f=2 .*\(7 participants\), but the servers admit only 6 workers"):
+        run_strategy(strategy, _client(srv, trained.append), N, 1, D)
+    assert time.monotonic() - t0 < 30.0 and trained == []
+
+
 def test_a_round_s1s_policy_refuses_is_a_run_error_naming_the_policy(split):
     srv, service = split
     handler = service.handler

@@ -101,6 +101,15 @@ def test_too_few_nodes_for_the_rule_is_one_error_at_start(servers):
     with pytest.raises(SecRobustError, match=r"f=2 .*\(7 participants\), but the servers admit only 6 workers"):
         _run(servers, app, f=2)
     assert trained == []                    # no node was asked to train
+    # fewer nodes pinned to admitted workers than the rule needs: no need to wait either
+    s = SecRobust(servers.operator_configs(), "krum", 1, node_workers={11: 0, 12: 1, 13: 2, 14: 99},
+                  fraction_evaluate=0.0)
+    try:
+        with pytest.raises(SecRobustError, match=r"\(5 participants\), but only 3 admitted workers have a node "
+                           r"pinned to them"):
+            s.preflight(grid=None)          # type: ignore[arg-type]  # raises before asking the grid
+    finally:
+        s.close()
 
 
 def test_min_available_nodes_follows_the_rule_and_min_participants(servers):

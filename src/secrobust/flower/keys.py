@@ -39,4 +39,5 @@ NUMPY_CLIENT_HINT = (  # the KeyError: 'fitins.parameters' of a NumPyClient app 
     "this ClientApp is a legacy NumPyClient / client_fn app (it looks for 'fitins.parameters'); SecRobust "
     "sends Flower's Message API: write the train function as @app.train() def train(msg, context) that "
     "reads msg.content['arrays'] and msg.content['config'] and returns Message(RecordDict({'arrays': ..., "
-    "'metrics': MetricRecord({... 'num-examples': n})}), reply_to=msg) (docs/flower.md, \"From a NumPyClient app\")")
+    "'metrics': MetricRecord({... 'num-examples': n})}), reply_to=msg) (docs/flower.md, "
+    "\"From a NumPyClient + SecAgg+ app\")")

@@ -286,10 +286,16 @@ class SecRobust(FedAvg):
         if op.relayed:
             self._follow_policy(next(st for name, st in statuses.items() if name.startswith("S1's")).get("policy"))
         need, why = self.minimum_nodes()
-        admitted = binding.workers
+        admitted = self.binding.workers         # after S1's policy, which may name the workers a round can have
         if admitted is not None and len(admitted) < need:
             raise SecRobustError(f"secrobust: {why}, but the servers admit only {len(admitted)} workers; lower f "
                                  "or admit more workers")
+        if self.node_workers is not None:
+            pinned = {w for w in self.node_workers.values() if admitted is None or w in admitted}
+            if len(pinned) < need:
+                raise SecRobustError(f"secrobust: {why}, but only {len(pinned)} admitted workers have a node "
+                                     "pinned to them (node-workers.json); lower f or provision more nodes "
+                                     "('secrobust flower-nodes')")
         self.min_available_nodes = max(self.min_available_nodes, need)
         self.min_train_nodes = max(self.min_train_nodes, need)
         deadline = time.monotonic() + self.node_wait_s
