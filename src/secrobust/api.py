@@ -99,8 +99,8 @@ class Cluster:
         self._encoded: np.ndarray | None = None
 
     def _encode_buffer(self, shape: tuple[int, int]) -> np.ndarray:
-        """The workers' encodings, one (n, d) uint64 matrix kept across rounds while (n, d) stays: its pages
-        stay mapped (a fresh 400 MB matrix each round costs more CPU in page faults than the encoding)."""
+        """The workers' encodings, one (n, d) uint64 matrix kept across rounds while (n, d) stays, so a round
+        does not fault in fresh pages for it (docs/performance.md)."""
         if self._encoded is None or self._encoded.shape != shape:
             self._encoded = None
             self._encoded = np.empty(shape, dtype=np.uint64)

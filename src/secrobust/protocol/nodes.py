@@ -48,8 +48,8 @@ class ServerNode:
         self._buffers: dict[str, np.ndarray] = {}
 
     def _buffer(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        """A uint64 matrix kept across rounds while its shape stays: mapping 400 MB of fresh pages each round
-        costs more CPU than the AES that fills them. Every word is written before it is read."""
+        """A uint64 matrix kept across rounds while its shape stays, so a round does not fault in fresh pages
+        for it (docs/performance.md). Every word a round reads, it wrote first."""
         buf = self._buffers.pop(name, None)
         if buf is None or buf.shape != shape:
             del buf
