@@ -97,3 +97,37 @@ def test_bad_operands_are_refused(a, b):
 def test_thread_count_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="positive integer"):
         rk.set_threads(bad)
+
+
+def test_warm_up_loads_the_kernel_for_both_operand_types():
+    rk.warm_up()
+    assert rk._compiled is not None
+    assert {str(sig[3].dtype) for sig in rk._compiled.signatures} >= {"uint64", "int8"}
+
+
+@pytest.mark.parametrize("k", [0, 1, B - 1, B, B + 1, 2 * B + 3])
+@pytest.mark.parametrize("n,m", [(1, 1), (R - 1, R + 1), (13, 81)])
+def test_products_by_int8_matrices_sign_extend_each_entry(threads, n, m, k):
+    rng = np.random.default_rng(n * 1000 + m * 10 + k)
+    a = full_range(rng, (n, k))
+    b = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b.ravel()[:4] = [-128, -1, 127, 0][: b.size]
+    want = np.matmul(a, b.astype(np.int64).view(np.uint64).T)
+    np.testing.assert_array_equal(rk.matmul_t_int8(a, b), want)
+    np.testing.assert_array_equal(rk.matmul_t_int8(a[:, ::-1], b[:, ::-1]), want)   # views, copied when strided
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), n=st.integers(1, 9), m=st.integers(1, 9), k=st.integers(0, 30))
+def test_small_int8_products_equal_python_integers(data, n, m, k):
+    a = data.draw(hnp.arrays(np.uint64, (n, k), elements=words))
+    b = data.draw(hnp.arrays(np.int8, (m, k)))
+    want = [[sum(int(x) * int(y) for x, y in zip(ra, rb)) % 2**64 for rb in b] for ra in a]
+    assert rk.matmul_t_int8(a, b).tolist() == want
+
+
+def test_int8_products_refuse_other_operands():
+    a = np.zeros((2, 3), dtype=np.uint64)
+    for bad in (np.zeros((2, 3), dtype=np.uint64), np.zeros((2, 4), dtype=np.int8), np.zeros(3, dtype=np.int8)):
+        with pytest.raises(ValueError):
+            rk.matmul_t_int8(a, bad)

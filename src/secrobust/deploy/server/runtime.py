@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable
 
 from ...pki.certs import DEALER_ID, Identity, operator_party, worker_index
-from ...primitives import prg
+from ...primitives import kernel, prg
 from ...protocol import messages as M
 from ...protocol.messages import Message
 from ...protocol.nodes import ServerNode
@@ -82,6 +82,8 @@ class ServerRuntime(PartyHandler):
                                   self.index, self.party, self.accounting)
         self.bulk_port: int | None = None
         """The port of this server's bulk lane (``transport.grpc.bulk``), announced in ``status``; None: gRPC only."""
+        # the first round's ring products would otherwise load the kernel (Numba) on that round's clock
+        threading.Thread(target=kernel.warm_up, name="ring-kernel-warm-up", daemon=True).start()
 
     def close(self) -> None:
         """Release every call that waits (long polls, fetches, reports) so the process can exit."""
