@@ -12,7 +12,7 @@ machine hits both alike:
            ring arithmetic (no protocol), the test oracle.
 The secure round is timed two ways, interleaved: "fresh", ``secrobust.aggregate`` (a new Cluster each call,
 so every large matrix is new memory whose pages fault in), and "warm", a round of one ``api.Cluster`` kept
-across the runs, after one untimed round (what a training loop runs: the servers' and the encodings'
+across the runs, after one untimed round (a caller that keeps its Cluster: the servers' and the encodings'
 matrices stay mapped). The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
 and the input validity phase (encoding, shares, the opening and Gram products, distances, rule,
 aggregate); "round" is all of it. Each is given in wall seconds and in CPU seconds of the process (all
