@@ -17,9 +17,10 @@ split: the ServerApp holds operator:S0's key only; mutual TLS between them and w
 
 Flower's TLS certificates come from ``secrobust flower-tls``'s CA (Flower's links need TLS for SuperNode
 authentication; secrobust's links keep their own mutual TLS).
-``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: the SuperLink would otherwise ``uv sync`` the app's
-dependencies into a fresh environment, which needs the network and a published secrobust; the app runs in
-this venv instead (docs/flower.md). Readiness is waited on, never slept for: the servers' ready file, the
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: the numpy app is a fixture that runs in this venv; the
+runtime install (``uv sync`` from PyPI and a folder with secrobust's wheel) is checked on the example by
+``test_flower_example.py`` and docs/flower.md's walk-through, not here, where it would add a wheel build and
+the network to every run. Readiness is waited on, never slept for: the servers' ready file, the
 SuperLink's port, and the strategy's own check that the rule's five nodes are connected (``node-wait-s``).
 Every process started here, and every process they started, is killed at the end, even on failure.
 Slow (about 7 minutes on a loaded 2-core machine): ``-m slow``.
