@@ -90,7 +90,8 @@ def test_a_sampled_run_reports_opacus_epsilon_for_the_observer_and_no_amplificat
     per_worker = C if rule == "mean" else tau
     for call, size in zip(spy.calls, result.cohort_sizes, strict=True):
         k = len(call["updates"])
-        assert k == max(size, 5 if rule == "mean" else 2 * 4 + 1)  # zero rows up to the smallest cohort allowed
+        # zero rows up to the smallest cohort allowed: 5, and norm-clip's 2 f_k + 1 with f_k = ceil(4k/20) <= 5
+        assert k == max(size, 5)
         assert not call["updates"][size:].any()
         assert call["dp_noise_std"] == pytest.approx(Z * per_worker / k)
         assert call["norm_bound"] == C
@@ -142,7 +143,10 @@ def test_a_sampled_rule_without_the_sum_form_is_composed_over_its_rounds_without
     result = train(rule, rounds=8, q=q)
 
     honest = [i for i in range(20) if i not in result.byzantine]
-    assert 0 < len(spy.calls) == int((result.cohort_sizes >= 2 * 4 + 3).sum())  # smaller cohorts skip the round
+    # a cohort of k is told f_k = ceil(4k/20) Byzantine workers; below krum's 2 f_k + 3 the round is skipped
+    runs = [k for k in result.cohort_sizes.tolist() if k >= max(5, 2 * runner.cohort_f(4, 20, k, q) + 3)]
+    assert 0 < len(spy.calls) == len(runs)
+    assert [len(call["updates"]) for call in spy.calls] == runs
     assert all(call["dp_noise_std"] == pytest.approx(Z * 2 * C) for call in spy.calls)
     took_part = runner_participation(result)
     assert result.epsilon == result.epsilon_server == pytest.approx(_opacus(Z, 1.0, int(took_part[honest].max())),
@@ -279,3 +283,46 @@ def test_baseline_at_f0_runs_the_attack_free_baseline_once_and_every_attack_with
     assert [(s.attack, s.f) for s in paired] == [("none", 0), ("alie", 2), ("alie", 4), ("sign-flip", 2),
                                                  ("sign-flip", 4)]
     assert {s.run_id for s in paired} <= {s.run_id for s in full}  # the same runs, fewer of them
+
+
+@pytest.mark.parametrize(("k", "want"), [(10, 1), (11, 2), (50, 5), (3, 1), (0, 0)])
+def test_a_sampled_cohort_is_told_the_populations_share_of_byzantine_workers(k: int, want: int) -> None:
+    assert runner.cohort_f(5, 50, k, 0.2) == want
+    assert runner.cohort_f(5, 50, k, 1.0) == 5  # every worker in every round: the whole f
+
+
+def test_a_sampled_round_tells_the_rule_its_cohorts_f(train: Callable[..., RunResult],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With f = 4 of 20 workers at q = 0.3 a cohort holds about 1.2 Byzantine workers: Krum told the global f
+    needs 11 rows and would skip nearly every round of about 6; told its cohort's share it runs them."""
+    seen: list[tuple[int, int]] = []
+    real = runner.engine_aggregate
+    monkeypatch.setattr(runner, "engine_aggregate",
+                        lambda u, rule, f, **kw: (seen.append((len(u), f)), real(u, rule, f, **kw))[1])
+    result = train("krum", rounds=6, q=0.3)
+
+    assert seen and all(f == runner.cohort_f(4, 20, k, 0.3) < 4 for k, f in seen)
+    assert len(seen) == sum(k >= max(5, 2 * runner.cohort_f(4, 20, k, 0.3) + 3) for k in result.cohort_sizes.tolist())
+    assert len(seen) > sum(k >= 2 * 4 + 3 for k in result.cohort_sizes.tolist())  # more than with the global f
+
+
+def test_a_grid_over_epsilons_keeps_one_summary_row_and_one_table_row_per_target(
+        small_config: Callable[..., Any]) -> None:
+    from rich.console import Console
+
+    from secrobust.train.experiment import accuracy_tables, summarize
+
+    config = small_config(dp={"clip": 1.0}, grid={"epsilon": [0, 8], "rules": ["mean"], "attacks": ["none"],
+                                                  "f": [0], "secure": [False]})
+    records = [{"rule": s.rule, "attack": s.attack, "f": s.f, "secure": s.secure, "final_accuracy": 0.5 + s.dp.epsilon / 100,
+                "byzantine_weight": 0.0, "rounds": 3, "diverged": False, "seconds": 1.0, "dataset": "digits",
+                "epsilon": s.dp.epsilon or None, "epsilon_server": None, "spec": s.to_dict()} for s in config.runs()]
+    summary = summarize(config, records)
+
+    assert sorted((r["target_epsilon"], r["final_accuracy"]) for r in summary["final_accuracy"]) == [(0.0, 0.5),
+                                                                                                    (8.0, 0.58)]
+    console = Console(width=200, record=True)
+    for table in accuracy_tables(summary):
+        console.print(table)
+    text = console.export_text()
+    assert "mean, no noise" in text and "mean, ε = 8" in text and "58.0" in text and "50.0" in text

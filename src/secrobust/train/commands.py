@@ -67,14 +67,21 @@ def register(app: typer.Typer) -> None:
         20 workers of which 4 are Byzantine; mean, Krum, Multi-Krum and geometric median, secure
         and plaintext, under no attack, six attacks from the literature and ring-overflow (exact
         ring elements that wrapped the old protocol's distances), 2 seeds. Writes DIR/results.jsonl,
-        DIR/summary.json and PNG plots, and prints the final accuracy table."""
+        DIR/summary.json and PNG plots, and prints the final accuracy table. Then the differential-privacy
+        rows (mean and cclip with noise calibrated to a target epsilon, plaintext) into DIR/dp."""
 
         def load() -> Any:
             from secrobust.train.config import demo_config
 
             return demo_config()
 
+        def load_dp() -> Any:
+            from secrobust.train.config import demo_dp_config
+
+            return demo_dp_config()
+
         _run(load, lambda cfg: out, rounds, fresh, progress, transport, jobs)
+        _run(load_dp, lambda cfg: out / "dp", rounds, fresh, progress, transport, jobs)
 
     @app.command()
     def train(

@@ -381,7 +381,16 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 def demo_config() -> ExperimentConfig:
     """The demo's default configuration, shipped as ``secrobust/train/configs/demo.toml``."""
-    text = importlib.resources.files("secrobust.train").joinpath("configs/demo.toml").read_text()
+    return _shipped("demo.toml")
+
+
+def demo_dp_config() -> ExperimentConfig:
+    """The demo's differential-privacy rows, shipped as ``secrobust/train/configs/demo-dp.toml``."""
+    return _shipped("demo-dp.toml")
+
+
+def _shipped(name: str) -> ExperimentConfig:
+    text = importlib.resources.files("secrobust.train").joinpath(f"configs/{name}").read_text()
     return parse_config(tomllib.loads(text))
 
 

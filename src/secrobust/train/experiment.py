@@ -339,11 +339,11 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
 def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Final accuracy per (rule, attack, f, secure): mean and sample std over seeds, and friends
     (Byzantine weight, workers rejected by the input validity check per round, honest ones among them)."""
-    groups: dict[tuple[str, str, int, bool], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, int, bool, float], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(r["rule"], r["attack"], r["f"], r["secure"])].append(r)
+        groups[(r["rule"], r["attack"], r["f"], r["secure"], _target(r))].append(r)
     rows = []
-    for (rule, attack, f, secure), rs in groups.items():
+    for (rule, attack, f, secure, target), rs in groups.items():
         acc = np.array([r["final_accuracy"] for r in rs])
         eps = [r["epsilon"] for r in rs if r["epsilon"] is not None]
         rows.append(
@@ -360,6 +360,9 @@ def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[s
                 "rejected_honest": int(sum(r.get("rejected_honest", 0) for r in rs)),
                 "diverged": int(sum(r["diverged"] for r in rs)),
                 "epsilon": max(eps) if eps else None,
+                "epsilon_server": max(es) if (es := [r["epsilon_server"] for r in rs
+                                                     if r.get("epsilon_server") is not None]) else None,
+                "target_epsilon": target,
                 "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
             }
         )
@@ -373,6 +376,7 @@ def summarize(config: ExperimentConfig, records: list[dict[str, Any]]) -> dict[s
         "delta": config.dp.delta if config.dp.enabled else None,
         "rules": list(config.grid.rules),
         "attacks": list(config.grid.attacks),
+        "epsilons": list(config.grid.epsilon),
         "runs": len(records),
         "run_seconds": round(float(sum(r["seconds"] for r in records)), 1),
         "final_accuracy": rows,
@@ -385,24 +389,28 @@ def accuracy_tables(summary: dict[str, Any]) -> list[Table]:
     rows = summary["final_accuracy"]
     tables = []
     for f in sorted({r["f"] for r in rows}):
-        cell = {(r["rule"], r["secure"], r["attack"]): r for r in rows if r["f"] == f}
+        cell = {(r["rule"], r.get("target_epsilon", 0.0), r["secure"], r["attack"]): r for r in rows if r["f"] == f}
         seeds = sorted({r["runs"] for r in rows if r["f"] == f})
         over = f", mean of {seeds[0]} seeds" if seeds == [seeds[0]] and seeds[0] > 1 else ""
         title = (
             f"final test accuracy (%), {summary['dataset']}, {summary['workers']} workers, "
             f"{f} Byzantine, {summary['rounds']} rounds{over}"
         )
+        if summary.get("epsilons") and summary.get("delta"):
+            title += f"; DP: epsilon against an observer at δ = {summary['delta']:g}"
         table = Table(title=title)
         table.add_column("rule")
         table.add_column("mode")
         for attack in summary["attacks"]:
             table.add_column(attack, justify="right")
         for rule in summary["rules"]:
-            for secure in (True, False):
-                if not any(key[:2] == (rule, secure) for key in cell):
-                    continue
-                values = [_fmt(cell.get((rule, secure, a))) for a in summary["attacks"]]
-                table.add_row(rule, "secure" if secure else "plain", *values)
+            for target in summary.get("epsilons") or [0.0]:
+                for secure in (True, False):
+                    if not any(key[:3] == (rule, target, secure) for key in cell):
+                        continue
+                    values = [_fmt(cell.get((rule, target, secure, a))) for a in summary["attacks"]]
+                    label = rule if not summary.get("epsilons") else f"{rule}, {_epsilon_label(target)}"
+                    table.add_row(label, "secure" if secure else "plain", *values)
         tables.append(table)
     return tables
 
@@ -426,6 +434,15 @@ def rejection_notes(summary: dict[str, Any]) -> list[str]:
                     f"{sum(r.get('rejected_honest', 0) for r in chosen)} honest workers rejected"
                 )
     return lines
+
+
+def _target(record: dict[str, Any]) -> float:
+    """The run's target epsilon (``dp.epsilon``; 0 for a run without one)."""
+    return float(record.get("spec", {}).get("dp", {}).get("epsilon", 0.0) or 0.0)
+
+
+def _epsilon_label(target: float) -> str:
+    return "no noise" if target == 0 else f"ε = {target:g}"
 
 
 def _count(x: float) -> str:

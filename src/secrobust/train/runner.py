@@ -36,6 +36,7 @@ draw their masks, validity projections and DP noise fresh, so DP runs over it ma
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -378,7 +379,10 @@ def _run(
     accountant = PrivacyAccountant(dp.noise_multiplier, q) if fixed_denominator or (noisy and q == 1) else None
     # the smallest cohort the rule and the servers accept: a sampled DP round is padded up to it with rows that add
     # nothing to its fixed-denominator sum (zero, or cclip's center); any other sampled round below it is skipped
-    min_cohort = max(DEFAULT_MIN_PARTICIPANTS, get_rule(spec.base_rule).minimum(f))
+    rule_minimum = get_rule(spec.base_rule).minimum
+    min_cohort = DEFAULT_MIN_PARTICIPANTS
+    while min_cohort < rule_minimum(cohort_f(f, n, min_cohort, q)):
+        min_cohort += 1
     participation = np.zeros(n, dtype=np.int64)
     cohort_sizes = np.zeros(tc.rounds, dtype=np.int64)
 
@@ -453,7 +457,8 @@ def _run(
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
         # a rule-aware attack (optimal-alie/-ipm, cclip-adaptive) knows the rule, f, these options and the bound
-        context = {"rule": spec.base_rule, "f": f, "rule_options": options,
+        f_t = f if q == 1 else cohort_f(f, n, max(len(members), min_cohort if fixed_denominator else 0), q)
+        context = {"rule": spec.base_rule, "f": f_t, "rule_options": options,
                    "norm_bound": dp.clip if dp.enabled else encoder_bound}
         screened = 0
         # the row that adds nothing to a sum_form rule's sum: g(neutral) = 0 (the center for cclip, else 0)
@@ -461,7 +466,7 @@ def _run(
         if q == 1:
             rows, local_byz, local_honest, scale = sent, byzantine, honest, 1.0
         else:
-            if len(members) < min_cohort and not fixed_denominator:
+            if (len(members) < DEFAULT_MIN_PARTICIPANTS or len(members) < rule_minimum(f_t)) and not fixed_denominator:
                 # too few workers for the rule or the servers: nobody aggregates, the model stays
                 weights[t] = 0.0
                 byz_since_eval.append(0.0)
@@ -491,8 +496,8 @@ def _run(
             sigma = cohort_noise_std(spec.base_rule, dp.clip, dp.noise_multiplier, len(rows),
                                      dict(spec.rule_options), spec.reveal)
         elif noisy and q < 1:
-            # this round's Gaussian mechanism: at most f of its rows are Byzantine, so it aggregates at least k - f
-            sigma = server_noise_std(spec.base_rule, max(1, len(rows) - f), dp.clip, dp.noise_multiplier, f=f,
+            # this round's Gaussian mechanism over the k rows the rule is told hold at most f_t Byzantine ones
+            sigma = server_noise_std(spec.base_rule, max(1, len(rows) - f_t), dp.clip, dp.noise_multiplier, f=f_t,
                                      options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
         if bucket_size is not None:
             mix = bucket_matrix(len(rows), bucket_size, round_seed(spec.seed, t).to_bytes(16, "little"))
@@ -503,7 +508,7 @@ def _run(
         result = engine_aggregate(
             rows,
             spec.base_rule,
-            f,
+            f_t,
             secure=spec.secure,
             frac_bits=tc.frac_bits,
             insecure_test_seed=round_seed(spec.seed, t),
@@ -580,6 +585,14 @@ def _run(
         noise_multiplier=dp.noise_multiplier if noisy else None,
         cohort_sizes=cohort_sizes,
     )
+
+
+def cohort_f(f: int, n: int, k: int, q: float) -> int:
+    """The f a rule is told in a round of k sampled workers out of n, f of them Byzantine: the population's
+    share, ceil(k f / n), at most f (all of f when every worker takes part). Public (it depends on k only);
+    a cohort that happens to draw more Byzantine workers than that is outside the rule's guarantee, as
+    anywhere a cohort is sampled."""
+    return f if q == 1 else min(f, math.ceil(k * f / n))
 
 
 def _into_ball(v: np.ndarray, radius: float) -> np.ndarray:
