@@ -9,7 +9,7 @@ runs whole rounds; in a deployment of two organisations each runs its own side (
 without S1's view and S1's aggregate share). With both sides,
 it sends each server the same RoundRequest (S0 first, then S1, so S0 is ready for the dealer's part
 when S1 asks for the triple), waits for both servers' reports, fetches both aggregate shares like any
-worker, and rebuilds what ``secrobust.aggregate`` returns. It sees what the servers make public
+worker (both at once, asked while the round runs), and rebuilds what ``secrobust.aggregate`` returns. It sees what the servers make public
 (the weights unless the round's ``reveal`` is "aggregate", the aggregate, the workers rejected by the input validity check and why, the workers that
 declined the round and why, traffic, timings) and, through ``operator:S1``, S1's opened view (only with
 ``reveal="distances"``: in the other modes S1 opens none).
@@ -25,6 +25,7 @@ the pool. Every rule takes a triple while the input validity check is on (the me
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -125,8 +126,8 @@ class Operator:
             self.servers[name].use_lane(st.get("bulk"))
         return out
 
-    def _fetch_share(self, name: str, round_id: int) -> Message:
-        msg = self.servers[name].fetch(round_id, M.AGGREGATE_SHARE, wait_s=30.0)
+    def _fetch_share(self, name: str, round_id: int, wait_s: float = 30.0) -> Message:
+        msg = self.servers[name].fetch(round_id, M.AGGREGATE_SHARE, wait_s=wait_s)
         if name in self.relayed:    # S1's share as the approval service relays it (checked against S0's digest)
             msg = replace(msg, sender=name, recipient=self.clients["S0"].identity.party)
         return msg
@@ -197,11 +198,23 @@ class Operator:
         """
         if not self.both:
             raise ValueError("rebuilding a round's result needs the operators of both S0 and S1")
-        reps = self.outcome(request.round_id, wait_s)
-        if reps["S0"]["aggregate_sha256"] != reps["S1"]["aggregate_sha256"]:
-            raise RoundFailed("the two servers reconstructed different aggregates", reps)
-        m0 = self._fetch_share("S0", request.round_id)
-        m1 = self._fetch_share("S1", request.round_id)
+        # Both aggregate shares are fetched at once, and from a server we reach directly the fetch is asked
+        # before the round ends (the server holds it until then): the reply starts when the round ends, not
+        # after the reports, and the two downloads overlap (each shares its server's egress with the workers').
+        pool = ThreadPoolExecutor(len(SERVER_IDS), thread_name_prefix="operator-fetch")
+        fetches: dict[str, Future[Message]] = {
+            name: pool.submit(self._fetch_share, name, request.round_id, wait_s)
+            for name in SERVER_IDS if name not in self.relayed}
+        try:
+            reps = self.outcome(request.round_id, wait_s)
+            if reps["S0"]["aggregate_sha256"] != reps["S1"]["aggregate_sha256"]:
+                raise RoundFailed("the two servers reconstructed different aggregates", reps)
+            for name in SERVER_IDS:
+                if name not in fetches:
+                    fetches[name] = pool.submit(self._fetch_share, name, request.round_id)
+            m0, m1 = fetches["S0"].result(), fetches["S1"].result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         out, weights, participants = reconstruct(m0, m1)
         digest = hashlib.sha256(np.ascontiguousarray(out, dtype="<f8").tobytes()).hexdigest()
         if digest != reps["S0"]["aggregate_sha256"]:

@@ -193,21 +193,32 @@ class ServerRuntime(PartyHandler):
             w = worker_index(caller)
             if caller != self.operator_name and (w is None or w not in rnd.plan.worker_ids):
                 raise Rejected("not-permitted", f"{caller} is not a worker of round {round_id}")
-            self.monitor.wait_until(lambda: rnd.finished or self.monitor.closing, deadline)
-            if not rnd.finished:
-                raise Rejected("not-found", f"round {round_id} has not finished at {self.party} yet")
-            if rnd.status != "done":
-                raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
-            if rnd.own_share is None:
-                raise Rejected("not-found", f"the aggregate share of round {round_id} is no longer kept")
-            arrays = {"share": rnd.own_share}
-            if rnd.weights is not None:         # none with reveal="aggregate": nobody learns them
-                arrays["weights"] = rnd.weights
-            if rnd.plan.center is not None:
-                arrays["center"] = rnd.plan.center
-            return Message(M.AGGREGATE_SHARE, round_id, self.party, caller, arrays=arrays,
-                           fields={"participants": list(rnd.participants), "center_weight": rnd.center_weight,
-                                   "frac_bits": rnd.plan.frac_bits, "reveal": rnd.mode})
+            first = self.slots.operator_fetch(round_id) if caller == self.operator_name else None
+            try:
+                return self._aggregate_reply(rnd, caller, deadline)
+            except BaseException:
+                if first is not None:
+                    first()
+                raise
+
+    def _aggregate_reply(self, rnd: RoundRun, caller: str, deadline: float) -> Message:
+        """With the lock held: ``caller``'s aggregate-share reply, once ``rnd`` is over (by ``deadline``)."""
+        round_id = rnd.round_id
+        self.monitor.wait_until(lambda: rnd.finished or self.monitor.closing, deadline)
+        if not rnd.finished:
+            raise Rejected("not-found", f"round {round_id} has not finished at {self.party} yet")
+        if rnd.status != "done":
+            raise Rejected("round-aborted", f"round {round_id} aborted: {rnd.reason}")
+        if rnd.own_share is None:
+            raise Rejected("not-found", f"the aggregate share of round {round_id} is no longer kept")
+        arrays = {"share": rnd.own_share}
+        if rnd.weights is not None:         # none with reveal="aggregate": nobody learns them
+            arrays["weights"] = rnd.weights
+        if rnd.plan.center is not None:
+            arrays["center"] = rnd.plan.center
+        return Message(M.AGGREGATE_SHARE, round_id, self.party, caller, arrays=arrays,
+                       fields={"participants": list(rnd.participants), "center_weight": rnd.center_weight,
+                               "frac_bits": rnd.plan.frac_bits, "reveal": rnd.mode})
 
     def account_fetch_as(self, caller: str, env: pb.Envelope) -> Any:
         """A share key is a protocol message (counted like the in-process run's); an aggregate-share

@@ -4,7 +4,9 @@ backlog of rows of E, and the aggregate-share replies both encode at once."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from typing import Callable
 
 from ...pki.certs import worker_index
@@ -30,6 +32,9 @@ FETCH_SLOTS = 4
 """Aggregate-share replies a server encodes and streams at once (``fetch_slot``)."""
 FETCH_WAIT_S = 60.0
 """The longest an aggregate-share fetch waits for a slot before it is refused (``busy``)."""
+OPERATOR_FIRST_S = 5.0
+"""The longest a worker's aggregate-share reply waits for the server's operator's reply to a finished round to
+be streamed first (the operator asks before the round ends, ``Operator.collect``; its round ends on it)."""
 
 
 def upload_slots(n: int) -> int:
@@ -56,6 +61,9 @@ class Slots:
         self.fetching = 0
         self.fetchers: set[str] = set()
         """Callers holding an aggregate-share slot: one each, so a few slow readers cannot hold them all."""
+        self.operator_fetches: Counter[int] = Counter()
+        """Round id -> the operator's aggregate-share fetches of it, waiting for the round or being streamed."""
+        self._operator_round = threading.local()
 
     def reserve(self, env: pb.Envelope) -> Callable[..., None] | None:
         """Bounds on the 8d-byte messages a server holds at once (``Endpoint`` calls this once ``precheck``
@@ -148,17 +156,54 @@ class Slots:
             return Pace(self.cfg.upload_grace_s, self.cfg.upload_min_rate)
         return None
 
+    def operator_fetch(self, round_id: int) -> Callable[[], None]:
+        """With the lock held: the operator asks for round ``round_id``'s aggregate share (``fetch``, before it
+        waits for the round). Until the returned release (or the one ``fetch_slot`` hands the reply on this
+        thread), workers' replies to a finished round wait for it (``OPERATOR_FIRST_S`` at most)."""
+        self.operator_fetches[round_id] += 1
+        self._operator_round.release = None
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            with self.monitor:
+                if done:
+                    return
+                done = True
+                self.operator_fetches[round_id] -= 1
+                if self.operator_fetches[round_id] <= 0:
+                    del self.operator_fetches[round_id]
+                self.monitor.notify()
+        self._operator_round.release = release
+        return release
+
+    def _operator_first(self) -> bool:
+        """With the lock held: the operator's reply to a finished round is due or being streamed."""
+        return any((rnd := self.rounds.find(rid)) is not None and rnd.finished for rid in self.operator_fetches)
+
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
         """At most ``FETCH_SLOTS`` aggregate shares (8d bytes each, plus their encoding) are encoded and
         streamed at once: every worker fetches both servers' shares as soon as a round ends, and n replies
-        in memory together would cost about 16nd bytes."""
-        if phase != M.AGGREGATE_SHARE or caller == self.operator_name:
-            return None                         # the operator's one fetch does not queue behind n workers'
-        deadline = time.monotonic() + FETCH_WAIT_S
+        in memory together would cost about 16nd bytes. The operator's reply takes no slot and goes first:
+        the round ends for the operator when it has both shares, and each worker's waits at most
+        ``OPERATOR_FIRST_S`` for it (the link is shared with the workers' otherwise)."""
+        if phase != M.AGGREGATE_SHARE:
+            return None
+        if caller == self.operator_name:
+            release = getattr(self._operator_round, "release", None)
+            self._operator_round.release = None
+            return release
+        now = time.monotonic()
+        deadline, first_until = now + FETCH_WAIT_S, now + OPERATOR_FIRST_S
+
+        def free() -> bool:
+            if self.monitor.closing:
+                return True
+            return self.fetching < FETCH_SLOTS and (time.monotonic() >= first_until or not self._operator_first())
         with self.monitor:
             if caller in self.fetchers:
                 raise Rejected("busy", f"{caller} is already fetching an aggregate share here")
-            if not self.monitor.wait_until(lambda: self.fetching < FETCH_SLOTS or self.monitor.closing, deadline):
+            if not self.monitor.wait_until(free, deadline):
                 raise Rejected("busy", f"no aggregate-share slot came free within {FETCH_WAIT_S:g} s")
             self.fetching += 1
             self.fetchers.add(caller)
