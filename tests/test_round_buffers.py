@@ -13,13 +13,17 @@ def test_rounds_on_kept_buffers_equal_their_twins_across_shapes_and_drops():
     cluster = api.Cluster(insecure_test_seed=SEED)
     rng = np.random.default_rng(11)
     seen = []
-    for round_id, (n, d, drop) in enumerate([(7, 40, {}), (7, 40, {2: "S1"}), (7, 40, {}), (8, 33, {0: "S1"})]):
+    shapes = [(7, 40, {}), (7, 40, {2: "S1", 4: "S0"}), (7, 40, {}), (8, 33, {0: "S1", 1: "both"})]
+    for round_id, (n, d, drop) in enumerate(shapes):
         x = rng.standard_normal((n, d)) * 0.1
         got = cluster.run_round(x, "krum", 1, drop=drop)
         kept = [i for i in range(n) if i not in drop]
         twin = secrobust.plain_aggregate(x[kept], "krum", 1, insecure_test_seed=SEED, round_id=round_id)
         np.testing.assert_array_equal(got.aggregate, twin.aggregate)
-        seen.append((cluster._encoded, cluster.s1._buffers["s1-rows"], cluster.s0._buffers["a0"]))
-    for k in range(3):
+        seen.append((cluster.s1._buffers["s1-rows"], cluster.s0._buffers["a0"]))
+        # the workers built their shares in S1's matrix: S1's inputs are its rows, in arrival order
+        inputs = cluster.s1.current.inputs
+        assert all(np.shares_memory(inputs[w], seen[-1][0][k]) for k, w in enumerate(kept))
+    for k in range(2):
         assert seen[1][k] is seen[0][k] and seen[2][k] is seen[0][k]
         assert seen[3][k] is not seen[0][k] and seen[3][k].shape[0] == 8

@@ -96,15 +96,6 @@ class Cluster:
         self.dealer = DealerNode()
         self.next_round = 0
         self.last_aggregate: np.ndarray | None = None
-        self._encoded: np.ndarray | None = None
-
-    def _encode_buffer(self, shape: tuple[int, int]) -> np.ndarray:
-        """The workers' encodings, one (n, d) uint64 matrix kept across rounds while (n, d) stays, so a round
-        does not fault in fresh pages for it (docs/performance.md)."""
-        if self._encoded is None or self._encoded.shape != shape:
-            self._encoded = None
-            self._encoded = np.empty(shape, dtype=np.uint64)
-        return self._encoded
 
     def run_round(self, updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,
                   dp_noise_std: float = 0.0, unchecked: Any = (), ring_rows: Mapping[int, Any] | None = None,
@@ -133,7 +124,9 @@ class Cluster:
         s0, s1 = self.s0, self.s1
 
         with _phase(stats, "encode"):
-            encoded = encode_updates(x, frac_bits, inputs.unchecked, rows, self._encode_buffer(x.shape))
+            # worker i encodes and masks its update in row i of S1's kept share matrix (ServerNode.share_matrix),
+            # so S1 takes each share where it already is: no second n x d matrix, no copy
+            encoded = encode_updates(x, frac_bits, inputs.unchecked, rows, s1.share_matrix(n, d))
             center = encode_center(center_value, d, frac_bits) if center_value is not None else None
         needs = spec.reveals(rule_options)
         plan = params.plan(round_id, tuple(range(n)), needs, center, self.seeds.triple_id(round_id), chunk_bytes)

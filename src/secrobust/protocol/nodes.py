@@ -60,6 +60,13 @@ class ServerNode:
     def _plan_matrix(self, name: str, plan: server.RoundPlan) -> np.ndarray:
         return self._buffer(name, (len(plan.worker_ids), plan.d))
 
+    def share_matrix(self, n: int, d: int) -> np.ndarray:
+        """S1: the kept n x d matrix that ``take_share`` takes a round of n planned workers' shares into (row k:
+        the k-th share in). A runner in one process may build worker i's share in place in row i and send the
+        shares in worker order (``api.Cluster``): a share already in its slot is not copied, and a later one
+        goes to a row whose worker was taken or sent nothing, so no matrix of n x d encodings is made besides."""
+        return self._buffer("s1-rows", (n, d))
+
     def start_round(self, plan: server.RoundPlan, share_master: bytes | None = None) -> None:
         """``share_master``: S0's seed for the workers' share keys when the round has no triple."""
         self.state = server.new_round(self.party, plan, share_master)

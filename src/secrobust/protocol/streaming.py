@@ -296,11 +296,13 @@ class S1Rows:
         self.u = np.zeros(n, dtype=np.uint64) if kind and plan.center is not None else None
 
     def take(self, worker: int, x1: np.ndarray) -> np.ndarray:
-        """Copy ``worker``'s share into the next row and return that row."""
+        """Copy ``worker``'s share into the next row (unless it is that row already) and return that row."""
         slot = len(self.order)
-        self.rows[slot] = x1
+        row = self.rows[slot]
+        if not _same_memory(row, x1):
+            row[...] = x1
         self.order.append(worker)
-        return self.rows[slot]
+        return row
 
     def open(self, triple: TripleShare1) -> list[Message]:
         """The rows of E (``opening_message``) of the shares taken since the last call, in arrival order."""
@@ -340,6 +342,12 @@ class S1Rows:
         center = self.plan.center
         vv = np.dot(center, center) if center is not None else None
         return self.gram.share(rows, None if self.u is None else self.u[rows], vv)
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b are the same words (same start, shape and strides), as a share built in its slot is."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides and a.dtype == b.dtype)
 
 
 class S0Rows:
