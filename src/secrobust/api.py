@@ -7,6 +7,7 @@ tested against; ``plain_aggregate`` is the plaintext twin on the same encoded in
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,38 @@ from .transport.channel import InMemoryChannel, Stats, Tap
 from .updates import encode_center, encode_updates, safe_center
 
 DROP_TARGETS = ("S0", "S1", "both")
+KEEP_BYTES = 1 << 30
+"""``aggregate`` keeps its servers' n x d matrices (S1's shares, S0's A0: 16nd bytes) for the next call in this
+process when they take at most this much, so that a loop calling it each round maps no fresh pages for them
+(docs/performance.md); ``drop_kept_buffers`` frees them."""
+
+_kept_lock = threading.Lock()
+_kept: dict[int, dict[str, np.ndarray]] = {}
+"""Server index -> the matrices the last ``aggregate`` call's servers kept (``ServerNode.release_buffers``)."""
+
+
+def drop_kept_buffers() -> None:
+    """Free the matrices ``aggregate`` keeps for its next call (``KEEP_BYTES``)."""
+    with _kept_lock:
+        _kept.clear()
+
+
+def _lend_kept(cluster: "Cluster") -> None:
+    """Hand the kept matrices to a new Cluster's servers (another thread's call finds none and makes its own)."""
+    with _kept_lock:
+        kept = dict(_kept)
+        _kept.clear()
+    for index, node in ((0, cluster.s0), (1, cluster.s1)):
+        node.adopt_buffers(kept.get(index, {}))
+
+
+def _keep(cluster: "Cluster") -> None:
+    """Keep the matrices of a Cluster that is done, if they fit ``KEEP_BYTES``."""
+    bufs = {index: node.release_buffers() for index, node in ((0, cluster.s0), (1, cluster.s1))}
+    if sum(b.nbytes for part in bufs.values() for b in part.values()) <= KEEP_BYTES:
+        with _kept_lock:
+            _kept.clear()
+            _kept.update(bufs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,12 +321,19 @@ def aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | 
     ``check_inputs=False`` skips the check (benchmarks only: robustness then fails against ring attacks).
     ``pre="nnm"``, ``"bucketing"`` (with ``s=``, the bucket size, default 2) or ``"arc"`` mixes the updates
     before the rule, from the opened view alone (``rules.pre``; with reveal="distances").
+    The servers' n x d matrices are kept for the next call in this process while they take at most
+    ``KEEP_BYTES`` (``drop_kept_buffers`` frees them).
     """
     refuse_seed_option(options)
-    return Cluster(insecure_test_seed=insecure_test_seed).run_round(
-        updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std, unchecked=unchecked, ring_rows=ring_rows,
-        drop=drop, chunk_bytes=chunk_bytes, check_inputs=check_inputs, norm_bound=norm_bound,
-        min_participants=min_participants, reveal=reveal, over_bound=over_bound, **options)
+    cluster = Cluster(insecure_test_seed=insecure_test_seed)
+    _lend_kept(cluster)
+    try:
+        return cluster.run_round(
+            updates, rule, f, frac_bits=frac_bits, dp_noise_std=dp_noise_std, unchecked=unchecked,
+            ring_rows=ring_rows, drop=drop, chunk_bytes=chunk_bytes, check_inputs=check_inputs,
+            norm_bound=norm_bound, min_participants=min_participants, reveal=reveal, over_bound=over_bound, **options)
+    finally:
+        _keep(cluster)
 
 
 def plain_aggregate(updates: Any, rule: str = "krum", f: int = 0, *, frac_bits: int | None = None,

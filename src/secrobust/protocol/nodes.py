@@ -57,6 +57,17 @@ class ServerNode:
         self._buffers[name] = buf
         return buf
 
+    def release_buffers(self) -> dict[str, np.ndarray]:
+        """The matrices this node kept across rounds, which it keeps no longer (for ``adopt_buffers`` of a node
+        of another run in this process; this node's last round state may still view them)."""
+        out, self._buffers = self._buffers, {}
+        return out
+
+    def adopt_buffers(self, buffers: dict[str, np.ndarray]) -> None:
+        """Keep ``buffers`` (another node's ``release_buffers``) as if this node had made them: reused by a round
+        of the same shapes, which writes every word it reads."""
+        self._buffers.update(buffers)
+
     def _plan_matrix(self, name: str, plan: server.RoundPlan) -> np.ndarray:
         return self._buffer(name, (len(plan.worker_ids), plan.d))
 
