@@ -10,10 +10,11 @@ machine hits both alike:
            the float64 variant chooses;
   oracle - ``secrobust.plain_aggregate``: the same rule on the same fixed-point encodings with exact
            ring arithmetic (no protocol), the test oracle.
-The secure round is timed two ways, interleaved: "fresh", ``secrobust.aggregate`` (a new Cluster each call,
-so every large matrix is new memory whose pages fault in), and "warm", a round of one ``api.Cluster`` kept
-across the runs, after one untimed round (a caller that keeps its Cluster: the servers' and the encodings'
-matrices stay mapped). The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
+The secure round is timed two ways, interleaved: "fresh", ``secrobust.aggregate`` (a new Cluster each call;
+its servers' n x d matrices are those the previous call kept, ``api.KEEP_BYTES``, so the first call of a
+shape, reported on its own line, maps new memory whose pages fault in; ``--keep-bytes 0`` makes every call
+do so), and "warm", a round of one ``api.Cluster`` kept across the runs, after one untimed round (a caller
+that keeps its Cluster: the servers' matrices stay mapped). The secure round is split as issue 8 measures it: "online" is everything but the dealer's offline phase
 and the input validity phase (encoding, shares, the opening and Gram products, distances, rule,
 aggregate); "round" is all of it. Each is given in wall seconds and in CPU seconds of the process (all
 threads; the phases' CPU time is read alongside their wall time), median over --repeat runs; the ratios
@@ -154,7 +155,9 @@ def measure(n: int, d: int, repeat: int) -> dict:
     pick = {k: float(np.median([r[k] for r in runs])) for k in keys}
     warm = {k: float(np.median([r[k] for r in warm_runs])) for k in keys}
     roles = res.stats.by_role()
-    return {"n": n, "d": d, "f": f, "repeat": repeat, "float_kernel": fastest, "float_s": float(float_s),
+    first = {k: float(runs[0][k]) for k in keys}
+    first.update(online_x_float_cpu=first["online_cpu"] / float_cpu, round_x_float_cpu=first["round_cpu"] / float_cpu)
+    return {"first_call": first, "n": n, "d": d, "f": f, "repeat": repeat, "float_kernel": fastest, "float_s": float(float_s),
             "float_cpu": float(float_cpu), "float_variants": {k: [float(v) for v in m] for k, m in med.items()},
             "oracle_s": t_oracle, **pick,
             "online_x_float": pick["online_s"] / float_s, "round_x_float": pick["round_s"] / float_s,
@@ -220,8 +223,12 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the points, profile one more secure round of the last point (cProfile on process CPU "
                          "time, all threads) and print its N largest functions by cumulative time")
+    ap.add_argument("--keep-bytes", type=int, default=None,
+                    help="api.KEEP_BYTES for the fresh calls (0: aggregate() keeps no matrices between calls)")
     args = ap.parse_args()
     kernel.set_threads(args.threads)
+    if args.keep_bytes is not None:
+        api.KEEP_BYTES = args.keep_bytes
     points = [(n, d) for n in args.n for d in args.d] + [tuple(int(v) for v in e.split("x")) for e in args.extra]
     rows = []
     with threadpool_limits(args.threads):
@@ -229,7 +236,8 @@ def main() -> None:
                        if i["user_api"] == "blas"})
         print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
               f"{platform.python_version()}; {args.threads} threads for BLAS and the ring kernel; BLAS {blas}; "
-              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; median of {args.repeat} "
+              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; api.KEEP_BYTES={api.KEEP_BYTES}; "
+              f"median of {args.repeat} "
               f"(one run when n·d > 1e8); load average {os.getloadavg()[0]:.1f} at the start")
         print(f"{'n':>4} {'d':>9} {'float s':>8} {'oracle s':>8} {'online s':>8} {'round s':>8} {'float CPU':>9} "
               f"{'onl. CPU':>8} {'rnd CPU':>8} {'online/fl':>9} "
@@ -253,6 +261,10 @@ def main() -> None:
                   f"{w['online_cpu']:>9.3f} {w['round_cpu']:>9.3f} {w['online_x_float_cpu']:>7.1f} "
                   f"{w['round_x_float_cpu']:>7.1f} {r['sys_cpu']:>4.2f}/{w['sys_cpu']:<4.2f}  "
                   f"{r['float_kernel']} ({variants}); {phases}; warm: {warm_phases}", flush=True)
+            fc = r["first_call"]
+            print(f"# n={n} d={d}: the first fresh call (no kept matrices of this shape yet): online "
+                  f"{fc['online_cpu']:.3f} CPU-s ({fc['online_x_float_cpu']:.1f}x), round {fc['round_cpu']:.3f} "
+                  f"({fc['round_x_float_cpu']:.1f}x), kernel-mode {fc['sys_cpu']:.2f}", flush=True)
         if args.profile:
             profile(*points[-1], args.profile)
         print(f"# load average {os.getloadavg()[0]:.1f} at the end")

@@ -217,9 +217,10 @@ def worker_received(dep: LocalDeployment, round_id: int) -> dict[str, float]:
 
 
 def server_events(dep: LocalDeployment, round_id: int) -> dict[str, float | None]:
-    """Log times of round ``round_id``: the first ``round-open`` at either server, the last share's
-    arrival at S1, the last row of E sent by S1, and S1's ``round-done``."""
+    """Log times of round ``round_id``: the first ``round-open`` at either server, the first and last share's
+    arrival at S1, the first and last row of E sent by S1, and S1's ``round-done``."""
     found: dict[str, list[float]] = {"open": [], "last_upload": [], "last_row_of_e": [], "s1_done": []}
+    first = ("first_upload", "first_row_of_e")
     for name in ("S0", "S1"):
         for line in dep.children[name].log.read_text(errors="replace").splitlines():
             if not line.startswith("{"):
@@ -236,7 +237,10 @@ def server_events(dep: LocalDeployment, round_id: int) -> dict[str, float | None
                 found["last_row_of_e"].append(float(rec["ts"]))
             elif name == "S1" and ev == "round-done":
                 found["s1_done"].append(float(rec["ts"]))
-    return {k: (min(v) if k == "open" else max(v)) if v else None for k, v in found.items()}
+    out = {k: (min(v) if k == "open" else max(v)) if v else None for k, v in found.items()}
+    for name, key in zip(first, ("last_upload", "last_row_of_e")):
+        out[name] = min(found[key]) if found[key] else None
+    return out
 
 
 def upload_pace(profile: netns.Profile, n: int) -> float | None:
@@ -459,7 +463,7 @@ def markdown(res: dict[str, Any]) -> str:
         "Warm: rounds after the first; ratio: median warm round / floor."),
         "",
         ("| profile | busiest link | MB (payload) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratios (median) | launcher (s) "
-        "| + workers' downloads (s) / floor | median round: last upload, last row of E, S1 done (s) "
+        "| + workers' downloads (s) / floor | median round: first/last upload, first/last row of E, S1 done (s) "
         "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | load 1 min |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -471,7 +475,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{', '.join(f'{t:.2f}' for t in row['ratios']) or '-'} (**{row['median_ratio']}**) | "
             f"{', '.join(f'{t:.2f}' for t in row['launcher_round_s'])} | "
             f"{', '.join(f'{t:.2f}' for t in row['with_downloads_s'])} / {row['floor_with_downloads_s']} | "
-            f"{a['last_upload']}, {a['last_row_of_e']}, {a['s1_done']} | "
+            f"{a.get('first_upload')}/{a['last_upload']}, {a.get('first_row_of_e')}/{a['last_row_of_e']}, "
+            f"{a['s1_done']} | "
             f"{c['S0']}/{c['S1']}/{c['workers']}/{c['dealer']}; {c.get('others', '?')} | "
             f"{', '.join(f'{v:.1f}' for v in row['load_before'])} |")
     lines.append("")
