@@ -391,7 +391,17 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "commit": rev,
             "src_uncommitted_changes": bool(dirty.stdout.strip()),
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "tc": subprocess.run(["tc", "-V"], capture_output=True, text=True, check=False).stdout.strip()}
+            "tc": subprocess.run(["tc", "-V"], capture_output=True, text=True, check=False).stdout.strip(),
+            "blas": blas_kernels(), "load_at_start": [round(v, 2) for v in os.getloadavg()],
+            "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS")}}
+
+
+def blas_kernels() -> list[list[Any]]:
+    """threadpoolctl's BLAS libraries in this process (the parties run with the same environment and one
+    BLAS thread): [internal api, kernel, threads]."""
+    from threadpoolctl import threadpool_info
+    return sorted([i["internal_api"], i.get("architecture"), i["num_threads"]] for i in threadpool_info()
+                  if i["user_api"] == "blas")
 
 
 def required_floor(rnd: dict[str, Any], profile: netns.Profile) -> dict[str, Any]:
@@ -451,7 +461,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`",
         "",
         (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, kernel {m['kernel']}, Python {m['python']}, "
-        f"commit {m['commit']}{src_note(m)}, {m['date_utc']}. "
+        f"commit {m['commit']}{src_note(m)}, {m['date_utc']}, load average {m.get('load_at_start')} at the start, "
+        f"BLAS {m.get('blas')} (threadpoolctl), environment {m.get('env')}. "
         "Every party (dealer, S0, S1, each worker) is a process in its own namespace; all of them share this "
         "machine's cores."),
         "",
