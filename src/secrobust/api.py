@@ -53,7 +53,7 @@ def drop_kept_buffers() -> None:
         _kept.clear()
 
 
-def _lend_kept(cluster: "Cluster") -> None:
+def _lend_kept(cluster: Cluster) -> None:
     """Hand the kept matrices to a new Cluster's servers (another thread's call finds none and makes its own)."""
     with _kept_lock:
         kept = dict(_kept)
@@ -62,7 +62,7 @@ def _lend_kept(cluster: "Cluster") -> None:
         node.adopt_buffers(kept.get(index, {}))
 
 
-def _keep(cluster: "Cluster") -> None:
+def _keep(cluster: Cluster) -> None:
     """Keep the matrices of a Cluster that is done, if they fit ``KEEP_BYTES``."""
     bufs = {index: node.release_buffers() for index, node in ((0, cluster.s0), (1, cluster.s1))}
     if sum(b.nbytes for part in bufs.values() for b in part.values()) <= KEEP_BYTES:
