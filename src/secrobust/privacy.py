@@ -12,10 +12,12 @@ number of rows the rule aggregates (after dropouts and rejections): the per-work
 real count m >= n. A rule or option set without a bound raises ``NoSensitivityBound`` naming those
 that have one; nothing falls back to 2C silently.
 
-``sum_form(rule, ...)`` is True when the aggregate is a public constant plus (1/n) sum_i g(x_i) with
-g(0) = 0 and ||g(x)|| <= Delta n: a zeroed row then contributes exactly what an absent row does,
-so the sampled Gaussian mechanism's analysis (Poisson sampling, Opacus' RDP accountant) applies
-with a fixed denominator.
+``sum_form(rule, ...)`` is True when the aggregate is a public point v plus (1/n) sum_i g(x_i) with a
+bounded g: with a fixed denominator, the sampled Gaussian mechanism's analysis (Poisson sampling,
+Opacus' RDP accountant) applies for add/remove adjacency, with ``sampled_term_bound``. For the mean and
+norm-clip g(0) = 0, so a zeroed row adds what an absent one does and zero-out is the same relation; for
+cclip g(v) = 0 at the public center but g(0) = clip_tau(-v) != 0, so under zero-out one worker moves the
+sum by up to min(C, 2 tau), not tau.
 """
 
 from __future__ import annotations
