@@ -236,7 +236,7 @@ def main() -> None:
                        if i["user_api"] == "blas"})
         print(f"# secrobust {secrobust.__version__}, numpy {np.__version__}, {platform.machine()}, python "
               f"{platform.python_version()}; {args.threads} threads for BLAS and the ring kernel; BLAS {blas}; "
-              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; api.KEEP_BYTES={api.KEEP_BYTES}; "
+              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; api.KEEP_BYTES={getattr(api, 'KEEP_BYTES', None)}; "
               f"median of {args.repeat} "
               f"(one run when n·d > 1e8); load average {os.getloadavg()[0]:.1f} at the start")
         print(f"{'n':>4} {'d':>9} {'float s':>8} {'oracle s':>8} {'online s':>8} {'round s':>8} {'float CPU':>9} "
