@@ -142,6 +142,8 @@ def test_a_padded_sampled_dp_round_never_asks_the_rule_for_more_rows_than_it_has
     assert result.epsilon is not None
 
 
+@pytest.mark.xfail(strict=True, reason="the servers' round has no fixed-denominator mode yet (a rejected row counted as "
+                   "the neutral row): the runner screens Byzantine rows itself, a simulation device; docs/privacy.md")
 def test_the_servers_receive_the_byzantine_rows_the_attack_sent_in_a_sampled_dp_round(
         digits: Dataset, one_spec: Callable[..., RunSpec], monkeypatch: pytest.MonkeyPatch) -> None:
     # The amplified path keeps its fixed denominator by replacing, in the runner, each Byzantine row above C

@@ -70,7 +70,8 @@ from secrobust.train.dp import (
     poisson_cohort,
     server_noise_std,
 )
-from secrobust.privacy import sum_form
+from secrobust.errors import RoundAborted
+from secrobust.privacy import per_worker_bound, sampled_term_bound, sum_form
 from secrobust.train.models import FlatAdapter, build_model
 from secrobust.updates import carried_center
 
@@ -104,6 +105,9 @@ class RunResult:
     when every worker takes part in every round)."""
     cohort_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """How many workers took part in each round (all of them unless ``train.sample_rate < 1``)."""
+    over_f_rounds: int = 0
+    """Sampled rounds whose cohort held more Byzantine workers than the rule was told (``cohort_f``): outside
+    the rule's robustness guarantee."""
     noise_multiplier: float | None = None
     """z the servers' noise was calibrated with (chosen by Opacus when the config gives a target ``dp.epsilon``)."""
 
@@ -144,6 +148,7 @@ class RunResult:
             "epsilon_server": self.epsilon_server,
             "delta": s.dp.delta if self.epsilon is not None else None,
             "noise_multiplier": self.noise_multiplier,
+            "over_f_rounds": self.over_f_rounds,
             "target_epsilon": s.dp.epsilon or None,
             "dp_formal": is_formal(s.base_rule, s.reveal, s.pre) if self.epsilon is not None else None,
             "sample_rate": s.train.sample_rate,
@@ -393,15 +398,37 @@ def _run(
     center = np.zeros(d)
     aggregate_seconds, rescaled, clipped, diverged = 0.0, 0, 0, False
     rescaled_centers = 0
+    aborted: list[int] = []
+    over_f = 0
     byz_since_eval: list[float] = []
     rejected_since_eval: list[int] = []
+
+    # a server sees the cohort, so against it only zero-out means anything: cclip's zeroed row adds clip_tau(-v),
+    # and its term moves by up to min(C, 2 tau) where the noise is scaled to tau (docs/privacy.md, "Two figures")
+    server_z = dp.noise_multiplier
+    if fixed_denominator:
+        server_z *= (sampled_term_bound(spec.base_rule, dp.clip, options=dict(spec.rule_options), reveal=spec.reveal)
+                     / per_worker_bound(spec.base_rule, dp.clip, tau=spec.rule_options.get("tau"),
+                                        reveal=spec.reveal))
 
     def spent() -> float:
         """Epsilon so far against an observer of the released models: amplified for a sum_form rule under
         sampling, else composed over the rounds the most-sampled honest worker took part in."""
         if accountant is not None:
             return accountant.epsilon(dp.delta)
-        return server_epsilon(dp.noise_multiplier, participation[honest], dp.delta)
+        return server_epsilon(server_z, participation[honest], dp.delta)
+
+    def skip_round(t: int, refused: int) -> None:
+        """A round that releases nothing (too small a cohort, or aborted by the servers): the model stays."""
+        weights[t] = 0.0
+        rejected[t] = refused
+        byz_since_eval.append(0.0)
+        rejected_since_eval.append(refused)
+        aborted.append(t)
+        if on_round is not None:
+            on_round(t + 1)
+        if (t + 1) % tc.eval_every == 0 or t + 1 == tc.rounds:
+            log_eval(t + 1)
 
     def log_eval(t: int) -> None:
         acc, loss = evaluate(model, x_test, y_test)
@@ -457,7 +484,7 @@ def _run(
             # every accepted contribution, a Byzantine one too, then has norm <= C: what the DP sensitivity assumes
             options["norm_bound"] = dp.clip
         # a rule-aware attack (optimal-alie/-ipm, cclip-adaptive) knows the rule, f, these options and the bound
-        f_t = f if q == 1 else cohort_f(f, n, max(len(members), min_cohort if fixed_denominator else 0), q)
+        f_t = f if q == 1 else cohort_f(f, n, len(members), q)
         context = {"rule": spec.base_rule, "f": f_t, "rule_options": options,
                    "norm_bound": dp.clip if dp.enabled else encoder_bound}
         screened = 0
@@ -468,15 +495,10 @@ def _run(
         else:
             if (len(members) < DEFAULT_MIN_PARTICIPANTS or len(members) < rule_minimum(f_t)) and not fixed_denominator:
                 # too few workers for the rule or the servers: nobody aggregates, the model stays
-                weights[t] = 0.0
-                byz_since_eval.append(0.0)
-                rejected_since_eval.append(0)
-                if on_round is not None:
-                    on_round(t + 1)
-                if (t + 1) % tc.eval_every == 0 or t + 1 == tc.rounds:
-                    log_eval(t + 1)
+                skip_round(t, 0)
                 continue
-            rows = np.zeros((max(len(members), min_cohort if fixed_denominator else 0), d))
+            # padded up to what the servers and the rule (told the real cohort's f_t) accept
+            rows = np.zeros((max(len(members), min_cohort, rule_minimum(f_t)) if fixed_denominator else len(members), d))
             rows[len(members):] = neutral
             rows[: len(members)] = sent[members]
             local_byz = [j for j, w in enumerate(members) if is_byz[w]]
@@ -497,7 +519,8 @@ def _run(
                                      dict(spec.rule_options), spec.reveal)
         elif noisy and q < 1:
             # this round's Gaussian mechanism over the k rows the rule is told hold at most f_t Byzantine ones
-            sigma = server_noise_std(spec.base_rule, max(1, len(rows) - f_t), dp.clip, dp.noise_multiplier, f=f_t,
+            n_bound, f_bound = sampled_rows_bound(spec.base_rule, len(rows), f_t)
+            sigma = server_noise_std(spec.base_rule, n_bound, dp.clip, dp.noise_multiplier, f=f_bound,
                                      options=dict(spec.rule_options), pre=spec.pre, reveal=spec.reveal)
         if bucket_size is not None:
             mix = bucket_matrix(len(rows), bucket_size, round_seed(spec.seed, t).to_bytes(16, "little"))
@@ -505,19 +528,31 @@ def _run(
             byz_inputs = {"unchecked": tuple(int(b) for b in np.flatnonzero(mix[:, marked].any(axis=1)))}
             rows = mix @ rows
         tick = time.perf_counter()
-        result = engine_aggregate(
-            rows,
-            spec.base_rule,
-            f_t,
-            secure=spec.secure,
-            frac_bits=tc.frac_bits,
-            insecure_test_seed=round_seed(spec.seed, t),
-            dp_noise_std=sigma,
-            **byz_inputs,
-            **injected,
-            **options,
-        )
+        try:
+            result = engine_aggregate(
+                rows,
+                spec.base_rule,
+                f_t,
+                secure=spec.secure,
+                frac_bits=tc.frac_bits,
+                insecure_test_seed=round_seed(spec.seed, t),
+                dp_noise_std=sigma,
+                **byz_inputs,
+                **injected,
+                **options,
+            )
+        except RoundAborted as err:
+            # too few rows passed the validity check (Byzantine rows rejected from a small cohort): the servers
+            # abort and release nothing. Only where the cohort is not fixed by the mechanism's form: an
+            # amplified DP round screens Byzantine rows before the engine and never gets here
+            if q == 1 or fixed_denominator:
+                raise
+            aggregate_seconds += time.perf_counter() - tick
+            skip_round(t, int(getattr(err, "rejected", 0) or 0))
+            continue
         aggregate_seconds += time.perf_counter() - tick
+        if q < 1 and int(is_byz[members].sum()) > f_t:
+            over_f += 1
         now_rejected = dict(getattr(result, "rejected", None) or {})
         if fixed_denominator and now_rejected:
             raise RuntimeError(f"round {t}: the engine rejected rows {sorted(now_rejected)} of a sampled DP round, which "
@@ -581,10 +616,22 @@ def _run(
         rescaled_centers=rescaled_centers,
         rejected=rejected,
         rejected_honest=int(rejected_honest),
-        epsilon_server=server_epsilon(dp.noise_multiplier, participation[honest], dp.delta) if noisy else None,
+        epsilon_server=server_epsilon(server_z, participation[honest], dp.delta) if noisy else None,
+        over_f_rounds=over_f,
         noise_multiplier=dp.noise_multiplier if noisy else None,
         cohort_sizes=cohort_sizes,
     )
+
+
+def sampled_rows_bound(rule: str, k: int, f_t: int) -> tuple[int, int]:
+    """(n, f) to calibrate an unamplified sampled round of k rows whose rule is told f_t: any number r of its
+    rows may be rejected (a cohort can hold more Byzantine workers than f_t), leaving m = k - r >= 5 rows (or
+    the servers abort) and f_eff = max(0, f_t - r). The trimmed mean keeps m - 2 f_eff >= min(k - 2 f_t, 5)
+    rows, hence (that, 0); for every other rule the bound is largest at r = 0, hence (k, f_t)."""
+    if rule == "trimmed-mean":
+        kept = k - 2 * f_t if k - DEFAULT_MIN_PARTICIPANTS <= f_t else min(k - 2 * f_t, DEFAULT_MIN_PARTICIPANTS)
+        return max(1, kept), 0
+    return k, f_t
 
 
 def cohort_f(f: int, n: int, k: int, q: float) -> int:
