@@ -104,12 +104,15 @@ def test_the_committed_output_is_the_shipped_demos() -> None:
     assert s["attacks"] == list(demo_config().grid.attacks) and s["rules"] == list(demo_config().grid.rules)
 
 
-def log_table() -> str:
-    """The table and the validity-check lines as the demo printed them in results/demo.log."""
+def log_table(part: int = 0) -> str:
+    """The tables and validity-check lines as the demo printed them in results/demo.log: part 0 is the main
+    grid's, part 1 the DP rows' (each from its first title line to the line before its "wrote ...")."""
     lines = [line.rstrip() for line in LOG.read_text().splitlines()]
-    first = next(i for i, line in enumerate(lines) if "final test accuracy (%)" in line)
-    last = max(i for i, line in enumerate(lines) if line.startswith("input validity check"))
-    return "\n".join(lines[first:last + 1])
+    end = -1
+    for _ in range(part + 1):
+        begin = next(i for i in range(end + 1, len(lines)) if "final test accuracy (%)" in lines[i])
+        end = next(i for i in range(begin, len(lines)) if lines[i].startswith("wrote "))
+    return "\n".join(lines[begin:end])
 
 
 NOTE = re.compile(r"input validity check, f = (\d+), ([\w-]+): ([\d.]+)(?:-([\d.]+))? workers rejected per round, "
@@ -219,14 +222,37 @@ def test_run_and_pair_counts() -> None:
     assert "64 pairs" not in docs
 
 
+DP_OUT = OUT / "dp"
+DP_TABLE = re.compile(r"<!-- demo-dp-table:[^\n]*-->\n```\n(.*?)\n```\n<!-- /demo-dp-table -->", re.DOTALL)
+
+
+def test_the_demos_dp_rows_are_the_shipped_grids_and_the_docs_show_them() -> None:
+    from secrobust.train.config import demo_dp_config
+
+    shipped = without_later_defaults(json.loads(json.dumps(demo_dp_config().to_dict(), sort_keys=True)))
+    assert without_later_defaults(json.loads((DP_OUT / "config.json").read_text())) == shipped, (
+        "demo-dp.toml changed since results/demo/dp was written: rerun the demo into results/demo")
+    s = json.loads((DP_OUT / "summary.json").read_text())
+    found = DP_TABLE.search(DOCS.read_text())
+    assert found, "docs/training.md has no <!-- demo-dp-table --> block"
+    assert found.group(1) == log_table(1) == rendered(s), "run: .venv/bin/python tests/train/test_demo_docs.py --write"
+    rs = [json.loads(line) for line in (DP_OUT / "results.jsonl").read_text().splitlines()]
+    assert len(rs) == len(demo_dp_config().runs())
+    for r in rs:  # the epsilon asked for is the epsilon spent, for the observer and (every worker, every round) a server
+        assert abs(r["epsilon"] - r["target_epsilon"]) < 0.01 * r["target_epsilon"]
+        assert r["epsilon_server"] == r["epsilon"] and r["sample_rate"] == 1.0
+
+
 def write() -> None:
-    """Copy the table of results/demo.log into docs/training.md."""
+    """Copy the tables of results/demo.log into docs/training.md."""
     text = DOCS.read_text()
-    found = TABLE.search(text)
-    if not found:
-        sys.exit("docs/training.md has no <!-- demo-table --> block")
-    DOCS.write_text(text[: found.start(1)] + log_table() + text[found.end(1):])
-    print(f"wrote the table of {LOG} into {DOCS}")
+    for block, part in ((TABLE, 0), (DP_TABLE, 1)):
+        found = block.search(text)
+        if not found:
+            sys.exit(f"docs/training.md has no {block.pattern[:20]} block")
+        text = text[: found.start(1)] + log_table(part) + text[found.end(1):]
+    DOCS.write_text(text)
+    print(f"wrote the tables of {LOG} into {DOCS}")
 
 
 if __name__ == "__main__":
