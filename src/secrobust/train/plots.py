@@ -82,7 +82,7 @@ def _mean_curves(records: list[dict[str, Any]]) -> dict[tuple[str, bool], Curve]
     for r in records:
         rounds = np.array([h["round"] for h in r["history"]])
         acc = np.array([h["accuracy"] for h in r["history"]])
-        runs[(r["rule"], r["secure"])].append((rounds, acc))
+        runs[(_label(r["rule"], _target(r)), r["secure"])].append((rounds, acc))
     out = {}
     for key, group in runs.items():
         rounds = group[0][0]
@@ -152,11 +152,23 @@ def _table_values(summary: dict[str, Any], f: int) -> tuple[list[str], list[str]
     labels = []
     grid = []
     for rule in summary["rules"]:
-        for secure in (True, False):
-            cells = {
-                r["attack"]: r["final_accuracy"] for r in rows if r["rule"] == rule and r["secure"] == secure
-            }
-            if cells:
-                labels.append(f"{rule} ({'secure' if secure else 'plaintext'})")
-                grid.append([100 * cells.get(a, np.nan) for a in attacks])
+        for target in summary.get("epsilons") or [0.0]:
+            for secure in (True, False):
+                cells = {
+                    r["attack"]: r["final_accuracy"] for r in rows
+                    if r["rule"] == rule and r["secure"] == secure and r.get("target_epsilon", 0.0) == target
+                }
+                if cells:
+                    labels.append(f"{_label(rule, target)} ({'secure' if secure else 'plaintext'})")
+                    grid.append([100 * cells.get(a, np.nan) for a in attacks])
     return labels, attacks, np.array(grid).reshape(len(labels), len(attacks))
+
+
+def _target(record: dict[str, Any]) -> float:
+    """A run's target epsilon (0 without one)."""
+    return float(record.get("spec", {}).get("dp", {}).get("epsilon", 0.0) or 0.0)
+
+
+def _label(rule: str, target: float) -> str:
+    """The rule, and its target epsilon when it has one: runs of a grid over epsilons are separate lines."""
+    return rule if not target else f"{rule}, ε = {target:g}"
