@@ -22,13 +22,14 @@ row can be rejected: an honest one is clipped to the validity check's bound C).
 A run is configured by the noise multiplier z; the servers then use :math:`\sigma = z \Delta`.
 With client sampling (``train.sample_rate = q < 1``) each worker joins a round independently with
 probability q (Poisson sampling, the one the accountant's theorem covers: Mironov, Talwar, Zhang
-2019), and only rules whose aggregate is a fixed-denominator sum of bounded per-worker terms
+2019). Rules whose aggregate is a fixed-denominator sum of bounded per-worker terms
 (``secrobust.privacy.sum_form``: mean, norm-clip with a public tau, cclip with a public tau and center)
-are accepted: the runner releases v + (1/(qN)) sum_{i in cohort} g(x_i) plus noise of std z Delta_g/(qN),
-whatever the cohort's size (``cohort_noise_std``); adjacency is then add/remove of one worker. Epsilon at delta comes from Opacus' RDP accountant with that sample rate
-(Mironov 2017; Balle et al. 2020 conversion), not from hand-written formulas. Against a server, who
-sees the cohort, there is no amplification: ``epsilon_server`` composes the Gaussian mechanism over
-the rounds a worker actually took part in.
+are amplified: the runner releases v + (1/(qN)) sum_{i in cohort} g(x_i) plus noise of std z Delta_g/(qN),
+whatever the cohort's size (``cohort_noise_std``), for add/remove adjacency, and epsilon at delta comes
+from Opacus' RDP accountant with that sample rate (Mironov 2017; Balle et al. 2020 conversion), not from
+hand-written formulas. Every other rule with a bound runs sampled without amplification, composed over
+the rounds a worker takes part in. Against a server, who sees the cohort, there is no amplification:
+``epsilon_server`` composes the Gaussian mechanism over the rounds a worker actually took part in.
 """
 
 from __future__ import annotations

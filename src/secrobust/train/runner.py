@@ -361,9 +361,9 @@ def _run(
     # worker takes part in, without amplification
     amplified = dp.enabled and q < 1 and sum_form(spec.base_rule, options=dict(spec.rule_options), pre=spec.pre)
     if dp.enabled and dp.epsilon > 0:
-        dp = replace(dp, epsilon=0.0, noise_multiplier=noise_for_epsilon(dp.epsilon, dp.delta, rounds=tc.rounds, sample_rate=q,
-                                                              amplified=amplified,
-                                                              participation=participation_bound))
+        z = noise_for_epsilon(dp.epsilon, dp.delta, rounds=tc.rounds, sample_rate=q, amplified=amplified,
+                              participation=participation_bound)
+        dp = replace(dp, epsilon=0.0, noise_multiplier=z)
     noisy = dp.enabled and dp.noise_multiplier > 0
     fixed_denominator = noisy and amplified
     sigma = 0.0
@@ -498,7 +498,8 @@ def _run(
                 skip_round(t, 0)
                 continue
             # padded up to what the servers and the rule (told the real cohort's f_t) accept
-            rows = np.zeros((max(len(members), min_cohort, rule_minimum(f_t)) if fixed_denominator else len(members), d))
+            k = max(len(members), min_cohort, rule_minimum(f_t)) if fixed_denominator else len(members)
+            rows = np.zeros((k, d))
             rows[len(members):] = neutral
             rows[: len(members)] = sent[members]
             local_byz = [j for j, w in enumerate(members) if is_byz[w]]
