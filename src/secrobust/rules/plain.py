@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..circuits import validity
-from ..primitives import prg, ring
+from ..primitives import kernel, prg, ring
 from ..updates import (
     as_matrix,
     check_ring_rows,
@@ -49,7 +49,7 @@ def plain_view(encoded: np.ndarray, reveal: tuple[str, ...], frac_bits: int,
     if not reveal:
         return View()
     y = encoded - center if center is not None else encoded
-    h = np.matmul(y, y.T) if DISTANCES in reveal else np.einsum("ij,ij->i", y, y)
+    h = kernel.gram(y) if DISTANCES in reveal else kernel.rowdot(y, y)
     return view_from_gram(h, reveal, frac_bits)
 
 
