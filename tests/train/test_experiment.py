@@ -216,3 +216,21 @@ def test_the_rejection_footer_prints_a_count_not_a_range_of_equal_floats(
     (line,) = experiment.rejection_notes({"final_accuracy": rows, "attacks": ["ring-overflow"]})
 
     assert f"ring-overflow: {expected}, Byzantine weight at most 0.000" in line
+
+
+def test_run_processes_get_the_heap_tunables_unless_the_user_set_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    def child_sees() -> str:
+        script = "import os; print(os.environ.get('GLIBC_TUNABLES', ''))"
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    with experiment._heap_tuned():
+        assert child_sees() == experiment.HEAP_TUNABLES
+    assert "GLIBC_TUNABLES" not in experiment.os.environ
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    with experiment._heap_tuned():
+        assert child_sees() == "glibc.malloc.arena_max=1"
+    assert experiment.os.environ["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1"

@@ -14,6 +14,7 @@ interrupted grid resumes where it stopped and a changed setting reruns only what
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import signal
 import threading
@@ -288,6 +289,25 @@ def _run_one(key: int, spec: RunSpec) -> dict[str, Any]:
     return run(spec, dataset=dataset, on_round=on_round).record()
 
 
+HEAP_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+"""glibc's heap for a run process: a round's (n x d) matrices come from the heap and go back to it, not from fresh
+mmap'd pages that the kernel zeroes and faults in one 4 KiB page at a time (exp2, n = 25, d = 1.2M: 51 -> 31 s
+for 12 rounds, system CPU 43 -> 6 s, peak RSS 3.0 -> 3.7 GB; results identical). Ignored off glibc."""
+
+
+@contextmanager
+def _heap_tuned() -> Iterator[None]:
+    """HEAP_TUNABLES in the environment of the processes started in the block, unless GLIBC_TUNABLES is set."""
+    if "GLIBC_TUNABLES" in os.environ:
+        yield
+        return
+    os.environ["GLIBC_TUNABLES"] = HEAP_TUNABLES
+    try:
+        yield
+    finally:
+        os.environ.pop("GLIBC_TUNABLES", None)
+
+
 def _run_parallel(
     specs: list[RunSpec], jobs: int, keep: Callable[[RunSpec, dict[str, Any]], None],
     on_round: Callable[[int, int], None],
@@ -299,7 +319,7 @@ def _run_parallel(
     queue = ctx.Queue()
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
     try:
-        with _sigint_ignored():     # the workers start inside: they inherit SIGINT ignored from the first byte
+        with _sigint_ignored(), _heap_tuned():  # the workers start inside: they inherit both from the first byte
             futures = {pool.submit(_run_one, id(spec), spec): spec for spec in specs}
         pending = set(futures)
         while pending:
