@@ -92,7 +92,8 @@ def test_bucketing_configs_parse() -> None:
 def test_new_keys_at_defaults_keep_run_ids() -> None:
     spec = parse_config({}).runs()[0]
     blob = spec.to_dict()
-    for section, key in (("train", "sample_rate"), ("train", "idle_byzantine"), ("data", "split"), ("dp", "epsilon")):
+    for section, key in (("train", "sample_rate"), ("train", "idle_byzantine"), ("train", "fixed_dropout"),
+                         ("data", "split"), ("dp", "epsilon")):
         del blob[section][key]
     expected = hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert spec.run_id == expected

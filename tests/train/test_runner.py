@@ -193,3 +193,30 @@ def test_a_center_past_the_encoders_range_is_scaled_and_recorded(
     result = train("cclip", "none", False, train={"rounds": 3}, rule_options={"cclip": {"tau": 1.0}})
 
     assert result.record()["rescaled_centers"] == 3
+
+
+def test_fixed_dropout_gives_every_call_the_same_masks_and_fresh_dropout_does_not() -> None:
+    import torch
+
+    from secrobust.train.config import TrainConfig
+    from secrobust.train.models import FlatAdapter, build_model
+
+    model = build_model("mnist-net", (1, 28, 28), 10, seed=0)
+    model.train()
+    adapter = FlatAdapter(model)
+    theta = adapter.get()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand((8, 1, 28, 28), generator=gen), torch.arange(8) % 10
+    tc = TrainConfig(batch_size=8)
+    idx = np.arange(8)
+
+    def update(masks: torch.Tensor | None) -> np.ndarray:
+        return runner._local_update(model, adapter, theta, x, y, idx, tc, np.random.default_rng(0), masks)
+
+    torch.manual_seed(5)
+    masks = torch.get_rng_state()
+    first, second = update(masks), update(masks)
+    np.testing.assert_array_equal(first, second)
+    torch.manual_seed(5)
+    np.testing.assert_array_equal(update(None), first)   # the state it restores is the one it was given
+    assert not np.array_equal(update(None), first)        # fresh masks: the global RNG moved on

@@ -29,6 +29,8 @@ Format (every table and key is optional; defaults shown)::
     frac_bits = 20           # fixed-point precision F of the engine
     sample_rate = 1.0        # q: each worker joins a round independently with probability q (Poisson)
     idle_byzantine = false   # true: Byzantine workers whose attack ignores their own update (mimic) do not train
+    fixed_dropout = false    # true: every worker in every round draws the same dropout masks (the bucketing
+                             # paper's code restores torch's RNG around each worker call); false: fresh masks
 
     [dp]
     clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP
@@ -131,6 +133,7 @@ class TrainConfig:
     frac_bits: int = 20
     sample_rate: float = 1.0
     idle_byzantine: bool = False
+    fixed_dropout: bool = False
 
     def __post_init__(self) -> None:
         for key in ("workers", "rounds", "batch_size", "lr", "local_steps", "local_lr", "eval_every"):
@@ -205,7 +208,8 @@ class GridConfig:
             raise ValueError(f"grid.f must be >= 0, got {list(self.f)}")
 
 
-_LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False), ("data", "split", "all"),
+_LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False),
+                   ("train", "fixed_dropout", False), ("data", "split", "all"),
                    ("dp", "epsilon", 0.0), ("grid", "epsilon", ()),
                    ("grid", "baseline_at_f0", False))
 

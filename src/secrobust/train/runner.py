@@ -447,6 +447,7 @@ def _run(
         rejected_since_eval.clear()
 
     injected = {} if secure_aggregate is None else {"secure_aggregate": secure_aggregate}
+    masks = torch.get_rng_state() if tc.fixed_dropout else None
     log_eval(0)
     for t in range(tc.rounds):
         members = cohorts[t]
@@ -456,7 +457,7 @@ def _run(
             if idle and is_byz[i]:
                 continue
             labels = y_flipped if (is_byz[i] and flips_labels(spec.attack)) else y_honest
-            u = _local_update(model, adapter, theta, x_train, labels, parts[i], tc, batch_rng)
+            u = _local_update(model, adapter, theta, x_train, labels, parts[i], tc, batch_rng, masks)
             momentum[i] = tc.momentum * momentum[i] + (1.0 - tc.momentum) * u
             sent[i] = momentum[i]
         if dp.enabled:
@@ -671,14 +672,18 @@ def _local_update(
     indices: np.ndarray,
     tc: TrainConfig,
     rng: np.random.Generator,
+    masks: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Average stochastic gradient over K local SGD steps from theta, on the worker's examples."""
+    """Average stochastic gradient over K local SGD steps from theta, on the worker's examples; ``masks``, a
+    torch RNG state, is restored before every forward pass (``train.fixed_dropout``: the same dropout masks)."""
     adapter.set(theta)
     total = np.zeros(adapter.dim)
     size = min(tc.batch_size, len(indices))
     for _ in range(tc.local_steps):
         batch = torch.from_numpy(rng.choice(indices, size=size, replace=False))
         model.zero_grad(set_to_none=True)
+        if masks is not None:
+            torch.set_rng_state(masks)
         F.cross_entropy(model(x[batch]), y[batch]).backward()
         grad = adapter.grad()
         total += grad
