@@ -14,8 +14,8 @@ interrupted grid resumes where it stopped and a changed setting reruns only what
 from __future__ import annotations
 
 import json
-import os
 import multiprocessing
+import os
 import signal
 import threading
 import time

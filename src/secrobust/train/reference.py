@@ -8,8 +8,8 @@ files next to them. A run's score is what their plotting code (``exp2.py --plot`
 accuracy of the last 5 evaluations (iterations 480, 510, ..., 600). ``exp1`` (n = 24, f = 0, long-tailed
 classes, 4,500 iterations) is kept for reference.
 
-``python -m secrobust.train.reference DIR...`` prints the markdown table for the result directories given
-(``secrobust train`` outputs of configs ``bucketing-exp2-*.toml``).
+``python -m secrobust.train.reference [--all] DIR...`` prints the markdown table for the result directories given
+(``secrobust train`` outputs of configs ``bucketing-exp2-*.toml``); ``--all`` keeps the cells not run.
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ def _mean_std(values: list[float] | tuple[float, ...]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
-def table(results: dict[bool, dict[tuple[str, int], list[float]]], experiment: str = "exp2") -> str:
-    """The markdown table: one row per (rule, s, split) the results hold, ours against the paper's."""
+def table(results: dict[bool, dict[tuple[str, int], list[float]]], experiment: str = "exp2",
+          every_row: bool = False) -> str:
+    """The markdown table: one row per (rule, s, split) the results hold (``every_row``: per cell of the
+    paper's table, "not run" where the results hold none), ours against the paper's."""
     lines = [
         "| rule (theirs) | s | split | paper: mean ± std, 3 seeds | paper: seed 0 | ours | ours − paper (mean) |",
         "|---|---|---|---|---|---|---|",
@@ -112,13 +114,16 @@ def table(results: dict[bool, dict[tuple[str, int], list[float]]], experiment: s
         for s in (0, 2):
             for noniid in (False, True):
                 ours = results.get(noniid, {}).get((rule, s))
-                if not ours:
+                if not ours and not every_row:
                     continue
                 mean, std, seeds = PAPER[(experiment, rule, s, noniid)]
-                diff = statistics.fmean(ours) - mean
                 seed0 = f"{seeds[0]:.2f}" if seeds else "-"
-                lines.append(f"| {rule} ({theirs}) | {s} | {'non-IID' if noniid else 'IID'} | {mean:.2f} ± {std:.2f} | "
-                             f"{seed0} | {_mean_std(ours)} | {diff:+.2f} |")
+                row = f"| {rule} ({theirs}) | {s} | {'non-IID' if noniid else 'IID'} | {mean:.2f} ± {std:.2f} | {seed0} | "
+                if ours:
+                    row += f"{_mean_std(ours)} | {statistics.fmean(ours) - mean:+.2f} |"
+                else:
+                    row += "not run | - |"
+                lines.append(row)
     return "\n".join(lines)
 
 
@@ -130,12 +135,18 @@ def load(directory: str | Path) -> tuple[bool, list[dict[str, Any]]]:
     return config["data"]["partition"] == "sorted", records
 
 
-def main(argv: list[str]) -> int:
+def collect(directories: list[str | Path]) -> dict[bool, dict[tuple[str, int], list[float]]]:
+    """The plaintext cells of the result directories, by split (non-IID?)."""
     results: dict[bool, dict[tuple[str, int], list[float]]] = {}
-    for directory in argv:
+    for directory in directories:
         noniid, records = load(directory)
         results.setdefault(noniid, {}).update(cells(records))
-    print(table(results))
+    return results
+
+
+def main(argv: list[str]) -> int:
+    every_row = "--all" in argv
+    print(table(collect([a for a in argv if a != "--all"]), every_row=every_row))
     return 0
 
 
