@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from runner_spy import EngineSpy
 
 from secrobust.privacy import NoSensitivityBound, sensitivity
 from secrobust.rules.possible import effective_f
@@ -43,21 +44,6 @@ def seed_where(n: int, f: int, q: float, want: Callable[[int, int], bool], tries
         if want(len(members), b):
             return seed
     raise AssertionError("no seed found")
-
-
-class Spy:
-    """Records every engine call of the runner: the rows, f, the per-server noise and what was rejected."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.real = runner.engine_aggregate
-        monkeypatch.setattr(runner, "engine_aggregate", self)
-
-    def __call__(self, updates: np.ndarray, rule: str, f: int, **kwargs: Any) -> Any:
-        result = self.real(updates, rule, f, **kwargs)
-        self.calls.append({"k": len(updates), "f": f, "sigma": kwargs.get("dp_noise_std", 0.0),
-                           "rejected": dict(result.rejected or {})})
-        return result
 
 
 def spec_for(one_spec: Callable[..., RunSpec], rule: str, attack: str, *, n: int, f: int, q: float, seed: int,
@@ -95,7 +81,7 @@ def test_sampled_trimmed_mean_noise_covers_the_rows_the_engine_actually_aggregat
     n, f, q = 50, 5, 0.2
     seed = seed_where(n, f, q, lambda k, b: k - b >= 5 and b > 3 * cohort_f(f, n, k, q))
     spec = spec_for(one_spec, "trimmed-mean@aggregate", "ring-overflow", n=n, f=f, q=q, seed=seed, noise=Z)
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
 
     try:
         run(spec, dataset=digits)

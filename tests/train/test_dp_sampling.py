@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
+from runner_spy import EngineSpy
 
 from secrobust.privacy import NoSensitivityBound
 from secrobust.train import runner
@@ -46,18 +47,6 @@ def test_poisson_cohorts_are_independent_draws_at_rate_q() -> None:
     assert list(poisson_cohort(7, 1.0, rng)) == list(range(7))
 
 
-class Spy:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.real = runner.engine_aggregate
-        monkeypatch.setattr(runner, "engine_aggregate", self)
-
-    def __call__(self, updates: np.ndarray, rule: str, f: int, **kwargs: Any) -> Any:
-        result = self.real(updates, rule, f, **kwargs)
-        self.calls.append({"updates": updates.copy(), "aggregate": np.array(result.aggregate), **kwargs})
-        return result
-
-
 @pytest.fixture
 def train(digits: Dataset, one_spec: Callable[..., RunSpec]) -> Callable[..., RunResult]:
     def go(rule: str, attack: str = "none", rounds: int = 6, q: float = Q, **sections: Any) -> RunResult:
@@ -72,7 +61,7 @@ def train(digits: Dataset, one_spec: Callable[..., RunSpec]) -> Callable[..., Ru
 @pytest.mark.parametrize("rule", ["mean", "norm-clip"])
 def test_a_sampled_run_reports_opacus_epsilon_for_the_observer_and_no_amplification_for_a_server(
         train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     tau = 0.02
     result = train(rule, rounds=8, rule_options={"norm-clip": {"tau": tau}})
 
@@ -99,7 +88,7 @@ def test_a_sampled_run_reports_opacus_epsilon_for_the_observer_and_no_amplificat
 
 def test_a_sampled_round_releases_the_fixed_denominator_sum(train: Callable[..., RunResult],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     released: list[np.ndarray] = []
     real = runner.carried_center
     monkeypatch.setattr(runner, "carried_center", lambda agg, bits: (released.append(agg.copy()), real(agg, bits))[1])
@@ -118,7 +107,7 @@ def test_a_sampled_round_releases_the_fixed_denominator_sum(train: Callable[...,
 
 def test_byzantine_rows_over_the_bound_add_nothing_and_keep_the_denominator(
         train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     result = train("mean", "sign-flip", rounds=4, attack_options={"sign-flip": {"scale": 8.0}})
 
     assert result.rejected.sum() > 0
@@ -138,7 +127,7 @@ def test_a_sampled_rule_without_the_sum_form_is_composed_over_its_rounds_without
     """Krum (one row can change the selection) and any rule after NNM are no fixed-denominator sums: given the
     cohorts, which do not depend on the data, each round is a Gaussian mechanism with sensitivity 2C, and a worker
     is exposed in the rounds it takes part in. Observer and server get the same, unamplified, epsilon."""
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     q = 0.7
     result = train(rule, rounds=8, q=q)
 
@@ -170,7 +159,7 @@ def test_sampled_cclip_releases_the_center_plus_the_fixed_denominator_sum_of_cli
     one worker adds or removes one term of norm <= tau, so the per-server noise is z tau/(qN) whatever the
     cohort's size; padding rows are the center (they add clip_tau(0) = 0), and the center is public and in
     the ball of radius C, so a padding row passes the validity check."""
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     released: list[np.ndarray] = []
     real = runner.carried_center
     monkeypatch.setattr(runner, "carried_center", lambda agg, bits: (released.append(agg.copy()), real(agg, bits))[1])
@@ -226,16 +215,17 @@ def test_dp_refuses_a_rule_without_a_bound_naming_those_with_one(
 
 def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
         train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch, one_spec: Callable[..., RunSpec]) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     result = train("trimmed-mean", rounds=2, q=1.0)
 
     assert all(call["dp_noise_std"] == pytest.approx(Z * C / (20 - 4 - 2 * 4)) for call in spy.calls)
     assert result.epsilon == result.epsilon_server == pytest.approx(epsilon_after(Z, 2, 1e-5))
     # the id of a run without sampling is the hash it had before train.sample_rate (and the later
-    # train.idle_byzantine, data.split and dp.epsilon) existed
+    # train.idle_byzantine, train.fixed_dropout, data.split and dp.epsilon) existed
     spec = one_spec()
     before = spec.to_dict()
-    del before["train"]["sample_rate"], before["train"]["idle_byzantine"], before["data"]["split"]
+    del before["train"]["sample_rate"], before["train"]["idle_byzantine"], before["train"]["fixed_dropout"]
+    del before["data"]["split"]
     del before["dp"]["epsilon"]
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(blob.encode()).hexdigest()[:16]

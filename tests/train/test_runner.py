@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from runner_spy import EngineSpy
 
 import secrobust
 from secrobust.train import runner
@@ -26,23 +27,6 @@ def train(digits: Dataset, one_spec: Callable[..., RunSpec]) -> Callable[..., Ru
         return run(one_spec(grid=grid, **sections), dataset=digits)
 
     return go
-
-
-class Spy:
-    """Wraps the engine call, recording its arguments; ``replace`` may swap the returned aggregate."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, replace: Any = None) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.real = runner.engine_aggregate
-        self.replace = replace
-        monkeypatch.setattr(runner, "engine_aggregate", self)
-
-    def __call__(self, updates: np.ndarray, rule: str, f: int, **kwargs: Any) -> Any:
-        result = self.real(updates, rule, f, **kwargs)
-        self.calls.append({"updates": updates.copy(), "aggregate": result.aggregate.copy(), **kwargs})
-        if self.replace is not None:
-            result = self.replace(len(self.calls) - 1, result)
-        return result
 
 
 @pytest.mark.parametrize("secure", [True, False])
@@ -88,7 +72,7 @@ def test_runs_are_reproducible_and_seeds_matter(train: Callable[..., RunResult])
 def test_byzantine_rows_are_unchecked_and_only_they_are_attacked(
     train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     flipped = train("mean", "label-flip", False, train={"rounds": 1})
     honest = train("mean", "none", False, train={"rounds": 1})
 
@@ -103,7 +87,7 @@ def test_byzantine_rows_are_unchecked_and_only_they_are_attacked(
 def test_dp_clips_rows_calibrates_server_noise_and_reports_opacus_epsilon(
     train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
 
     result = train("mean", "none", False, train={"rounds": 5}, dp={"clip": 0.05, "noise_multiplier": 1.0})
 
@@ -119,7 +103,7 @@ def test_dp_clips_rows_calibrates_server_noise_and_reports_opacus_epsilon(
 def test_cclip_is_centred_on_the_previous_aggregate(
     train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
 
     train("cclip", "sign-flip", False, train={"rounds": 3}, rule_options={"cclip": {"tau": 1.0}})
 
@@ -131,7 +115,7 @@ def test_cclip_is_centred_on_the_previous_aggregate(
 def test_honest_rows_are_scaled_into_the_encoder_range(
     train: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
     monkeypatch.setattr(runner, "ENCODER_MARGIN", 1e-9)
 
     result = train("mean", "none", False, train={"rounds": 2})
@@ -150,7 +134,7 @@ def test_a_diverged_run_stops_and_keeps_its_evaluation_grid(
             result.aggregate[:] = np.nan
         return result
 
-    Spy(monkeypatch, replace=poison)
+    EngineSpy(monkeypatch, replace=poison)
 
     result = train("mean", "none", False, train={"rounds": 10, "eval_every": 5})
 
@@ -167,7 +151,7 @@ def test_dp_cclip_on_shares_projects_a_noisy_center_into_the_clip_ball(
     """With DP the previous noisy aggregate soon has a norm above the clip norm C; the runner's center is its
     projection onto the ball of radius C, where every accepted row lies (a public post-processing, so the
     bound holds), and every round equals its twin. A center past C on shares: tests/test_cclip_center.py."""
-    spy = Spy(monkeypatch)
+    spy = EngineSpy(monkeypatch)
 
     result = train("cclip@" + reveal, "sign-flip", True, train={"rounds": 3},
                    dp={"clip": 0.05, "noise_multiplier": 0.5}, rule_options={"cclip": {"tau": 0.02}})
@@ -188,7 +172,7 @@ def test_a_center_past_the_encoders_range_is_scaled_and_recorded(
     """A noise-carrying aggregate beyond the encoder's range would make the next round refuse its center:
     the runner scales it into range and says so in the record."""
     huge = lambda i, result: replace(result, aggregate=np.full_like(result.aggregate, 1e6))  # noqa: E731
-    Spy(monkeypatch, replace=huge)
+    EngineSpy(monkeypatch, replace=huge)
 
     result = train("cclip", "none", False, train={"rounds": 3}, rule_options={"cclip": {"tau": 1.0}})
 
