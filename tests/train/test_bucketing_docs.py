@@ -1,0 +1,107 @@
+"""The bucketing paper's table in docs/training.md against the runs committed in results/.
+
+``results/bucketing-exp2-*/`` hold what ``secrobust train`` wrote for the configs of the same names. These tests
+check that each committed output is its shipped config's, that the docs' side-by-side table is the one
+``secrobust.train.reference`` prints from them (``--all``), that the whole secure runs equal their plaintext twins
+record for record, and that the numbers the docs quote for the mimic-target and standard-model checks are the runs'.
+After new runs, ``.venv/bin/python tests/train/test_bucketing_docs.py --write`` copies the table into the docs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from secrobust.train import reference
+from secrobust.train.config import load_config, without_later_defaults
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "training.md"
+CONFIGS = ROOT / "src" / "secrobust" / "train" / "configs"
+RESULTS = ROOT / "results"
+GRIDS = ("bucketing-exp2-noniid", "bucketing-exp2-iid")
+SECURE = "bucketing-exp2-secure-full"
+CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
+          "bucketing-exp2-median-target-masks")
+STANDARD = "mnist-alpha1-mnistnet-lr1"
+TABLE = re.compile(r"<!-- bucketing-table:[^\n]*-->\n(.*?)<!-- /bucketing-table -->", re.DOTALL)
+
+
+def records(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (RESULTS / name / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def present(names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if (RESULTS / n / "results.jsonl").exists()]
+
+
+def markdown() -> str:
+    return reference.table(reference.collect([RESULTS / n for n in present(GRIDS)]), every_row=True) + "\n"
+
+
+def docs_text() -> str:
+    return DOCS.read_text()
+
+
+def test_the_committed_outputs_are_the_shipped_configs() -> None:
+    names = present(GRIDS + (SECURE, STANDARD) + CHECKS)
+    assert "bucketing-exp2-noniid" in names
+    for name in names:
+        config = load_config(CONFIGS / f"{name}.toml")
+        shipped = without_later_defaults(json.loads(json.dumps(config.to_dict(), sort_keys=True)))
+        assert without_later_defaults(json.loads((RESULTS / name / "config.json").read_text())) == shipped, name
+        ids = {spec.run_id for spec in config.runs()}
+        assert {r["run_id"] for r in records(name)} <= ids, name
+
+
+def test_the_docs_table_is_the_one_the_reference_prints() -> None:
+    found = TABLE.search(docs_text())
+    assert found, "docs/training.md has no <!-- bucketing-table --> block"
+    assert found.group(1) == markdown(), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
+
+
+def test_whole_secure_runs_equal_their_plaintext_twins() -> None:
+    secure = records(SECURE)
+    assert secure and all(r["secure"] for r in secure)
+    twins = {(r["rule"], r["seed"]): r for r in records("bucketing-exp2-noniid") if not r["secure"]}
+    for r in secure:
+        twin = twins[(r["rule"], r["seed"])]
+        assert r["rounds"] == twin["rounds"] == 600
+        assert r["weights_sha256"] == twin["weights_sha256"], r["rule"]
+        assert r["history"] == twin["history"], r["rule"]
+
+
+def test_the_target_checks_quoted_in_the_docs_are_the_runs() -> None:
+    text = docs_text()
+    for name in present(CHECKS):
+        (run,) = records(name)
+        assert run["rule"].replace("+", "-") in name and run["attack"] == "mimic"
+        assert run["spec"]["attack_options"] == {"target": 14}
+        assert not run["secure"] and run["seed"] == 0
+        assert f"{reference.score(run['history']):.2f}" in text, name
+
+
+def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() -> None:
+    (run,) = records(STANDARD)
+    assert run["rule"] == "mean" and run["attack"] == "none" and run["model"] == "mnist-net"
+    assert run["workers"] == 50 and not run["diverged"]
+    assert run["final_accuracy"] >= 0.98
+    assert f"{100 * run['final_accuracy']:.1f}%" in docs_text()
+
+
+def write() -> None:
+    text = DOCS.read_text()
+    found = TABLE.search(text)
+    if not found:
+        sys.exit("docs/training.md has no <!-- bucketing-table --> block")
+    DOCS.write_text(text[: found.start(1)] + markdown() + text[found.end(1):])
+    print(f"wrote the side-by-side table into {DOCS}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(f"usage: {sys.argv[0]} --write   (the tests run under pytest)")
+    write()
