@@ -10,10 +10,14 @@ After new runs, ``.venv/bin/python tests/train/test_bucketing_docs.py --write`` 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # run as a script (--write): the shared helpers live in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from doc_blocks import read_block, write_block
 
 from secrobust.train import reference
 from secrobust.train.config import load_config, without_later_defaults
@@ -27,7 +31,7 @@ SECURE = "bucketing-exp2-secure-full"
 CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
           "bucketing-exp2-median-target-masks")
 STANDARD = "mnist-alpha1-mnistnet-lr1"
-TABLE = re.compile(r"<!-- bucketing-table:[^\n]*-->\n(.*?)<!-- /bucketing-table -->", re.DOTALL)
+BLOCK = "bucketing-table"
 
 
 def records(name: str) -> list[dict[str, Any]]:
@@ -58,9 +62,7 @@ def test_the_committed_outputs_are_the_shipped_configs() -> None:
 
 
 def test_the_docs_table_is_the_one_the_reference_prints() -> None:
-    found = TABLE.search(docs_text())
-    assert found, "docs/training.md has no <!-- bucketing-table --> block"
-    assert found.group(1) == markdown(), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
+    assert read_block(DOCS, BLOCK) == markdown(), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
 
 
 def test_whole_secure_runs_equal_their_plaintext_twins() -> None:
@@ -93,11 +95,7 @@ def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() 
 
 
 def write() -> None:
-    text = DOCS.read_text()
-    found = TABLE.search(text)
-    if not found:
-        sys.exit("docs/training.md has no <!-- bucketing-table --> block")
-    DOCS.write_text(text[: found.start(1)] + markdown() + text[found.end(1):])
+    write_block(DOCS, BLOCK, markdown())
     print(f"wrote the side-by-side table into {DOCS}")
 
 

@@ -11,10 +11,14 @@ the table into docs/training.md.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # run as a script (--write): the shared helpers live in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from doc_blocks import read_block, write_block
 
 from secrobust.train.config import load_config, without_later_defaults
 
@@ -23,7 +27,7 @@ DOCS = ROOT / "docs" / "training.md"
 CONFIGS = ROOT / "src" / "secrobust" / "train" / "configs"
 OUT = ROOT / "results" / "dp-robust"
 CHECK = ROOT / "results" / "dp-robust-secure-check"
-TABLE = re.compile(r"<!-- dp-robust-table:[^\n]*-->\n(.*?)<!-- /dp-robust-table -->", re.DOTALL)
+BLOCK = "dp-robust-table"
 SETTINGS = [("none", 0), ("sign-flip", 5), ("alie", 5), ("min-max", 5), ("sign-flip", 10), ("alie", 10),
             ("min-max", 10)]
 
@@ -52,9 +56,7 @@ def markdown() -> str:
 
 
 def docs_table() -> str:
-    found = TABLE.search(DOCS.read_text())
-    assert found, "docs/training.md has no <!-- dp-robust-table --> block"
-    return found.group(1)
+    return read_block(DOCS, BLOCK)
 
 
 def test_the_committed_output_is_the_shipped_grids() -> None:
@@ -97,11 +99,7 @@ def test_secure_equals_plaintext_on_the_checked_cells() -> None:
 
 
 def write() -> None:
-    text = DOCS.read_text()
-    found = TABLE.search(text)
-    if not found:
-        sys.exit("docs/training.md has no <!-- dp-robust-table --> block")
-    DOCS.write_text(text[: found.start(1)] + markdown() + text[found.end(1):])
+    write_block(DOCS, BLOCK, markdown())
     print(f"wrote the table of {OUT / 'summary.json'} into {DOCS}")
 
 
