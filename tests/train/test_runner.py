@@ -197,10 +197,11 @@ def test_fixed_dropout_gives_every_call_the_same_masks_and_fresh_dropout_does_no
     def update(masks: torch.Tensor | None) -> np.ndarray:
         return runner._local_update(model, adapter, theta, x, y, idx, tc, np.random.default_rng(0), masks)
 
-    torch.manual_seed(5)
-    masks = torch.get_rng_state()
-    first, second = update(masks), update(masks)
-    np.testing.assert_array_equal(first, second)
-    torch.manual_seed(5)
-    np.testing.assert_array_equal(update(None), first)   # the state it restores is the one it was given
-    assert not np.array_equal(update(None), first)        # fresh masks: the global RNG moved on
+    with torch.random.fork_rng(devices=[]):   # the global RNG other tests see stays as it was
+        torch.manual_seed(5)
+        masks = torch.get_rng_state()
+        first, second = update(masks), update(masks)
+        np.testing.assert_array_equal(first, second)
+        torch.manual_seed(5)
+        np.testing.assert_array_equal(update(None), first)   # the state it restores is the one it was given
+        assert not np.array_equal(update(None), first)        # fresh masks: the global RNG moved on
