@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,22 @@ from secrobust.deploy.local import LocalDeployment, LocalOptions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def updates(seed: int, n: int, d: int, byzantine: int) -> np.ndarray:
+def updates(seed: int, n: int, d: int, byzantine: int, on_disk: Path | None = None) -> np.ndarray:
+    """Fresh (n, d) updates; with ``on_disk`` a file-backed np.memmap written row by row, so the launcher's
+    n x d input is page cache (reclaimable), not its heap."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d), dtype=np.float32).astype(np.float64)
-    x *= 0.5
-    x += rng.normal(size=d)
-    x /= np.sqrt(d)
-    x[:byzantine] *= -4.0
+    base = rng.normal(size=d)
+    x = np.empty((n, d)) if on_disk is None else np.memmap(on_disk, dtype=np.float64, mode="w+", shape=(n, d))
+    for i in range(n):
+        row = x[i]
+        row[:] = rng.standard_normal(d, dtype=np.float32)
+        row *= 0.5
+        row += base
+        row /= np.sqrt(d)
+        if i < byzantine:
+            row *= -4.0
+    if isinstance(x, np.memmap):
+        x.flush()
     return x
 
 
@@ -73,22 +83,24 @@ def _log_events(dep: LocalDeployment, name: str, round_id: int) -> list[dict[str
 
 
 def run(n: int, d: int, rounds: int, rule: str, f: int, per_process: int,
-        workdir: Path | None = None, prefetch: int = 1, malloc: str | None = None) -> dict[str, Any]:
+        workdir: Path | None = None, prefetch: int = 1, malloc: str | None = None,
+        input_on_disk: bool = False) -> dict[str, Any]:
     env = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     if malloc is not None:
         env["SECROBUST_MALLOC"] = malloc
     opts = LocalOptions(share_window_s=300.0, peer_timeout_s=300.0, connect_timeout_s=10.0, start_timeout_s=300.0,
                         workers_per_process=per_process, extra_env=env, prefetch=prefetch)
     out: dict[str, Any] = {"n": n, "d": d, "rule": rule, "f": f, "workers_per_process": per_process, "prefetch": prefetch,
-                           "share_matrix_mb": round(8 * n * d / 1e6, 1), "env": env, "rounds_detail": []}
+                           "share_matrix_mb": round(8 * n * d / 1e6, 1), "env": env, "input_on_disk": input_on_disk,
+                           "rounds_detail": []}
     with LocalDeployment(n, workdir, opts) as dep:
         pids = {name: dep.children[name].proc.pid for name in ("S0", "S1")}  # type: ignore[union-attr]
         every = {name: c.proc.pid for name, c in dep.children.items()}  # type: ignore[union-attr]
         out["idle_rss_mb"] = {name: round(_status_kb(pid, "VmRSS") / 1024, 1) for name, pid in pids.items()}
         print(json.dumps({"idle_rss_mb": out["idle_rss_mb"]}), flush=True)
         for r in range(rounds):
-            x = updates(r, n, d, f)
-            reset = {name: _reset_peak(pid) for name, pid in pids.items()}
+            x = updates(r, n, d, f, Path(dep.workdir) / "bench-input.f64" if input_on_disk else None)
+            reset = {name: _reset_peak(pid) for name, pid in every.items()}
             round_id = dep.operator.next_round_id()  # type: ignore[union-attr]
             cpu0 = {name: _cpu_s(pid) for name, pid in every.items()}
             tick = time.perf_counter()
@@ -104,7 +116,14 @@ def run(n: int, d: int, rounds: int, rule: str, f: int, per_process: int,
                 "server_seconds": {k: {p: round(v, 3) for p, v in s.items()} for k, s in res.stats.server_seconds.items()},
                 "tail_s": round(_ts(done[-1]) - _ts(max(uploads)), 3) if uploads and done else None,
                 "vmhwm_mb": {name: round(_status_kb(pid, "VmHWM") / 1024, 1) for name, pid in pids.items()},
-                "peak_reset": reset,
+                "peak_reset": {name: reset[name] for name in pids},
+                "others_vmhwm_mb": {
+                    "dealer": round(_status_kb(every["dealer"], "VmHWM") / 1024, 1),
+                    "worker_processes_max": round(max(_status_kb(p, "VmHWM") for k, p in every.items()
+                                                      if k.startswith("worker")) / 1024, 1),
+                    "worker_processes_sum": round(sum(_status_kb(p, "VmHWM") for k, p in every.items()
+                                                      if k.startswith("worker")) / 1024, 1),
+                    "launcher_maxrss_since_start": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
                 "cpu_s": {"S0": round(cpu["S0"], 2), "S1": round(cpu["S1"], 2), "dealer": round(cpu["dealer"], 2),
                           "workers": round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2)},
                 "bytes_by_role": res.stats.by_role(),
@@ -137,9 +156,11 @@ def main() -> None:
                     "('' for glibc's defaults; unset: secrobust.deploy.process.SERVER_MALLOC)")
     ap.add_argument("--prefetch", type=int, default=1, help="rounds ahead the dealer makes triples (0: each round "
                     "waits for its own, so the dealer's work never overlaps a round's online phase on a shared machine)")
+    ap.add_argument("--input-on-disk", action="store_true", help="the launcher's n x d input as a file-backed "
+                    "np.memmap in the workdir (for d = 10^7, where 4 GB of input would crowd the servers out)")
     args = ap.parse_args()
     res = run(args.n, args.d, args.rounds, args.rule, args.f, args.per_process, args.workdir, args.prefetch,
-              args.malloc)
+              args.malloc, args.input_on_disk)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2) + "\n")

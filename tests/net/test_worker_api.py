@@ -16,9 +16,16 @@ import secrobust
 from secrobust.deploy import Worker
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.deploy.rounds import RoundRequest
-from secrobust.deploy.worker import MissingUpdate, directory_source
+from secrobust.deploy.worker import (
+    MissingUpdate,
+    directory_source,
+    encode_input,
+    masked_share,
+)
 from secrobust.flower.servers import FlowerServers
 from secrobust.pki.certs import tls_name, worker_party
+from secrobust.primitives import ring
+from secrobust.protocol.worker import share_update
 
 from .helpers import Background, assert_same_result, in_process, log_records
 
@@ -105,6 +112,30 @@ def test_directory_source_names_the_missing_file_and_sits_out_only_when_told(tmp
     assert source(7, D) is None                                   # simulated absence: contacts nobody
     np.save(want, np.ones(D))
     assert source(7, D).skip == ("S0", "S1")
+
+
+def test_directory_source_maps_the_file_read_only_and_ring_rows_are_never_masked_in_place(tmp_path):
+    """A worker maps its update (page cache, not its own heap) and may mask its encoding in place; a ring
+    row is shared as it is, so masking it in place would write into the mapped file: it is copied instead."""
+    (tmp_path / "round-1").mkdir()
+    ring_row = np.arange(D, dtype=np.uint64)
+    np.save(tmp_path / "round-1" / "worker-3.npy", ring_row)
+    (tmp_path / "round-1" / "worker-3.json").write_text('{"ring": true}')
+    inp = directory_source(tmp_path, "worker:3")(1, D)
+    assert isinstance(inp.update, np.memmap) and not inp.update.flags.writeable
+    encoded = encode_input(inp, D, ring.DEFAULT_FRAC_BITS)
+    assert np.may_share_memory(encoded, inp.update)
+    key = bytes(range(16))
+    want = share_update(1, 3, ring_row, key).arrays["x1"]
+    assert np.array_equal(masked_share(1, 3, inp, encoded, key).arrays["x1"], want)
+    assert np.array_equal(np.load(tmp_path / "round-1" / "worker-3.npy"), ring_row)
+
+    np.save(tmp_path / "round-1" / "worker-4.npy", np.full(D, 0.25))
+    inp = directory_source(tmp_path, "worker:4")(1, D)
+    encoded = encode_input(inp, D, ring.DEFAULT_FRAC_BITS)
+    want = share_update(1, 4, encoded.copy(), key).arrays["x1"]
+    masked = masked_share(1, 4, inp, encoded, key)
+    assert masked.arrays["x1"] is encoded and np.array_equal(encoded, want)   # masked in place: one vector held
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ class MissingUpdate(FileNotFoundError):
 
 def directory_source(root: Path, party: str) -> UpdateSource:
     """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector, or uint64 ring elements
-    with "ring") and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
+    with "ring"; mapped, not read, so its pages stay the page cache's) and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
     "skip": ["S0"|"S1", ...]}. No ``.npy`` file raises ``MissingUpdate`` (the worker declines the round,
     naming the path), unless the ``.json`` alone says {"skip": ["S0", "S1"]}: then the worker sits the round
     out and sends nothing at all (simulated absence, ``LocalDeployment.aggregate(absent=...)``)."""
@@ -103,7 +103,7 @@ def directory_source(root: Path, party: str) -> UpdateSource:
             if set(skip) == set(SKIP_TARGETS):
                 return None
             raise MissingUpdate(path, round_id)
-        update = np.load(path, allow_pickle=False)
+        update = np.load(path, mmap_mode="r", allow_pickle=False)
         return WorkerInput(update, bool(meta.get("unchecked", False)), skip, bool(meta.get("ring", False)))
 
     return source
@@ -189,7 +189,7 @@ class WorkerRuntime:
             del msg
             seconds["key"] = timer.seconds
             timer = Timer()
-            to_s1 = share_update(r, self.worker_id, encoded, key)
+            to_s1 = masked_share(r, self.worker_id, inp, encoded, key)
             del encoded, key
             if "S1" not in inp.skip:
                 self.servers["S1"].send(to_s1)
@@ -287,6 +287,12 @@ def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
         return ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
     except ValueError as exc:
         raise ValueError(f"encoder refused the update: {exc}") from None
+
+
+def masked_share(round_id: int, worker_id: int, inp: WorkerInput, encoded: np.ndarray, key: bytes) -> M.Message:
+    """The message to S1 (x - PRG(key)), masking ``encoded`` in place unless it is the input's own memory
+    (a ring row, possibly a read-only mapped file), so a worker holds one d-vector, not two."""
+    return share_update(round_id, worker_id, encoded, key, in_place=not np.may_share_memory(encoded, inp.update))
 
 
 def wait_ready(path: Path, timeout: float) -> bool:
