@@ -18,13 +18,13 @@ from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.deploy.rounds import RoundRequest
 from secrobust.deploy.worker import (
     MissingUpdate,
+    WorkerInput,
     directory_source,
-    encode_input,
-    masked_share,
+    encode_owned,
 )
 from secrobust.flower.servers import FlowerServers
 from secrobust.pki.certs import tls_name, worker_party
-from secrobust.primitives import ring
+from secrobust.primitives import prg, ring, sharing
 from secrobust.protocol.worker import share_update
 
 from .helpers import Background, assert_same_result, in_process, log_records
@@ -114,28 +114,25 @@ def test_directory_source_names_the_missing_file_and_sits_out_only_when_told(tmp
     assert source(7, D).skip == ("S0", "S1")
 
 
-def test_directory_source_maps_the_file_read_only_and_ring_rows_are_never_masked_in_place(tmp_path):
-    """A worker maps its update (page cache, not its own heap) and may mask its encoding in place; a ring
-    row is shared as it is, so masking it in place would write into the mapped file: it is copied instead."""
-    (tmp_path / "round-1").mkdir()
-    ring_row = np.arange(D, dtype=np.uint64)
-    np.save(tmp_path / "round-1" / "worker-3.npy", ring_row)
-    (tmp_path / "round-1" / "worker-3.json").write_text('{"ring": true}')
-    inp = directory_source(tmp_path, "worker:3")(1, D)
-    assert isinstance(inp.update, np.memmap) and not inp.update.flags.writeable
-    encoded = encode_input(inp, D, ring.DEFAULT_FRAC_BITS)
-    assert np.may_share_memory(encoded, inp.update)
+def test_a_worker_masks_its_own_encoding_in_place_and_never_a_ring_row_it_was_handed():
+    """Masking in place keeps one d-vector per worker; a ring row is the caller's array (``fixed_source`` hands
+    the same one every round), so it is copied, and the message is the same either way."""
     key = bytes(range(16))
-    want = share_update(1, 3, ring_row, key).arrays["x1"]
-    assert np.array_equal(masked_share(1, 3, inp, encoded, key).arrays["x1"], want)
-    assert np.array_equal(np.load(tmp_path / "round-1" / "worker-3.npy"), ring_row)
+    ring_row = np.arange(D, dtype=np.uint64)
+    inp = WorkerInput(ring_row, ring=True)
+    encoded, owned = encode_owned(inp, D, ring.DEFAULT_FRAC_BITS)
+    assert not owned
+    masked = share_update(1, 3, encoded, key, in_place=owned)
+    assert np.array_equal(ring_row, np.arange(D, dtype=np.uint64))
+    assert np.array_equal(masked.arrays["x1"], ring_row - prg.ring_stream(key, sharing.INPUT_PURPOSE, D))
 
-    np.save(tmp_path / "round-1" / "worker-4.npy", np.full(D, 0.25))
-    inp = directory_source(tmp_path, "worker:4")(1, D)
-    encoded = encode_input(inp, D, ring.DEFAULT_FRAC_BITS)
+    update = np.full(D, 0.25)
+    encoded, owned = encode_owned(WorkerInput(update), D, ring.DEFAULT_FRAC_BITS)
+    assert owned
     want = share_update(1, 4, encoded.copy(), key).arrays["x1"]
-    masked = masked_share(1, 4, inp, encoded, key)
-    assert masked.arrays["x1"] is encoded and np.array_equal(encoded, want)   # masked in place: one vector held
+    masked = share_update(1, 4, encoded, key, in_place=owned)
+    assert masked.arrays["x1"] is encoded and np.array_equal(encoded, want)
+    assert np.array_equal(update, np.full(D, 0.25))
 
 
 @pytest.fixture(scope="module")

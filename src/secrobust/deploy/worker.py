@@ -86,7 +86,7 @@ class MissingUpdate(FileNotFoundError):
 
 def directory_source(root: Path, party: str) -> UpdateSource:
     """Inputs from files: ``root/round-<r>/<tls name>.npy`` (a float64 vector, or uint64 ring elements
-    with "ring"; mapped, not read, so its pages stay the page cache's) and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
+    with "ring") and an optional ``.json`` beside it with {"unchecked": bool, "ring": bool,
     "skip": ["S0"|"S1", ...]}. No ``.npy`` file raises ``MissingUpdate`` (the worker declines the round,
     naming the path), unless the ``.json`` alone says {"skip": ["S0", "S1"]}: then the worker sits the round
     out and sends nothing at all (simulated absence, ``LocalDeployment.aggregate(absent=...)``)."""
@@ -103,7 +103,7 @@ def directory_source(root: Path, party: str) -> UpdateSource:
             if set(skip) == set(SKIP_TARGETS):
                 return None
             raise MissingUpdate(path, round_id)
-        update = np.load(path, mmap_mode="r", allow_pickle=False)
+        update = np.load(path, allow_pickle=False)
         return WorkerInput(update, bool(meta.get("unchecked", False)), skip, bool(meta.get("ring", False)))
 
     return source
@@ -175,11 +175,13 @@ class WorkerRuntime:
             return WorkerOutcome(r, "sat-out")
         timer = Timer()
         try:
-            encoded = encode_input(inp, d, frac_bits)
+            encoded, owned = encode_owned(inp, d, frac_bits)
         except ValueError as exc:
             return self.decline(r, str(exc))
+        skip = inp.skip
+        del inp                                 # from here the worker holds one d-vector, its encoding
         seconds = {"encode": timer.seconds}
-        if "S0" in inp.skip:
+        if "S0" in skip:
             return WorkerOutcome(r, "partial", "cut off from S0: no share key, so no share", seconds=seconds)
         timer = Timer()
         wait_s = float(info.get("share_deadline_in_s", 30.0)) + 5.0
@@ -189,17 +191,17 @@ class WorkerRuntime:
             del msg
             seconds["key"] = timer.seconds
             timer = Timer()
-            to_s1 = masked_share(r, self.worker_id, inp, encoded, key)
+            to_s1 = share_update(r, self.worker_id, encoded, key, in_place=owned)
             del encoded, key
-            if "S1" not in inp.skip:
+            if "S1" not in skip:
                 self.servers["S1"].send(to_s1)
             del to_s1
         except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
             event(self.log, "share-refused", level=logging.WARNING, round=r, error=str(exc))
             return WorkerOutcome(r, "refused", str(exc), seconds=seconds)
         seconds["share"] = timer.seconds
-        if inp.skip:
-            return WorkerOutcome(r, "partial", f"share skipped to {list(inp.skip)}", seconds=seconds)
+        if skip:
+            return WorkerOutcome(r, "partial", f"share skipped to {list(skip)}", seconds=seconds)
         return self.collect(r, seconds, wait_s=float(info.get("share_deadline_in_s", 30.0)) + 120.0)
 
     def decline(self, round_id: int, reason: str) -> WorkerOutcome:
@@ -272,6 +274,14 @@ def _os_reason(exc: OSError) -> str:
     return f"{text}: {exc.filename}" if exc.filename else text
 
 
+def encode_owned(inp: WorkerInput, d: int, frac_bits: int) -> tuple[np.ndarray, bool]:
+    """``encode_input``, and whether the worker owns the vector, so may mask it in place (``share_update``):
+    a ring row is the input's own array, which belongs to whoever gave it (a source may hand the same one
+    every round)."""
+    encoded = encode_input(inp, d, frac_bits)
+    return encoded, not np.may_share_memory(encoded, inp.update)
+
+
 def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
     """The ring vector (d,) the worker shares: its update through the honest encoder (or, simulated, the
     unchecked one), or the given ring elements as they are. Raises ValueError saying what is wrong."""
@@ -287,12 +297,6 @@ def encode_input(inp: WorkerInput, d: int, frac_bits: int) -> np.ndarray:
         return ring.encode_unchecked(vec, frac_bits) if inp.unchecked else ring.encode(vec, frac_bits)
     except ValueError as exc:
         raise ValueError(f"encoder refused the update: {exc}") from None
-
-
-def masked_share(round_id: int, worker_id: int, inp: WorkerInput, encoded: np.ndarray, key: bytes) -> M.Message:
-    """The message to S1 (x - PRG(key)), masking ``encoded`` in place unless it is the input's own memory
-    (a ring row, possibly a read-only mapped file), so a worker holds one d-vector, not two."""
-    return share_update(round_id, worker_id, encoded, key, in_place=not np.may_share_memory(encoded, inp.update))
 
 
 def wait_ready(path: Path, timeout: float) -> bool:
