@@ -36,7 +36,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from ..deploy.config import load as load_config
-from ..deploy.worker import KEY_REPLY_BYTES, WorkerInput, WorkerRuntime, encode_input
+from ..deploy.worker import KEY_REPLY_BYTES, WorkerInput, WorkerRuntime, encode_owned
 from ..errors import ProtocolError
 from ..protocol import messages as M
 from ..protocol.worker import share_key, share_update
@@ -266,12 +266,12 @@ def share(rt: WorkerRuntime, round_id: int, inp: WorkerInput, wait_s: float = 60
     if not info.get("expected", False):
         return K.STAGE_DECLINED, f"worker {rt.worker_id} is not expected in round {round_id}"
     d, frac_bits = int(info["d"]), int(info["frac_bits"])
-    encoded = encode_input(inp, d, frac_bits)
+    encoded, owned = encode_owned(inp, d, frac_bits)
     wait = float(info.get("share_deadline_in_s", 30.0)) + 5.0
     try:
         msg = rt.s0.fetch(round_id, M.SHARE_KEY, wait_s=wait, max_bytes=KEY_REPLY_BYTES)
         key = share_key(msg, round_id, rt.worker_id, d)
-        rt.servers["S1"].send(share_update(round_id, rt.worker_id, encoded, key, in_place=True))
+        rt.servers["S1"].send(share_update(round_id, rt.worker_id, encoded, key, in_place=owned))
     except (RemoteRejected, PartyUnreachable, ProtocolError) as exc:
         return K.STAGE_DECLINED, f"share refused: {exc}"
     rt.last_round = max(rt.last_round, round_id)
