@@ -24,6 +24,9 @@ dealer made during the round before) the script records:
 * the **link floor**: the largest, over links and directions, of (bytes that link passed during the
   round) / (its rate), i.e. the time the busiest link needs for what crossed it; and the ratio
   ``round_s / floor``. The same for the window that includes the downloads;
+* the **CPU floor**: every CPU-second the machine spent from the round's start to its aggregate (``/proc/stat``:
+  the parties, the kernel's network work, anyone else's) divided by its cores. On one machine no round can be
+  shorter; where it exceeds the link floor, the profile measures this machine's CPU, not the links;
 * CPU seconds per party (``/proc/<pid>/stat``), those of every other process on the machine during the
   round (``/proc/stat`` minus ours: other people's work), and the load average before and after.
 
@@ -301,6 +304,7 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     t0 = time.time()
     res = dep.aggregate(x, rule, f)
     t1 = time.time()
+    busy_round = machine_busy_seconds() - busy0
     c1 = links.counters()
     deadline = time.monotonic() + download_wait_s
     while True:
@@ -339,6 +343,8 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
                   "workers": round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2),
                   "launcher": round(own, 2), "machine": round(busy, 2),
                   "others": round(busy - own - sum(cpu.values()), 2)},
+        "machine_cpu_round_s": round(busy_round, 2),
+        "cpu_floor_s": round(busy_round / (os.cpu_count() or 1), 3),
         "load_before": [round(v, 2) for v in load0], "load_after": [round(v, 2) for v in os.getloadavg()],
         "wire_bytes": wire, "wire_bytes_with_downloads": wire_all,
         "payload_bytes": payload,
@@ -439,6 +445,7 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             "with_downloads_s": sorted(r["with_downloads_s"] for r in warm),
             "floor_with_downloads_s": round(med["floor_with_downloads"]["floor_s"], 2),
             "median_after_open_s": med["after_open_s"], "median_cpu_s": med["cpu_s"],
+            "cpu_floor_s": [r.get("cpu_floor_s") for r in warm],
             "payload_floor": med["payload_busiest"], "secaggplus_floor": prof.get("secaggplus_floor"),
             "load_before": [r["load_before"][0] for r in warm],
             "all_equal_plaintext": all(r["equals_plaintext"] for r in prof["rounds"]),
@@ -475,8 +482,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         ("| profile | busiest link | MB (payload) | rate (Mbit/s) | floor (s) | warm rounds (s) | ratios (median) | launcher (s) "
         "| + workers' downloads (s) / floor | median round: first/last upload, first/last row of E, S1 done (s) "
-        "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | load 1 min |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s (S0/S1/workers/dealer; everything else, kernel included) | CPU floor (s) | load 1 min |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         c, a = row["median_cpu_s"], row["median_after_open_s"]
@@ -489,6 +496,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{a.get('first_upload')}/{a['last_upload']}, {a.get('first_row_of_e')}/{a['last_row_of_e']}, "
             f"{a['s1_done']} | "
             f"{c['S0']}/{c['S1']}/{c['workers']}/{c['dealer']}; {c.get('others', '?')} | "
+            f"{', '.join('-' if v is None else f'{v:.2f}' for v in row.get('cpu_floor_s', [])) or '-'} | "
             f"{', '.join(f'{v:.1f}' for v in row['load_before'])} |")
     lines.append("")
     lines.append("Every round's aggregate equalled secrobust.plain_aggregate of its participants' updates: "
