@@ -35,6 +35,27 @@ def test_mnist_net_shapes_and_size() -> None:
         build_model("mnist-net", (1, 7, 7), 10)
 
 
+def _their_forward(model: MnistNet, x: torch.Tensor) -> torch.Tensor:
+    """codes/tasks/mnist.py's Net.forward (epfml/byzantine-robust-noniid-optimizer) on our parameters, in eval
+    mode, before its log_softmax (a cross-entropy on these logits is their NLL loss): no ReLU after conv2."""
+    x = (x - 0.1307) / 0.3081
+    x = torch.nn.functional.max_pool2d(model.conv2(torch.relu(model.conv1(x))), 2)
+    return model.fc2(torch.relu(model.fc1(torch.flatten(x, 1))))
+
+
+def test_bucketing_mnist_net_is_their_network_and_differs_from_the_example_only_by_conv2s_relu() -> None:
+    theirs = build_model("bucketing-mnist-net", (1, 28, 28), 10, seed=0)
+    example = build_model("mnist-net", (1, 28, 28), 10, seed=0)
+    assert FlatAdapter(theirs).dim == 1_199_882
+    assert np.array_equal(FlatAdapter(theirs).get(), FlatAdapter(example).get())     # same layers, same init
+    theirs.eval()
+    example.eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(theirs(x), _their_forward(theirs, x), rtol=0, atol=1e-6)
+        assert not torch.allclose(example(x), theirs(x), atol=1e-3)
+
+
 def test_mnist_net_init_follows_seed() -> None:
     a, b = (FlatAdapter(build_model("mnist-net", (1, 8, 8), 10, seed=s)).get() for s in (1, 1))
     assert np.array_equal(a, b)

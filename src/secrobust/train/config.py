@@ -14,7 +14,8 @@ Format (every table and key is optional; defaults shown)::
     fallback = "digits"      # what to load if MNIST is not installed; "none" to fail instead
 
     [model]
-    name = "logreg"          # "logreg", "mlp", "cnn" or "mnist-net" (PyTorch's MNIST example, d = 1.2M)
+    name = "logreg"          # "logreg", "mlp", "cnn", "mnist-net" (PyTorch's MNIST example, d = 1.2M) or
+                             # "bucketing-mnist-net" (the bucketing paper's: the same without conv2's ReLU)
     hidden = 32              # MLP hidden width
 
     [train]

@@ -1,4 +1,4 @@
-"""Four PyTorch classifiers and the adapter between a model's parameters and a flat vector.
+"""Five PyTorch classifiers and the adapter between a model's parameters and a flat vector.
 
 The aggregation engine works on rows of an (n, d) float matrix. ``FlatAdapter`` fixes an order
 of the model's parameters (``model.parameters()``) and maps them, or their gradients, to one
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("logreg", "mlp", "cnn", "mnist-net")
+MODELS = ("logreg", "mlp", "cnn", "mnist-net", "bucketing-mnist-net")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 """The usual MNIST pixel mean and standard deviation (of [0, 1] pixels), which ``MnistNet`` standardises by."""
@@ -70,14 +70,19 @@ class SmallCNN(nn.Module):
 
 
 class MnistNet(nn.Module):
-    """PyTorch's MNIST example network, the one Karimireddy, He, Jaggi (ICLR 2022) train on MNIST (d = 1,199,882
-    on 28x28 inputs): x -> (x - 0.1307) / 0.3081, conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU -> 2x2 max-pool
-    -> channel dropout 0.25 -> linear 9216 -> 128 -> ReLU -> dropout 0.5 -> linear 128 -> 10.
+    """PyTorch's MNIST example network (d = 1,199,882 on 28x28 inputs): x -> (x - 0.1307) / 0.3081,
+    conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU -> 2x2 max-pool -> channel dropout 0.25 -> linear 9216 -> 128
+    -> ReLU -> dropout 0.5 -> linear 128 -> 10.
+
+    ``conv2_relu=False`` is the network of Karimireddy, He, Jaggi's released code (``codes/tasks/mnist.py``
+    of epfml/byzantine-robust-noniid-optimizer), model "bucketing-mnist-net": the same layers and parameters
+    without the ReLU after conv2, so the max-pool takes conv2's signed outputs.
 
     Dropout is active in ``train()`` mode and draws from the global torch RNG (the runner seeds it per run)."""
 
-    def __init__(self, input_shape: Sequence[int], n_classes: int) -> None:
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, conv2_relu: bool = True) -> None:
         super().__init__()
+        self.conv2_relu = conv2_relu
         c, h, w = input_shape
         if h < 6 or w < 6 or (h - 4) % 2 or (w - 4) % 2:
             raise ValueError(f"MnistNet needs H and W >= 6 with H - 4 and W - 4 even, got {h}x{w}")
@@ -90,7 +95,8 @@ class MnistNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - MNIST_MEAN) / MNIST_STD
-        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.conv2(F.relu(self.conv1(x)))
+        x = F.max_pool2d(F.relu(x) if self.conv2_relu else x, 2)
         x = torch.flatten(self.dropout1(x), 1)
         return self.fc2(self.dropout2(F.relu(self.fc1(x))))
 
@@ -98,7 +104,7 @@ class MnistNet(nn.Module):
 def build_model(
     name: str, input_shape: Sequence[int], n_classes: int, *, hidden: int = 32, seed: int = 0
 ) -> nn.Module:
-    """Build ``name`` ("logreg", "mlp", "cnn" or "mnist-net") with weights initialised from ``seed``.
+    """Build ``name`` (one of ``MODELS``) with weights initialised from ``seed``.
 
     The initialisation draws from a forked torch RNG, so it neither depends on nor disturbs the
     global torch RNG state.
@@ -112,8 +118,8 @@ def build_model(
             return LogReg(in_features, n_classes)
         if name == "mlp":
             return MLP(in_features, hidden, n_classes)
-        if name == "mnist-net":
-            return MnistNet(input_shape, n_classes)
+        if name in ("mnist-net", "bucketing-mnist-net"):
+            return MnistNet(input_shape, n_classes, conv2_relu=name == "mnist-net")
         return SmallCNN(input_shape, n_classes)
 
 
