@@ -17,6 +17,7 @@ RULE_CASES = [
     ("multi-krum", {"m": 3}),
     ("geomed", {}),
     ("geomed", {"iterations": 5, "tol": 0.0}),
+    ("geomed", {"iterations": 3, "tol": 0.0, "nu": 0.1, "start": "zero"}),
     ("mda", {}),
     ("norm-clip", {}),
     ("norm-clip", {"tau": 2.0}),
@@ -135,6 +136,45 @@ def test_geomed_matches_weiszfeld_on_float_points():
     z = res.aggregate
     grad = sum((z - xi) / np.linalg.norm(z - xi) for xi in x)
     assert np.linalg.norm(grad) < 1e-3
+
+
+def _smoothed_weiszfeld_from_zero(x: np.ndarray, nu: float, iterations: int) -> np.ndarray:
+    """RFA as the bucketing paper's code runs it (codes/aggregator/rfa.py): z = 0, then T steps of
+    z <- sum_k x_k / max(||z - x_k||, nu), normalised."""
+    z = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        beta = 1.0 / np.maximum(np.linalg.norm(z - x, axis=1), nu)
+        z = beta @ x / beta.sum()
+    return z
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 8])
+def test_geomed_started_from_zero_is_rfa_as_the_reference_code_runs_it(iterations):
+    x = updates_with_outliers(6, 11, 40, 2) * 0.05 + 0.02
+    res = secrobust.aggregate(x, "geomed", 2, iterations=iterations, nu=0.1, tol=0.0, start="zero",
+                              insecure_test_seed=3)
+    want = _smoothed_weiszfeld_from_zero(x, 0.1, iterations)
+    assert np.abs(res.aggregate - want).max() < 1e-5
+    assert set(res.revealed) == {"distances", "norms"}
+    twin = secrobust.plain_aggregate(x, "geomed", 2, iterations=iterations, nu=0.1, tol=0.0, start="zero",
+                                     insecure_test_seed=3)
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    if iterations == 1:          # the start matters: from the mean the first step lands elsewhere
+        other = secrobust.aggregate(x, "geomed", 2, iterations=1, nu=0.1, tol=0.0, insecure_test_seed=3)
+        assert np.abs(other.aggregate - want).max() > 1e-3
+        assert set(other.revealed) == {"distances"}
+
+
+def test_geomed_from_zero_after_bucketing_equals_its_twin_and_a_bad_start_is_refused_by_both():
+    x = updates_with_outliers(7, 14, 30, 2) * 0.05
+    kw = {"iterations": 8, "nu": 0.1, "tol": 0.0, "start": "zero", "pre": "bucketing", "insecure_test_seed": 4}
+    res = secrobust.aggregate(x, "geomed", 2, **kw)
+    twin = secrobust.plain_aggregate(x, "geomed", 2, **kw)
+    np.testing.assert_array_equal(res.aggregate, twin.aggregate)
+    np.testing.assert_array_equal(res.weights, twin.weights)
+    for run in (secrobust.aggregate, secrobust.plain_aggregate):
+        with pytest.raises(ValueError, match="geomed start is one of 'mean', 'zero'"):
+            run(x, "geomed", 2, start="origin")
 
 
 def test_norm_clip_and_cclip_clip_to_tau():

@@ -97,10 +97,13 @@ def test_honest_split_gives_byzantine_workers_iid_shares() -> None:
         assert len(parts[i]) in (62, 63) and len(set(labels[parts[i]].tolist())) > 1
 
 
-def test_bucketing_configs_parse() -> None:
+@pytest.mark.parametrize("suffix, model, masks", [("", "bucketing-mnist-net", True), ("-examplenet", "mnist-net", False)])
+def test_bucketing_configs_parse(suffix: str, model: str, masks: bool) -> None:
     for split, scheme in (("noniid", "sorted"), ("iid", "stratified")):
-        cfg = load_config(CONFIGS / f"bucketing-exp2-{split}.toml")
-        assert (cfg.data.partition, cfg.data.split, cfg.model.name) == (scheme, "honest", "mnist-net")
+        cfg = load_config(CONFIGS / f"bucketing-exp2-{split}{suffix}.toml")
+        assert cfg.name == f"bucketing-exp2-{split}{suffix}"
+        assert (cfg.data.partition, cfg.data.split, cfg.model.name) == (scheme, "honest", model)
+        assert cfg.train.fixed_dropout is masks
         assert (cfg.train.workers, cfg.train.rounds, cfg.train.lr, cfg.train.momentum) == (25, 600, 0.01, 0.0)
         assert cfg.grid.f == (5,) and cfg.grid.attacks == ("mimic",)
         assert {r.partition("+")[0] for r in cfg.grid.rules} == {"mean", "krum", "median", "geomed", "cclip"}
