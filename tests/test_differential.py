@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import secrobust
+from secrobust.params import RoundParams
 from secrobust.primitives import ring
 from secrobust.rules.krum import krum_scores
 
@@ -173,8 +174,30 @@ def test_geomed_from_zero_after_bucketing_equals_its_twin_and_a_bad_start_is_ref
     np.testing.assert_array_equal(res.aggregate, twin.aggregate)
     np.testing.assert_array_equal(res.weights, twin.weights)
     for run in (secrobust.aggregate, secrobust.plain_aggregate):
-        with pytest.raises(ValueError, match="geomed start is one of 'mean', 'zero'"):
-            run(x, "geomed", 2, start="origin")
+        for bad in ("origin", 0, None, ["zero"], np.array(["zero", "mean"])):
+            with pytest.raises(ValueError, match="geomed start is one of 'mean', 'zero'"):
+                run(x, "geomed", 2, start=bad)
+    with pytest.raises(ValueError, match="geomed start"):     # the round parameters' one check (CLI, Flower, servers)
+        RoundParams.build("geomed", 2, 14, 30, frac_bits=20, reveal=None, norm_bound=None, min_participants=2,
+                          dp_noise_std=0.0, check_inputs=True, options={"start": "origin"})
+
+
+def test_geomed_from_zero_is_held_by_a_zero_update_when_nu_is_tiny_and_the_default_start_is_not():
+    """The attack on RFA's start: one Byzantine update at 0 gets weight 1/nu in the first step from z = 0,
+    and the estimate stays at it. The first step is never taken as convergence (0 is no estimate), but with
+    nu = 1e-9 the pull holds for several steps; the default start (the mean) and RFA's nu = 0.1 resist it."""
+    x = updates_with_outliers(3, 11, 50, 0) * 0.05 + 0.3
+    x[0] = 0.0
+    honest = x[1:].mean(0)
+
+    def error(**kw):
+        res = secrobust.aggregate(x, "geomed", 2, insecure_test_seed=1, **kw)
+        return np.linalg.norm(res.aggregate - honest) / np.linalg.norm(honest)
+
+    assert error(start="zero", iterations=3, nu=1e-9, tol=0.0) > 0.9          # held at 0: the known weakness
+    assert error(start="zero", iterations=100) > 0.5                        # defaults: tol stops it at 0 ...
+    assert error(iterations=100) < 0.2                                      # ... where the mean start is fine
+    assert error(start="zero", iterations=8, nu=0.1, tol=0.0) < 0.2         # RFA's nu = 0.1
 
 
 def test_norm_clip_and_cclip_clip_to_tau():

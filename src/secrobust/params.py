@@ -112,6 +112,7 @@ class RoundParams:
         step, rule_options = split_pre(rule_options)
         check_pre_mode(step, reveal)
         with_pre(spec, step).validate(n, f, rule_options)
+        with_pre(spec, step).reveals(rule_options)          # a rule checks the options its view depends on
         on_shares = modes.secure_rule(rule, reveal, rule_options)
         check_noise_std(dp_noise_std, frac_bits)
         checked = validity.check_flag(check_inputs, d)

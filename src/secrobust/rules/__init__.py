@@ -41,7 +41,7 @@ def multi_krum(updates: Any, f: int, m: int | None = None, **options: Any) -> np
 
 
 def geomed(updates: Any, f: int, **options: Any) -> np.ndarray:
-    """Smoothed Weiszfeld weights of the geometric median (options: iterations, tol, nu)."""
+    """Smoothed Weiszfeld weights of the geometric median (options: iterations, tol, nu, start)."""
     return weights(updates, "geomed", f, **options)
 
 

@@ -19,7 +19,9 @@ def choose_geomed(view: View, n: int, f: int, iterations: int = 100, tol: float 
                   start: str = "mean") -> Choice:
     """b <- (1 / max(nu, ||x_i - z||)) normalised, until the objective sum_i ||x_i - z|| changes by at most tol
     relative, or after ``iterations`` steps. ``start``: "mean" (z = the mean, b = 1/n) or "zero" (z = 0, as
-    RFA's reference code starts; the first step's distances are the norms, so the rule opens them too)."""
+    RFA's reference code starts; the first step's distances are the norms, so the rule opens them too). From
+    0 an update at or near 0 gets weight up to 1/nu in the first step and can hold the estimate there: use it
+    with a nu on the scale of the honest norms (RFA's 0.1), as docs/training.md says."""
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
         raise ValueError(f"geomed iterations must be a positive integer, got {iterations!r}")
     if not (tol >= 0 and nu > 0):
@@ -27,14 +29,16 @@ def choose_geomed(view: View, n: int, f: int, iterations: int = 100, tol: float 
     check_start(start)
     distances = view.need(DISTANCES)
     beta = np.full(n, 1.0 / n)
-    to_z = view.need(NORMS) if start == "zero" else distances_to_affine(distances, beta)
+    from_zero = start == "zero"
+    to_z = view.need(NORMS) if from_zero else distances_to_affine(distances, beta)
     objective = np.sqrt(to_z).sum()
-    for _ in range(int(iterations)):
+    for step in range(int(iterations)):
         inv = 1.0 / np.maximum(nu, np.sqrt(to_z))
         beta = inv / inv.sum()
         to_z = distances_to_affine(distances, beta)
         new_objective = np.sqrt(to_z).sum()
-        if abs(objective - new_objective) <= tol * max(new_objective, np.finfo(float).tiny):
+        converged = abs(objective - new_objective) <= tol * max(new_objective, np.finfo(float).tiny)
+        if converged and not (from_zero and step == 0):     # 0 is no estimate: its objective is not comparable
             break
         objective = new_objective
     return Choice(beta)
@@ -44,7 +48,7 @@ STARTS = ("mean", "zero")
 
 
 def check_start(start: object) -> None:
-    if start not in STARTS:
+    if not isinstance(start, str) or start not in STARTS:
         raise ValueError(f"geomed start is one of {', '.join(map(repr, STARTS))}, got {start!r}")
 
 
