@@ -238,7 +238,8 @@ class WorkerRuntime:
               poll_s: float = 10.0) -> list[WorkerOutcome]:
         """Take part in rounds until ``stop`` is set (or ``max_rounds`` rounds were seen); returns the outcomes
         of the last ``max_rounds`` rounds, or of the last KEEP_OUTCOMES when serving without a limit (a
-        long-lived worker must not keep every round's aggregate)."""
+        long-lived worker must not keep every round's aggregate: then only the newest outcome holds its
+        aggregate, 8d bytes, and the older ones are on disk under ``out_dir`` when it is set)."""
         outcomes: deque[WorkerOutcome] = deque(maxlen=max_rounds or KEEP_OUTCOMES)
         seen = 0
         announced = False
@@ -257,6 +258,8 @@ class WorkerRuntime:
             if info is None:
                 continue
             outcome = self.participate(info)
+            if max_rounds is None and outcomes:
+                outcomes[-1].aggregate = None
             outcomes.append(outcome)
             seen += 1
             event(self.log, "round-outcome", round=outcome.round_id, status=outcome.status, detail=outcome.detail,
