@@ -172,3 +172,45 @@ def test_a_long_lived_worker_keeps_only_the_last_outcomes():
     kept = runtime.serve(stop)
     assert [o.round_id for o in kept] == list(range(W.KEEP_OUTCOMES * 4, W.KEEP_OUTCOMES * 5))
     assert [o.aggregate is not None for o in kept] == [False] * (W.KEEP_OUTCOMES - 1) + [True]   # 8d bytes, once
+
+
+def test_the_workers_of_one_process_read_and_encode_as_many_at_once_as_it_has_slots():
+    """A process of many simulated workers must not hold every worker's float update and its encoding at
+    once (25 x 240 MB at d = 10^7): the workers share ``encode_slots``."""
+    import logging
+    import threading
+    import time
+
+    import numpy as np
+
+    from secrobust.deploy import worker as W
+
+    slots, lock = threading.BoundedSemaphore(2), threading.Lock()
+    inside, most = [0], [0]
+
+    def source(r, d):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return W.WorkerInput(np.full(d, 0.5))
+
+    runtimes = []
+    for _ in range(8):
+        rt = W.WorkerRuntime.__new__(W.WorkerRuntime)
+        rt.log, rt.source, rt.encode_slots = logging.getLogger("test"), source, slots
+        runtimes.append(rt)
+    got = [None] * len(runtimes)
+
+    def go(k):
+        got[k] = runtimes[k]._read_and_encode(3, 16, 20)
+
+    threads = [threading.Thread(target=go, args=(k,)) for k in range(len(runtimes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 2
+    assert all(g is not None and not isinstance(g, str) and g[1] for g in got)   # each owns its encoding

@@ -134,7 +134,9 @@ def run_workers(cfgs: list[PartyConfig], sources: list[UpdateSource], *, out_dir
                path=str(log_file or cfgs[0].log_file) if (log_file or cfgs[0].log_file) else None)
     stop = stop or _stop_event()
     out_dirs = out_dirs or [None] * len(cfgs)
-    runtimes = [WorkerRuntime(c, c.identity(), s, out_dir=o) for c, s, o in zip(cfgs, sources, out_dirs)]
+    slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+    runtimes = [WorkerRuntime(c, c.identity(), s, out_dir=o, encode_slots=slots)
+                for c, s, o in zip(cfgs, sources, out_dirs)]
     ready = threading.Semaphore(0)
     threads = [threading.Thread(target=rt.serve, args=(stop,), kwargs={"max_rounds": max_rounds, "ready": ready.release},
                                 name=rt.party, daemon=True) for rt in runtimes]

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -118,7 +119,8 @@ class WorkerRuntime:
     """One worker's client loop against S0 and S1."""
 
     def __init__(self, cfg: PartyConfig, identity: Identity, source: UpdateSource, *,
-                 out_dir: Path | None = None, accounting: Accounting | None = None) -> None:
+                 out_dir: Path | None = None, accounting: Accounting | None = None,
+                 encode_slots: threading.Semaphore | None = None) -> None:
         wid = worker_index(cfg.party)
         if wid is None:
             raise ValueError(f"a worker's party id is worker:<i>, not {cfg.party!r}")
@@ -134,6 +136,10 @@ class WorkerRuntime:
                              connect_timeout=cfg.connect_timeout_s)
         self.servers = {"S0": Peer(self.s0, bulk=LANE_KINDS), "S1": Peer(self.s1, bulk=LANE_KINDS)}
         """Each server with the bulk lane its ``status`` announces (``transport.lane``)."""
+        self.encode_slots = encode_slots
+        """Shared by the workers of one process: how many read and encode their update at once (each holds
+        about three d-vectors while it does, one after), so a process of many simulated workers peaks at a
+        few updates' worth of memory, not all of them."""
         self.last_round = -1
         self.log = logging.getLogger(LOGGER_NAME)
 
@@ -164,23 +170,12 @@ class WorkerRuntime:
         self.last_round = max(self.last_round, r)
         if not info.get("expected", False):
             return WorkerOutcome(r, "not-expected")
-        try:
-            inp = self.source(r, d)
-        except MissingUpdate as exc:
-            event(self.log, "update-missing", level=logging.WARNING, round=r, path=str(exc.path))
-            return self.decline(r, f"cannot read its update: {exc.strerror}")
-        except (OSError, ValueError) as exc:
-            return self.decline(r, f"cannot read its update: {_os_reason(exc) if isinstance(exc, OSError) else exc}")
-        if inp is None:
+        got = self._read_and_encode(r, d, frac_bits)
+        if got is None:
             return WorkerOutcome(r, "sat-out")
-        timer = Timer()
-        try:
-            encoded, owned = encode_owned(inp, d, frac_bits)
-        except ValueError as exc:
-            return self.decline(r, str(exc))
-        skip = inp.skip
-        del inp                                 # from here the worker holds one d-vector, its encoding
-        seconds = {"encode": timer.seconds}
+        if isinstance(got, str):
+            return self.decline(r, got)
+        encoded, owned, skip, seconds = got
         if "S0" in skip:
             return WorkerOutcome(r, "partial", "cut off from S0: no share key, so no share", seconds=seconds)
         timer = Timer()
@@ -203,6 +198,28 @@ class WorkerRuntime:
         if skip:
             return WorkerOutcome(r, "partial", f"share skipped to {list(skip)}", seconds=seconds)
         return self.collect(r, seconds, wait_s=float(info.get("share_deadline_in_s", 30.0)) + 120.0)
+
+    def _read_and_encode(self, r: int, d: int, frac_bits: int
+                         ) -> tuple[np.ndarray, bool, tuple[str, ...], dict[str, float]] | str | None:
+        """(the encoding, whether the worker owns it, the servers to skip, seconds) for round r; or why the
+        worker declines; or None to sit the round out. The float update is dropped once encoded. Holds one of
+        ``encode_slots`` throughout."""
+        with self.encode_slots if self.encode_slots is not None else nullcontext():
+            try:
+                inp = self.source(r, d)
+            except MissingUpdate as exc:
+                event(self.log, "update-missing", level=logging.WARNING, round=r, path=str(exc.path))
+                return f"cannot read its update: {exc.strerror}"
+            except (OSError, ValueError) as exc:
+                return f"cannot read its update: {_os_reason(exc) if isinstance(exc, OSError) else exc}"
+            if inp is None:
+                return None
+            timer = Timer()
+            try:
+                encoded, owned = encode_owned(inp, d, frac_bits)
+            except ValueError as exc:
+                return str(exc)
+            return encoded, owned, inp.skip, {"encode": timer.seconds}
 
     def decline(self, round_id: int, reason: str) -> WorkerOutcome:
         """Sit round ``round_id`` out and tell both servers why (best effort: their reports carry the reason
