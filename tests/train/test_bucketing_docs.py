@@ -1,8 +1,9 @@
 """The bucketing paper's table in docs/training.md against the runs committed in results/.
 
 ``results/bucketing-exp2-*/`` hold what ``secrobust train`` wrote for the configs of the same names. These tests
-check that each committed output is its shipped config's, that the docs' side-by-side table is the one
-``secrobust.train.reference`` prints from them (``--all``), that the whole secure runs equal their plaintext twins
+check that each committed output is its shipped config's, that the docs' side-by-side tables (the authors' net,
+and the earlier runs with PyTorch's example net) are the ones ``secrobust.train.reference`` prints from them
+(``--all``), that the whole secure runs equal their plaintext twins
 record for record, and that the numbers the docs quote for the mimic-target and standard-model checks are the runs'.
 After new runs, ``.venv/bin/python tests/train/test_bucketing_docs.py --write`` copies the table into the docs.
 """
@@ -27,11 +28,16 @@ DOCS = ROOT / "docs" / "training.md"
 CONFIGS = ROOT / "src" / "secrobust" / "train" / "configs"
 RESULTS = ROOT / "results"
 GRIDS = ("bucketing-exp2-noniid", "bucketing-exp2-iid")
+EXAMPLE_GRIDS = ("bucketing-exp2-noniid-examplenet", "bucketing-exp2-iid-examplenet")
+"""The same grids with PyTorch's example net (``mnist-net``: a ReLU after conv2 that the authors' net lacks) and
+fresh dropout masks; the whole secure runs and the target checks ran on these."""
 SECURE = "bucketing-exp2-secure-full"
 CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
           "bucketing-exp2-median-target-masks")
+THEIR_TARGET = "bucketing-exp2-noniid-target14"
+"""Their net's grid cells rerun with the worker their seed 0's mimic copied."""
 STANDARD = "mnist-alpha1-mnistnet-lr1"
-BLOCK = "bucketing-table"
+BLOCKS = {"bucketing-table": GRIDS, "bucketing-table-examplenet": EXAMPLE_GRIDS}
 
 
 def records(name: str) -> list[dict[str, Any]]:
@@ -42,8 +48,8 @@ def present(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if (RESULTS / n / "results.jsonl").exists()]
 
 
-def markdown() -> str:
-    return reference.table(reference.collect([RESULTS / n for n in present(GRIDS)]), every_row=True) + "\n"
+def markdown(grids: tuple[str, ...]) -> str:
+    return reference.table(reference.collect([RESULTS / n for n in present(grids)]), every_row=True) + "\n"
 
 
 def docs_text() -> str:
@@ -51,8 +57,8 @@ def docs_text() -> str:
 
 
 def test_the_committed_outputs_are_the_shipped_configs() -> None:
-    names = present(GRIDS + (SECURE, STANDARD) + CHECKS)
-    assert "bucketing-exp2-noniid" in names
+    names = present(GRIDS + EXAMPLE_GRIDS + (SECURE, STANDARD, THEIR_TARGET) + CHECKS)
+    assert {"bucketing-exp2-noniid", "bucketing-exp2-noniid-examplenet"} <= set(names)
     for name in names:
         config = load_config(CONFIGS / f"{name}.toml")
         shipped = without_later_defaults(json.loads(json.dumps(config.to_dict(), sort_keys=True)))
@@ -61,14 +67,21 @@ def test_the_committed_outputs_are_the_shipped_configs() -> None:
         assert {r["run_id"] for r in records(name)} <= ids, name
 
 
-def test_the_docs_table_is_the_one_the_reference_prints() -> None:
-    assert read_block(DOCS, BLOCK) == markdown(), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
+def test_the_docs_tables_are_the_ones_the_reference_prints() -> None:
+    for block, grids in BLOCKS.items():
+        assert read_block(DOCS, block) == markdown(grids), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
+
+
+def test_the_grids_run_the_network_their_names_say() -> None:
+    for grids, model in ((GRIDS, "bucketing-mnist-net"), (EXAMPLE_GRIDS, "mnist-net")):
+        for name in present(grids):
+            assert {r["model"] for r in records(name)} == {model}, name
 
 
 def test_whole_secure_runs_equal_their_plaintext_twins() -> None:
     secure = records(SECURE)
     assert secure and all(r["secure"] for r in secure)
-    twins = {(r["rule"], r["seed"]): r for r in records("bucketing-exp2-noniid") if not r["secure"]}
+    twins = {(r["rule"], r["seed"]): r for r in records("bucketing-exp2-noniid-examplenet") if not r["secure"]}
     for r in secure:
         twin = twins[(r["rule"], r["seed"])]
         assert r["rounds"] == twin["rounds"] == 600
@@ -86,6 +99,17 @@ def test_the_target_checks_quoted_in_the_docs_are_the_runs() -> None:
         assert f"{reference.score(run['history']):.2f}" in text, name
 
 
+def test_the_reruns_with_their_target_are_their_nets_grid_runs_but_the_target_and_quoted_in_the_docs() -> None:
+    assert present((THEIR_TARGET,))
+    grid = {r["rule"]: r for r in records("bucketing-exp2-noniid")}
+    text = docs_text()
+    for run in records(THEIR_TARGET):
+        assert run["spec"]["attack_options"] == {"target": 14} and run["model"] == "bucketing-mnist-net"
+        twin = grid[run["rule"]]["spec"]
+        assert {**run["spec"], "attack_options": twin["attack_options"]} == twin, run["rule"]
+        assert f"{reference.score(run['history']):.2f}" in text, run["rule"]
+
+
 def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() -> None:
     (run,) = records(STANDARD)
     assert run["rule"] == "mean" and run["attack"] == "none" and run["model"] == "mnist-net"
@@ -95,8 +119,9 @@ def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() 
 
 
 def write() -> None:
-    write_block(DOCS, BLOCK, markdown())
-    print(f"wrote the side-by-side table into {DOCS}")
+    for block, grids in BLOCKS.items():
+        write_block(DOCS, block, markdown(grids))
+    print(f"wrote the side-by-side tables into {DOCS}")
 
 
 if __name__ == "__main__":
