@@ -6,7 +6,8 @@ first takes a triple prefetched during the round before (the first also waits fo
 records per round: the wall seconds of ``dep.aggregate``, each server's seconds per phase, the time
 from the last worker upload landing at S1 to the round's end at S1 (``tail_s``: what pipelining
 shortens), and VmHWM (peak resident set) of the S0 and S1 processes during that round (reset through
-/proc/<pid>/clear_refs before it) against 8nd, the size of one server's n x d share matrix.
+/proc/<pid>/clear_refs before it) against 8nd, the size of one server's n x d share matrix. Memory is in MiB
+throughout (``vmhwm_mb`` is /proc's kB / 1024; the share matrix 8nd / 2^20).
 
 Usage (a few minutes on 2 cores):
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/deploy_round_bench.py --n 50 --d 1000000 --rounds 3 --prefetch 0
@@ -91,7 +92,7 @@ def run(n: int, d: int, rounds: int, rule: str, f: int, per_process: int,
     opts = LocalOptions(share_window_s=300.0, peer_timeout_s=300.0, connect_timeout_s=10.0, start_timeout_s=300.0,
                         workers_per_process=per_process, extra_env=env, prefetch=prefetch)
     out: dict[str, Any] = {"n": n, "d": d, "rule": rule, "f": f, "workers_per_process": per_process, "prefetch": prefetch,
-                           "share_matrix_mb": round(8 * n * d / 1e6, 1), "env": env, "input_on_disk": input_on_disk,
+                           "share_matrix_mib": round(8 * n * d / 2**20, 1), "env": env, "input_on_disk": input_on_disk,
                            "rounds_detail": []}
     with LocalDeployment(n, workdir, opts) as dep:
         pids = {name: dep.children[name].proc.pid for name in ("S0", "S1")}  # type: ignore[union-attr]
@@ -128,7 +129,7 @@ def run(n: int, d: int, rounds: int, rule: str, f: int, per_process: int,
                           "workers": round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2)},
                 "bytes_by_role": res.stats.by_role(),
             }
-            row["vmhwm_over_share_matrix"] = {k: round(v / out["share_matrix_mb"], 2) for k, v in row["vmhwm_mb"].items()}
+            row["vmhwm_over_share_matrix"] = {k: round(v / out["share_matrix_mib"], 2) for k, v in row["vmhwm_mb"].items()}
             out["rounds_detail"].append(row)
             print(json.dumps(row), flush=True)
     return out
