@@ -111,8 +111,9 @@ class RoundParams:
         center, rule_options = split_options(rule, dict(options or {}))
         step, rule_options = split_pre(rule_options)
         check_pre_mode(step, reveal)
-        with_pre(spec, step).validate(n, f, rule_options)
-        with_pre(spec, step).reveals(rule_options)          # a rule checks the options its view depends on
+        stepped = with_pre(spec, step)
+        stepped.validate(n, f, rule_options)
+        stepped.reveals(rule_options)                       # a rule checks the options its view depends on
         on_shares = modes.secure_rule(rule, reveal, rule_options)
         check_noise_std(dp_noise_std, frac_bits)
         checked = validity.check_flag(check_inputs, d)

@@ -21,7 +21,7 @@ def choose_geomed(view: View, n: int, f: int, iterations: int = 100, tol: float 
     relative, or after ``iterations`` steps. ``start``: "mean" (z = the mean, b = 1/n) or "zero" (z = 0, as
     RFA's reference code starts; the first step's distances are the norms, so the rule opens them too). From
     0 an update at or near 0 gets weight up to 1/nu in the first step and can hold the estimate there: use it
-    with a nu on the scale of the honest norms (RFA's 0.1), as docs/training.md says."""
+    with a nu on the scale of the honest norms (RFA's 0.1; tests/test_differential.py shows the attack)."""
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
         raise ValueError(f"geomed iterations must be a positive integer, got {iterations!r}")
     if not (tol >= 0 and nu > 0):
