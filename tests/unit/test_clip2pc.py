@@ -171,13 +171,16 @@ def test_the_dry_run_sizes_the_material_exactly_and_does_not_depend_on_the_norms
 
 
 def opened_words(norms: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
-    """Every word S0 and S1 send, over several runs with fresh material and fresh input shares."""
+    """Every word S0 and S1 send, over several runs with fresh material and fresh input shares.
+
+    The material is seeded, so the chi-square outcome is the same on every run: with fresh seeds each of the 48
+    p-values below falls under 1e-4 one time in 10^4, which made the suite fail about one run in a hundred."""
     sent: list[list[np.ndarray]] = [[], []]
     for seed in range(6):
         shares = split(norms, seed)
         circuit = lambda p, s: K.clip_weights_circuit(p, shares[p], tau, "cclip", s)   # noqa: E731
         budget, _ = arith.budget_of(circuit)
-        src0, src1 = arith.sources("v", budget, C.AndTripleSeeds.fresh())
+        src0, src1 = arith.sources("v", budget, C.AndTripleSeeds(bytes([seed]) * 32, bytes([seed + 100]) * 32))
         C.run_pair(circuit(0, src0), circuit(1, src1),
                    on_round=lambda a, b: (sent[0].append(a.ravel()), sent[1].append(b.ravel())))
     return np.concatenate(sent[0]), np.concatenate(sent[1])
