@@ -312,9 +312,10 @@ class CountingGrid:
 
 
 def flower_apps(n: int, d: int, rounds: int, dtype: str, update_dir: Path, report: dict[str, Any],
-                cpu: ForeignCpu) -> tuple[Any, Any]:
-    """The ServerApp (SecAgg+ fit workflow, timed per round into ``report``) and the ClientApp (a fixed
-    vector, secaggplus_mod)."""
+                cpu: ForeignCpu, report_path: Path | None = None) -> tuple[Any, Any]:
+    """The ServerApp (SecAgg+ fit workflow, timed per round into ``report``, and written to ``report_path``
+    after each round when given: a deployed ServerApp runs in a process of Flower's) and the ClientApp (a
+    fixed vector, secaggplus_mod)."""
     from flwr.client import ClientApp, NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.common import Context, ndarrays_to_parameters
@@ -331,16 +332,20 @@ def flower_apps(n: int, d: int, rounds: int, dtype: str, update_dir: Path, repor
             rss_reset = reset_peak_rss("self")
             rss_before = {"server": status_bytes("self", "VmRSS")}
             foreign = cpu.seconds
+            start_unix = time.time()
             tick = time.perf_counter()
             self._stage_seconds = stages
             super().__call__(CountingGrid(grid, counters), context)
             wall = time.perf_counter() - tick
             records = report["rounds"]
-            records.append({"wall_seconds": wall, "stage_seconds": stages, "bytes": counters,
+            records.append({"wall_seconds": wall, "start_unix": start_unix, "end_unix": time.time(),
+                            "stage_seconds": stages, "bytes": counters,
                             "peak_rss": {"server": peak_rss_bytes("self")}, "rss_before": rss_before,
                             "peak_rss_per_round": rss_reset, "foreign_cpu_seconds": cpu.seconds - foreign,
                             "max_abs_error": mean_error(context, n, update_dir)})
             print(f"  flower d={d} round {len(records)}: {wall:.2f} s", flush=True)
+            if report_path is not None:
+                report_path.write_text(json.dumps(report))
 
         def _timed(self, name: str, stage: Callable[..., bool], *args: Any) -> bool:
             tick = time.perf_counter()
