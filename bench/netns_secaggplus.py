@@ -43,17 +43,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-import netns  # noqa: E402
+import netns
 
 BIN = Path(sys.executable).parent
 PORT = 9092
@@ -160,7 +160,7 @@ class Sampler:
         while not self._stop.wait(self.every_s):
             self.sample()
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Self:
         self.sample()
         self._thread.start()
         return self
@@ -286,8 +286,8 @@ def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, work: Path,
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"# Flower {res['flower']} SecAgg+ in network namespaces, n = {res['n']}, d = {res['d']:,}", "",
              f"`{res['command']}`", "", f"{res['machine']}; {res['date_utc']}; load at start {res['load_at_start']}", "",
-             "| profile | round | round s | link floor s (busiest link) | round / link floor | CPU floor s | "
-             "ClientApp processes | max error |", "|---|---|---|---|---|---|---|---|"]
+             ("| profile | round | round s | link floor s (busiest link) | round / link floor | CPU floor s | "
+              "ClientApp processes | max error |"), "|---|---|---|---|---|---|---|---|"]
     for prof in res["profiles"]:
         for k, r in enumerate(prof["rounds"], start=1):
             f = r["link_floor"]
