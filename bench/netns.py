@@ -284,16 +284,37 @@ class Links:
 
     # counters
 
-    def counters(self) -> dict[str, dict[str, int]]:
+    def counters(self, only: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Bytes each shaped link's qdiscs have passed so far, per link and direction ("up": from the party
         to the switch, for S0-S1 from S0 to S1; "down": the other way). These are the bytes the token
-        buckets count: Ethernet frames with their IP, TCP and TLS overhead."""
+        buckets count: Ethernet frames with their IP, TCP and TLS overhead. ``only``: these links only."""
+        ends = self._ends() if only is None else {link: self._ends()[link] for link in only}
         by_dev: dict[tuple[str, str], int] = {}
-        for ns in {ns for ends in self._ends().values() for ns, _ in ends}:
+        for ns in {ns for pair in ends.values() for ns, _ in pair}:
             for q in json.loads(_run("tc", "-n", ns, "-s", "-j", "qdisc", "show").stdout or "[]"):
                 if q.get("kind") == "tbf":
                     by_dev[(ns, q["dev"])] = int(q.get("bytes", 0))
-        return {link: {"up": by_dev.get(up, 0), "down": by_dev.get(down, 0)} for link, (up, down) in self._ends().items()}
+        return {link: {"up": by_dev.get(up, 0), "down": by_dev.get(down, 0)} for link, (up, down) in ends.items()}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have spent so far (user, nice, system, irq, softirq)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def busiest(counted: dict[str, dict[str, int]], profile: Profile) -> dict[str, Any]:
+    """The link direction whose bytes take longest at its rate, and that time (the link floor)."""
+    best: dict[str, Any] = {"floor_s": 0.0}
+    for link, ways in counted.items():
+        rate = profile.rate_mbit(link) * 1e6 / 8
+        if rate == 0:
+            continue
+        for way, nbytes in ways.items():
+            if nbytes / rate > best["floor_s"]:
+                best = {"link": link, "direction": way, "bytes": nbytes, "rate_mbit": profile.rate_mbit(link),
+                        "floor_s": nbytes / rate}
+    return best
 
 
 def guard_signals() -> None:

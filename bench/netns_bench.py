@@ -164,28 +164,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes on this machine have spent so far (user, nice, system, irq, softirq)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
-
-
 def diff(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {link: {way: after[link][way] - before[link][way] for way in after[link]} for link in after}
-
-
-def busiest(counted: dict[str, dict[str, int]], profile: netns.Profile) -> dict[str, Any]:
-    """The link direction whose bytes take longest at its rate, and that time (the link floor)."""
-    best: dict[str, Any] = {"floor_s": 0.0}
-    for link, ways in counted.items():
-        rate = profile.rate_mbit(link) * 1e6 / 8
-        if rate == 0:
-            continue
-        for way, nbytes in ways.items():
-            if nbytes / rate > best["floor_s"]:
-                best = {"link": link, "direction": way, "bytes": nbytes, "rate_mbit": profile.rate_mbit(link),
-                        "floor_s": nbytes / rate}
-    return best
 
 
 def payload_by_link(bytes_between: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
@@ -299,12 +279,12 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     load0 = os.getloadavg()
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own0 = sum(os.times()[:2])
-    busy0 = machine_busy_seconds()
+    busy0 = netns.machine_busy_seconds()
     c0 = links.counters()
     t0 = time.time()
     res = dep.aggregate(x, rule, f)
     t1 = time.time()
-    busy_round = machine_busy_seconds() - busy0
+    busy_round = netns.machine_busy_seconds() - busy0
     c1 = links.counters()
     deadline = time.monotonic() + download_wait_s
     while True:
@@ -316,13 +296,13 @@ def one_round(dep: LocalDeployment, links: netns.Links, profile: netns.Profile, 
     t2 = max([t1, *got.values()])
     cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     own = sum(os.times()[:2]) - own0
-    busy = machine_busy_seconds() - busy0
+    busy = netns.machine_busy_seconds() - busy0
     wire = diff(c1, c0)
     wire_all = diff(c2, c0)
     payload = payload_by_link(dict(res.stats.bytes_between))
-    floor = busiest(wire, profile)
-    floor_all = busiest(wire_all, profile)
-    pay = busiest(payload, profile)
+    floor = netns.busiest(wire, profile)
+    floor_all = netns.busiest(wire_all, profile)
+    pay = netns.busiest(payload, profile)
     ev = server_events(dep, round_id)
     opened = ev["open"] if ev["open"] is not None else t0
     return {
@@ -414,7 +394,7 @@ def required_floor(rnd: dict[str, Any], profile: netns.Profile) -> dict[str, Any
     """The round's link floor: the link direction that is busiest by the protocol's own byte accounting (so
     the workers' aggregate downloads, which may start before the operators finish, never pick it), with the
     bytes its token bucket passed during the round (frames with all overhead) over its rate."""
-    pay = busiest(rnd["payload_bytes"], profile)
+    pay = netns.busiest(rnd["payload_bytes"], profile)
     if not pay.get("link"):
         return {"floor_s": 0.0}
     wire = rnd["wire_bytes"][pay["link"]][pay["direction"]]

@@ -117,12 +117,6 @@ def write_app(folder: Path) -> Path:
     return app
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes on this machine have spent so far (user, nice, system, irq, softirq)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
-
-
 class Sampler:
     """Samples (unix time, the watched links' counters, the machine's busy CPU-seconds, ClientApp pids) in a thread."""
 
@@ -133,18 +127,6 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def counters(self) -> dict[str, dict[str, int]]:
-        ends = self.links._ends()
-        out: dict[str, dict[str, int]] = {}
-        for link in self.watched:
-            out[link] = {}
-            for way, (ns, dev) in zip(("up", "down"), ends[link]):
-                res = subprocess.run(["tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev", dev], capture_output=True,
-                                     text=True, check=False)
-                out[link][way] = sum(int(q.get("bytes", 0)) for q in json.loads(res.stdout or "[]")
-                                     if q.get("kind") == "tbf")
-        return out
-
     def sample(self) -> None:
         for entry in os.scandir("/proc"):
             if entry.name.isdigit() and int(entry.name) not in self.clientapps:
@@ -153,7 +135,7 @@ class Sampler:
                         self.clientapps.add(int(entry.name))
                 except OSError:
                     pass
-        self.samples.append({"t": time.time(), "links": self.counters(), "busy_s": machine_busy_seconds(),
+        self.samples.append({"t": time.time(), "links": self.links.counters(self.watched), "busy_s": netns.machine_busy_seconds(),
                              "clientapps_seen": len(self.clientapps)})
 
     def _loop(self) -> None:
@@ -175,18 +157,6 @@ class Sampler:
         before = [s for s in self.samples if s["t"] <= start] or self.samples[:1]
         after = [s for s in self.samples if s["t"] >= end] or self.samples[-1:]
         return before[-1], after[0]
-
-
-def busiest(counted: dict[str, dict[str, int]], profile: netns.Profile) -> dict[str, Any]:
-    """The link direction whose bytes take longest at its rate, and that time (the link floor)."""
-    best: dict[str, Any] = {"floor_s": 0.0}
-    for link, ways in counted.items():
-        rate = profile.rate_mbit(link) * 1e6 / 8
-        for way, nbytes in ways.items():
-            if rate and nbytes / rate > best["floor_s"]:
-                best = {"link": link, "direction": way, "bytes": nbytes, "rate_mbit": profile.rate_mbit(link),
-                        "floor_s": nbytes / rate}
-    return best
 
 
 def wait_for(what: str, ok: Any, timeout_s: float, procs: dict[str, subprocess.Popen], logs: Path) -> None:
@@ -268,7 +238,7 @@ def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, work: Path,
             wire = {link: {way: after["links"][link][way] - before["links"][link][way] for way in ways}
                     for link, ways in after["links"].items()}
             window = after["t"] - before["t"]
-            floor = busiest(wire, profile)
+            floor = netns.busiest(wire, profile)
             cpu_floor = (after["busy_s"] - before["busy_s"]) / (os.cpu_count() or 1)
             out_rounds.append({"round_s": round(r["wall_seconds"], 3), "stage_s": {k: round(v, 3) for k, v in
                                                                                   r["stage_seconds"].items()},
