@@ -142,6 +142,11 @@ class NetnsDeployment(LocalDeployment):
             path.write_text(path.read_text().replace("[timeouts]\n", f"[timeouts]\nupload_min_rate = {self.upload_min_rate:.1f}\n", 1))
         self._moved = True
 
+    def _write_configs(self) -> None:
+        """Loopback addresses again (a start that lost a port writes new ones): moved before the next spawn."""
+        super()._write_configs()
+        self._moved = False
+
     def _spawn(self, child: Any) -> None:
         """``LocalDeployment._spawn`` with ``ip netns exec <the party's namespace>`` in front."""
         if not self._moved:

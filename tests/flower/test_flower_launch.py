@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,10 @@ from pathlib import Path
 from flower_apps import wait_ready
 
 from secrobust.deploy.config import load as load_config
+from secrobust.deploy.local import free_ports
 from secrobust.deploy.operator import Operator
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def provision(folder: Path, workers: int) -> None:

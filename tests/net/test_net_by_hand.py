@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import secrobust
 from secrobust.cli import app
 from secrobust.deploy.config import load
-from secrobust.deploy.local import SRC_DIR, free_port
+from secrobust.deploy.local import SRC_DIR, free_ports
 from secrobust.deploy.process import PARENT_ENV
 from secrobust.pki.certs import party_dir, standard_parties, tls_name, worker_party
 
@@ -71,7 +71,7 @@ def _inputs(root: Path, round_id: int, x: np.ndarray, bad: dict[int, np.ndarray]
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("by-hand")
-    ports = {name: free_port() for name in ("S0", "S1", "dealer")}
+    ports = dict(zip(("S0", "S1", "dealer"), free_ports(3)))
     addresses = [a for name, p in ports.items() for a in (f"--{name.lower()}", f"127.0.0.1:{p}")]
     result = CliRunner().invoke(app, ["init", "--out", str(root), "--workers", str(N), "--local-keys", *addresses])
     assert result.exit_code == 0, result.output

@@ -72,7 +72,7 @@ def test_a_worker_waits_for_the_operator_at_most_operator_first_s(monkeypatch: p
     got: dict[str, float] = {}
     start = time.monotonic()
     worker_slot(slots, "worker:1", got)
-    assert 0.2 <= got["worker:1"] - start < 2.5
+    assert 0.2 <= got["worker:1"] - start < 4.5          # not until the operator reads (never)
     release()
 
 
@@ -85,4 +85,4 @@ def test_a_refused_operator_fetch_holds_nothing_back() -> None:
     got: dict[str, float] = {}
     start = time.monotonic()
     worker_slot(slots, "worker:2", got)
-    assert got["worker:2"] - start < 0.5
+    assert got["worker:2"] - start < 2.0                 # not OPERATOR_FIRST_S (5 s)

@@ -55,11 +55,23 @@ LOOPBACK = "127.0.0.1"
 SRC_DIR = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+SERVER_NAMES = ("dealer", "S0", "S1")
+START_ATTEMPTS = 3
+"""Starts of the servers with fresh ports when one lost its port to another process before binding it."""
+PORT_TAKEN = ("Address already in use", "Failed to bind")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago: all bound at once, then released
+    (one at a time, a released port can come back from the next ``bind(0)``)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((LOOPBACK, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -139,7 +151,40 @@ class LocalDeployment:
         o = self.options
         self.workdir.mkdir(parents=True, exist_ok=True)
         make_deployment_certs(self.cert_dir, standard_parties(self.n_workers))
-        self.addresses = {name: f"{LOOPBACK}:{free_port()}" for name in ("S0", "S1", "dealer")}
+        self.updates_dir.mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.addresses = {name: f"{LOOPBACK}:{port}" for name, port in zip(SERVER_NAMES, free_ports(3))}
+            self._write_configs()
+            for name, argv in (("dealer", ["dealer"]), ("S0", ["server"]), ("S1", ["server"])):
+                self._add(name, [*argv, "--config", str(self.config_file(name)),
+                                 "--port-file", str(self.workdir / "state" / f"{tls_name(name)}.port")])
+                self._spawn(self.children[name])
+            self.operator = Operator([self.identity(operator_party(0)), self.identity(operator_party(1))],
+                                     self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
+                                     connect_timeout=o.connect_timeout_s, prefetch=o.prefetch)
+            try:
+                self.wait_listening(SERVER_NAMES)
+                break
+            except RuntimeError:
+                lost = [name for name in SERVER_NAMES if self._lost_its_port(name)]
+                if not lost or attempt == START_ATTEMPTS:
+                    raise
+                self._restart_servers(lost)
+        per = max(1, o.workers_per_process)
+        for lo in range(0, self.n_workers, per):
+            hi = min(lo + per, self.n_workers) - 1
+            name = f"workers-{lo}-{hi}" if per > 1 else tls_name(worker_party(lo))
+            configs = [arg for i in range(lo, hi + 1) for arg in ("--config", str(self.config_file(worker_party(i))))]
+            argv = ["worker", *configs, "--updates", str(self.updates_dir),
+                    "--ready-file", str(self.workdir / "state" / f"{name}.ready")]
+            self._add(name, argv)
+            self._spawn(self.children[name])
+        self.wait_workers_ready()
+
+    def _write_configs(self) -> None:
+        """Every party's TOML file, with the servers' current addresses."""
+        o = self.options
         workers = tuple(range(self.n_workers))
         for name in standard_parties(self.n_workers):
             folder = self.party_dir(name)
@@ -152,29 +197,30 @@ class LocalDeployment:
                               min_participants=o.min_participants, insecure_test_seeds=o.insecure_test_seeds,
                               bulk_listen=None if o.bulk or name not in ("S0", "S1") else "off")
             self.config_file(name).write_text(to_toml(cfg, relative_to=folder))
-        self.updates_dir.mkdir(exist_ok=True)
-        (self.workdir / "logs").mkdir(exist_ok=True)
-        for name, argv in (("dealer", ["dealer"]), ("S0", ["server"]), ("S1", ["server"])):
-            self._add(name, [*argv, "--config", str(self.config_file(name)),
-                             "--port-file", str(self.workdir / "state" / f"{tls_name(name)}.port")])
-        per = max(1, o.workers_per_process)
-        for lo in range(0, self.n_workers, per):
-            hi = min(lo + per, self.n_workers) - 1
-            name = f"workers-{lo}-{hi}" if per > 1 else tls_name(worker_party(lo))
-            configs = [arg for i in range(lo, hi + 1) for arg in ("--config", str(self.config_file(worker_party(i))))]
-            argv = ["worker", *configs, "--updates", str(self.updates_dir),
-                    "--ready-file", str(self.workdir / "state" / f"{name}.ready")]
-            self._add(name, argv)
-        for name in ("dealer", "S0", "S1"):
-            self._spawn(self.children[name])
-        self.operator = Operator([self.identity(operator_party(0)), self.identity(operator_party(1))],
-                                 self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
-                                 connect_timeout=o.connect_timeout_s, prefetch=o.prefetch)
-        self.wait_listening(("dealer", "S0", "S1"))
-        for child in self.children.values():
-            if child.name not in ("dealer", "S0", "S1"):
-                self._spawn(child)
-        self.wait_workers_ready()
+
+    def _lost_its_port(self, name: str) -> bool:
+        """The server exited because another process bound its port between ``free_ports`` and its own bind."""
+        child = self.children[name]
+        if child.alive or not child.log.exists():
+            return False
+        text = child.log.read_text(errors="replace")
+        return any(sign in text for sign in PORT_TAKEN)
+
+    def _restart_servers(self, lost: list[str]) -> None:
+        """Stop the servers of a start that lost a port; their logs are kept beside the next attempt's."""
+        if self.operator is not None:
+            self.operator.close()
+            self.operator = None
+        for name in SERVER_NAMES:
+            child = self.children.pop(name)
+            if child.proc is not None and child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.proc.wait(timeout=10)
+            if child.log.exists():
+                child.log.rename(child.log.with_suffix(".lost-port.log" if name in lost else ".restarted.log"))
 
     def party_dir(self, party: str) -> Path:
         """The folder of ``party``'s key, certificates, CA certificates and configuration (its own only)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..deploy.config import load as load_config
 from ..deploy.config import to_toml
-from ..deploy.local import LOOPBACK, Child, LocalDeployment, LocalOptions, free_port
+from ..deploy.local import LOOPBACK, Child, LocalDeployment, LocalOptions, free_ports
 from ..deploy.operator import Operator
 from ..pki.certs import operator_party, tls_name, worker_party
 
@@ -54,7 +54,7 @@ class FlowerServers(LocalDeployment):
         from .launch import APPROVAL, wait_approval
 
         o = self.options
-        listen = f"{LOOPBACK}:{free_port()}"
+        listen = f"{LOOPBACK}:{free_ports(1)[0]}"
         policy = Policy(rules=rule_names(), min_cohort=o.min_participants, max_rounds=1 << 30,
                         max_share_window_s=max(600.0, o.share_window_s), test_seeds=o.insecure_test_seeds)
         path = provision(self.cert_dir, listen, policy)
