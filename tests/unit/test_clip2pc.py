@@ -171,7 +171,7 @@ def test_the_dry_run_sizes_the_material_exactly_and_does_not_depend_on_the_norms
 
 
 def opened_words(norms: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
-    """Every word S0 and S1 send, over several runs with fresh material and fresh input shares.
+    """Every word S0 and S1 send, over six runs with different material and input shares.
 
     The material is seeded, so the chi-square outcome is the same on every run: with fresh seeds each of the 48
     p-values below falls under 1e-4 one time in 10^4, which made the suite fail about one run in a hundred."""

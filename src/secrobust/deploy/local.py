@@ -58,7 +58,7 @@ SRC_DIR = Path(__file__).resolve().parents[2]
 SERVER_NAMES = ("dealer", "S0", "S1")
 START_ATTEMPTS = 3
 """Starts of the servers with fresh ports when one lost its port to another process before binding it."""
-PORT_TAKEN = ("Address already in use", "Failed to bind")
+PORT_TAKEN = "Address already in use"
 
 
 def free_ports(n: int) -> list[int]:
@@ -126,6 +126,8 @@ class LocalDeployment:
         """Both CAs (the launcher plays both server organisations) and one folder per party."""
         self.updates_dir = self.workdir / "updates"
         self.children: dict[str, Child] = {}
+        self._retired: list[subprocess.Popen] = []
+        """Servers of a start that lost a port and did not exit within the wait (``stop`` ends them)."""
         self.addresses: dict[str, str] = {}
         self.operator: Operator | None = None
 
@@ -156,9 +158,12 @@ class LocalDeployment:
         for attempt in range(1, START_ATTEMPTS + 1):
             self.addresses = {name: f"{LOOPBACK}:{port}" for name, port in zip(SERVER_NAMES, free_ports(3))}
             self._write_configs()
+            since: dict[str, int] = {}
             for name, argv in (("dealer", ["dealer"]), ("S0", ["server"]), ("S1", ["server"])):
                 self._add(name, [*argv, "--config", str(self.config_file(name)),
                                  "--port-file", str(self.workdir / "state" / f"{tls_name(name)}.port")])
+                log = self.children[name].log
+                since[name] = log.stat().st_size if log.exists() else 0
                 self._spawn(self.children[name])
             self.operator = Operator([self.identity(operator_party(0)), self.identity(operator_party(1))],
                                      self.addresses["S0"], self.addresses["S1"], self.addresses["dealer"],
@@ -167,10 +172,10 @@ class LocalDeployment:
                 self.wait_listening(SERVER_NAMES)
                 break
             except RuntimeError:
-                lost = [name for name in SERVER_NAMES if self._lost_its_port(name)]
-                if not lost or attempt == START_ATTEMPTS:
+                if not any(self._lost_its_port(name, since[name]) for name in SERVER_NAMES) \
+                        or attempt == START_ATTEMPTS:
                     raise
-                self._restart_servers(lost)
+                self._retire_servers(attempt)
         per = max(1, o.workers_per_process)
         for lo in range(0, self.n_workers, per):
             hi = min(lo + per, self.n_workers) - 1
@@ -198,29 +203,40 @@ class LocalDeployment:
                               bulk_listen=None if o.bulk or name not in ("S0", "S1") else "off")
             self.config_file(name).write_text(to_toml(cfg, relative_to=folder))
 
-    def _lost_its_port(self, name: str) -> bool:
-        """The server exited because another process bound its port between ``free_ports`` and its own bind."""
+    def _lost_its_port(self, name: str, since: int) -> bool:
+        """The server exited because another process bound its address between ``free_ports`` and its own
+        bind: its log, from byte ``since`` (this attempt's spawn) on, says so for that very address."""
         child = self.children[name]
         if child.alive or not child.log.exists():
             return False
-        text = child.log.read_text(errors="replace")
-        return any(sign in text for sign in PORT_TAKEN)
+        with open(child.log, "rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode(errors="replace")
+        return PORT_TAKEN in text and self.addresses[name] in text
 
-    def _restart_servers(self, lost: list[str]) -> None:
-        """Stop the servers of a start that lost a port; their logs are kept beside the next attempt's."""
+    def _retire_servers(self, attempt: int) -> None:
+        """Stop the three servers of a start that lost a port, and keep their logs as
+        ``<party>.attempt<attempt>.log``; ``stop`` reaps any that outlive the wait."""
         if self.operator is not None:
             self.operator.close()
             self.operator = None
-        for name in SERVER_NAMES:
-            child = self.children.pop(name)
-            if child.proc is not None and child.proc.poll() is None:
+        servers = [self.children[name] for name in SERVER_NAMES]
+        for child in servers:
+            if child.alive:
+                assert child.proc is not None
                 try:
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                child.proc.wait(timeout=10)
+        for child in servers:
+            if child.proc is not None:
+                try:
+                    child.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._retired.append(child.proc)
+            del self.children[child.name]
             if child.log.exists():
-                child.log.rename(child.log.with_suffix(".lost-port.log" if name in lost else ".restarted.log"))
+                child.log.rename(child.log.with_name(f"{child.name}.attempt{attempt}.log"))
 
     def party_dir(self, party: str) -> Path:
         """The folder of ``party``'s key, certificates, CA certificates and configuration (its own only)."""
@@ -325,6 +341,7 @@ class LocalDeployment:
             self.operator = None
         order = sorted(self.children.values(), key=lambda c: c.name in ("S0", "S1", "dealer"))
         procs = [c.proc for c in order if c.proc is not None and c.proc.poll() is None]
+        procs += [p for p in self._retired if p.poll() is None]
         for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
