@@ -22,7 +22,10 @@ overhead) and the machine's busy CPU (``/proc/stat``), and reports per round:
 * the **link floor**: the busiest of those link directions' bytes during the round over its rate;
 * the **CPU floor**: the machine's CPU-seconds during the round over its cores (no round on one machine can
   be shorter; where it exceeds the link floor, the profile measures this machine's CPU);
-* how many ClientApp processes started during the round.
+* how many ClientApp processes started during the round (a lower bound: one that starts and ends between two
+  samples is not seen).
+
+Link bytes and CPU are interpolated linearly between samples at the round's start and end.
 
 Usage (root; the machine otherwise idle; about 12 GB of memory at n = 50):
     .venv/bin/python bench/netns_secaggplus.py --n 50 --d 1000000 --rounds 4 --profiles 1g 200m 10g-100m \\
@@ -158,6 +161,15 @@ class Sampler:
         after = [s for s in self.samples if s["t"] >= end] or self.samples[-1:]
         return before[-1], after[0]
 
+    def at(self, t: float) -> dict[str, Any]:
+        """Link counters and busy CPU at time ``t``, linear between the samples on either side (the rounds run
+        back to back, so the samples' own times would count a part of the next or previous round)."""
+        lo, hi = self.around(t, t)
+        w = 0.0 if hi["t"] == lo["t"] else min(1.0, max(0.0, (t - lo["t"]) / (hi["t"] - lo["t"])))
+        return {"links": {link: {way: lo["links"][link][way] + w * (hi["links"][link][way] - lo["links"][link][way])
+                                 for way in ways} for link, ways in lo["links"].items()},
+                "busy_s": lo["busy_s"] + w * (hi["busy_s"] - lo["busy_s"])}
+
 
 def wait_for(what: str, ok: Any, timeout_s: float, procs: dict[str, subprocess.Popen], logs: Path) -> None:
     deadline = time.monotonic() + timeout_s
@@ -235,11 +247,12 @@ def run_profile(profile: netns.Profile, n: int, d: int, rounds: int, work: Path,
         out_rounds = []
         for r in got["rounds"]:
             before, after = sampler.around(r["start_unix"], r["end_unix"])
-            wire = {link: {way: after["links"][link][way] - before["links"][link][way] for way in ways}
-                    for link, ways in after["links"].items()}
+            first, last = sampler.at(r["start_unix"]), sampler.at(r["end_unix"])
+            wire = {link: {way: round(last["links"][link][way] - first["links"][link][way]) for way in ways}
+                    for link, ways in last["links"].items()}
             window = after["t"] - before["t"]
             floor = netns.busiest(wire, profile)
-            cpu_floor = (after["busy_s"] - before["busy_s"]) / (os.cpu_count() or 1)
+            cpu_floor = (last["busy_s"] - first["busy_s"]) / (os.cpu_count() or 1)
             out_rounds.append({"round_s": round(r["wall_seconds"], 3), "stage_s": {k: round(v, 3) for k, v in
                                                                                   r["stage_seconds"].items()},
                                "payload_bytes": r["bytes"], "wire_bytes": wire, "sample_window_s": round(window, 3),
