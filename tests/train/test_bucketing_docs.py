@@ -30,13 +30,17 @@ RESULTS = ROOT / "results"
 GRIDS = ("bucketing-exp2-noniid", "bucketing-exp2-iid")
 EXAMPLE_GRIDS = ("bucketing-exp2-noniid-examplenet", "bucketing-exp2-iid-examplenet")
 """The same grids with PyTorch's example net (``mnist-net``: a ReLU after conv2 that the authors' net lacks) and
-fresh dropout masks; the whole secure runs and the target checks ran on these."""
-SECURE = "bucketing-exp2-secure-full"
+fresh dropout masks; the first whole secure runs and the target checks ran on these."""
+SECURE = {"bucketing-exp2-secure-full": ("bucketing-exp2-noniid-examplenet", {"krum", "cclip"}),
+          "bucketing-exp2-secure-full-theirnet": ("bucketing-exp2-noniid", {"mean", "geomed"})}
+"""Whole secure runs: the grid that holds their plaintext twins, and the rules each folder must hold."""
 CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
           "bucketing-exp2-median-target-masks")
 THEIR_TARGET = "bucketing-exp2-noniid-target14"
 """Their net's grid cells rerun with the worker their seed 0's mimic copied."""
 STANDARD = "mnist-alpha1-mnistnet-lr1"
+STANDARD_KRUM = "mnist-alpha1-mnistnet-krum"
+"""The alpha = 1 Krum cells the docs quote, rerun with the standard model."""
 BLOCKS = {"bucketing-table": GRIDS, "bucketing-table-examplenet": EXAMPLE_GRIDS}
 
 
@@ -57,7 +61,7 @@ def docs_text() -> str:
 
 
 def test_the_committed_outputs_are_the_shipped_configs() -> None:
-    names = present(GRIDS + EXAMPLE_GRIDS + (SECURE, STANDARD, THEIR_TARGET) + CHECKS)
+    names = present(GRIDS + EXAMPLE_GRIDS + tuple(SECURE) + (STANDARD, STANDARD_KRUM, THEIR_TARGET) + CHECKS)
     assert {"bucketing-exp2-noniid", "bucketing-exp2-noniid-examplenet"} <= set(names)
     for name in names:
         config = load_config(CONFIGS / f"{name}.toml")
@@ -79,14 +83,18 @@ def test_the_grids_run_the_network_their_names_say() -> None:
 
 
 def test_whole_secure_runs_equal_their_plaintext_twins() -> None:
-    secure = records(SECURE)
-    assert secure and all(r["secure"] for r in secure)
-    twins = {(r["rule"], r["seed"]): r for r in records("bucketing-exp2-noniid-examplenet") if not r["secure"]}
-    for r in secure:
-        twin = twins[(r["rule"], r["seed"])]
-        assert r["rounds"] == twin["rounds"] == 600
-        assert r["weights_sha256"] == twin["weights_sha256"], r["rule"]
-        assert r["history"] == twin["history"], r["rule"]
+    for name, (grid, rules) in SECURE.items():
+        secure = records(name)
+        assert {r["rule"] for r in secure} == rules and len(secure) == len(rules), name
+        assert all(r["secure"] for r in secure), name
+        twins = {(r["rule"], r["seed"]): r for r in records(grid) if not r["secure"]}
+        for r in secure:
+            twin = twins[(r["rule"], r["seed"])]
+            assert without_later_defaults({**r["spec"], "secure": False}) == \
+                without_later_defaults({**twin["spec"], "secure": False}), (name, r["rule"])
+            assert r["rounds"] == twin["rounds"] == 600
+            assert r["weights_sha256"] == twin["weights_sha256"], (name, r["rule"])
+            assert r["history"] == twin["history"], (name, r["rule"])
 
 
 def test_the_target_checks_quoted_in_the_docs_are_the_runs() -> None:
@@ -116,6 +124,17 @@ def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() 
     assert run["workers"] == 50 and not run["diverged"]
     assert run["final_accuracy"] >= 0.98
     assert f"{100 * run['final_accuracy']:.1f}%" in docs_text()
+
+
+def test_the_standard_models_krum_cells_are_the_runs_the_docs_quote() -> None:
+    runs = {(r["rule"], r["attack"]): r for r in records(STANDARD_KRUM)}
+    assert set(runs) == {(rule, attack) for rule in ("krum", "krum+nnm") for attack in ("none", "alie")}
+    text = docs_text()
+    for run in runs.values():
+        assert run["model"] == "mnist-net" and run["workers"] == 50 and run["f"] == 10 and not run["secure"]
+    for rule in ("krum", "krum+nnm"):
+        row = " | ".join(f"{100 * runs[(rule, a)]['final_accuracy']:.1f}%" for a in ("none", "alie"))
+        assert f"| {rule} | {row} |" in text, rule
 
 
 def write() -> None:
