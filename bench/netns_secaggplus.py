@@ -27,7 +27,9 @@ overhead) and the machine's busy CPU (``/proc/stat``), and reports per round:
 
 Link bytes and CPU are interpolated linearly between samples at the round's start and end.
 
-Usage (root; the machine otherwise idle; about 12 GB of memory at n = 50):
+Usage (root; the machine otherwise idle). Memory: at n = 50, d = 10^6 the 50 SuperNodes, their SuperExecs and
+ClientApp processes filled this 24 GiB machine within 5 minutes (load average above 700) and the run was stopped;
+n = 3 runs (2026-12-07). Watch `free` on the first run of a new size:
     .venv/bin/python bench/netns_secaggplus.py --n 50 --d 1000000 --rounds 4 --profiles 1g 200m 10g-100m \\
         --out bench/results/netns_secaggplus.json
 Every namespace, link and process it made is removed on success, failure, Ctrl-C and SIGTERM.
