@@ -188,3 +188,38 @@ def test_projections_of_leading_rows_equal_those_of_the_same_rows_picked_out():
     assert lead.leading
     picked = streaming.project_rows(x, np.array([3, 0, 1, 2]), seed, center, chunk_bytes=8 * 4 * 6)
     assert np.array_equal(lead.run(), picked[[1, 2, 3, 0]])
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["no-center", "center"])
+def test_a_row_opened_piece_by_piece_is_the_row_opened_whole(center):
+    """S1 forwards e = x1 - v - a1_p in column pieces while the share arrives (``deploy.server.forward``): any
+    cut of the columns gives pieces that concatenate to ``opening_row``, bit for bit."""
+    seeds = TripleSeeds(*(bytes([k]) * 32 for k in range(1, 4)))
+    n, d = 4, 1_001
+    s0, s1, plan, x = _round(n, d, ("distances",), center, False, seeds)
+    t1 = s1.current.triple
+    rng = np.random.default_rng(9)
+    for i in range(n):
+        x1 = _share(s0, plan, x, i).arrays["x1"]
+        whole = streaming.opening_row(x1, t1, i, plan.center)
+        cuts = np.unique(np.concatenate([[0, d], rng.integers(1, d, size=int(rng.integers(0, 6)))]))
+        pieces = [streaming.opening_columns(x1[a:b], t1, i, plan.center, int(a)) for a, b in zip(cuts, cuts[1:])]
+        assert np.array_equal(np.concatenate(pieces), whole)
+        other = streaming.opening_columns(x1[:d // 2], t1, (i + 1) % n, plan.center, 0)
+        assert not np.array_equal(other, whole[:d // 2])     # the position picks the pad
+
+
+def test_a_message_header_is_read_from_the_first_bytes_alone():
+    """``messages.read_header`` (S1 reads a share's header before its vector has arrived): None until the header
+    is in, the header and the vector's offset then, and a MalformedMessage as soon as the bytes cannot be one."""
+    msg = M.Message(M.SHARE_MASKED, 4, "worker-2", "S1", {"worker": 2}, {"x1": np.arange(6, dtype=np.uint64)})
+    data = msg.to_bytes()
+    offset = len(data) - 48
+    for got in range(offset):
+        assert M.read_header(memoryview(data)[:got], len(data)) is None
+    h, at = M.read_header(memoryview(data)[:offset], len(data))
+    assert at == offset and h["fields"] == {"worker": 2} and h["arrays"] == [["x1", "<u8", [6]]]
+    with pytest.raises(MalformedMessage):
+        M.read_header(memoryview(b"XXXX" + data[4:])[:5], len(data))
+    with pytest.raises(MalformedMessage):
+        M.read_header(memoryview(data)[:8], 20)                  # a header longer than the message

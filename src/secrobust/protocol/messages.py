@@ -101,18 +101,11 @@ class Message:
     @classmethod
     def from_bytes(cls, data: bytes) -> "Message":
         view = memoryview(data)
-        if len(view) < 8 or bytes(view[:4]) != MAGIC:
+        read = read_header(view, len(view))
+        if read is None:
             raise MalformedMessage("not a secrobust message (bad magic)")
-        (hlen,) = struct.unpack("<I", view[4:8])
-        if hlen > _MAX_HEADER or 8 + hlen > len(view):
-            raise MalformedMessage(f"header length {hlen} does not fit a message of {len(view)} bytes")
-        try:
-            header = json.loads(bytes(view[8 : 8 + hlen]))
-        except (ValueError, RecursionError) as exc:
-            raise MalformedMessage(f"header is not valid JSON: {str(exc)[:200]}") from None
-        h = _check_header(header)
+        h, pos = read
         arrays: dict[str, np.ndarray] = {}
-        pos = 8 + hlen
         for name, dtype, shape in h["arrays"]:
             dt = _ALLOWED_DTYPES[dtype]
             nbytes = dt.itemsize * math.prod(shape)
@@ -124,6 +117,25 @@ class Message:
             raise MalformedMessage(f"{len(view) - pos} trailing bytes after the last array")
         return cls(kind=h["kind"], round_id=h["round"], sender=h["sender"], recipient=h["recipient"],
                    fields={k: _decode_field(v) for k, v in h["fields"].items()}, arrays=arrays, version=h["v"])
+
+
+def read_header(prefix: memoryview, total: int) -> tuple[dict, int] | None:
+    """The checked header of a message of ``total`` bytes whose first bytes are ``prefix``, and the offset of its
+    first array; None while the prefix is too short to hold the header. MalformedMessage if it cannot be one."""
+    if len(prefix) >= 4 and bytes(prefix[:4]) != MAGIC or total < 8:
+        raise MalformedMessage("not a secrobust message (bad magic)")
+    if len(prefix) < 8:
+        return None
+    (hlen,) = struct.unpack("<I", prefix[4:8])
+    if hlen > _MAX_HEADER or 8 + hlen > total:
+        raise MalformedMessage(f"header length {hlen} does not fit a message of {total} bytes")
+    if len(prefix) < 8 + hlen:
+        return None
+    try:
+        header = json.loads(bytes(prefix[8 : 8 + hlen]))
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"header is not valid JSON: {str(exc)[:200]}") from None
+    return _check_header(header), 8 + hlen
 
 
 def _encode_field(value: Any) -> Any:

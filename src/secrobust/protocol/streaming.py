@@ -68,10 +68,18 @@ the stored n x d matrix once per block (a single row costs about 3x its share of
 
 def opening_row(x1: np.ndarray, t: TripleShare1, position: int, center: np.ndarray | None) -> np.ndarray:
     """e = x1 - v - a1_position (a fresh vector; x1 is left as it is)."""
-    e = dealer.mask_columns(t.seed_a1, t.spec, 1, 0, t.spec.d, np.array([position]))[0]
-    np.subtract(x1, e, out=e)
+    return opening_columns(x1, t, position, center, 0)
+
+
+def opening_columns(x1_part: np.ndarray, t: TripleShare1, position: int, center: np.ndarray | None,
+                    start: int) -> np.ndarray:
+    """Columns [start, start + len(x1_part)) of ``opening_row``: e is column-wise, so S1 can open a share's
+    columns as they arrive, and the pieces of a row concatenate to the whole row."""
+    stop = start + len(x1_part)
+    e = dealer.mask_columns(t.seed_a1, t.spec, 1, start, stop, np.array([position]))[0]
+    np.subtract(x1_part, e, out=e)
     if center is not None:
-        e -= center
+        e -= center[start:stop]
     return e
 
 

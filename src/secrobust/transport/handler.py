@@ -19,6 +19,11 @@ Hooks and their defaults:
   when the reply is streamed or the call ends. None: no slot.
 * ``account_as(msg, env)`` / ``account_fetch_as(caller, env)``: the key an accepted message's (a fetched
   reply's) bytes are booked under (``grpc.accounting``); default the envelope's round id.
+* ``payload_watch(env, buf) -> PayloadWatch | None`` (bulk lane only): sees a payload's bytes as they arrive
+  in ``buf`` (``progress(got)`` after each read, ``end(accepted)`` once the call is over, accepted or not,
+  after the caller has its verdict). None: nobody watches.
+* ``bulk_connections(caller)``: how many bulk-lane connections ``caller`` may hold at once; None: the lane's
+  default (``lane.connections_for``).
 * ``permits(caller, command)`` raises if ``caller`` may not run ``command``; runs before the command's JSON
   is parsed. Default: every admitted caller may.
 * ``max_control_bytes(command)``: the largest JSON argument a command takes; default ``CONTROL_LIMIT``.
@@ -27,7 +32,7 @@ Hooks and their defaults:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol
 
 if TYPE_CHECKING:
     from ..protocol.messages import Message
@@ -37,6 +42,16 @@ if TYPE_CHECKING:
 
 CONTROL_LIMIT = 64 << 10
 """Bytes of JSON a control command's argument may have, unless its handler says otherwise."""
+
+
+class PayloadWatch(Protocol):
+    """Watches one payload on the bulk lane (``PartyHandler.payload_watch``)."""
+
+    def progress(self, got: int) -> None:
+        """The first ``got`` bytes of the payload are in the buffer."""
+
+    def end(self, accepted: bool) -> None:
+        """The call is over: the message was accepted (its verdict sent), or not."""
 
 
 class PartyHandler(ABC):
@@ -88,6 +103,14 @@ class PartyHandler(ABC):
     def account_fetch_as(self, caller: str, env: "pb.Envelope") -> Hashable:
         """The key a fetched reply's bytes are booked under."""
         return env.round_id
+
+    def payload_watch(self, env: "pb.Envelope", buf: Any) -> PayloadWatch | None:
+        """A watcher of the payload arriving in ``buf`` (a uint8 array of ``env.total_bytes``); None: none."""
+        return None
+
+    def bulk_connections(self, caller: str) -> int | None:
+        """Bulk-lane connections ``caller`` may hold at once; None: the lane's default."""
+        return None
 
     def permits(self, caller: str, command: str) -> None:
         """Raise if ``caller`` may not run ``command``."""

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from google.protobuf.message import DecodeError
 
@@ -78,7 +78,9 @@ class Stalled(socket.timeout):
     """A payload fell behind its ``Pace``."""
 
 
-def _recv_paced(sock: ssl.SSLSocket, into: memoryview, pace: Pace) -> None:
+def _recv_paced(sock: ssl.SSLSocket, into: memoryview, pace: Pace,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Fill ``into`` at ``pace`` or raise ``Stalled``; ``progress(got)`` after every read."""
     start = time.monotonic()
     got, n = 0, len(into)
     while got < n:
@@ -94,6 +96,8 @@ def _recv_paced(sock: ssl.SSLSocket, into: memoryview, pace: Pace) -> None:
         if k == 0:
             raise ConnectionError(f"the connection closed after {got} of {n} payload bytes")
         got += k
+        if progress is not None:
+            progress(got)
 
 
 def _recv_exact(sock: ssl.SSLSocket, n: int, into: memoryview | None = None,
@@ -140,13 +144,16 @@ def _verdict(sock: ssl.SSLSocket, **fields: Any) -> None:
     _send_frame(sock, json.dumps(fields, separators=(",", ":")).encode())
 
 
-def bulk_envelope(msg: Message, data: bytes | bytearray, message_id: bytes | None = None) -> pb.Envelope:
-    """The envelope of ``msg`` on this lane (its digest field unused: TLS authenticates the bytes)."""
-    count = max(1, -(-len(data) // wire.CHUNK_BYTES))
+def bulk_envelope(msg: Message, data: bytes | bytearray | None, message_id: bytes | None = None,
+                  total: int | None = None) -> pb.Envelope:
+    """The envelope of ``msg`` (``data``, or ``total`` bytes sent later) on this lane (its digest field unused:
+    TLS authenticates the bytes)."""
+    size = len(data) if data is not None else int(total or 0)
+    count = max(1, -(-size // wire.CHUNK_BYTES))
     return pb.Envelope(version=msg.version, round_id=msg.round_id, sender=msg.sender, recipient=msg.recipient,
                        phase=msg.kind, seq=wire.SEQUENCE.next(),
                        message_id=os.urandom(wire.MESSAGE_ID_BYTES) if message_id is None else message_id,
-                       total_bytes=len(data), chunk_count=count, sha256=_NO_DIGEST)
+                       total_bytes=size, chunk_count=count, sha256=_NO_DIGEST)
 
 
 # the listening side
@@ -278,7 +285,7 @@ class BulkServer:
         elif not self.handler.admitted(caller):
             code = ("unknown-party", f"{caller!r} is not a party of this deployment")
         else:
-            cap = connections_for(caller)
+            cap = self.handler.bulk_connections(caller) or connections_for(caller)
             with self._lock:
                 if self._per_caller.get(caller, 0) >= cap:
                     code = ("busy", f"{caller} already has {cap} bulk connections here")
@@ -312,6 +319,7 @@ class BulkServer:
         accepted = arrived = False
         release: Any = None
         leave: Any = None
+        watch: Any = None
         try:
             header = _recv_frame(sock, deadline=time.monotonic() + HEADER_S)
         except Rejected as exc:
@@ -330,7 +338,8 @@ class BulkServer:
             pace = pace_for(self.handler, env)
             _verdict(sock, go=True)
             buf = wire.lazy_buffer(env.total_bytes)
-            _recv_paced(sock, memoryview(buf), pace)
+            watch = self.handler.payload_watch(env, buf)
+            _recv_paced(sock, memoryview(buf), pace, None if watch is None else watch.progress)
             arrived = True
             msg = wire.decode(env, buf)
             seen = tap.line(env, buf)
@@ -348,6 +357,8 @@ class BulkServer:
         except Exception as exc:
             self._refuse(sock, exc, **info)
         finally:
+            if watch is not None:
+                watch.end(accepted)
             if release is not None:
                 release(arrived=arrived)
             if message_id is not None:
@@ -410,15 +421,18 @@ class BulkServer:
 
 class BulkClient(Caller):
     """Sends and fetches over the bulk lane of ``peer`` at ``address``, as ``identity``. Up to
-    ``CONNECTIONS_PER_CALLER`` calls run at once, each on its own connection, kept open between calls."""
+    ``CONNECTIONS_PER_CALLER`` calls run at once, each on its own connection, kept open between calls, and
+    beside them up to ``streams`` messages sent as their bytes are made (``send_stream``)."""
 
     def __init__(self, identity: Identity, peer: str, address: str, *, accounting: Accounting | None = None,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, streams: int = 0) -> None:
         super().__init__(identity, peer, address, accounting=accounting, connect_timeout=connect_timeout)
         self.ctx = client_context(identity, peer)
         self._idle: list[tuple[float, ssl.SSLSocket]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(CONNECTIONS_PER_CALLER)
+        self.streams = streams
+        self._stream_slots = threading.BoundedSemaphore(max(streams, 1))
 
     def close(self) -> None:
         with self._lock:
@@ -458,8 +472,8 @@ class BulkClient(Caller):
                 raise LaneUnavailable(self.peer, self.address, f"bulk lane: {exc}") from None
 
     @contextmanager
-    def _connection(self) -> Iterator[ssl.SSLSocket]:
-        with self._slots:
+    def _connection(self, slots: threading.BoundedSemaphore | None = None) -> Iterator[ssl.SSLSocket]:
+        with slots or self._slots:
             sock = None
             with self._lock:
                 while self._idle and sock is None:
@@ -518,6 +532,47 @@ class BulkClient(Caller):
                             env.total_bytes + env.ByteSize() + 5)
         event(self.log, "sent", recipient=self.peer, round=msg.round_id, phase=msg.kind, bytes=env.total_bytes,
               seconds=round(timer.seconds, 6), lane="bulk")
+
+    def send_stream(self, msg: Message, pieces: Iterable[bytes | memoryview]) -> None:
+        """Send ``msg``'s header and then its arrays' bytes as ``pieces`` yields them (the receiver sees one
+        message, byte for byte ``msg.to_bytes()`` had the arrays held the pieces; ``msg``'s arrays give only the
+        shapes). If ``pieces`` raises, the connection is closed mid-payload, so the peer takes nothing; the
+        exception propagates. Takes one of ``streams`` slots, not a call slot."""
+        if self.streams < 1:
+            raise ValueError(f"the bulk client of {self.peer!r} sends no streams")
+        if msg.recipient != self.peer:
+            raise ValueError(f"message for {msg.recipient!r} handed to the bulk client of {self.peer!r}")
+        timer = Timer()
+        header, arrays = msg._encode()
+        total = len(header) + sum(a.nbytes for a in arrays)
+        env = bulk_envelope(msg, None, total=total)
+        payload_out = False
+        try:
+            with self._connection(self._stream_slots) as sock:
+                sock.settimeout(IO_S)
+                _send_frame(sock, env.SerializeToString(), SEND)
+                verdict = json.loads(_recv_frame(sock))
+                if "code" in verdict:
+                    self._check(verdict)
+                payload_out = True
+                sock.sendall(header)
+                sent = len(header)
+                for piece in pieces:
+                    sent += len(memoryview(piece).cast("B"))
+                    if sent > total:
+                        raise ValueError(f"stream pieces overrun the message's {total} bytes")
+                    sock.sendall(piece)
+                if sent != total:
+                    raise ValueError(f"stream pieces ended after {sent} of {total} bytes")
+                self._check(json.loads(_recv_frame(sock)))
+        except (RemoteRejected, LaneUnavailable):
+            raise
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            lost = PartyUnreachable if payload_out else LaneUnavailable
+            raise lost(self.peer, self.address, f"bulk lane: {exc}") from None
+        self.accounting.add(msg.round_id, "sent", self.peer, env.total_bytes, env.total_bytes + env.ByteSize() + 5)
+        event(self.log, "sent", recipient=self.peer, round=msg.round_id, phase=msg.kind, bytes=env.total_bytes,
+              seconds=round(timer.seconds, 6), lane="bulk", streamed=True)
 
     def fetch(self, round_id: int, phase: str, *, wait_s: float = 30.0, max_bytes: int = 1 << 40) -> Message:
         """Pull the message of ``phase`` for us in ``round_id`` (the peer may hold the call up to ``wait_s``)."""

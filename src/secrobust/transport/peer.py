@@ -20,10 +20,13 @@ class Peer:
     """One party as its callers see it: ``client`` (gRPC) and, while it announces one, ``lane``
     (``BulkClient``), used for the message kinds in ``bulk``."""
 
-    def __init__(self, client: PeerClient, lane: BulkClient | None = None, *, bulk: Iterable[str] = ()) -> None:
+    def __init__(self, client: PeerClient, lane: BulkClient | None = None, *, bulk: Iterable[str] = (),
+                 streams: int = 0) -> None:
         self.client = client
         self.lane = lane
         self.bulk = frozenset(bulk)
+        self.streams = streams
+        """Messages sent as their bytes are made (``send_stream``) at once, on a lane."""
 
     @property
     def name(self) -> str:
@@ -41,7 +44,7 @@ class Peer:
             self.lane.close()
         self.lane = None if address is None else BulkClient(
             self.client.identity, self.client.peer, address, accounting=self.client.accounting,
-            connect_timeout=self.client.connect_timeout)
+            connect_timeout=self.client.connect_timeout, streams=self.streams)
 
     def _lane_for(self, kind: str) -> BulkClient | None:
         return self.lane if kind in self.bulk else None
@@ -56,6 +59,14 @@ class Peer:
             except LaneUnavailable as exc:
                 _unavailable(lane, exc)
         self.client.send(msg)
+
+    def send_stream(self, msg: Message, pieces: Iterable[Any]) -> None:
+        """``msg`` over the lane as ``pieces`` yields its arrays' bytes (``BulkClient.send_stream``); raises
+        LaneUnavailable (nothing sent) without a lane that streams."""
+        lane = self._lane_for(msg.kind)
+        if lane is None or not lane.streams:
+            raise LaneUnavailable(self.name, self.client.address, "no bulk lane that streams")
+        lane.send_stream(msg, pieces)
 
     def fetch(self, round_id: int, phase: str, *, wait_s: float = 30.0, max_bytes: int = 1 << 40) -> Message:
         """The message of ``phase`` for us in ``round_id``, over the lane if the phase takes it and the lane

@@ -12,6 +12,7 @@ from ...protocol.messages import Message
 from ...transport.grpc import PeerClient
 from ...transport.grpc.logs import Timer
 from ...transport.peer import Peer
+from .forward import FORWARD_STREAMS
 from .run import PeerTimeout, RoundRun
 from .sequence import OPEN_KINDS
 from .sync import Monitor
@@ -23,7 +24,7 @@ class PeerLink:
 
     def __init__(self, monitor: Monitor, client: PeerClient, peer_timeout_s: float) -> None:
         self.monitor = monitor
-        self.peer = Peer(client, bulk=OPEN_KINDS)
+        self.peer = Peer(client, bulk=OPEN_KINDS, streams=FORWARD_STREAMS)
         self.peer_name = client.peer
         self.peer_timeout_s = peer_timeout_s
 

@@ -59,10 +59,13 @@ class Streamed:
         self.u = np.zeros(n, dtype=np.uint64) if party == 1 and plan.center is not None else None
         self.weighted: streaming.WeightedRows | None = None
         """S0, reveal="aggregate": u^T E over the rows of E taken so far."""
+        self.forwards: dict[int, Any] = {}
+        """S1: worker -> its ``forward.RowForward`` (the row of E streamed while the share arrived)."""
 
     def release(self) -> None:
         self.rows = self.a0 = None
         self.weighted = None
+        self.forwards = {}
 
 
 class RoundRun:

@@ -22,12 +22,14 @@ from ...transport.grpc.logs import LOGGER_NAME, event
 from ...transport.grpc.pace import Pace
 from ...transport.grpc.tls import MAX_GRPC_MESSAGE
 from ...transport.handler import CONTROL_LIMIT, PartyHandler
+from ...transport.lane import CONNECTIONS_PER_CALLER
 from ..config import PartyConfig
 from ..declines import COMMAND as DECLINE
 from ..declines import parse_decline
 from ..pool import triple_key
 from ..rounds import RoundRequest
 from .driver import RoundDriver
+from .forward import FORWARD_STREAMS, RowForward
 from .link import PeerLink
 from .offline import OfflinePool
 from .run import RoundRun, Rounds, key_traffic_key, traffic
@@ -163,6 +165,23 @@ class ServerRuntime(PartyHandler):
     def fetch_slot(self, caller: str, phase: str) -> Callable[[], None] | None:
         """The slot an aggregate-share reply waits for (``Slots.fetch_slot``)."""
         return self.slots.fetch_slot(caller, phase)
+
+    def payload_watch(self, env: pb.Envelope, buf: Any) -> RowForward | None:
+        """S1: a worker's share arriving on the bulk lane may have its row of E forwarded meanwhile
+        (``S1Steps.forward_watch``)."""
+        w = worker_index(env.sender)
+        if self.index != 1 or env.phase != M.SHARE_MASKED or w is None:
+            return None
+        with self.monitor:
+            rnd = self.rounds.current
+            if rnd is None or rnd.round_id != env.round_id or rnd.finished or not isinstance(self.steps, S1Steps):
+                return None
+            return self.steps.forward_watch(rnd, w, buf)
+
+    def bulk_connections(self, caller: str) -> int | None:
+        """The other server may hold a forwarded row's stream (``forward.FORWARD_STREAMS``) beside the usual
+        connections."""
+        return CONNECTIONS_PER_CALLER + FORWARD_STREAMS if caller == self.peer_name else None
 
     def accept(self, msg: Message, env: pb.Envelope) -> None:
         with self.monitor:

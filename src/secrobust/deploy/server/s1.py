@@ -18,6 +18,8 @@ from ...protocol.messages import Message
 from ...protocol.nodes import ServerNode
 from ...transport.grpc.errors import Rejected, RemoteRejected
 from ...transport.grpc.logs import LOGGER_NAME, Timer, event
+from . import forward
+from .forward import RowForward
 from .link import PeerLink
 from .run import PeerTimeout, RoundRun, Streamed
 from .sync import Monitor
@@ -82,6 +84,23 @@ class S1Steps:
         st.order.append(w)
         rnd.received.add(w)
         rnd.close_when_all_answered()
+
+    def forward_watch(self, rnd: RoundRun, w: int, buf: np.ndarray) -> RowForward | None:
+        """With the lock held, as worker w's share starts to arrive on the bulk lane: a ``RowForward`` that
+        streams its row of E to S0 meanwhile, if the round has its triple, S0's lane streams, the row has
+        two pieces or more and fewer than ``forward.FORWARD_STREAMS`` forwards run; else None (the row goes
+        whole once the share is taken)."""
+        st, state = rnd.streamed, self.node.current
+        triple = state.triple if rnd.uses_triple and state is not None else None
+        lane = self.link.peer.lane
+        running = sum(not f.done.is_set() for f in st.forwards.values())
+        if (triple is None or state.plan.round_id != rnd.round_id or not rnd.intake_open
+                or not forward.worth_forwarding(rnd.plan.d) or lane is None or not lane.streams
+                or running >= forward.FORWARD_STREAMS):
+            return None
+        f = RowForward(self.monitor, rnd, w, buf, triple, self.link.peer.send_stream)
+        st.forwards[w] = f
+        return f
 
     def declined(self, rnd: RoundRun) -> None:
         """A worker declined ``rnd``: the intake may be complete."""
@@ -180,6 +199,8 @@ class S1Steps:
                 with self.link.phase(rnd, open_phase):
                     assert st.rows is not None
                     for k, w in enumerate(workers, start):
+                        if self._forwarded(st, w):
+                            continue
                         e = streaming.opening_row(st.rows[k], triple, st.position[w], plan.center)
                         msg = streaming.opening_message(rnd.round_id, plan.open_kind, w, e)
                         del e
@@ -200,10 +221,11 @@ class S1Steps:
             elif projector is not None and not projector.done:
                 with self.link.phase(rnd, "validity"):
                     projector.step()
-        if sends:
+        if sends or st.forwards:
             with self.link.phase(rnd, open_phase):
                 while sends:
                     sends.popleft().result()    # every row is with S0 before the comparisons or the view
+                self._await_forwards(rnd)
         rnd.seconds["share"] += share_s if share_s is not None else timer.seconds
         if rnd.uses_triple:
             self._complete_opening(rnd, projector)
@@ -222,6 +244,40 @@ class S1Steps:
         event(self.log, "shares-closed", round=rnd.round_id, phase="share", received=len(rnd.received),
               expected=len(rnd.plan.worker_ids), seconds=None if share_s is None else round(share_s, 6),
               opened=rnd.streamed.opened)
+
+    def _forwarded(self, st: Streamed, w: int) -> bool:
+        """w's row of E is being (or was) forwarded while its share arrived (``forward``); a forward that
+        failed is forgotten here, and the caller sends the row whole."""
+        with self.monitor:
+            f = st.forwards.get(w)
+            if f is not None and f.error is not None:
+                del st.forwards[w]
+                return False
+            return f is not None
+
+    def _await_forwards(self, rnd: RoundRun) -> None:
+        """Every taken share's forwarded row is with S0; a forward that failed is replaced by the row whole."""
+        st, plan = rnd.streamed, rnd.plan
+        for k, w in enumerate(list(st.order)):
+            with self.monitor:
+                f = st.forwards.get(w)
+            if f is None:
+                continue
+            deadline = time.monotonic() + self.link.peer_timeout_s
+            with self.monitor:
+                def over(f: RowForward = f) -> bool:
+                    rnd.check_alive()
+                    return f.done.is_set()
+                if not self.monitor.wait_until(over, deadline):
+                    raise PeerTimeout(f"{self.link.peer_name} did not take the forwarded row of worker {w} within "
+                                      f"{self.link.peer_timeout_s:g} s")
+                triple = self.node.current.triple
+            if f.error is not None:
+                event(self.log, "forward-failed", level=logging.WARNING, round=rnd.round_id, worker=w,
+                      error=str(f.error)[:200])
+                assert st.rows is not None
+                e = streaming.opening_row(st.rows[k], triple, st.position[w], plan.center)
+                self.link.send(rnd, streaming.opening_message(rnd.round_id, plan.open_kind, w, e))
 
     @staticmethod
     def _gram_due(st: Streamed, closed: bool) -> bool:

@@ -14,8 +14,9 @@ from ...protocol import messages as M
 from ...transport.grpc import secrobust_pb2 as pb
 from ...transport.grpc.errors import Rejected
 from ...transport.grpc.logs import LOGGER_NAME, event
-from ...transport.grpc.pace import Pace
+from ...transport.grpc.pace import MIN_RATE, PAYLOAD_GRACE_S, Pace
 from ..config import PartyConfig
+from .forward import FORWARD_STREAMS
 from .run import RoundRun, Rounds
 from .sequence import OPEN_KINDS
 from .sync import Monitor
@@ -71,8 +72,9 @@ class Slots:
         masked shares at once (each is a buffer, committed as its bytes arrive, until it is copied into the
         round's matrix; a worker with its share in flight has no row there yet): so S1 needs about 8nd bytes
         for the shares, and they complete one after another (their rows are opened while the rest upload)
-        instead of all at the end. S0 takes a row of E only while fewer
-        than ``ROW_BACKLOG`` rows wait to be added to its Gram share (S1 then sends more slowly)."""
+        instead of all at the end. S0 takes a row of E only while fewer than ``ROW_BACKLOG`` +
+        ``forward.FORWARD_STREAMS`` rows are arriving or wait to be added to its Gram share (S1 then sends more
+        slowly): room for every row S1 forwards while its shares arrive."""
         if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
             return self._reserve_upload(env)
         if self.index == 1 and env.phase == M.SHARE_MASKED:
@@ -80,7 +82,7 @@ class Slots:
                 return self.uploads < UPLOAD_SLOTS
         elif self.index == 0 and env.phase in OPEN_KINDS and env.sender == self.peer_name:
             def room(rnd: RoundRun | None) -> bool:
-                return rnd is None or len(rnd.inbox[env.phase]) + self.uploads < ROW_BACKLOG
+                return rnd is None or len(rnd.inbox[env.phase]) + self.uploads < ROW_BACKLOG + FORWARD_STREAMS
         else:
             return None
 
@@ -151,9 +153,13 @@ class Slots:
 
     def upload_pace(self, env: pb.Envelope) -> Pace | None:
         """The pace a worker's share upload must keep at S1 (``transport.grpc.pace.Pace``; the configured
-        ``upload_grace_s`` and ``upload_min_rate``); other payloads keep the lanes' default."""
+        ``upload_grace_s`` and ``upload_min_rate``). A row of E at S0 may come as fast as its worker's share
+        reaches S1 (``forward``): the lanes' default grace on top of the share's, and the slower of the two
+        rates. Other payloads keep the lanes' default."""
         if self.index == 1 and env.phase == M.SHARE_MASKED and worker_index(env.sender) is not None:
             return Pace(self.cfg.upload_grace_s, self.cfg.upload_min_rate)
+        if self.index == 0 and env.phase in OPEN_KINDS and env.sender == self.peer_name:
+            return Pace(PAYLOAD_GRACE_S + self.cfg.upload_grace_s, min(MIN_RATE, self.cfg.upload_min_rate))
         return None
 
     def operator_fetch(self, round_id: int) -> Callable[[], None]:

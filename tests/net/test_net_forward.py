@@ -1,0 +1,143 @@
+"""S1 forwards each worker's row of E to S0 while the worker's share is still arriving (``deploy.server.forward``).
+
+The round is the in-process round, bit for bit and byte for byte, with every row forwarded; and the two ways
+a forward can go wrong end with S0 holding nothing of it: a share cut mid-payload (its worker is dropped, the
+round goes on without it), and a share that arrives whole and is refused for its content (its worker sends
+again, and that share's row is forwarded afresh)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from secrobust.deploy.local import LocalDeployment, LocalOptions
+from secrobust.deploy.server import forward
+from secrobust.pki.certs import worker_party
+from secrobust.protocol import messages as M
+from secrobust.protocol.messages import Message
+from secrobust.transport.lane import SEND, BulkClient, _recv_frame, _send_frame, bulk_envelope
+
+from .helpers import Background, FakeWorker, assert_same_result, in_process, log_records, oracle
+
+N = 6
+D = 20_000
+WINDOW = 30.0
+ODD = 5
+"""The worker the attack tests drive by hand."""
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory):
+    d = LocalDeployment(N, tmp_path_factory.mktemp("dep"),
+                        LocalOptions(share_window_s=WINDOW, peer_timeout_s=20.0, connect_timeout_s=2.0,
+                                     workers_per_process=N))
+    with d:
+        yield d
+
+
+def _updates(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=D) + 0.2 * rng.normal(size=(N, D))) * 0.1
+
+
+def _s1_events(dep: LocalDeployment, round_id: int, name: str) -> list[dict]:
+    return [r for r in log_records(dep, "S1") if r.get("event") == name and r.get("round") == round_id]
+
+
+def _streamed(dep: LocalDeployment, round_id: int) -> int:
+    """Rows of E S1 sent to S0 as forwards in ``round_id``."""
+    return sum(1 for r in _s1_events(dep, round_id, "sent") if r.get("phase") == M.MASKED_OPEN and r.get("streamed"))
+
+
+def _lane(dep: LocalDeployment, wid: int) -> BulkClient:
+    port = dep.operator.clients["S1"].control("status")["bulk"]
+    return BulkClient(dep.identity(worker_party(wid)), "S1", f"127.0.0.1:{port}", connect_timeout=2.0)
+
+
+def _wait_for(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_every_row_is_forwarded_and_the_round_is_the_in_process_one_byte_for_byte(dep):
+    assert forward.worth_forwarding(D) and D // forward.piece_columns(D) >= 4
+    x = _updates(1)
+    round_id, want = oracle(dep, x, "krum", 1)
+    got = dep.aggregate(x, "krum", 1)
+    assert_same_result(got, want)                       # bytes too: forwarding changes no message or count
+    assert _streamed(dep, round_id) == N
+
+
+def test_a_share_cut_mid_payload_leaves_s0_nothing_and_the_round_goes_on_without_it(dep):
+    """The attack: worker ODD sends its share's header and half its vector on the bulk lane, then stops. S1
+    forwards the pieces that arrived; the pace cuts the upload after its grace, S1 cuts the forward's stream,
+    and S0, which takes a row only whole, holds nothing of it (had it taken the row, S0 would abort the round:
+    a row of a worker S1 does not list). The round is the in-process one without ODD."""
+    x = _updates(2)
+    round_id = dep.operator.next_round_id()
+    want = in_process(round_id, x, "krum", 1, drop={ODD: "both"})
+    fake, lane = FakeWorker(dep, ODD), _lane(dep, ODD)
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[ODD], share_window_s=WINDOW)
+        assert fake.wait_open()["round_id"] == round_id
+        data = fake.share(round_id, x[ODD]).to_bytes()
+        sock = lane._connect()
+        env = bulk_envelope(Message.from_bytes(data), data)
+        _send_frame(sock, env.SerializeToString(), SEND)
+        assert json.loads(_recv_frame(sock)) == {"go": True}
+        sock.sendall(data[:len(data) // 2])
+        sock.settimeout(WINDOW)
+        try:
+            assert sock.recv(1) == b""                  # cut by S1's pace
+        except OSError:
+            pass
+        got = run.result()
+    finally:
+        lane.close()
+        fake.close()
+    assert_same_result(got, want, bytes_too=False)
+    cut = _s1_events(dep, round_id, "forward-cut")
+    assert [r["worker"] for r in cut] == [ODD] and 0 < cut[0]["opened"] < D   # some of its row was streamed
+    assert _streamed(dep, round_id) == N - 1
+
+
+def test_a_share_refused_after_it_arrived_whole_is_not_forwarded_and_its_retry_is(dep):
+    """Worker ODD's first share names another round in its header (the envelope names this one): it arrives in
+    full, S1 forwards all of it but the last piece, then refuses it (``envelope-mismatch``) and cuts the
+    forward. ODD sends again, correctly; that row is forwarded and the round is the in-process one with all."""
+    x = _updates(3)
+    round_id = dep.operator.next_round_id()
+    want = in_process(round_id, x, "krum", 1)
+    fake, lane = FakeWorker(dep, ODD), _lane(dep, ODD)
+    try:
+        run = Background(dep.aggregate, x, "krum", 1, absent=[ODD], share_window_s=WINDOW)
+        assert fake.wait_open()["round_id"] == round_id
+        share = fake.share(round_id, x[ODD])
+        bad = Message(share.kind, round_id + 1, share.sender, share.recipient, share.fields, share.arrays)
+        data = bad.to_bytes()
+        env = bulk_envelope(share, data)
+        sock = lane._connect()
+        _send_frame(sock, env.SerializeToString(), SEND)
+        assert json.loads(_recv_frame(sock)) == {"go": True}
+        sock.sendall(data)
+        assert json.loads(_recv_frame(sock))["code"] == "envelope-mismatch"
+        sock.close()
+        assert _wait_for(lambda: _s1_events(dep, round_id, "forward-cut"), 10.0)
+        lane.send(share)
+        got = run.result()
+    finally:
+        lane.close()
+        fake.close()
+    assert_same_result(got, want, bytes_too=False)
+    cut = _s1_events(dep, round_id, "forward-cut")
+    piece = forward.piece_columns(D)
+    assert [r["worker"] for r in cut] == [ODD] and cut[0]["opened"] == (D - 1) // piece * piece   # all but the last
+    assert _streamed(dep, round_id) == N
