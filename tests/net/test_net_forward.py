@@ -53,6 +53,18 @@ def _streamed(dep: LocalDeployment, round_id: int) -> int:
     return sum(1 for r in _s1_events(dep, round_id, "sent") if r.get("phase") == M.MASKED_OPEN and r.get("streamed"))
 
 
+def _rows_sent(dep: LocalDeployment, round_id: int) -> int:
+    """Rows of E S1 sent to S0 in ``round_id``, forwarded or whole."""
+    return sum(1 for r in _s1_events(dep, round_id, "sent") if r.get("phase") == M.MASKED_OPEN)
+
+
+def _forwarded_workers(dep: LocalDeployment, round_id: int) -> set[int]:
+    """Workers whose forward S0 said "go" to (its last is the one delivered unless it was cut)."""
+    cut = [r["worker"] for r in _s1_events(dep, round_id, "forward-cut")]
+    opened = [r["worker"] for r in _s1_events(dep, round_id, "forward-open")]
+    return {w for w in opened if opened.count(w) > cut.count(w)}
+
+
 def _lane(dep: LocalDeployment, wid: int) -> BulkClient:
     port = dep.operator.clients["S1"].control("status")["bulk"]
     return BulkClient(dep.identity(worker_party(wid)), "S1", f"127.0.0.1:{port}", connect_timeout=2.0)
@@ -73,7 +85,7 @@ def test_every_row_is_forwarded_and_the_round_is_the_in_process_one_byte_for_byt
     round_id, want = oracle(dep, x, "krum", 1)
     got = dep.aggregate(x, "krum", 1)
     assert_same_result(got, want)                       # bytes too: forwarding changes no message or count
-    assert _streamed(dep, round_id) == N
+    assert _streamed(dep, round_id) == N and _rows_sent(dep, round_id) == N
 
 
 def test_a_share_cut_mid_payload_leaves_s0_nothing_and_the_round_goes_on_without_it(dep):
@@ -106,7 +118,7 @@ def test_a_share_cut_mid_payload_leaves_s0_nothing_and_the_round_goes_on_without
     assert_same_result(got, want, bytes_too=False)
     cut = _s1_events(dep, round_id, "forward-cut")
     assert [r["worker"] for r in cut] == [ODD] and 0 < cut[0]["opened"] < D   # some of its row was streamed
-    assert _streamed(dep, round_id) == N - 1
+    assert _rows_sent(dep, round_id) == N - 1
 
 
 def test_a_share_refused_after_it_arrived_whole_is_not_forwarded_and_its_retry_is(dep):
@@ -140,4 +152,54 @@ def test_a_share_refused_after_it_arrived_whole_is_not_forwarded_and_its_retry_i
     cut = _s1_events(dep, round_id, "forward-cut")
     piece = forward.piece_columns(D)
     assert [r["worker"] for r in cut] == [ODD] and cut[0]["opened"] == (D - 1) // piece * piece   # all but the last
-    assert _streamed(dep, round_id) == N
+    assert _rows_sent(dep, round_id) == N and ODD in _forwarded_workers(dep, round_id)
+
+
+MANY = 40
+"""Enough workers for 21 upload slots at S1 (``upload_slots``): more forwards at once than S0's call gate
+allowed any one party (16) before it knew of them."""
+
+
+def test_as_many_forwards_as_s1_has_upload_slots_are_held_open_at_s0_at_once(tmp_path):
+    """The seam between S1's upload slots and S0's caps: 21 workers each send half their share and wait, so S1
+    holds 21 forwards open at S0 at once (each a bulk connection, a call, and a row's room); then they finish,
+    and the other 19 upload. Every row is forwarded (none refused ``busy`` and resent whole) and the round is
+    the in-process one."""
+    from secrobust.deploy.server.slots import upload_slots
+
+    held = upload_slots(MANY)
+    assert held > 16 and held <= forward.FORWARD_STREAMS
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=D) + 0.2 * rng.normal(size=(MANY, D))) * 0.1
+    with LocalDeployment(MANY, tmp_path, LocalOptions(share_window_s=60.0, peer_timeout_s=30.0,
+                                                      connect_timeout_s=2.0, workers_per_process=MANY)) as many:
+        round_id, want = oracle(many, x, "krum", 1)
+        fakes = {w: FakeWorker(many, w) for w in range(MANY)}
+        lanes = {w: _lane(many, w) for w in range(MANY)}
+        try:
+            run = Background(many.aggregate, x, "krum", 1, absent=range(MANY), share_window_s=60.0)
+            assert fakes[0].wait_open()["round_id"] == round_id
+            socks = {}
+            for w in range(held):
+                data = fakes[w].share(round_id, x[w]).to_bytes()
+                sock = lanes[w]._connect()
+                _send_frame(sock, bulk_envelope(Message.from_bytes(data), data).SerializeToString(), SEND)
+                assert json.loads(_recv_frame(sock)) == {"go": True}
+                sock.sendall(data[:len(data) // 2])
+                socks[w] = (sock, data)
+            assert _wait_for(lambda: len(_s1_events(many, round_id, "forward-open")) >= held, 20.0)
+            for sock, data in socks.values():
+                sock.sendall(data[len(data) // 2:])
+            for w, (sock, _) in socks.items():
+                assert json.loads(_recv_frame(sock)) == {"ok": True}, w
+            for w in range(held, MANY):
+                lanes[w].send(fakes[w].share(round_id, x[w]))
+            got = run.result()
+        finally:
+            for w in range(MANY):
+                lanes[w].close()
+                fakes[w].close()
+        assert_same_result(got, want, bytes_too=False)
+        assert _streamed(many, round_id) == MANY
+        assert not _s1_events(many, round_id, "forward-failed")
+

@@ -21,6 +21,7 @@ from ..transport.grpc.logs import LOGGER_NAME, event
 from ..transport.lane import BulkServer
 from .config import PartyConfig
 from .dealer import DealerRuntime
+from .server.forward import FORWARD_STREAMS
 from .server.runtime import ServerRuntime
 from .worker import UpdateSource, WorkerRuntime
 
@@ -91,7 +92,8 @@ def serve_listening(cfg: PartyConfig, make: Callable[..., ServerRuntime | Dealer
     malloc = tune_malloc()
     identity = cfg.identity()
     runtime = make(cfg, identity)
-    limits = CallLimits.for_workers(len(cfg.workers))
+    peer = runtime.peer_name if isinstance(runtime, ServerRuntime) else None   # may stream forwarded rows
+    limits = CallLimits.for_workers(len(cfg.workers), peer, FORWARD_STREAMS if peer else 0)
     threads = limits.threads
     endpoint = Endpoint(identity, cfg.listen or "", runtime, limits=limits, accounting=runtime.accounting)
     stop = stop or _stop_event()

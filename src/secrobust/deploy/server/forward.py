@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -69,14 +69,17 @@ _CANCEL = object()
 class RowForward:
     """One worker's row of E, streamed to S0 while its share arrives (a ``transport.handler.PayloadWatch``)."""
 
-    def __init__(self, monitor: "Monitor", rnd: "RoundRun", worker: int, buf: np.ndarray, triple: "TripleShare1",
-                 send_stream: Any) -> None:
+    def __init__(self, monitor: "Monitor", rnd: "RoundRun", worker: int, buf: np.ndarray,
+                 triple: "TripleShare1 | Callable[[], TripleShare1 | None]", send_stream: Any) -> None:
+        """``triple``: S1's share of the round's triple, or a function that gives it once S1 has it (a share
+        can start to arrive a moment before: its pieces are opened from then on)."""
         plan = rnd.plan
         self.monitor = monitor
         self.rnd = rnd
         self.worker = worker
         self.buf = buf
-        self.triple = triple
+        self.triple = triple if not callable(triple) else None
+        self._triple_source = triple if callable(triple) else None
         self.position = rnd.streamed.position[worker]
         self.center = plan.center
         self.d = plan.d
@@ -103,6 +106,8 @@ class RowForward:
             if self.offset is None and not self._begin(got):
                 return
             assert self.offset is not None
+            if not self._have_triple():
+                return
             whole = (got - self.offset) // 8
             while self.opened + self.piece < self.d and whole >= self.opened + self.piece:
                 self._open(self.opened + self.piece)
@@ -116,6 +121,8 @@ class RowForward:
             self._stop(None)
             return
         try:
+            if not self._have_triple():
+                raise LookupError("S1 had no triple for the round when the share was in")
             self._open(self.d)
         except Exception as exc:
             self._stop(exc)
@@ -137,6 +144,11 @@ class RowForward:
         self.offset = offset
         threading.Thread(target=self._send, name=f"S1-forward-{self.worker}", daemon=True).start()
         return True
+
+    def _have_triple(self) -> bool:
+        if self.triple is None and self._triple_source is not None:
+            self.triple = self._triple_source()
+        return self.triple is not None
 
     def _open(self, stop: int) -> None:
         """Open columns [opened, stop) of the row and queue them."""
@@ -169,6 +181,8 @@ class RowForward:
         self._finish(None)
 
     def _stream(self) -> Iterator[memoryview]:
+        """The pieces as they are opened (the lane asks for the first once S0 said "go")."""
+        event(self.log, "forward-open", round=self.rnd.round_id, worker=self.worker)
         while True:
             try:
                 item = self._pieces.get(timeout=PIECE_WAIT_S)

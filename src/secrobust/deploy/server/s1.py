@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import RoundAborted
 from ...primitives import prg
+from ...gates.dealer import TripleShare1
 from ...protocol import messages as M
 from ...protocol import streaming
 from ...protocol.messages import Message
@@ -87,17 +88,20 @@ class S1Steps:
 
     def forward_watch(self, rnd: RoundRun, w: int, buf: np.ndarray) -> RowForward | None:
         """With the lock held, as worker w's share starts to arrive on the bulk lane: a ``RowForward`` that
-        streams its row of E to S0 meanwhile, if the round has its triple, S0's lane streams, the row has
-        two pieces or more and fewer than ``forward.FORWARD_STREAMS`` forwards run; else None (the row goes
-        whole once the share is taken)."""
-        st, state = rnd.streamed, self.node.current
-        triple = state.triple if rnd.uses_triple and state is not None else None
+        streams its row of E to S0 meanwhile (from when S1 holds the round's triple), if S0's lane streams,
+        the row has two pieces or more and fewer than ``forward.FORWARD_STREAMS`` forwards run; else None
+        (the row goes whole once the share is taken)."""
+        st = rnd.streamed
         lane = self.link.peer.lane
         running = sum(not f.done.is_set() for f in st.forwards.values())
-        if (triple is None or state.plan.round_id != rnd.round_id or not rnd.intake_open
-                or not forward.worth_forwarding(rnd.plan.d) or lane is None or not lane.streams
-                or running >= forward.FORWARD_STREAMS):
+        if (not rnd.uses_triple or not rnd.intake_open or not forward.worth_forwarding(rnd.plan.d)
+                or lane is None or not lane.streams or running >= forward.FORWARD_STREAMS):
             return None
+
+        def triple() -> TripleShare1 | None:
+            with self.monitor:
+                state = self.node.current
+                return state.triple if state is not None and state.plan.round_id == rnd.round_id else None
         f = RowForward(self.monitor, rnd, w, buf, triple, self.link.peer.send_stream)
         st.forwards[w] = f
         return f

@@ -32,11 +32,22 @@ class CallLimits:
     workers_total: int
     per_party: int
     reserved: int
+    streamer: str | None = None
+    """A party that may hold ``streams`` calls more than ``per_party`` (the other server's forwarded rows)."""
+    streams: int = 0
 
     @classmethod
-    def for_workers(cls, n_workers: int) -> "CallLimits":
-        """Room for every worker's call at once twice over, plus all the protocol parties' calls."""
-        return cls(PER_WORKER, 2 * n_workers + 8, PER_PARTY, PROTOCOL_PARTIES * PER_PARTY)
+    def for_workers(cls, n_workers: int, streamer: str | None = None, streams: int = 0) -> "CallLimits":
+        """Room for every worker's call at once twice over, plus all the protocol parties' calls (and the
+        ``streams`` more that ``streamer`` may hold)."""
+        return cls(PER_WORKER, 2 * n_workers + 8, PER_PARTY, PROTOCOL_PARTIES * PER_PARTY + streams,
+                   streamer, streams)
+
+    def cap(self, caller: str, worker: bool) -> int:
+        """The calls ``caller`` may have in progress at once."""
+        if worker:
+            return self.per_worker
+        return self.per_party + (self.streams if caller == self.streamer else 0)
 
     @property
     def threads(self) -> int:
@@ -57,7 +68,7 @@ class CallGate:
 
     def enter(self, caller: str) -> Callable[[], None]:
         worker = self._is_worker(caller)
-        cap = self.limits.per_worker if worker else self.limits.per_party
+        cap = self.limits.cap(caller, worker)
         with self._lock:
             if self._calls[caller] >= cap:
                 raise Rejected("busy", f"{caller} already has {cap} calls in progress here (the most it may have)")
