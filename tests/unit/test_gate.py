@@ -48,3 +48,25 @@ def test_the_pool_leaves_room_for_every_honest_worker_and_the_reserve():
     limits = CallLimits.for_workers(50)
     assert limits.workers_total >= 2 * 50 and limits.reserved >= 3 * limits.per_party
     assert limits.threads == limits.workers_total + limits.reserved
+
+
+def test_the_streaming_peer_gets_its_streams_beyond_the_party_cap_and_no_one_else_does():
+    """S1 forwards up to ``FORWARD_STREAMS`` rows of E at once besides its other calls (``deploy.server.forward``):
+    S0's gate lets the peer named as the streamer hold that many more, and keeps every other party at its cap."""
+    from secrobust.deploy.server.forward import FORWARD_STREAMS
+    from secrobust.deploy.server.slots import upload_slots
+    from secrobust.transport.grpc.gate import PER_PARTY, PROTOCOL_PARTIES
+
+    limits = CallLimits.for_workers(50, "S1", FORWARD_STREAMS)
+    gate = CallGate(limits)
+    held = [gate.enter("S1") for _ in range(PER_PARTY + FORWARD_STREAMS)]
+    with pytest.raises(Rejected, match="busy|already has"):
+        gate.enter("S1")
+    dealer = [gate.enter("dealer") for _ in range(PER_PARTY)]
+    with pytest.raises(Rejected):
+        gate.enter("dealer")
+    assert limits.reserved == PROTOCOL_PARTIES * PER_PARTY + FORWARD_STREAMS
+    assert upload_slots(50) <= FORWARD_STREAMS              # every upload S1 takes at n = 50 can be forwarded
+    for release in (*held, *dealer):
+        release()
+    assert CallLimits.for_workers(50).cap("S1", False) == PER_PARTY
