@@ -4,6 +4,7 @@
     res.aggregate, res.weights, res.distances, res.stats
 """
 
+from . import _astguard  # noqa: F401  first: guards ast.parse before any of our threads start (gh-106905)
 from . import rules
 from .api import AggregateResult, Cluster, aggregate, plain_aggregate
 from .errors import (
