@@ -171,3 +171,76 @@ def test_a_forward_that_fails_after_the_share_was_taken_is_replaced_by_the_row_s
     st.forwards[w] = f
     steps._await_forwards(rnd)                                    # ... or the final wait does, once
     assert [m.to_bytes() for m in sent] == [_whole_row(setup, w)]
+
+
+class SlowLane(FakeLane):
+    """S0 says "go" only when the test lets it: the stream's first piece is asked for after that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def send_stream(self, msg: M.Message, pieces) -> None:
+        self.go.wait(10.0)
+        super().send_stream(msg, pieces)
+
+
+def test_a_share_cut_before_s0_said_go_sends_no_piece(setup):
+    """Nothing is opened ahead of S0's socket: a share cut while the forward waits for S0 leaves no piece sent
+    (nor queued), however much of the share had arrived."""
+    w = 13
+    lane = SlowLane()
+    f, rnd, data, buf = _forward(setup, w, lane)
+    _arrive(f, data, buf, len(data) - 100)
+    f.end(False)
+    lane.go.set()
+    assert f.done.wait(5.0) and isinstance(f.error, Cancelled)
+    assert lane.started.is_set() and not lane.data and f.opened == 0
+
+
+def _steps(monitor: Monitor, lane: object) -> S1Steps:
+    link = SimpleNamespace(peer=SimpleNamespace(lane=SimpleNamespace(streams=forward.FORWARD_STREAMS),
+                                                send_stream=lane.send_stream),
+                           peer_timeout_s=5.0, peer_name="S0")
+    return S1Steps(monitor, SimpleNamespace(current=None), link, "S1")  # type: ignore[arg-type]
+
+
+def _open_round(plan: RoundPlan) -> FakeRound:
+    rnd = FakeRound(plan)
+    rnd.uses_triple, rnd.intake_open = True, True
+    return rnd
+
+
+def test_a_worker_has_one_forward_a_round_and_forwards_are_counted_across_rounds(setup):
+    """A worker whose streamed share was cut or refused gets no second forward that round (its retry's row
+    goes whole: one stream per pad), a share whose header is not the expected one does not use up that
+    forward, and S1 runs at most ``FORWARD_STREAMS`` forwards, those of earlier rounds included."""
+    plan, triple, shares = setup
+    monitor, lane = Monitor(), SlowLane()
+    steps = _steps(monitor, lane)
+    rnd = _open_round(plan)
+    data = shares[10].to_bytes()
+    with monitor:
+        misfit = steps.forward_watch(rnd, 10, np.empty(len(data) + 8, dtype=np.uint8))
+    misfit.progress(8)                                   # the announced size is not a share's: not forwarded
+    assert misfit.done.is_set() and steps.forwarding == 0 and 10 not in rnd.streamed.forwarded
+    with monitor:
+        first = steps.forward_watch(rnd, 10, buf := np.empty(len(data), dtype=np.uint8))
+    _arrive(first, data, buf, len(data) // 2)
+    first.end(False)
+    lane.go.set()
+    assert first.done.wait(5.0)
+    with monitor:
+        assert steps.forward_watch(rnd, 10, np.empty(len(data), dtype=np.uint8)) is None
+        assert steps.forwarding == 0
+    held = []
+    for k in range(forward.FORWARD_STREAMS):             # one worker's share in each of many rounds
+        with monitor:
+            held.append(steps.forward_watch(_open_round(plan), 11, np.empty(len(data), dtype=np.uint8)))
+    with monitor:
+        assert steps.forwarding == forward.FORWARD_STREAMS
+        assert steps.forward_watch(_open_round(plan), 12, np.empty(len(data), dtype=np.uint8)) is None
+    held[0].end(False)
+    with monitor:
+        assert steps.forwarding == forward.FORWARD_STREAMS - 1
+        assert steps.forward_watch(_open_round(plan), 12, np.empty(len(data), dtype=np.uint8)) is not None

@@ -58,6 +58,10 @@ class Message:
         header, wire = self._encode()
         return b"".join([header, *(memoryview(a.reshape(-1)).cast("B") for a in wire)])
 
+    def wire_header(self) -> bytes:
+        """The bytes of ``to_bytes()`` before the arrays (magic, length, JSON header)."""
+        return self._encode()[0]
+
     def wire_size(self) -> int:
         """len(self.to_bytes()), without copying the arrays."""
         header, wire = self._encode()

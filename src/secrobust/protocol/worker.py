@@ -47,8 +47,18 @@ def share_update(round_id: int, worker_id: int, encoded: np.ndarray, key: bytes,
     else:
         pad = prg.ring_stream(prg.check_seed(key), sharing.INPUT_PURPOSE, x.size)
         masked = np.subtract(x, pad, out=pad)
+    return _share_message(round_id, worker_id, masked)
+
+
+def _share_message(round_id: int, worker_id: int, masked: np.ndarray) -> Message:
     return Message(SHARE_MASKED, round_id, worker_name(worker_id), "S1", fields={"worker": worker_id},
                    arrays={"x1": masked})
+
+
+def share_header(round_id: int, worker_id: int, d: int) -> bytes:
+    """The first bytes of ``share_update``'s message on the wire (``Message.to_bytes``), up to its vector: what
+    S1 expects of worker ``worker_id``'s share in ``round_id`` before its 8d bytes of x1."""
+    return _share_message(round_id, worker_id, np.empty(d, dtype=np.uint64)).wire_header()
 
 
 def finish_aggregate(total: np.ndarray, frac_bits: int, center: np.ndarray | None, choice: Choice) -> np.ndarray:

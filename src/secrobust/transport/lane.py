@@ -543,8 +543,7 @@ class BulkClient(Caller):
         if msg.recipient != self.peer:
             raise ValueError(f"message for {msg.recipient!r} handed to the bulk client of {self.peer!r}")
         timer = Timer()
-        header, arrays = msg._encode()
-        total = len(header) + sum(a.nbytes for a in arrays)
+        header, total = msg.wire_header(), msg.wire_size()
         env = bulk_envelope(msg, None, total=total)
         payload_out = False
         try:

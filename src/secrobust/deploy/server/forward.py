@@ -11,10 +11,14 @@ What each side may assume of the other:
   the share (``RowForward.end``). So S0 never holds a row of a worker S1 did not take (and will list), and a
   share that does not arrive in full, or is refused for its content, closes the stream mid-payload: S0
   takes nothing, and the worker's next attempt, if any, streams afresh.
-* S1 forwards a share only if its header names that worker and one uint64 array of d words
-  (``messages.read_header`` on the bytes in; otherwise the share takes the usual path and its checks).
-  A Byzantine worker's x1 is any ring element either way; e stays uniform (a1_{p_i} is a one-time pad S0
-  never sees, used once per round, whole or in pieces).
+* S1 forwards a share only if its first bytes are, byte for byte, the header ``worker.share_update`` makes for
+  that worker, round and d (``worker.share_header``): such a share can then be refused only because the
+  intake closed or the round ended, so a worker cannot have row after row streamed by sending shares S1
+  refuses. A worker has at most one forward a round (a retry's row goes whole), so a1_{p_i}, a one-time pad
+  S0 never sees, pads at most one stream of x1_i: e stays uniform, whole or in pieces. A Byzantine worker's
+  x1 is any ring element either way.
+* Pieces are opened by the forward's sending thread, from the upload's receive buffer, only as S0's socket
+  takes them: S1 holds the share's bytes (its receive buffer) until the forward ends, not pieces of E.
 * A forward that fails after the share was taken (S0 refused it, the link broke) is replaced by the row sent
   whole (``S1Steps``); if S0 did take the first, the second is a duplicate and the round aborts, as any
   row that cannot be delivered does.
@@ -23,15 +27,14 @@ What each side may assume of the other:
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from ...errors import MalformedMessage
-from ...protocol import messages as M
 from ...protocol import streaming
+from ...protocol.worker import share_header
 from ...transport.grpc.logs import LOGGER_NAME, event
 
 if TYPE_CHECKING:
@@ -62,22 +65,21 @@ class Cancelled(Exception):
     """The share behind a forward did not arrive in full, or was refused: its stream is cut."""
 
 
-_DONE = object()
-_CANCEL = object()
-
-
 class RowForward:
-    """One worker's row of E, streamed to S0 while its share arrives (a ``transport.handler.PayloadWatch``)."""
+    """One worker's row of E, streamed to S0 while its share arrives (a ``transport.handler.PayloadWatch``: the
+    lane's receiving thread calls ``progress`` and ``end``; a thread of its own sends)."""
 
     def __init__(self, monitor: "Monitor", rnd: "RoundRun", worker: int, buf: np.ndarray,
-                 triple: "TripleShare1 | Callable[[], TripleShare1 | None]", send_stream: Any) -> None:
+                 triple: "TripleShare1 | Callable[[], TripleShare1 | None]", send_stream: Any,
+                 release: Callable[[], None] = lambda: None) -> None:
         """``triple``: S1's share of the round's triple, or a function that gives it once S1 has it (a share
-        can start to arrive a moment before: its pieces are opened from then on)."""
+        can start to arrive a moment before). ``release`` is called once, with the lock held, when the forward
+        is over (S1 counts the forwards that run)."""
         plan = rnd.plan
         self.monitor = monitor
         self.rnd = rnd
         self.worker = worker
-        self.buf = buf
+        self.buf: np.ndarray | None = buf
         self.triple = triple if not callable(triple) else None
         self._triple_source = triple if callable(triple) else None
         self.position = rnd.streamed.position[worker]
@@ -86,87 +88,85 @@ class RowForward:
         self.piece = piece_columns(plan.d)
         self.kind = plan.open_kind
         self._send_stream = send_stream
+        self._release = release
         self.log = logging.getLogger(LOGGER_NAME)
+        self.header = share_header(rnd.round_id, worker, plan.d)
         self.offset: int | None = None
+        """Where x1 starts in the share's bytes, once its header is in and is the expected one."""
         self.opened = 0
-        """Columns of e opened and queued so far."""
-        self.stopped = False
+        """Columns of e handed to S0's socket so far."""
+        self._cv = threading.Condition()
+        self._got = 0
+        self._wake_at = 0
+        """The byte count at which the sending thread wants to hear from ``progress``."""
         self.sealed = False
-        """The share was taken and the last piece queued."""
+        """S1 took the share: the last piece may go."""
+        self.stopped = False
+        """The share did not arrive in full, was refused, or was not one to forward: the stream is cut."""
+        self._started = False
         self.done = threading.Event()
         self.error: BaseException | None = None
-        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
 
     # the upload's side (the lane's receiving thread)
 
     def progress(self, got: int) -> None:
-        if self.stopped:
+        if self.stopped or self.done.is_set():
             return
-        try:
-            if self.offset is None and not self._begin(got):
+        if self.offset is None:
+            try:
+                if not self._begin(got):
+                    return
+            except Exception as exc:            # the share takes the usual path; S0 gets nothing of this one
+                self._stop(exc)
                 return
-            assert self.offset is not None
-            if not self._have_triple():
-                return
-            whole = (got - self.offset) // 8
-            while self.opened + self.piece < self.d and whole >= self.opened + self.piece:
-                self._open(self.opened + self.piece)
-        except Exception as exc:                # the share takes the usual path; S0 gets nothing of this one
-            self._stop(exc)
+        if got >= self._wake_at:
+            with self._cv:
+                self._got = got
+                self._cv.notify()
+        else:
+            self._got = got
 
     def end(self, accepted: bool) -> None:
-        if self.stopped:
+        if self.stopped or self.done.is_set():
             return
-        if not (accepted and self.offset is not None):
+        if accepted and self.offset is not None:
+            with self._cv:
+                self._got = len(self.buf) if self.buf is not None else self._got
+                self.sealed = True
+                self._cv.notify()
+        else:
             self._stop(None)
-            return
-        try:
-            if not self._have_triple():
-                raise LookupError("S1 had no triple for the round when the share was in")
-            self._open(self.d)
-        except Exception as exc:
-            self._stop(exc)
-            return
-        self.sealed = True
-        self._pieces.put(_DONE)
-        self.buf = None
 
     def _begin(self, got: int) -> bool:
-        """Read the share's header once it is in: forward only a share of this worker with one x1 of d words."""
-        read = M.read_header(memoryview(self.buf)[:got], len(self.buf))
-        if read is None:
+        """Start the sending thread once the share's first bytes are the header ``share_update`` makes for this
+        worker, round and d; raise if they cannot be."""
+        assert self.buf is not None
+        n = min(got, len(self.header))
+        if bytes(self.buf[:n]) != self.header[:n] or len(self.buf) != len(self.header) + 8 * self.d:
+            raise MalformedMessage("not the masked share this worker's round and d make")
+        if got < len(self.header):
             return False
-        h, offset = read
-        fits = (h["kind"] == M.SHARE_MASKED and h["fields"].get("worker") == self.worker
-                and h["arrays"] == [["x1", "<u8", [self.d]]] and offset + 8 * self.d == len(self.buf))
-        if not fits:
-            raise MalformedMessage("not a masked share of this worker with one vector of d words")
-        self.offset = offset
+        with self.monitor:
+            self.rnd.streamed.forwarded.add(self.worker)     # its one forward this round
+        self.offset = len(self.header)
         threading.Thread(target=self._send, name=f"S1-forward-{self.worker}", daemon=True).start()
+        self._started = True
         return True
+
+    def _stop(self, exc: BaseException | None) -> None:
+        with self._cv:
+            self.stopped = True
+            self._cv.notify()
+        if not self._started:
+            self._finish(exc or Cancelled("the share did not arrive"))
+        if exc is not None:
+            event(self.log, "forward-off", level=logging.INFO, round=self.rnd.round_id, worker=self.worker,
+                  reason=str(exc)[:200])
 
     def _have_triple(self) -> bool:
         if self.triple is None and self._triple_source is not None:
             self.triple = self._triple_source()
         return self.triple is not None
-
-    def _open(self, stop: int) -> None:
-        """Open columns [opened, stop) of the row and queue them."""
-        start = self.opened
-        x1 = np.frombuffer(self.buf, dtype="<u8", count=stop - start, offset=self.offset + 8 * start)
-        self._pieces.put(streaming.opening_columns(x1, self.triple, self.position, self.center, start))
-        self.opened = stop
-
-    def _stop(self, exc: BaseException | None) -> None:
-        self.stopped = True
-        self.buf = None
-        if self.offset is not None:
-            self._pieces.put(_CANCEL)
-        else:
-            self._finish(exc or Cancelled("the share did not arrive"))
-        if exc is not None:
-            event(self.log, "forward-off", level=logging.INFO, round=self.rnd.round_id, worker=self.worker,
-                  reason=str(exc)[:200])
 
     # the sending thread
 
@@ -181,30 +181,50 @@ class RowForward:
         self._finish(None)
 
     def _stream(self) -> Iterator[memoryview]:
-        """The pieces as they are opened (the lane asks for the first once S0 said "go")."""
+        """The pieces, each opened once its columns are in (the last once S1 took the share) and S0's socket
+        asks for it (the lane asks for the first once S0 said "go")."""
         event(self.log, "forward-open", round=self.rnd.round_id, worker=self.worker)
-        while True:
-            try:
-                item = self._pieces.get(timeout=PIECE_WAIT_S)
-            except queue.Empty:
-                raise Cancelled(f"no piece of the share came for {PIECE_WAIT_S:g} s") from None
-            if item is _DONE:
-                return
-            if item is _CANCEL:
-                raise Cancelled("the share did not arrive in full, or was refused")
-            yield memoryview(item).cast("B")
+        while self.opened < self.d:
+            stop = min(self.opened + self.piece, self.d)
+            self._wait_for(stop)
+            x1 = np.frombuffer(self.buf, dtype="<u8", count=stop - self.opened, offset=self.offset + 8 * self.opened)
+            e = streaming.opening_columns(x1, self.triple, self.position, self.center, self.opened)
+            self.opened = stop
+            yield memoryview(e).cast("B")
+
+    def _wait_for(self, stop: int) -> None:
+        """Until columns [opened, stop) are in (and, for the last piece, the share was taken) and S1 holds the
+        triple; Cancelled if the share will not be forwarded."""
+        assert self.offset is not None
+        need = self.offset + 8 * stop
+        with self._cv:
+            self._wake_at = need
+            while True:
+                if self.stopped:
+                    raise Cancelled("the share did not arrive in full, or was refused")
+                ready = self.sealed if stop == self.d else self._got >= need
+                if ready and self._have_triple():
+                    return
+                if ready and self.sealed:
+                    raise Cancelled("S1 had no triple for the round when the share was in")
+                if not self._cv.wait(0.2 if ready else PIECE_WAIT_S) and not ready:
+                    raise Cancelled(f"no piece of the share came for {PIECE_WAIT_S:g} s")
 
     def _finish(self, exc: BaseException | None) -> None:
-        """Done, delivered or not. A forward whose share S1 did not take is forgotten: the worker may send again,
-        and its row then goes afresh; one of a taken share stays for ``S1Steps`` to await (or replace)."""
+        """Done, delivered or not. A forward whose share S1 did not take is forgotten (the worker's row, if it
+        is ever taken, goes whole); one of a taken share stays for ``S1Steps`` to await (or replace)."""
         with self.monitor:
+            if self.done.is_set():
+                return
             self.error = exc
+            self.buf = None
             self.done.set()
             forwards = self.rnd.streamed.forwards
             if exc is not None and self.worker not in self.rnd.received and forwards.get(self.worker) is self:
                 del forwards[self.worker]
+            self._release()
             self.monitor.notify()
-        if isinstance(exc, Cancelled) and self.offset is not None:
+        if isinstance(exc, Cancelled) and self._started:
             event(self.log, "forward-cut", round=self.rnd.round_id, worker=self.worker, opened=self.opened)
 
     @property

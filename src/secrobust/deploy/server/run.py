@@ -61,6 +61,8 @@ class Streamed:
         """S0, reveal="aggregate": u^T E over the rows of E taken so far."""
         self.forwards: dict[int, Any] = {}
         """S1: worker -> its ``forward.RowForward`` (the row of E streamed while the share arrived)."""
+        self.forwarded: set[int] = set()
+        """S1: workers whose share's row was streamed this round (one each: a retry's row goes whole)."""
 
     def release(self) -> None:
         self.rows = self.a0 = None

@@ -40,6 +40,8 @@ class S1Steps:
         self.party = party
         self.log = logging.getLogger(LOGGER_NAME)
         self._senders: ThreadPoolExecutor | None = None
+        self.forwarding = 0
+        """Forwards whose stream has not ended, of any round (at most ``forward.FORWARD_STREAMS``)."""
 
     def close(self) -> None:
         """With the lock held: drop the rows of E not yet sent."""
@@ -89,20 +91,23 @@ class S1Steps:
     def forward_watch(self, rnd: RoundRun, w: int, buf: np.ndarray) -> RowForward | None:
         """With the lock held, as worker w's share starts to arrive on the bulk lane: a ``RowForward`` that
         streams its row of E to S0 meanwhile (from when S1 holds the round's triple), if S0's lane streams,
-        the row has two pieces or more and fewer than ``forward.FORWARD_STREAMS`` forwards run; else None
-        (the row goes whole once the share is taken)."""
+        the row has two pieces or more, w had no forward yet this round and fewer than
+        ``forward.FORWARD_STREAMS`` forwards run; else None (the row goes whole once the share is taken)."""
         st = rnd.streamed
         lane = self.link.peer.lane
-        running = sum(not f.done.is_set() for f in st.forwards.values())
         if (not rnd.uses_triple or not rnd.intake_open or not forward.worth_forwarding(rnd.plan.d)
-                or lane is None or not lane.streams or running >= forward.FORWARD_STREAMS):
+                or lane is None or not lane.streams or w in st.forwarded
+                or self.forwarding >= forward.FORWARD_STREAMS):
             return None
 
         def triple() -> TripleShare1 | None:
             with self.monitor:
                 state = self.node.current
                 return state.triple if state is not None and state.plan.round_id == rnd.round_id else None
-        f = RowForward(self.monitor, rnd, w, buf, triple, self.link.peer.send_stream)
+        def release() -> None:
+            self.forwarding -= 1
+        f = RowForward(self.monitor, rnd, w, buf, triple, self.link.peer.send_stream, release)
+        self.forwarding += 1
         st.forwards[w] = f
         return f
 
