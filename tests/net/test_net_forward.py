@@ -173,6 +173,7 @@ def test_as_many_forwards_as_s1_has_upload_slots_are_held_open_at_s0_at_once(tmp
     x = (rng.normal(size=D) + 0.2 * rng.normal(size=(MANY, D))) * 0.1
     with LocalDeployment(MANY, tmp_path, LocalOptions(share_window_s=60.0, peer_timeout_s=30.0,
                                                       connect_timeout_s=2.0, workers_per_process=MANY)) as many:
+        many.aggregate(x, "krum", 1)                    # S1 learns S0's lane at its first confirmation
         round_id, want = oracle(many, x, "krum", 1)
         fakes = {w: FakeWorker(many, w) for w in range(MANY)}
         lanes = {w: _lane(many, w) for w in range(MANY)}

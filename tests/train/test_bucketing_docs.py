@@ -109,7 +109,7 @@ def test_the_target_checks_quoted_in_the_docs_are_the_runs() -> None:
 
 def test_the_reruns_with_their_target_are_their_nets_grid_runs_but_the_target_and_quoted_in_the_docs() -> None:
     assert present((THEIR_TARGET,))
-    grid = {r["rule"]: r for r in records("bucketing-exp2-noniid")}
+    grid = {r["rule"]: r for r in records("bucketing-exp2-noniid") if r["seed"] == 0}   # their seed 0's target
     text = docs_text()
     for run in records(THEIR_TARGET):
         assert run["spec"]["attack_options"] == {"target": 14} and run["model"] == "bucketing-mnist-net"
