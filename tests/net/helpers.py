@@ -17,6 +17,7 @@ from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
 from secrobust.protocol.worker import share_key, share_update
 from secrobust.transport.grpc import PeerClient
+from secrobust.transport.lane import BulkClient
 
 
 class FakeWorker:
@@ -51,6 +52,12 @@ class FakeWorker:
     def close(self) -> None:
         self.s0.close()
         self.s1.close()
+
+
+def worker_lane(dep: LocalDeployment, wid: int) -> BulkClient:
+    """A bulk-lane client to S1 under worker ``wid``'s certificate (the port S1 announces in its status)."""
+    port = dep.operator.clients["S1"].control("status")["bulk"]
+    return BulkClient(dep.identity(worker_party(wid)), "S1", f"127.0.0.1:{port}", connect_timeout=2.0)
 
 
 class Background:

@@ -8,7 +8,6 @@ again, and that share's row is forwarded afresh)."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import numpy as np
@@ -16,12 +15,11 @@ import pytest
 
 from secrobust.deploy.local import LocalDeployment, LocalOptions
 from secrobust.deploy.server import forward
-from secrobust.pki.certs import worker_party
 from secrobust.protocol import messages as M
 from secrobust.protocol.messages import Message
-from secrobust.transport.lane import SEND, BulkClient, _recv_frame, _send_frame, bulk_envelope
+from secrobust.transport.lane import SEND, _recv_frame, _send_frame, bulk_envelope
 
-from .helpers import Background, FakeWorker, assert_same_result, in_process, log_records, oracle
+from .helpers import Background, FakeWorker, assert_same_result, in_process, log_records, oracle, worker_lane
 
 N = 6
 D = 20_000
@@ -66,10 +64,6 @@ def _forwarded_workers(dep: LocalDeployment, round_id: int) -> set[int]:
     return {w for w in opened if opened.count(w) > cut.count(w)}
 
 
-def _lane(dep: LocalDeployment, wid: int) -> BulkClient:
-    port = dep.operator.clients["S1"].control("status")["bulk"]
-    return BulkClient(dep.identity(worker_party(wid)), "S1", f"127.0.0.1:{port}", connect_timeout=2.0)
-
 
 def _wait_for(pred, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -97,7 +91,7 @@ def test_a_share_cut_mid_payload_leaves_s0_nothing_and_the_round_goes_on_without
     x = _updates(2)
     round_id = dep.operator.next_round_id()
     want = in_process(round_id, x, "krum", 1, drop={ODD: "both"})
-    fake, lane = FakeWorker(dep, ODD), _lane(dep, ODD)
+    fake, lane = FakeWorker(dep, ODD), worker_lane(dep, ODD)
     try:
         run = Background(dep.aggregate, x, "krum", 1, absent=[ODD], share_window_s=WINDOW)
         assert fake.wait_open()["round_id"] == round_id
@@ -130,7 +124,7 @@ def test_a_share_s1_will_refuse_is_not_forwarded_and_its_retry_is(dep):
     x = _updates(3)
     round_id = dep.operator.next_round_id()
     want = in_process(round_id, x, "krum", 1)
-    fake, lane = FakeWorker(dep, ODD), _lane(dep, ODD)
+    fake, lane = FakeWorker(dep, ODD), worker_lane(dep, ODD)
     try:
         run = Background(dep.aggregate, x, "krum", 1, absent=[ODD], share_window_s=WINDOW)
         assert fake.wait_open()["round_id"] == round_id
@@ -176,7 +170,7 @@ def test_as_many_forwards_as_s1_has_upload_slots_are_held_open_at_s0_at_once(tmp
         many.aggregate(x, "krum", 1)                    # S1 learns S0's lane at its first confirmation
         round_id, want = oracle(many, x, "krum", 1)
         fakes = {w: FakeWorker(many, w) for w in range(MANY)}
-        lanes = {w: _lane(many, w) for w in range(MANY)}
+        lanes = {w: worker_lane(many, w) for w in range(MANY)}
         try:
             run = Background(many.aggregate, x, "krum", 1, absent=range(MANY), share_window_s=60.0)
             assert fakes[0].wait_open()["round_id"] == round_id

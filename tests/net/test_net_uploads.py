@@ -26,7 +26,6 @@ from secrobust.transport.grpc import secrobust_pb2 as pb
 from secrobust.transport.lane import (
     CONNECTIONS_PER_WORKER,
     SEND,
-    BulkClient,
     LaneUnavailable,
     _recv_frame,
     _send_frame,
@@ -39,6 +38,7 @@ from .helpers import (
     assert_same_result,
     in_process,
     refusal_after_the_call_ends,
+    worker_lane,
 )
 
 N = 17
@@ -67,10 +67,6 @@ def _updates(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.normal(size=D) + 0.2 * rng.normal(size=(N, D))) * 0.1
 
-
-def _lane(dep: LocalDeployment, wid: int) -> BulkClient:
-    port = dep.operator.clients["S1"].control("status")["bulk"]
-    return BulkClient(dep.identity(worker_party(wid)), "S1", f"127.0.0.1:{port}", connect_timeout=2.0)
 
 
 def _announce(sock, round_id: int, wid: int, d: int = D) -> tuple[dict, bytes]:
@@ -105,7 +101,7 @@ def test_eight_stalled_bulk_uploads_keep_no_honest_share_out(dep):
     round_id = dep.operator.next_round_id()
     want = in_process(round_id, x, "krum", 2, drop={w: "both" for w in STALLERS})
     honest = {w: FakeWorker(dep, w) for w in HONEST}
-    lanes = [_lane(dep, w) for w in STALLERS]
+    lanes = [worker_lane(dep, w) for w in STALLERS]
     try:
         run = Background(dep.aggregate, x, "krum", 2, absent=range(N), share_window_s=WINDOW)
         info = honest[0].wait_open()
@@ -136,7 +132,7 @@ def test_a_trickled_bulk_upload_and_a_stalled_grpc_upload_are_cut_and_dropped(de
     without waiting out its window."""
     x = _updates(2)
     trickler, staller = 3, 4
-    lane = _lane(dep, trickler)
+    lane = worker_lane(dep, trickler)
     fake = FakeWorker(dep, staller)
     stop = threading.Event()
     try:
@@ -199,7 +195,7 @@ def test_many_connections_under_one_certificate_hold_one_upload_at_most(dep):
     share in flight on either lane, and when that upload stalls the worker is dropped; the round completes."""
     x = _updates(3)
     greedy = 5
-    lane = _lane(dep, greedy)
+    lane = worker_lane(dep, greedy)
     fake = FakeWorker(dep, greedy)
     try:
         run = Background(dep.aggregate, x, "krum", 2, absent=[greedy], share_window_s=WINDOW)

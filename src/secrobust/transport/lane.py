@@ -74,6 +74,10 @@ def connections_for(caller: str) -> int:
 
 # framing
 
+class StreamMismatch(ValueError):
+    """``send_stream``'s pieces did not add up to the message's size (a caller's bug, not the link's)."""
+
+
 class Stalled(socket.timeout):
     """A payload fell behind its ``Pace``."""
 
@@ -506,32 +510,9 @@ class BulkClient(Caller):
     def send(self, msg: Message, *, account_as: Any = None, message_id: bytes | None = None) -> None:
         """Hand ``msg`` to the peer's handler; raises RemoteRejected with the peer's code if refused.
         ``message_id`` is for tests of replays (a fresh random id otherwise)."""
-        if msg.recipient != self.peer:
-            raise ValueError(f"message for {msg.recipient!r} handed to the bulk client of {self.peer!r}")
-        timer = Timer()
         data = msg.to_bytes()
-        env = bulk_envelope(msg, data, message_id)
-        payload_out = False
-        try:
-            with self._connection() as sock:
-                sock.settimeout(IO_S)
-                _send_frame(sock, env.SerializeToString(), SEND)
-                verdict = json.loads(_recv_frame(sock))
-                if "code" in verdict:
-                    self._check(verdict)
-                payload_out = True
-                sock.sendall(data)
-                self._check(json.loads(_recv_frame(sock)))
-        except (RemoteRejected, LaneUnavailable):
-            raise
-        except (ConnectionError, ssl.SSLError, OSError, ValueError) as exc:
-            # before "go" the peer cannot have taken the message (e.g. a kept connection it closed meanwhile)
-            lost = PartyUnreachable if payload_out else LaneUnavailable
-            raise lost(self.peer, self.address, f"bulk lane: {exc}") from None
-        self.accounting.add(msg.round_id if account_as is None else account_as, "sent", self.peer, env.total_bytes,
-                            env.total_bytes + env.ByteSize() + 5)
-        event(self.log, "sent", recipient=self.peer, round=msg.round_id, phase=msg.kind, bytes=env.total_bytes,
-              seconds=round(timer.seconds, 6), lane="bulk")
+        self._deliver(msg, bulk_envelope(msg, data, message_id), lambda sock: sock.sendall(data), self._slots,
+                      account_as)
 
     def send_stream(self, msg: Message, pieces: Iterable[bytes | memoryview]) -> None:
         """Send ``msg``'s header and then its arrays' bytes as ``pieces`` yields them (the receiver sees one
@@ -540,38 +521,49 @@ class BulkClient(Caller):
         exception propagates. Takes one of ``streams`` slots, not a call slot."""
         if self.streams < 1:
             raise ValueError(f"the bulk client of {self.peer!r} sends no streams")
+        header, total = msg.wire_header(), msg.wire_size()
+
+        def write(sock: ssl.SSLSocket) -> None:
+            sock.sendall(header)
+            sent = len(header)
+            for piece in pieces:
+                sent += len(memoryview(piece).cast("B"))
+                if sent > total:
+                    raise StreamMismatch(f"stream pieces overrun the message's {total} bytes")
+                sock.sendall(piece)
+            if sent != total:
+                raise StreamMismatch(f"stream pieces ended after {sent} of {total} bytes")
+        self._deliver(msg, bulk_envelope(msg, None, total=total), write, self._stream_slots, None, streamed=True)
+
+    def _deliver(self, msg: Message, env: pb.Envelope, write: Callable[[ssl.SSLSocket], None],
+                 slots: threading.BoundedSemaphore, account_as: Any, **logged: Any) -> None:
+        """One send call: the envelope, the peer's "go", ``write(sock)`` for the payload, the final verdict; then
+        the bytes booked and logged. A connection lost before "go" is LaneUnavailable (nothing was taken),
+        after it PartyUnreachable."""
         if msg.recipient != self.peer:
             raise ValueError(f"message for {msg.recipient!r} handed to the bulk client of {self.peer!r}")
         timer = Timer()
-        header, total = msg.wire_header(), msg.wire_size()
-        env = bulk_envelope(msg, None, total=total)
         payload_out = False
         try:
-            with self._connection(self._stream_slots) as sock:
+            with self._connection(slots) as sock:
                 sock.settimeout(IO_S)
                 _send_frame(sock, env.SerializeToString(), SEND)
                 verdict = json.loads(_recv_frame(sock))
                 if "code" in verdict:
                     self._check(verdict)
                 payload_out = True
-                sock.sendall(header)
-                sent = len(header)
-                for piece in pieces:
-                    sent += len(memoryview(piece).cast("B"))
-                    if sent > total:
-                        raise ValueError(f"stream pieces overrun the message's {total} bytes")
-                    sock.sendall(piece)
-                if sent != total:
-                    raise ValueError(f"stream pieces ended after {sent} of {total} bytes")
+                write(sock)
                 self._check(json.loads(_recv_frame(sock)))
-        except (RemoteRejected, LaneUnavailable):
+        except (RemoteRejected, LaneUnavailable, StreamMismatch):
             raise
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
+        except (ConnectionError, ssl.SSLError, OSError, ValueError) as exc:
+            # before "go" the peer cannot have taken the message (e.g. a kept connection it closed meanwhile)
             lost = PartyUnreachable if payload_out else LaneUnavailable
             raise lost(self.peer, self.address, f"bulk lane: {exc}") from None
-        self.accounting.add(msg.round_id, "sent", self.peer, env.total_bytes, env.total_bytes + env.ByteSize() + 5)
+        self.accounting.add(msg.round_id if account_as is None else account_as, "sent", self.peer, env.total_bytes,
+                            env.total_bytes + env.ByteSize() + 5)
         event(self.log, "sent", recipient=self.peer, round=msg.round_id, phase=msg.kind, bytes=env.total_bytes,
-              seconds=round(timer.seconds, 6), lane="bulk", streamed=True)
+              seconds=round(timer.seconds, 6), lane="bulk", **logged)
 
     def fetch(self, round_id: int, phase: str, *, wait_s: float = 30.0, max_bytes: int = 1 << 40) -> Message:
         """Pull the message of ``phase`` for us in ``round_id`` (the peer may hold the call up to ``wait_s``)."""
