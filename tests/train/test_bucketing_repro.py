@@ -16,7 +16,7 @@ from secrobust.train.config import load_config, parse_config
 from secrobust.train.data import partition, partition_sorted
 from secrobust.train.models import FlatAdapter, MnistNet, build_model
 from secrobust.train.reference import PAPER, cells, score, table
-from secrobust.train.runner import harness_bucket_size, run, worker_parts
+from secrobust.train.runner import copied_worker, harness_bucket_size, run, worker_parts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "secrobust" / "train" / "configs"
 
@@ -147,6 +147,31 @@ def test_tiny_run_of_the_setting_secure_equals_plaintext(digits) -> None:
     assert secure.record()["weights_sha256"] == plain.record()["weights_sha256"]
     assert secure.history == plain.history
     assert len(secure.history) == 4
+
+
+def test_a_mimic_run_records_the_worker_it_copied_and_fixing_that_target_changes_nothing(digits) -> None:
+    """``copied`` means what ``attack_options.mimic.target`` sets: a rerun with the recorded target is the same run
+    (the target fixed in round 0 is the one the warm-up chose; the attack's own random draw feeds nothing else)."""
+    table = {
+        "data": {"dataset": "digits", "partition": "sorted", "split": "honest"},
+        "model": {"name": "mnist-net"},
+        "train": {"workers": 11, "rounds": 3, "batch_size": 8, "lr": 0.01, "eval_every": 1, "idle_byzantine": True},
+        "grid": {"rules": ["krum"], "attacks": ["mimic"], "f": [2], "seeds": [0, 1, 2], "secure": [False]},
+    }
+    free = [run(s, dataset=digits) for s in parse_config(table).runs()]
+    copied = [r.record()["copied"] for r in free]
+    assert all(isinstance(c, int) and 0 <= c < 9 for c in copied)
+    assert len(set(copied)) > 1, "three seeds copied one worker: the record cannot tell runs apart"
+    assert [copied_worker(r.spec, dataset=digits) for r in free] == copied
+    for result, target in zip(free, copied):
+        fixed = parse_config({**table, "grid": {**table["grid"], "seeds": [result.spec.seed]},
+                              "attack_options": {"mimic": {"target": target}}}).runs()[0]
+        again = run(fixed, dataset=digits)
+        assert again.record()["copied"] == target
+        assert again.history == result.history
+        np.testing.assert_array_equal(again.weights, result.weights)
+    other = parse_config({**table, "grid": {**table["grid"], "attacks": ["sign-flip"], "seeds": [0]}}).runs()[0]
+    assert run(other, dataset=digits).record()["copied"] is None
 
 
 def test_median_with_bucketing_runs_on_bucket_means(digits) -> None:

@@ -176,6 +176,12 @@ class Mimic:
         self.z: np.ndarray | None = None
         self.chosen: int | None = None
 
+    @property
+    def copied(self) -> int | None:
+        """i*, the honest row copied (an index into the honest rows, as ``target``): the fixed target, else the
+        last warm-up round's choice; None before round 0 chose one."""
+        return int(self.target) if self.target is not None else self.chosen
+
     def _power_step(self, h: np.ndarray) -> np.ndarray | None:
         dev = h - self.mu
         cumulative = (dev @ self.z) @ dev

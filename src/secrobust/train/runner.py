@@ -110,6 +110,9 @@ class RunResult:
     the rule's robustness guarantee."""
     noise_multiplier: float | None = None
     """z the servers' noise was calibrated with (chosen by Opacus when the config gives a target ``dp.epsilon``)."""
+    copied: int | None = None
+    """The honest worker a copying attack (mimic) copied, as an index into the honest workers in id order (what
+    ``attack_options.mimic.target`` sets); None for every other attack. A non-IID cell under mimic depends on it."""
 
     @property
     def final_accuracy(self) -> float:
@@ -148,6 +151,7 @@ class RunResult:
             "epsilon_server": self.epsilon_server,
             "delta": s.dp.delta if self.epsilon is not None else None,
             "noise_multiplier": self.noise_multiplier,
+            "copied": self.copied,
             "over_f_rounds": self.over_f_rounds,
             "target_epsilon": s.dp.epsilon or None,
             "dp_formal": is_formal(s.base_rule, s.reveal, s.pre) if self.epsilon is not None else None,
@@ -263,6 +267,13 @@ def run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(dropout_seed)
         return _run(spec, dataset=dataset, on_round=on_round, secure_aggregate=secure_aggregate)
+
+
+def copied_worker(spec: RunSpec, *, dataset: Dataset | None = None) -> int | None:
+    """The honest worker ``spec``'s copying attack copies (``RunResult.copied``), from its round 0 alone: mimic
+    fixes its target there, and no round-0 draw depends on the run's length. For records written before
+    ``copied`` was."""
+    return run(replace(spec, train=replace(spec.train, rounds=1, eval_every=1)), dataset=dataset).copied
 
 
 def harness_bucket_size(spec: RunSpec) -> int | None:
@@ -622,6 +633,7 @@ def _run(
         over_f_rounds=over_f,
         noise_multiplier=dp.noise_multiplier if noisy else None,
         cohort_sizes=cohort_sizes,
+        copied=getattr(attack, "copied", None),
     )
 
 
