@@ -118,13 +118,39 @@ def test_new_keys_at_defaults_keep_run_ids() -> None:
     spec = parse_config({}).runs()[0]
     blob = spec.to_dict()
     for section, key in (("train", "sample_rate"), ("train", "idle_byzantine"), ("train", "fixed_dropout"),
-                         ("data", "split"), ("dp", "epsilon")):
+                         ("train", "renew_dropout"), ("data", "split"), ("dp", "epsilon")):
         del blob[section][key]
     expected = hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert spec.run_id == expected
     assert parse_config({"data": {"split": "honest"}}).runs()[0].run_id != spec.run_id
     with pytest.raises(ValueError, match="data.split"):
         parse_config({"data": {"split": "byzantine"}})
+
+
+def test_renewed_masks_are_shared_within_a_block_and_new_after_it(digits) -> None:
+    """renew_dropout = k: rounds [0, k) draw the masks of fixed_dropout's one set, round k those of a new one (the
+    authors' code: a new set after every evaluation). So a run with k = 2 follows the k = 0 run for two rounds,
+    then leaves it; with k at least the run's length it is that run."""
+    table = {
+        "data": {"dataset": "digits", "partition": "sorted", "split": "honest"},
+        "model": {"name": "mnist-net"},
+        "train": {"workers": 11, "rounds": 4, "batch_size": 8, "lr": 0.05, "eval_every": 1, "fixed_dropout": True},
+        "grid": {"rules": ["mean"], "attacks": ["none"], "f": [0], "seeds": [0], "secure": [False]},
+    }
+
+    def history(every: int) -> list[float]:
+        spec = parse_config({**table, "train": {**table["train"], "renew_dropout": every}}).runs()[0]
+        return [h["loss"] for h in run(spec, dataset=digits).history]
+
+    once = history(0)
+    assert history(4) == once
+    renewed = history(2)
+    assert renewed[:3] == once[:3] and renewed[3] != once[3]
+    with pytest.raises(ValueError, match="train.fixed_dropout"):
+        parse_config({"train": {"renew_dropout": 30}})
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="train.renew_dropout"):
+            parse_config({"train": {"fixed_dropout": True, "renew_dropout": bad}})
 
 
 def test_mimic_ignores_own_rows() -> None:

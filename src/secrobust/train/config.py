@@ -32,6 +32,8 @@ Format (every table and key is optional; defaults shown)::
     idle_byzantine = false   # true: Byzantine workers whose attack ignores their own update (mimic) do not train
     fixed_dropout = false    # true: every worker in every round draws the same dropout masks (the bucketing
                              # paper's code restores torch's RNG around each worker call); false: fresh masks
+    renew_dropout = 0        # with fixed_dropout: a new shared mask set every this many rounds (that code's
+                             # evaluation advances the RNG once every 30 iterations); 0: one set for the run
 
     [dp]
     clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP
@@ -135,6 +137,7 @@ class TrainConfig:
     sample_rate: float = 1.0
     idle_byzantine: bool = False
     fixed_dropout: bool = False
+    renew_dropout: int = 0
 
     def __post_init__(self) -> None:
         for key in ("workers", "rounds", "batch_size", "lr", "local_steps", "local_lr", "eval_every"):
@@ -145,6 +148,11 @@ class TrainConfig:
             raise ValueError(f"train.frac_bits must be in [0, 28], got {self.frac_bits}")
         if not 0 < self.sample_rate <= 1:
             raise ValueError(f"train.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if isinstance(self.renew_dropout, bool) or not isinstance(self.renew_dropout, int) or self.renew_dropout < 0:
+            raise ValueError(f"train.renew_dropout must be an integer >= 0 (rounds), got {self.renew_dropout!r}")
+        if self.renew_dropout and not self.fixed_dropout:
+            raise ValueError("train.renew_dropout renews the shared masks of train.fixed_dropout = true; "
+                             "without it every worker draws fresh masks every round already")
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ class GridConfig:
 
 
 _LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False),
-                   ("train", "fixed_dropout", False), ("data", "split", "all"),
+                   ("train", "fixed_dropout", False), ("train", "renew_dropout", 0), ("data", "split", "all"),
                    ("dp", "epsilon", 0.0), ("grid", "epsilon", ()),
                    ("grid", "baseline_at_f0", False))
 

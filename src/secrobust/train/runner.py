@@ -461,6 +461,8 @@ def _run(
     masks = torch.get_rng_state() if tc.fixed_dropout else None
     log_eval(0)
     for t in range(tc.rounds):
+        if masks is not None and tc.renew_dropout and t and t % tc.renew_dropout == 0:
+            masks = _renewed(masks)
         members = cohorts[t]
         cohort_sizes[t] = len(members)
         sent = np.zeros((n, d))
@@ -669,6 +671,14 @@ def server_epsilon(noise_multiplier: float, participation: np.ndarray, delta: fl
     z, composed over the rounds it took part in (the largest count among the honest workers), no sampling."""
     rounds = int(participation.max()) if len(participation) else 0
     return epsilon_after(noise_multiplier, rounds, delta) if rounds else 0.0
+
+
+def _renewed(masks: torch.Tensor) -> torch.Tensor:
+    """The torch RNG state one int64 draw after ``masks``: the bucketing paper's evaluation opens a DataLoader
+    iterator, which draws its base seed so, and the next 30 iterations share the masks of the state after it."""
+    torch.set_rng_state(masks)
+    torch.empty((), dtype=torch.int64).random_()
+    return torch.get_rng_state()
 
 
 def _eval_rounds(rounds: int, every: int) -> list[int]:
