@@ -14,8 +14,10 @@ from secrobust.rules.krum import krum_scores
 RULE_CASES = [
     ("mean", {}),
     ("krum", {}),
+    ("krum", {"power": 2}),
     ("multi-krum", {}),
     ("multi-krum", {"m": 3}),
+    ("multi-krum", {"m": 3, "power": 2}),
     ("geomed", {}),
     ("geomed", {"iterations": 5, "tol": 0.0}),
     ("geomed", {"iterations": 3, "tol": 0.0, "nu": 0.1, "start": "zero"}),
@@ -103,6 +105,37 @@ def test_krum_uses_the_n_minus_f_minus_2_closest_neighbours():
     secure = secrobust.aggregate(x, "krum", f, insecure_test_seed=seed)
     assert int(np.argmax(secure.weights)) == picks[n - f - 2]
     assert np.array_equal(krum_scores(d, f), np.array([sum(sorted(np.delete(d[i], i))[: n - f - 2]) for i in range(n)]))
+
+
+def test_krum_power_2_is_the_bucketing_papers_krum_and_can_choose_another_worker():
+    """Their code (codes/aggregator/krum.py) squares the squared distances again before summing the n - f - 2
+    nearest: the same neighbours, another sum. Secure and twin choose its pick; on shares the option is refused
+    by both, as the circuit sums squared distances."""
+    n, f = 9, 2
+
+    def theirs(d: np.ndarray) -> int:
+        scores = [sum(sorted(d[i, j] ** 2 for j in range(n) if j != i)[: n - f - 2]) for i in range(n)]
+        return int(np.argmin(scores))
+
+    for seed in range(500):
+        x = np.random.default_rng(seed).normal(size=(n, 3)) * np.random.default_rng(seed + 1).uniform(0.1, 3, size=(n, 1))
+        d = secrobust.plain_aggregate(x, "krum", f).distances
+        if theirs(d) != int(np.argmin(krum_scores(d, f))):
+            break
+    else:
+        pytest.fail("no discriminating example found")
+    np.testing.assert_allclose(krum_scores(d, f, 2), [sum(sorted(np.delete(d[i], i) ** 2)[: n - f - 2])
+                                                        for i in range(n)], rtol=1e-12)
+    secure = secrobust.aggregate(x, "krum", f, insecure_test_seed=seed, power=2)
+    twin = secrobust.plain_aggregate(x, "krum", f, power=2)
+    assert int(np.argmax(secure.weights)) == int(np.argmax(twin.weights)) == theirs(d)
+    for call in (secrobust.aggregate, secrobust.plain_aggregate):
+        with pytest.raises(ValueError, match=r"does not take option\(s\) \['power'\]"):
+            call(x, "krum", f, reveal="aggregate", power=2)
+    for bad in (0, -1, True, float("nan"), "2"):
+        for call in (secrobust.aggregate, secrobust.plain_aggregate):
+            with pytest.raises(ValueError, match="krum power"):
+                call(x, "krum", f, power=bad)
 
 
 def test_krum_ties_go_to_the_lower_index():

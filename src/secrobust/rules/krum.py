@@ -18,12 +18,22 @@ from .view import DISTANCES, Choice, View
 _U = np.uint64
 
 
-def krum_scores(distances: np.ndarray, f: int) -> np.ndarray:
-    """score_i = sum of the n - f - 2 smallest ||x_i - x_j||^2 over j != i (Blanchard et al. 2017)."""
+def krum_scores(distances: np.ndarray, f: int, power: float = 1) -> np.ndarray:
+    """score_i = sum of the n - f - 2 smallest (||x_i - x_j||^2)^power over j != i: power 1 is Blanchard et al.
+    2017; the bucketing paper's code squares its squared distances once more (power 2). The same neighbours
+    either way; their sum weighs far ones more under power 2."""
     n = distances.shape[0]
     k = n - f - 2
     others = np.where(np.eye(n, dtype=bool), np.inf, distances)
-    return np.sort(others, axis=1)[:, :k].sum(axis=1)
+    nearest = np.sort(others, axis=1)[:, :k]
+    return (nearest if power == 1 else nearest ** float(power)).sum(axis=1)
+
+
+def _power(power: Any) -> float:
+    if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(power) or power <= 0:
+        raise ValueError(f"krum power must be a positive number (1: sum of squared distances), got {power!r}")
+    return power
 
 
 def _best(scores: np.ndarray, m: int) -> np.ndarray:
@@ -39,18 +49,18 @@ def _multi_krum_m(n: int, f: int, options: dict[str, Any], default_all: bool) ->
     return int(m)
 
 
-def choose_krum(view: View, n: int, f: int) -> Choice:
-    """Krum: weight 1 on argmin_i score_i; ties go to the lower index."""
+def choose_krum(view: View, n: int, f: int, power: float = 1) -> Choice:
+    """Krum: weight 1 on argmin_i score_i; ties go to the lower index. ``power`` on the opened distances only."""
     w = np.zeros(n)
-    w[_best(krum_scores(view.need(DISTANCES), f), 1)] = 1.0
+    w[_best(krum_scores(view.need(DISTANCES), f, _power(power)), 1)] = 1.0
     return Choice(w)
 
 
-def choose_multi_krum(view: View, n: int, f: int, m: int | None = None) -> Choice:
+def choose_multi_krum(view: View, n: int, f: int, m: int | None = None, power: float = 1) -> Choice:
     """Multi-Krum: average of the m best Krum scores (default m = n - f); ties go to lower indices."""
     m = _multi_krum_m(n, f, {"m": m}, True)
     w = np.zeros(n)
-    w[_best(krum_scores(view.need(DISTANCES), f), m)] = 1.0 / m
+    w[_best(krum_scores(view.need(DISTANCES), f, _power(power)), m)] = 1.0 / m
     return Choice(w)
 
 
