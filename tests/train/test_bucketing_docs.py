@@ -36,8 +36,10 @@ SECURE = {"bucketing-exp2-secure-full": ("bucketing-exp2-noniid-examplenet", {"k
 """Whole secure runs: the grid that holds their plaintext twins, and the rules each folder must hold."""
 CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
           "bucketing-exp2-median-target-masks")
-THEIR_TARGET = "bucketing-exp2-noniid-target14"
-"""Their net's grid cells rerun with the worker their seed 0's mimic copied."""
+THEIR_TARGETS = ("bucketing-exp2-noniid-target14", "bucketing-exp2-noniid-target17", "bucketing-exp2-noniid-target1",
+                 "bucketing-exp2-noniid-target14-renew", "bucketing-exp2-noniid-target17-krum2")
+"""Their net's grid cells rerun with the worker their seed's mimic copied (-renew also with their CPU schedule of
+dropout masks, ``train.renew_dropout``; -krum2 with their KRUM score, ``rule_options.krum.power = 2``)."""
 STANDARD = "mnist-alpha1-mnistnet-lr1"
 STANDARD_KRUM = "mnist-alpha1-mnistnet-krum"
 """The alpha = 1 Krum cells the docs quote, rerun with the standard model."""
@@ -61,7 +63,7 @@ def docs_text() -> str:
 
 
 def test_the_committed_outputs_are_the_shipped_configs() -> None:
-    names = present(GRIDS + EXAMPLE_GRIDS + tuple(SECURE) + (STANDARD, STANDARD_KRUM, THEIR_TARGET) + CHECKS)
+    names = present(GRIDS + EXAMPLE_GRIDS + tuple(SECURE) + (STANDARD, STANDARD_KRUM) + THEIR_TARGETS + CHECKS)
     assert {"bucketing-exp2-noniid", "bucketing-exp2-noniid-examplenet"} <= set(names)
     for name in names:
         config = load_config(CONFIGS / f"{name}.toml")
@@ -107,15 +109,24 @@ def test_the_target_checks_quoted_in_the_docs_are_the_runs() -> None:
         assert f"{reference.score(run['history']):.2f}" in text, name
 
 
-def test_the_reruns_with_their_target_are_their_nets_grid_runs_but_the_target_and_quoted_in_the_docs() -> None:
-    assert present((THEIR_TARGET,))
-    grid = {r["rule"]: r for r in records("bucketing-exp2-noniid") if r["seed"] == 0}   # their seed 0's target
+def test_the_reruns_with_their_targets_are_their_nets_grid_runs_but_the_target_and_quoted_in_the_docs() -> None:
+    assert present(THEIR_TARGETS) == list(THEIR_TARGETS)
+    grid = {(r["rule"], r["seed"]): r for r in records("bucketing-exp2-noniid")}
     text = docs_text()
-    for run in records(THEIR_TARGET):
-        assert run["spec"]["attack_options"] == {"target": 14} and run["model"] == "bucketing-mnist-net"
-        twin = grid[run["rule"]]["spec"]
-        assert {**run["spec"], "attack_options": twin["attack_options"]} == twin, run["rule"]
-        assert f"{reference.score(run['history']):.2f}" in text, run["rule"]
+    for name in THEIR_TARGETS:
+        for run in records(name):
+            their = reference.MIMIC_COPIED[True][run["seed"]]
+            assert run["spec"]["attack_options"] == {"target": their} and run["model"] == "bucketing-mnist-net", name
+            assert f"target{their}" in name and run.get("copied", their) == their
+            twin = grid[(run["rule"], run["seed"])]["spec"]
+            spec = {**run["spec"], "attack_options": twin["attack_options"]}
+            if name.endswith("-renew"):
+                assert spec["train"].pop("renew_dropout") == 30
+            if name.endswith("-krum2"):
+                assert spec["rule_options"] == {"power": 2} and twin["rule_options"] == {}
+                spec["rule_options"] = {}
+            assert without_later_defaults(spec) == without_later_defaults(twin), (name, run["rule"])
+            assert f"{reference.score(run['history']):.2f}" in text, (name, run["rule"])
 
 
 def test_the_standard_model_reaches_98_percent_without_attack_as_the_docs_say() -> None:

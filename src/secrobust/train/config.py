@@ -32,8 +32,8 @@ Format (every table and key is optional; defaults shown)::
     idle_byzantine = false   # true: Byzantine workers whose attack ignores their own update (mimic) do not train
     fixed_dropout = false    # true: every worker in every round draws the same dropout masks (the bucketing
                              # paper's code restores torch's RNG around each worker call); false: fresh masks
-    renew_dropout = 0        # with fixed_dropout: a new shared mask set every this many rounds (that code's
-                             # evaluation advances the RNG once every 30 iterations); 0: one set for the run
+    renew_dropout = 0        # with fixed_dropout: a new shared mask set every this many rounds (that code on a
+                             # CPU: its evaluation advances the RNG every 30 iterations); 0: one set for the run
 
     [dp]
     clip = 0.0               # per-worker L2 clipping norm C; 0 disables DP

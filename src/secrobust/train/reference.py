@@ -71,6 +71,11 @@ PAPER: dict[tuple[str, str, int, bool], tuple[float, float, tuple[float, ...]]] 
     ("exp1", "cclip", 2, True): (98.75, 0.02, ()),
 }
 
+# exp2's mimic: (non-IID) -> the honest worker their seeds 0, 1, 2 copied (the stats files' "mmc_count" entry,
+# "select"; the same for every rule and s, as the choice is made on iteration 0's honest gradients). Non-IID: the
+# shards of labels 7, 8 and 0 (with 77 images of 1)
+MIMIC_COPIED: dict[bool, tuple[int, int, int]] = {True: (14, 17, 1), False: (2, 4, 12)}
+
 
 def score(history: list[dict[str, Any]], last: int = LAST) -> float:
     """A run's score in %: the mean test accuracy of its last ``last`` evaluations."""

@@ -674,8 +674,8 @@ def server_epsilon(noise_multiplier: float, participation: np.ndarray, delta: fl
 
 
 def _renewed(masks: torch.Tensor) -> torch.Tensor:
-    """The torch RNG state one int64 draw after ``masks``: the bucketing paper's evaluation opens a DataLoader
-    iterator, which draws its base seed so, and the next 30 iterations share the masks of the state after it."""
+    """The torch RNG state one int64 draw after ``masks``: on a CPU the bucketing paper's evaluation opens a
+    DataLoader iterator, which draws its base seed so, and the next 30 iterations share the masks after it."""
     torch.set_rng_state(masks)
     torch.empty((), dtype=torch.int64).random_()
     return torch.get_rng_state()
