@@ -79,7 +79,7 @@ def test_n_too_small_for_f(rule, n, f, match):
     ({"rule": "median", "reveal": "distances"}, r"rule 'median' runs only with reveal='aggregate'"),
     ({"rule": "krum", "f": -1}, r"f must be a non-negative integer"),
     ({"rule": "krum", "f": 1.5}, r"f must be a non-negative integer"),
-    ({"rule": "krum", "f": 1, "m": 3}, r"unknown option\(s\) \['m'\]; allowed: none"),
+    ({"rule": "krum", "f": 1, "m": 3}, r"unknown option\(s\) \['m'\]; allowed: power"),
     ({"rule": "multi-krum", "f": 1, "mm": 3}, r"unknown option\(s\) \['mm'\]; allowed: m"),
     ({"rule": "multi-krum", "f": 1, "m": 0}, r"1 <= m <= n"),
     ({"rule": "geomed", "f": 1, "iterations": 0}, r"positive integer"),

@@ -180,7 +180,7 @@ def _must_not_run(*args: object, **kwargs: object) -> None:
     (["--rule", "krum", "--f", "5"], "rule 'krum' needs n >= 2f + 3; got n=8, f=5 (n must be at least 13)"),
     (["--rule", "nope"], "unknown rule 'nope'; choose one of mean, norm-clip, cclip, krum, multi-krum, mda, geomed, "
                          "median, trimmed-mean, bulyan"),
-    (["--rule", "krum", "-o", "m=3"], "rule 'krum' got unknown option(s) ['m']; allowed: none"),
+    (["--rule", "krum", "-o", "m=3"], "rule 'krum' got unknown option(s) ['m']; allowed: power"),
     (["--norm-bound", "-1"], "norm_bound must be a positive finite number, got -1.0"),
     (["--frac-bits", "40"], "frac_bits must be an integer in [0, 28], got 40"),
     (["--rule", "mean", "-o", "unchecked=[9]"], "unchecked worker indices [9] are outside 0..7"),
