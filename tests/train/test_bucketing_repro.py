@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from secrobust.train.attacks import ignores_own
 from secrobust.train.config import load_config, parse_config
 from secrobust.train.data import partition, partition_sorted
 from secrobust.train.models import FlatAdapter, MnistNet, build_model
 from secrobust.train.reference import PAPER, cells, score, table
+import secrobust.train.runner as runner_module
 from secrobust.train.runner import copied_worker, harness_bucket_size, run, worker_parts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "secrobust" / "train" / "configs"
@@ -118,7 +120,7 @@ def test_new_keys_at_defaults_keep_run_ids() -> None:
     spec = parse_config({}).runs()[0]
     blob = spec.to_dict()
     for section, key in (("train", "sample_rate"), ("train", "idle_byzantine"), ("train", "fixed_dropout"),
-                         ("train", "renew_dropout"), ("data", "split"), ("dp", "epsilon")):
+                         ("train", "renew_dropout"), ("data", "split"), ("dp", "epsilon"), ("model", "init")):
         del blob[section][key]
     expected = hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert spec.run_id == expected
@@ -151,6 +153,48 @@ def test_renewed_masks_are_shared_within_a_block_and_new_after_it(digits) -> Non
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="train.renew_dropout"):
             parse_config({"train": {"fixed_dropout": True, "renew_dropout": bad}})
+
+
+def test_torch_seed_init_is_torch_manual_seed_then_the_layers_in_order_and_the_masks_start_after_it(
+        digits, monkeypatch) -> None:
+    """model.init = "torch-seed" is the bucketing paper's ``torch.manual_seed(seed); Net()``: conv1, conv2, fc1, fc2
+    drawn in that order from the global RNG just seeded, which the fixed dropout masks then start from (their
+    CPU masks); the default keeps the spawned seeds, and runs differ between the two."""
+    table = {
+        "data": {"dataset": "digits", "partition": "sorted", "split": "honest"},
+        "model": {"name": "bucketing-mnist-net", "init": "torch-seed"},
+        "train": {"workers": 11, "rounds": 2, "batch_size": 8, "lr": 0.05, "eval_every": 1, "fixed_dropout": True},
+        "grid": {"rules": ["mean"], "attacks": ["none"], "f": [0], "seeds": [3], "secure": [False]},
+    }
+    seen: dict[str, object] = {}
+    built, local = runner_module.build_model, runner_module._local_update
+
+    def spy_build(*args, **kwargs):
+        model = built(*args, **kwargs)
+        seen["theta"] = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+        return model
+
+    def spy_local(*args, **kwargs):
+        seen.setdefault("masks", args[-1].clone())
+        return local(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "build_model", spy_build)
+    monkeypatch.setattr(runner_module, "_local_update", spy_local)
+    spec = parse_config(table).runs()[0]
+    theirs = run(spec, dataset=digits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        layers = [nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1), nn.Linear(64 * 2 * 2, 128), nn.Linear(128, 10)]
+        after = torch.get_rng_state()
+    expected = torch.cat([p.detach().flatten() for layer in layers for p in layer.parameters()])
+    assert torch.equal(seen["theta"], expected)
+    assert torch.equal(seen["masks"], after)
+    seen.clear()
+    spawned = run(parse_config({**table, "model": {"name": "bucketing-mnist-net"}}).runs()[0], dataset=digits)
+    assert not torch.equal(seen["theta"], expected) and spawned.history != theirs.history
+    assert spec.run_id != spawned.spec.run_id
+    with pytest.raises(ValueError, match="model.init"):
+        parse_config({"model": {"init": "xavier"}})
 
 
 def test_mimic_ignores_own_rows() -> None:
@@ -217,5 +261,14 @@ def test_reference_scores_and_table() -> None:
     assert got == {("krum", 2): [pytest.approx(90.0)] * 2}
     text = table({True: got})
     assert "| krum (KRUM) | 2 | non-IID | 53.15 ± 3.96 | 52.26 | 90.00 ± 0.00 (2 seeds) | +36.85 |" in text
+    theirs = [{**r, "rule": "krum", "spec": {"rule_options": {"power": 2}}} for r in records[:1]]
+    both = cells(records + theirs)
+    assert both == {("krum", 2): [pytest.approx(90.0)] * 2, ("krum, power = 2", 0): [pytest.approx(90.0)]}
+    rows = [line for line in table({True: both}, every_row=True).splitlines() if line.startswith("| krum")]
+    assert rows == ["| krum (KRUM) | 0 | IID | 90.36 ± 0.25 | 90.61 | not run | - |",
+                    "| krum (KRUM) | 0 | non-IID | 37.33 ± 6.78 | 30.85 | not run | - |",
+                    "| krum (KRUM) | 2 | IID | 91.64 ± 0.30 | 91.99 | not run | - |",
+                    "| krum (KRUM) | 2 | non-IID | 53.15 ± 3.96 | 52.26 | 90.00 ± 0.00 (2 seeds) | +36.85 |",
+                    "| krum (KRUM), power = 2 | 0 | non-IID | 37.33 ± 6.78 | 30.85 | 90.00 (1 seed) | +52.67 |"]
     mean, _, seeds = PAPER[("exp2", "median", 2, True)]
     assert mean == pytest.approx(sum(seeds) / 3, abs=0.01)

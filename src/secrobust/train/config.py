@@ -17,6 +17,7 @@ Format (every table and key is optional; defaults shown)::
     name = "logreg"          # "logreg", "mlp", "cnn", "mnist-net" (PyTorch's MNIST example, d = 1.2M) or
                              # "bucketing-mnist-net" (the bucketing paper's: the same without conv2's ReLU)
     hidden = 32              # MLP hidden width
+    init = "spawned"         # "torch-seed": torch.manual_seed(seed), then the layers in order (the bucketing paper's code)
 
     [train]
     workers = 20             # n, Byzantine ones included
@@ -83,6 +84,8 @@ from secrobust.train.attacks import attack_options as _attack_option_names
 from secrobust.train.data import DATASETS, PARTITIONS, SPLITS
 from secrobust.train.models import MODELS
 
+MODEL_INITS = ("spawned", "torch-seed")
+
 
 def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -117,10 +120,15 @@ class DataConfig:
 class ModelConfig:
     name: str = "logreg"
     hidden: int = 32
+    init: str = "spawned"
+    """"spawned": weights from a seed spawned off the run's seed; "torch-seed": ``torch.manual_seed(seed)``, then
+    the layers drawn from the global torch RNG in their order, as the bucketing paper's code does; the dropout
+    masks then start from the RNG state this leaves."""
 
     def __post_init__(self) -> None:
         _choice("model.name", self.name, MODELS)
         _positive("model.hidden", self.hidden)
+        _choice("model.init", self.init, MODEL_INITS)
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,7 @@ class GridConfig:
 _LATER_DEFAULTS = (("train", "sample_rate", 1.0), ("train", "idle_byzantine", False),
                    ("train", "fixed_dropout", False), ("train", "renew_dropout", 0), ("data", "split", "all"),
                    ("dp", "epsilon", 0.0), ("grid", "epsilon", ()),
-                   ("grid", "baseline_at_f0", False))
+                   ("grid", "baseline_at_f0", False), ("model", "init", "spawned"))
 
 
 def without_later_defaults(sections: dict[str, Any]) -> dict[str, Any]:

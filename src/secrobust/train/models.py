@@ -102,25 +102,32 @@ class MnistNet(nn.Module):
 
 
 def build_model(
-    name: str, input_shape: Sequence[int], n_classes: int, *, hidden: int = 32, seed: int = 0
+    name: str, input_shape: Sequence[int], n_classes: int, *, hidden: int = 32, seed: int | None = 0
 ) -> nn.Module:
     """Build ``name`` (one of ``MODELS``) with weights initialised from ``seed``.
 
     The initialisation draws from a forked torch RNG, so it neither depends on nor disturbs the
-    global torch RNG state.
+    global torch RNG state. ``seed=None`` draws from the global torch RNG instead and advances it, as
+    ``torch.manual_seed(s); Net()`` does in other codebases (``model.init = "torch-seed"``).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     in_features = math.prod(input_shape)
+    if seed is None:
+        return _construct(name, input_shape, n_classes, hidden, in_features)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "logreg":
-            return LogReg(in_features, n_classes)
-        if name == "mlp":
-            return MLP(in_features, hidden, n_classes)
-        if name in ("mnist-net", "bucketing-mnist-net"):
-            return MnistNet(input_shape, n_classes, conv2_relu=name == "mnist-net")
-        return SmallCNN(input_shape, n_classes)
+        return _construct(name, input_shape, n_classes, hidden, in_features)
+
+
+def _construct(name: str, input_shape: Sequence[int], n_classes: int, hidden: int, in_features: int) -> nn.Module:
+    if name == "logreg":
+        return LogReg(in_features, n_classes)
+    if name == "mlp":
+        return MLP(in_features, hidden, n_classes)
+    if name in ("mnist-net", "bucketing-mnist-net"):
+        return MnistNet(input_shape, n_classes, conv2_relu=name == "mnist-net")
+    return SmallCNN(input_shape, n_classes)
 
 
 class FlatAdapter:

@@ -89,14 +89,23 @@ def bucket_size(label: str, rule_options: dict[str, Any]) -> int:
     return int(rule_options.get("s", 2)) if label.partition("@")[0].endswith("+bucketing") else 0
 
 
+def variant(rule: str, rule_options: dict[str, Any]) -> str:
+    """The row a run belongs to: our base rule, plus the options that change its definition (Krum's score power:
+    their KRUM sums squared distances squared, ``power = 2``)."""
+    base = rule.partition("+")[0].partition("@")[0]
+    power = rule_options.get("power", 1)
+    return base if power == 1 else f"{base}, power = {power}"
+
+
 def cells(records: list[dict[str, Any]], secure: bool = False) -> dict[tuple[str, int], list[float]]:
-    """Scores by (our base rule, s), one per seed, of the plaintext (or secure) runs in ``records``."""
+    """Scores by (row, s), one per seed, of the plaintext (or secure) runs in ``records``; the row is our base
+    rule, with Krum's ``power`` when it is not 1 (``variant``)."""
     out: dict[tuple[str, int], list[float]] = {}
     for rec in sorted(records, key=lambda r: r["seed"]):
         if rec["secure"] != secure:
             continue
-        rule = rec["rule"].partition("+")[0].partition("@")[0]
-        key = (rule, bucket_size(rec["rule"], rec["spec"].get("rule_options", {})))
+        options = rec["spec"].get("rule_options", {})
+        key = (variant(rec["rule"], options), bucket_size(rec["rule"], options))
         out.setdefault(key, []).append(score(rec["history"]))
     return out
 
@@ -109,26 +118,31 @@ def _mean_std(values: list[float] | tuple[float, ...]) -> str:
 
 def table(results: dict[bool, dict[tuple[str, int], list[float]]], experiment: str = "exp2",
           every_row: bool = False) -> str:
-    """The markdown table: one row per (rule, s, split) the results hold (``every_row``: per cell of the
-    paper's table, "not run" where the results hold none), ours against the paper's."""
+    """The markdown table: one row per (row, s, split) the results hold (``every_row``: per cell of the
+    paper's table, "not run" where the results hold none), ours against the paper's. A rule run with another
+    definition (``variant``: Krum with ``power = 2``) gets rows of its own, against the same paper cell."""
     lines = [
         "| rule (theirs) | s | split | paper: mean ± std, 3 seeds | paper: seed 0 | ours | ours − paper (mean) |",
         "|---|---|---|---|---|---|---|",
     ]
+    present = {label for split in results.values() for label, _ in split}
     for rule, theirs in RULES.items():
-        for s in (0, 2):
-            for noniid in (False, True):
-                ours = results.get(noniid, {}).get((rule, s))
-                if not ours and not every_row:
-                    continue
-                mean, std, seeds = PAPER[(experiment, rule, s, noniid)]
-                seed0 = f"{seeds[0]:.2f}" if seeds else "-"
-                row = f"| {rule} ({theirs}) | {s} | {'non-IID' if noniid else 'IID'} | {mean:.2f} ± {std:.2f} | {seed0} | "
-                if ours:
-                    row += f"{_mean_std(ours)} | {statistics.fmean(ours) - mean:+.2f} |"
-                else:
-                    row += "not run | - |"
-                lines.append(row)
+        labels = sorted({label for label in present if label.partition(",")[0] == rule} | {rule}, key=lambda label: (len(label), label))
+        for label in labels:
+            name = f"{rule} ({theirs}){label[len(rule):]}"
+            for s in (0, 2):
+                for noniid in (False, True):
+                    ours = results.get(noniid, {}).get((label, s))
+                    if not ours and not (every_row and label == rule):
+                        continue
+                    mean, std, seeds = PAPER[(experiment, rule, s, noniid)]
+                    seed0 = f"{seeds[0]:.2f}" if seeds else "-"
+                    row = f"| {name} | {s} | {'non-IID' if noniid else 'IID'} | {mean:.2f} ± {std:.2f} | {seed0} | "
+                    if ours:
+                        row += f"{_mean_std(ours)} | {statistics.fmean(ours) - mean:+.2f} |"
+                    else:
+                        row += "not run | - |"
+                    lines.append(row)
     return "\n".join(lines)
 
 

@@ -261,11 +261,12 @@ def run(
 
     ``secure_aggregate`` replaces ``secrobust.aggregate`` in a secure run (e.g. ``dep.aggregate`` of a
     ``secrobust.deploy.local.LocalDeployment``: the same round over gRPC); a plaintext run ignores it.
-    The global torch RNG (dropout) is seeded from the training seed for the run and restored after it.
+    The global torch RNG (dropout) is seeded from the training seed for the run and restored after it
+    (``model.init = "torch-seed"``: seeded with the seed itself, and the model drawn from it first).
     """
     dropout_seed = int(np.random.SeedSequence(spec.seed).spawn(6)[5].generate_state(1)[0])
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(dropout_seed)
+        torch.manual_seed(spec.seed if spec.model.init == "torch-seed" else dropout_seed)
         return _run(spec, dataset=dataset, on_round=on_round, secure_aggregate=secure_aggregate)
 
 
@@ -354,7 +355,7 @@ def _run(
         dataset.input_shape,
         dataset.n_classes,
         hidden=spec.model.hidden,
-        seed=int(init_seq.generate_state(1)[0]),
+        seed=None if spec.model.init == "torch-seed" else int(init_seq.generate_state(1)[0]),
     )
     adapter = FlatAdapter(model)
     d = adapter.dim
