@@ -37,9 +37,12 @@ SECURE = {"bucketing-exp2-secure-full": ("bucketing-exp2-noniid-examplenet", {"k
 CHECKS = ("bucketing-exp2-krum-target", "bucketing-exp2-krum-target-masks", "bucketing-exp2-krum-bucketing-target",
           "bucketing-exp2-median-target-masks")
 THEIR_TARGETS = ("bucketing-exp2-noniid-target14", "bucketing-exp2-noniid-target17", "bucketing-exp2-noniid-target1",
-                 "bucketing-exp2-noniid-target14-renew", "bucketing-exp2-noniid-target17-krum2")
+                 "bucketing-exp2-noniid-target14-theirinit", "bucketing-exp2-noniid-target1-theirinit",
+                 "bucketing-exp2-noniid-target14-renew", "bucketing-exp2-noniid-target17-krum2",
+                 "bucketing-exp2-noniid-target17-theirinit")
 """Their net's grid cells rerun with the worker their seed's mimic copied (-renew also with their CPU schedule of
-dropout masks, ``train.renew_dropout``; -krum2 with their KRUM score, ``rule_options.krum.power = 2``)."""
+dropout masks, ``train.renew_dropout``; -krum2 with their KRUM score, ``rule_options.krum.power = 2``; -theirinit
+with that score and their initial weights, ``model.init = "torch-seed"``)."""
 STANDARD = "mnist-alpha1-mnistnet-lr1"
 STANDARD_KRUM = "mnist-alpha1-mnistnet-krum"
 """The alpha = 1 Krum cells the docs quote, rerun with the standard model."""
@@ -74,8 +77,11 @@ def test_the_committed_outputs_are_the_shipped_configs() -> None:
 
 
 def test_the_docs_tables_are_the_ones_the_reference_prints() -> None:
+    text = docs_text()
     for block, grids in BLOCKS.items():
         assert read_block(DOCS, block) == markdown(grids), "run: .venv/bin/python tests/train/test_bucketing_docs.py --write"
+        command = "python -m secrobust.train.reference --all " + " ".join(f"results/{n}" for n in present(grids))
+        assert f"<!-- {block}: {command} -->" in text, block
 
 
 def test_the_grids_run_the_network_their_names_say() -> None:
@@ -122,7 +128,9 @@ def test_the_reruns_with_their_targets_are_their_nets_grid_runs_but_the_target_a
             spec = {**run["spec"], "attack_options": twin["attack_options"]}
             if name.endswith("-renew"):
                 assert spec["train"].pop("renew_dropout") == 30
-            if name.endswith("-krum2"):
+            if name.endswith("-theirinit"):
+                assert spec["model"].pop("init") == "torch-seed"
+            if name.endswith(("-krum2", "-theirinit")):
                 assert spec["rule_options"] == {"power": 2} and twin["rule_options"] == {}
                 spec["rule_options"] = {}
             assert without_later_defaults(spec) == without_later_defaults(twin), (name, run["rule"])
