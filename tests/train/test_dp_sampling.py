@@ -221,13 +221,14 @@ def test_full_participation_calibrates_on_n_minus_f_and_keeps_run_ids(
     assert all(call["dp_noise_std"] == pytest.approx(Z * C / (20 - 4 - 2 * 4)) for call in spy.calls)
     assert result.epsilon == result.epsilon_server == pytest.approx(epsilon_after(Z, 2, 1e-5))
     # the id of a run without sampling is the hash it had before train.sample_rate (and the later
-    # train.idle_byzantine, train.fixed_dropout, train.renew_dropout, data.split and dp.epsilon) existed
+    # train.idle_byzantine, train.fixed_dropout, train.renew_dropout, data.split, dp.epsilon and model.init) existed
     spec = one_spec()
     before = spec.to_dict()
     del before["train"]["sample_rate"], before["train"]["idle_byzantine"], before["train"]["fixed_dropout"]
     del before["train"]["renew_dropout"]
     del before["data"]["split"]
     del before["dp"]["epsilon"]
+    del before["model"]["init"]
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert one_spec(train={"sample_rate": 0.5}).run_id != spec.run_id
